@@ -1,0 +1,177 @@
+// Collectives over numpy arrays. The Python layer (chorus/collectives.py)
+// passes C-contiguous inputs and freshly allocated outputs; these functions
+// only convert, release the GIL and call chorus::ops.
+#include <stdexcept>
+
+#include "chorus/ops.h"
+#include "convert.h"
+
+namespace chorus::bindings {
+namespace {
+
+ReduceOp parse_op(const std::string& op) {
+  if (op == "sum") return ReduceOp::Sum;
+  if (op == "max") return ReduceOp::Max;
+  if (op == "min") return ReduceOp::Min;
+  throw py::value_error("unknown reduce op '" + op + "' (expected sum, max or min)");
+}
+
+void require_c_contiguous(const py::array& a, const char* name) {
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  }
+}
+
+void require_writable(const py::array& a, const char* name) {
+  if (!a.writeable()) throw py::value_error(std::string(name) + " must be writable");
+}
+
+CallDesc describe(const py::array& x, Collective kind, ReduceOp op = ReduceOp::Sum) {
+  require_c_contiguous(x, "input");
+  CallDesc desc;
+  desc.kind = kind;
+  desc.op = op;
+  desc.dtype = dtype_of(x);
+  desc.count = static_cast<uint64_t>(x.size());
+  desc.shape_hash = shape_hash(x);
+  return desc;
+}
+
+void check_out(const py::array& x, const py::array& out, size_t expected_bytes) {
+  require_c_contiguous(out, "out");
+  require_writable(out, "out");
+  if (dtype_of(out) != dtype_of(x)) throw py::value_error("out must have the input's dtype");
+  if (static_cast<size_t>(out.nbytes()) != expected_bytes) {
+    throw py::value_error("out has " + std::to_string(out.nbytes()) + " bytes, expected " +
+                          std::to_string(expected_bytes));
+  }
+}
+
+}  // namespace
+
+Dtype dtype_of(const py::array& array) {
+  const py::dtype dt = array.dtype();
+  const char kind = dt.kind();
+  const auto size = dt.itemsize();
+  if (!dt.isnative() && size > 1) throw py::type_error("chorus needs native byte order arrays");
+  switch (kind) {
+    case 'b': return Dtype::Bool;
+    case 'i':
+      if (size == 1) return Dtype::Int8;
+      if (size == 2) return Dtype::Int16;
+      if (size == 4) return Dtype::Int32;
+      if (size == 8) return Dtype::Int64;
+      break;
+    case 'u':
+      if (size == 1) return Dtype::UInt8;
+      if (size == 2) return Dtype::UInt16;
+      if (size == 4) return Dtype::UInt32;
+      if (size == 8) return Dtype::UInt64;
+      break;
+    case 'f':
+      if (size == 2) return Dtype::Float16;
+      if (size == 4) return Dtype::Float32;
+      if (size == 8) return Dtype::Float64;
+      break;
+    case 'c':
+      if (size == 8) return Dtype::Complex64;
+      if (size == 16) return Dtype::Complex128;
+      break;
+    default: break;
+  }
+  throw py::type_error("chorus cannot communicate arrays of dtype " +
+                       py::str(static_cast<py::object>(dt)).cast<std::string>());
+}
+
+uint64_t shape_hash(const py::array& array) {
+  uint64_t h = 1469598103934665603ULL;
+  auto mix = [&h](uint64_t v) {
+    for (int i = 0; i < 8; ++i) {
+      h ^= (v >> (8 * i)) & 0xff;
+      h *= 1099511628211ULL;
+    }
+  };
+  mix(static_cast<uint64_t>(array.ndim()));
+  for (py::ssize_t i = 0; i < array.ndim(); ++i) mix(static_cast<uint64_t>(array.shape(i)));
+  return h;
+}
+
+void register_collectives(py::module_& m) {
+  m.def(
+      "all_reduce",
+      [](GroupImpl& g, const py::array& x, py::array& out, const std::string& op) {
+        CallDesc desc = describe(x, Collective::AllReduce, parse_op(op));
+        check_out(x, out, desc.nbytes());
+        const void* in = x.data();
+        void* dst = out.mutable_data();
+        py::gil_scoped_release release;
+        ops::all_reduce(g, desc, in, dst);
+      },
+      py::arg("group"), py::arg("x"), py::arg("out"), py::arg("op"));
+  m.def(
+      "all_gather",
+      [](GroupImpl& g, const py::array& x, py::array& out) {
+        CallDesc desc = describe(x, Collective::AllGather);
+        check_out(x, out, desc.nbytes() * static_cast<size_t>(g.size()));
+        const void* in = x.data();
+        void* dst = out.mutable_data();
+        py::gil_scoped_release release;
+        ops::all_gather(g, desc, in, dst);
+      },
+      py::arg("group"), py::arg("x"), py::arg("out"));
+  m.def(
+      "reduce_scatter",
+      [](GroupImpl& g, const py::array& x, py::array& out, const std::string& op) {
+        CallDesc desc = describe(x, Collective::ReduceScatter, parse_op(op));
+        const size_t size = static_cast<size_t>(g.size());
+        if (desc.count % size == 0) check_out(x, out, desc.nbytes() / size);
+        const void* in = x.data();
+        void* dst = out.mutable_data();
+        py::gil_scoped_release release;
+        ops::reduce_scatter(g, desc, in, dst);
+      },
+      py::arg("group"), py::arg("x"), py::arg("out"), py::arg("op") = "sum");
+  m.def(
+      "broadcast",
+      [](GroupImpl& g, py::array& buf, int root) {
+        CallDesc desc = describe(buf, Collective::Broadcast);
+        require_writable(buf, "buffer");
+        desc.root = root;
+        void* data = buf.mutable_data();
+        py::gil_scoped_release release;
+        ops::broadcast(g, desc, data);
+      },
+      py::arg("group"), py::arg("buf"), py::arg("root"));
+  m.def(
+      "barrier",
+      [](GroupImpl& g) {
+        py::gil_scoped_release release;
+        ops::barrier(g);
+      },
+      py::arg("group"));
+  m.def(
+      "send",
+      [](GroupImpl& g, const py::array& x, int dst) {
+        require_c_contiguous(x, "input");
+        const Dtype dtype = dtype_of(x);
+        const void* data = x.data();
+        const size_t nbytes = static_cast<size_t>(x.nbytes());
+        py::gil_scoped_release release;
+        ops::send(g, data, nbytes, dtype, dst);
+      },
+      py::arg("group"), py::arg("x"), py::arg("dst"));
+  m.def(
+      "recv",
+      [](GroupImpl& g, py::array& out, int src) {
+        require_c_contiguous(out, "out");
+        require_writable(out, "out");
+        const Dtype dtype = dtype_of(out);
+        void* data = out.mutable_data();
+        const size_t nbytes = static_cast<size_t>(out.nbytes());
+        py::gil_scoped_release release;
+        ops::recv(g, data, nbytes, dtype, src);
+      },
+      py::arg("group"), py::arg("out"), py::arg("src"));
+}
+
+}  // namespace chorus::bindings

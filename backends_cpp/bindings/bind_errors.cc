@@ -1,0 +1,76 @@
+// C++ exception types -> Python exception classes, and the interrupt hook.
+#include <Python.h>
+
+#include "chorus/common/error.h"
+#include "chorus/common/interrupt.h"
+#include "convert.h"
+
+namespace chorus::bindings {
+namespace {
+
+// The exception a signal handler raised while a collective waited, kept
+// between the hook (which must throw a C++ exception) and the translator.
+thread_local PyObject* g_pending_type = nullptr;
+thread_local PyObject* g_pending_value = nullptr;
+thread_local PyObject* g_pending_tb = nullptr;
+
+void python_interrupt_hook() {
+  if (Py_IsFinalizing()) return;
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() == 0) return;
+  PyErr_Fetch(&g_pending_type, &g_pending_value, &g_pending_tb);
+  throw Interrupted("interrupted by a signal");
+}
+
+}  // namespace
+
+void install_interrupt_hook() { set_interrupt_hook(python_interrupt_hook); }
+
+void restore_interrupt_error(const char* message) {
+  if (g_pending_type != nullptr) {
+    PyErr_Restore(g_pending_type, g_pending_value, g_pending_tb);
+    g_pending_type = g_pending_value = g_pending_tb = nullptr;
+  } else {
+    PyErr_SetString(PyExc_KeyboardInterrupt, message);
+  }
+}
+
+void register_errors(py::module_& m) {
+  // Leaked on purpose: the classes live as long as the interpreter.
+  static PyObject* peer_error =
+      PyErr_NewExceptionWithDoc("chorus._core.PeerError",
+                                "A peer rank closed, reset, timed out or aborted the group.",
+                                PyExc_ConnectionError, nullptr);
+  static PyObject* peer_timeout = PyErr_NewExceptionWithDoc(
+      "chorus._core.PeerTimeoutError", "A peer did not arrive or answer before the deadline.",
+      py::make_tuple(py::handle(peer_error), py::handle(PyExc_TimeoutError)).release().ptr(),
+      nullptr);
+  static PyObject* unavailable = PyErr_NewExceptionWithDoc(
+      "chorus._core.BackendUnavailableError", "The requested backend cannot run here.",
+      PyExc_RuntimeError, nullptr);
+  m.attr("PeerError") = py::handle(peer_error);
+  m.attr("PeerTimeoutError") = py::handle(peer_timeout);
+  m.attr("BackendUnavailableError") = py::handle(unavailable);
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const PeerTimeout& e) {
+      PyErr_SetString(peer_timeout, e.what());
+    } catch (const PeerError& e) {
+      PyErr_SetString(peer_error, e.what());
+    } catch (const DtypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const UsageError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const BackendUnavailable& e) {
+      PyErr_SetString(unavailable, e.what());
+    } catch (const Interrupted& e) {
+      restore_interrupt_error(e.what());
+    } catch (const Error& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
+}
+
+}  // namespace chorus::bindings

@@ -1,0 +1,142 @@
+#include "chorus/backends/group_impl.h"
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+#include <tuple>
+
+#include "chorus/common/error.h"
+
+namespace chorus {
+
+const char* collective_name(Collective kind, ReduceOp op) {
+  switch (kind) {
+    case Collective::AllReduce:
+      switch (op) {
+        case ReduceOp::Sum: return "all_sum";
+        case ReduceOp::Max: return "all_max";
+        case ReduceOp::Min: return "all_min";
+      }
+      break;
+    case Collective::AllGather: return "all_gather";
+    case Collective::ReduceScatter: return "sum_scatter";
+    case Collective::Broadcast: return "broadcast";
+    case Collective::Barrier: return "barrier";
+  }
+  return "?";
+}
+
+bool CallDesc::operator==(const CallDesc& other) const {
+  return std::tie(kind, op, dtype, count, shape_hash, root) ==
+         std::tie(other.kind, other.op, other.dtype, other.count, other.shape_hash, other.root);
+}
+
+std::string CallDesc::describe() const {
+  std::ostringstream out;
+  out << collective_name(kind, op);
+  if (kind != Collective::Barrier) {
+    out << " of " << count << " x " << dtype_name(dtype) << " (shape hash " << std::hex
+        << shape_hash << std::dec << ")";
+  }
+  if (kind == Collective::Broadcast) out << " from root " << root;
+  return out.str();
+}
+
+WireDesc to_wire(const CallDesc& desc) {
+  WireDesc wire{};
+  wire.kind = static_cast<uint8_t>(desc.kind);
+  wire.op = static_cast<uint8_t>(desc.op);
+  wire.dtype = static_cast<uint8_t>(desc.dtype);
+  wire.root = desc.root;
+  wire.count = desc.count;
+  wire.shape_hash = desc.shape_hash;
+  return wire;
+}
+
+CallDesc from_wire(const WireDesc& wire) {
+  CallDesc desc;
+  desc.kind = static_cast<Collective>(wire.kind);
+  desc.op = static_cast<ReduceOp>(wire.op);
+  desc.dtype = static_cast<Dtype>(wire.dtype);
+  desc.root = wire.root;
+  desc.count = wire.count;
+  desc.shape_hash = wire.shape_hash;
+  return desc;
+}
+
+std::string ErrorContext::prefix() const {
+  std::ostringstream out;
+  out << "[chorus " << backend << "] rank " << rank << "/" << size;
+  if (!hostname.empty()) out << " (" << hostname << ")";
+  out << ": ";
+  return out.str();
+}
+
+namespace {
+
+class SingleGroup final : public GroupImpl {
+ public:
+  explicit SingleGroup(std::string backend) : backend_(std::move(backend)) {}
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  const char* backend() const override { return backend_.c_str(); }
+  GroupPtr split(int, int) override { return make_single_group(backend_); }
+  void all_reduce(const CallDesc& d, const void* in, void* out) override { copy(in, out, d.nbytes()); }
+  void all_gather(const CallDesc& d, const void* in, void* out) override { copy(in, out, d.nbytes()); }
+  void reduce_scatter(const CallDesc& d, const void* in, void* out) override {
+    copy(in, out, d.nbytes());
+  }
+  void broadcast(const CallDesc&, void*) override {}
+  void barrier() override {}
+  void send(const void*, size_t, Dtype, int dst) override {
+    throw UsageError("send to rank " + std::to_string(dst) +
+                     " in a group of size 1: there is no other rank");
+  }
+  void recv(void*, size_t, Dtype, int src) override {
+    throw UsageError("recv from rank " + std::to_string(src) +
+                     " in a group of size 1: there is no other rank");
+  }
+
+ private:
+  static void copy(const void* in, void* out, size_t nbytes) {
+    if (in != out && nbytes > 0) std::memmove(out, in, nbytes);
+  }
+  std::string backend_;
+};
+
+}  // namespace
+
+GroupPtr make_single_group(const std::string& backend) {
+  return std::make_shared<SingleGroup>(backend);
+}
+
+SplitPlan plan_split(GroupImpl& parent, int color, int key, uint64_t split_index) {
+  struct Entry {
+    int32_t color, key;
+  };
+  const int size = parent.size();
+  Entry mine{color, key};
+  std::vector<Entry> all(size);
+  CallDesc desc;
+  desc.kind = Collective::AllGather;
+  desc.dtype = Dtype::Int32;
+  desc.count = 2;
+  desc.shape_hash = 0x5b117;  // fixed: every rank gathers the same shape
+  parent.all_gather(desc, &mine, all.data());
+
+  std::vector<std::tuple<int, int>> order;  // (key, parent rank) of my color
+  for (int r = 0; r < size; ++r) {
+    if (all[r].color == color) order.emplace_back(all[r].key, r);
+  }
+  std::sort(order.begin(), order.end());
+  SplitPlan plan;
+  plan.color = color;
+  plan.split_index = split_index;
+  for (const auto& [k, r] : order) {
+    if (r == parent.rank()) plan.new_rank = static_cast<int>(plan.members.size());
+    plan.members.push_back(r);
+  }
+  return plan;
+}
+
+}  // namespace chorus

@@ -1,0 +1,126 @@
+// The interface every backend implements, and what it is built from.
+//
+// Backends only move bytes: ops.cc has already picked the default group,
+// handled size 1, allocated outputs and checked local arguments. What a
+// backend must still check is that all ranks agree on the call (CallDesc):
+// a disagreement raises UsageError on every rank and leaves the group usable.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "chorus/dtype.h"
+
+namespace chorus {
+
+enum class Collective : uint8_t { AllReduce, AllGather, ReduceScatter, Broadcast, Barrier };
+
+const char* collective_name(Collective kind, ReduceOp op);
+
+// What one rank asked for. All ranks of a group must pass equal descriptors to
+// the same collective; backends exchange and compare them.
+struct CallDesc {
+  Collective kind = Collective::Barrier;
+  ReduceOp op = ReduceOp::Sum;
+  Dtype dtype = Dtype::UInt8;
+  uint64_t count = 0;       // elements of the input on this rank
+  uint64_t shape_hash = 0;  // hash of the input's shape (same count, other shape = mismatch)
+  int32_t root = 0;         // broadcast only
+
+  size_t nbytes() const { return static_cast<size_t>(count) * dtype_size(dtype); }
+  bool operator==(const CallDesc& other) const;
+  bool operator!=(const CallDesc& other) const { return !(*this == other); }
+  // "all_sum of 1024 x float32", for error messages.
+  std::string describe() const;
+};
+
+// Fixed-size wire form of CallDesc (little-endian host order; all ranks of a
+// job run the same build).
+struct WireDesc {
+  uint8_t kind, op, dtype, pad0;
+  int32_t root;
+  uint64_t count;
+  uint64_t shape_hash;
+};
+static_assert(sizeof(WireDesc) == 24, "WireDesc is sent as raw bytes");
+WireDesc to_wire(const CallDesc& desc);
+CallDesc from_wire(const WireDesc& wire);
+
+// Everything a backend needs to build the world group; filled from the
+// environment by the Python layer (chorus/env.py).
+struct InitOptions {
+  int rank = 0;
+  int size = 1;
+  // One entry per rank, each a list of "ip:port"; several addresses for a
+  // rank mean several sockets per neighbour.
+  std::vector<std::vector<std::string>> hosts;
+  std::string token;          // shared secret proven in every handshake
+  std::string job_id;         // unique per job: names shm segments
+  std::string hostname;       // this machine, for error messages
+  double timeout_s = 60.0;    // set-up deadline
+  bool verbose = false;
+  size_t segment_bytes = 0;   // pipeline segment size; 0 = backend default (test knob)
+  // Listening sockets the launcher already bound for this rank, one per
+  // address in hosts[rank] (CHORUS_LISTEN_FDS): using them instead of binding
+  // again makes port choice race-free. Empty = bind hosts[rank] ourselves.
+  std::vector<int> listen_fds;
+};
+
+// Prefix every error message of a group with "[chorus ring] rank 2/4 (hostb): ".
+struct ErrorContext {
+  std::string backend;
+  int rank = 0;
+  int size = 1;
+  std::string hostname;
+  std::string prefix() const;
+};
+
+class GroupImpl {
+ public:
+  virtual ~GroupImpl() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual const char* backend() const = 0;
+
+  // As MPI_Comm_split: ranks with the same color form a group, ordered by
+  // (key, parent rank). Every rank of this group must call it.
+  virtual std::shared_ptr<GroupImpl> split(int color, int key) = 0;
+
+  // out[count] = op over ranks of in[count]. in may equal out.
+  virtual void all_reduce(const CallDesc& desc, const void* in, void* out) = 0;
+  // out[size * nbytes] = concatenation of every rank's in[nbytes], rank order.
+  virtual void all_gather(const CallDesc& desc, const void* in, void* out) = 0;
+  // in[count] reduced over ranks; this rank keeps block `rank` of size
+  // count / size in out. ops.cc guarantees count % size == 0.
+  virtual void reduce_scatter(const CallDesc& desc, const void* in, void* out) = 0;
+  // buf[nbytes] from desc.root to everyone.
+  virtual void broadcast(const CallDesc& desc, void* buf) = 0;
+  virtual void barrier() = 0;
+
+  // Point to point. The receiver checks that nbytes and dtype match the
+  // sender's and raises UsageError if not (the message is drained).
+  virtual void send(const void* buf, size_t nbytes, Dtype dtype, int dst) = 0;
+  virtual void recv(void* buf, size_t nbytes, Dtype dtype, int src) = 0;
+};
+
+using GroupPtr = std::shared_ptr<GroupImpl>;
+
+// A size-1 group: every collective copies in to out, point to point raises.
+GroupPtr make_single_group(const std::string& backend);
+
+// Membership of the sub-group this rank lands in after split(color, key).
+struct SplitPlan {
+  int new_rank = 0;
+  std::vector<int> members;  // parent ranks, in new-rank order
+  int color = 0;
+  uint64_t split_index = 0;  // how many splits the parent did before: names resources
+};
+
+// Computes the plan with one all_gather on the parent (every rank must call).
+SplitPlan plan_split(GroupImpl& parent, int color, int key, uint64_t split_index);
+
+}  // namespace chorus

@@ -1,0 +1,66 @@
+// Exception types shared by every layer. Recoverable failures (a peer that
+// went away, a caller mistake) are exceptions the bindings map to Python
+// types; broken invariants go through CHORUS_CHECK and mean a bug in chorus.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace chorus {
+
+// Base of everything chorus throws.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A peer closed, reset, timed out or aborted the group (Python: PeerError,
+// a ConnectionError).
+class PeerError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Set-up deadline passed (Python: PeerTimeoutError, also a TimeoutError).
+class PeerTimeout : public PeerError {
+ public:
+  using PeerError::PeerError;
+};
+
+// Shape, dtype, rank or size mismatch, or a bad argument (Python: ValueError).
+class UsageError : public Error {
+ public:
+  using Error::Error;
+};
+
+// An operation the dtype does not support, e.g. max on complex (Python: TypeError).
+class DtypeError : public UsageError {
+ public:
+  using UsageError::UsageError;
+};
+
+// The backend cannot run here (Python: RuntimeError).
+class BackendUnavailable : public Error {
+ public:
+  using Error::Error;
+};
+
+// A signal handler asked the blocked call to stop (Python: the exception the
+// handler raised, usually KeyboardInterrupt).
+class Interrupted : public Error {
+ public:
+  using Error::Error;
+};
+
+namespace detail {
+[[noreturn]] void check_failed(const char* expr, const char* file, int line, const std::string& msg);
+std::string errno_text(int err);
+}  // namespace detail
+
+}  // namespace chorus
+
+// Invariant check: a failure is a chorus bug, reported with file:line.
+#define CHORUS_CHECK(cond, msg)                                              \
+  do {                                                                       \
+    if (!(cond)) ::chorus::detail::check_failed(#cond, __FILE__, __LINE__, (msg)); \
+  } while (0)

@@ -1,0 +1,97 @@
+#include "chorus/ops.h"
+
+#include <cstring>
+#include <string>
+
+#include "chorus/algorithms/reduce.h"
+#include "chorus/common/error.h"
+
+namespace chorus::ops {
+namespace {
+
+std::string where(GroupImpl& group) {
+  return "[chorus " + std::string(group.backend()) + "] rank " + std::to_string(group.rank()) +
+         "/" + std::to_string(group.size()) + ": ";
+}
+
+void check_peer(GroupImpl& group, int peer, const char* what) {
+  if (peer < 0 || peer >= group.size()) {
+    throw UsageError(where(group) + what + " rank " + std::to_string(peer) +
+                     " is outside the group (size " + std::to_string(group.size()) + ")");
+  }
+  if (peer == group.rank()) {
+    throw UsageError(where(group) + what + " rank " + std::to_string(peer) +
+                     ", which is this rank itself");
+  }
+}
+
+}  // namespace
+
+void all_reduce(GroupImpl& group, const CallDesc& desc, const void* in, void* out) {
+  reduce_kernel(desc.dtype, desc.op);  // complex max/min fails here, before any traffic
+  if (group.size() == 1) {
+    if (in != out) std::memmove(out, in, desc.nbytes());
+    return;
+  }
+  group.all_reduce(desc, in, out);
+}
+
+void all_gather(GroupImpl& group, const CallDesc& desc, const void* in, void* out) {
+  if (group.size() == 1) {
+    std::memmove(out, in, desc.nbytes());
+    return;
+  }
+  group.all_gather(desc, in, out);
+}
+
+void reduce_scatter(GroupImpl& group, const CallDesc& desc, const void* in, void* out) {
+  reduce_kernel(desc.dtype, desc.op);
+  if (desc.count % static_cast<uint64_t>(group.size()) != 0) {
+    throw UsageError(where(group) + "sum_scatter needs the first axis divisible by the group size " +
+                     std::to_string(group.size()));
+  }
+  if (group.size() == 1) {
+    std::memmove(out, in, desc.nbytes());
+    return;
+  }
+  group.reduce_scatter(desc, in, out);
+}
+
+void broadcast(GroupImpl& group, const CallDesc& desc, void* buf) {
+  if (desc.root < 0 || desc.root >= group.size()) {
+    throw UsageError(where(group) + "broadcast root " + std::to_string(desc.root) +
+                     " is outside the group (size " + std::to_string(group.size()) + ")");
+  }
+  if (group.size() == 1) return;
+  group.broadcast(desc, buf);
+}
+
+void barrier(GroupImpl& group) {
+  if (group.size() > 1) group.barrier();
+}
+
+void send(GroupImpl& group, const void* buf, size_t nbytes, Dtype dtype, int dst) {
+  if (group.size() == 1) {
+    throw UsageError(where(group) + "send needs a group of at least 2 ranks (this one has 1)");
+  }
+  check_peer(group, dst, "send to");
+  group.send(buf, nbytes, dtype, dst);
+}
+
+void recv(GroupImpl& group, void* buf, size_t nbytes, Dtype dtype, int src) {
+  if (group.size() == 1) {
+    throw UsageError(where(group) + "recv needs a group of at least 2 ranks (this one has 1)");
+  }
+  check_peer(group, src, "recv from");
+  group.recv(buf, nbytes, dtype, src);
+}
+
+GroupPtr split(GroupImpl& group, int color, int key) {
+  if (color < 0) {
+    throw UsageError(where(group) + "split color must be >= 0, got " + std::to_string(color));
+  }
+  if (key < 0) key = group.rank();
+  return group.split(color, key);
+}
+
+}  // namespace chorus::ops
