@@ -14,8 +14,17 @@ thread_local PyObject* g_pending_type = nullptr;
 thread_local PyObject* g_pending_value = nullptr;
 thread_local PyObject* g_pending_tb = nullptr;
 
+bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
 void python_interrupt_hook() {
-  if (Py_IsFinalizing()) return;
+  // Taking the GIL during interpreter shutdown would block forever.
+  if (interpreter_finalizing()) return;
   py::gil_scoped_acquire gil;
   if (PyErr_CheckSignals() == 0) return;
   PyErr_Fetch(&g_pending_type, &g_pending_value, &g_pending_tb);

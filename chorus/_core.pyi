@@ -1,0 +1,53 @@
+"""Typed stubs for the compiled extension ``chorus._core``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+class PeerError(ConnectionError):
+    """A peer rank closed, reset, timed out or aborted the group."""
+
+class PeerTimeoutError(PeerError, TimeoutError):
+    """A peer did not arrive or answer before the deadline."""
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here."""
+
+class Group:
+    """A set of ranks that run collectives together (backend handle)."""
+
+    @property
+    def backend(self) -> str: ...
+    def rank(self) -> int: ...
+    def size(self) -> int: ...
+    def split(self, color: int, key: int = -1) -> Group: ...
+
+def compiled_backends() -> list[str]: ...
+def is_available(backend: str) -> bool: ...
+def single_group(backend: str = "single") -> Group: ...
+def init(
+    backend: str,
+    rank: int,
+    size: int,
+    hosts: list[list[str]],
+    token: str,
+    job_id: str,
+    hostname: str,
+    timeout: float,
+    verbose: bool = False,
+    segment_bytes: int = 0,
+    listen_fds: list[int] = ...,
+) -> Group: ...
+def all_reduce(
+    group: Group, x: np.ndarray[Any, Any], out: np.ndarray[Any, Any], op: str
+) -> None: ...
+def all_gather(group: Group, x: np.ndarray[Any, Any], out: np.ndarray[Any, Any]) -> None: ...
+def reduce_scatter(
+    group: Group, x: np.ndarray[Any, Any], out: np.ndarray[Any, Any], op: str = "sum"
+) -> None: ...
+def broadcast(group: Group, buf: np.ndarray[Any, Any], root: int) -> None: ...
+def barrier(group: Group) -> None: ...
+def send(group: Group, x: np.ndarray[Any, Any], dst: int) -> None: ...
+def recv(group: Group, out: np.ndarray[Any, Any], src: int) -> None: ...

@@ -1,0 +1,245 @@
+"""Collective and point-to-point operations on numpy arrays.
+
+Each function resolves ``group=None`` to the world group, converts the input
+to a C-contiguous native-endian array, allocates the output and makes one
+call into the compiled module, which releases the GIL while it communicates.
+At size 1 every collective returns a copy of its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from chorus import _core
+from chorus.group import Group, default_group
+
+ArrayLike = npt.ArrayLike
+
+
+def _as_array(x: ArrayLike) -> np.ndarray[Any, Any]:
+    """Any array-like (buffer protocol, ``__array__``, scalar) as a C-contiguous array."""
+    array = np.asarray(x, order="C")
+    if array.dtype.byteorder not in ("=", "|"):
+        array = array.astype(array.dtype.newbyteorder("="))
+    if not array.flags.c_contiguous:  # asarray keeps 0-d and already-contiguous as is
+        array = np.ascontiguousarray(array)
+    return array
+
+
+def _reduce(x: ArrayLike, op: str, group: Group | None) -> np.ndarray[Any, Any]:
+    g = default_group(group)
+    array = _as_array(x)
+    out = np.empty_like(array)
+    _core.all_reduce(g._impl, array, out, op)
+    return out
+
+
+def all_sum(x: ArrayLike, *, group: Group | None = None) -> np.ndarray[Any, Any]:
+    """Elementwise sum over all ranks; every rank gets the result.
+
+    Parameters
+    ----------
+    x
+        This rank's array. All ranks must pass the same shape and dtype.
+    group
+        The group to reduce over (default: the world group).
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape and dtype as ``x``; bit-identical on every rank.
+
+    Raises
+    ------
+    ValueError
+        Ranks disagree on shape or dtype (raised on every rank).
+    chorus.PeerError
+        A peer died or aborted the call.
+    """
+    return _reduce(x, "sum", group)
+
+
+def all_max(x: ArrayLike, *, group: Group | None = None) -> np.ndarray[Any, Any]:
+    """Elementwise maximum over all ranks (NaN propagates, as ``np.maximum``).
+
+    Raises ``TypeError`` for complex arrays. See :func:`all_sum`.
+    """
+    return _reduce(x, "max", group)
+
+
+def all_min(x: ArrayLike, *, group: Group | None = None) -> np.ndarray[Any, Any]:
+    """Elementwise minimum over all ranks (NaN propagates, as ``np.minimum``).
+
+    Raises ``TypeError`` for complex arrays. See :func:`all_sum`.
+    """
+    return _reduce(x, "min", group)
+
+
+def all_gather(x: ArrayLike, *, group: Group | None = None) -> np.ndarray[Any, Any]:
+    """Concatenate every rank's array along axis 0, in rank order.
+
+    A 0-d input gives a 1-d result of length ``size``. All ranks must pass
+    the same shape and dtype.
+    """
+    g = default_group(group)
+    array = _as_array(x)
+    shape = (g.size(),) if array.ndim == 0 else (g.size() * array.shape[0], *array.shape[1:])
+    out = np.empty(shape, dtype=array.dtype)
+    _core.all_gather(g._impl, array, out)
+    return out
+
+
+def sum_scatter(x: ArrayLike, *, group: Group | None = None) -> np.ndarray[Any, Any]:
+    """Sum over ranks, then give rank ``r`` the ``r``-th block along axis 0.
+
+    ``x.shape[0]`` must be divisible by the group size; the result has
+    ``x.shape[0] // size`` rows.
+    """
+    g = default_group(group)
+    array = _as_array(x)
+    if array.ndim == 0:
+        msg = "sum_scatter needs an array with at least one axis"
+        raise ValueError(msg)
+    size = g.size()
+    if array.shape[0] % size:
+        msg = (
+            f"sum_scatter: the first axis ({array.shape[0]}) is not divisible "
+            f"by the group size {size}"
+        )
+        raise ValueError(msg)
+    out = np.empty((array.shape[0] // size, *array.shape[1:]), dtype=array.dtype)
+    _core.reduce_scatter(g._impl, array, out, "sum")
+    return out
+
+
+def broadcast(x: ArrayLike, root: int = 0, *, group: Group | None = None) -> np.ndarray[Any, Any]:
+    """Every rank gets ``root``'s array. All ranks pass the same shape and dtype."""
+    g = default_group(group)
+    out = np.array(_as_array(x), copy=True)
+    _core.broadcast(g._impl, out, root)
+    return out
+
+
+def barrier(*, group: Group | None = None) -> None:
+    """Return once every rank of the group has entered the barrier."""
+    _core.barrier(default_group(group)._impl)
+
+
+def send(x: ArrayLike, dst: int, *, group: Group | None = None) -> np.ndarray[Any, Any]:
+    """Send ``x`` to rank ``dst``; returns ``x`` as an array (as MLX does).
+
+    The receiver must call :func:`recv` (or :func:`recv_like`) with the same
+    shape and dtype. With the ring backend ``dst`` must be a ring neighbour.
+    """
+    g = default_group(group)
+    array = _as_array(x)
+    _core.send(g._impl, array, dst)
+    return array
+
+
+def recv(
+    shape: int | Iterable[int],
+    dtype: npt.DTypeLike,
+    src: int,
+    *,
+    group: Group | None = None,
+) -> np.ndarray[Any, Any]:
+    """Receive an array of ``shape`` and ``dtype`` sent by rank ``src``."""
+    g = default_group(group)
+    out = np.empty(shape, dtype=dtype)
+    _core.recv(g._impl, out, src)
+    return out
+
+
+def recv_like(x: ArrayLike, src: int, *, group: Group | None = None) -> np.ndarray[Any, Any]:
+    """Receive from ``src`` an array shaped and typed like ``x``."""
+    array = np.asarray(x)
+    return recv(array.shape, array.dtype, src, group=group)
+
+
+Tree = Any
+
+
+def _leaves(tree: Tree, path: tuple[Any, ...] = ()) -> Iterable[tuple[tuple[Any, ...], Any]]:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, (*path, key))
+    elif isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            yield from _leaves(value, (*path, index))
+    else:
+        yield path, tree
+
+
+def _rebuild(tree: Tree, path: tuple[Any, ...], lookup: Callable[[tuple[Any, ...]], Any]) -> Tree:
+    if isinstance(tree, dict):
+        return {k: _rebuild(v, (*path, k), lookup) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        items = [_rebuild(v, (*path, i), lookup) for i, v in enumerate(tree)]
+        return type(tree)(items) if isinstance(tree, tuple) else items
+    return lookup(path)
+
+
+def average_gradients(
+    gradients: Tree,
+    *,
+    group: Group | None = None,
+    all_reduce_size: int = 32 * 1024 * 1024,
+) -> Tree:
+    """Average a tree (dicts, lists, tuples) of arrays over all ranks.
+
+    Small arrays are packed into flat buffers of at most ``all_reduce_size``
+    bytes per dtype, so a model with hundreds of parameters costs a few
+    large :func:`all_sum` calls instead of hundreds of small ones. An array
+    larger than the limit gets a call of its own; ``all_reduce_size <= 0``
+    reduces every array separately.
+
+    Returns
+    -------
+    The same tree structure with every leaf replaced by its average (same
+    shape and dtype; integer leaves are floor-divided).
+    """
+    g = default_group(group)
+    size = g.size()
+    leaves = [(path, _as_array(leaf)) for path, leaf in _leaves(gradients)]
+    if size == 1:
+        copies = {path: array.copy() for path, array in leaves}
+        return _rebuild(gradients, (), copies.__getitem__)
+
+    averaged: dict[tuple[Any, ...], np.ndarray[Any, Any]] = {}
+
+    def flush(batch: list[tuple[tuple[Any, ...], np.ndarray[Any, Any]]]) -> None:
+        if not batch:
+            return
+        flat = np.concatenate([array.reshape(-1) for _, array in batch])
+        total = all_sum(flat, group=g)
+        offset = 0
+        for path, array in batch:
+            part = total[offset : offset + array.size].reshape(array.shape)
+            offset += array.size
+            averaged[path] = _divide(part, size)
+
+    by_dtype: dict[np.dtype[Any], list[tuple[tuple[Any, ...], np.ndarray[Any, Any]]]] = {}
+    for path, array in leaves:
+        by_dtype.setdefault(array.dtype, []).append((path, array))
+    for batch_items in by_dtype.values():
+        batch: list[tuple[tuple[Any, ...], np.ndarray[Any, Any]]] = []
+        batch_bytes = 0
+        for path, array in batch_items:
+            if batch and (all_reduce_size <= 0 or batch_bytes + array.nbytes > all_reduce_size):
+                flush(batch)
+                batch, batch_bytes = [], 0
+            batch.append((path, array))
+            batch_bytes += array.nbytes
+        flush(batch)
+    return _rebuild(gradients, (), averaged.__getitem__)
+
+
+def _divide(array: np.ndarray[Any, Any], size: int) -> np.ndarray[Any, Any]:
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        return (array // size).astype(array.dtype)
+    return (array / size).astype(array.dtype)

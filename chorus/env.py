@@ -1,0 +1,212 @@
+"""The environment a rank reads: CHORUS_* (set by ``chorus launch``) or a scheduler's.
+
+Everything a rank learns from its environment goes through :func:`read_rank_env`,
+so the rest of the package never touches ``os.environ`` for these names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# Rank and size from a scheduler, in the order they are tried when the
+# CHORUS_* variables are absent (Slurm, Open MPI, MPICH/PMI).
+_RANK_VARS = ("CHORUS_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+_SIZE_VARS = ("CHORUS_WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class EnvError(ValueError):
+    """A CHORUS_* (or scheduler) variable is malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    """What this process knows about the job it belongs to.
+
+    Attributes
+    ----------
+    rank, size
+        This rank and the world size (``size == 1`` outside any job).
+    hosts
+        One entry per rank, each a list of ``"ip:port"`` addresses.
+    backend
+        The backend the launcher asked for (``"any"`` when unset).
+    token
+        Shared secret every connection proves knowledge of.
+    job_id
+        Unique per job; names shared-memory segments.
+    timeout
+        Seconds allowed for set-up (``CHORUS_TIMEOUT``).
+    """
+
+    rank: int = 0
+    size: int = 1
+    hosts: list[list[str]] = field(default_factory=list)
+    backend: str = "any"
+    token: str = ""
+    job_id: str = ""
+    timeout: float = DEFAULT_TIMEOUT
+    coordinator: str | None = None
+    verbose: bool = False
+    listen_fds: list[int] = field(default_factory=list)
+    segment_bytes: int = 0
+    hostname: str = field(default_factory=socket.gethostname)
+
+    @property
+    def in_job(self) -> bool:
+        """Whether this process was started as one of several ranks."""
+        return self.size > 1
+
+    def all_hosts_local(self) -> bool:
+        """Whether every rank's addresses are loopback or this host's name."""
+        if not self.hosts:
+            return self.in_job
+        local = {"127.0.0.1", "localhost", "::1", self.hostname}
+        for entry in self.hosts:
+            for address in entry:
+                ip = address.rsplit(":", 1)[0].strip("[]")
+                if ip not in local and not ip.startswith("127."):
+                    return False
+        return True
+
+
+def _first(environ: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
+    for name in names:
+        value = environ.get(name)
+        if value not in (None, ""):
+            return name, value
+    return None
+
+
+def _int_var(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        msg = f"{name}={value!r} is not an integer"
+        raise EnvError(msg) from None
+
+
+def parse_hosts(text: str, source: str) -> list[list[str]]:
+    """Parse a hostfile list: one entry per rank, each ``"ip:port"`` or a list of them.
+
+    ``source`` names where the text came from, for error messages.
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        msg = f"{source}: not valid JSON ({err})"
+        raise EnvError(msg) from None
+    if not isinstance(data, list):
+        msg = f"{source}: expected a JSON list with one entry per rank"
+        raise EnvError(msg)
+    hosts: list[list[str]] = []
+    for index, entry in enumerate(data):
+        addresses = [entry] if isinstance(entry, str) else entry
+        if not isinstance(addresses, list) or not addresses:
+            msg = f'{source}: entry {index} must be "ip:port" or a non-empty list of them'
+            raise EnvError(msg)
+        for address in addresses:
+            if not isinstance(address, str) or ":" not in address:
+                msg = f'{source}: entry {index} has {address!r}, expected "ip:port"'
+                raise EnvError(msg)
+            port = address.rsplit(":", 1)[1]
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                msg = f"{source}: entry {index} has {address!r}: bad port"
+                raise EnvError(msg)
+        hosts.append(list(addresses))
+    return hosts
+
+
+def _read_hosts(value: str) -> list[list[str]]:
+    # The launcher passes JSON text; a path to a file is accepted too (as MLX_HOSTFILE).
+    if value.lstrip().startswith("["):
+        return parse_hosts(value, "CHORUS_HOSTFILE")
+    try:
+        with open(value, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as err:
+        msg = f"CHORUS_HOSTFILE={value!r}: cannot read it ({err.strerror})"
+        raise EnvError(msg) from None
+    return parse_hosts(text, value)
+
+
+def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
+    """Build the :class:`RankEnv` of this process from its environment.
+
+    Raises
+    ------
+    EnvError
+        A variable is malformed, or rank and size contradict each other or
+        the hostfile; the message names the variable.
+    """
+    env = os.environ if environ is None else environ
+    rank_var = _first(env, _RANK_VARS)
+    size_var = _first(env, _SIZE_VARS)
+    if rank_var is None and size_var is None:
+        return RankEnv()
+    if rank_var is None or size_var is None:
+        have = (rank_var or size_var or ("", ""))[0]
+        msg = f"{have} is set but no matching rank/size variable is ({', '.join(_SIZE_VARS)})"
+        raise EnvError(msg)
+    rank = _int_var(*rank_var)
+    size = _int_var(*size_var)
+    if size < 1 or not 0 <= rank < size:
+        msg = f"{rank_var[0]}={rank} is not a valid rank for {size_var[0]}={size}"
+        raise EnvError(msg)
+
+    hosts: list[list[str]] = []
+    if env.get("CHORUS_HOSTFILE"):
+        hosts = _read_hosts(env["CHORUS_HOSTFILE"])
+        if len(hosts) != size:
+            msg = f"CHORUS_HOSTFILE has {len(hosts)} entries but {size_var[0]}={size}"
+            raise EnvError(msg)
+
+    timeout = DEFAULT_TIMEOUT
+    if env.get("CHORUS_TIMEOUT"):
+        try:
+            timeout = float(env["CHORUS_TIMEOUT"])
+        except ValueError:
+            msg = f"CHORUS_TIMEOUT={env['CHORUS_TIMEOUT']!r} is not a number of seconds"
+            raise EnvError(msg) from None
+        if timeout <= 0:
+            msg = f"CHORUS_TIMEOUT={timeout} must be positive"
+            raise EnvError(msg)
+
+    listen_fds: list[int] = []
+    if env.get("CHORUS_LISTEN_FDS"):
+        listen_fds = [_int_var("CHORUS_LISTEN_FDS", v) for v in env["CHORUS_LISTEN_FDS"].split(",")]
+
+    token = env.get("CHORUS_TOKEN", "")
+    job_id = env.get("CHORUS_JOB_ID", "")
+    if not job_id:
+        # Ranks started without our launcher still need a name every rank agrees on.
+        seed = "|".join([token, env.get("CHORUS_HOSTFILE", ""), str(size)])
+        seed += "|" + env.get("SLURM_JOB_ID", env.get("OMPI_MCA_orte_hnp_uri", ""))
+        job_id = f"{abs(hash_text(seed)):016x}"
+
+    return RankEnv(
+        rank=rank,
+        size=size,
+        hosts=hosts,
+        backend=env.get("CHORUS_BACKEND", "") or "any",
+        token=token,
+        job_id=job_id,
+        timeout=timeout,
+        coordinator=env.get("CHORUS_COORDINATOR") or None,
+        verbose=env.get("CHORUS_VERBOSE", "") not in ("", "0"),
+        listen_fds=listen_fds,
+        segment_bytes=_int_var("CHORUS_SEGMENT_BYTES", env.get("CHORUS_SEGMENT_BYTES", "0")),
+    )
+
+
+def hash_text(text: str) -> int:
+    """A hash stable across processes (``hash()`` is salted per process)."""
+    value = 1469598103934665603
+    for byte in text.encode():
+        value = ((value ^ byte) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return value
