@@ -1,7 +1,5 @@
 """Typed stubs for the compiled extension ``chorus._core``."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import numpy as np

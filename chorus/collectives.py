@@ -150,7 +150,8 @@ def recv(
 ) -> np.ndarray[Any, Any]:
     """Receive an array of ``shape`` and ``dtype`` sent by rank ``src``."""
     g = default_group(group)
-    out = np.empty(shape, dtype=dtype)
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    out = np.empty(dims, dtype=np.dtype(dtype))
     _core.recv(g._impl, out, src)
     return out
 

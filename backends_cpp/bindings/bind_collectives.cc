@@ -53,7 +53,8 @@ Dtype dtype_of(const py::array& array) {
   const py::dtype dt = array.dtype();
   const char kind = dt.kind();
   const auto size = dt.itemsize();
-  if (size > 1 && !dt.attr("isnative").cast<bool>()) throw py::type_error("chorus needs native byte order arrays");
+  if (size > 1 && !dt.attr("isnative").cast<bool>())
+    throw py::type_error("chorus needs native byte order arrays");
   switch (kind) {
     case 'b': return Dtype::Bool;
     case 'i':

@@ -46,17 +46,16 @@ void restore_interrupt_error(const char* message) {
 
 void register_errors(py::module_& m) {
   // Leaked on purpose: the classes live as long as the interpreter.
-  static PyObject* peer_error =
-      PyErr_NewExceptionWithDoc("chorus._core.PeerError",
-                                "A peer rank closed, reset, timed out or aborted the group.",
-                                PyExc_ConnectionError, nullptr);
+  static PyObject* peer_error = PyErr_NewExceptionWithDoc(
+      "chorus._core.PeerError", "A peer rank closed, reset, timed out or aborted the group.",
+      PyExc_ConnectionError, nullptr);
   static PyObject* peer_timeout = PyErr_NewExceptionWithDoc(
       "chorus._core.PeerTimeoutError", "A peer did not arrive or answer before the deadline.",
       py::make_tuple(py::handle(peer_error), py::handle(PyExc_TimeoutError)).release().ptr(),
       nullptr);
-  static PyObject* unavailable = PyErr_NewExceptionWithDoc(
-      "chorus._core.BackendUnavailableError", "The requested backend cannot run here.",
-      PyExc_RuntimeError, nullptr);
+  static PyObject* unavailable = PyErr_NewExceptionWithDoc("chorus._core.BackendUnavailableError",
+                                                           "The requested backend cannot run here.",
+                                                           PyExc_RuntimeError, nullptr);
   m.attr("PeerError") = py::handle(peer_error);
   m.attr("PeerTimeoutError") = py::handle(peer_timeout);
   m.attr("BackendUnavailableError") = py::handle(unavailable);

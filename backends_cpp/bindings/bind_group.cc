@@ -32,7 +32,8 @@ void register_group(py::module_& m) {
       "init",
       [](const std::string& backend, int rank, int size,
          std::vector<std::vector<std::string>> hosts, std::string token, std::string job_id,
-         std::string hostname, double timeout, bool verbose, size_t segment_bytes, std::vector<int> listen_fds) {
+         std::string hostname, double timeout, bool verbose, size_t segment_bytes,
+         std::vector<int> listen_fds) {
         InitOptions options;
         options.rank = rank;
         options.size = size;
@@ -49,7 +50,8 @@ void register_group(py::module_& m) {
       },
       py::arg("backend"), py::arg("rank"), py::arg("size"), py::arg("hosts"), py::arg("token"),
       py::arg("job_id"), py::arg("hostname"), py::arg("timeout"), py::arg("verbose") = false,
-      py::arg("segment_bytes") = 0, py::arg("listen_fds") = std::vector<int>{}, "Connect this rank to its peers with the named backend.");
+      py::arg("segment_bytes") = 0, py::arg("listen_fds") = std::vector<int>{},
+      "Connect this rank to its peers with the named backend.");
 }
 
 }  // namespace chorus::bindings

@@ -1,4 +1,6 @@
 // Reduction kernels against scalar expectations, including aliasing.
+#include "chorus/algorithms/reduce.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,7 +9,6 @@
 #include <limits>
 #include <vector>
 
-#include "chorus/algorithms/reduce.h"
 #include "chorus/common/error.h"
 
 namespace chorus {

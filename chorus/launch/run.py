@@ -1,0 +1,604 @@
+"""Run one job: start N local ranks, watch them, tear them down.
+
+The pieces, in the order :meth:`Job.run` uses them:
+
+1. addresses (:mod:`chorus.launch.ports`): a listening socket per rank,
+   inherited by the rank (``CHORUS_LISTEN_FDS``); MLX ports in a memfd
+   hostfile (``MLX_HOSTFILE``);
+2. the environment of each rank (:func:`rank_environment`);
+3. the ranks themselves (:class:`~chorus.launch.process.LocalRank`), started
+   concurrently;
+4. stdin broadcast and labelled output (:mod:`chorus.launch.io`);
+5. supervision: the first rank that fails decides the exit code and the
+   others are stopped after a grace period; SIGINT, SIGTERM and SIGHUP are
+   forwarded to every rank, and a second one kills them;
+6. cleanup: whatever a rank left in its process group is killed, every fd is
+   closed; nothing is written to disk.
+
+Library code never prints: set-up steps and failures go to a
+:class:`Reporter`, and the caller (``chorus.cli``) decides how they appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from chorus.launch.io import OutputSink, broadcast_stdin, pump_output
+from chorus.launch.ports import (
+    LOCALHOST,
+    free_ports,
+    hostfile_json,
+    listening_sockets,
+    memfd_hostfile,
+)
+from chorus.launch.process import LocalRank, RankProcess, describe_exit
+
+__all__ = [
+    "BACKENDS",
+    "Job",
+    "JobResult",
+    "JobSpec",
+    "LaunchError",
+    "RankExit",
+    "Reporter",
+    "build_command",
+    "launch",
+    "rank_environment",
+]
+
+BACKENDS = ("shm", "ring", "any")
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How long a rank's last output may take to arrive after it exited (a process
+# it started may still hold the pipe open).
+OUTPUT_DRAIN_TIMEOUT = 0.5
+# How long reaping may take after SIGKILL before we give up waiting.
+KILL_TIMEOUT = 5.0
+
+
+class LaunchError(Exception):
+    """The job cannot be started: bad program, bad directory, no resources."""
+
+
+class Reporter(Protocol):
+    """Where a job tells what it does; implemented by the CLI."""
+
+    def progress(self, message: str) -> None:
+        """A set-up or teardown step, shown with ``--verbose``."""
+
+    def event(self, message: str) -> None:
+        """Something the user must see: a rank failed, ranks are stopped."""
+
+
+class SilentReporter:
+    """A :class:`Reporter` that drops everything."""
+
+    def progress(self, message: str) -> None:
+        """Drop ``message``."""
+
+    def event(self, message: str) -> None:
+        """Drop ``message``."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run and how.
+
+    Parameters
+    ----------
+    argv
+        The program of every rank; ``argv[0]`` is a path (see
+        :func:`build_command`).
+    nprocs
+        Number of ranks.
+    backend
+        ``CHORUS_BACKEND`` for the ranks: ``"shm"``, ``"ring"`` or ``"any"``.
+    env
+        Extra variables for every rank, applied last (they win).
+    cwd
+        Working directory of the ranks (default: the launcher's).
+    timeout
+        ``CHORUS_TIMEOUT``: seconds for set-up and for a peer to answer.
+    verbose
+        Sets ``CHORUS_VERBOSE=1`` in the ranks.
+    prefix
+        Label each output line with ``[rank] ``.
+    grace
+        Seconds the other ranks get to exit by themselves after one failed.
+    term_timeout
+        Seconds between SIGTERM and SIGKILL when stopping ranks.
+    """
+
+    argv: tuple[str, ...]
+    nprocs: int
+    backend: str = "shm"
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    timeout: float = 60.0
+    verbose: bool = False
+    prefix: bool = True
+    grace: float = 2.0
+    term_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.nprocs < 1:
+            msg = f"the number of ranks must be at least 1, not {self.nprocs}"
+            raise LaunchError(msg)
+        if self.backend not in BACKENDS:
+            msg = f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
+            raise LaunchError(msg)
+        if not self.argv:
+            msg = "no program to run"
+            raise LaunchError(msg)
+
+
+@dataclass(frozen=True)
+class RankExit:
+    """How one rank ended."""
+
+    rank: int
+    returncode: int
+
+    def describe(self) -> str:
+        """``"rank 2 exited with code 3"``, ``"rank 1 was killed by SIGKILL"``."""
+        return f"rank {self.rank} {describe_exit(self.returncode)}"
+
+
+@dataclass
+class JobResult:
+    """How a job ended.
+
+    Attributes
+    ----------
+    exits
+        Every rank's exit, in the order the launcher saw them.
+    first_failure
+        The first rank seen to exit non-zero (or by a signal), if any.
+    signals
+        Signals the launcher itself received (SIGINT, SIGTERM, SIGHUP).
+    """
+
+    exits: list[RankExit] = field(default_factory=list)
+    first_failure: RankExit | None = None
+    signals: list[int] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every rank exited 0; else the first failure's code.
+
+        A rank killed by signal N counts as ``128 + N``, as in a shell. If the
+        launcher was interrupted and every rank still exited 0, the result is
+        ``128 +`` the launcher's first signal.
+        """
+        if self.first_failure is not None:
+            code = self.first_failure.returncode
+            return code if code > 0 else 128 - code
+        if self.signals:
+            return 128 + self.signals[0]
+        return 0
+
+
+def build_command(
+    *,
+    script: str | None = None,
+    module: str | None = None,
+    code: str | None = None,
+    args: Sequence[str] = (),
+    cwd: str | None = None,
+) -> tuple[str, ...]:
+    """The command line every rank runs, with ``argv[0]`` as a path.
+
+    Exactly one of ``script``, ``module`` and ``code`` is given. A ``.py``
+    script runs with this interpreter (``sys.executable``); another file runs
+    as a program if it is executable, as does a name found on ``PATH``.
+
+    Raises
+    ------
+    LaunchError
+        If the script does not exist, or none or several of the three are
+        given.
+    """
+    given = [name for name, value in (("script", script), ("-m", module), ("-c", code)) if value is not None]
+    if len(given) != 1:
+        msg = "give exactly one of: a script, -m MODULE, -c CODE"
+        raise LaunchError(msg)
+    python = sys.executable
+    if module is not None:
+        if not module:
+            msg = "-m needs a module name"
+            raise LaunchError(msg)
+        return (python, "-m", module, *args)
+    if code is not None:
+        return (python, "-c", code, *args)
+    assert script is not None
+    path = _find_script(script, cwd)
+    if path.endswith(".py") or not os.access(path, os.X_OK):
+        return (python, path, *args)
+    return (path, *args)
+
+
+def _find_script(script: str, cwd: str | None) -> str:
+    """An absolute path to ``script``: relative to our cwd, then ``cwd``, then PATH."""
+    if os.path.isfile(script):
+        return os.path.abspath(script)
+    if cwd is not None and os.path.isfile(os.path.join(cwd, script)):
+        return os.path.abspath(os.path.join(cwd, script))
+    if os.sep not in script and not script.endswith(".py"):
+        found = shutil.which(script)
+        if found is not None:
+            return found
+    if os.path.isdir(script):
+        msg = f"{script} is a directory, not a script"
+        raise LaunchError(msg)
+    msg = f"no such script: {script}"
+    raise LaunchError(msg)
+
+
+def rank_environment(
+    spec: JobSpec,
+    rank: int,
+    *,
+    base: Mapping[str, str],
+    hostfile: str,
+    listen_fds: Iterable[int],
+    token: str,
+    job_id: str,
+    mlx_hostfile: str,
+) -> dict[str, str]:
+    """The complete environment of one rank.
+
+    Parameters
+    ----------
+    spec
+        The job.
+    rank
+        This rank.
+    base
+        The environment to start from (the launcher's).
+    hostfile
+        ``CHORUS_HOSTFILE`` text (JSON, one list of "ip:port" per rank).
+    listen_fds
+        This rank's inherited listening sockets, as the rank sees them.
+    token
+        The job's shared secret.
+    job_id
+        The job's unique id.
+    mlx_hostfile
+        The path the rank reads MLX's hostfile at.
+
+    Returns
+    -------
+    dict
+        ``base`` plus the ``CHORUS_*``, ``MLX_*`` and ``PYTHONUNBUFFERED``
+        variables, then ``spec.env``.
+    """
+    env = dict(base)
+    env.update(
+        {
+            "CHORUS_RANK": str(rank),
+            "CHORUS_WORLD_SIZE": str(spec.nprocs),
+            "CHORUS_HOSTFILE": hostfile,
+            "CHORUS_BACKEND": spec.backend,
+            "CHORUS_TOKEN": token,
+            "CHORUS_JOB_ID": job_id,
+            "CHORUS_TIMEOUT": f"{spec.timeout:g}",
+            "CHORUS_LISTEN_FDS": ",".join(str(fd) for fd in listen_fds),
+            "MLX_RANK": str(rank),
+            "MLX_WORLD_SIZE": str(spec.nprocs),
+            "MLX_HOSTFILE": mlx_hostfile,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if spec.verbose:
+        env["CHORUS_VERBOSE"] = "1"
+    env.update(spec.env)
+    return env
+
+
+class Job:
+    """One launch: N local ranks from start to the last exit.
+
+    Parameters
+    ----------
+    spec
+        What to run.
+    reporter
+        Receives progress and failure messages.
+    stdin_fd, stdout_fd, stderr_fd
+        The launcher's standard streams (tests may pass others).
+    """
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        reporter: Reporter | None = None,
+        *,
+        stdin_fd: int = 0,
+        stdout_fd: int = 1,
+        stderr_fd: int = 2,
+    ) -> None:
+        self.spec = spec
+        self.reporter: Reporter = reporter if reporter is not None else SilentReporter()
+        self.stdin_fd = stdin_fd
+        self.stdout_fd = stdout_fd
+        self.stderr_fd = stderr_fd
+        self.ranks: list[RankProcess] = []
+        self.result = JobResult()
+        self._started = False
+        self._killing = False
+        self._stopper: asyncio.Task[None] | None = None
+
+    # -- set-up ------------------------------------------------------------
+
+    def _mlx_hostfile(self, stack: contextlib.ExitStack, text: str) -> tuple[str, list[int]]:
+        """MLX's hostfile as a path the ranks can open, and the fds to pass.
+
+        On Linux it is a memfd inherited by every rank under the same number,
+        so ``/proc/self/fd/N`` (read by the rank: *self* is the rank) names
+        it. Elsewhere it is a temporary file removed when the job ends.
+        """
+        if hasattr(os, "memfd_create"):
+            fd = memfd_hostfile(text, "chorus-mlx-hostfile")
+            stack.callback(os.close, fd)
+            return f"/proc/self/fd/{fd}", [fd]
+        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - removed by the stack
+            "w", prefix="chorus-mlx-hostfile-", suffix=".json", delete=False
+        )
+        stack.callback(os.unlink, handle.name)
+        with handle:
+            handle.write(text)
+        return handle.name, []
+
+    def _build_ranks(self, stack: contextlib.ExitStack) -> None:
+        spec = self.spec
+        token = secrets.token_hex(16)
+        job_id = f"{os.getpid()}-{token[:8]}"
+        self.reporter.progress(f"job {job_id}: {spec.nprocs} rank(s), backend {spec.backend}")
+
+        listeners = listening_sockets(spec.nprocs)
+        for sock in listeners:
+            stack.callback(sock.close)
+        addresses = [[f"{LOCALHOST}:{sock.getsockname()[1]}"] for sock in listeners]
+        hostfile = hostfile_json(addresses)
+        self.reporter.progress(f"listening for the ranks on {hostfile}")
+
+        mlx_addresses = [[f"{LOCALHOST}:{port}"] for port in free_ports(spec.nprocs)]
+        mlx_path, mlx_fds = self._mlx_hostfile(stack, hostfile_json(mlx_addresses))
+        self.reporter.progress(f"MLX hostfile at {mlx_path}: {hostfile_json(mlx_addresses)}")
+
+        base = dict(os.environ)
+        for rank, sock in enumerate(listeners):
+            listen_fds = [sock.fileno()]
+            env = rank_environment(
+                spec,
+                rank,
+                base=base,
+                hostfile=hostfile,
+                listen_fds=listen_fds,
+                token=token,
+                job_id=job_id,
+                mlx_hostfile=mlx_path,
+            )
+            self.ranks.append(
+                LocalRank(rank, spec.argv, env, cwd=spec.cwd, pass_fds=[*listen_fds, *mlx_fds])
+            )
+
+    async def _start_all(self) -> None:
+        started = time.monotonic()
+        self.reporter.progress(f"starting {self.spec.nprocs} rank(s): {' '.join(self.spec.argv)}")
+        outcomes = await asyncio.gather(*(rank.start() for rank in self.ranks), return_exceptions=True)
+        errors = [(rank, exc) for rank, exc in zip(self.ranks, outcomes, strict=True) if exc is not None]
+        if errors:
+            rank, exc = errors[0]
+            msg = f"cannot start rank {rank.rank} ({' '.join(self.spec.argv)}): {exc}"
+            raise LaunchError(msg) from exc
+        self._started = True
+        where = ", ".join(rank.where for rank in self.ranks)
+        self.reporter.progress(f"started in {time.monotonic() - started:.3f} s ({where})")
+
+    # -- signals and teardown ------------------------------------------------
+
+    def _running(self) -> list[RankProcess]:
+        return [rank for rank in self.ranks if rank.returncode is None]
+
+    def _signal_ranks(self, signum: int, ranks: Iterable[RankProcess] | None = None) -> None:
+        for rank in self._running() if ranks is None else ranks:
+            rank.send_signal(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        """Forward a signal the launcher got; a second one kills every rank."""
+        first = not self.result.signals
+        self.result.signals.append(signum)
+        name = signal.Signals(signum).name
+        if not first:
+            self._kill_all(f"received {name} again: killing all ranks")
+            return
+        self.reporter.progress(f"received {name}: forwarding it to every rank")
+        self._signal_ranks(signum)
+        if signum != signal.SIGINT:
+            # SIGTERM/SIGHUP mean "stop": do not wait for the ranks forever.
+            self._start_stopping()
+
+    def _kill_all(self, why: str) -> None:
+        self._killing = True
+        self.reporter.progress(why)
+        self._signal_ranks(signal.SIGKILL)
+
+    def _start_stopping(self) -> None:
+        if self._stopper is None:
+            self._stopper = asyncio.get_running_loop().create_task(self._stop_remaining())
+
+    async def _all_exited(self, timeout: float) -> bool:
+        running = self._running()
+        if not running:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*(rank.wait() for rank in running))
+        except TimeoutError:
+            return False
+        return True
+
+    async def _stop_remaining(self) -> None:
+        """Stop the ranks that still run after one failed or a stop signal.
+
+        1. Wait up to ``spec.grace`` seconds for them to exit by themselves
+           (a rank whose peer died usually raises soon).
+        2. Send SIGTERM to the process group of each rank still running.
+        3. Wait up to ``spec.term_timeout`` seconds.
+        4. Send SIGKILL to each remaining group; reaping happens in the
+           supervision loop.
+        """
+        if await self._all_exited(self.spec.grace):
+            return
+        running = self._running()
+        self.reporter.event(
+            f"stopping rank(s) {_rank_list(running)} with SIGTERM after a grace of {self.spec.grace:g} s"
+        )
+        self._signal_ranks(signal.SIGTERM, running)
+        if await self._all_exited(self.spec.term_timeout):
+            return
+        running = self._running()
+        self.reporter.event(f"killing rank(s) {_rank_list(running)} with SIGKILL")
+        self._signal_ranks(signal.SIGKILL, running)
+
+    # -- supervision ---------------------------------------------------------
+
+    def _on_exit(self, rank: RankProcess, returncode: int) -> None:
+        exit_ = RankExit(rank.rank, returncode)
+        self.result.exits.append(exit_)
+        if returncode == 0:
+            self.reporter.progress(exit_.describe())
+            return
+        if self.result.first_failure is None:
+            self.result.first_failure = exit_
+            self.reporter.event(exit_.describe())
+            self._start_stopping()
+        else:
+            self.reporter.progress(exit_.describe())
+
+    async def _watch(self, rank: RankProcess, pumps: Sequence[asyncio.Task[None]]) -> None:
+        returncode = await rank.wait()
+        # Let the rank's last words (a traceback) out before saying it failed.
+        await asyncio.wait(pumps, timeout=OUTPUT_DRAIN_TIMEOUT)
+        self._on_exit(rank, returncode)
+
+    async def _supervise(self) -> None:
+        prefix = self.spec.prefix
+        stdout = OutputSink(self.stdout_fd)
+        stderr = OutputSink(self.stderr_fd)
+        pumps: list[asyncio.Task[None]] = []
+        watchers: list[asyncio.Task[None]] = []
+        for rank in self.ranks:
+            label = f"[{rank.rank}] ".encode() if prefix else b""
+            rank_pumps = [
+                asyncio.create_task(pump_output(rank.stdout, stdout, label)),
+                asyncio.create_task(pump_output(rank.stderr, stderr, label)),
+            ]
+            pumps += rank_pumps
+            watchers.append(asyncio.create_task(self._watch(rank, rank_pumps)))
+        stdin = asyncio.create_task(broadcast_stdin(self.stdin_fd, [rank.stdin for rank in self.ranks]))
+        try:
+            await asyncio.gather(*watchers)
+        finally:
+            stdin.cancel()
+            for rank in self.ranks:
+                rank.cleanup()
+            _, late = await asyncio.wait(pumps, timeout=OUTPUT_DRAIN_TIMEOUT)
+            for task in (*late, *watchers):
+                task.cancel()
+            if self._stopper is not None:
+                self._stopper.cancel()
+            await asyncio.gather(stdin, *pumps, *watchers, return_exceptions=True)
+            if self._stopper is not None:
+                await asyncio.gather(self._stopper, return_exceptions=True)
+
+    async def run(self) -> JobResult:
+        """Run the job to the end and say how it ended.
+
+        Steps: build addresses and environments; install signal handlers;
+        start every rank concurrently; close the launcher's copies of the
+        inherited fds; supervise (output, stdin, exits, teardown); finally
+        kill anything left in the ranks' process groups.
+
+        Returns
+        -------
+        JobResult
+            Exit statuses, the first failure and the signals received.
+
+        Raises
+        ------
+        LaunchError
+            If the ranks cannot be set up or started (nothing is left running).
+        """
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        try:
+            with contextlib.ExitStack() as inherited:
+                try:
+                    self._build_ranks(inherited)
+                except OSError as exc:
+                    msg = f"cannot set up the ranks' addresses: {exc}"
+                    raise LaunchError(msg) from exc
+                for signum in FORWARDED_SIGNALS:
+                    with contextlib.suppress(ValueError, RuntimeError):
+                        # Not the main thread, or no such signal: no forwarding.
+                        loop.add_signal_handler(signum, self._on_signal, signum)
+                        installed.append(signum)
+                await self._start_all()
+            # The ranks own their sockets and the hostfile memfd now.
+            if self.result.signals:
+                # A signal arrived while ranks were starting: deliver it.
+                self._signal_ranks(signal.SIGKILL if self._killing else self.result.signals[0])
+            await self._supervise()
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            if not self._started:
+                await self._abort_start()
+        return self.result
+
+    async def _abort_start(self) -> None:
+        for rank in self.ranks:
+            rank.cleanup()
+        started = [rank for rank in self.ranks if rank.started]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(KILL_TIMEOUT):
+                await asyncio.gather(*(rank.wait() for rank in started), return_exceptions=True)
+
+
+def _rank_list(ranks: Iterable[RankProcess]) -> str:
+    return ", ".join(str(rank.rank) for rank in ranks)
+
+
+def launch(spec: JobSpec, reporter: Reporter | None = None) -> JobResult:
+    """Run ``spec`` to the end from synchronous code (the CLI's entry point).
+
+    Parameters
+    ----------
+    spec
+        What to run.
+    reporter
+        Receives progress and failure messages.
+
+    Returns
+    -------
+    JobResult
+        How the job ended; ``exit_code`` is what the launcher should exit with.
+
+    Raises
+    ------
+    LaunchError
+        If the job cannot start.
+    """
+    return asyncio.run(Job(spec, reporter).run())

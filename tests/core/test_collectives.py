@@ -1,0 +1,141 @@
+"""Every op x dtype x shape x N x backend against numpy, with real rank processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BACKENDS, RankRunner
+
+# Runs inside each rank: computes every case, checks it against numpy, and
+# prints a digest of all results so the test can check bit-identity across ranks.
+SWEEP = r"""
+import hashlib, sys
+import numpy as np
+import chorus
+
+g = chorus.init(strict=STRICT)
+rank, size = g.rank(), g.size()
+assert g.backend == BACKEND, g.backend
+digest = hashlib.sha256()
+checked = 0
+
+DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+          np.uint64, np.float16, np.float32, np.float64, np.complex64, np.complex128]
+SHAPES = [(), (1,), (7,), (3 * size + 1,), (1024,), (5, 3)]
+
+def data(case, r, shape, dtype):
+    rng = np.random.default_rng(case * 1000 + r)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, size=shape).astype(np.bool_)
+    low = 0 if np.issubdtype(dtype, np.unsignedinteger) else -8
+    values = rng.integers(low, 9, size=shape)
+    if np.issubdtype(dtype, np.complexfloating):
+        return (values + 1j * rng.integers(-8, 9, size=shape)).astype(dtype)
+    return values.astype(dtype)
+
+def check(name, got, want):
+    global checked
+    assert got.dtype == want.dtype, (name, got.dtype, want.dtype)
+    assert got.shape == want.shape, (name, got.shape, want.shape)
+    assert np.array_equal(got, want), (name, got, want)
+    digest.update(np.ascontiguousarray(got).tobytes())
+    checked += 1
+
+case = 0
+for dtype in DTYPES:
+    complex_ = np.issubdtype(dtype, np.complexfloating)
+    for shape in SHAPES:
+        case += 1
+        mine = data(case, rank, shape, dtype)
+        everyone = [data(case, r, shape, dtype) for r in range(size)]
+        for op, fn in (("sum", chorus.all_sum), ("max", chorus.all_max), ("min", chorus.all_min)):
+            if complex_ and op != "sum":
+                try:
+                    fn(mine)
+                except TypeError:
+                    continue
+                raise AssertionError("complex max/min did not raise TypeError")
+            ufunc = {"sum": np.add, "max": np.maximum, "min": np.minimum}[op]
+            want = everyone[0].copy()
+            for other in everyone[1:]:
+                want = ufunc(want, other).astype(dtype)
+            check(f"all_{op} {dtype} {shape}", fn(mine), np.asarray(want, dtype=dtype))
+        want = np.concatenate([np.atleast_1d(e) for e in everyone])
+        check(f"all_gather {dtype} {shape}", chorus.all_gather(mine), want)
+        root = case % size
+        check(f"broadcast {dtype} {shape}", chorus.broadcast(mine, root), everyone[root])
+        # sum_scatter needs a first axis divisible by size
+        rows = size * (1 + case % 3)
+        case += 1
+        mine = data(case, rank, (rows, 3), dtype)
+        total = np.zeros((rows, 3), dtype=dtype)
+        for r in range(size):
+            total = np.add(total, data(case, r, (rows, 3), dtype)).astype(dtype)
+        block = rows // size
+        check(f"sum_scatter {dtype}", chorus.sum_scatter(mine), total[rank * block:(rank + 1) * block])
+
+# A big float32 array with non-integer values: compare with tolerance, then
+# bit-identity across ranks through the digest.
+big = np.random.default_rng(rank).standard_normal((1024, 1024)).astype(np.float32)
+want = sum(np.random.default_rng(r).standard_normal((1024, 1024)).astype(np.float32)
+           for r in range(size))
+got = chorus.all_sum(big)
+assert np.allclose(got, want, rtol=1e-5, atol=1e-5)
+digest.update(got.tobytes())
+
+# Inputs that are not plain contiguous arrays.
+check("non-contiguous", chorus.all_sum(np.arange(20.0)[::2] * rank),
+      np.arange(20.0)[::2] * sum(range(size)))
+check("fortran", chorus.all_sum(np.asfortranarray(np.ones((3, 4)) * rank)),
+      np.ones((3, 4)) * sum(range(size)))
+check("scalar", chorus.all_sum(np.float64(rank)), np.asarray(float(sum(range(size)))))
+check("list", chorus.all_sum([rank, 1]), np.asarray([sum(range(size)), size]))
+check("memoryview", chorus.all_sum(memoryview(bytearray([rank, 1]))),
+      np.asarray([sum(range(size)) % 256, size], dtype=np.uint8))
+chorus.barrier()
+print("CHECKED", checked, "DIGEST", digest.hexdigest())
+"""
+
+
+def _run_sweep(ranks: RankRunner, backend: str, size: int, segment: int | None) -> None:
+    env = {"CHORUS_SEGMENT_BYTES": str(segment)} if segment else {}
+    code = f"BACKEND = {backend!r}\nSTRICT = True\n" + SWEEP
+    results = ranks.run(code, size, backend=backend, env=env, timeout=240)
+    digests = {r.stdout.split("DIGEST")[-1].strip() for r in results}
+    assert len(digests) == 1, f"ranks disagree on results: {[r.stdout for r in results]}"
+    for result in results:
+        assert "CHECKED" in result.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_every_op_and_dtype(ranks: RankRunner, backend: str, size: int) -> None:
+    _run_sweep(ranks, backend, size, None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("size", [2, 4])
+def test_tiny_segments_exercise_pipelining(ranks: RankRunner, backend: str, size: int) -> None:
+    _run_sweep(ranks, backend, size, 64)
+
+
+def test_size_one_without_launcher(tmp_path: Path) -> None:
+    """`python script.py` with no CHORUS_* variables runs as a size-1 group."""
+    script = tmp_path / "alone.py"
+    script.write_text("BACKEND = 'single'\nSTRICT = False\n" + SWEEP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHORUS_")}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "CHECKED" in done.stdout

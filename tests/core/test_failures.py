@@ -1,0 +1,201 @@
+"""Every failure case: dead peer, missing peer, mismatch, stranger, Ctrl-C, bad env."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BACKENDS, RankRunner
+
+
+def _wait_for(job_procs: list[subprocess.Popen[str]], marker_file: str, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        path = Path(marker_file)
+        if path.exists() and len(path.read_text().split()) >= count:
+            return
+        if any(p.poll() is not None for p in job_procs):
+            return
+        time.sleep(0.05)
+    pytest.fail("ranks never reached the marker")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_killed_rank_makes_every_other_rank_raise_naming_it(
+    ranks: RankRunner, backend: str, tmp_path: Path
+) -> None:
+    marker = str(tmp_path / "ready")
+    code = f"""
+    import time, numpy as np, chorus
+    g = chorus.init(strict=True)
+    x = np.ones(1 << 20, np.float32)
+    with open({marker!r}, "a") as f:
+        f.write(f"{{g.rank()}} ")
+    start = None
+    try:
+        while True:
+            chorus.all_sum(x)
+            if g.rank() == 2:
+                time.sleep(0.001)
+    except chorus.PeerError as err:
+        print("RAISED", repr(str(err)))
+    """
+    job = ranks.start(code, 4, backend=backend)
+    _wait_for(job.procs, marker, 4)
+    time.sleep(0.5)
+    job.procs[2].kill()
+    killed_at = time.monotonic()
+    results = job.wait(timeout=30)
+    for result in results:
+        if result.rank == 2:
+            continue
+        assert result.returncode == 0, result.stderr
+        assert "RAISED" in result.stdout, result.stdout + result.stderr
+        assert "rank 2" in result.stdout, result.stdout
+    assert time.monotonic() - killed_at < 10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rank_that_never_starts_is_named_on_every_rank(ranks: RankRunner, backend: str) -> None:
+    code = """
+    import time, chorus
+    t0 = time.monotonic()
+    try:
+        chorus.init(strict=True)
+    except chorus.PeerTimeoutError as err:
+        print("TIMEOUT", round(time.monotonic() - t0, 1), str(err))
+    """
+    job = ranks.start(code, 3, backend=backend, env={"CHORUS_TIMEOUT": "3"}, ranks=[0, 1])
+    results = job.wait(timeout=30)
+    for result in results:
+        assert "TIMEOUT" in result.stdout, result.stdout + result.stderr
+        assert "rank 2" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shape_and_dtype_mismatch_raise_everywhere_then_group_works(
+    ranks: RankRunner, backend: str
+) -> None:
+    code = """
+    import numpy as np, chorus
+    g = chorus.init(strict=True)
+    r = g.rank()
+    cases = [np.ones(10 + (r == 1)), np.ones(10, np.float32 if r == 2 else np.float64),
+             np.ones((2, 5) if r == 0 else (5, 2)), np.ones(1 << 18, np.float32 if r else np.int32)]
+    for x in cases:
+        try:
+            chorus.all_sum(x)
+        except ValueError as err:
+            print("MISMATCH", str(err).replace(chr(10), " "))
+        else:
+            raise AssertionError("no error for mismatched inputs")
+        assert chorus.all_sum(np.ones(3) * r).tolist() == [6.0] * 3
+    print("OK")
+    """
+    results = ranks.run(code, 4, backend=backend)
+    for result in results:
+        assert result.stdout.count("MISMATCH") == 4, result.stdout
+        assert "OK" in result.stdout
+
+
+def test_stranger_connection_is_dropped_and_job_carries_on(
+    ranks: RankRunner, tmp_path: Path
+) -> None:
+    marker = str(tmp_path / "ready")
+    code = f"""
+    import time, numpy as np, chorus
+    g = chorus.init(strict=True)
+    chorus.barrier()
+    with open({marker!r}, "a") as f:
+        f.write(f"{{g.rank()}} ")
+    for i in range(40):
+        assert chorus.all_sum(np.ones(1000) * g.rank())[0] == 3.0
+        time.sleep(0.05)
+    print("OK")
+    """
+    job = ranks.start(code, 3, backend="ring")
+    _wait_for(job.procs, marker, 3)
+    host, port = job.hosts[1][0].rsplit(":", 1)
+    for payload in (b"GET / HTTP/1.0\r\n\r\n", b"\x00" * 64, b""):
+        with socket.create_connection((host, int(port)), timeout=5) as stranger:
+            stranger.sendall(payload)
+            time.sleep(0.2)
+    results = job.wait(timeout=60)
+    for result in results:
+        assert result.returncode == 0, result.stderr
+        assert "OK" in result.stdout
+    assert "rejected" in results[1].stderr, results[1].stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_inside_a_collective_then_a_working_collective(
+    ranks: RankRunner, backend: str, tmp_path: Path
+) -> None:
+    marker = str(tmp_path / "ready")
+    code = f"""
+    import time, numpy as np, chorus
+    g = chorus.init(strict=True)
+    r = g.rank()
+    chorus.barrier()
+    with open({marker!r}, "a") as f:
+        f.write(f"{{r}} ")
+    t0 = time.monotonic()
+    try:
+        if r == 0:
+            time.sleep(60)                    # never joins: the others block
+        chorus.all_sum(np.ones(1 << 22, np.float32))
+        print("FINISHED")
+    except KeyboardInterrupt:
+        print("INTERRUPTED", round(time.monotonic() - t0, 2))
+    except chorus.PeerError as err:
+        print("PEER", err)
+    x = chorus.all_sum(np.ones(1 << 20, np.float32) * r)
+    assert np.all(x == sum(range(g.size()))), x[:4]
+    y = chorus.all_sum(np.arange(3) + r)
+    print("RECOVERED", y.tolist())
+    """
+    job = ranks.start(code, 4, backend=backend)
+    _wait_for(job.procs, marker, 4)
+    time.sleep(1.0)
+    sent = time.monotonic()
+    job.signal_all(signal.SIGINT)
+    results = job.wait(timeout=60)
+    assert time.monotonic() - sent < 30
+    for result in results:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "INTERRUPTED" in result.stdout, result.stdout + result.stderr
+        assert "RECOVERED [6, 10, 14]" in result.stdout, result.stdout
+
+
+def test_malformed_environment_is_a_clear_error(tmp_path: Path) -> None:
+    cases = {
+        "not json": ({"CHORUS_HOSTFILE": "[1, 2"}, "not valid JSON"),
+        "bad port": (
+            {"CHORUS_HOSTFILE": json.dumps([["127.0.0.1:x"], ["127.0.0.1:2"]])},
+            "bad port",
+        ),
+        "count": ({"CHORUS_HOSTFILE": json.dumps([["127.0.0.1:1"]])}, "has 1 entries"),
+        "rank": ({"CHORUS_RANK": "5"}, "not a valid rank"),
+        "timeout": ({"CHORUS_TIMEOUT": "soon"}, "CHORUS_TIMEOUT"),
+    }
+    for name, (extra, expected) in cases.items():
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHORUS_")}
+        env.update({"CHORUS_RANK": "0", "CHORUS_WORLD_SIZE": "2", **extra})
+        done = subprocess.run(
+            [sys.executable, "-c", "import chorus; chorus.init()"],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0, name
+        assert expected in done.stderr, (name, done.stderr)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on Debian 12, then run all checks:
+# lint (ruff, mypy, clang-format), the C++ unit tests under ASan+UBSan, and
+# the pytest suite with real processes. Safe to run again; idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+step "system packages (apt)"
+APT_PACKAGES=(build-essential cmake ninja-build libgtest-dev procps)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON="${PYTHON:-python3}"
+step "python packages and chorus (editable build, warnings as errors)"
+"$PYTHON" -m pip install -q --disable-pip-version-check "scikit-build-core>=0.10" "pybind11>=2.12" numpy
+"$PYTHON" -m pip install -q --disable-pip-version-check --no-build-isolation \
+  -Ccmake.define.CHORUS_WERROR=ON -e ".[test]"
+
+step "lint: ruff, mypy --strict, clang-format"
+"$PYTHON" -m ruff check .
+"$PYTHON" -m ruff format --check .
+"$PYTHON" -m mypy
+find backends_cpp tests/cpp \( -name '*.h' -o -name '*.cc' \) -print0 |
+  xargs -0 clang-format --dry-run --Werror
+
+step "C++ unit tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+cmake --preset asan -S backends_cpp > /dev/null
+cmake --build build/asan
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build/asan/chorus_cpp_tests
+
+step "pytest"
+"$PYTHON" -m pytest "$@"
