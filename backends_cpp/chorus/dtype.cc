@@ -6,23 +6,18 @@ size_t dtype_size(Dtype dtype) {
   switch (dtype) {
     case Dtype::Bool:
     case Dtype::Int8:
-    case Dtype::UInt8:
-      return 1;
+    case Dtype::UInt8: return 1;
     case Dtype::Int16:
     case Dtype::UInt16:
-    case Dtype::Float16:
-      return 2;
+    case Dtype::Float16: return 2;
     case Dtype::Int32:
     case Dtype::UInt32:
-    case Dtype::Float32:
-      return 4;
+    case Dtype::Float32: return 4;
     case Dtype::Int64:
     case Dtype::UInt64:
     case Dtype::Float64:
-    case Dtype::Complex64:
-      return 8;
-    case Dtype::Complex128:
-      return 16;
+    case Dtype::Complex64: return 8;
+    case Dtype::Complex128: return 16;
   }
   return 0;
 }

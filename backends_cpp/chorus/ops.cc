@@ -47,7 +47,8 @@ void all_gather(GroupImpl& group, const CallDesc& desc, const void* in, void* ou
 void reduce_scatter(GroupImpl& group, const CallDesc& desc, const void* in, void* out) {
   reduce_kernel(desc.dtype, desc.op);
   if (desc.count % static_cast<uint64_t>(group.size()) != 0) {
-    throw UsageError(where(group) + "sum_scatter needs the first axis divisible by the group size " +
+    throw UsageError(where(group) +
+                     "sum_scatter needs the first axis divisible by the group size " +
                      std::to_string(group.size()));
   }
   if (group.size() == 1) {

@@ -81,8 +81,12 @@ class SingleGroup final : public GroupImpl {
   int size() const override { return 1; }
   const char* backend() const override { return backend_.c_str(); }
   GroupPtr split(int, int) override { return make_single_group(backend_); }
-  void all_reduce(const CallDesc& d, const void* in, void* out) override { copy(in, out, d.nbytes()); }
-  void all_gather(const CallDesc& d, const void* in, void* out) override { copy(in, out, d.nbytes()); }
+  void all_reduce(const CallDesc& d, const void* in, void* out) override {
+    copy(in, out, d.nbytes());
+  }
+  void all_gather(const CallDesc& d, const void* in, void* out) override {
+    copy(in, out, d.nbytes());
+  }
   void reduce_scatter(const CallDesc& d, const void* in, void* out) override {
     copy(in, out, d.nbytes());
   }

@@ -57,12 +57,12 @@ struct InitOptions {
   // One entry per rank, each a list of "ip:port"; several addresses for a
   // rank mean several sockets per neighbour.
   std::vector<std::vector<std::string>> hosts;
-  std::string token;          // shared secret proven in every handshake
-  std::string job_id;         // unique per job: names shm segments
-  std::string hostname;       // this machine, for error messages
-  double timeout_s = 60.0;    // set-up deadline
+  std::string token;        // shared secret proven in every handshake
+  std::string job_id;       // unique per job: names shm segments
+  std::string hostname;     // this machine, for error messages
+  double timeout_s = 60.0;  // set-up deadline
   bool verbose = false;
-  size_t segment_bytes = 0;   // pipeline segment size; 0 = backend default (test knob)
+  size_t segment_bytes = 0;  // pipeline segment size; 0 = backend default (test knob)
   // Listening sockets the launcher already bound for this rank, one per
   // address in hosts[rank] (CHORUS_LISTEN_FDS): using them instead of binding
   // again makes port choice race-free. Empty = bind hosts[rank] ourselves.

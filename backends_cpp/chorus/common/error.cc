@@ -7,8 +7,7 @@ namespace chorus::detail {
 
 void check_failed(const char* expr, const char* file, int line, const std::string& msg) {
   std::ostringstream out;
-  out << "[chorus] internal error at " << file << ":" << line << ": check `" << expr
-      << "` failed";
+  out << "[chorus] internal error at " << file << ":" << line << ": check `" << expr << "` failed";
   if (!msg.empty()) out << ": " << msg;
   throw Error(out.str());
 }

@@ -53,14 +53,15 @@ class Interrupted : public Error {
 };
 
 namespace detail {
-[[noreturn]] void check_failed(const char* expr, const char* file, int line, const std::string& msg);
+[[noreturn]] void check_failed(const char* expr, const char* file, int line,
+                               const std::string& msg);
 std::string errno_text(int err);
 }  // namespace detail
 
 }  // namespace chorus
 
 // Invariant check: a failure is a chorus bug, reported with file:line.
-#define CHORUS_CHECK(cond, msg)                                              \
-  do {                                                                       \
+#define CHORUS_CHECK(cond, msg)                                                    \
+  do {                                                                             \
     if (!(cond)) ::chorus::detail::check_failed(#cond, __FILE__, __LINE__, (msg)); \
   } while (0)

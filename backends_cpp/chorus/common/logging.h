@@ -17,7 +17,7 @@ void log_line(Args&&... args) {
 
 }  // namespace chorus::detail
 
-#define CHORUS_LOG(enabled, ...)                             \
-  do {                                                       \
-    if (enabled) ::chorus::detail::log_line(__VA_ARGS__);    \
+#define CHORUS_LOG(enabled, ...)                          \
+  do {                                                    \
+    if (enabled) ::chorus::detail::log_line(__VA_ARGS__); \
   } while (0)
