@@ -1,0 +1,31 @@
+"""``python -m chorus.kernel -f CONNECTION_FILE [--ranks N] [--backend B]``."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start the chorus kernel; ``--ranks``/``--backend``/``--timeout`` are shorthands."""
+    from chorus.kernel.kernel import ChorusKernel
+    from ipykernel.kernelapp import IPKernelApp
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    aliases = {
+        "--ranks": "--ChorusKernel.ranks_count",
+        "--backend": "--ChorusKernel.backend",
+        "--timeout": "--ChorusKernel.rank_timeout",
+    }
+    translated: list[str] = []
+    iterator = iter(args)
+    for arg in iterator:
+        name, eq, value = arg.partition("=")
+        if name in aliases:
+            translated.append(f"{aliases[name]}={value if eq else next(iterator)}")
+        else:
+            translated.append(arg)
+    IPKernelApp.launch_instance(argv=translated, kernel_class=ChorusKernel)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""Running one cell on N ranks: the engine shared by the kernel and the magics.
+
+:class:`Engine` sends a cell to the target ranks, merges their output
+(:mod:`chorus.kernel.output`), answers their input requests with one prompt
+(:mod:`chorus.kernel.stdin`), notices ranks that die, and combines the
+replies. What it shows and asks goes through a :class:`Frontend`: the chorus
+kernel publishes on its iopub socket and asks its frontend; the ``%%all``
+magic prints and calls ``input()``. One engine, two front ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from chorus.kernel.labels import format_ranks
+from chorus.kernel.output import OutputMerger
+from chorus.kernel.ranks import Message, RankSet
+from chorus.kernel.stdin import InputBroker
+
+from chorus.launch.process import describe_exit
+
+# How often the engine looks at held output, input requests and dead ranks.
+TICK = 0.05
+
+
+class Frontend(Protocol):
+    """Where the engine shows output and asks for input."""
+
+    def stream(self, name: str, text: str) -> None:
+        """Show ``text`` on ``name`` (``stdout`` or ``stderr``)."""
+
+    def publish(self, msg_type: str, content: dict[str, Any]) -> None:
+        """Show a display_data, update_display_data, clear_output or error message."""
+
+    async def ask(self, prompt: str, password: bool) -> str:
+        """Ask the user for one line; cancellable; ``EOFError`` for end of input."""
+
+
+@dataclass
+class CellResult:
+    """How a cell ended on all its ranks.
+
+    ``status`` is ``"ok"`` only when every target rank's reply is ok.
+    """
+
+    status: str = "ok"
+    ename: str = ""
+    evalue: str = ""
+    traceback: list[str] = field(default_factory=list)
+    # The execute_result to show (already labelled), if any.
+    result: dict[str, Any] | None = None
+    user_expressions: dict[str, Any] = field(default_factory=dict)
+    died: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Cell:
+    targets: list[int]
+    msg_ids: dict[int, str]
+    merger: OutputMerger
+    replies: dict[int, Message] = field(default_factory=dict)
+    idle: set[int] = field(default_factory=set)
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    died: dict[int, int] = field(default_factory=dict)
+    # Messages from the rank readers, handled by the task running the cell:
+    # what it publishes must carry that task's parent header (a context var).
+    inbox: list[tuple[int, Message]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finished(self, rank: int) -> bool:
+        return rank in self.died or (rank in self.replies and rank in self.idle)
+
+
+class Engine:
+    """Execute cells on a :class:`RankSet` and show the merged result.
+
+    Parameters
+    ----------
+    ranks
+        The running rank kernels.
+    frontend
+        Where output goes and input comes from.
+    output_mode
+        ``"collapse"`` (identical lines once, labelled ``[0-3]``) or
+        ``"byrank"`` (one block per rank when the cell ends).
+    """
+
+    def __init__(self, ranks: RankSet, frontend: Frontend, output_mode: str = "collapse") -> None:
+        self.ranks = ranks
+        self.frontend = frontend
+        self.output_mode = output_mode
+        self._cell: _Cell | None = None
+        self._broker: InputBroker | None = None
+        ranks.listener = self._on_message
+
+    # -- public ------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._cell is not None
+
+    async def execute(
+        self,
+        code: str,
+        targets: Sequence[int],
+        *,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: dict[str, Any] | None = None,
+        allow_stdin: bool = True,
+    ) -> CellResult:
+        """Run ``code`` on ``targets`` and wait until every one has finished.
+
+        Parameters
+        ----------
+        code
+            The cell.
+        targets
+            Ranks to run it on.
+        silent, store_history, user_expressions, allow_stdin
+            As in an execute_request; ``user_expressions`` are evaluated on
+            the lowest target rank.
+
+        Returns
+        -------
+        CellResult
+            The combined status, errors (identical tracebacks merged) and
+            execute_result.
+        """
+        gone = [r.rank for r in self.ranks.dead() if r.rank in targets]
+        if gone:
+            codes = {r.rank: r.exit_code() for r in self.ranks.dead()}
+            for rank in gone:
+                self.frontend.stream(
+                    "stderr",
+                    f"[chorus] rank {rank} is not running ({describe_exit(codes[rank] or 0)}); "
+                    "restart the kernel to get every rank back\n",
+                )
+            targets = [r for r in targets if r not in gone]
+        if not targets:
+            return CellResult(status="error", ename="RankDied", evalue="no rank is running")
+        merger = OutputMerger(targets, self.frontend.stream, mode=self.output_mode)
+        msg_ids: dict[int, str] = {}
+        replies: dict[int, asyncio.Future[Message]] = {}
+        cell = _Cell(list(targets), msg_ids, merger)
+        self._cell = cell
+        broker = InputBroker(self.ranks, self.frontend, merger, set(targets))
+        self._broker = broker
+        try:
+            for rank in targets:
+                expressions = user_expressions if rank == min(targets) else {}
+                msg_id = self.ranks.client(rank).execute(
+                    code,
+                    silent=silent,
+                    store_history=store_history,
+                    user_expressions=expressions or {},
+                    allow_stdin=allow_stdin,
+                )
+                msg_ids[rank] = msg_id
+                replies[rank] = self.ranks.expect_reply(msg_id)
+                replies[rank].add_done_callback(
+                    lambda fut, r=rank: self._on_reply(cell, r, fut)  # type: ignore[misc]
+                )
+            await self._wait(cell, broker)
+            for rank, message in cell.inbox:
+                self._handle(cell, rank, message)
+        finally:
+            broker.close()
+            self._cell = None
+            self._broker = None
+            for msg_id in msg_ids.values():
+                self.ranks.forget_reply(msg_id)
+        merger.flush()
+        return self._combine(cell)
+
+    def interrupt(self) -> None:
+        """SIGINT every rank running the current cell; drop an open prompt."""
+        cell = self._cell
+        self.ranks.interrupt(cell.targets if cell is not None else None)
+        if self._broker is not None:
+            self._broker.cancel_prompt()
+
+    # -- internals -----------------------------------------------------------------
+
+    async def _wait(self, cell: _Cell, broker: InputBroker) -> None:
+        interrupted_for_death = False
+        while not all(cell.finished(r) for r in cell.targets):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(cell.changed.wait(), TICK)
+            cell.changed.clear()
+            inbox, cell.inbox = cell.inbox, []
+            for rank, message in inbox:
+                self._handle(cell, rank, message)
+            cell.merger.tick()
+            busy = {r for r in cell.targets if not cell.finished(r)}
+            broker.update(busy)
+            for rank in self.ranks.dead():
+                if rank.rank in busy and rank.rank not in cell.died:
+                    code = rank.exit_code()
+                    cell.died[rank.rank] = -1 if code is None else code
+                    cell.merger.rank_done(rank.rank)
+                    how = describe_exit(cell.died[rank.rank])
+                    self.frontend.stream(
+                        "stderr",
+                        f"[chorus] rank {rank.rank} {how} while running this cell; "
+                        "interrupting the other ranks. Restart the kernel to get it back.\n",
+                    )
+                    if not interrupted_for_death:
+                        interrupted_for_death = True
+                        self.ranks.interrupt([r for r in busy if r != rank.rank])
+
+    def _on_reply(self, cell: _Cell, rank: int, future: asyncio.Future[Message]) -> None:
+        if future.cancelled():
+            return
+        cell.replies[rank] = future.result()
+        cell.changed.set()
+
+    def _on_message(self, rank: int, message: Message) -> None:
+        cell = self._cell
+        if cell is None:
+            return
+        parent = message.get("parent_header", {}).get("msg_id")
+        if parent != cell.msg_ids.get(rank):
+            return
+        cell.inbox.append((rank, message))
+        cell.changed.set()
+
+    def _handle(self, cell: _Cell, rank: int, message: Message) -> None:
+        kind = message["header"]["msg_type"]
+        content = message["content"]
+        if kind == "stream":
+            cell.merger.feed(rank, content["name"], content["text"])
+        elif kind == "status":
+            if content["execution_state"] == "idle":
+                cell.idle.add(rank)
+                cell.merger.rank_done(rank)
+        elif kind == "execute_result":
+            cell.results[rank] = content
+        elif kind in ("display_data", "update_display_data"):
+            cell.merger.flush(partial=False)
+            self.frontend.publish(kind, labelled(content, [rank]))
+        elif kind == "clear_output":
+            cell.merger.flush(partial=False)
+            self.frontend.publish(kind, content)
+        elif kind == "input_request" and self._broker is not None:
+            self._broker.request(rank, content["prompt"], bool(content.get("password")))
+        # "error" is taken from the execute_reply, where identical ones are merged.
+
+    def _combine(self, cell: _Cell) -> CellResult:
+        result = CellResult(died=dict(cell.died))
+        errors: dict[tuple[str, str, tuple[str, ...]], list[int]] = defaultdict(list)
+        for rank in cell.targets:
+            reply = cell.replies.get(rank)
+            if reply is None:
+                continue
+            content = reply["content"]
+            if content.get("status") == "error":
+                key = (content["ename"], content["evalue"], tuple(content.get("traceback", [])))
+                errors[key].append(rank)
+            elif content.get("status") == "aborted":
+                errors[("Aborted", "execution aborted", ())].append(rank)
+            if rank == min(cell.targets):
+                result.user_expressions = content.get("user_expressions", {})
+        for rank, code in cell.died.items():
+            errors[("RankDied", f"rank {rank} {describe_exit(code)}", ())].append(rank)
+        if errors:
+            result.status = "error"
+            first = True
+            for (ename, evalue, traceback), ranks in errors.items():
+                label = format_ranks(ranks)
+                lines = [f"\x1b[1;31m{label}\x1b[0m", *traceback] if traceback else []
+                if not traceback:
+                    lines = [f"\x1b[1;31m{label} {ename}\x1b[0m: {evalue}"]
+                self.frontend.publish(
+                    "error", {"ename": ename, "evalue": f"{label} {evalue}", "traceback": lines}
+                )
+                if first:
+                    result.ename, result.evalue, result.traceback = ename, evalue, lines
+                    first = False
+        result.result = self._merge_results(cell)
+        return result
+
+    def _merge_results(self, cell: _Cell) -> dict[str, Any] | None:
+        if not cell.results:
+            return None
+        groups: dict[str, list[int]] = defaultdict(list)
+        for rank in sorted(cell.results):
+            plain = cell.results[rank]["data"].get("text/plain", "")
+            groups[plain].append(rank)
+        if len(groups) == 1:
+            (ranks,) = groups.values()
+            return labelled(cell.results[ranks[0]], ranks)
+        # Several distinct results: rich ones as labelled displays, and one
+        # text/plain execute_result listing every rank's value.
+        for ranks in groups.values():
+            data = cell.results[ranks[0]]["data"]
+            if set(data) - {"text/plain"}:
+                self.frontend.publish("display_data", labelled(cell.results[ranks[0]], ranks))
+        text = "\n".join(f"{format_ranks(ranks)} {plain}" for plain, ranks in groups.items())
+        return {
+            "data": {"text/plain": text},
+            "metadata": {"chorus": {"ranks": sorted(cell.results)}},
+        }
+
+
+def labelled(content: dict[str, Any], ranks: Sequence[int]) -> dict[str, Any]:
+    """A display message's content with a visible rank label and the ranks in metadata."""
+    label = format_ranks(ranks)
+    out = copy.deepcopy(content)
+    data = out.setdefault("data", {})
+    metadata = out.setdefault("metadata", {})
+    metadata["chorus"] = {"ranks": list(ranks), "label": label}
+    if "text/plain" in data:
+        plain = data["text/plain"]
+        data["text/plain"] = f"{label} {plain}" if "\n" not in plain else f"{label}\n{plain}"
+    if "text/html" in data:
+        data["text/html"] = (
+            f'<div class="chorus-rank-label" style="font-size:smaller;opacity:0.7">'
+            f"{label}</div>{data['text/html']}"
+        )
+    elif set(data) - {"text/plain"}:
+        # An image or other rich bundle: add an HTML label the frontend shows above it.
+        for mime in ("image/png", "image/jpeg"):
+            if mime in data:
+                data["text/html"] = (
+                    f'<div class="chorus-rank-label" style="font-size:smaller;opacity:0.7">'
+                    f'{label}</div><img src="data:{mime};base64,{data[mime].strip()}"/>'
+                )
+                break
+    return out

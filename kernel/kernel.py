@@ -1,0 +1,305 @@
+"""ChorusKernel: one Jupyter kernel in front of N rank kernels.
+
+Every cell runs on every rank (or the ranks chosen with ``%%ranks 0,2`` or a
+persistent ``%target 0,2``); output comes back labelled and collapsed, one
+prompt answers ``input()`` and pdb on all ranks, the interrupt button reaches
+every rank. Completion, inspection and is_complete are answered by rank 0.
+
+Directives the chorus kernel handles itself (not sent to the ranks):
+
+``%%ranks 0,2``     first line of a cell: run the rest on ranks 0 and 2
+``%target 0,2``     run the following cells on ranks 0 and 2 (``%target all``)
+``%output byrank``  show each rank's output as one block (``%output collapse``)
+``%chorus status``  a table of the ranks: rank, pid, state
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+from typing import Any
+
+import zmq
+from chorus.kernel.engine import CellResult, Engine
+from chorus.kernel.labels import parse_ranks
+from chorus.kernel.ranks import RankSet
+from ipykernel.jsonutil import json_clean
+from ipykernel.kernelbase import Kernel
+from traitlets import Float, Integer, Unicode
+
+import chorus
+
+
+class ChorusKernel(Kernel):  # type: ignore[misc]
+    """A kernel whose cells run on N chorus ranks."""
+
+    implementation = "chorus"
+    implementation_version = chorus.__version__
+    language_info = {  # noqa: RUF012 - ipykernel reads it as a class attribute
+        "name": "python",
+        "version": ".".join(map(str, sys.version_info[:3])),
+        "mimetype": "text/x-python",
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "pygments_lexer": "ipython3",
+        "nbconvert_exporter": "python",
+        "file_extension": ".py",
+    }
+
+    ranks_count = Integer(4, help="Number of ranks").tag(config=True)
+    backend = Unicode("shm", help="chorus backend of the ranks").tag(config=True)
+    rank_timeout = Float(60.0, help="CHORUS_TIMEOUT of the ranks").tag(config=True)
+
+    @property
+    def banner(self) -> str:
+        return (
+            f"chorus {chorus.__version__}: every cell runs on {self.ranks_count} ranks "
+            f"(backend {self.backend}). %%ranks 0,2 / %target / %output byrank"
+        )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rank_set = RankSet(self.ranks_count, backend=self.backend, timeout=self.rank_timeout)
+        self.engine = Engine(self.rank_set, _KernelFrontend(self))
+        self.targets: list[int] = list(range(self.ranks_count))
+        self._ready: asyncio.Task[None] | None = None
+        self._prompt_parent: tuple[Any, Any] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        super().start()
+        # The frontend's interrupt reaches this process only (ranks lead their
+        # own sessions); forward it to every rank. ipykernel ignores SIGINT by default.
+        signal.signal(signal.SIGINT, self._on_sigint)
+        self.io_loop.add_callback(self._ensure_started)
+
+    def _ensure_started(self) -> asyncio.Task[None]:
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self.rank_set.start(self.log.info))
+        return self._ready
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.engine.interrupt()
+
+    # kernelbase swaps in default_int_handler around every request, which
+    # would raise KeyboardInterrupt inside our event loop instead of
+    # forwarding the interrupt to the ranks: keep our handler installed.
+    def pre_handler_hook(self) -> None:
+        """Keep the forwarding SIGINT handler while a request runs."""
+
+    def post_handler_hook(self) -> None:
+        """Nothing to restore (see :meth:`pre_handler_hook`)."""
+
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:
+        """Stop every rank kernel (request, SIGTERM, SIGKILL), then reply."""
+        if self._ready is not None and not self._ready.done():
+            self._ready.cancel()
+        await self.rank_set.shutdown()
+        return {"status": "ok", "restart": restart}
+
+    # -- execution -------------------------------------------------------------------
+
+    async def do_execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict[str, Any] | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: dict[str, Any] | None = None,
+        cell_id: str | None = None,
+    ) -> dict[str, Any]:
+        try:
+            await self._ensure_started()
+        except Exception as err:  # noqa: BLE001 - shown to the user, then retried
+            self._ready = None  # let the next cell try again
+            return self._error("RanksNotStarted", str(err))
+
+        directive = self._directive(code)
+        if directive is not None:
+            return directive
+        targets = self.targets
+        first, _, rest = code.partition("\n")
+        if first.startswith("%%ranks"):
+            try:
+                targets = parse_ranks(first[len("%%ranks") :], self.ranks_count)
+            except ValueError as err:
+                return self._error("ValueError", str(err))
+            code = rest
+
+        self._prompt_parent = (
+            self._get_shell_context_var(self._shell_parent_ident),
+            self.get_parent("shell"),
+        )
+        result = await self.engine.execute(
+            code,
+            targets,
+            silent=silent,
+            store_history=store_history,
+            user_expressions=user_expressions,
+            allow_stdin=allow_stdin,
+        )
+        return self._reply(result, silent)
+
+    def _reply(self, result: CellResult, silent: bool) -> dict[str, Any]:
+        if result.result is not None and not silent:
+            content = {**result.result, "execution_count": self.execution_count}
+            self.send_response(self.iopub_socket, "execute_result", content)
+        if result.status != "ok":
+            return {
+                "status": "error",
+                "execution_count": self.execution_count,
+                "ename": result.ename,
+                "evalue": result.evalue,
+                "traceback": result.traceback,
+            }
+        return {
+            "status": "ok",
+            "execution_count": self.execution_count,
+            "payload": [],
+            "user_expressions": result.user_expressions,
+        }
+
+    def _error(self, ename: str, evalue: str) -> dict[str, Any]:
+        traceback = [f"\x1b[1;31m{ename}\x1b[0m: {evalue}"]
+        self.send_response(
+            self.iopub_socket, "error", {"ename": ename, "evalue": evalue, "traceback": traceback}
+        )
+        return {
+            "status": "error",
+            "execution_count": self.execution_count,
+            "ename": ename,
+            "evalue": evalue,
+            "traceback": traceback,
+        }
+
+    def _directive(self, code: str) -> dict[str, Any] | None:
+        """Handle ``%target``, ``%output`` and ``%chorus status`` cells."""
+        words = code.strip().split()
+        if not words or words[0] not in ("%target", "%output", "%chorus"):
+            return None
+        if words[0] == "%target":
+            try:
+                self.targets = parse_ranks(" ".join(words[1:]), self.ranks_count)
+            except ValueError as err:
+                return self._error("ValueError", str(err))
+            self._say(f"[chorus] cells now run on ranks {self.targets}\n")
+        elif words[0] == "%output":
+            mode = words[1] if len(words) > 1 else ""
+            if mode not in ("collapse", "byrank"):
+                return self._error("ValueError", "%output takes collapse or byrank")
+            self.engine.output_mode = mode
+            self._say(f"[chorus] output mode: {mode}\n")
+        elif words[1:2] == ["status"]:
+            lines = ["rank  pid      state"]
+            for rank in self.rank_set.ranks:
+                code_ = rank.exit_code()
+                state = "running" if code_ is None else f"exited ({code_})"
+                lines.append(f"{rank.rank:<5} {rank.pid or '-':<8} {state}")
+            self._say("\n".join(lines) + "\n")
+        else:
+            return self._error("UsageError", "the chorus kernel knows: %chorus status")
+        return {
+            "status": "ok",
+            "execution_count": self.execution_count,
+            "payload": [],
+            "user_expressions": {},
+        }
+
+    def _say(self, text: str) -> None:
+        self.send_response(self.iopub_socket, "stream", {"name": "stdout", "text": text})
+
+    # -- requests answered by rank 0 -------------------------------------------------------
+
+    async def _ask_rank0(self, send: str, **kwargs: Any) -> dict[str, Any] | None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ensure_started()), 30)
+            client = self.rank_set.client(0)
+        except Exception:  # noqa: BLE001 - ranks not up: answer "nothing found"
+            return None
+        msg_id = getattr(client, send)(**kwargs)
+        try:
+            reply = await asyncio.wait_for(self.rank_set.expect_reply(msg_id), 10)
+        except asyncio.TimeoutError:
+            self.rank_set.forget_reply(msg_id)
+            return None
+        content: dict[str, Any] = reply["content"]
+        return content
+
+    async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        content = await self._ask_rank0("complete", code=code, cursor_pos=cursor_pos)
+        return content or {
+            "status": "ok",
+            "matches": [],
+            "cursor_start": cursor_pos,
+            "cursor_end": cursor_pos,
+            "metadata": {},
+        }
+
+    async def do_inspect(
+        self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()
+    ) -> dict[str, Any]:
+        content = await self._ask_rank0(
+            "inspect", code=code, cursor_pos=cursor_pos, detail_level=detail_level
+        )
+        return content or {"status": "ok", "found": False, "data": {}, "metadata": {}}
+
+    async def do_is_complete(self, code: str) -> dict[str, Any]:
+        content = await self._ask_rank0("is_complete", code=code)
+        return content or {"status": "unknown"}
+
+    # -- stdin towards the frontend -------------------------------------------------------
+
+    def ask_frontend(self, prompt: str, password: bool, cancel: threading.Event) -> str:
+        """One input_request to the frontend; blocks (run it in a thread).
+
+        As kernelbase's ``_input_request``: purge stale replies, send, poll
+        with a short timeout, ``"\\x04"`` means EOF; and it gives up when
+        ``cancel`` is set (an interrupt), so no thread is left waiting.
+        """
+        if self._prompt_parent is None:
+            msg = "no cell is running"
+            raise EOFError(msg)
+        ident, parent = self._prompt_parent
+        while True:
+            try:
+                self.stdin_socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError as err:
+                if err.errno == zmq.EAGAIN:
+                    break
+                raise
+        content = json_clean({"prompt": prompt, "password": password})
+        self.session.send(self.stdin_socket, "input_request", content, parent, ident=ident)
+        while not cancel.is_set():
+            readable, _, _ = zmq.select([self.stdin_socket], [], [], 0.05)
+            if readable:
+                _ident, reply = self.session.recv(self.stdin_socket)
+                if reply is not None:
+                    value: str = reply["content"].get("value", "")
+                    if value == "\x04":
+                        raise EOFError
+                    return value
+        raise asyncio.CancelledError
+
+
+class _KernelFrontend:
+    """The engine's :class:`~chorus.kernel.engine.Frontend` for ChorusKernel."""
+
+    def __init__(self, kernel: ChorusKernel) -> None:
+        self.kernel = kernel
+
+    def stream(self, name: str, text: str) -> None:
+        self.kernel.send_response(self.kernel.iopub_socket, "stream", {"name": name, "text": text})
+
+    def publish(self, msg_type: str, content: dict[str, Any]) -> None:
+        self.kernel.send_response(self.kernel.iopub_socket, msg_type, content)
+
+    async def ask(self, prompt: str, password: bool) -> str:
+        cancel = threading.Event()
+        try:
+            return await asyncio.to_thread(self.kernel.ask_frontend, prompt, password, cancel)
+        finally:
+            cancel.set()  # on cancellation the thread stops polling within 50 ms

@@ -1,0 +1,148 @@
+"""Merging the output streams of N ranks into one labelled stream.
+
+Ranks print the same thing most of the time (the same code runs
+everywhere), so the merger holds each rank's complete lines briefly and, when
+every rank still running has produced its next line, emits identical lines
+once as ``[0-3] text`` and differing ones grouped by text (``[0,2] a``,
+``[1,3] b``). A line nobody matches within ``hold`` seconds is emitted on
+its own, so a rank that prints alone still streams. Partial lines (a prompt
+without newline) are emitted by :meth:`OutputMerger.flush`.
+
+In ``byrank`` mode nothing is collapsed: output is kept until the cell ends,
+then shown as one block per rank.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from chorus.kernel.labels import format_ranks
+
+# Seconds a complete line waits for the same line from the other ranks.
+DEFAULT_HOLD = 0.15
+
+Emit = Callable[[str, str], None]  # (stream name, text)
+
+
+@dataclass
+class _Line:
+    text: str  # without the trailing newline
+    at: float
+
+
+@dataclass
+class _RankStream:
+    partial: str = ""
+    lines: deque[_Line] = field(default_factory=deque)
+
+
+class OutputMerger:
+    """Collects ``stream`` text per rank and emits it labelled.
+
+    Parameters
+    ----------
+    ranks
+        The ranks whose output is expected (the cell's targets).
+    emit
+        Called with ``(name, text)`` for every chunk to show; ``name`` is
+        ``"stdout"`` or ``"stderr"``.
+    mode
+        ``"collapse"`` (default) or ``"byrank"``.
+    hold
+        Seconds a line waits for its twins on other ranks.
+    """
+
+    def __init__(
+        self,
+        ranks: Iterable[int],
+        emit: Emit,
+        mode: str = "collapse",
+        hold: float = DEFAULT_HOLD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.active = set(ranks)
+        self.emit = emit
+        self.mode = mode
+        self.hold = hold
+        self.clock = clock
+        self._streams: dict[str, dict[int, _RankStream]] = defaultdict(
+            lambda: defaultdict(_RankStream)
+        )
+
+    def feed(self, rank: int, name: str, text: str) -> None:
+        """Add ``text`` printed by ``rank`` on stream ``name``; emit what is ready."""
+        stream = self._streams[name][rank]
+        data = stream.partial + text
+        *complete, stream.partial = data.split("\n")
+        now = self.clock()
+        for line in complete:
+            stream.lines.append(_Line(line, now))
+        if self.mode == "collapse":
+            self._match(name, final=False)
+
+    def rank_done(self, rank: int) -> None:
+        """``rank`` finished the cell: stop waiting for its lines."""
+        self.active.discard(rank)
+        if self.mode == "collapse":
+            for name in list(self._streams):
+                self._match(name, final=False)
+
+    def tick(self) -> None:
+        """Emit lines that waited longer than ``hold`` (call periodically)."""
+        if self.mode == "collapse":
+            for name in list(self._streams):
+                self._match(name, final=False)
+
+    def flush(self, partial: bool = True) -> None:
+        """Emit everything held, including partial lines when ``partial``."""
+        for name in list(self._streams):
+            if self.mode == "collapse":
+                self._match(name, final=True)
+            else:
+                self._emit_by_rank(name)
+            if partial:
+                self._emit_partials(name)
+
+    # -- internals -----------------------------------------------------------
+
+    def _match(self, name: str, final: bool) -> None:
+        streams = self._streams[name]
+        while True:
+            heads = {r: s.lines[0] for r, s in streams.items() if s.lines}
+            if not heads:
+                return
+            waiting_for = {r for r in self.active if r not in heads}
+            oldest = min(line.at for line in heads.values())
+            if waiting_for and not final and self.clock() - oldest < self.hold:
+                return
+            groups: dict[str, list[int]] = defaultdict(list)
+            for rank, line in sorted(heads.items()):
+                groups[line.text].append(rank)
+            out = []
+            for text, ranks in groups.items():
+                out.append(f"{format_ranks(ranks)} {text}\n")
+                for rank in ranks:
+                    streams[rank].lines.popleft()
+            self.emit(name, "".join(out))
+
+    def _emit_by_rank(self, name: str) -> None:
+        streams = self._streams[name]
+        for rank in sorted(streams):
+            stream = streams[rank]
+            if not stream.lines:
+                continue
+            body = "".join(line.text + "\n" for line in stream.lines)
+            stream.lines.clear()
+            self.emit(name, f"── rank {rank} ──\n{body}")
+
+    def _emit_partials(self, name: str) -> None:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for rank, stream in sorted(self._streams[name].items()):
+            if stream.partial:
+                groups[stream.partial].append(rank)
+                stream.partial = ""
+        for text, ranks in groups.items():
+            self.emit(name, f"{format_ranks(ranks)} {text}")

@@ -1,0 +1,282 @@
+"""N rank kernels behind one chorus kernel (or behind the %chorus magics).
+
+:class:`RankSet` starts one IPython kernel per rank as a fresh process (never
+a fork of the running kernel: a forked child's ``input()`` hangs), each in its
+own session so that the frontend's interrupt reaches only the chorus kernel,
+which forwards it deliberately. Every rank gets the environment
+``chorus launch`` gives its ranks (the same ``chorus.launch`` code), so
+``chorus.init()`` in a cell connects them.
+
+Each rank's iopub and stdin channels are read by one task that hands messages
+to whoever runs the current request (:class:`RankListener`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import AsyncKernelManager
+
+from chorus.launch.ports import (
+    LOCALHOST,
+    free_ports,
+    hostfile_json,
+    listening_sockets,
+    memfd_hostfile,
+)
+from chorus.launch.run import JobSpec, rank_environment
+
+Message = dict[str, Any]
+# Called with (rank, message) for every iopub or stdin message of a rank.
+Listener = Callable[[int, Message], None]
+
+RANK_ARGV = [sys.executable, "-m", "chorus.kernel.rank", "-f", "{connection_file}"]
+# Seconds a rank kernel may take to start and answer kernel_info.
+START_TIMEOUT = 60.0
+
+
+class RankKernelManager(AsyncKernelManager):  # type: ignore[misc]
+    """A kernel manager whose kernel is a chorus rank (no kernelspec on disk)."""
+
+    @property
+    def kernel_spec(self) -> KernelSpec:
+        return KernelSpec(
+            argv=RANK_ARGV,
+            display_name="chorus rank",
+            language="python",
+            interrupt_mode="signal",
+        )
+
+
+@dataclass
+class Rank:
+    """One rank kernel: its manager, client and channel reader tasks."""
+
+    rank: int
+    manager: RankKernelManager
+    env: dict[str, str]
+    pass_fds: list[int]
+    client: AsyncKernelClient | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    exit_reported: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        provisioner = self.manager.provisioner
+        process = getattr(provisioner, "process", None)
+        return None if process is None else int(process.pid)
+
+    def alive(self) -> bool:
+        process = getattr(self.manager.provisioner, "process", None)
+        return process is not None and process.poll() is None
+
+    def exit_code(self) -> int | None:
+        process = getattr(self.manager.provisioner, "process", None)
+        return None if process is None else process.poll()
+
+    def interrupt(self) -> None:
+        """SIGINT to the rank's process group (it leads its own session)."""
+        pid = self.pid
+        if pid is not None and self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGINT)
+
+
+class RankSet:
+    """Start, talk to, interrupt and stop N rank kernels.
+
+    Parameters
+    ----------
+    size
+        Number of ranks.
+    backend
+        ``CHORUS_BACKEND`` of the ranks (``"shm"`` by default on one host).
+    env
+        Extra environment for every rank.
+    cwd
+        Working directory of the ranks.
+    timeout
+        ``CHORUS_TIMEOUT`` of the ranks.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        backend: str = "shm",
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.size = size
+        self.backend = backend
+        self.extra_env = dict(env or {})
+        self.cwd = cwd
+        self.timeout = timeout
+        self.ranks: list[Rank] = []
+        self.listener: Listener | None = None
+        self._waiters: dict[str, asyncio.Future[Message]] = {}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self, progress: Callable[[str], None] | None = None) -> None:
+        """Start every rank kernel concurrently and wait until all answer.
+
+        Raises
+        ------
+        RuntimeError
+            A rank did not start within :data:`START_TIMEOUT`; the ones that
+            did are shut down again.
+        """
+        say = progress or (lambda _message: None)
+        spec = JobSpec(
+            argv=tuple(RANK_ARGV),
+            nprocs=self.size,
+            backend=self.backend,
+            env=self.extra_env,
+            cwd=self.cwd,
+            timeout=self.timeout,
+        )
+        token = secrets.token_hex(16)
+        job_id = f"k{os.getpid()}-{token[:8]}"
+        with contextlib.ExitStack() as stack:
+            listeners = listening_sockets(self.size)
+            for sock in listeners:
+                stack.callback(sock.close)
+            addresses = [[f"{LOCALHOST}:{sock.getsockname()[1]}"] for sock in listeners]
+            hostfile = hostfile_json(addresses)
+            mlx_text = hostfile_json([[f"{LOCALHOST}:{p}"] for p in free_ports(self.size)])
+            mlx_fd = memfd_hostfile(mlx_text, "chorus-mlx-hostfile")
+            stack.callback(os.close, mlx_fd)
+            base = {k: v for k, v in os.environ.items() if not k.startswith(("CHORUS_", "MLX_"))}
+            for rank, sock in enumerate(listeners):
+                env = rank_environment(
+                    spec,
+                    rank,
+                    base=base,
+                    hostfile=hostfile,
+                    listen_fds=[sock.fileno()],
+                    token=token,
+                    job_id=job_id,
+                    mlx_hostfile=f"/proc/self/fd/{mlx_fd}",
+                    coordinator=addresses[0][0],
+                )
+                self.ranks.append(
+                    Rank(rank, RankKernelManager(), env, pass_fds=[sock.fileno(), mlx_fd])
+                )
+            say(f"starting {self.size} rank kernels (backend {self.backend})")
+            results = await asyncio.gather(
+                *(self._start_one(r) for r in self.ranks), return_exceptions=True
+            )
+        failures = [(r, e) for r, e in zip(self.ranks, results, strict=True) if e is not None]
+        if failures:
+            await self.shutdown()
+            rank, error = failures[0]
+            msg = f"rank {rank.rank} kernel did not start: {error}"
+            raise RuntimeError(msg)
+        say(f"{self.size} rank kernels ready")
+
+    async def _start_one(self, rank: Rank) -> None:
+        await rank.manager.start_kernel(env=rank.env, cwd=self.cwd, pass_fds=rank.pass_fds)
+        client = rank.manager.client()
+        client.start_channels()
+        await asyncio.wait_for(client.wait_for_ready(timeout=START_TIMEOUT), START_TIMEOUT + 5)
+        rank.client = client
+        rank.tasks = [
+            asyncio.create_task(self._pump(rank, client.get_iopub_msg, self._to_listener)),
+            asyncio.create_task(self._pump(rank, client.get_stdin_msg, self._to_listener)),
+            asyncio.create_task(self._pump(rank, client.get_shell_msg, self._to_waiter)),
+        ]
+
+    async def _pump(
+        self,
+        rank: Rank,
+        get: Callable[[], Awaitable[Message]],
+        deliver: Callable[[int, Message], None],
+    ) -> None:
+        while rank.client is not None:
+            try:
+                message = await get()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a channel closing during shutdown
+                await asyncio.sleep(0.05)
+                continue
+            deliver(rank.rank, message)
+
+    def _to_listener(self, rank: int, message: Message) -> None:
+        if self.listener is not None:
+            self.listener(rank, message)
+
+    def _to_waiter(self, rank: int, message: Message) -> None:
+        parent_id = message.get("parent_header", {}).get("msg_id")
+        waiter = self._waiters.pop(parent_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
+
+    def expect_reply(self, msg_id: str) -> asyncio.Future[Message]:
+        """A future for the shell reply to request ``msg_id`` (register before awaiting)."""
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiters[msg_id] = future
+        return future
+
+    def forget_reply(self, msg_id: str) -> None:
+        """Stop waiting for ``msg_id`` (its rank died or the request was abandoned)."""
+        waiter = self._waiters.pop(msg_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+
+    async def shutdown(self, restart: bool = False) -> None:
+        """Stop every rank: ask nicely, then SIGTERM, then SIGKILL.
+
+        1. cancel the channel readers;
+        2. ``shutdown_kernel(now=False)``: a shutdown_request, then jupyter_client's
+           own wait / SIGTERM / SIGKILL escalation, under a deadline;
+        3. SIGKILL whatever is left of each rank's process group.
+        """
+        for rank in self.ranks:
+            for task in rank.tasks:
+                task.cancel()
+            if rank.client is not None:
+                rank.client.stop_channels()
+                rank.client = None
+
+        async def stop(rank: Rank) -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(rank.manager.shutdown_kernel(now=False), 10)
+
+        await asyncio.gather(*(stop(r) for r in self.ranks))
+        for rank in self.ranks:
+            pid = rank.pid
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        self.ranks = []
+
+    # -- requests --------------------------------------------------------------
+
+    def client(self, rank: int) -> AsyncKernelClient:
+        client = self.ranks[rank].client
+        if client is None:
+            msg = f"rank {rank} is not running"
+            raise RuntimeError(msg)
+        return client
+
+    def interrupt(self, ranks: Sequence[int] | None = None) -> None:
+        """SIGINT to every rank (or the given ones), wherever each is blocked."""
+        for rank in self.ranks:
+            if ranks is None or rank.rank in ranks:
+                rank.interrupt()
+
+    def dead(self) -> list[Rank]:
+        """Ranks whose process has exited."""
+        return [r for r in self.ranks if not r.alive()]

@@ -1,0 +1,134 @@
+"""A real chorus kernel driven through jupyter_client, as a frontend would."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import pytest
+from chorus.kernel.kernelspec import make_chorus_cmd
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import KernelManager
+
+
+class ChorusKernelManager(KernelManager):  # type: ignore[misc]
+    ranks = 4
+
+    @property
+    def kernel_spec(self) -> KernelSpec:
+        return KernelSpec(
+            argv=make_chorus_cmd(ranks=self.ranks, backend="shm", timeout=20),
+            display_name="chorus test",
+            language="python",
+            interrupt_mode="signal",
+        )
+
+
+@dataclass
+class CellRun:
+    reply: dict[str, Any]
+    stdout: str = ""
+    stderr: str = ""
+    results: list[dict[str, Any]] = field(default_factory=list)
+    displays: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return str(self.reply["content"]["status"])
+
+
+class Frontend:
+    """Executes cells and answers input requests from a list of replies."""
+
+    def __init__(self, manager: ChorusKernelManager, client: BlockingKernelClient) -> None:
+        self.manager = manager
+        self.client = client
+
+    def run(
+        self,
+        code: str,
+        inputs: list[str] | None = None,
+        timeout: float = 60.0,
+        on_start: Any = None,
+    ) -> CellRun:
+        answers = list(inputs or [])
+        msg_id = self.client.execute(code, allow_stdin=True)
+        run = CellRun(reply={})
+        deadline = time.monotonic() + timeout
+        idle = False
+        started = False
+        while not (idle and run.reply):
+            if time.monotonic() > deadline:
+                pytest.fail(f"cell did not finish in {timeout} s: {code!r}\nso far: {run}")
+            if on_start is not None and not started and time.monotonic() > deadline - timeout + 2:
+                started = True
+                on_start()
+            try:
+                msg = self.client.get_stdin_msg(timeout=0.02)
+            except queue.Empty:
+                pass
+            else:
+                if msg["header"]["msg_type"] == "input_request":
+                    run.prompts.append(msg["content"]["prompt"])
+                    if not answers:
+                        pytest.fail(f"unexpected prompt {msg['content']['prompt']!r}: {run}")
+                    self.client.input(answers.pop(0))
+            try:
+                msg = self.client.get_iopub_msg(timeout=0.02)
+            except queue.Empty:
+                pass
+            else:
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    kind, content = msg["header"]["msg_type"], msg["content"]
+                    if kind == "stream":
+                        if content["name"] == "stdout":
+                            run.stdout += content["text"]
+                        else:
+                            run.stderr += content["text"]
+                    elif kind == "execute_result":
+                        run.results.append(content)
+                    elif kind == "display_data":
+                        run.displays.append(content)
+                    elif kind == "error":
+                        run.errors.append(content)
+                    elif kind == "status" and content["execution_state"] == "idle":
+                        idle = True
+            if not run.reply:
+                try:
+                    reply = self.client.get_shell_msg(timeout=0.01)
+                except queue.Empty:
+                    pass
+                else:
+                    if reply["parent_header"].get("msg_id") == msg_id:
+                        run.reply = reply
+        return run
+
+    def rank_pids(self) -> list[int]:
+        kernel = psutil.Process(self.manager.provisioner.process.pid)
+        return [
+            p.pid
+            for p in kernel.children(recursive=True)
+            if "chorus.kernel.rank" in " ".join(p.cmdline())
+        ]
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[Frontend]:
+    manager = ChorusKernelManager()
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    frontend = Frontend(manager, client)
+    try:
+        yield frontend
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)

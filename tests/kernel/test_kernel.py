@@ -1,0 +1,172 @@
+"""The chorus kernel end to end: execution, output, stdin, pdb, interrupt, crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+
+from tests.kernel.conftest import ChorusKernelManager, Frontend
+
+
+def test_labelled_and_collapsed_output(kernel: Frontend) -> None:
+    run = kernel.run("print('hello'); print(rank)")
+    assert run.status == "ok", run
+    assert "[0-3] hello\n" in run.stdout
+    for r in range(4):
+        assert f"[{r}] {r}\n" in run.stdout, run.stdout
+
+
+def test_collective_in_a_cell_and_collapsed_result(kernel: Frontend) -> None:
+    run = kernel.run("g = chorus.init()\nx = chorus.all_sum(np.ones(3) * rank)\nx")
+    assert run.status == "ok", run
+    (result,) = run.results
+    assert result["data"]["text/plain"] == "[0-3] array([6., 6., 6.])"
+    assert result["metadata"]["chorus"]["ranks"] == [0, 1, 2, 3]
+    differing = kernel.run("rank * 10")
+    assert differing.results[0]["data"]["text/plain"] == "[0] 0\n[1] 10\n[2] 20\n[3] 30"
+
+
+def test_identical_errors_shown_once(kernel: Frontend) -> None:
+    run = kernel.run("1 / 0")
+    assert run.status == "error"
+    assert len(run.errors) == 1, run.errors
+    assert run.errors[0]["ename"] == "ZeroDivisionError"
+    assert "[0-3]" in run.errors[0]["traceback"][0]
+    split = kernel.run("assert rank % 2, 'even'")
+    assert [e["traceback"][0] for e in split.errors] == ["\x1b[1;31m[0,2]\x1b[0m"], split.errors
+
+
+def test_one_prompt_answers_every_rank(kernel: Frontend) -> None:
+    run = kernel.run("name = input('name? ')\nprint(name, rank)", inputs=["bob"])
+    assert run.prompts == ["[0-3] name? "]
+    assert all(f"[{r}] bob {r}" in run.stdout for r in range(4)), run.stdout
+
+
+def test_reply_to_one_rank_with_prefix(kernel: Frontend) -> None:
+    run = kernel.run("v = input('v? ')\nprint('got', v)", inputs=["!1 one", "rest"])
+    assert run.prompts == ["[0-3] v? ", "[0,2,3] v? "], run.prompts
+    assert "[1] got one" in run.stdout
+    assert "[0,2,3] got rest" in run.stdout, run.stdout
+
+
+def test_pdb_across_ranks(kernel: Frontend) -> None:
+    code = "y = rank * 100\nbreakpoint()\nz = y + 1\nprint('z', z)"
+    run = kernel.run(code, inputs=["p y", "n", "c"])
+    assert run.status == "ok", run
+    assert run.prompts == ["[0-3] ipdb> "] * 3, run.prompts  # IPython's pdb
+    for r in range(4):
+        assert f"[{r}] {r * 100}" in run.stdout, run.stdout
+        assert f"[{r}] z {r * 100 + 1}" in run.stdout
+    check = kernel.run("print(z == y + 1)")
+    assert "[0-3] True" in check.stdout
+
+
+def test_ranks_subset_and_target(kernel: Frontend) -> None:
+    run = kernel.run("%%ranks 0,2\nprint('only', rank)")
+    assert run.stdout.strip().splitlines() == ["[0] only 0", "[2] only 2"], run.stdout
+    assert kernel.run("%target 1-2").status == "ok"
+    run = kernel.run("print('t', rank)")
+    assert sorted(run.stdout.strip().splitlines()) == ["[1] t 1", "[2] t 2"]
+    assert kernel.run("%target all").status == "ok"
+    bad = kernel.run("%%ranks 7\nprint(1)")
+    assert bad.status == "error"
+    assert "out of range" in bad.errors[0]["evalue"]
+
+
+def test_interrupt_inside_a_collective_keeps_state(kernel: Frontend) -> None:
+    kernel.run("kept = rank + 41")
+    code = (
+        "import time\n"
+        "if rank == 0:\n    time.sleep(120)\n"
+        "chorus.all_sum(np.ones(1 << 20, np.float32))\n"
+    )
+    sent: list[float] = []
+
+    def interrupt() -> None:
+        sent.append(time.monotonic())
+        kernel.manager.interrupt_kernel()
+
+    run = kernel.run(code, timeout=60, on_start=interrupt)
+    assert run.status == "error"
+    assert time.monotonic() - sent[0] < 10
+    assert any(e["ename"] == "KeyboardInterrupt" for e in run.errors), run.errors
+    after = kernel.run("print(kept, chorus.all_sum(np.ones(2) * rank).tolist())")
+    assert after.status == "ok", after
+    for r in range(4):
+        assert f"[{r}] {r + 41} [6.0, 6.0]" in after.stdout, after.stdout
+
+
+def test_complete_inspect_and_is_complete(kernel: Frontend) -> None:
+    client = kernel.client
+    reply = client.complete("chorus.all_s", 12, reply=True, timeout=30)
+    assert "all_sum" in reply["content"]["matches"], reply["content"]
+    reply = client.inspect("chorus.all_sum", 14, reply=True, timeout=30)
+    assert reply["content"]["found"]
+    msg_id = client.is_complete("for i in range(3):")
+    reply = client.get_shell_msg(timeout=30)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "incomplete"
+
+
+def test_status_table(kernel: Frontend) -> None:
+    run = kernel.run("%chorus status")
+    lines = run.stdout.strip().splitlines()
+    assert lines[0].split() == ["rank", "pid", "state"]
+    assert len(lines) == 5
+    assert all("running" in line for line in lines[1:])
+
+
+def test_crashed_rank_is_reported_and_shutdown_leaves_no_orphans() -> None:
+    manager = ChorusKernelManager()
+    manager.ranks = 3
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    frontend = Frontend(manager, client)
+    try:
+        kernel_pid = manager.provisioner.process.pid
+        frontend.run("g = chorus.init()")
+        pids = frontend.rank_pids()
+        assert len(pids) == 3
+        code = "import os\nif rank == 2:\n    os._exit(3)\nchorus.all_sum(np.ones(4))"
+        run = frontend.run(code, timeout=60)
+        assert run.status == "error"
+        assert "rank 2 exited with code 3" in run.stderr, run.stderr
+        assert any(e["ename"] == "RankDied" for e in run.errors), run.errors
+        still = frontend.run("print('alive', rank)")
+        assert "[0] alive 0" in still.stdout, still.stdout
+        assert "[1] alive 1" in still.stdout, still.stdout
+        assert "rank 2 is not running" in still.stderr, still.stderr
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)
+    time.sleep(0.5)
+    assert not psutil.pid_exists(kernel_pid) or psutil.Process(kernel_pid).status() == "zombie"
+    leftovers = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert leftovers == [], leftovers
+
+
+def test_sigkill_of_the_kernel_takes_the_ranks_with_it() -> None:
+    manager = ChorusKernelManager()
+    manager.ranks = 2
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    frontend = Frontend(manager, client)
+    try:
+        frontend.run("print(rank)")
+        pids = frontend.rank_pids()
+        assert len(pids) == 2
+        os.kill(manager.provisioner.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
+            time.sleep(0.1)
+        assert not any(psutil.pid_exists(p) for p in pids)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
