@@ -200,20 +200,20 @@ class Engine:
             cell.merger.tick()
             busy = {r for r in cell.targets if not cell.finished(r)}
             broker.update(busy)
-            for rank in self.ranks.dead():
-                if rank.rank in busy and rank.rank not in cell.died:
-                    code = rank.exit_code()
-                    cell.died[rank.rank] = -1 if code is None else code
-                    cell.merger.rank_done(rank.rank)
-                    how = describe_exit(cell.died[rank.rank])
+            for dead in self.ranks.dead():
+                if dead.rank in busy and dead.rank not in cell.died:
+                    code = dead.exit_code()
+                    cell.died[dead.rank] = -1 if code is None else code
+                    cell.merger.rank_done(dead.rank)
+                    how = describe_exit(cell.died[dead.rank])
                     self.frontend.stream(
                         "stderr",
-                        f"[chorus] rank {rank.rank} {how} while running this cell; "
+                        f"[chorus] rank {dead.rank} {how} while running this cell; "
                         "interrupting the other ranks. Restart the kernel to get it back.\n",
                     )
                     if not interrupted_for_death:
                         interrupted_for_death = True
-                        self.ranks.interrupt([r for r in busy if r != rank.rank])
+                        self.ranks.interrupt([r for r in busy if r != dead.rank])
 
     def _on_reply(self, cell: _Cell, rank: int, future: asyncio.Future[Message]) -> None:
         if future.cancelled():

@@ -32,7 +32,7 @@ from traitlets import Float, Integer, Unicode
 import chorus
 
 
-class ChorusKernel(Kernel):  # type: ignore[misc]
+class ChorusKernel(Kernel):
     """A kernel whose cells run on N chorus ranks."""
 
     implementation = "chorus"
@@ -51,18 +51,17 @@ class ChorusKernel(Kernel):  # type: ignore[misc]
     backend = Unicode("shm", help="chorus backend of the ranks").tag(config=True)
     rank_timeout = Float(60.0, help="CHORUS_TIMEOUT of the ranks").tag(config=True)
 
-    @property
-    def banner(self) -> str:
-        return (
-            f"chorus {chorus.__version__}: every cell runs on {self.ranks_count} ranks "
-            f"(backend {self.backend}). %%ranks 0,2 / %target / %output byrank"
-        )
+    banner = Unicode(f"chorus {chorus.__version__}: every cell runs on every rank")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rank_set = RankSet(self.ranks_count, backend=self.backend, timeout=self.rank_timeout)
         self.engine = Engine(self.rank_set, _KernelFrontend(self))
         self.targets: list[int] = list(range(self.ranks_count))
+        self.banner = (
+            f"chorus {chorus.__version__}: every cell runs on {self.ranks_count} ranks "
+            f"(backend {self.backend}); %%ranks 0,2, %target, %output byrank, %chorus status"
+        )
         self._ready: asyncio.Task[None] | None = None
         self._prompt_parent: tuple[Any, Any] | None = None
 
@@ -272,6 +271,7 @@ class ChorusKernel(Kernel):  # type: ignore[misc]
                     break
                 raise
         content = json_clean({"prompt": prompt, "password": password})
+        assert self.session is not None  # set by the kernel app before any request
         self.session.send(self.stdin_socket, "input_request", content, parent, ident=ident)
         while not cancel.is_set():
             readable, _, _ = zmq.select([self.stdin_socket], [], [], 0.05)

@@ -45,7 +45,7 @@ RANK_ARGV = [sys.executable, "-m", "chorus.kernel.rank", "-f", "{connection_file
 START_TIMEOUT = 60.0
 
 
-class RankKernelManager(AsyncKernelManager):  # type: ignore[misc]
+class RankKernelManager(AsyncKernelManager):
     """A kernel manager whose kernel is a chorus rank (no kernelspec on disk)."""
 
     @property
@@ -180,8 +180,8 @@ class RankSet:
         failures = [(r, e) for r, e in zip(self.ranks, results, strict=True) if e is not None]
         if failures:
             await self.shutdown()
-            rank, error = failures[0]
-            msg = f"rank {rank.rank} kernel did not start: {error}"
+            failed, error = failures[0]
+            msg = f"rank {failed.rank} kernel did not start: {error}"
             raise RuntimeError(msg)
         say(f"{self.size} rank kernels ready")
 

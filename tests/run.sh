@@ -29,7 +29,7 @@ step "python packages and chorus (editable build, warnings as errors)"
 step "lint: ruff, mypy --strict, clang-format"
 "$PYTHON" -m ruff check .
 "$PYTHON" -m ruff format --check .
-"$PYTHON" -m mypy
+PYTHON="$PYTHON" bash tools/typecheck.sh
 find backends_cpp tests/cpp \( -name '*.h' -o -name '*.cc' \) -print0 |
   xargs -0 clang-format --dry-run --Werror
 
