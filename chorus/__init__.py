@@ -25,6 +25,21 @@ from chorus.group import Group, init, is_available
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext chorus``: register the chorus magics (see :mod:`chorus.magics`)."""
+    from chorus.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    """``%unload_ext chorus``: stop the ranks the magics started."""
+    from chorus.magics import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
 __all__ = [
     "BackendUnavailableError",
     "Group",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from chorus.kernel.stdin import InputBroker
 
 from chorus.launch.process import describe_exit
 
+_CELL_NUMBER = re.compile(r"In ?\[\d+\]")
 # How often the engine looks at held output, input requests and dead ranks.
 TICK = 0.05
 
@@ -255,13 +257,18 @@ class Engine:
     def _combine(self, cell: _Cell) -> CellResult:
         result = CellResult(died=dict(cell.died))
         errors: dict[tuple[str, str, tuple[str, ...]], list[int]] = defaultdict(list)
+        first_traceback: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
         for rank in cell.targets:
             reply = cell.replies.get(rank)
             if reply is None:
                 continue
             content = reply["content"]
             if content.get("status") == "error":
-                key = (content["ename"], content["evalue"], tuple(content.get("traceback", [])))
+                # Ranks may have run different numbers of cells: ignore "In [N]".
+                traceback = tuple(_CELL_NUMBER.sub("In[*]", line) for line in content["traceback"])
+                key = (content["ename"], content["evalue"], traceback)
+                if key not in first_traceback:
+                    first_traceback[key] = content.get("traceback", [])
                 errors[key].append(rank)
             elif content.get("status") == "aborted":
                 errors[("Aborted", "execution aborted", ())].append(rank)
@@ -272,10 +279,13 @@ class Engine:
         if errors:
             result.status = "error"
             first = True
-            for (ename, evalue, traceback), ranks in errors.items():
+            for key, ranks in errors.items():
+                ename, evalue, _ = key
+                shown = first_traceback.get(key, [])
                 label = format_ranks(ranks)
-                lines = [f"\x1b[1;31m{label}\x1b[0m", *traceback] if traceback else []
-                if not traceback:
+                if shown:
+                    lines = [f"\x1b[1;31m{label}\x1b[0m", *shown]
+                else:
                     lines = [f"\x1b[1;31m{label} {ename}\x1b[0m: {evalue}"]
                 self.frontend.publish(
                     "error", {"ename": ename, "evalue": f"{label} {evalue}", "traceback": lines}

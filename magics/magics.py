@@ -1,0 +1,295 @@
+"""``%chorus``, ``%%all`` and ``%autoall``: chorus ranks behind a plain IPython.
+
+The magics drive the same :class:`~chorus.kernel.engine.Engine` and
+:class:`~chorus.kernel.ranks.RankSet` as the chorus kernel, so output
+labelling, the one prompt for all ranks (``input()``, pdb) and interrupts
+behave exactly as there. The engine runs on an asyncio loop in a background
+thread (IPython's own loop may be running, e.g. inside ipykernel); whatever it
+shows or asks is handed to the thread running the magic, which prints,
+displays and calls ``input()`` as any cell would.
+
+Examples
+--------
+>>> %load_ext chorus
+>>> %chorus start -n 4
+>>> %%all
+... x = chorus.all_sum(np.ones(3) * rank)
+... print(x)
+[0-3] [6. 6. 6.]
+>>> %chorus pull x
+[array([6., 6., 6.]), array([6., 6., 6.]), array([6., 6., 6.]), array([6., 6., 6.])]
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import base64
+import getpass
+import pickle
+import queue
+import sys
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from chorus.kernel.engine import CellResult, Engine
+from chorus.kernel.labels import parse_ranks
+from chorus.kernel.ranks import RankSet
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import publish_display_data
+
+Event = tuple[str, tuple[Any, ...]]
+
+
+class _ThreadFrontend:
+    """The engine's Frontend: queues everything for the magic's thread."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[Event] = queue.Queue()
+
+    def stream(self, name: str, text: str) -> None:
+        self.events.put(("stream", (name, text)))
+
+    def publish(self, msg_type: str, content: dict[str, Any]) -> None:
+        self.events.put(("publish", (msg_type, content)))
+
+    async def ask(self, prompt: str, password: bool) -> str:
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.events.put(("ask", (prompt, password, answer)))
+        return await answer
+
+
+class _EngineThread:
+    """An asyncio loop in a daemon thread, owning the ranks and the engine."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="chorus")
+        self.thread.start()
+
+    def submit(self, coro: Any) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, fn: Any, *args: Any) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+@magics_class
+class ChorusMagics(Magics):
+    """``%chorus start|stop|status|pull|push``, ``%%all`` and ``%autoall``."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.runner: _EngineThread | None = None
+        self.ranks: RankSet | None = None
+        self.engine: Engine | None = None
+        self.frontend = _ThreadFrontend()
+        self.autoall = False
+
+    # -- %chorus -----------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("action", choices=["start", "stop", "status", "pull", "push"])
+    @argument("rest", nargs="*", help="pull NAME | push NAME=EXPR")
+    @argument("-n", "--ranks", type=int, default=4, help="number of ranks (start)")
+    @argument("--backend", default="shm", help="chorus backend of the ranks (start)")
+    @argument("--timeout", type=float, default=60.0, help="CHORUS_TIMEOUT of the ranks (start)")
+    @line_magic
+    def chorus(self, line: str) -> Any:
+        """Start, stop and inspect chorus ranks; move values in and out.
+
+        ``%chorus start -n 4 [--backend shm]``  start 4 rank kernels
+        ``%chorus status``                      a table: rank, pid, state
+        ``%chorus pull x``                      a list of each rank's ``x``
+        ``%chorus push x=np.arange(3)``         set ``x`` on every rank
+        ``%chorus stop``                        stop the ranks
+        """
+        args = parse_argstring(self.chorus, line)
+        if args.action == "start":
+            return self.start_ranks(args.ranks, args.backend, args.timeout)
+        if args.action == "stop":
+            self.stop_ranks()
+            return None
+        engine = self._engine()
+        if args.action == "status":
+            print("rank  pid      state")
+            for rank in engine.ranks.ranks:
+                code = rank.exit_code()
+                state = "running" if code is None else f"exited ({code})"
+                print(f"{rank.rank:<5} {rank.pid or '-':<8} {state}")
+            return None
+        if not args.rest:
+            msg = f"%chorus {args.action} needs an argument"
+            raise ValueError(msg)
+        if args.action == "pull":
+            return self.pull(args.rest[0])
+        name, _, expr = " ".join(args.rest).partition("=")
+        if not name.strip().isidentifier() or not expr.strip():
+            msg = "usage: %chorus push NAME=EXPRESSION"
+            raise ValueError(msg)
+        assert self.shell is not None
+        self.push(name.strip(), self.shell.ev(expr))
+        return None
+
+    def start_ranks(self, ranks: int, backend: str, timeout: float) -> None:
+        """Start ``ranks`` rank kernels (stopping running ones first)."""
+        self.stop_ranks()
+        self.runner = _EngineThread()
+        self.ranks = RankSet(ranks, backend=backend, timeout=timeout)
+        self.engine = Engine(self.ranks, self.frontend)
+        print(f"[chorus] starting {ranks} ranks (backend {backend}) ...", flush=True)
+        self.runner.submit(self.ranks.start()).result()
+        print(f"[chorus] {ranks} ranks ready: %%all runs a cell on all of them", flush=True)
+
+    def stop_ranks(self) -> None:
+        """Shut every rank down (request, SIGTERM, SIGKILL) and stop the loop."""
+        if self.runner is not None and self.ranks is not None:
+            self.runner.submit(self.ranks.shutdown()).result(timeout=30)
+        if self.runner is not None:
+            self.runner.close()
+        self.runner = self.ranks = self.engine = None
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            msg = "no chorus ranks: run %chorus start -n 4 first"
+            raise RuntimeError(msg)
+        return self.engine
+
+    # -- %%all and %autoall ----------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("--ranks", default="all", help="ranks to run on, e.g. 0,2 or 1-3")
+    @cell_magic
+    def all(self, line: str, cell: str) -> None:
+        """Run the cell on every rank (or ``--ranks 0,2``), as the chorus kernel does."""
+        args = parse_argstring(self.all, line)
+        engine = self._engine()
+        targets = parse_ranks(args.ranks, engine.ranks.size)
+        result = self.run_on_ranks(cell, targets)
+        if result.result is not None:
+            publish_display_data(result.result["data"], result.result.get("metadata", {}))
+        if result.status != "ok":
+            raise RanksFailed(result)
+
+    @line_magic
+    def autoall(self, line: str) -> None:
+        """Toggle sending every following cell to all ranks (``%autoall off`` to stop)."""
+        assert self.shell is not None
+        transformers = self.shell.input_transformers_cleanup
+        self.autoall = line.strip() != "off" and not (self.autoall and not line.strip())
+        if self.autoall and _autoall_transformer not in transformers:
+            transformers.append(_autoall_transformer)
+        if not self.autoall and _autoall_transformer in transformers:
+            transformers.remove(_autoall_transformer)
+        state = "on: every cell runs on all ranks" if self.autoall else "off"
+        print(f"[chorus] autoall {state}")
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run_on_ranks(
+        self,
+        code: str,
+        targets: list[int],
+        user_expressions: dict[str, str] | None = None,
+        show: bool = True,
+    ) -> CellResult:
+        """Execute ``code`` on ``targets``, showing output and answering prompts here."""
+        engine = self._engine()
+        assert self.runner is not None
+        future = self.runner.submit(
+            engine.execute(code, targets, user_expressions=user_expressions, silent=not show)
+        )
+        while True:
+            try:
+                try:
+                    kind, payload = self.frontend.events.get(timeout=0.05)
+                except queue.Empty:
+                    if future.done():
+                        break
+                    continue
+                self._handle(kind, payload)
+            except KeyboardInterrupt:
+                self.runner.call(engine.interrupt)
+        while not self.frontend.events.empty():
+            self._handle(*self.frontend.events.get())
+        result: CellResult = future.result()
+        return result
+
+    def _handle(self, kind: str, payload: tuple[Any, ...]) -> None:
+        if kind == "stream":
+            name, text = payload
+            stream = sys.stdout if name == "stdout" else sys.stderr
+            stream.write(text)
+            stream.flush()
+        elif kind == "publish":
+            msg_type, content = payload
+            if msg_type == "error":
+                sys.stderr.write("\n".join(content.get("traceback", [])) + "\n")
+            elif msg_type in ("display_data", "update_display_data"):
+                publish_display_data(content.get("data", {}), content.get("metadata", {}))
+        elif kind == "ask":
+            prompt, password, answer = payload
+            assert self.runner is not None
+            try:
+                value = getpass.getpass(prompt) if password else input(prompt)
+            except EOFError:
+                value = "\x04"
+            self.runner.call(_resolve, answer, value)
+
+    def pull(self, name: str) -> list[Any]:
+        """Each rank's value of ``name`` (pickled over the wire), in rank order."""
+        engine = self._engine()
+        expression = f"__import__('base64').b64encode(__import__('pickle').dumps({name})).decode()"
+        values = []
+        for rank in range(engine.ranks.size):
+            result = self.run_on_ranks("", [rank], {"v": expression}, show=False)
+            reply = result.user_expressions.get("v", {})
+            if reply.get("status") != "ok":
+                msg = f"rank {rank}: {reply.get('ename')}: {reply.get('evalue')}"
+                raise RuntimeError(msg)
+            text = ast.literal_eval(reply["data"]["text/plain"])
+            values.append(pickle.loads(base64.b64decode(text)))
+        return values
+
+    def push(self, name: str, value: Any) -> None:
+        """Set ``name`` to ``value`` on every rank."""
+        engine = self._engine()
+        blob = base64.b64encode(pickle.dumps(value)).decode()
+        code = f"{name} = __import__('pickle').loads(__import__('base64').b64decode('{blob}'))"
+        result = self.run_on_ranks(code, list(range(engine.ranks.size)), show=False)
+        if result.status != "ok":
+            msg = f"push failed: {result.ename}: {result.evalue}"
+            raise RuntimeError(msg)
+
+
+class RanksFailed(Exception):
+    """A ``%%all`` cell failed on some rank (the tracebacks were shown already)."""
+
+    def __init__(self, result: CellResult) -> None:
+        super().__init__(f"{result.ename}: {result.evalue}")
+        self.result = result
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback of the magic itself.
+        return [f"chorus: the cell failed on some ranks ({self})"]
+
+
+def _resolve(future: asyncio.Future[str], value: str) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _autoall_transformer(lines: list[str]) -> list[str]:
+    """Turn every cell into a ``%%all`` cell, except chorus's own commands."""
+    if not lines:
+        return lines
+    first = lines[0].lstrip()
+    if first.startswith(("%chorus", "%autoall", "%%all", "%load_ext", "%unload_ext")):
+        return lines
+    return ["%%all\n", *lines]

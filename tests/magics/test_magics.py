@@ -1,0 +1,87 @@
+"""%load_ext chorus in a stock IPython kernel: the same engine as the chorus kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from jupyter_client.manager import KernelManager
+
+from tests.kernel.conftest import Frontend
+
+
+@pytest.fixture(scope="module")
+def ipython() -> Iterator[Frontend]:
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    frontend = Frontend(manager, client)
+    try:
+        run = frontend.run("%load_ext chorus\n%chorus start -n 3 --timeout 20")
+        assert run.status == "ok", run
+        assert "3 ranks ready" in run.stdout
+        yield frontend
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)
+
+
+def test_all_runs_everywhere_with_labels(ipython: Frontend) -> None:
+    run = ipython.run("%%all\ng = chorus.init()\nprint('sum', chorus.all_sum(np.ones(2) * rank))")
+    assert run.status == "ok", run
+    assert "[0-2] sum [3. 3.]" in run.stdout, run.stdout
+    subset = ipython.run("%%all --ranks 0,2\nprint('me', rank)")
+    assert subset.stdout.strip().splitlines() == ["[0] me 0", "[2] me 2"]
+
+
+def test_all_result_and_errors(ipython: Frontend) -> None:
+    run = ipython.run("%%all\nrank + 100")
+    assert any("[0] 100" in d["data"]["text/plain"] for d in run.displays), run.displays
+    bad = ipython.run("%%all\n1/0")
+    assert bad.status == "error"
+    assert "[0-2]" in bad.stderr
+    assert "ZeroDivisionError" in bad.stderr
+
+
+def test_input_and_pdb_through_the_magic(ipython: Frontend) -> None:
+    run = ipython.run("%%all\nv = input('v? ')\nprint(v * 2)", inputs=["ab"])
+    assert run.prompts == ["[0-2] v? "]
+    assert "[0-2] abab" in run.stdout
+    run = ipython.run("%%all\nq = rank * 7\nbreakpoint()\nq += 1", inputs=["p q", "c"])
+    assert run.prompts == ["[0-2] ipdb> "] * 2, run.prompts
+    assert all(f"[{r}] {r * 7}" in run.stdout for r in range(3)), run.stdout
+
+
+def test_pull_push_status_and_autoall(ipython: Frontend) -> None:
+    ipython.run("%chorus push base=[10, 20]")
+    run = ipython.run("values = %chorus pull base\nprint(values)")
+    assert "[[10, 20], [10, 20], [10, 20]]" in run.stdout, run
+    run = ipython.run("%%all\nmine = base[0] + rank")
+    run = ipython.run(
+        "print(%chorus pull mine)".replace(
+            "print(%chorus pull mine)", "x = %chorus pull mine\nprint(x)"
+        )
+    )
+    assert "[10, 11, 12]" in run.stdout, run
+    status = ipython.run("%chorus status")
+    lines = status.stdout.strip().splitlines()
+    assert lines[0].split() == ["rank", "pid", "state"]
+    assert len(lines) == 4
+    pids = [int(line.split()[1]) for line in lines[1:]]
+    assert all(psutil.pid_exists(p) for p in pids)
+    on = ipython.run("%autoall")
+    assert "autoall on" in on.stdout
+    auto = ipython.run("print('auto', rank)")
+    assert "[0] auto 0" in auto.stdout, auto.stdout
+    off = ipython.run("%autoall off")
+    assert "autoall off" in off.stdout
+    local = ipython.run("print('local')")
+    assert local.stdout == "local\n"
+    ipython.run("%chorus stop")
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    restarted = ipython.run("%chorus start -n 3 --timeout 20")
+    assert "3 ranks ready" in restarted.stdout
