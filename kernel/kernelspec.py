@@ -82,7 +82,7 @@ def install(
         source = write_kernel_spec(Path(tmp) / name, get_kernel_dict(ranks, backend, timeout))
         return str(
             KernelSpecManager().install_kernel_spec(
-                str(source), name, user=user, prefix=prefix, replace=True
+                str(source), name, user=user, prefix=prefix
             )
         )
 

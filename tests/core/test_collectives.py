@@ -38,12 +38,13 @@ def data(case, r, shape, dtype):
         return (values + 1j * rng.integers(-8, 9, size=shape)).astype(dtype)
     return values.astype(dtype)
 
-def check(name, got, want):
+def check(name, got, want, same_everywhere=True):
     global checked
     assert got.dtype == want.dtype, (name, got.dtype, want.dtype)
     assert got.shape == want.shape, (name, got.shape, want.shape)
     assert np.array_equal(got, want), (name, got, want)
-    digest.update(np.ascontiguousarray(got).tobytes())
+    if same_everywhere:
+        digest.update(np.ascontiguousarray(got).tobytes())
     checked += 1
 
 case = 0
@@ -77,7 +78,8 @@ for dtype in DTYPES:
         for r in range(size):
             total = np.add(total, data(case, r, (rows, 3), dtype)).astype(dtype)
         block = rows // size
-        check(f"sum_scatter {dtype}", chorus.sum_scatter(mine), total[rank * block:(rank + 1) * block])
+        check(f"sum_scatter {dtype}", chorus.sum_scatter(mine),
+              total[rank * block:(rank + 1) * block], same_everywhere=False)
 
 # A big float32 array with non-integer values: compare with tolerance, then
 # bit-identity across ranks through the digest.

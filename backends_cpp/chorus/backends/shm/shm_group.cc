@@ -1,0 +1,909 @@
+// Shared-memory collectives.
+//
+// Synchronisation. Each rank owns a barrier sequence word (RankControl::seq);
+// arrive_and_wait() bumps it, rings the segment's doorbell and waits until
+// every rank's word reached the same value. Waiting spins for a few
+// microseconds and then sleeps on the doorbell futex in slices of at most
+// kInterruptPollMs; after each slice it runs check_interrupt(), looks at the
+// abort word and checks that the ranks it waits on are still alive.
+//
+// Phases. Barriers cut every rank's timeline into the same numbered phases
+// (phase = barriers passed in this epoch, arrivals_). In phase p a rank writes
+// only into its own slot of buffer p % 3; what it wrote is read by others in
+// phases p + 1 and p + 2 and overwritten in phase p + 3, after barrier p + 2
+// proved every reader done. With three buffers a collective needs one barrier
+// per chunk (write chunk j, reduce chunk j - 1, copy out chunk j - 2 in the
+// same phase), and no barrier at its end: its last phase is the first phase
+// of the next call, which writes another buffer.
+//
+// Agreement. The first phase of every collective writes the caller's
+// WireDesc into the slot header; right after the first barrier every rank
+// compares all of them, so a mismatch raises UsageError on every rank at the
+// same phase and the group stays usable.
+//
+// Abort and recovery. A rank that is interrupted or sees a peer die inside a
+// collective publishes an abort (abort word: epoch, reporter, flag; the
+// reason text in its RankControl) and wakes everyone; ranks waiting in the
+// collective raise PeerError with that reason. The next collective on each
+// rank finds the flag and runs a recovery barrier: reset its own sequence
+// word and phase, acknowledge epoch + 1, wait until every rank acknowledged,
+// then move the abort word to the next epoch. Since nobody writes a slot
+// before every rank acknowledged, i.e. left the failed call, the reset is safe.
+// Calls are numbered per epoch and an abort records the reporter's call
+// number, so that a rank can tell where an abort belongs: to the call it is
+// in (raise), to an earlier call it finished before the abort was published
+// (recover, then run or restart its current call; nothing of that call can
+// have passed a barrier, so restarting is safe), or to a later call while its
+// own barrier already completed (ignore it here; the next call raises).
+// A rank that enters a collective after an abort was published was not in
+// the failed call (it finished it, or was interrupted before reaching it):
+// it recovers and runs its call normally, so "every rank left the failed
+// call, then calls again" always works.
+
+#include "chorus/backends/shm/shm_group.h"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstring>
+#include <iomanip>
+#include <new>
+#include <sstream>
+#include <thread>
+
+#include "chorus/common/error.h"
+#include "chorus/common/interrupt.h"
+#include "chorus/common/logging.h"
+
+namespace chorus::shm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kSpin = std::chrono::microseconds(5);
+// Below this an all_reduce is one barrier: every rank reduces all slots.
+constexpr size_t kSmallAllReduceBytes = 16 * 1024;
+constexpr uint32_t kP2pMagic = 0x63703270;  // "p2pc"
+
+// Thrown by a collective wait that finds an abort of an earlier call: the
+// current call recovers and starts over (see run_collective).
+struct RestartCall {
+  uint32_t word;
+};
+
+struct P2pHeader {
+  uint32_t magic;
+  uint8_t dtype;
+  uint8_t pad[3];
+  uint64_t nbytes;
+};
+static_assert(sizeof(P2pHeader) == 16, "point-to-point header is sent as raw bytes");
+
+uint32_t abort_word(uint32_t epoch, int reporter, bool aborted) {
+  return (epoch & 0xffffu) << 16 | (static_cast<uint32_t>(reporter) & 0x7fffu) << 1 |
+         (aborted ? 1u : 0u);
+}
+uint32_t abort_epoch(uint32_t word) { return word >> 16; }
+int abort_reporter(uint32_t word) { return static_cast<int>((word >> 1) & 0x7fffu); }
+bool abort_flag(uint32_t word) { return (word & 1u) != 0; }
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+uint64_t fnv1a(const std::string& text) {
+  uint64_t hash = 0xcbf29ce484222325ULL;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 0x100000001b3ULL;
+  }
+  return hash;
+}
+
+// /chorus-<job_id>-<tag>, with characters a shm name cannot hold replaced.
+std::string make_segment_name(const std::string& job_id, const std::string& tag) {
+  std::string job;
+  for (char c : job_id)
+    job +=
+        (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.') ? c : '_';
+  if (job.empty()) job = "nojob";
+  if (job.size() > 160) {
+    std::ostringstream hex;
+    hex << std::hex << fnv1a(job_id);
+    job = job.substr(0, 100) + "-" + hex.str();
+  }
+  return "/chorus-" + job + "-" + tag;
+}
+
+std::string seconds_text(double seconds) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(1) << seconds << " s";
+  return out.str();
+}
+
+std::string rank_list(const std::vector<int>& ranks) {
+  std::string out = ranks.size() == 1 ? "rank " : "ranks ";
+  for (size_t i = 0; i < ranks.size(); ++i) out += (i ? ", " : "") + std::to_string(ranks[i]);
+  return out;
+}
+
+// "1024 x float32", plus what else differs from `other`.
+std::string short_desc(const CallDesc& d, const CallDesc& other) {
+  std::ostringstream out;
+  if (d.kind != Collective::Barrier) out << d.count << " x " << dtype_name(d.dtype);
+  if (d.count == other.count && d.dtype == other.dtype && d.shape_hash != other.shape_hash) {
+    out << " (shape hash " << std::hex << d.shape_hash << std::dec << ")";
+  }
+  if (d.kind == Collective::Broadcast && d.root != other.root) out << " from root " << d.root;
+  return out.str();
+}
+
+double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
+
+}  // namespace
+
+ShmGroup::ShmGroup(const InitOptions& options, std::string tag)
+    : options_(options), rank_(options.rank), size_(options.size), tag_(std::move(tag)) {
+  ctx_.backend = "shm";
+  ctx_.rank = rank_;
+  ctx_.size = size_;
+  ctx_.hostname = options.hostname;
+  name_ = make_segment_name(options.job_id, tag_);
+  pending_.resize(size_);
+  pending_off_.assign(size_, 0);
+  skip_.assign(size_, 0);
+  rendezvous();
+}
+
+RankControl& ShmGroup::control(int r) const {
+  return *reinterpret_cast<RankControl*>(segment_.data() + layout_.control_off +
+                                         static_cast<size_t>(r) *
+                                             round_up(sizeof(RankControl), kCacheLine));
+}
+
+char* ShmGroup::slot(int r, uint64_t phase) const {
+  const size_t index = static_cast<size_t>(phase % kBuffers) * size_ + r;
+  return segment_.data() + layout_.slots_off + index * layout_.slot_stride + kCacheLine;
+}
+
+WireDesc* ShmGroup::slot_desc(int r, uint64_t phase) const {
+  return reinterpret_cast<WireDesc*>(slot(r, phase) - kCacheLine);
+}
+
+RingControl& ShmGroup::ring(int src, int dst) const {
+  const size_t index = static_cast<size_t>(src) * (size_ - 1) + (dst < src ? dst : dst - 1);
+  return *reinterpret_cast<RingControl*>(segment_.data() + layout_.rings_off +
+                                         index * layout_.ring_stride);
+}
+
+char* ShmGroup::ring_data(int src, int dst) const {
+  return reinterpret_cast<char*>(&ring(src, dst)) + round_up(sizeof(RingControl), kCacheLine);
+}
+
+// ---------------------------------------------------------------- set-up
+
+void ShmGroup::rendezvous() {
+  const double start = now_s();
+  const double deadline = start + options_.timeout_s;
+  CHORUS_LOG(options_.verbose, "shm rank ", rank_, "/", size_, ": rendezvous on ", name_);
+  try {
+    if (rank_ == 0) {
+      init_segment();
+    } else {
+      for (;;) {
+        segment_ = Segment::try_open(name_);
+        // The size can be from before the creator's fallocate finished:
+        // only a mapping that covers the published total counts.
+        if (segment_.valid() && segment_.size() >= sizeof(SegmentHeader) &&
+            header().magic.load() == kSegmentMagic && segment_.size() >= header().total_bytes) {
+          break;
+        }
+        if (now_s() > deadline) {
+          segment_ = Segment();
+          throw PeerTimeout(prefix() + "rank 0 did not create " + name_ + " within " +
+                            seconds_text(options_.timeout_s));
+        }
+        check_interrupt();
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      validate_segment();
+    }
+    bell_ = Doorbell(&header().bell, &header().waiters);
+    int32_t expected = 0;
+    if (!control(rank_).pid.compare_exchange_strong(expected, static_cast<int32_t>(::getpid()))) {
+      throw UsageError(prefix() + "rank " + std::to_string(rank_) + " attached to " + name_ +
+                       " twice (pid " + std::to_string(expected) +
+                       " has it already): two processes were given the same rank");
+    }
+    bell_.ring();
+    wait_for_attach(deadline);
+  } catch (const PeerTimeout&) {
+    throw;  // every waiting rank reaches its own deadline and names the missing ranks
+  } catch (...) {
+    // Let the others fail fast instead of waiting for their deadline.
+    if (segment_.valid()) {
+      int32_t none = 0;
+      header().setup_failed_by.compare_exchange_strong(none, rank_ + 1);
+      bell_ = Doorbell(&header().bell, &header().waiters);
+      bell_.ring_always();
+    }
+    throw;  // rank 0's Segment unlinks the name in its destructor
+  }
+  // Every rank holds a mapping now: the name can go, so that a crash later
+  // leaves nothing behind in /dev/shm.
+  segment_.unlink();
+  peers_.reserve(size_);
+  for (int r = 0; r < size_; ++r) peers_.emplace_back(static_cast<pid_t>(control(r).pid.load()));
+  CHORUS_LOG(options_.verbose, "shm rank ", rank_, "/", size_, ": all ", size_,
+             " ranks attached to ", name_, " (", layout_.total_bytes, " bytes, chunk ",
+             layout_.chunk_bytes, ", ring ", layout_.ring_bytes, ") in ",
+             seconds_text(now_s() - start));
+}
+
+void ShmGroup::init_segment() {
+  const size_t n = static_cast<size_t>(size_);
+  size_t chunk = options_.segment_bytes != 0 ? options_.segment_bytes : 256 * 1024;
+  // Every slot must hold one element of the widest dtype per rank (reduce_scatter).
+  chunk = round_up(std::max<size_t>({chunk, 64, n * 16}), kCacheLine);
+  size_t ring_bytes = chunk;
+  if (options_.segment_bytes == 0) {
+    // 1 MiB per ordered pair, but bounded in total for large groups.
+    ring_bytes = std::clamp<size_t>((32u << 20) / (n * (n - 1)), 16 * 1024, 1u << 20) / kCacheLine *
+                 kCacheLine;
+  }
+  layout_ = Layout::compute(size_, chunk, ring_bytes);
+  segment_ = Segment::create(name_, layout_.total_bytes);
+  char* base = segment_.data();
+  auto* hdr = new (base) SegmentHeader{};
+  hdr->version = kSegmentVersion;
+  hdr->nranks = static_cast<uint32_t>(size_);
+  hdr->total_bytes = layout_.total_bytes;
+  hdr->token_hash = fnv1a(options_.token);
+  hdr->chunk_bytes = layout_.chunk_bytes;
+  hdr->ring_bytes = layout_.ring_bytes;
+  for (int r = 0; r < size_; ++r) new (&control(r)) RankControl{};
+  for (int s = 0; s < size_; ++s) {
+    for (int d = 0; d < size_; ++d) {
+      if (s != d) new (&ring(s, d)) RingControl{};
+    }
+  }
+  hdr->magic.store(kSegmentMagic);  // publishes everything above
+  CHORUS_LOG(options_.verbose, "shm rank 0/", size_, ": created ", name_, " (", layout_.total_bytes,
+             " bytes)");
+}
+
+void ShmGroup::validate_segment() {
+  const SegmentHeader& hdr = header();
+  if (hdr.version != kSegmentVersion) {
+    throw BackendUnavailable(prefix() + name_ + " has layout version " +
+                             std::to_string(hdr.version) + ", this build expects " +
+                             std::to_string(kSegmentVersion) + " (mixed chorus builds?)");
+  }
+  if (hdr.nranks != static_cast<uint32_t>(size_)) {
+    throw UsageError(prefix() + name_ + " was created for " + std::to_string(hdr.nranks) +
+                     " ranks, this rank expects " + std::to_string(size_));
+  }
+  layout_ = Layout::compute(size_, hdr.chunk_bytes, hdr.ring_bytes);
+  if (layout_.total_bytes != hdr.total_bytes || segment_.size() < layout_.total_bytes) {
+    throw BackendUnavailable(prefix() + name_ + " has " + std::to_string(segment_.size()) +
+                             " bytes, expected " + std::to_string(layout_.total_bytes));
+  }
+  if (hdr.token_hash != fnv1a(options_.token)) {
+    int32_t none = 0;
+    header().bad_token_by.compare_exchange_strong(none, rank_ + 1);
+    Doorbell(&header().bell, &header().waiters).ring_always();
+    throw UsageError(prefix() + "token mismatch: " + name_ +
+                     " was created by rank 0 with a different token (CHORUS_TOKEN differs "
+                     "between ranks); refusing to join");
+  }
+}
+
+void ShmGroup::wait_for_attach(double deadline) {
+  std::vector<int> missing;
+  for (;;) {
+    const uint32_t ticket = bell_.begin_wait();
+    missing.clear();
+    for (int r = 0; r < size_; ++r) {
+      if (control(r).pid.load() == 0) missing.push_back(r);
+    }
+    const int32_t bad_token = header().bad_token_by.load();
+    const int32_t failed = header().setup_failed_by.load();
+    if (missing.empty() || bad_token != 0 || failed != 0 || now_s() > deadline) {
+      bell_.end_wait();
+      if (bad_token != 0) {
+        throw UsageError(prefix() + "rank " + std::to_string(bad_token - 1) +
+                         " presented a different token to " + name_ +
+                         " (CHORUS_TOKEN differs between ranks)");
+      }
+      if (failed != 0) {
+        throw PeerError(prefix() + "rank " + std::to_string(failed - 1) + " gave up setting up " +
+                        name_ + " (see its error)");
+      }
+      if (missing.empty()) return;
+      throw PeerTimeout(prefix() + rank_list(missing) + " did not attach to " + name_ + " within " +
+                        seconds_text(options_.timeout_s));
+    }
+    bell_.sleep(ticket, kInterruptPollMs);
+    bell_.end_wait();
+    check_interrupt();
+  }
+}
+
+// ---------------------------------------------------------------- waiting
+
+template <typename Ready, typename Blockers>
+void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
+  const bool collective = kind == WaitKind::Collective;
+  auto check_abort = [&] {
+    if (!collective) return;
+    const uint32_t word = header().abort_word.load();
+    if (!abort_flag(word)) return;
+    const uint32_t call = control(abort_reporter(word)).abort_call.load();
+    if (call == calls_) throw_abort(word);
+    // An earlier call: recover and redo this one. A later call: the others
+    // passed our barrier already, which ready() is about to see.
+    if (static_cast<int32_t>(call - calls_) < 0) throw RestartCall{word};
+  };
+  check_abort();
+  if (ready()) return;
+  // A short spin catches peers that are a few microseconds behind without a
+  // syscall; anything longer sleeps, since ranks may outnumber cores.
+  const auto spin_end = Clock::now() + kSpin;
+  do {
+    for (int i = 0; i < 32; ++i) cpu_relax();
+    check_abort();
+    if (ready()) return;
+  } while (Clock::now() < spin_end);
+
+  auto last_liveness = Clock::now();
+  for (;;) {
+    const uint32_t ticket = bell_.begin_wait();
+    FutexWake wake = FutexWake::Woken;
+    bool done = false;
+    try {
+      check_abort();
+      done = ready();
+      if (!done) wake = bell_.sleep(ticket, kInterruptPollMs);
+    } catch (...) {
+      bell_.end_wait();
+      throw;
+    }
+    bell_.end_wait();
+    if (done) return;
+    try {
+      check_interrupt();
+    } catch (const Interrupted&) {
+      if (collective) {
+        publish_abort("rank " + std::to_string(rank_) + " was interrupted during " + op_);
+      }
+      throw;
+    }
+    const auto now = Clock::now();
+    if (wake != FutexWake::Woken ||
+        now - last_liveness >= std::chrono::milliseconds(kInterruptPollMs)) {
+      last_liveness = now;
+      blockers([&](int peer) { check_peer_alive(peer, kind); });
+    }
+    check_abort();
+    if (ready()) return;
+  }
+}
+
+void ShmGroup::check_peer_alive(int peer, WaitKind kind) {
+  if (peers_[peer].alive()) return;
+  const std::string reason = "rank " + std::to_string(peer) + " (pid " +
+                             std::to_string(peers_[peer].pid()) + ") died during " + op_;
+  if (kind == WaitKind::Collective) publish_abort(reason);
+  broken_ = reason + "; the group cannot be used any more";
+  throw PeerError(prefix() + reason);
+}
+
+void ShmGroup::publish_abort(const std::string& reason) {
+  RankControl& mine = control(rank_);
+  mine.abort_call.store(calls_);
+  const size_t len = std::min(reason.size(), kReasonBytes - 1);
+  std::memcpy(mine.reason, reason.data(), len);
+  mine.reason[len] = '\0';
+  uint32_t word = header().abort_word.load();
+  // The first reporter of an epoch wins; later ones keep its reason.
+  while (!abort_flag(word) && !header().abort_word.compare_exchange_weak(
+                                  word, abort_word(abort_epoch(word), rank_, true))) {
+  }
+  bell_.ring_always();
+  CHORUS_LOG(options_.verbose, "shm rank ", rank_, "/", size_, ": abort: ", reason);
+}
+
+void ShmGroup::throw_abort(uint32_t word) {
+  const RankControl& reporter = control(abort_reporter(word));
+  const std::string reason(reporter.reason, strnlen(reporter.reason, kReasonBytes));
+  throw PeerError(prefix() + op_ + " aborted: " + reason);
+}
+
+void ShmGroup::check_usable() const {
+  if (!broken_.empty()) throw PeerError(prefix() + broken_);
+}
+
+// ---------------------------------------------------------------- collectives
+
+template <typename Body>
+void ShmGroup::run_collective(const CallDesc& desc, Body&& body) {
+  begin_collective(desc);
+  for (;;) {
+    try {
+      body();
+      return;
+    } catch (const RestartCall& restart) {
+      recover(restart.word);
+    }
+  }
+}
+
+void ShmGroup::begin_collective(const CallDesc& desc) {
+  op_ = collective_name(desc.kind, desc.op);
+  check_usable();
+  ++calls_;
+  const uint32_t word = header().abort_word.load();
+  // An epoch ahead of ours: the others finished a recovery this rank had
+  // already acknowledged (and reset for) before it was interrupted.
+  if (abort_epoch(word) != epoch_) epoch_ = abort_epoch(word);
+  if (!abort_flag(word)) return;
+  // An abort published before we entered: whatever call it hit, this rank
+  // was not in it (it finished it, or never reached it because it was
+  // interrupted elsewhere, as a Jupyter interrupt does to every rank). The
+  // group resynchronises here and this call runs normally.
+  recover(word);
+}
+
+void ShmGroup::recover(uint32_t word) {
+  const uint32_t epoch = abort_epoch(word);
+  const uint32_t next = (epoch + 1) & 0xffffu;
+  CHORUS_LOG(options_.verbose, "shm rank ", rank_, "/", size_, ": recovering from abort epoch ",
+             epoch, " before ", op_);
+  // Nobody touches slots again until every rank acknowledged, i.e. left the
+  // failed call: resetting our own phase and sequence word is safe now.
+  arrivals_ = 0;
+  calls_ = 0;
+  control(rank_).seq.store(0);
+  control(rank_).ack.store(next);
+  bell_.ring();
+  wait(
+      [&] {
+        if (abort_epoch(header().abort_word.load()) != epoch) return true;
+        for (int r = 0; r < size_; ++r) {
+          if (control(r).ack.load() != next) return false;
+        }
+        return true;
+      },
+      [&](auto&& check) {
+        for (int r = 0; r < size_; ++r) {
+          if (control(r).ack.load() != next) check(r);
+        }
+      },
+      WaitKind::Recovery);
+  uint32_t current = header().abort_word.load();
+  while (abort_epoch(current) == epoch &&
+         !header().abort_word.compare_exchange_weak(current, abort_word(next, 0, false))) {
+  }
+  epoch_ = next;
+  calls_ = 1;  // the call being entered (or restarted) is the epoch's first
+  bell_.ring();
+}
+
+void ShmGroup::write_desc(uint64_t phase, const CallDesc& desc) {
+  const WireDesc wire = to_wire(desc);
+  std::memcpy(slot_desc(rank_, phase), &wire, sizeof wire);
+}
+
+void ShmGroup::check_descs(uint64_t phase) {
+  std::vector<CallDesc> all(size_);
+  bool same = true;
+  for (int r = 0; r < size_; ++r) {
+    WireDesc wire;
+    std::memcpy(&wire, slot_desc(r, phase), sizeof wire);
+    all[r] = from_wire(wire);
+    same = same && all[r] == all[0];
+  }
+  if (same) return;
+  const CallDesc& first = all[0];
+  bool same_kind = true;
+  for (const CallDesc& d : all) same_kind = same_kind && d.kind == first.kind && d.op == first.op;
+  std::ostringstream out;
+  out << prefix();
+  if (same_kind) {
+    out << collective_name(first.kind, first.op) << ": ranks disagree: rank 0 has ";
+    bool first_other = true;
+    for (int r = 1; r < size_; ++r) {
+      if (all[r] == first) continue;
+      if (first_other) out << short_desc(first, all[r]);
+      first_other = false;
+      out << ", rank " << r << " has " << short_desc(all[r], first);
+    }
+  } else {
+    out << "ranks called different collectives: rank 0 called " << first.describe();
+    for (int r = 1; r < size_; ++r) {
+      if (all[r] != first) out << ", rank " << r << " called " << all[r].describe();
+    }
+  }
+  throw UsageError(out.str());
+}
+
+void ShmGroup::arrive_and_wait() {
+  ++arrivals_;
+  const uint32_t target = static_cast<uint32_t>(arrivals_);
+  control(rank_).seq.store(target);
+  bell_.ring();
+  wait(
+      [&] {
+        for (int r = 0; r < size_; ++r) {
+          if (static_cast<int32_t>(control(r).seq.load() - target) < 0) return false;
+        }
+        return true;
+      },
+      [&](auto&& check) {
+        for (int r = 0; r < size_; ++r) {
+          if (static_cast<int32_t>(control(r).seq.load() - target) < 0) check(r);
+        }
+      },
+      WaitKind::Collective);
+}
+
+void ShmGroup::reduce_slots(ReduceKernel kernel, void* dst, uint64_t phase, size_t offset,
+                            size_t count) const {
+  // Always rank order, so every element is reduced identically on every rank.
+  kernel(dst, slot(0, phase) + offset, slot(1, phase) + offset, count);
+  for (int r = 2; r < size_; ++r) kernel(dst, dst, slot(r, phase) + offset, count);
+}
+
+void ShmGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
+  run_collective(desc, [&] {
+    const ReduceKernel kernel = reduce_kernel(desc.dtype, desc.op);
+    const size_t es = dtype_size(desc.dtype);
+    const size_t count = static_cast<size_t>(desc.count);
+    const size_t nbytes = count * es;
+    const char* src = static_cast<const char*>(in);
+    char* dst = static_cast<char*>(out);
+    const uint64_t p0 = arrivals_;
+
+    if (nbytes <= std::min(layout_.chunk_bytes, kSmallAllReduceBytes)) {
+      // One barrier: everyone publishes its whole input, then reduces all of it.
+      write_desc(p0, desc);
+      if (nbytes != 0) std::memcpy(slot(rank_, p0), src, nbytes);
+      arrive_and_wait();
+      check_descs(p0);
+      if (count != 0) reduce_slots(kernel, dst, p0, 0, count);
+      return;
+    }
+
+    // Pipeline, in phase p0 + j: copy out chunk j - 2 (reduced in slot 0),
+    // reduce this rank's slice of chunk j - 1 into slot 0, stage chunk j.
+    const size_t per_chunk = layout_.chunk_bytes / es;
+    const size_t nchunks = (count + per_chunk - 1) / per_chunk;
+    auto chunk_count = [&](size_t j) { return std::min(per_chunk, count - j * per_chunk); };
+    for (size_t j = 0; j <= nchunks + 1; ++j) {
+      const uint64_t phase = p0 + j;
+      if (j >= 2) {
+        std::memcpy(dst + (j - 2) * per_chunk * es, slot(0, phase - 2), chunk_count(j - 2) * es);
+      }
+      if (j >= 1 && j <= nchunks) {
+        const size_t n = chunk_count(j - 1);
+        const size_t lo = n * rank_ / size_;
+        const size_t hi = n * (rank_ + 1) / size_;
+        if (hi > lo)
+          reduce_slots(kernel, slot(0, phase - 1) + lo * es, phase - 1, lo * es, hi - lo);
+      }
+      if (j < nchunks)
+        std::memcpy(slot(rank_, phase), src + j * per_chunk * es, chunk_count(j) * es);
+      if (j == 0) write_desc(phase, desc);
+      if (j <= nchunks) {
+        arrive_and_wait();
+        if (j == 0) check_descs(p0);
+      }
+    }
+  });
+}
+
+void ShmGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
+  run_collective(desc, [&] {
+    const size_t nbytes = desc.nbytes();
+    const size_t chunk = layout_.chunk_bytes;
+    const size_t nchunks = (nbytes + chunk - 1) / chunk;
+    const size_t nbarriers = std::max<size_t>(nchunks, 1);
+    const char* src = static_cast<const char*>(in);
+    char* dst = static_cast<char*>(out);
+    const uint64_t p0 = arrivals_;
+    for (size_t j = 0; j <= nbarriers; ++j) {
+      const uint64_t phase = p0 + j;
+      if (j >= 1 && j - 1 < nchunks) {
+        const size_t off = (j - 1) * chunk;
+        const size_t len = std::min(chunk, nbytes - off);
+        for (int r = 0; r < size_; ++r)
+          std::memcpy(dst + r * nbytes + off, slot(r, phase - 1), len);
+      }
+      if (j < nchunks) {
+        std::memcpy(slot(rank_, phase), src + j * chunk, std::min(chunk, nbytes - j * chunk));
+      }
+      if (j == 0) write_desc(phase, desc);
+      if (j < nbarriers) {
+        arrive_and_wait();
+        if (j == 0) check_descs(p0);
+      }
+    }
+  });
+}
+
+void ShmGroup::broadcast(const CallDesc& desc, void* buf) {
+  run_collective(desc, [&] {
+    const size_t nbytes = desc.nbytes();
+    const size_t chunk = layout_.chunk_bytes;
+    const size_t nchunks = (nbytes + chunk - 1) / chunk;
+    const size_t nbarriers = std::max<size_t>(nchunks, 1);
+    const bool is_root = desc.root == rank_;
+    char* data = static_cast<char*>(buf);
+    const uint64_t p0 = arrivals_;
+    for (size_t j = 0; j <= nbarriers; ++j) {
+      const uint64_t phase = p0 + j;
+      if (!is_root && j >= 1 && j - 1 < nchunks) {
+        const size_t off = (j - 1) * chunk;
+        std::memcpy(data + off, slot(desc.root, phase - 1), std::min(chunk, nbytes - off));
+      }
+      if (is_root && j < nchunks) {
+        std::memcpy(slot(rank_, phase), data + j * chunk, std::min(chunk, nbytes - j * chunk));
+      }
+      if (j == 0) write_desc(phase, desc);
+      if (j < nbarriers) {
+        arrive_and_wait();
+        if (j == 0) check_descs(p0);
+      }
+    }
+  });
+}
+
+void ShmGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) {
+  run_collective(desc, [&] {
+    const ReduceKernel kernel = reduce_kernel(desc.dtype, desc.op);
+    const size_t es = dtype_size(desc.dtype);
+    const size_t block = static_cast<size_t>(desc.count) / size_;  // elements per rank
+    // A slot holds one piece of every block; this rank reduces piece `rank_`.
+    const size_t per_piece = layout_.chunk_bytes / size_ / es;
+    const size_t nchunks = (block + per_piece - 1) / per_piece;
+    const size_t nbarriers = std::max<size_t>(nchunks, 1);
+    auto piece_count = [&](size_t j) { return std::min(per_piece, block - j * per_piece); };
+    const char* src = static_cast<const char*>(in);
+    char* dst = static_cast<char*>(out);
+    const uint64_t p0 = arrivals_;
+    for (size_t j = 0; j <= nbarriers; ++j) {
+      const uint64_t phase = p0 + j;
+      if (j >= 1 && j - 1 < nchunks) {
+        const size_t n = piece_count(j - 1);
+        reduce_slots(kernel, dst + (j - 1) * per_piece * es, phase - 1, rank_ * n * es, n);
+      }
+      if (j < nchunks) {
+        const size_t n = piece_count(j);
+        for (int r = 0; r < size_; ++r) {
+          std::memcpy(slot(rank_, phase) + r * n * es, src + (r * block + j * per_piece) * es,
+                      n * es);
+        }
+      }
+      if (j == 0) write_desc(phase, desc);
+      if (j < nbarriers) {
+        arrive_and_wait();
+        if (j == 0) check_descs(p0);
+      }
+    }
+  });
+}
+
+void ShmGroup::barrier() {
+  CallDesc desc;
+  desc.kind = Collective::Barrier;
+  run_collective(desc, [&] {
+    const uint64_t p0 = arrivals_;
+    write_desc(p0, desc);
+    arrive_and_wait();
+    check_descs(p0);
+  });
+}
+
+GroupPtr ShmGroup::split(int color, int key) {
+  const uint64_t index = splits_++;
+  const SplitPlan plan = plan_split(*this, color, key, index);
+  if (plan.members.size() == 1) return make_single_group("shm");
+  InitOptions sub = options_;
+  sub.rank = plan.new_rank;
+  sub.size = static_cast<int>(plan.members.size());
+  CHORUS_LOG(options_.verbose, "shm rank ", rank_, "/", size_, ": split ", index, " color ", color,
+             " -> rank ", sub.rank, "/", sub.size);
+  return std::make_shared<ShmGroup>(
+      sub, tag_ + ".s" + std::to_string(index) + "c" + std::to_string(color));
+}
+
+// ---------------------------------------------------------------- point to point
+//
+// Each ordered pair (src, dst) has a byte ring; a message is a P2pHeader and
+// the payload. A send blocked on a full ring drains every incoming ring into
+// a local buffer meanwhile, so two ranks (or a cycle) sending to each other
+// before receiving progress at any size.
+
+void ShmGroup::check_ring(int src) const {
+  if (ring(src, rank_).broken.load() != 0) {
+    throw PeerError(prefix() + "rank " + std::to_string(src) +
+                    " abandoned a message to this rank half-way (interrupted); point to point "
+                    "from rank " +
+                    std::to_string(src) + " to rank " + std::to_string(rank_) +
+                    " cannot be used any more");
+  }
+}
+
+bool ShmGroup::drain_incoming() {
+  bool any = false;
+  const size_t rb = layout_.ring_bytes;
+  for (int src = 0; src < size_; ++src) {
+    if (src == rank_) continue;
+    RingControl& rc = ring(src, rank_);
+    const uint64_t head = rc.head.load();
+    uint64_t tail = rc.tail.load();
+    if (head == tail) continue;
+    std::vector<char>& queue = pending_[src];
+    const char* data = ring_data(src, rank_);
+    while (tail != head) {
+      const size_t off = static_cast<size_t>(tail % rb);
+      const size_t len = std::min<uint64_t>(head - tail, rb - off);
+      queue.insert(queue.end(), data + off, data + off + len);
+      tail += len;
+    }
+    rc.tail.store(tail);
+    any = true;
+  }
+  if (any) bell_.ring();
+  return any;
+}
+
+void ShmGroup::stream_write(int dst, const void* data, size_t nbytes, size_t& done) {
+  RingControl& rc = ring(rank_, dst);
+  char* base = ring_data(rank_, dst);
+  const size_t rb = layout_.ring_bytes;
+  const char* src = static_cast<const char*>(data);
+  uint64_t head = rc.head.load();
+  while (nbytes > 0) {
+    const uint64_t used = head - rc.tail.load();
+    if (used == rb) {
+      wait(
+          [&] {
+            drain_incoming();
+            return head - rc.tail.load() < rb;
+          },
+          [&](auto&& check) { check(dst); }, WaitKind::PointToPoint);
+      continue;
+    }
+    const size_t off = static_cast<size_t>(head % rb);
+    const size_t len = std::min<size_t>({nbytes, rb - used, rb - off});
+    std::memcpy(base + off, src, len);
+    head += len;
+    rc.head.store(head);
+    bell_.ring();
+    src += len;
+    nbytes -= len;
+    done += len;
+  }
+}
+
+size_t ShmGroup::available(int src) {
+  const RingControl& rc = ring(src, rank_);
+  return pending_[src].size() - pending_off_[src] +
+         static_cast<size_t>(rc.head.load() - rc.tail.load());
+}
+
+void ShmGroup::stream_read(int src, void* data, size_t nbytes, size_t& done) {
+  RingControl& rc = ring(src, rank_);
+  const char* base = ring_data(src, rank_);
+  const size_t rb = layout_.ring_bytes;
+  char* out = static_cast<char*>(data);
+  while (nbytes > 0) {
+    std::vector<char>& queue = pending_[src];
+    size_t& queue_off = pending_off_[src];
+    size_t len = 0;
+    if (queue_off < queue.size()) {  // older bytes first
+      len = std::min(nbytes, queue.size() - queue_off);
+      if (out != nullptr) std::memcpy(out, queue.data() + queue_off, len);
+      queue_off += len;
+      if (queue_off == queue.size()) {
+        queue.clear();
+        queue_off = 0;
+      }
+    } else {
+      const uint64_t tail = rc.tail.load();
+      const uint64_t head = rc.head.load();
+      if (head == tail) {
+        wait(
+            [&] {
+              check_ring(src);
+              return rc.head.load() != tail;
+            },
+            [&](auto&& check) { check(src); }, WaitKind::PointToPoint);
+        continue;
+      }
+      const size_t off = static_cast<size_t>(tail % rb);
+      len = std::min<size_t>({nbytes, static_cast<size_t>(head - tail), rb - off});
+      if (out != nullptr) std::memcpy(out, base + off, len);
+      rc.tail.store(tail + len);
+      bell_.ring();
+    }
+    if (out != nullptr) out += len;
+    nbytes -= len;
+    done += len;
+  }
+}
+
+void ShmGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst) {
+  op_ = "send to rank " + std::to_string(dst);
+  check_usable();
+  P2pHeader hdr{};
+  hdr.magic = kP2pMagic;
+  hdr.dtype = static_cast<uint8_t>(dtype);
+  hdr.nbytes = nbytes;
+  size_t done = 0;
+  try {
+    stream_write(dst, &hdr, sizeof hdr, done);
+    stream_write(dst, buf, nbytes, done);
+  } catch (...) {
+    if (done > 0 && done < sizeof hdr + nbytes) {
+      // The receiver could not tell where the next message starts.
+      ring(rank_, dst).broken.store(1);
+      bell_.ring_always();
+    }
+    throw;
+  }
+}
+
+void ShmGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src) {
+  op_ = "recv from rank " + std::to_string(src);
+  check_usable();
+  size_t done = 0;
+  if (skip_[src] > 0) {  // the rest of a message an interrupt made us abandon
+    try {
+      stream_read(src, nullptr, skip_[src], done);
+    } catch (...) {
+      skip_[src] -= done;
+      throw;
+    }
+    skip_[src] = 0;
+    done = 0;
+  }
+  // Wait for the whole header first, so an interrupt never splits it.
+  if (available(src) < sizeof(P2pHeader)) {
+    wait(
+        [&] {
+          check_ring(src);
+          return available(src) >= sizeof(P2pHeader);
+        },
+        [&](auto&& check) { check(src); }, WaitKind::PointToPoint);
+  }
+  P2pHeader hdr{};
+  stream_read(src, &hdr, sizeof hdr, done);
+  CHORUS_CHECK(hdr.magic == kP2pMagic,
+               "corrupt point-to-point stream from rank " + std::to_string(src));
+  const bool match = hdr.nbytes == nbytes && hdr.dtype == static_cast<uint8_t>(dtype);
+  done = 0;
+  try {
+    stream_read(src, match ? buf : nullptr, static_cast<size_t>(hdr.nbytes), done);
+  } catch (...) {
+    skip_[src] = hdr.nbytes - done;
+    throw;
+  }
+  if (!match) {
+    const Dtype sent = static_cast<Dtype>(hdr.dtype);
+    throw UsageError(prefix() + "recv from rank " + std::to_string(src) + " expected " +
+                     std::to_string(nbytes) + " bytes of " + dtype_name(dtype) + " but rank " +
+                     std::to_string(src) + " sent " + std::to_string(hdr.nbytes) + " bytes of " +
+                     dtype_name(sent));
+  }
+}
+
+}  // namespace chorus::shm

@@ -1,0 +1,103 @@
+// The shm backend's group: every rank on one host, data through one shared
+// segment, waits on futexes. See shm_group.cc for the protocol.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "chorus/algorithms/reduce.h"
+#include "chorus/backends/group_impl.h"
+#include "chorus/backends/shm/shm_layout.h"
+#include "chorus/transport/shm/futex.h"
+#include "chorus/transport/shm/peer_process.h"
+#include "chorus/transport/shm/segment.h"
+
+namespace chorus::shm {
+
+class ShmGroup final : public GroupImpl {
+ public:
+  // Rendezvous on /chorus-<job_id>-<tag> (group rank 0 creates it). Throws
+  // PeerTimeout when a rank does not attach within options.timeout_s,
+  // UsageError on a token mismatch, BackendUnavailable when /dev/shm fails.
+  ShmGroup(const InitOptions& options, std::string tag);
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  const char* backend() const override { return "shm"; }
+  const std::string& segment_name() const { return name_; }
+
+  GroupPtr split(int color, int key) override;
+  void all_reduce(const CallDesc& desc, const void* in, void* out) override;
+  void all_gather(const CallDesc& desc, const void* in, void* out) override;
+  void reduce_scatter(const CallDesc& desc, const void* in, void* out) override;
+  void broadcast(const CallDesc& desc, void* buf) override;
+  void barrier() override;
+  void send(const void* buf, size_t nbytes, Dtype dtype, int dst) override;
+  void recv(void* buf, size_t nbytes, Dtype dtype, int src) override;
+
+ private:
+  enum class WaitKind { Collective, Recovery, PointToPoint };
+
+  SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(segment_.data()); }
+  RankControl& control(int r) const;
+  char* slot(int r, uint64_t phase) const;
+  WireDesc* slot_desc(int r, uint64_t phase) const;
+  RingControl& ring(int src, int dst) const;
+  char* ring_data(int src, int dst) const;
+
+  void rendezvous();
+  void init_segment();
+  void validate_segment();
+  void wait_for_attach(double deadline_s);
+
+  template <typename Body>
+  void run_collective(const CallDesc& desc, Body&& body);
+  void begin_collective(const CallDesc& desc);
+  void recover(uint32_t word);
+  void write_desc(uint64_t phase, const CallDesc& desc);
+  // Raises UsageError on every rank when the WireDescs of `phase` differ.
+  void check_descs(uint64_t phase);
+  void arrive_and_wait();
+  void reduce_slots(ReduceKernel kernel, void* dst, uint64_t phase, size_t offset,
+                    size_t count) const;
+
+  template <typename Ready, typename Blockers>
+  void wait(Ready&& ready, Blockers&& blockers, WaitKind kind);
+  void check_peer_alive(int peer, WaitKind kind);
+  void publish_abort(const std::string& reason);
+  [[noreturn]] void throw_abort(uint32_t word);
+  void check_usable() const;
+
+  void stream_write(int dst, const void* data, size_t nbytes, size_t& done);
+  void stream_read(int src, void* data, size_t nbytes, size_t& done);
+  size_t available(int src);
+  bool drain_incoming();
+  void check_ring(int src) const;
+
+  std::string prefix() const { return ctx_.prefix(); }
+
+  InitOptions options_;
+  ErrorContext ctx_;
+  int rank_ = 0;
+  int size_ = 1;
+  std::string tag_;
+  std::string name_;
+  Layout layout_;
+  Segment segment_;
+  Doorbell bell_;
+  std::vector<PeerProcess> peers_;
+  uint64_t arrivals_ = 0;  // barriers passed in this abort epoch = current phase
+  uint32_t epoch_ = 0;     // abort epoch this rank runs in
+  uint32_t calls_ = 0;     // collectives entered in this epoch (the current one included)
+  uint64_t splits_ = 0;
+  std::string op_ = "set-up";  // current operation, for messages
+  std::string broken_;         // set once a peer died: the group is unusable
+  // Point to point: bytes drained from incoming rings while a send was
+  // blocked (so symmetric exchanges of any size progress), per source rank.
+  std::vector<std::vector<char>> pending_;
+  std::vector<size_t> pending_off_;
+  std::vector<uint64_t> skip_;  // unread bytes of an incoming message abandoned by an interrupt
+};
+
+}  // namespace chorus::shm
