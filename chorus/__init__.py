@@ -3,42 +3,54 @@
 >>> import chorus, numpy as np
 >>> group = chorus.init()
 >>> chorus.all_sum(np.ones(3) * group.rank())
+
+Names are imported on first use: ``chorus launch`` and ``python -m chorus``
+import this package and must not pay for numpy and the compiled module.
 """
 
 from __future__ import annotations
 
-from chorus._core import BackendUnavailableError, PeerError, PeerTimeoutError
-from chorus.collectives import (
-    all_gather,
-    all_max,
-    all_min,
-    all_sum,
-    average_gradients,
-    barrier,
-    broadcast,
-    recv,
-    recv_like,
-    send,
-    sum_scatter,
-)
-from chorus.group import Group, init, is_available
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chorus._core import BackendUnavailableError, PeerError, PeerTimeoutError
+    from chorus.collectives import (
+        all_gather,
+        all_max,
+        all_min,
+        all_sum,
+        average_gradients,
+        barrier,
+        broadcast,
+        recv,
+        recv_like,
+        send,
+        sum_scatter,
+    )
+    from chorus.group import Group, init, is_available
 
 __version__ = "0.1.0"
 
-
-def load_ipython_extension(ipython: object) -> None:
-    """``%load_ext chorus``: register the chorus magics (see :mod:`chorus.magics`)."""
-    from chorus.magics import load_ipython_extension as load
-
-    load(ipython)
-
-
-def unload_ipython_extension(ipython: object) -> None:
-    """``%unload_ext chorus``: stop the ranks the magics started."""
-    from chorus.magics import unload_ipython_extension as unload
-
-    unload(ipython)
-
+_LAZY = {
+    "BackendUnavailableError": "chorus._core",
+    "PeerError": "chorus._core",
+    "PeerTimeoutError": "chorus._core",
+    "all_gather": "chorus.collectives",
+    "all_max": "chorus.collectives",
+    "all_min": "chorus.collectives",
+    "all_sum": "chorus.collectives",
+    "average_gradients": "chorus.collectives",
+    "barrier": "chorus.collectives",
+    "broadcast": "chorus.collectives",
+    "recv": "chorus.collectives",
+    "recv_like": "chorus.collectives",
+    "send": "chorus.collectives",
+    "sum_scatter": "chorus.collectives",
+    "Group": "chorus.group",
+    "init": "chorus.group",
+    "is_available": "chorus.group",
+}
 
 __all__ = [
     "BackendUnavailableError",
@@ -60,3 +72,31 @@ __all__ = [
     "send",
     "sum_scatter",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module 'chorus' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext chorus``: register the chorus magics (see :mod:`chorus.magics`)."""
+    from chorus.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    """``%unload_ext chorus``: stop the ranks the magics started."""
+    from chorus.magics import unload_ipython_extension as unload
+
+    unload(ipython)

@@ -15,6 +15,7 @@ answers.
 from __future__ import annotations
 
 import threading
+import warnings
 
 from chorus import _core
 from chorus.env import RankEnv, read_rank_env
@@ -163,6 +164,15 @@ def init(backend: str = "any", strict: bool = False) -> Group:
                 why = f"none of {_candidates(backend, env)} can run with this environment"
             msg = f"[chorus] cannot initialise backend {backend!r}: {why}"
             raise _core.BackendUnavailableError(msg)
+        if env.in_job:
+            # A launched rank running alone computes wrong answers: say so.
+            warnings.warn(
+                f"[chorus] rank {env.rank} of {env.size}: no backend of "
+                f"{_candidates(backend, env) or list(BACKENDS)} can run here; "
+                "continuing as a group of size 1 (init(strict=True) raises instead)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         group = Group(_core.single_group("single"))
         _groups[backend] = group
         if _first is None:

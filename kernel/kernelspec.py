@@ -81,9 +81,7 @@ def install(
     with tempfile.TemporaryDirectory() as tmp:
         source = write_kernel_spec(Path(tmp) / name, get_kernel_dict(ranks, backend, timeout))
         return str(
-            KernelSpecManager().install_kernel_spec(
-                str(source), name, user=user, prefix=prefix
-            )
+            KernelSpecManager().install_kernel_spec(str(source), name, user=user, prefix=prefix)
         )
 
 

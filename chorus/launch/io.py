@@ -73,6 +73,17 @@ class OutputSink:
             self._open_line_owner = owner
         self._write_all(bytes(out))
 
+    def input_echoed(self) -> None:
+        """Note that the terminal echoed a line typed by the user.
+
+        When this sink writes to the terminal that echoes the launcher's
+        input, the cursor is now at the start of a line: a rank that goes on
+        after its prompt (``(Pdb) `` then the answer) gets a new label
+        instead of continuing a line that is no longer the current one.
+        """
+        if os.isatty(self.fd):
+            self._open_line_owner = None
+
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view and not self._broken:
@@ -111,12 +122,16 @@ async def pump_output(
     partial_delay
         Seconds of quiet after which a partial line is written as-is.
     """
+    loop = asyncio.get_running_loop()
     owner = object()
     pending = b""
+    # When the oldest unwritten byte of ``pending`` arrived: a partial line is
+    # written at most ``partial_delay`` later, even if more bytes keep coming.
+    pending_since = 0.0
     while True:
         try:
             if pending:
-                async with asyncio.timeout(partial_delay):
+                async with asyncio.timeout_at(pending_since + partial_delay):
                     chunk = await stream.read(READ_SIZE)
             else:
                 chunk = await stream.read(READ_SIZE)
@@ -128,11 +143,14 @@ async def pump_output(
             if pending:
                 sink.write(owner, prefix, pending)
             return
+        if not pending:
+            pending_since = loop.time()
         pending += chunk
         cut = pending.rfind(b"\n") + 1
         if cut:
             sink.write(owner, prefix, pending[:cut])
             pending = pending[cut:]
+            pending_since = loop.time()
         if len(pending) >= MAX_LINE:
             sink.write(owner, prefix, pending)
             pending = b""
@@ -185,7 +203,11 @@ def _close_all(stdins: Sequence[asyncio.StreamWriter]) -> None:
             stdin.close()
 
 
-async def broadcast_stdin(fd: int, stdins: Sequence[asyncio.StreamWriter]) -> None:
+async def broadcast_stdin(
+    fd: int,
+    stdins: Sequence[asyncio.StreamWriter],
+    sinks: Sequence[OutputSink] = (),
+) -> None:
     """Copy everything read from ``fd`` to every rank's stdin, then close them.
 
     The launcher's stdin is never switched to non-blocking mode (for a tty it
@@ -199,8 +221,11 @@ async def broadcast_stdin(fd: int, stdins: Sequence[asyncio.StreamWriter]) -> No
         The launcher's stdin, normally 0.
     stdins
         The ranks' stdin streams.
+    sinks
+        Output sinks told when a typed line was echoed by the terminal.
     """
     kind = _stdin_kind(fd)
+    echoes = kind == "pollable" and os.isatty(fd)
     try:
         while kind != "closed":
             if kind == "pollable":
@@ -214,6 +239,9 @@ async def broadcast_stdin(fd: int, stdins: Sequence[asyncio.StreamWriter]) -> No
                 data = b""
             if not data:
                 break
+            if echoes and data.endswith(b"\n"):
+                for sink in sinks:
+                    sink.input_echoed()
             await asyncio.gather(*(_write_to_rank(s, data) for s in stdins))
     finally:
         _close_all(stdins)

@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from chorus.launch.io import OutputSink, broadcast_stdin, pump_output
@@ -208,7 +209,11 @@ def build_command(
         If the script does not exist, or none or several of the three are
         given.
     """
-    given = [name for name, value in (("script", script), ("-m", module), ("-c", code)) if value is not None]
+    given = [
+        name
+        for name, value in (("script", script), ("-m", module), ("-c", code))
+        if value is not None
+    ]
     if len(given) != 1:
         msg = "give exactly one of: a script, -m MODULE, -c CODE"
         raise LaunchError(msg)
@@ -229,15 +234,17 @@ def build_command(
 
 def _find_script(script: str, cwd: str | None) -> str:
     """An absolute path to ``script``: relative to our cwd, then ``cwd``, then PATH."""
-    if os.path.isfile(script):
-        return os.path.abspath(script)
-    if cwd is not None and os.path.isfile(os.path.join(cwd, script)):
-        return os.path.abspath(os.path.join(cwd, script))
+    candidates = [Path(script)]
+    if cwd is not None:
+        candidates.append(Path(cwd) / script)
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate.absolute())
     if os.sep not in script and not script.endswith(".py"):
         found = shutil.which(script)
         if found is not None:
             return found
-    if os.path.isdir(script):
+    if Path(script).is_dir():
         msg = f"{script} is a directory, not a script"
         raise LaunchError(msg)
     msg = f"no such script: {script}"
@@ -254,6 +261,7 @@ def rank_environment(
     token: str,
     job_id: str,
     mlx_hostfile: str,
+    coordinator: str,
 ) -> dict[str, str]:
     """The complete environment of one rank.
 
@@ -275,6 +283,8 @@ def rank_environment(
         The job's unique id.
     mlx_hostfile
         The path the rank reads MLX's hostfile at.
+    coordinator
+        ``CHORUS_COORDINATOR``: rank 0's first address.
 
     Returns
     -------
@@ -292,6 +302,7 @@ def rank_environment(
             "CHORUS_TOKEN": token,
             "CHORUS_JOB_ID": job_id,
             "CHORUS_TIMEOUT": f"{spec.timeout:g}",
+            "CHORUS_COORDINATOR": coordinator,
             "CHORUS_LISTEN_FDS": ",".join(str(fd) for fd in listen_fds),
             "MLX_RANK": str(rank),
             "MLX_WORLD_SIZE": str(spec.nprocs),
@@ -335,7 +346,6 @@ class Job:
         self.ranks: list[RankProcess] = []
         self.result = JobResult()
         self._started = False
-        self._killing = False
         self._stopper: asyncio.Task[None] | None = None
 
     # -- set-up ------------------------------------------------------------
@@ -388,6 +398,7 @@ class Job:
                 token=token,
                 job_id=job_id,
                 mlx_hostfile=mlx_path,
+                coordinator=addresses[0][0],
             )
             self.ranks.append(
                 LocalRank(rank, spec.argv, env, cwd=spec.cwd, pass_fds=[*listen_fds, *mlx_fds])
@@ -396,8 +407,12 @@ class Job:
     async def _start_all(self) -> None:
         started = time.monotonic()
         self.reporter.progress(f"starting {self.spec.nprocs} rank(s): {' '.join(self.spec.argv)}")
-        outcomes = await asyncio.gather(*(rank.start() for rank in self.ranks), return_exceptions=True)
-        errors = [(rank, exc) for rank, exc in zip(self.ranks, outcomes, strict=True) if exc is not None]
+        outcomes = await asyncio.gather(
+            *(rank.start() for rank in self.ranks), return_exceptions=True
+        )
+        errors = [
+            (rank, exc) for rank, exc in zip(self.ranks, outcomes, strict=True) if exc is not None
+        ]
         if errors:
             rank, exc = errors[0]
             msg = f"cannot start rank {rank.rank} ({' '.join(self.spec.argv)}): {exc}"
@@ -416,23 +431,26 @@ class Job:
             rank.send_signal(signum)
 
     def _on_signal(self, signum: int) -> None:
-        """Forward a signal the launcher got; a second one kills every rank."""
-        first = not self.result.signals
+        """Forward a signal the launcher got; a second one kills every rank.
+
+        A signal that arrives while the ranks are being started is recorded
+        and delivered by :meth:`run` once all of them run.
+        """
         self.result.signals.append(signum)
+        if self._started:
+            self._deliver(signum, first=len(self.result.signals) == 1)
+
+    def _deliver(self, signum: int, *, first: bool) -> None:
         name = signal.Signals(signum).name
         if not first:
-            self._kill_all(f"received {name} again: killing all ranks")
+            self.reporter.progress(f"received {name} again: killing all ranks")
+            self._signal_ranks(signal.SIGKILL)
             return
         self.reporter.progress(f"received {name}: forwarding it to every rank")
         self._signal_ranks(signum)
         if signum != signal.SIGINT:
             # SIGTERM/SIGHUP mean "stop": do not wait for the ranks forever.
             self._start_stopping()
-
-    def _kill_all(self, why: str) -> None:
-        self._killing = True
-        self.reporter.progress(why)
-        self._signal_ranks(signal.SIGKILL)
 
     def _start_stopping(self) -> None:
         if self._stopper is None:
@@ -507,7 +525,9 @@ class Job:
             ]
             pumps += rank_pumps
             watchers.append(asyncio.create_task(self._watch(rank, rank_pumps)))
-        stdin = asyncio.create_task(broadcast_stdin(self.stdin_fd, [rank.stdin for rank in self.ranks]))
+        stdin = asyncio.create_task(
+            broadcast_stdin(self.stdin_fd, [rank.stdin for rank in self.ranks], (stdout, stderr))
+        )
         try:
             await asyncio.gather(*watchers)
         finally:
@@ -541,6 +561,7 @@ class Job:
         LaunchError
             If the ranks cannot be set up or started (nothing is left running).
         """
+        _open_standard_fds()
         loop = asyncio.get_running_loop()
         installed: list[int] = []
         try:
@@ -557,13 +578,13 @@ class Job:
                         installed.append(signum)
                 await self._start_all()
             # The ranks own their sockets and the hostfile memfd now.
-            if self.result.signals:
-                # A signal arrived while ranks were starting: deliver it.
-                self._signal_ranks(signal.SIGKILL if self._killing else self.result.signals[0])
+            for index, early in enumerate(self.result.signals[:2]):
+                # Signals that arrived while the ranks were starting.
+                self._deliver(early, first=index == 0)
             await self._supervise()
         finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
+            for installed_signum in installed:
+                loop.remove_signal_handler(installed_signum)
             if not self._started:
                 await self._abort_start()
         return self.result
@@ -575,6 +596,22 @@ class Job:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(KILL_TIMEOUT):
                 await asyncio.gather(*(rank.wait() for rank in started), return_exceptions=True)
+
+
+def _open_standard_fds() -> None:
+    """Put ``/dev/null`` on fds 0, 1 and 2 where they are closed.
+
+    Otherwise the first pipe or socket we create would take a closed
+    standard fd's number, and we would read our own rank's pipe as stdin.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _rank_list(ranks: Iterable[RankProcess]) -> str:
