@@ -233,6 +233,79 @@ that failed (128+N for signal N); the others are then stopped after --grace
 seconds. Ctrl-C and SIGTERM reach every rank; a second Ctrl-C kills them.
 """
 
+# -- chorus kernel -------------------------------------------------------------
+
+
+def _kernel_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="kernel_action", metavar="ACTION", required=True)
+    install = actions.add_parser("install", help="install a 'Chorus (N ranks)' kernelspec")
+    install.add_argument("--ranks", type=_positive_int, default=4, help="ranks (default 4)")
+    install.add_argument(
+        "--backend", default="shm", choices=("shm", "ring", "any"), help="backend of the ranks"
+    )
+    install.add_argument("--timeout", type=_seconds, default=None, help="CHORUS_TIMEOUT")
+    install.add_argument(
+        "--name", default=None, help="kernelspec name (default chorus, or chorus-N for N != 4)"
+    )
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for this user only")
+    where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix")
+    where.add_argument("--prefix", default=None, help="install under this prefix")
+    install.add_argument("--hosts", default=None, help=argparse.SUPPRESS)
+    install.add_argument("--hostfile", default=None, help=argparse.SUPPRESS)
+    actions.add_parser("list", help="list the installed chorus kernelspecs")
+    remove = actions.add_parser("remove", help="remove a chorus kernelspec")
+    remove.add_argument("name", help="kernelspec name, as shown by chorus kernel list")
+
+
+def _kernel(args: argparse.Namespace) -> int:
+    from chorus.kernel import kernelspec
+
+    if args.kernel_action == "list":
+        specs = kernelspec.list_specs()
+        if not specs:
+            print("no chorus kernels installed (chorus kernel install --ranks 4)")
+        for name, info in sorted(specs.items()):
+            print(f"{name:<16} {info['spec']['display_name']:<22} {info['resource_dir']}")
+        return 0
+    if args.kernel_action == "remove":
+        try:
+            path = kernelspec.remove(args.name)
+        except KeyError as exc:
+            raise CliError(exc.args[0]) from None
+        print(f"removed {path}")
+        return 0
+    if args.hosts or args.hostfile:
+        msg = "rank kernels on remote hosts (--hosts/--hostfile) come with multi-host launch"
+        raise CliError(msg)
+    name = args.name or ("chorus" if args.ranks == 4 else f"chorus-{args.ranks}")
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    try:
+        path = kernelspec.install(
+            name=name,
+            ranks=args.ranks,
+            backend=args.backend,
+            timeout=args.timeout,
+            user=args.user,
+            prefix=prefix,
+        )
+    except OSError as exc:
+        msg = f"cannot write the kernelspec: {exc} (try --user or --sys-prefix)"
+        raise CliError(msg) from None
+    print(f"installed kernelspec {name} ({args.ranks} ranks, backend {args.backend}) in {path}")
+    return 0
+
+
+KERNEL_DESCRIPTION = """\
+Manage Jupyter kernelspecs for the chorus kernel: every cell of a notebook
+runs on N ranks, output comes back labelled [0-3], one prompt answers input()
+and pdb on every rank, and the interrupt button reaches every rank.
+
+  chorus kernel install --ranks 4 [--backend shm] [--name NAME] [--user|--sys-prefix|--prefix P]
+  chorus kernel list
+  chorus kernel remove NAME
+"""
+
 # -- the command ----------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
@@ -242,6 +315,13 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         add_arguments=_launch_arguments,
         run=_launch,
         description=LAUNCH_DESCRIPTION,
+    ),
+    Subcommand(
+        name="kernel",
+        help="install, list or remove Jupyter kernelspecs for the chorus kernel",
+        add_arguments=_kernel_arguments,
+        run=_kernel,
+        description=KERNEL_DESCRIPTION,
     ),
 )
 
