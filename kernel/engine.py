@@ -238,6 +238,8 @@ class Engine:
         content = message["content"]
         if kind == "stream":
             cell.merger.feed(rank, content["name"], content["text"])
+            if self._broker is not None:
+                self._broker.output_seen()
         elif kind == "status":
             if content["execution_state"] == "idle":
                 cell.idle.add(rank)

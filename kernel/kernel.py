@@ -117,6 +117,14 @@ class ChorusKernel(Kernel):
             self._ready = None  # let the next cell try again
             return self._error("RanksNotStarted", str(err))
 
+        if code.strip() in ("exit", "quit", "exit()", "quit()"):
+            # As IPython's exit: ask the frontend to shut the kernel down.
+            return {
+                "status": "ok",
+                "execution_count": self.execution_count,
+                "payload": [{"source": "ask_exit", "keepkernel": False}],
+                "user_expressions": {},
+            }
         directive = self._directive(code)
         if directive is not None:
             return directive

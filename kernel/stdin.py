@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 # Seconds without a new input request before prompting for the ranks that wait.
 SETTLE = 0.25
+# Seconds of quiet output before a prompt: a rank's last lines travel on iopub,
+# its input_request on stdin, and the two sockets do not keep their order.
+QUIET = 0.1
 # "!<ranks> <text>": digits, commas and dashes, then one space (so pdb's own
 # "!statement" syntax, e.g. "!x = 1", is left alone).
 _TARGETED = re.compile(r"^!(\d[\d,\-]*|all) (.*)$", re.DOTALL)
@@ -50,12 +53,17 @@ class InputBroker:
         self.targets = targets
         self.waiting: dict[int, tuple[str, bool]] = {}
         self._last_request = 0.0
+        self._last_output = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def request(self, rank: int, prompt: str, password: bool) -> None:
         """Rank ``rank`` asked for input."""
         self.waiting[rank] = (prompt, password)
         self._last_request = time.monotonic()
+
+    def output_seen(self) -> None:
+        """A rank printed something: hold the prompt until output is quiet."""
+        self._last_output = time.monotonic()
 
     def update(self, busy: set[int]) -> None:
         """Called every tick with the ranks still running the cell."""
@@ -64,8 +72,11 @@ class InputBroker:
                 del self.waiting[rank]
         if self._task is not None or not self.waiting:
             return
+        now = time.monotonic()
+        if now - self._last_output < QUIET or now - self._last_request < QUIET:
+            return
         everyone_waits = busy <= set(self.waiting)
-        if everyone_waits or time.monotonic() - self._last_request > SETTLE:
+        if everyone_waits or now - self._last_request > SETTLE:
             self._task = asyncio.create_task(self._prompt())
 
     def cancel_prompt(self) -> None:
