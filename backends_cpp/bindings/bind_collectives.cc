@@ -1,8 +1,12 @@
 // Collectives over numpy arrays. The Python layer (chorus/collectives.py)
 // passes C-contiguous inputs and freshly allocated outputs; these functions
 // only convert, release the GIL and call chorus::ops.
+#include <chrono>
+#include <cstring>
 #include <stdexcept>
+#include <thread>
 
+#include "chorus/common/error.h"
 #include "chorus/ops.h"
 #include "convert.h"
 
@@ -44,6 +48,34 @@ void check_out(const py::array& x, const py::array& out, size_t expected_bytes) 
   if (static_cast<size_t>(out.nbytes()) != expected_bytes) {
     throw py::value_error("out has " + std::to_string(out.nbytes()) + " bytes, expected " +
                           std::to_string(expected_bytes));
+  }
+}
+
+// Runs a communication call with the GIL released. When a peer's abort ends
+// the call while this process also has a pending signal (a Jupyter
+// interrupt reaches every rank, and a neighbour may notice it first), the
+// signal wins: the user interrupted this rank too, so it raises
+// KeyboardInterrupt like the rank that noticed first.
+//
+// The signals reach the ranks one after another, so when the abort says a
+// peer "was interrupted" (both backends word it so), give our own signal a
+// moment to arrive before settling for PeerError.
+constexpr auto kSiblingSignalGrace = std::chrono::milliseconds(200);
+
+template <typename Call>
+void communicate(Call&& call) {
+  try {
+    py::gil_scoped_release release;
+    call();
+  } catch (const PeerError& error) {
+    const bool peer_interrupted = std::strstr(error.what(), "was interrupted") != nullptr;
+    const auto deadline = std::chrono::steady_clock::now() + kSiblingSignalGrace;
+    while (true) {
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+      if (!peer_interrupted || std::chrono::steady_clock::now() >= deadline) throw;
+      py::gil_scoped_release release;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
   }
 }
 
@@ -105,8 +137,7 @@ void register_collectives(py::module_& m) {
         check_out(x, out, desc.nbytes());
         const void* in = x.data();
         void* dst = out.mutable_data();
-        py::gil_scoped_release release;
-        ops::all_reduce(g, desc, in, dst);
+        communicate([&] { ops::all_reduce(g, desc, in, dst); });
       },
       py::arg("group"), py::arg("x"), py::arg("out"), py::arg("op"));
   m.def(
@@ -116,8 +147,7 @@ void register_collectives(py::module_& m) {
         check_out(x, out, desc.nbytes() * static_cast<size_t>(g.size()));
         const void* in = x.data();
         void* dst = out.mutable_data();
-        py::gil_scoped_release release;
-        ops::all_gather(g, desc, in, dst);
+        communicate([&] { ops::all_gather(g, desc, in, dst); });
       },
       py::arg("group"), py::arg("x"), py::arg("out"));
   m.def(
@@ -128,8 +158,7 @@ void register_collectives(py::module_& m) {
         if (desc.count % size == 0) check_out(x, out, desc.nbytes() / size);
         const void* in = x.data();
         void* dst = out.mutable_data();
-        py::gil_scoped_release release;
-        ops::reduce_scatter(g, desc, in, dst);
+        communicate([&] { ops::reduce_scatter(g, desc, in, dst); });
       },
       py::arg("group"), py::arg("x"), py::arg("out"), py::arg("op") = "sum");
   m.def(
@@ -139,17 +168,10 @@ void register_collectives(py::module_& m) {
         require_writable(buf, "buffer");
         desc.root = root;
         void* data = buf.mutable_data();
-        py::gil_scoped_release release;
-        ops::broadcast(g, desc, data);
+        communicate([&] { ops::broadcast(g, desc, data); });
       },
       py::arg("group"), py::arg("buf"), py::arg("root"));
-  m.def(
-      "barrier",
-      [](GroupImpl& g) {
-        py::gil_scoped_release release;
-        ops::barrier(g);
-      },
-      py::arg("group"));
+  m.def("barrier", [](GroupImpl& g) { communicate([&] { ops::barrier(g); }); }, py::arg("group"));
   m.def(
       "send",
       [](GroupImpl& g, const py::array& x, int dst) {
@@ -157,8 +179,7 @@ void register_collectives(py::module_& m) {
         const Dtype dtype = dtype_of(x);
         const void* data = x.data();
         const size_t nbytes = static_cast<size_t>(x.nbytes());
-        py::gil_scoped_release release;
-        ops::send(g, data, nbytes, dtype, dst);
+        communicate([&] { ops::send(g, data, nbytes, dtype, dst); });
       },
       py::arg("group"), py::arg("x"), py::arg("dst"));
   m.def(
@@ -169,8 +190,7 @@ void register_collectives(py::module_& m) {
         const Dtype dtype = dtype_of(out);
         void* data = out.mutable_data();
         const size_t nbytes = static_cast<size_t>(out.nbytes());
-        py::gil_scoped_release release;
-        ops::recv(g, data, nbytes, dtype, src);
+        communicate([&] { ops::recv(g, data, nbytes, dtype, src); });
       },
       py::arg("group"), py::arg("out"), py::arg("src"));
 }

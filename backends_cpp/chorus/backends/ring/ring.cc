@@ -1,7 +1,804 @@
-// PLACEHOLDER until the ring backend lands (being written now).
 #include "chorus/backends/ring/ring.h"
+
+#include <cerrno>
+#include <cstring>
+#include <sstream>
+
+#include "chorus/algorithms/reduce.h"
+#include "chorus/backends/ring/ring_group.h"
 #include "chorus/common/error.h"
+#include "chorus/common/interrupt.h"
+#include "chorus/common/logging.h"
+
 namespace chorus::ring {
-bool is_available() { return false; }
-GroupPtr init(const InitOptions&) { throw BackendUnavailable("[chorus ring] not built yet"); }
+namespace {
+
+using tcp::Clock;
+using tcp::Link;
+using Side = algo::Side;
+
+constexpr size_t kDefaultSegment = size_t{1} << 20;
+constexpr size_t kSmallBytes = 64 * 1024;
+constexpr auto kAbortFlush = std::chrono::milliseconds(1000);
+constexpr auto kProbeEvery = std::chrono::milliseconds(500);
+constexpr size_t kMaxSplitAddrs = 8;
+constexpr size_t kAddrChars = 64;
+
+// A failure to raise as PeerError here and to forward around the ring.
+class RingFailure : public PeerError {
+ public:
+  // fatal: the culprit is dead (its link reset or closed without an Abort,
+  // or its listener refuses connections), so the group cannot recover.
+  RingFailure(int culprit, const std::string& message, std::string forward, bool fatal = false)
+      : PeerError(message), culprit_(culprit), forward_(std::move(forward)), fatal_(fatal) {}
+  int culprit() const { return culprit_; }
+  const std::string& forward() const { return forward_; }
+  bool fatal() const { return fatal_; }
+
+ private:
+  int culprit_;
+  std::string forward_;
+  bool fatal_;
+};
+
+Clock::time_point deadline_after(double seconds) {
+  return Clock::now() +
+         std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+struct P2PHeader {
+  uint64_t nbytes;
+  uint8_t dtype;
+  uint8_t pad[7];
+};
+
+}  // namespace
+
+RingGroup::RingGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
+    : config_(std::move(config)) {
+  ctx_.backend = "ring";
+  ctx_.rank = config_.rank;
+  ctx_.size = config_.size;
+  ctx_.hostname = config_.hostname;
+  id_.token = config_.token;
+  id_.group = tcp::group_hash(config_.job_id, config_.group_path);
+  segment_bytes_ = config_.segment_bytes ? config_.segment_bytes : kDefaultSegment;
+  small_bytes_ = std::min(kSmallBytes, segment_bytes_);
+  tcp::AcceptorConfig ac;
+  ac.id = id_;
+  ac.my_rank = config_.rank;
+  ac.expected_rank = left();
+  ac.streams = static_cast<uint32_t>(config_.hosts[config_.rank].size());
+  ac.timeout_s = config_.timeout_s;
+  ac.verbose = config_.verbose;
+  ac.log_prefix = "[chorus ring] rank " + std::to_string(config_.rank) +
+                  (config_.group_path.empty() ? "" : " (group " + config_.group_path + ")");
+  acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
+  last_interrupt_check_ = Clock::now();
+  connect_initial();
+}
+
+RingGroup::~RingGroup() = default;
+
+std::string RingGroup::who(int rank) const {
+  const auto& addrs = config_.hosts[rank];
+  return "rank " + std::to_string(rank) + " (" + (addrs.empty() ? "?" : addrs.front()) + ")";
+}
+
+// ---------------------------------------------------------------- set-up
+
+void RingGroup::connect_initial() {
+  const auto deadline = deadline_after(config_.timeout_s);
+  const std::string limit = tcp::seconds_text(config_.timeout_s);
+  CHORUS_LOG(config_.verbose, ctx_.prefix(), "listening on ", acceptor_->addresses().front(),
+             ", connecting to ", who(right()), " over ", config_.hosts[right()].size(),
+             " socket(s)");
+  try {
+    connect_right(deadline, true);
+  } catch (const PeerTimeout& e) {
+    throw PeerTimeout(ctx_.prefix() + who(right()) + " did not accept a connection within " +
+                      limit + " (" + e.what() + ")");
+  } catch (const PeerError& e) {
+    if (Clock::now() >= deadline) {
+      throw PeerTimeout(ctx_.prefix() + who(right()) + " did not accept a connection within " +
+                        limit + " (" + e.what() + ")");
+    }
+    throw PeerError(ctx_.prefix() + "connecting to " + who(right()) + " failed: " + e.what());
+  }
+  CHORUS_LOG(config_.verbose, ctx_.prefix(), "connected to ", who(right()), "; waiting for ",
+             who(left()));
+  while (!install_left()) {
+    if (Clock::now() >= deadline) {
+      throw PeerTimeout(ctx_.prefix() + who(left()) + " did not connect within " + limit);
+    }
+    pollfd wake{acceptor_->wake_fd(), POLLIN, 0};
+    tcp::poll_slice(&wake, 1, deadline);
+  }
+  CHORUS_LOG(config_.verbose, ctx_.prefix(), "ring ready: ", who(left()), " -> me -> ",
+             who(right()));
+}
+
+void RingGroup::connect_right(Clock::time_point deadline, bool retry) {
+  link(Side::Right) = Link();
+  ++right_epoch_;
+  std::vector<tcp::Socket> sockets;
+  const auto& addrs = config_.hosts[right()];
+  for (size_t i = 0; i < addrs.size(); ++i) {
+    const auto address = tcp::Address::parse(addrs[i]);
+    tcp::Socket s = retry ? tcp::Socket::connect_retry(address, deadline)
+                          : tcp::Socket::connect(address, deadline);
+    tcp::connector_handshake(s, id_, config_.rank, static_cast<uint32_t>(i), right_epoch_,
+                             deadline);
+    CHORUS_LOG(config_.verbose, ctx_.prefix(), "connected stream ", i, " to ", who(right()), " at ",
+               addrs[i], " (epoch ", right_epoch_, ")");
+    sockets.push_back(std::move(s));
+  }
+  link(Side::Right) = Link(std::move(sockets));
+}
+
+bool RingGroup::install_left() {
+  const size_t streams = config_.hosts[config_.rank].size();
+  for (auto& a : acceptor_->take()) {
+    if (a.epoch <= left_epoch_) continue;  // stale: a newer link is installed
+    auto& slots = staged_[a.epoch];
+    slots.resize(streams);
+    slots[a.stream] = std::move(a.socket);
+  }
+  for (auto it = staged_.rbegin(); it != staged_.rend(); ++it) {
+    bool complete = true;
+    for (const auto& s : it->second) complete = complete && s.has_value();
+    if (!complete) continue;
+    std::vector<tcp::Socket> sockets;
+    for (auto& s : it->second) sockets.push_back(std::move(*s));
+    left_epoch_ = it->first;
+    acceptor_->set_min_epoch(left_epoch_);
+    link(Side::Left) = Link(std::move(sockets));
+    staged_.erase(staged_.begin(), staged_.upper_bound(left_epoch_));
+    CHORUS_LOG(config_.verbose, ctx_.prefix(), "link from ", who(left()), " up (epoch ",
+               left_epoch_, ")");
+    return true;
+  }
+  return false;
+}
+
+// A dead process's listener refuses connections: that tells "slow" from "gone".
+void RingGroup::probe_left() {
+  const auto address = tcp::Address::parse(config_.hosts[left()].front());
+  try {
+    tcp::Socket s = tcp::Socket::connect(address, Clock::now() + std::chrono::milliseconds(500));
+  } catch (const tcp::SocketError& e) {
+    if (e.err() == ECONNREFUSED) {
+      const std::string text =
+          who(left()) + " is gone (its listener refuses connections) during " + op_;
+      throw RingFailure(left(), ctx_.prefix() + text,
+                        text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
+    }
+  } catch (const PeerError&) {
+    // Timeouts and other errors prove nothing; keep waiting.
+  }
+}
+
+// Brings one side's link back; false while waiting for the left neighbour.
+bool RingGroup::recover(Side side) {
+  if (side == Side::Left) return install_left();
+  try {
+    connect_right(deadline_after(config_.timeout_s), false);
+  } catch (const Interrupted&) {
+    throw;
+  } catch (const PeerError& e) {
+    const std::string text =
+        who(right()) + " could not be reconnected during " + op_ + ": " + e.what();
+    const auto* se = dynamic_cast<const tcp::SocketError*>(&e);
+    throw RingFailure(right(), ctx_.prefix() + text,
+                      text + " (seen by rank " + std::to_string(config_.rank) + ")",
+                      se != nullptr && se->err() == ECONNREFUSED);
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- progress
+
+void RingGroup::progress(int timeout_ms) {
+  fds_.clear();
+  links_[0].add_pollfds(fds_);
+  const size_t n0 = fds_.size();
+  links_[1].add_pollfds(fds_);
+  fds_.push_back({acceptor_->wake_fd(), POLLIN, 0});
+  int rc = ::poll(fds_.data(), fds_.size(), timeout_ms);
+  if (rc < 0 && errno != EINTR) throw tcp::SocketError("poll", errno, "-");
+  if (rc < 0) rc = 0;
+  links_[0].handle(fds_.data());
+  links_[1].handle(fds_.data() + n0);
+  // Interrupt checks cost a GIL round trip in Python: once per idle slice or
+  // per kInterruptPollMs of traffic.
+  const auto now = Clock::now();
+  if (rc == 0 || now - last_interrupt_check_ >= std::chrono::milliseconds(kInterruptPollMs)) {
+    last_interrupt_check_ = now;
+    check_interrupt();
+  }
+  check_links();
+}
+
+void RingGroup::check_links() {
+  for (int s = 0; s < 2; ++s) {
+    Link& l = links_[s];
+    const auto side = static_cast<Side>(s);
+    const int p = peer(side);
+    switch (l.state()) {
+      case Link::State::Up:
+      case Link::State::Down: break;
+      case Link::State::Aborted: {
+        const tcp::Frame& f = l.abort_frame();
+        // aux0 = culprit rank | fatal << 32, aux1 = call index.
+        const int culprit = static_cast<int>(static_cast<uint32_t>(f.aux0));
+        const bool fatal = (f.aux0 >> 32) != 0;
+        const uint64_t call = f.aux1;
+        const std::string text(f.payload.begin(), f.payload.end());
+        if (entering_ && !fatal) {
+          // It arrived while this rank was outside any call: the failed call
+          // is one this rank never entered (or had finished). Reconnect.
+          CHORUS_LOG(config_.verbose, ctx_.prefix(), "ignoring an abort of call ", call,
+                     " this rank was not in: ", text);
+          l = Link();
+          need_[s] = true;
+          break;
+        }
+        if (call < call_index_ && fatal) {
+          // A rank died in a call we had finished: the ring cannot recover.
+          throw RingFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
+        }
+        if (call < call_index_) {
+          // That rank failed in a call we had already finished: stale.
+          CHORUS_LOG(config_.verbose, ctx_.prefix(), "ignoring a stale abort from ", who(p), ": ",
+                     text);
+          l = Link();
+          need_[s] = true;
+          if (!tolerant_[s]) {
+            const std::string t =
+                who(p) + " closed its link during " + op_ + " (after an earlier failure)";
+            throw RingFailure(p, ctx_.prefix() + t, t);
+          }
+        } else if (call > call_index_) {
+          // It failed in a call we have not reached yet: raise there.
+          pending_abort_ = PendingAbort{culprit, call, text, fatal};
+          l = Link();
+          need_[s] = true;
+        } else {
+          throw RingFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal);
+        }
+        break;
+      }
+      case Link::State::Closed:
+      case Link::State::Failed: {
+        if (tolerant_[s] && !l.has_frame()) {
+          CHORUS_LOG(config_.verbose, ctx_.prefix(), "link to ", who(p), " is gone (",
+                     l.failure_text(), "); reconnecting");
+          l = Link();
+          need_[s] = true;
+          break;
+        }
+        // A peer that finished its part of the call may close (end of its
+        // program, or a failure in its next call): an error only if we still
+        // expect something on this link. Later use of it raises then.
+        if (l.idle()) break;
+        const uint64_t got = l.bytes_received() - rx_start_[s];
+        const std::string text = who(p) + " died or left during " + op_ + ": " + l.failure_text();
+        throw RingFailure(p,
+                          ctx_.prefix() + text + " (after " + std::to_string(got) +
+                              " bytes received from it in this call)",
+                          text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
+      }
+      case Link::State::Protocol: {
+        const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " +
+                                 l.failure_text() + " (are all ranks calling the same operations?)";
+        throw RingFailure(p, ctx_.prefix() + text, text);
+      }
+    }
+  }
+}
+
+void RingGroup::fail_links(int culprit, const std::string& text, bool fatal) {
+  const uint64_t aux0 = static_cast<uint32_t>(culprit) | (uint64_t{fatal} << 32);
+  for (auto& l : links_) {
+    l.abort(aux0, call_index_, text, kAbortFlush);
+    l = Link();
+  }
+  tolerant_[0] = tolerant_[1] = false;
+}
+
+template <typename Body>
+void RingGroup::run(const char* op, bool collective, Body&& body) {
+  op_ = op;
+  if (collective) ++call_index_;
+  for (int s = 0; s < 2; ++s) rx_start_[s] = links_[s].bytes_received();
+  try {
+    if (collective) start_call();
+    body();
+    wait_sends();
+  } catch (const UsageError&) {
+    // Raised after a complete exchange (descriptor round, drained message):
+    // the links are clean and the next call works as is.
+    throw;
+  } catch (const RingFailure& f) {
+    fail_links(f.culprit(), f.forward(), f.fatal());
+    throw;
+  } catch (const Interrupted&) {
+    fail_links(config_.rank, who(config_.rank) + " was interrupted during " + op_);
+    throw;
+  } catch (const PeerError& e) {
+    fail_links(config_.rank, who(config_.rank) + " failed during " + op_ + ": " + e.what());
+    throw PeerError(ctx_.prefix() + op_ + " failed: " + e.what());
+  } catch (...) {
+    fail_links(config_.rank, who(config_.rank) + " failed during " + op_);
+    throw;
+  }
+}
+
+void RingGroup::start_call() {
+  // An abort held for a later call concerns a call this rank was not in when
+  // it failed (a Jupyter interrupt stops every rank wherever it is, some
+  // before they reach the collective): only a dead rank still fails it.
+  if (pending_abort_ && !pending_abort_->fatal) pending_abort_.reset();
+  if (pending_abort_ && pending_abort_->call <= call_index_) {
+    const PendingAbort a = *pending_abort_;
+    pending_abort_.reset();
+    if (a.call == call_index_) {
+      throw RingFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, a.fatal);
+    }
+  }
+  bool synced[2] = {false, false};
+  tolerant_[0] = tolerant_[1] = true;
+  // Read what arrived while this rank was outside any call, with the rule
+  // above (check_links drops non-fatal aborts while entering_).
+  entering_ = true;
+  try {
+    progress(0);
+  } catch (...) {
+    entering_ = false;
+    throw;
+  }
+  entering_ = false;
+  install_left();  // a newer connection from the left may already wait
+  auto send_sync = [&](int s) {
+    links_[s].post_send(tcp::FrameType::Sync, call_index_, 0, nullptr, 0);
+  };
+  for (int s = 0; s < 2; ++s) {
+    need_[s] = !links_[s].up() && !links_[s].has_frame();
+    if (!need_[s]) send_sync(s);
+  }
+  auto next_probe = Clock::now() + kProbeEvery;
+  while (true) {
+    // Right first: connecting never needs the neighbour's main thread.
+    for (int s : {1, 0}) {
+      if (synced[s]) continue;
+      const auto side = static_cast<Side>(s);
+      if (side == Side::Left && install_left()) {
+        need_[s] = false;
+        send_sync(s);
+      } else if (need_[s] && recover(side)) {
+        need_[s] = false;
+        send_sync(s);
+      }
+      if (need_[s] && side == Side::Left && Clock::now() >= next_probe) {
+        probe_left();
+        next_probe = Clock::now() + kProbeEvery;
+      }
+      {
+        if (auto f = links_[s].take()) {
+          if (f->type != tcp::FrameType::Sync) {
+            const std::string text = "protocol error: " + who(peer(side)) + " sent a " +
+                                     tcp::frame_type_name(f->type) + " frame at the start of " +
+                                     op_ + " (are all ranks calling the same operations?)";
+            throw RingFailure(peer(side), ctx_.prefix() + text, text);
+          }
+          if (f->aux0 != call_index_) {
+            CHORUS_LOG(config_.verbose, ctx_.prefix(), who(peer(side)), " is at call ", f->aux0,
+                       ", this rank at ", call_index_);
+          }
+          synced[s] = true;
+          tolerant_[s] = false;
+        }
+      }
+    }
+    if (synced[0] && synced[1]) break;
+    progress();
+  }
+}
+
+// ---------------------------------------------------------------- RingPair
+
+void RingGroup::isend(Side to, const void* data, size_t n) {
+  link(to).post_send(tcp::FrameType::Data, 0, 0, data, n);
+}
+
+void RingGroup::isend_owned(Side to, std::vector<uint8_t> bytes) {
+  link(to).post_send_owned(tcp::FrameType::Data, 0, 0, std::move(bytes));
+}
+
+uint64_t RingGroup::irecv(Side from, void* data, size_t n) { return link(from).post_recv(data, n); }
+
+void RingGroup::wait_recv(Side from, uint64_t ticket) {
+  while (!link(from).recv_done(ticket)) {
+    if (!link(from).up()) {
+      check_links();
+      const std::string text = "the link to " + who(peer(from)) + " closed during " + op_ +
+                               (pending_abort_ ? ": " + pending_abort_->text : std::string());
+      throw RingFailure(peer(from), ctx_.prefix() + text, text);
+    }
+    progress();
+  }
+  check_links();
+}
+
+std::vector<uint8_t> RingGroup::recv_bytes(Side from) {
+  while (true) {
+    if (auto f = link(from).take()) {
+      if (f->type != tcp::FrameType::Data) {
+        const std::string text = "protocol error: " + who(peer(from)) + " sent a " +
+                                 tcp::frame_type_name(f->type) + " frame during " + op_;
+        throw RingFailure(peer(from), ctx_.prefix() + text, text);
+      }
+      return std::move(f->payload);
+    }
+    if (!link(from).up()) {
+      const std::string text = "the link to " + who(peer(from)) + " closed during " + op_;
+      throw RingFailure(peer(from), ctx_.prefix() + text, text);
+    }
+    progress();
+  }
+}
+
+void RingGroup::wait_sends() {
+  while (!(links_[0].sends_done() && links_[1].sends_done())) progress();
+}
+
+// ---------------------------------------------------------------- collectives
+
+std::vector<std::vector<uint8_t>> RingGroup::agree(const CallDesc& desc, const void* data,
+                                                   size_t n) {
+  const WireDesc wire = to_wire(desc);
+  std::vector<uint8_t> mine(sizeof wire + n);
+  std::memcpy(mine.data(), &wire, sizeof wire);
+  if (n > 0) std::memcpy(mine.data() + sizeof wire, data, n);
+  auto records = algo::ring_gather_records(*this, std::move(mine));
+  std::vector<CallDesc> descs(records.size());
+  for (size_t k = 0; k < records.size(); ++k) {
+    if (records[k].size() < sizeof(WireDesc)) {
+      const int p = static_cast<int>(k);
+      const std::string text = "protocol error: short descriptor from " + who(p) + " in " + op_;
+      throw RingFailure(p, ctx_.prefix() + text, text);
+    }
+    WireDesc w;
+    std::memcpy(&w, records[k].data(), sizeof w);
+    descs[k] = from_wire(w);
+  }
+  bool same = true;
+  for (const auto& d : descs) same = same && d == descs[0];
+  // Agreeing ranks make the same inline choice: any other size is corruption.
+  const size_t inline_bytes = small(desc.nbytes()) ? desc.nbytes() : 0;
+  for (size_t k = 0; same && k < records.size(); ++k) {
+    const bool carries = desc.kind != Collective::Broadcast || static_cast<int>(k) == desc.root;
+    if (records[k].size() != sizeof(WireDesc) + (carries ? inline_bytes : 0)) {
+      const int p = static_cast<int>(k);
+      const std::string text = "protocol error: record of " + std::to_string(records[k].size()) +
+                               " bytes from " + who(p) + " in " + op_;
+      throw RingFailure(p, ctx_.prefix() + text, text);
+    }
+  }
+  if (!same) {
+    // Every rank holds the same records, so every rank raises this same text.
+    std::vector<int> firsts;
+    std::ostringstream out;
+    out << ctx_.prefix() << op_ << ": ranks disagree on the call: ";
+    for (size_t k = 0; k < descs.size(); ++k) {
+      bool seen = false;
+      for (int f : firsts) seen = seen || descs[f] == descs[k];
+      if (seen) continue;
+      firsts.push_back(static_cast<int>(k));
+      std::vector<size_t> ranks;
+      for (size_t j = 0; j < descs.size(); ++j) {
+        if (descs[j] == descs[k]) ranks.push_back(j);
+      }
+      if (firsts.size() > 1) out << ", ";
+      out << (ranks.size() == 1 ? "rank " : "ranks ");
+      for (size_t i = 0; i < ranks.size(); ++i) out << (i ? "," : "") << ranks[i];
+      out << (ranks.size() == 1 ? " has " : " have ") << descs[k].describe();
+    }
+    throw UsageError(out.str());
+  }
+  return records;
+}
+
+void RingGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
+  const ReduceKernel kernel = reduce_kernel(desc.dtype, desc.op);
+  const size_t nbytes = desc.nbytes();
+  run(collective_name(desc.kind, desc.op), true, [&] {
+    const bool inline_data = small(nbytes);
+    auto records = agree(desc, in, inline_data ? nbytes : 0);
+    auto* dst = static_cast<uint8_t*>(out);
+    if (inline_data) {
+      // Reduce in rank order: the same operations, in the same order, everywhere.
+      if (nbytes == 0) return;
+      std::memcpy(dst, records[0].data() + sizeof(WireDesc), nbytes);
+      for (size_t k = 1; k < records.size(); ++k) {
+        kernel(dst, dst, records[k].data() + sizeof(WireDesc), desc.count);
+      }
+      return;
+    }
+    if (in != out) std::memmove(dst, in, nbytes);
+    algo::ring_all_reduce(*this, kernel, dtype_size(desc.dtype), desc.count, segment_bytes_, dst);
+  });
+}
+
+void RingGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) {
+  const ReduceKernel kernel = reduce_kernel(desc.dtype, desc.op);
+  const size_t nbytes = desc.nbytes();
+  const size_t elem = dtype_size(desc.dtype);
+  const size_t block_count = desc.count / static_cast<uint64_t>(config_.size);
+  const size_t block = block_count * elem;
+  run(collective_name(desc.kind, desc.op), true, [&] {
+    const bool inline_data = small(nbytes);
+    auto records = agree(desc, in, inline_data ? nbytes : 0);
+    auto* dst = static_cast<uint8_t*>(out);
+    const size_t at = static_cast<size_t>(config_.rank) * block;
+    if (inline_data) {
+      if (block == 0) return;
+      std::memcpy(dst, records[0].data() + sizeof(WireDesc) + at, block);
+      for (size_t k = 1; k < records.size(); ++k) {
+        kernel(dst, dst, records[k].data() + sizeof(WireDesc) + at, block_count);
+      }
+      return;
+    }
+    work_.assign(static_cast<const uint8_t*>(in), static_cast<const uint8_t*>(in) + nbytes);
+    const auto layout = algo::layout_blocks(block_count, elem, config_.size);
+    algo::ring_reduce_scatter(*this, layout, kernel, elem, segment_bytes_, work_.data());
+    std::memcpy(dst, work_.data() + at, block);
+  });
+}
+
+void RingGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
+  const size_t nbytes = desc.nbytes();
+  const size_t elem = dtype_size(desc.dtype);
+  run(collective_name(desc.kind, desc.op), true, [&] {
+    const bool inline_data = small(nbytes);
+    auto records = agree(desc, in, inline_data ? nbytes : 0);
+    auto* dst = static_cast<uint8_t*>(out);
+    if (inline_data) {
+      for (size_t k = 0; k < records.size(); ++k) {
+        if (nbytes) std::memcpy(dst + k * nbytes, records[k].data() + sizeof(WireDesc), nbytes);
+      }
+      return;
+    }
+    std::memmove(dst + static_cast<size_t>(config_.rank) * nbytes, in, nbytes);
+    const auto layout = algo::layout_blocks(desc.count, elem, config_.size);
+    algo::ring_all_gather(*this, layout, elem, segment_bytes_, dst);
+  });
+}
+
+void RingGroup::broadcast(const CallDesc& desc, void* buf) {
+  const size_t nbytes = desc.nbytes();
+  run(collective_name(desc.kind, desc.op), true, [&] {
+    const bool inline_data = small(nbytes);
+    const bool root = desc.root == config_.rank;
+    auto records = agree(desc, buf, inline_data && root ? nbytes : 0);
+    if (inline_data) {
+      const auto& r = records[desc.root];
+      if (r.size() != sizeof(WireDesc) + nbytes) {
+        const std::string text = "protocol error: broadcast record of " + who(desc.root) + " has " +
+                                 std::to_string(r.size()) + " bytes";
+        throw RingFailure(desc.root, ctx_.prefix() + text, text);
+      }
+      if (!root && nbytes) std::memcpy(buf, r.data() + sizeof(WireDesc), nbytes);
+      return;
+    }
+    algo::ring_broadcast(*this, desc.root, dtype_size(desc.dtype), desc.count, segment_bytes_,
+                         static_cast<uint8_t*>(buf));
+  });
+}
+
+void RingGroup::barrier() {
+  CallDesc desc;
+  desc.kind = Collective::Barrier;
+  run("barrier", true, [&] { agree(desc, nullptr, 0); });
+}
+
+// ---------------------------------------------------------------- point to point
+
+void RingGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst) {
+  if (dst != left() && dst != right()) {
+    throw UsageError(ctx_.prefix() + "send to rank " + std::to_string(dst) +
+                     ": the ring backend only connects neighbours (ranks " +
+                     std::to_string(left()) + " and " + std::to_string(right()) +
+                     "); use the mesh backend (coming) for any-to-any send/recv");
+  }
+  // N = 2: both neighbours are the same rank; sends go right, receives come
+  // from the left, which is the same connection seen from the other end.
+  const Side side = dst == right() ? Side::Right : Side::Left;
+  const int s = static_cast<int>(side);
+  run("send", false, [&] {
+    P2PHeader h{};
+    h.nbytes = nbytes;
+    h.dtype = static_cast<uint8_t>(dtype);
+    // A send never receives on its link, so a dead link may just mean the
+    // peer is re-establishing it: reconnect and start the message again.
+    while (true) {
+      tolerant_[s] = true;
+      need_[s] = !links_[s].up();
+      auto next_probe = Clock::now() + kProbeEvery;
+      while (need_[s]) {
+        if (recover(side)) {
+          need_[s] = false;
+          break;
+        }
+        if (side == Side::Left && Clock::now() >= next_probe) {
+          probe_left();
+          next_probe = Clock::now() + kProbeEvery;
+        }
+        progress();
+      }
+      Link& l = links_[s];
+      l.post_send(tcp::FrameType::P2P, call_index_, 0, &h, sizeof h);
+      const auto* p = static_cast<const uint8_t*>(buf);
+      for (size_t at = 0; at < nbytes; at += segment_bytes_) {
+        l.post_send(tcp::FrameType::Data, 0, 0, p + at, std::min(segment_bytes_, nbytes - at));
+      }
+      while (links_[s].up() && !links_[s].sends_done()) progress();
+      if (links_[s].up()) break;
+      progress();  // lets check_links classify the failure (may throw)
+    }
+    tolerant_[s] = false;
+  });
+}
+
+void RingGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src) {
+  if (src != left() && src != right()) {
+    throw UsageError(ctx_.prefix() + "recv from rank " + std::to_string(src) +
+                     ": the ring backend only connects neighbours (ranks " +
+                     std::to_string(left()) + " and " + std::to_string(right()) +
+                     "); use the mesh backend (coming) for any-to-any send/recv");
+  }
+  const Side side = src == left() ? Side::Left : Side::Right;
+  const int s = static_cast<int>(side);
+  run("recv", false, [&] {
+    std::optional<tcp::Frame> header;
+    tolerant_[s] = true;
+    // Frames that arrived before the peer closed are still ours to take.
+    need_[s] = !links_[s].up() && !links_[s].has_frame();
+    auto next_probe = Clock::now() + kProbeEvery;
+    while (true) {
+      if (need_[s] && recover(side)) need_[s] = false;
+      if (need_[s] && side == Side::Left && Clock::now() >= next_probe) {
+        probe_left();
+        next_probe = Clock::now() + kProbeEvery;
+      }
+      header = links_[s].take();
+      if (header) break;
+      progress();
+    }
+    tolerant_[s] = false;
+    if (header->type != tcp::FrameType::P2P || header->payload.size() != sizeof(P2PHeader)) {
+      const std::string text = "protocol error: expected a message from send() by " + who(src) +
+                               ", got a " + tcp::frame_type_name(header->type) +
+                               " frame (are both ranks calling matching operations?)";
+      throw RingFailure(src, ctx_.prefix() + text, text);
+    }
+    P2PHeader h;
+    std::memcpy(&h, header->payload.data(), sizeof h);
+    const bool match = h.nbytes == nbytes && h.dtype == static_cast<uint8_t>(dtype);
+    std::vector<uint8_t> scratch;
+    if (!match) scratch.resize(std::min<size_t>(segment_bytes_, h.nbytes));
+    auto* p = static_cast<uint8_t*>(buf);
+    std::vector<uint64_t> tickets;
+    for (size_t at = 0; at < h.nbytes; at += segment_bytes_) {
+      const size_t len = std::min<size_t>(segment_bytes_, h.nbytes - at);
+      // A mismatched message is drained segment by segment into scratch.
+      tickets.push_back(irecv(side, match ? p + at : scratch.data(), len));
+      if (!match) wait_recv(side, tickets.back());
+    }
+    for (uint64_t t : tickets) wait_recv(side, t);
+    if (!match) {
+      std::string sent_type = "?";
+      if (h.dtype <= static_cast<uint8_t>(Dtype::Complex128)) {
+        sent_type = dtype_name(static_cast<Dtype>(h.dtype));
+      }
+      throw UsageError(ctx_.prefix() + "recv from " + who(src) + ": it sent " +
+                       std::to_string(h.nbytes) + " bytes of " + sent_type +
+                       ", this rank expected " + std::to_string(nbytes) + " bytes of " +
+                       dtype_name(dtype));
+    }
+  });
+}
+
+// ---------------------------------------------------------------- split
+
+GroupPtr RingGroup::split(int color, int key) {
+  const SplitPlan plan = plan_split(*this, color, key, split_count_++);
+  // One new listener per parent address, same IP, any port.
+  std::vector<tcp::Listener> listeners;
+  struct Record {
+    uint32_t count;
+    char addrs[kMaxSplitAddrs][kAddrChars];
+  };
+  Record mine{};
+  for (const auto& addr : config_.hosts[config_.rank]) {
+    if (listeners.size() == kMaxSplitAddrs) break;
+    const std::string host = tcp::Address::parse(addr).host();
+    const bool v6 = host.find(':') != std::string::npos;
+    listeners.push_back(tcp::Listener::bind((v6 ? "[" + host + "]" : host) + ":0"));
+    std::snprintf(mine.addrs[mine.count++], kAddrChars, "%s", listeners.back().address().c_str());
+  }
+  std::vector<Record> all(config_.size);
+  CallDesc desc;
+  desc.kind = Collective::AllGather;
+  desc.dtype = Dtype::UInt8;
+  desc.count = sizeof(Record);
+  desc.shape_hash = 0x5b11a;
+  all_gather(desc, &mine, all.data());
+
+  GroupConfig child = config_;
+  child.rank = plan.new_rank;
+  child.size = static_cast<int>(plan.members.size());
+  child.group_path =
+      config_.group_path + "/" + std::to_string(plan.split_index) + "." + std::to_string(color);
+  child.hosts.clear();
+  for (int m : plan.members) {
+    std::vector<std::string> addrs;
+    for (uint32_t i = 0; i < all[m].count && i < kMaxSplitAddrs; ++i) {
+      addrs.emplace_back(all[m].addrs[i], strnlen(all[m].addrs[i], kAddrChars));
+    }
+    child.hosts.push_back(std::move(addrs));
+  }
+  if (child.size == 1) return make_single_group("ring");
+  CHORUS_LOG(config_.verbose, ctx_.prefix(), "split color ", color, ": rank ", child.rank, "/",
+             child.size, " of group ", child.group_path);
+  return std::make_shared<RingGroup>(std::move(child), std::move(listeners));
+}
+
+// ---------------------------------------------------------------- entry points
+
+bool is_available() { return true; }
+
+GroupPtr init(const InitOptions& options) {
+  if (options.size == 1) return make_single_group("ring");
+  const std::string where = "[chorus ring] rank " + std::to_string(options.rank) + "/" +
+                            std::to_string(options.size) + ": ";
+  if (static_cast<int>(options.hosts.size()) != options.size) {
+    throw UsageError(where + "the hostfile has " + std::to_string(options.hosts.size()) +
+                     " entries for a world of " + std::to_string(options.size) + " ranks");
+  }
+  for (size_t r = 0; r < options.hosts.size(); ++r) {
+    if (options.hosts[r].empty()) {
+      throw UsageError(where + "hostfile entry " + std::to_string(r) + " has no address");
+    }
+  }
+  std::vector<tcp::Listener> listeners;
+  if (!options.listen_fds.empty()) {
+    if (options.listen_fds.size() != options.hosts[options.rank].size()) {
+      throw UsageError(
+          where + "got " + std::to_string(options.listen_fds.size()) + " listening sockets for " +
+          std::to_string(options.hosts[options.rank].size()) + " addresses of this rank");
+    }
+    for (int fd : options.listen_fds) listeners.push_back(tcp::Listener::adopt(fd));
+  } else {
+    for (const auto& addr : options.hosts[options.rank]) {
+      try {
+        listeners.push_back(tcp::Listener::bind(addr));
+      } catch (const PeerError& e) {
+        throw BackendUnavailable(where + "cannot listen on " + addr + ": " + e.what());
+      }
+    }
+  }
+  GroupConfig config;
+  config.rank = options.rank;
+  config.size = options.size;
+  config.hosts = options.hosts;
+  config.token = options.token;
+  config.job_id = options.job_id;
+  config.hostname = options.hostname;
+  config.timeout_s = options.timeout_s;
+  config.verbose = options.verbose;
+  config.segment_bytes = options.segment_bytes;
+  return std::make_shared<RingGroup>(std::move(config), std::move(listeners));
+}
+
 }  // namespace chorus::ring

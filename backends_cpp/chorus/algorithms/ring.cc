@@ -1,0 +1,213 @@
+#include "chorus/algorithms/ring.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace chorus::algo {
+namespace {
+
+int mod(long long a, int n) { return static_cast<int>(((a % n) + n) % n); }
+
+// Lane 0 sends right and receives from the left; lane 1 the reverse.
+constexpr Side kTo[2] = {Side::Right, Side::Left};
+constexpr Side kFrom[2] = {Side::Left, Side::Right};
+constexpr int kDir[2] = {+1, -1};
+
+size_t round_segment(size_t segment, size_t elem) {
+  const size_t seg = segment - segment % elem;
+  return seg == 0 ? elem : seg;
+}
+
+size_t segments_in(size_t length, size_t seg) { return (length + seg - 1) / seg; }
+size_t segment_length(size_t length, size_t seg, size_t j) {
+  return std::min(seg, length - j * seg);
+}
+
+// Splits count elements into n blocks whose sizes differ by at most one.
+std::vector<Range> split_blocks(size_t base, size_t count, size_t elem, int n) {
+  std::vector<Range> out(n);
+  const size_t q = count / n, rem = count % n;
+  size_t at = 0;
+  for (int b = 0; b < n; ++b) {
+    const size_t c = q + (static_cast<size_t>(b) < rem ? 1 : 0);
+    out[b] = {base + at * elem, c * elem};
+    at += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+RingLayout layout_halves(size_t count, size_t elem, int n) {
+  RingLayout layout;
+  const size_t first = count / 2;
+  layout.lane[0] = split_blocks(0, first, elem, n);
+  layout.lane[1] = split_blocks(first * elem, count - first, elem, n);
+  return layout;
+}
+
+RingLayout layout_blocks(size_t block_count, size_t elem, int n) {
+  RingLayout layout;
+  const size_t first = block_count / 2;
+  for (int b = 0; b < n; ++b) {
+    const size_t base = static_cast<size_t>(b) * block_count * elem;
+    layout.lane[0].push_back({base, first * elem});
+    layout.lane[1].push_back({base + first * elem, (block_count - first) * elem});
+  }
+  return layout;
+}
+
+void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel kernel, size_t elem,
+                         size_t segment, uint8_t* buf) {
+  const int n = pair.size(), r = pair.rank();
+  const size_t seg = round_segment(segment, elem);
+  // Step s: send block r - d(s+1), receive block r - d(s+2) and reduce it in;
+  // the block received at step s is the one sent at step s+1, and the last
+  // one received (s = n-2) is block r itself.
+  auto send_block = [&](int lane, int s) { return mod(r - 1LL * kDir[lane] * (s + 1), n); };
+  auto recv_block = [&](int lane, int s) { return mod(r - 1LL * kDir[lane] * (s + 2), n); };
+  std::vector<uint8_t> tmp[2][2];
+  std::vector<uint64_t> tickets[2][2];
+  for (int lane = 0; lane < 2; ++lane) {
+    size_t biggest = 0;
+    for (const Range& b : layout.lane[lane]) biggest = std::max(biggest, b.length);
+    tmp[lane][0].resize(biggest);
+    tmp[lane][1].resize(biggest);
+  }
+  auto post_recvs = [&](int s) {
+    for (int lane = 0; lane < 2; ++lane) {
+      const Range blk = layout.lane[lane][recv_block(lane, s)];
+      auto& t = tickets[lane][s % 2];
+      t.clear();
+      for (size_t j = 0; j < segments_in(blk.length, seg); ++j) {
+        t.push_back(pair.irecv(kFrom[lane], tmp[lane][s % 2].data() + j * seg,
+                               segment_length(blk.length, seg, j)));
+      }
+    }
+  };
+  if (n < 2) return;
+  post_recvs(0);
+  for (int lane = 0; lane < 2; ++lane) {
+    const Range blk = layout.lane[lane][send_block(lane, 0)];
+    for (size_t j = 0; j < segments_in(blk.length, seg); ++j) {
+      pair.isend(kTo[lane], buf + blk.offset + j * seg, segment_length(blk.length, seg, j));
+    }
+  }
+  for (int s = 0; s <= n - 2; ++s) {
+    // The other buffer was last used by step s-1, whose reductions are done.
+    if (s + 1 <= n - 2) post_recvs(s + 1);
+    const Range blk[2] = {layout.lane[0][recv_block(0, s)], layout.lane[1][recv_block(1, s)]};
+    const size_t most = std::max(segments_in(blk[0].length, seg), segments_in(blk[1].length, seg));
+    for (size_t j = 0; j < most; ++j) {
+      for (int lane = 0; lane < 2; ++lane) {
+        if (j >= segments_in(blk[lane].length, seg)) continue;
+        pair.wait_recv(kFrom[lane], tickets[lane][s % 2][j]);
+        const size_t len = segment_length(blk[lane].length, seg, j);
+        uint8_t* dst = buf + blk[lane].offset + j * seg;
+        kernel(dst, dst, tmp[lane][s % 2].data() + j * seg, len / elem);
+        if (s + 1 <= n - 2) pair.isend(kTo[lane], dst, len);
+      }
+    }
+  }
+}
+
+void ring_all_gather(RingPair& pair, const RingLayout& layout, size_t elem, size_t segment,
+                     uint8_t* buf) {
+  const int n = pair.size(), r = pair.rank();
+  if (n < 2) return;
+  const size_t seg = round_segment(segment, elem);
+  // Step s: send block r - d s, receive block r - d(s+1) straight into place.
+  auto send_block = [&](int lane, int s) { return mod(r - 1LL * kDir[lane] * s, n); };
+  auto recv_block = [&](int lane, int s) { return mod(r - 1LL * kDir[lane] * (s + 1), n); };
+  std::vector<std::vector<uint64_t>> tickets[2];
+  for (int lane = 0; lane < 2; ++lane) {
+    tickets[lane].resize(n - 1);
+    for (int s = 0; s <= n - 2; ++s) {
+      const Range blk = layout.lane[lane][recv_block(lane, s)];
+      for (size_t j = 0; j < segments_in(blk.length, seg); ++j) {
+        tickets[lane][s].push_back(pair.irecv(kFrom[lane], buf + blk.offset + j * seg,
+                                              segment_length(blk.length, seg, j)));
+      }
+    }
+    const Range own = layout.lane[lane][send_block(lane, 0)];
+    for (size_t j = 0; j < segments_in(own.length, seg); ++j) {
+      pair.isend(kTo[lane], buf + own.offset + j * seg, segment_length(own.length, seg, j));
+    }
+  }
+  for (int s = 0; s <= n - 2; ++s) {
+    const Range blk[2] = {layout.lane[0][recv_block(0, s)], layout.lane[1][recv_block(1, s)]};
+    const size_t most = std::max(tickets[0][s].size(), tickets[1][s].size());
+    for (size_t j = 0; j < most; ++j) {
+      for (int lane = 0; lane < 2; ++lane) {
+        if (j >= tickets[lane][s].size()) continue;
+        pair.wait_recv(kFrom[lane], tickets[lane][s][j]);
+        if (s + 1 <= n - 2) {
+          pair.isend(kTo[lane], buf + blk[lane].offset + j * seg,
+                     segment_length(blk[lane].length, seg, j));
+        }
+      }
+    }
+  }
+}
+
+void ring_all_reduce(RingPair& pair, ReduceKernel kernel, size_t elem, size_t count, size_t segment,
+                     uint8_t* buf) {
+  const RingLayout layout = layout_halves(count, elem, pair.size());
+  ring_reduce_scatter(pair, layout, kernel, elem, segment, buf);
+  // All-gather receives overwrite blocks whose reduce-scatter sends may still
+  // be queued: let those finish first.
+  pair.wait_sends();
+  ring_all_gather(pair, layout, elem, segment, buf);
+}
+
+void ring_broadcast(RingPair& pair, int root, size_t elem, size_t count, size_t segment,
+                    uint8_t* buf) {
+  const int n = pair.size(), r = pair.rank();
+  const size_t seg = round_segment(segment, elem);
+  const size_t first = count / 2;
+  const Range half[2] = {{0, first * elem}, {first * elem, (count - first) * elem}};
+  int pos[2];
+  std::vector<uint64_t> tickets[2];
+  for (int lane = 0; lane < 2; ++lane) {
+    // Distance from the root along this lane's direction.
+    pos[lane] = mod(1LL * kDir[lane] * (r - root), n);
+    const size_t nseg = segments_in(half[lane].length, seg);
+    for (size_t j = 0; j < nseg; ++j) {
+      uint8_t* p = buf + half[lane].offset + j * seg;
+      const size_t len = segment_length(half[lane].length, seg, j);
+      if (pos[lane] == 0) {
+        pair.isend(kTo[lane], p, len);
+      } else {
+        tickets[lane].push_back(pair.irecv(kFrom[lane], p, len));
+      }
+    }
+  }
+  const size_t most = std::max(tickets[0].size(), tickets[1].size());
+  for (size_t j = 0; j < most; ++j) {
+    for (int lane = 0; lane < 2; ++lane) {
+      if (j >= tickets[lane].size()) continue;
+      pair.wait_recv(kFrom[lane], tickets[lane][j]);
+      if (pos[lane] < n - 1) {
+        pair.isend(kTo[lane], buf + half[lane].offset + j * seg,
+                   segment_length(half[lane].length, seg, j));
+      }
+    }
+  }
+}
+
+std::vector<std::vector<uint8_t>> ring_gather_records(RingPair& pair, std::vector<uint8_t> mine) {
+  const int n = pair.size(), r = pair.rank();
+  std::vector<std::vector<uint8_t>> all(n);
+  all[r] = std::move(mine);
+  if (n < 2) return all;
+  pair.isend_owned(Side::Right, all[r]);
+  for (int s = 0; s <= n - 2; ++s) {
+    const int from = mod(r - s - 1LL, n);
+    all[from] = pair.recv_bytes(Side::Left);
+    if (s < n - 2) pair.isend_owned(Side::Right, all[from]);
+  }
+  pair.wait_sends();
+  return all;
+}
+
+}  // namespace chorus::algo

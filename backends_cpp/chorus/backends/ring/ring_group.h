@@ -1,0 +1,142 @@
+// The ring backend's group: two neighbour links (TCP transport) driven by the
+// ring algorithms, plus the failure protocol that keeps a group usable after
+// an error or a Ctrl-C.
+//
+// Protocol per collective call (all frames of transport/tcp/link.h):
+//  1. Sync: each rank sends a Sync frame (aux0 = call index) to both
+//     neighbours and waits for theirs. Until a link's Sync arrived, its death
+//     is not an error: the neighbour may be re-establishing it (see below).
+//  2. Descriptor round: every rank's WireDesc (+ its data, when the message is
+//     small) goes once around the ring; every rank checks that all agree and
+//     raises the same UsageError if not. Links are clean afterwards.
+//  3. Large messages: the pipelined two-lane ring algorithm.
+//
+// Failure: the rank that sees a dead link, an interrupt or a protocol error
+// sends an Abort frame (culprit rank, call index, reason) to its live
+// neighbours and closes both links; receivers raise PeerError and forward it,
+// so every rank raises within a round trip of the ring. An Abort from an
+// older call is stale (that rank failed after we had finished) and ignored.
+//
+// Reconnect: closed links are re-established at the start of the next call:
+// a rank connects to its right neighbour again with epoch + 1 and waits for
+// its left neighbour's new connection (stale epochs are refused by the
+// acceptor). A rank whose links looked clean sees the old link die before the
+// neighbour's Sync and joins the reconnect transparently. A neighbour whose
+// listener refuses connections is dead: PeerError naming it.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "chorus/algorithms/ring.h"
+#include "chorus/backends/group_impl.h"
+#include "chorus/common/interrupt.h"
+#include "chorus/transport/tcp/handshake.h"
+#include "chorus/transport/tcp/link.h"
+#include "chorus/transport/tcp/listener.h"
+
+namespace chorus::ring {
+
+struct GroupConfig {
+  int rank = 0;
+  int size = 1;
+  std::vector<std::vector<std::string>> hosts;
+  std::string token;
+  std::string job_id;
+  std::string group_path;  // "" for the world group, "/0.1" for split 0, color 1
+  std::string hostname;
+  double timeout_s = 60;
+  bool verbose = false;
+  size_t segment_bytes = 0;
+};
+
+class RingGroup final : public GroupImpl, private algo::RingPair {
+ public:
+  // Connects to both neighbours (deadline config.timeout_s).
+  RingGroup(GroupConfig config, std::vector<tcp::Listener> listeners);
+  ~RingGroup() override;
+
+  int rank() const override { return config_.rank; }
+  int size() const override { return config_.size; }
+  const char* backend() const override { return "ring"; }
+
+  GroupPtr split(int color, int key) override;
+  void all_reduce(const CallDesc& desc, const void* in, void* out) override;
+  void all_gather(const CallDesc& desc, const void* in, void* out) override;
+  void reduce_scatter(const CallDesc& desc, const void* in, void* out) override;
+  void broadcast(const CallDesc& desc, void* buf) override;
+  void barrier() override;
+  void send(const void* buf, size_t nbytes, Dtype dtype, int dst) override;
+  void recv(void* buf, size_t nbytes, Dtype dtype, int src) override;
+
+  // The addresses this group listens on (for split's exchange and tests).
+  const std::vector<std::string>& listen_addresses() const { return acceptor_->addresses(); }
+
+ private:
+  using Side = algo::Side;
+  struct PendingAbort {
+    int culprit;
+    uint64_t call;
+    std::string text;
+    bool fatal;
+  };
+
+  // RingPair
+  void isend(Side to, const void* data, size_t n) override;
+  void isend_owned(Side to, std::vector<uint8_t> bytes) override;
+  uint64_t irecv(Side from, void* data, size_t n) override;
+  void wait_recv(Side from, uint64_t ticket) override;
+  std::vector<uint8_t> recv_bytes(Side from) override;
+  void wait_sends() override;
+
+  int left() const { return (config_.rank + config_.size - 1) % config_.size; }
+  int right() const { return (config_.rank + 1) % config_.size; }
+  int peer(Side side) const { return side == Side::Left ? left() : right(); }
+  tcp::Link& link(Side side) { return links_[static_cast<int>(side)]; }
+  std::string who(int rank) const;
+
+  void connect_initial();
+  void connect_right(tcp::Clock::time_point deadline, bool retry);
+  bool install_left();
+  void probe_left();
+  bool recover(Side side);
+  void progress(int timeout_ms = kInterruptPollMs);
+  void check_links();
+  void start_call();
+  void fail_links(int culprit, const std::string& text, bool fatal = false);
+  template <typename Body>
+  void run(const char* op, bool collective, Body&& body);
+
+  // Descriptor round (+ inline data for small messages); throws UsageError on
+  // disagreement. Returns every rank's record.
+  std::vector<std::vector<uint8_t>> agree(const CallDesc& desc, const void* data, size_t n);
+  bool small(size_t nbytes) const { return nbytes <= small_bytes_; }
+
+  GroupConfig config_;
+  ErrorContext ctx_;
+  tcp::HandshakeId id_;
+  size_t segment_bytes_;
+  size_t small_bytes_;
+  std::unique_ptr<tcp::Acceptor> acceptor_;
+  tcp::Link links_[2];
+  uint64_t right_epoch_ = 0;
+  uint64_t left_epoch_ = 0;
+  std::map<uint64_t, std::vector<std::optional<tcp::Socket>>> staged_;  // left links by epoch
+  uint64_t call_index_ = 0;
+  std::string op_ = "set-up";
+  bool tolerant_[2] = {false, false};  // a dead link here means "reconnecting", not death
+  bool need_[2] = {false, false};      // this side must be re-established
+  uint64_t rx_start_[2] = {0, 0};
+  std::optional<PendingAbort> pending_abort_;
+  bool entering_ = false;  // start_call is reading what arrived between calls
+  std::vector<pollfd> fds_;
+  std::vector<uint8_t> work_;  // reduce_scatter's working copy (may still be queued on failure)
+  uint64_t split_count_ = 0;
+  tcp::Clock::time_point last_interrupt_check_;
+};
+
+}  // namespace chorus::ring

@@ -1,0 +1,104 @@
+// Connection handshake: proves knowledge of the shared token without sending
+// it, and names the group, the sender's rank, the stream index and an epoch.
+//
+//   connector -> acceptor  Hello     {magic, version, rank, stream, epoch, group, nonce_c}
+//   acceptor  -> connector Challenge {magic, nonce_s, HMAC(token, "chorus-acceptor" | Hello |
+//   nonce_s)} connector -> acceptor  Proof     {HMAC(token, "chorus-connector" | Hello | nonce_s)}
+//   acceptor  -> connector Verdict   {magic, status}
+//
+// Both fresh nonces enter both MACs, so neither side's answer can be replayed,
+// and the labels stop one side's MAC from serving as the other's. The
+// acceptor side runs in a small thread (Acceptor) that never touches data
+// sockets: a silent or hostile stranger delays nobody's collective.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "chorus/common/unique_fd.h"
+#include "chorus/transport/tcp/listener.h"
+#include "chorus/transport/tcp/socket.h"
+
+namespace chorus::tcp {
+
+enum class Verdict : uint32_t {
+  Accepted = 0,
+  BadProof = 1,
+  WrongGroup = 2,
+  WrongRank = 3,
+  StaleEpoch = 4,
+  BadStream = 5,
+};
+const char* verdict_text(Verdict v);
+
+// 64-bit group identity: job id plus the split path ("" for the world group).
+uint64_t group_hash(const std::string& job_id, const std::string& group_path);
+
+struct HandshakeId {
+  std::string token;
+  uint64_t group = 0;
+};
+
+// Connector side, blocking in poll slices until `deadline`. Throws PeerError
+// when the acceptor cannot prove the token or rejects us, PeerTimeout at the
+// deadline.
+void connector_handshake(Socket& sock, const HandshakeId& id, int32_t my_rank, uint32_t stream,
+                         uint64_t epoch, Clock::time_point deadline);
+
+// A connection that passed the handshake.
+struct Accepted {
+  Socket socket;
+  int32_t rank = -1;
+  uint32_t stream = 0;
+  uint64_t epoch = 0;
+};
+
+struct AcceptorConfig {
+  HandshakeId id;
+  int my_rank = 0;
+  int expected_rank = 0;  // our left neighbour: the only rank that connects to us
+  uint32_t streams = 1;   // sockets per link = addresses of this rank
+  double timeout_s = 60;  // a stranger silent this long is dropped
+  bool verbose = false;
+  std::string log_prefix;  // "[chorus ring] rank 1"
+};
+
+// Owns the listeners and a thread that accepts and handshakes connections.
+// Good ones are queued for the owner, who is woken through wake_fd().
+class Acceptor {
+ public:
+  Acceptor(std::vector<Listener> listeners, AcceptorConfig config);
+  ~Acceptor();
+  Acceptor(const Acceptor&) = delete;
+  Acceptor& operator=(const Acceptor&) = delete;
+
+  // Readable while accepted connections wait; take() drains it.
+  int wake_fd() const { return wake_read_.get(); }
+  std::vector<Accepted> take();
+  // Connections with an epoch <= this are answered StaleEpoch.
+  void set_min_epoch(uint64_t epoch) { min_epoch_.store(epoch); }
+  const std::vector<std::string>& addresses() const { return addresses_; }
+
+ private:
+  struct Pending;
+  void run();
+  bool step(Pending& p);  // false = done with it (accepted or rejected)
+  void reject(Pending& p, const std::string& reason, bool quiet = false);
+
+  std::vector<Listener> listeners_;
+  std::vector<std::string> addresses_;
+  AcceptorConfig config_;
+  std::atomic<uint64_t> min_epoch_{0};
+  std::atomic<bool> stop_{false};
+  UniqueFd wake_read_, wake_write_, stop_read_, stop_write_;
+  std::mutex mutex_;
+  std::vector<Accepted> ready_;  // guarded by mutex_
+  std::thread thread_;
+};
+
+}  // namespace chorus::tcp

@@ -1,0 +1,409 @@
+#include "chorus/transport/tcp/link.h"
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace chorus::tcp {
+namespace {
+
+constexpr uint32_t kFrameMagic = 0x46524843;  // "CHRF"
+// Linux moves at most ~2 GiB per send/recv call; ask for less and loop.
+constexpr size_t kMaxIo = size_t{1} << 30;
+// Bytes read from one socket per wake-up, so one busy socket cannot starve the rest.
+constexpr size_t kReadBudget = size_t{8} << 20;
+constexpr size_t kMaxAbortText = 64 * 1024;
+
+}  // namespace
+
+const char* frame_type_name(FrameType type) {
+  switch (type) {
+    case FrameType::Data: return "data";
+    case FrameType::Sync: return "sync";
+    case FrameType::P2P: return "send header";
+    case FrameType::Abort: return "abort";
+  }
+  return "unknown";
+}
+
+Link::Link(std::vector<Socket> sockets) {
+  if (!sockets.empty()) peer_ = sockets.front().peer();
+  for (auto& s : sockets) {
+    Stream st;
+    st.sock = std::move(s);
+    streams_.push_back(std::move(st));
+  }
+  state_ = streams_.empty() ? State::Down : State::Up;
+}
+
+Link::~Link() = default;
+
+void Link::fail(State state, int err, const std::string& text) {
+  if (state_ != State::Up) return;
+  state_ = state;
+  error_ = err;
+  failure_ = text;
+}
+
+void Link::post_send(FrameType type, uint64_t aux0, uint64_t aux1, const void* data, size_t n) {
+  if (n <= kInlineBytes) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    post_send_owned(type, aux0, aux1, std::vector<uint8_t>(p, p + n));
+    return;
+  }
+  TxItem item;
+  item.header = FrameHeader{kFrameMagic, static_cast<uint8_t>(type), {}, n, aux0, aux1};
+  item.data = static_cast<const uint8_t*>(data);
+  item.length = n;
+  if (streams_.empty()) return;
+  streams_[next_tx_++ % streams_.size()].tx.push_back(std::move(item));
+}
+
+void Link::post_send_owned(FrameType type, uint64_t aux0, uint64_t aux1,
+                           std::vector<uint8_t> bytes) {
+  TxItem item;
+  item.header = FrameHeader{kFrameMagic, static_cast<uint8_t>(type), {}, bytes.size(), aux0, aux1};
+  item.owned = std::move(bytes);
+  item.data = item.owned.data();
+  item.length = item.owned.size();
+  if (streams_.empty()) return;
+  streams_[next_tx_++ % streams_.size()].tx.push_back(std::move(item));
+}
+
+bool Link::sends_done() const {
+  for (const auto& s : streams_) {
+    if (!s.tx.empty()) return false;
+  }
+  return true;
+}
+
+uint64_t Link::post_recv(void* data, size_t n) {
+  const uint64_t ticket = next_rx_++;
+  auto it = unexpected_.find(ticket);
+  if (it != unexpected_.end() && it->second.complete) {
+    Frame& f = it->second;
+    if (f.type != FrameType::Data || f.payload.size() != n) {
+      fail(State::Protocol, 0,
+           "expected a data frame of " + std::to_string(n) + " bytes, got a " +
+               frame_type_name(f.type) + " frame of " + std::to_string(f.payload.size()));
+    } else if (n > 0) {
+      std::memcpy(data, f.payload.data(), n);
+    }
+    unexpected_.erase(it);
+    return ticket;
+  }
+  posted_[ticket] = {static_cast<uint8_t*>(data), n};
+  check_eof_stream(ticket);
+  return ticket;
+}
+
+bool Link::recv_done(uint64_t ticket) const {
+  return ticket < next_rx_ && posted_.count(ticket) == 0;
+}
+
+bool Link::has_frame() const {
+  auto it = unexpected_.find(next_rx_);
+  return it != unexpected_.end() && it->second.complete;
+}
+
+// Frame `ticket` travels on a socket the peer already closed: it never comes.
+void Link::check_eof_stream(uint64_t ticket) {
+  if (streams_.empty()) return;
+  if (streams_[ticket % streams_.size()].eof && !unexpected_.count(ticket)) {
+    fail(State::Closed, 0, "connection closed by the peer");
+  }
+}
+
+void Link::on_eof(size_t i) {
+  Stream& s = streams_[i];
+  if (s.in_payload || s.header_got > 0) {
+    fail(State::Closed, 0, "connection closed by the peer in the middle of a frame");
+    return;
+  }
+  // With several sockets, one may close while frames still arrive on the
+  // others: only a frame expected on this socket makes it an error.
+  s.eof = true;
+  bool all = true;
+  for (const auto& st : streams_) all = all && st.eof;
+  if (all) {
+    fail(State::Closed, 0, "connection closed by the peer");
+    return;
+  }
+  for (const auto& [ticket, dst] : posted_) {
+    if (ticket % streams_.size() == i) {
+      fail(State::Closed, 0, "connection closed by the peer");
+      return;
+    }
+  }
+}
+
+std::optional<Frame> Link::take() {
+  auto it = unexpected_.find(next_rx_);
+  if (it == unexpected_.end() || !it->second.complete) {
+    check_eof_stream(next_rx_);
+    return std::nullopt;
+  }
+  Frame f = std::move(it->second);
+  unexpected_.erase(it);
+  ++next_rx_;
+  return f;
+}
+
+void Link::add_pollfds(std::vector<pollfd>& fds) const {
+  for (const auto& s : streams_) {
+    const bool live = state_ == State::Up && s.sock.valid() && (!s.eof || !s.tx.empty());
+    short events = s.eof ? 0 : POLLIN;
+    if (!s.tx.empty()) events |= POLLOUT;
+    fds.push_back({live ? s.sock.fd() : -1, events, 0});
+  }
+}
+
+void Link::handle(const pollfd* fds) {
+  for (size_t i = 0; i < streams_.size() && state_ == State::Up; ++i) {
+    const short rev = fds[i].revents;
+    if (rev == 0 || fds[i].fd < 0) continue;
+    if (rev & (POLLIN | POLLHUP | POLLERR)) read_stream(i);
+    if (state_ == State::Up && (rev & (POLLOUT | POLLERR))) write_stream(streams_[i]);
+  }
+}
+
+void Link::write_stream(Stream& s) {
+  while (!s.tx.empty() && state_ == State::Up) {
+    TxItem& item = s.tx.front();
+    iovec iov[2];
+    int n = 0;
+    if (item.sent < sizeof(FrameHeader)) {
+      iov[n++] = {reinterpret_cast<uint8_t*>(&item.header) + item.sent,
+                  sizeof(FrameHeader) - item.sent};
+    }
+    const size_t payload_done =
+        item.sent > sizeof(FrameHeader) ? item.sent - sizeof(FrameHeader) : 0;
+    if (payload_done < item.length) {
+      iov[n++] = {const_cast<uint8_t*>(item.data) + payload_done,
+                  std::min(item.length - payload_done, kMaxIo)};
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<size_t>(n);
+    const ssize_t rc = ::sendmsg(s.sock.fd(), &msg, MSG_NOSIGNAL);
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      const int err = errno;
+      // The peer may have said why it closed (an Abort frame) before the
+      // reset: read what is there first.
+      for (size_t i = 0; i < streams_.size(); ++i) {
+        if (&streams_[i] == &s) read_stream(i);
+      }
+      fail(State::Failed, err, "send: " + detail::errno_text(err));
+      return;
+    }
+    item.sent += static_cast<size_t>(rc);
+    bytes_tx_ += static_cast<size_t>(rc);
+    if (item.sent == sizeof(FrameHeader) + item.length) s.tx.pop_front();
+  }
+}
+
+void Link::start_payload(size_t i) {
+  Stream& s = streams_[i];
+  const FrameHeader& h = s.header;
+  const auto type = static_cast<FrameType>(h.type);
+  if (h.magic != kFrameMagic || h.type < 1 || h.type > 4) {
+    fail(State::Protocol, 0, "garbage instead of a frame header");
+    return;
+  }
+  s.in_payload = true;
+  s.got = 0;
+  s.length = h.length;
+  s.to_abort = type == FrameType::Abort;
+  if (s.to_abort) {
+    if (h.length > kMaxAbortText) {
+      fail(State::Protocol, 0, "oversized abort frame");
+      return;
+    }
+    abort_ = Frame{type, h.aux0, h.aux1, std::vector<uint8_t>(h.length), false};
+    s.dst = abort_.payload.data();
+  } else {
+    s.frame = s.next_local++ * streams_.size() + i;
+    auto it = posted_.find(s.frame);
+    if (it != posted_.end()) {
+      if (type != FrameType::Data || it->second.second != h.length) {
+        fail(State::Protocol, 0,
+             "expected a data frame of " + std::to_string(it->second.second) + " bytes, got a " +
+                 frame_type_name(type) + " frame of " + std::to_string(h.length));
+        return;
+      }
+      s.dst = it->second.first;
+    } else {
+      Frame& f = unexpected_[s.frame];
+      f.type = type;
+      f.aux0 = h.aux0;
+      f.aux1 = h.aux1;
+      f.payload.resize(h.length);
+      s.dst = f.payload.data();
+    }
+  }
+  if (s.length == 0) finish_frame(s);
+}
+
+void Link::finish_frame(Stream& s) {
+  s.in_payload = false;
+  s.header_got = 0;
+  if (s.to_abort) {
+    abort_.complete = true;
+    fail(State::Aborted, 0, "the peer aborted");
+    return;
+  }
+  auto posted = posted_.find(s.frame);
+  auto unexpected = unexpected_.find(s.frame);
+  if (unexpected != unexpected_.end()) {
+    unexpected->second.complete = true;
+    if (posted != posted_.end()) {
+      // The receive was posted while this frame was arriving unexpected.
+      Frame& f = unexpected->second;
+      if (f.type != FrameType::Data || f.payload.size() != posted->second.second) {
+        fail(State::Protocol, 0, "frame does not match the posted receive");
+        return;
+      }
+      if (!f.payload.empty()) std::memcpy(posted->second.first, f.payload.data(), f.payload.size());
+      unexpected_.erase(unexpected);
+      posted_.erase(posted);
+    }
+  } else if (posted != posted_.end()) {
+    posted_.erase(posted);
+  }
+}
+
+void Link::read_stream(size_t i) {
+  Stream& s = streams_[i];
+  size_t budget = kReadBudget;
+  while (state_ == State::Up && budget > 0) {
+    void* dst;
+    size_t want;
+    if (!s.in_payload) {
+      dst = reinterpret_cast<uint8_t*>(&s.header) + s.header_got;
+      want = sizeof(FrameHeader) - s.header_got;
+    } else {
+      // A posted receive may have been dropped if the frame was unexpected
+      // and later matched: dst stays valid (vector or posted buffer).
+      dst = s.dst + s.got;
+      want = std::min(s.length - s.got, kMaxIo);
+    }
+    const ssize_t rc = ::recv(s.sock.fd(), dst, want, 0);
+    if (rc == 0) {
+      on_eof(i);
+      return;
+    }
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      const int err = errno;
+      fail(State::Failed, err, detail::errno_text(err));
+      return;
+    }
+    const auto got = static_cast<size_t>(rc);
+    bytes_rx_ += got;
+    budget -= std::min(budget, got);
+    if (!s.in_payload) {
+      s.header_got += got;
+      if (s.header_got == sizeof(FrameHeader)) start_payload(i);
+    } else {
+      s.got += got;
+      if (s.got == s.length) finish_frame(s);
+    }
+  }
+}
+
+void Link::abort(uint64_t aux0, uint64_t aux1, const std::string& reason,
+                 std::chrono::milliseconds flush) {
+  if (state_ != State::Up) {
+    close();
+    return;
+  }
+  for (auto& s : streams_) {
+    // Keep only a frame already partly written: the peer is inside it.
+    while (!s.tx.empty() && s.tx.back().sent == 0) s.tx.pop_back();
+    TxItem item;
+    item.owned.assign(reason.begin(), reason.end());
+    item.header = FrameHeader{
+        kFrameMagic, static_cast<uint8_t>(FrameType::Abort), {}, item.owned.size(), aux0, aux1};
+    item.data = item.owned.data();
+    item.length = item.owned.size();
+    s.tx.push_back(std::move(item));
+  }
+  const auto deadline = Clock::now() + flush;
+  std::vector<uint8_t> scratch(64 * 1024);
+  std::vector<bool> done(streams_.size(), false);
+  while (Clock::now() < deadline) {
+    std::vector<pollfd> fds;
+    bool pending = false;
+    for (size_t i = 0; i < streams_.size(); ++i) {
+      const bool live = !done[i] && !streams_[i].tx.empty();
+      pending = pending || live;
+      fds.push_back({live ? streams_[i].sock.fd() : -1, POLLIN | POLLOUT, 0});
+    }
+    if (!pending) break;
+    // No check_interrupt here: we are already unwinding from a failure.
+    if (::poll(fds.data(), fds.size(), kInterruptPollMs) < 0 && errno != EINTR) break;
+    for (size_t i = 0; i < streams_.size(); ++i) {
+      Stream& s = streams_[i];
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      if (fds[i].revents & POLLIN) {
+        // Drain (and drop) what the peer still sends, so it never blocks on us.
+        const ssize_t rc = ::recv(s.sock.fd(), scratch.data(), scratch.size(), 0);
+        if (rc == 0 || (rc < 0 && errno != EAGAIN && errno != EINTR)) done[i] = true;
+      }
+      if (!done[i] && (fds[i].revents & (POLLOUT | POLLERR | POLLHUP))) {
+        while (!s.tx.empty()) {
+          TxItem& item = s.tx.front();
+          const uint8_t* base = item.sent < sizeof(FrameHeader)
+                                    ? reinterpret_cast<const uint8_t*>(&item.header) + item.sent
+                                    : item.data + (item.sent - sizeof(FrameHeader));
+          const size_t left = item.sent < sizeof(FrameHeader)
+                                  ? sizeof(FrameHeader) - item.sent
+                                  : item.length - (item.sent - sizeof(FrameHeader));
+          const ssize_t rc = ::send(s.sock.fd(), base, std::min(left, kMaxIo), MSG_NOSIGNAL);
+          if (rc < 0) {
+            if (errno != EAGAIN && errno != EINTR) done[i] = true;
+            break;
+          }
+          item.sent += static_cast<size_t>(rc);
+          if (item.sent == sizeof(FrameHeader) + item.length) s.tx.pop_front();
+        }
+      }
+    }
+  }
+  // FIN after the abort frame, then wait (briefly) for the peer to close
+  // too: closing with unread input would send a reset, which can destroy the
+  // abort frame before the peer reads it.
+  for (auto& s : streams_) ::shutdown(s.sock.fd(), SHUT_WR);
+  const auto drain_until = std::min(deadline, Clock::now() + std::chrono::milliseconds(500));
+  while (Clock::now() < drain_until) {
+    std::vector<pollfd> fds;
+    bool pending = false;
+    for (size_t i = 0; i < streams_.size(); ++i) {
+      pending = pending || !done[i];
+      fds.push_back({done[i] ? -1 : streams_[i].sock.fd(), POLLIN, 0});
+    }
+    if (!pending) break;
+    if (::poll(fds.data(), fds.size(), kInterruptPollMs) < 0 && errno != EINTR) break;
+    for (size_t i = 0; i < streams_.size(); ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      const ssize_t rc = ::recv(streams_[i].sock.fd(), scratch.data(), scratch.size(), 0);
+      if (rc == 0 || (rc < 0 && errno != EAGAIN && errno != EINTR)) done[i] = true;
+    }
+  }
+  close();
+}
+
+void Link::close() {
+  streams_.clear();
+  posted_.clear();
+  unexpected_.clear();
+  if (state_ == State::Up) state_ = State::Down;
+}
+
+}  // namespace chorus::tcp

@@ -1,0 +1,147 @@
+// Bytes to one peer over one or several sockets, as ordered frames.
+//
+// Frame = 32-byte header {magic, type, length, aux0, aux1} + payload. Data
+// frames of one direction are numbered and dealt round-robin over the
+// sockets (frame k goes on socket k % S), so segmented messages stripe over
+// every socket while each socket stays a plain ordered byte stream. Reading is
+// eager: frames that arrive before their receive is posted are kept, so two
+// peers that both send first never deadlock on full socket buffers. An Abort
+// frame goes on every socket after the frame in flight, then the link closes.
+#pragma once
+
+#include <poll.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "chorus/transport/tcp/socket.h"
+
+namespace chorus::tcp {
+
+enum class FrameType : uint8_t { Data = 1, Sync = 2, P2P = 3, Abort = 4 };
+
+struct FrameHeader {
+  uint32_t magic;
+  uint8_t type;
+  uint8_t pad[3];
+  uint64_t length;
+  uint64_t aux0;
+  uint64_t aux1;
+};
+static_assert(sizeof(FrameHeader) == 32, "frame header is sent as raw bytes");
+
+struct Frame {
+  FrameType type = FrameType::Data;
+  uint64_t aux0 = 0, aux1 = 0;
+  std::vector<uint8_t> payload;
+  bool complete = false;
+};
+
+class Link {
+ public:
+  enum class State {
+    Down,  // never connected, or closed by us
+    Up,
+    Closed,    // the peer closed (EOF)
+    Failed,    // a socket error (error() says which)
+    Aborted,   // the peer sent an Abort frame (abort_frame())
+    Protocol,  // the peer sent something that is not our protocol
+  };
+
+  Link() = default;
+  explicit Link(std::vector<Socket> sockets);
+  Link(Link&&) = default;
+  Link& operator=(Link&&) = default;
+  ~Link();
+
+  State state() const { return state_; }
+  bool up() const { return state_ == State::Up; }
+  size_t sockets() const { return streams_.size(); }
+  const std::string& peer() const { return peer_; }
+
+  // Queues one frame. The payload must stay valid until sends_done(); payloads
+  // up to kInlineBytes are copied.
+  void post_send(FrameType type, uint64_t aux0, uint64_t aux1, const void* data, size_t n);
+  void post_send_owned(FrameType type, uint64_t aux0, uint64_t aux1, std::vector<uint8_t> bytes);
+  bool sends_done() const;
+  // No posted receive and no queued send: losing the link now loses nothing.
+  bool idle() const { return posted_.empty() && sends_done(); }
+
+  // Next incoming frame goes to data and must be a Data frame of exactly n bytes.
+  uint64_t post_recv(void* data, size_t n);
+  bool recv_done(uint64_t ticket) const;
+  // Next incoming frame, if it arrived complete with no receive posted.
+  std::optional<Frame> take();
+  // take() would return a frame.
+  bool has_frame() const;
+
+  // One pollfd per socket, appended; handle() consumes the same entries.
+  void add_pollfds(std::vector<pollfd>& fds) const;
+  void handle(const pollfd* fds);
+
+  int error() const { return error_; }
+  const std::string& failure_text() const { return failure_; }
+  const Frame& abort_frame() const { return abort_; }
+  uint64_t bytes_received() const { return bytes_rx_; }
+  uint64_t bytes_sent() const { return bytes_tx_; }
+
+  // Best effort: finish the frame in flight on each socket, append an Abort
+  // frame carrying (aux0, aux1, reason), flush until `flush` passes, close.
+  void abort(uint64_t aux0, uint64_t aux1, const std::string& reason,
+             std::chrono::milliseconds flush);
+  void close();
+
+  static constexpr size_t kInlineBytes = 256;
+
+ private:
+  struct TxItem {
+    FrameHeader header{};
+    const uint8_t* data = nullptr;
+    size_t length = 0;
+    size_t sent = 0;  // header + payload bytes written
+    std::vector<uint8_t> owned;
+  };
+  struct Stream {
+    Socket sock;
+    std::deque<TxItem> tx;
+    FrameHeader header{};
+    size_t header_got = 0;
+    bool in_payload = false;
+    uint8_t* dst = nullptr;
+    size_t length = 0, got = 0;
+    uint64_t frame = 0;       // link-wide index of the frame being read
+    uint64_t next_local = 0;  // frames started on this socket
+    bool to_abort = false;    // the frame being read is an Abort
+    bool eof = false;         // the peer closed this socket between frames
+  };
+
+  void fail(State state, int err, const std::string& text);
+  void read_stream(size_t i);
+  void write_stream(Stream& s);
+  void finish_frame(Stream& s);
+  void start_payload(size_t i);
+  void on_eof(size_t i);
+  void check_eof_stream(uint64_t ticket);
+
+  std::vector<Stream> streams_;
+  std::string peer_;
+  State state_ = State::Down;
+  int error_ = 0;
+  std::string failure_;
+  Frame abort_;
+  uint64_t next_tx_ = 0;  // next frame index to send
+  uint64_t next_rx_ = 0;  // next frame index to hand out (post_recv / take)
+  std::unordered_map<uint64_t, std::pair<uint8_t*, size_t>> posted_;
+  std::map<uint64_t, Frame> unexpected_;
+  uint64_t bytes_rx_ = 0, bytes_tx_ = 0;
+};
+
+const char* frame_type_name(FrameType type);
+
+}  // namespace chorus::tcp
