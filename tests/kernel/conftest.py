@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 from collections.abc import Iterator
@@ -119,16 +120,27 @@ class Frontend:
         ]
 
 
-@pytest.fixture(scope="module")
-def kernel() -> Iterator[Frontend]:
-    manager = ChorusKernelManager()
+@contextlib.contextmanager
+def running_kernel(manager: KernelManager, now: bool = False) -> Iterator[Frontend]:
+    """Start ``manager``'s kernel, yield a Frontend on it, shut it down after."""
     manager.start_kernel()
     client = manager.client()
     client.start_channels()
-    client.wait_for_ready(timeout=60)
-    frontend = Frontend(manager, client)
     try:
-        yield frontend
+        client.wait_for_ready(timeout=60)
+        yield Frontend(manager, client)
     finally:
         client.stop_channels()
-        manager.shutdown_kernel(now=False)
+        manager.shutdown_kernel(now=now)
+
+
+def chorus_kernel_manager(ranks: int = 4) -> ChorusKernelManager:
+    manager = ChorusKernelManager()
+    manager.ranks = ranks
+    return manager
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[Frontend]:
+    with running_kernel(chorus_kernel_manager()) as frontend:
+        yield frontend

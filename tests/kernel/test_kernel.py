@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from tests.kernel.conftest import ChorusKernelManager, Frontend
+from tests.kernel.conftest import Frontend, chorus_kernel_manager, running_kernel
 
 
 def test_labelled_and_collapsed_output(kernel: Frontend) -> None:
@@ -120,14 +120,8 @@ def test_status_table(kernel: Frontend) -> None:
 
 
 def test_crashed_rank_is_reported_and_shutdown_leaves_no_orphans() -> None:
-    manager = ChorusKernelManager()
-    manager.ranks = 3
-    manager.start_kernel()
-    client = manager.client()
-    client.start_channels()
-    client.wait_for_ready(timeout=60)
-    frontend = Frontend(manager, client)
-    try:
+    manager = chorus_kernel_manager(ranks=3)
+    with running_kernel(manager) as frontend:
         kernel_pid = manager.provisioner.process.pid
         frontend.run("g = chorus.init()")
         pids = frontend.rank_pids()
@@ -141,9 +135,6 @@ def test_crashed_rank_is_reported_and_shutdown_leaves_no_orphans() -> None:
         assert "[0] alive 0" in still.stdout, still.stdout
         assert "[1] alive 1" in still.stdout, still.stdout
         assert "rank 2 is not running" in still.stderr, still.stderr
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=False)
     time.sleep(0.5)
     assert not psutil.pid_exists(kernel_pid) or psutil.Process(kernel_pid).status() == "zombie"
     leftovers = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
@@ -151,14 +142,8 @@ def test_crashed_rank_is_reported_and_shutdown_leaves_no_orphans() -> None:
 
 
 def test_sigkill_of_the_kernel_takes_the_ranks_with_it() -> None:
-    manager = ChorusKernelManager()
-    manager.ranks = 2
-    manager.start_kernel()
-    client = manager.client()
-    client.start_channels()
-    client.wait_for_ready(timeout=60)
-    frontend = Frontend(manager, client)
-    try:
+    manager = chorus_kernel_manager(ranks=2)
+    with running_kernel(manager, now=True) as frontend:
         frontend.run("print(rank)")
         pids = frontend.rank_pids()
         assert len(pids) == 2
@@ -167,6 +152,3 @@ def test_sigkill_of_the_kernel_takes_the_ranks_with_it() -> None:
         while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
             time.sleep(0.1)
         assert not any(psutil.pid_exists(p) for p in pids)
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)

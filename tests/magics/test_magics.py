@@ -8,25 +8,16 @@ import psutil
 import pytest
 from jupyter_client.manager import KernelManager
 
-from tests.kernel.conftest import Frontend
+from tests.kernel.conftest import Frontend, running_kernel
 
 
 @pytest.fixture(scope="module")
 def ipython() -> Iterator[Frontend]:
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel()
-    client = manager.client()
-    client.start_channels()
-    client.wait_for_ready(timeout=60)
-    frontend = Frontend(manager, client)
-    try:
+    with running_kernel(KernelManager(kernel_name="python3")) as frontend:
         run = frontend.run("%load_ext chorus\n%chorus start -n 3 --timeout 20")
         assert run.status == "ok", run
         assert "3 ranks ready" in run.stdout
         yield frontend
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=False)
 
 
 def test_all_runs_everywhere_with_labels(ipython: Frontend) -> None:
