@@ -152,3 +152,39 @@ def test_sigkill_of_the_kernel_takes_the_ranks_with_it() -> None:
         while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
             time.sleep(0.1)
         assert not any(psutil.pid_exists(p) for p in pids)
+
+
+def test_mlx_distributed_in_a_cell(kernel: Frontend) -> None:
+    """The rank kernels carry MLX_RANK / MLX_HOSTFILE: a real MLX ring program runs."""
+    code = (
+        "import mlx.core as mx\n"
+        "mg = mx.distributed.init(backend='ring', strict=True)\n"
+        "total = mx.distributed.all_sum(mx.array([float(rank), 1.0]), group=mg)\n"
+        "mx.eval(total)\n"
+        "print('mlx', mg.rank(), mg.size(), total.tolist())"
+    )
+    run = kernel.run(code, timeout=120)
+    assert run.status == "ok", run
+    for r in range(4):
+        assert f"[{r}] mlx {r} 4 [6.0, 4.0]" in run.stdout, run.stdout
+
+
+def test_rich_display_carries_rank_label_and_metadata(kernel: Frontend) -> None:
+    run = kernel.run("from IPython.display import HTML, display\ndisplay(HTML(f'<b>r{rank}</b>'))")
+    assert run.status == "ok", run
+    assert len(run.displays) == 4, run.displays
+    for display in run.displays:
+        (rank,) = display["metadata"]["chorus"]["ranks"]
+        html = display["data"]["text/html"]
+        assert f"[{rank}]" in html
+        assert f"<b>r{rank}</b>" in html
+
+
+def test_output_grouped_by_rank(kernel: Frontend) -> None:
+    assert kernel.run("%output byrank").status == "ok"
+    try:
+        run = kernel.run("print('a'); print('b', rank)")
+        assert "── rank 0 ──\na\nb 0\n" in run.stdout, run.stdout
+        assert "── rank 3 ──\na\nb 3\n" in run.stdout
+    finally:
+        kernel.run("%output collapse")
