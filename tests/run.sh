@@ -10,7 +10,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 step "system packages (apt)"
-APT_PACKAGES=(build-essential cmake ninja-build libgtest-dev procps)
+# chromium: JupyterLab is tested in the real browser (never Playwright's own download).
+APT_PACKAGES=(build-essential cmake ninja-build libgtest-dev procps chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

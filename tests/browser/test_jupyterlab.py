@@ -1,0 +1,179 @@
+"""The chorus kernel in JupyterLab, driven by headless Debian Chromium (Playwright).
+
+What a user does: open a notebook on "Chorus (2 ranks)", run a cell, see
+labelled output, answer an input() prompt once for both ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from chorus.kernel.kernelspec import install
+from playwright.sync_api import Page, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    root = tmp_path_factory.mktemp("lab")
+    prefix = tmp_path_factory.mktemp("prefix")
+    install(name="chorus-lab", ranks=2, backend="shm", timeout=30, prefix=str(prefix))
+    token = secrets.token_hex(8)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "JUPYTER_PATH": str(prefix / "share" / "jupyter"),
+        "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
+                break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"jupyter lab did not start: {server.communicate()[1][-3000:]}")
+            time.sleep(0.3)
+    try:
+        yield f"{base}/lab/tree/{{name}}?token={token}", root
+    finally:
+        server.terminate()
+        try:
+            server.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.communicate()
+
+
+def _notebook(path: Path, sources: list[str]) -> None:
+    cells = [
+        {"cell_type": "code", "metadata": {}, "source": s, "outputs": [], "execution_count": None}
+        for s in sources
+    ]
+    path.write_text(
+        json.dumps(
+            {
+                "nbformat": 4,
+                "nbformat_minor": 5,
+                "metadata": {
+                    "kernelspec": {
+                        "name": "chorus-lab",
+                        "display_name": "Chorus (2 ranks)",
+                        "language": "python",
+                    }
+                },
+                "cells": cells,
+            }
+        )
+    )
+
+
+def _run_cell(page: Page, index: int) -> None:
+    # Select the cell by its prompt (command mode), then the toolbar's run button.
+    page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-InputPrompt").click()
+    page.locator(
+        ".jp-NotebookPanel-toolbar [data-command='notebook:run-cell-and-select-next']"
+    ).click()
+
+
+def test_cells_stdin_and_labels_in_jupyterlab(lab: tuple[str, Path], tmp_path: Path) -> None:
+    url, root = lab
+    _notebook(
+        root / "chorus.ipynb",
+        [
+            "print('lab', rank)\nprint('same everywhere')",
+            "who = input('who? ')\nprint('hi', who)",
+            "import time\nprint('sleeping')\ntime.sleep(120)",
+            "print('kept', who, rank)",
+        ],
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        try:
+            page.goto(url.format(name="chorus.ipynb"))
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+            # The kernel (and its two rank kernels) must be idle before running.
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
+                timeout=90_000
+            )
+            _run_cell(page, 0)
+            outputs = page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".jp-OutputArea")
+            outputs.get_by_text("[0,1] same everywhere").wait_for(timeout=60_000)
+            text = outputs.inner_text()
+            assert "[0] lab 0" in text, text
+            assert "[1] lab 1" in text, text
+
+            _run_cell(page, 1)
+            prompt = page.locator("input.jp-Stdin-input")
+            prompt.wait_for(timeout=60_000)
+            stdin_text = page.locator(".jp-Stdin").inner_text()
+            assert "[0,1] who?" in stdin_text, stdin_text
+            prompt.fill("bob")
+            prompt.press("Enter")
+            second = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea")
+            second.get_by_text("[0,1] hi bob").wait_for(timeout=60_000)
+
+            # The interrupt button stops every rank; state survives.
+            _run_cell(page, 2)
+            third = page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea")
+            third.get_by_text("[0,1] sleeping").wait_for(timeout=60_000)
+            clicked = time.monotonic()
+            page.locator(
+                ".jp-NotebookPanel-toolbar [data-command='notebook:interrupt-kernel']"
+            ).click()
+            third.get_by_text("KeyboardInterrupt").first.wait_for(timeout=30_000)
+            assert time.monotonic() - clicked < 15
+            _run_cell(page, 3)
+            fourth = page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".jp-OutputArea")
+            fourth.get_by_text("[1] kept bob 1").wait_for(timeout=60_000)
+        finally:
+            page.screenshot(path=str(tmp_path / "jupyterlab.png"))
+            browser.close()
