@@ -33,8 +33,9 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from chorus.kernel.engine import CellResult, Engine
-from chorus.kernel.labels import parse_ranks
+from chorus.kernel.engine import CellResult, Engine, labelled
+from chorus.kernel.labels import format_ranks, parse_ranks
+from chorus.kernel.output import OutputMerger
 from chorus.kernel.ranks import RankSet
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -91,6 +92,7 @@ class ChorusMagics(Magics):
         self.engine: Engine | None = None
         self.frontend = _ThreadFrontend()
         self.autoall = False
+        self.ipp: IppRanks | None = None
 
     # -- %chorus -----------------------------------------------------------------------
 
@@ -100,6 +102,16 @@ class ChorusMagics(Magics):
     @argument("-n", "--ranks", type=int, default=4, help="number of ranks (start)")
     @argument("--backend", default="shm", help="chorus backend of the ranks (start)")
     @argument("--timeout", type=float, default=60.0, help="CHORUS_TIMEOUT of the ranks (start)")
+    @argument(
+        "--ipp",
+        action="store_true",
+        help="start the ranks as ipyparallel engines (see --engines) instead of rank kernels",
+    )
+    @argument(
+        "--engines",
+        default="local",
+        help="ipyparallel engine launcher with --ipp: local, mpi, ssh, slurm, ... (default local)",
+    )
     @line_magic
     def chorus(self, line: str) -> Any:
         """Start, stop and inspect chorus ranks; move values in and out.
@@ -112,10 +124,17 @@ class ChorusMagics(Magics):
         """
         args = parse_argstring(self.chorus, line)
         if args.action == "start":
+            if args.ipp:
+                backend = (
+                    None if args.backend == "shm" and args.engines != "local" else args.backend
+                )
+                return self.start_ipp(args.ranks, args.engines, backend, args.timeout)
             return self.start_ranks(args.ranks, args.backend, args.timeout)
         if args.action == "stop":
             self.stop_ranks()
             return None
+        if self.ipp is not None:
+            return self.ipp.command(args.action, args.rest, self.shell)
         engine = self._engine()
         if args.action == "status":
             print("rank  pid      state")
@@ -147,8 +166,22 @@ class ChorusMagics(Magics):
         self.runner.submit(self.ranks.start()).result()
         print(f"[chorus] {ranks} ranks ready: %%all runs a cell on all of them", flush=True)
 
+    def start_ipp(self, ranks: int, engines: str, backend: str | None, timeout: float) -> None:
+        """Start ``ranks`` ipyparallel engines with ``engines``' launcher; make them ranks."""
+        self.stop_ranks()
+        print(f"[chorus] starting {ranks} ipyparallel engines ({engines}) ...", flush=True)
+        self.ipp = IppRanks.start(ranks, engines, backend, timeout)
+        print(
+            f"[chorus] {ranks} engines joined chorus (backend {self.ipp.backend}): "
+            "%%all runs a cell on all of them",
+            flush=True,
+        )
+
     def stop_ranks(self) -> None:
         """Shut every rank down (request, SIGTERM, SIGKILL) and stop the loop."""
+        if self.ipp is not None:
+            self.ipp.stop()
+            self.ipp = None
         if self.runner is not None and self.ranks is not None:
             self.runner.submit(self.ranks.shutdown()).result(timeout=30)
         if self.runner is not None:
@@ -169,6 +202,9 @@ class ChorusMagics(Magics):
     def all(self, line: str, cell: str) -> None:
         """Run the cell on every rank (or ``--ranks 0,2``), as the chorus kernel does."""
         args = parse_argstring(self.all, line)
+        if self.ipp is not None:
+            self.ipp.execute(cell, parse_ranks(args.ranks, len(self.ipp.order)))
+            return
         engine = self._engine()
         targets = parse_ranks(args.ranks, engine.ranks.size)
         result = self.run_on_ranks(cell, targets)
@@ -278,6 +314,96 @@ class RanksFailed(Exception):
     def _render_traceback_(self) -> list[str]:
         # IPython shows this instead of a traceback of the magic itself.
         return [f"chorus: the cell failed on some ranks ({self})"]
+
+
+class IppRanks:
+    """Ranks that are ipyparallel engines (``%chorus start --ipp``)."""
+
+    def __init__(self, cluster: Any, client: Any, order: list[int], backend: str) -> None:
+        self.cluster = cluster
+        self.client = client
+        self.order = order
+        self.backend = backend
+
+    @classmethod
+    def start(cls, n: int, engines: str, backend: str | None, timeout: float) -> IppRanks:
+        import ipyparallel as ipp
+        from chorus.magics.ipp import setup
+
+        cluster = ipp.Cluster(n=n, engines=engines, log_level=40)
+        client = cluster.start_and_connect_sync()
+        try:
+            order = setup(client, backend=backend, timeout=timeout)
+            used = client[order[0]].apply_sync(lambda: __import__("chorus").init().backend)
+        except BaseException:
+            cluster.stop_cluster_sync()
+            raise
+        return cls(cluster, client, order, used)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.cluster.stop_cluster_sync()
+
+    def execute(self, code: str, targets: list[int]) -> None:
+        """Run ``code`` on the target ranks; show output labelled and collapsed."""
+        import ipyparallel as ipp
+
+        engines = [self.order[r] for r in targets]
+        result = self.client[engines].execute(code, block=False)
+        failures: dict[tuple[str, str], list[int]] = {}
+        try:
+            result.get()
+        except ipp.CompositeError as error:
+            # elist: (ename, evalue, traceback text, engine_info) per failed engine.
+            rank_of = {engine: rank for rank, engine in enumerate(self.order)}
+            for ename, evalue, traceback, info in error.elist:
+                rank = rank_of.get(info.get("engine_id", -1), -1)
+                failures.setdefault((ename, traceback or evalue), []).append(rank)
+        merger = OutputMerger(targets, _print_stream)
+        for rank, out, err in zip(targets, result.stdout, result.stderr, strict=True):
+            merger.feed(rank, "stdout", out)
+            merger.feed(rank, "stderr", err)
+        merger.flush()
+        for rank, outputs in zip(targets, result.outputs, strict=True):
+            for output in outputs:
+                shown = labelled(output, [rank])
+                publish_display_data(shown["data"], shown["metadata"])
+        for (_ename, text), ranks in failures.items():
+            sys.stderr.write(f"{format_ranks(ranks)}\n{text}\n")
+        if failures:
+            ename, text = next(iter(failures))
+            raise RanksFailed(CellResult(status="error", ename=ename, evalue=text.splitlines()[-1]))
+
+    def command(self, action: str, rest: list[str], shell: Any) -> Any:
+        """``%chorus status|pull|push`` for engine ranks."""
+        view = self.client[self.order]
+        if action == "status":
+            infos = view.apply_sync(_host_and_pid)
+            print("rank  engine  host              pid")
+            for rank, (engine, (host, pid)) in enumerate(zip(self.order, infos, strict=True)):
+                print(f"{rank:<5} {engine:<7} {host:<17} {pid}")
+            return None
+        if not rest:
+            msg = f"%chorus {action} needs an argument"
+            raise ValueError(msg)
+        if action == "pull":
+            return view.pull(rest[0], block=True)
+        name, _, expr = " ".join(rest).partition("=")
+        view.push({name.strip(): shell.ev(expr)}, block=True)
+        return None
+
+
+def _host_and_pid() -> tuple[str, int]:
+    import os
+    import socket
+
+    return socket.gethostname(), os.getpid()
+
+
+def _print_stream(name: str, text: str) -> None:
+    stream = sys.stdout if name == "stdout" else sys.stderr
+    stream.write(text)
+    stream.flush()
 
 
 def _resolve(future: asyncio.Future[str], value: str) -> None:
