@@ -96,6 +96,14 @@ class OutputMerger:
             for name in list(self._streams):
                 self._match(name, final=False)
 
+    def pending(self) -> bool:
+        """Whether any text is held back (complete or partial lines)."""
+        return any(
+            stream.lines or stream.partial
+            for streams in self._streams.values()
+            for stream in streams.values()
+        )
+
     def flush(self, partial: bool = True) -> None:
         """Emit everything held, including partial lines when ``partial``."""
         for name in list(self._streams):
@@ -110,22 +118,23 @@ class OutputMerger:
 
     def _match(self, name: str, final: bool) -> None:
         streams = self._streams[name]
+        out: list[str] = []  # one message for everything ready now, not one per line
         while True:
             heads = {r: s.lines[0] for r, s in streams.items() if s.lines}
             if not heads:
-                return
+                break
             waiting_for = {r for r in self.active if r not in heads}
             oldest = min(line.at for line in heads.values())
             if waiting_for and not final and self.clock() - oldest < self.hold:
-                return
+                break
             groups: dict[str, list[int]] = defaultdict(list)
             for rank, line in sorted(heads.items()):
                 groups[line.text].append(rank)
-            out = []
             for text, ranks in groups.items():
                 out.append(f"{format_ranks(ranks)} {text}\n")
                 for rank in ranks:
                     streams[rank].lines.popleft()
+        if out:
             self.emit(name, "".join(out))
 
     def _emit_by_rank(self, name: str) -> None:

@@ -21,11 +21,13 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 
 from chorus.launch.ports import (
     LOCALHOST,
@@ -170,9 +172,13 @@ class RankSet:
                     mlx_hostfile=f"/proc/self/fd/{mlx_fd}",
                     coordinator=addresses[0][0],
                 )
-                self.ranks.append(
-                    Rank(rank, RankKernelManager(), env, pass_fds=[sock.fileno(), mlx_fd])
+                # IPC transport: rank kernels talk to this process only, over
+                # unix sockets in Jupyter's runtime dir (private, and no "TCP
+                # without encryption" warning at every start).
+                manager = RankKernelManager(
+                    transport="ipc", ip=str(Path(jupyter_runtime_dir()) / f"chorus-{job_id}-{rank}")
                 )
+                self.ranks.append(Rank(rank, manager, env, pass_fds=[sock.fileno(), mlx_fd]))
             say(f"starting {self.size} rank kernels (backend {self.backend})")
             results = await asyncio.gather(
                 *(self._start_one(r) for r in self.ranks), return_exceptions=True

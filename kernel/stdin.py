@@ -77,6 +77,12 @@ class InputBroker:
             return
         everyone_waits = busy <= set(self.waiting)
         if everyone_waits or now - self._last_request > SETTLE:
+            if self.merger.pending():
+                # Show held output first, and prompt only once it had time to
+                # arrive: frontends may render a prompt before earlier iopub.
+                self.merger.flush()
+                self._last_output = now
+                return
             self._task = asyncio.create_task(self._prompt())
 
     def cancel_prompt(self) -> None:
@@ -96,7 +102,6 @@ class InputBroker:
             password = any(self.waiting[r][1] for r in ranks)
             # Ranks usually wait on the same prompt; if not, show the lowest rank's.
             prompt = prompts[0]
-            self.merger.flush()  # what the ranks printed comes before the prompt
             try:
                 reply = await self.frontend.ask(f"{format_ranks(ranks)} {prompt}", password)
             except EOFError:

@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
 import queue
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from chorus.kernel.kernelspec import make_chorus_cmd
+from chorus.kernel.kernelspec import install
 from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import KernelManager
 
+# Kernelspecs installed the way users install them (chorus kernel install), into a
+# private prefix that jupyter_client finds through JUPYTER_PATH.
+_PREFIX = tempfile.TemporaryDirectory(prefix="chorus-kernelspecs-")
+atexit.register(_PREFIX.cleanup)
+_KERNELS = Path(_PREFIX.name) / "share" / "jupyter"
+os.environ["JUPYTER_PATH"] = os.pathsep.join(
+    p for p in (str(_KERNELS), os.environ.get("JUPYTER_PATH", "")) if p
+)
 
-class ChorusKernelManager(KernelManager):  # type: ignore[misc]
-    ranks = 4
 
-    @property
-    def kernel_spec(self) -> KernelSpec:
-        return KernelSpec(
-            argv=make_chorus_cmd(ranks=self.ranks, backend="shm", timeout=20),
-            display_name="chorus test",
-            language="python",
-            interrupt_mode="signal",
-        )
+def chorus_kernel_manager(ranks: int = 4) -> KernelManager:
+    """A KernelManager for the installed kernelspec "chorus-test-<ranks>"."""
+    name = f"chorus-test-{ranks}"
+    if not (_KERNELS / "kernels" / name).exists():
+        install(name=name, ranks=ranks, backend="shm", timeout=20, prefix=_PREFIX.name)
+    return KernelManager(kernel_name=name)
 
 
 @dataclass
@@ -48,7 +55,7 @@ class CellRun:
 class Frontend:
     """Executes cells and answers input requests from a list of replies."""
 
-    def __init__(self, manager: ChorusKernelManager, client: BlockingKernelClient) -> None:
+    def __init__(self, manager: KernelManager, client: BlockingKernelClient) -> None:
         self.manager = manager
         self.client = client
 
@@ -81,11 +88,7 @@ class Frontend:
                     if not answers:
                         pytest.fail(f"unexpected prompt {msg['content']['prompt']!r}: {run}")
                     self.client.input(answers.pop(0))
-            try:
-                msg = self.client.get_iopub_msg(timeout=0.02)
-            except queue.Empty:
-                pass
-            else:
+            for msg in self._iopub_batch():
                 if msg["parent_header"].get("msg_id") == msg_id:
                     kind, content = msg["header"]["msg_type"], msg["content"]
                     if kind == "stream":
@@ -111,6 +114,17 @@ class Frontend:
                         run.reply = reply
         return run
 
+    def _iopub_batch(self) -> list[dict[str, Any]]:
+        """Everything waiting on iopub (at most 0.02 s for the first message)."""
+        batch = []
+        timeout = 0.02
+        while True:
+            try:
+                batch.append(self.client.get_iopub_msg(timeout=timeout))
+            except queue.Empty:
+                return batch
+            timeout = 0
+
     def rank_pids(self) -> list[int]:
         kernel = psutil.Process(self.manager.provisioner.process.pid)
         return [
@@ -132,12 +146,6 @@ def running_kernel(manager: KernelManager, now: bool = False) -> Iterator[Fronte
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=now)
-
-
-def chorus_kernel_manager(ranks: int = 4) -> ChorusKernelManager:
-    manager = ChorusKernelManager()
-    manager.ranks = ranks
-    return manager
 
 
 @pytest.fixture(scope="module")

@@ -1,56 +1,59 @@
-"""The chorus kernel under the real `jupyter console`, in a terminal (pexpect)."""
+"""The chorus kernel under the real `jupyter console`, typed at in tmux.
+
+tmux gives the console a real terminal; the test types with send-keys and
+reads the screen with capture-pane, as a person at the keyboard would.
+"""
 
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-import pexpect
 from chorus.kernel.kernelspec import install
 
+from tests.terminal import Tmux
 
-def test_pdb_in_jupyter_console(tmp_path: Path) -> None:
+
+def test_pdb_typed_in_jupyter_console(tmp_path: Path) -> None:
     install(name="chorus-console", ranks=2, backend="shm", timeout=30, prefix=str(tmp_path))
-    env = {
-        **os.environ,
-        "JUPYTER_PATH": str(tmp_path / "share" / "jupyter"),
-        "TERM": "dumb",
-        "PYTHONUNBUFFERED": "1",
-    }
-    console = pexpect.spawn(
-        sys.executable,
-        ["-m", "jupyter_console", "--kernel", "chorus-console", "--simple-prompt"],
-        env=env,
-        encoding="utf-8",
-        timeout=60,
-        dimensions=(50, 200),
+    env = {**os.environ, "JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
+    command = shlex.join(
+        [sys.executable, "-m", "jupyter_console", "--kernel", "chorus-console", "--simple-prompt"]
     )
-    transcript = []
+    tmux = Tmux(f"env JUPYTER_PATH={shlex.quote(env['JUPYTER_PATH'])} {command}", env)
     try:
-        console.expect(r"In \[1\]: ")
-        console.sendline("x = rank * 3; print('ready', x)")
-        console.expect(r"\[1\] ready 3")
-        console.expect(r"In \[2\]: ")
-        console.sendline("breakpoint(); y = x + 1")
-        console.expect(r"\[0,1\] ipdb> ")
-        console.sendline("p x")
-        console.expect(r"\[0\] 0")
-        console.expect(r"\[0,1\] ipdb> ")
-        transcript.append(console.before)
-        console.sendline("!1 p x * 100")
-        console.expect(r"\[1\] 300")
-        console.expect(r"\[0,1\] ipdb> ")
-        console.sendline("!0 c")
-        console.expect(r"\[1\] ipdb> ")
-        console.sendline("c")
-        console.expect(r"In \[3\]: ")
-        console.sendline("print('y', y)")
-        console.expect(r"\[0\] y 1")
-        console.expect(r"In \[4\]: ")
-        console.sendline("exit")
-        console.expect(pexpect.EOF)
-    except (pexpect.TIMEOUT, pexpect.EOF) as err:
-        raise AssertionError(f"console transcript:\n{console.before}\n{transcript}") from err
+        tmux.wait_for(r"In \[1\]: ")
+        tmux.type("x = rank * 3; print('ready', x)")
+        tmux.wait_for(r"\[1\] ready 3")
+        tmux.wait_for(r"In \[2\]: ")
+        tmux.type("breakpoint(); y = x + 1")
+        tmux.wait_for(r"\[0,1\] ipdb> ")
+        tmux.type("p x")
+        tmux.wait_for(r"\[1\] 3")
+        tmux.wait_for(r"\[0,1\] ipdb> ", count=2)
+        tmux.type("!1 p x * 100")
+        tmux.wait_for(r"\[1\] 300")
+        tmux.wait_for(r"\[0,1\] ipdb> ", count=3)
+        tmux.type("!0 c")
+        tmux.wait_for(r"\[1\] ipdb> ")
+        tmux.type("c")
+        tmux.wait_for(r"In \[3\]: ")
+        tmux.type("print('y', y)")
+        screen = tmux.wait_for(r"\[1\] y 4")
+        assert "[0] y 1" in screen, screen
+        tmux.type("exit")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                tmux.screen()
+            except subprocess.CalledProcessError:
+                break  # the console exited and took the session with it
+            time.sleep(0.2)
+        else:
+            raise AssertionError("jupyter console did not exit")
     finally:
-        console.close(force=True)
+        tmux.close()

@@ -188,3 +188,50 @@ def test_output_grouped_by_rank(kernel: Frontend) -> None:
         assert "── rank 3 ──\na\nb 3\n" in run.stdout
     finally:
         kernel.run("%output collapse")
+
+
+def test_interrupt_while_ranks_wait_for_input(kernel: Frontend) -> None:
+    kernel.run("before_input = rank")
+    # No answer is given: the prompt is open when the interrupt arrives.
+    msg_id = kernel.client.execute("answer = input('never? ')", allow_stdin=True)
+    prompt = kernel.client.get_stdin_msg(timeout=60)
+    assert prompt["content"]["prompt"] == "[0-3] never? "
+    kernel.manager.interrupt_kernel()
+    deadline = time.monotonic() + 30
+    while True:
+        reply = kernel.client.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    after = kernel.run("print(before_input == rank)")
+    assert "[0-3] True" in after.stdout, after
+
+
+def test_output_throughput_none_lost_order_kept(kernel: Frontend) -> None:
+    run = kernel.run("for i in range(10_000):\n    print(rank, i)", timeout=120)
+    assert run.status == "ok"
+    seen: dict[int, list[int]] = {r: [] for r in range(4)}
+    for line in run.stdout.splitlines():
+        label, rank, index = line.split()
+        assert label == f"[{rank}]", line
+        seen[int(rank)].append(int(index))
+    for rank in range(4):
+        assert seen[rank] == list(range(10_000)), f"rank {rank}: {len(seen[rank])} lines"
+
+
+def test_restart_replaces_every_rank() -> None:
+    manager = chorus_kernel_manager(ranks=2)
+    with running_kernel(manager) as frontend:
+        frontend.run("alive = True")
+        old = frontend.rank_pids()
+        assert len(old) == 2
+        manager.restart_kernel(now=False)
+        frontend.client.wait_for_ready(timeout=60)
+        run = frontend.run("print('fresh', 'alive' in dir())")
+        assert "[0,1] fresh False" in run.stdout, run
+        new = frontend.rank_pids()
+        assert len(new) == 2
+        assert not set(old) & set(new)
+        for pid in old:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
