@@ -1,0 +1,43 @@
+"""chorus rank: ``chorus launch -n N --backend shm|ring chorus_worker.py``.
+
+See ``_harness.py`` for what a rank does and how the driver configures it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import _harness
+import numpy as np
+
+import chorus
+
+
+class ChorusComm:
+    """chorus's world group; the backend comes from CHORUS_BACKEND (set by the launcher)."""
+
+    def __init__(self) -> None:
+        self.group = chorus.init(strict=True)
+        self.rank = self.group.rank()
+        self.size = self.group.size()
+        self.peer = "chorus"
+
+    def prepare(self, op: str, x: np.ndarray) -> tuple[Callable[[], None], Callable[[], Any]]:
+        fn = chorus.all_sum if op == "all_sum" else chorus.all_gather
+        last: list[Any] = [None]
+
+        def run() -> None:
+            last[0] = fn(x)
+
+        return run, lambda: last[0]
+
+    def gather(self, values: np.ndarray) -> np.ndarray:
+        return chorus.all_gather(values).reshape(self.size, -1)
+
+    def barrier(self) -> None:
+        chorus.barrier()
+
+
+if __name__ == "__main__":
+    _harness.main(ChorusComm)
