@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 from chorus.kernel.labels import format_ranks
 
-# Seconds a complete line waits for the same line from the other ranks.
-DEFAULT_HOLD = 0.15
+# Seconds a complete line waits for the same line from the other ranks (ranks
+# sharing 2 cores can lag each other by a few hundred ms).
+DEFAULT_HOLD = 0.5
 
 Emit = Callable[[str, str], None]  # (stream name, text)
 

@@ -180,7 +180,7 @@ def test_cells_stdin_and_labels_in_jupyterlab(lab: tuple[str, Path]) -> None:
             # The interrupt button stops every rank; state survives.
             _run_cell(page, 2)
             third = page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea")
-            third.get_by_text("[0-3] sleeping").wait_for(timeout=60_000)
+            third.get_by_text("sleeping").first.wait_for(timeout=60_000)
             clicked = time.monotonic()
             page.locator(
                 ".jp-NotebookPanel-toolbar [data-command='notebook:interrupt-kernel']"
