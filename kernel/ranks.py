@@ -19,6 +19,7 @@ import os
 import secrets
 import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,19 @@ Listener = Callable[[int, Message], None]
 RANK_ARGV = [sys.executable, "-m", "chorus.kernel.rank", "-f", "{connection_file}"]
 # Seconds a rank kernel may take to start and answer kernel_info.
 START_TIMEOUT = 60.0
+
+
+# Unix socket paths are limited to 107 bytes; jupyter_client appends "-N".
+_MAX_SOCKET_PATH = 100
+
+
+def _ipc_path(name: str) -> str:
+    """Where a rank kernel's IPC sockets live: Jupyter's runtime dir, or /tmp if too long."""
+    path = Path(jupyter_runtime_dir()) / name
+    if len(str(path)) > _MAX_SOCKET_PATH:
+        path = Path(tempfile.gettempdir()) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
 
 
 class RankKernelManager(AsyncKernelManager):
@@ -176,7 +190,7 @@ class RankSet:
                 # unix sockets in Jupyter's runtime dir (private, and no "TCP
                 # without encryption" warning at every start).
                 manager = RankKernelManager(
-                    transport="ipc", ip=str(Path(jupyter_runtime_dir()) / f"chorus-{job_id}-{rank}")
+                    transport="ipc", ip=_ipc_path(f"chorus-{job_id}-{rank}")
                 )
                 self.ranks.append(Rank(rank, manager, env, pass_fds=[sock.fileno(), mlx_fd]))
             say(f"starting {self.size} rank kernels (backend {self.backend})")
