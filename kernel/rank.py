@@ -49,7 +49,14 @@ def main() -> None:
     from ipykernel.kernelapp import IPKernelApp
 
     lines = "[" + ", ".join(repr(line) for line in STARTUP_LINES) + "]"
-    argv = [*sys.argv[1:], f"--IPKernelApp.exec_lines={lines}", "--IPKernelApp.quiet=True"]
+    argv = [
+        *sys.argv[1:],
+        f"--IPKernelApp.exec_lines={lines}",
+        "--IPKernelApp.quiet=True",
+        # N ranks writing one history.sqlite contend on its lock at every cell;
+        # the frontend keeps the history of what the user typed.
+        "--HistoryManager.enabled=False",
+    ]
     IPKernelApp.launch_instance(argv=argv)
 
 
