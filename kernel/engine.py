@@ -58,6 +58,8 @@ class CellResult:
     # The execute_result to show (already labelled), if any.
     result: dict[str, Any] | None = None
     user_expressions: dict[str, Any] = field(default_factory=dict)
+    # Every target rank's user_expressions (``expressions_everywhere=True``).
+    user_expressions_by_rank: dict[int, dict[str, Any]] = field(default_factory=dict)
     died: dict[int, int] = field(default_factory=dict)
 
 
@@ -116,6 +118,7 @@ class Engine:
         store_history: bool = True,
         user_expressions: dict[str, Any] | None = None,
         allow_stdin: bool = True,
+        expressions_everywhere: bool = False,
     ) -> CellResult:
         """Run ``code`` on ``targets`` and wait until every one has finished.
 
@@ -126,8 +129,11 @@ class Engine:
         targets
             Ranks to run it on.
         silent, store_history, user_expressions, allow_stdin
-            As in an execute_request; ``user_expressions`` are evaluated on
-            the lowest target rank.
+            As in an execute_request.
+        expressions_everywhere
+            Evaluate ``user_expressions`` on every target (see
+            ``CellResult.user_expressions_by_rank``), not only on the lowest
+            target rank.
 
         Returns
         -------
@@ -156,7 +162,8 @@ class Engine:
         self._broker = broker
         try:
             for rank in targets:
-                expressions = user_expressions if rank == min(targets) else {}
+                evaluate_here = expressions_everywhere or rank == min(targets)
+                expressions = user_expressions if evaluate_here else {}
                 msg_id = self.ranks.client(rank).execute(
                     code,
                     silent=silent,
@@ -274,6 +281,7 @@ class Engine:
                 errors[key].append(rank)
             elif content.get("status") == "aborted":
                 errors[("Aborted", "execution aborted", ())].append(rank)
+            result.user_expressions_by_rank[rank] = content.get("user_expressions", {})
             if rank == min(cell.targets):
                 result.user_expressions = content.get("user_expressions", {})
         for rank, code in cell.died.items():

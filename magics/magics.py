@@ -234,12 +234,19 @@ class ChorusMagics(Magics):
         targets: list[int],
         user_expressions: dict[str, str] | None = None,
         show: bool = True,
+        expressions_everywhere: bool = False,
     ) -> CellResult:
         """Execute ``code`` on ``targets``, showing output and answering prompts here."""
         engine = self._engine()
         assert self.runner is not None
         future = self.runner.submit(
-            engine.execute(code, targets, user_expressions=user_expressions, silent=not show)
+            engine.execute(
+                code,
+                targets,
+                user_expressions=user_expressions,
+                silent=not show,
+                expressions_everywhere=expressions_everywhere,
+            )
         )
         while True:
             try:
@@ -282,10 +289,13 @@ class ChorusMagics(Magics):
         """Each rank's value of ``name`` (pickled over the wire), in rank order."""
         engine = self._engine()
         expression = f"__import__('base64').b64encode(__import__('pickle').dumps({name})).decode()"
+        ranks = list(range(engine.ranks.size))
+        result = self.run_on_ranks(
+            "", ranks, {"v": expression}, show=False, expressions_everywhere=True
+        )
         values = []
-        for rank in range(engine.ranks.size):
-            result = self.run_on_ranks("", [rank], {"v": expression}, show=False)
-            reply = result.user_expressions.get("v", {})
+        for rank in ranks:
+            reply = result.user_expressions_by_rank.get(rank, {}).get("v", {})
             if reply.get("status") != "ok":
                 msg = f"rank {rank}: {reply.get('ename')}: {reply.get('evalue')}"
                 raise RuntimeError(msg)
