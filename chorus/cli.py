@@ -19,6 +19,10 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chorus.launch.hosts import Hostfile
 
 __all__ = ["SUBCOMMANDS", "CliError", "Subcommand", "build_parser", "main"]
 
@@ -66,7 +70,16 @@ class _StderrReporter:
             _say(message)
 
     def event(self, message: str) -> None:
+        self.status("")
         _say(message)
+
+    def status(self, line: str) -> None:
+        # A live line on a terminal only; logs get the outcome, not every tick.
+        if not sys.stderr.isatty():
+            return
+        width = 0 if not line else min(len(line) + 8, 200)
+        sys.stderr.write("\r\x1b[K" + (f"chorus: {line}"[:width] if line else ""))
+        sys.stderr.flush()
 
 
 def _say(message: str) -> None:
@@ -123,9 +136,30 @@ def _launch_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=("shm", "ring", "any"),
-        default="shm",
-        help="CHORUS_BACKEND for the ranks (default: shm)",
+        choices=("shm", "ring", "mesh", "any"),
+        default=None,
+        help="CHORUS_BACKEND for the ranks (default: shm on one host, else the hostfile's or ring)",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--hosts",
+        metavar="H1,H2,...",
+        help="run over ssh, one rank per host (-n per host); names from ~/.ssh/config or IPs",
+    )
+    where.add_argument(
+        "--hostfile",
+        metavar="FILE",
+        help='run over ssh as FILE says (MLX\'s JSON: [{"ssh": "h1", "ips": ["10.0.0.1"]}, ...])',
+    )
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        help="the interpreter on remote hosts (default: this one's path, " + sys.executable + ")",
+    )
+    parser.add_argument(
+        "--accept-new-host-keys",
+        action="store_true",
+        help="record unknown ssh host keys in known_hosts instead of refusing them",
     )
     parser.add_argument(
         "--env",
@@ -183,6 +217,7 @@ def _launch_arguments(parser: argparse.ArgumentParser) -> None:
 def _launch(args: argparse.Namespace) -> int:
     # Imported here: the launcher's machinery (asyncio, sockets) is only
     # needed by this subcommand.
+    from chorus.launch.hosts import HostfileError, chorus_backend
     from chorus.launch.run import JobSpec, LaunchError, build_command, launch
 
     cwd: str | None = args.cwd
@@ -208,10 +243,19 @@ def _launch(args: argparse.Namespace) -> int:
                 msg = "nothing to run: give a script, -m MODULE or -c CODE"
                 raise CliError(msg)
             argv = build_command(script=program[0], args=program[1:], cwd=cwd)
+        hosts = _hosts(args)
+        backend = args.backend or "shm"
+        nprocs = args.nprocs
+        if hosts is not None:
+            nprocs = len(hosts.hosts)
+            backend = args.backend or chorus_backend(hosts.backend or "ring", "hostfile")
         spec = JobSpec(
             argv=argv,
-            nprocs=args.nprocs,
-            backend=args.backend,
+            nprocs=nprocs,
+            backend=backend,
+            hosts=hosts,
+            python=args.python,
+            accept_new_host_keys=args.accept_new_host_keys,
             env=dict(args.env),
             cwd=cwd,
             timeout=args.timeout,
@@ -220,13 +264,31 @@ def _launch(args: argparse.Namespace) -> int:
             grace=args.grace,
         )
         result = launch(spec, _StderrReporter(args.verbose))
-    except LaunchError as exc:
+    except (LaunchError, HostfileError) as exc:
         raise CliError(str(exc)) from exc
     return result.exit_code
 
 
+def _hosts(args: argparse.Namespace) -> Hostfile | None:
+    """The hosts of ``--hosts``/``--hostfile``; ``None`` for a local job."""
+    from chorus.launch.hosts import load_hostfile, parse_host_list
+
+    if args.hostfile:
+        if args.nprocs != 1:
+            msg = "-n cannot be combined with --hostfile: list a host once per rank"
+            raise CliError(msg)
+        return load_hostfile(args.hostfile)
+    if args.hosts:
+        return parse_host_list(args.hosts).repeated(args.nprocs)
+    if args.python or args.accept_new_host_keys:
+        msg = "--python and --accept-new-host-keys need --hosts or --hostfile"
+        raise CliError(msg)
+    return None
+
+
 LAUNCH_DESCRIPTION = """\
-Start N ranks of a Python program on this machine. Every line typed on stdin
+Start N ranks of a Python program on this machine, or over ssh on the hosts of
+--hosts (with -n ranks per host) or --hostfile. Every line typed on stdin
 goes to every rank; every rank's stdout and stderr come back labelled [rank].
 The exit status is 0 when every rank exits 0, else that of the first rank
 that failed (128+N for signal N); the others are then stopped after --grace

@@ -69,8 +69,9 @@ class RankProcess(ABC):
     signals; it never touches a pid or a host directly.
     """
 
-    def __init__(self, rank: int) -> None:
+    def __init__(self, rank: int, host: str = "") -> None:
         self.rank = rank
+        self.host = host
 
     @property
     @abstractmethod

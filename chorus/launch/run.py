@@ -30,11 +30,12 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
+from chorus.launch.hosts import Hostfile, describe
 from chorus.launch.io import OutputSink, broadcast_stdin, pump_output
 from chorus.launch.ports import (
     LOCALHOST,
@@ -58,7 +59,10 @@ __all__ = [
     "rank_environment",
 ]
 
-BACKENDS = ("shm", "ring", "any")
+BACKENDS = ("shm", "ring", "mesh", "any")
+T = TypeVar("T")
+# At most this many ranks share one ssh connection (sshd's MaxSessions is 10).
+RANKS_PER_CONNECTION = 8
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How long a rank's last output may take to arrive after it exited (a process
 # it started may still hold the pipe open).
@@ -80,6 +84,9 @@ class Reporter(Protocol):
     def event(self, message: str) -> None:
         """Something the user must see: a rank failed, ranks are stopped."""
 
+    def status(self, line: str) -> None:
+        """A live status line while a slow step runs (``""`` clears it)."""
+
 
 class SilentReporter:
     """A :class:`Reporter` that drops everything."""
@@ -89,6 +96,9 @@ class SilentReporter:
 
     def event(self, message: str) -> None:
         """Drop ``message``."""
+
+    def status(self, line: str) -> None:
+        """Drop ``line``."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,13 @@ class JobSpec:
         Seconds the other ranks get to exit by themselves after one failed.
     term_timeout
         Seconds between SIGTERM and SIGKILL when stopping ranks.
+    hosts
+        Run rank ``i`` on ``hosts.hosts[i]`` over ssh (``nprocs`` must match);
+        ``None`` runs every rank here.
+    python
+        The interpreter on remote hosts (default: this one's absolute path).
+    accept_new_host_keys
+        Record unknown ssh host keys instead of refusing them.
     """
 
     argv: tuple[str, ...]
@@ -130,6 +147,9 @@ class JobSpec:
     prefix: bool = True
     grace: float = 2.0
     term_timeout: float = 2.0
+    hosts: Hostfile | None = None
+    python: str | None = None
+    accept_new_host_keys: bool = False
 
     def __post_init__(self) -> None:
         if self.nprocs < 1:
@@ -141,6 +161,9 @@ class JobSpec:
         if not self.argv:
             msg = "no program to run"
             raise LaunchError(msg)
+        if self.hosts is not None and len(self.hosts.hosts) != self.nprocs:
+            msg = f"{self.nprocs} rank(s) but {len(self.hosts.hosts)} host entries"
+            raise LaunchError(msg)
 
 
 @dataclass(frozen=True)
@@ -149,10 +172,12 @@ class RankExit:
 
     rank: int
     returncode: int
+    host: str = ""
 
     def describe(self) -> str:
-        """``"rank 2 exited with code 3"``, ``"rank 1 was killed by SIGKILL"``."""
-        return f"rank {self.rank} {describe_exit(self.returncode)}"
+        """``"rank 2 exited with code 3"``, ``"rank 1 on h1 was killed by SIGKILL"``."""
+        where = f" on {self.host}" if self.host else ""
+        return f"rank {self.rank}{where} {describe_exit(self.returncode)}"
 
 
 @dataclass
@@ -347,6 +372,7 @@ class Job:
         self.result = JobResult()
         self._started = False
         self._stopper: asyncio.Task[None] | None = None
+        self._connections: list[Any] = []
 
     # -- set-up ------------------------------------------------------------
 
@@ -403,6 +429,97 @@ class Job:
             self.ranks.append(
                 LocalRank(rank, spec.argv, env, cwd=spec.cwd, pass_fds=[*listen_fds, *mlx_fds])
             )
+
+    async def _build_remote_ranks(self, hostfile: Hostfile) -> None:
+        """Connect to every host, run each rank's agent, learn every address.
+
+        Nothing runs the user's program yet: each agent has bound its rank's
+        listening sockets, so the hostfile every rank gets is complete and no
+        port can be taken in between.
+        """
+        from chorus.launch.remote import AgentError, SshRank
+        from chorus.launch.ssh import SshError, connect_all
+
+        spec = self.spec
+        token = secrets.token_hex(16)
+        job_id = f"{os.getpid()}-{token[:8]}"
+        names = _connection_slots(hostfile)
+        self.reporter.progress(f"job {job_id}: {spec.nprocs} rank(s) on {describe(hostfile.hosts)}")
+        try:
+            connections = await connect_all(
+                names,
+                accept_new_host_keys=spec.accept_new_host_keys,
+                progress=self.reporter.status,
+            )
+        except SshError as exc:
+            raise LaunchError(str(exc)) from exc
+        finally:
+            self.reporter.status("")
+        self._connections = connections
+        python = spec.python or sys.executable
+        argv = [python if arg == sys.executable else arg for arg in spec.argv[:1]]
+        argv += spec.argv[1:]
+        runs_python = argv[0] == python
+        check_paths = [argv[1]] if runs_python and len(argv) > 1 and argv[1].startswith("/") else []
+        slot_of = _slot_indices(hostfile)
+        for index, entry in enumerate(hostfile.hosts):
+            connection = connections[slot_of[index]]
+            peer = connection.get_extra_info("peername")[0]
+            bind = list(entry.ips) or ["0.0.0.0"]
+            advertise = list(entry.ips) or [peer]
+            self.ranks.append(
+                SshRank(index, entry.ssh, connection, python=python, bind=bind, advertise=advertise)
+            )
+        remote = [rank for rank in self.ranks if isinstance(rank, SshRank)]
+        cwd = spec.cwd or str(Path.cwd())
+        try:
+            prepared = await self._with_status(
+                "starting agents",
+                [
+                    rank.prepare(cwd=cwd, check_paths=check_paths, need_chorus=runs_python)
+                    for rank in remote
+                ],
+            )
+        except AgentError as exc:
+            raise LaunchError(str(exc)) from exc
+        addresses = [p.addresses for p in prepared]
+        hostfile_text = hostfile_json(addresses)
+        mlx_text = hostfile_json([p.mlx_addresses[:1] for p in prepared])
+        self.reporter.progress(f"ranks listen on {hostfile_text}")
+        for rank in remote:
+            env = rank_environment(
+                spec,
+                rank.rank,
+                base={},
+                hostfile=hostfile_text,
+                listen_fds=[],
+                token=token,
+                job_id=job_id,
+                mlx_hostfile="",
+                coordinator=addresses[0][0],
+            )
+            env.update(hostfile.envs)
+            env.update(spec.env)
+            rank.configure(env, argv, mlx_text)
+
+    async def _with_status(self, what: str, steps: Sequence[Awaitable[T]]) -> list[T]:
+        """Run ``steps`` concurrently with a live "what: k/n" status line."""
+        tasks = [asyncio.ensure_future(step) for step in steps]
+        try:
+            pending: set[asyncio.Future[T]] = set(tasks)
+            while pending:
+                _, pending = await asyncio.wait(
+                    pending, timeout=0.5, return_when=asyncio.FIRST_EXCEPTION
+                )
+                failed = [task for task in tasks if task.done() and task.exception()]
+                if failed:
+                    raise failed[0].exception()  # type: ignore[misc]
+                self.reporter.status(f"{what}: {len(tasks) - len(pending)}/{len(tasks)} ready")
+            return [task.result() for task in tasks]
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.reporter.status("")
 
     async def _start_all(self) -> None:
         started = time.monotonic()
@@ -493,7 +610,7 @@ class Job:
     # -- supervision ---------------------------------------------------------
 
     def _on_exit(self, rank: RankProcess, returncode: int) -> None:
-        exit_ = RankExit(rank.rank, returncode)
+        exit_ = RankExit(rank.rank, returncode, rank.host)
         self.result.exits.append(exit_)
         if returncode == 0:
             self.reporter.progress(exit_.describe())
@@ -566,11 +683,14 @@ class Job:
         installed: list[int] = []
         try:
             with contextlib.ExitStack() as inherited:
-                try:
-                    self._build_ranks(inherited)
-                except OSError as exc:
-                    msg = f"cannot set up the ranks' addresses: {exc}"
-                    raise LaunchError(msg) from exc
+                if self.spec.hosts is not None:
+                    await self._build_remote_ranks(self.spec.hosts)
+                else:
+                    try:
+                        self._build_ranks(inherited)
+                    except OSError as exc:
+                        msg = f"cannot set up the ranks' addresses: {exc}"
+                        raise LaunchError(msg) from exc
                 for signum in FORWARDED_SIGNALS:
                     with contextlib.suppress(ValueError, RuntimeError):
                         # Not the main thread, or no such signal: no forwarding.
@@ -587,6 +707,8 @@ class Job:
                 loop.remove_signal_handler(installed_signum)
             if not self._started:
                 await self._abort_start()
+            for connection in self._connections:
+                connection.close()
         return self.result
 
     async def _abort_start(self) -> None:
@@ -612,6 +734,27 @@ def _open_standard_fds() -> None:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
+
+
+def _slot_indices(hostfile: Hostfile) -> list[int]:
+    """For each rank, the index of its ssh connection in :func:`_connection_slots`."""
+    slots: dict[tuple[str, int], int] = {}
+    seen: dict[str, int] = {}
+    indices = []
+    for entry in hostfile.hosts:
+        nth = seen.get(entry.ssh, 0)
+        seen[entry.ssh] = nth + 1
+        key = (entry.ssh, nth // RANKS_PER_CONNECTION)
+        indices.append(slots.setdefault(key, len(slots)))
+    return indices
+
+
+def _connection_slots(hostfile: Hostfile) -> list[str]:
+    """The host of each ssh connection to open (a host with many ranks gets several)."""
+    names: dict[int, str] = {}
+    for entry, index in zip(hostfile.hosts, _slot_indices(hostfile), strict=True):
+        names[index] = entry.ssh
+    return [names[index] for index in range(len(names))]
 
 
 def _rank_list(ranks: Iterable[RankProcess]) -> str:

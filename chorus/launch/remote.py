@@ -1,0 +1,290 @@
+"""A rank on another host: :class:`SshRank`, driven through :mod:`chorus.launch.agent`.
+
+The launcher treats it like a local rank (:class:`~chorus.launch.process.RankProcess`):
+stdin, stdout and stderr are the ssh channel's, signals travel as ssh signal
+requests, the exit status is the one ssh reports. Before :meth:`start`, the
+two-step hand-shake with the agent binds the rank's sockets on its host
+(:meth:`prepare`) so every rank's address is known before any rank runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shlex
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from chorus.launch import agent
+from chorus.launch.process import RankProcess
+
+if TYPE_CHECKING:
+    import asyncssh
+
+__all__ = ["AgentError", "Prepared", "SshRank", "agent_command"]
+
+# How long a host may take to answer the prepare step (python start-up there).
+PREPARE_TIMEOUT = 30.0
+# Signals the agent forwards to the rank's process group (ssh signal names).
+_SSH_SIGNALS = {
+    signal.SIGINT: "INT",
+    signal.SIGTERM: "TERM",
+    signal.SIGHUP: "HUP",
+    signal.SIGQUIT: "QUIT",
+    # The agent turns USR1 into SIGKILL for the rank's whole group.
+    signal.SIGKILL: "USR1",
+}
+
+
+class AgentError(Exception):
+    """A host cannot run its rank; the message names the host and says why."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the agent reported after binding the rank's sockets."""
+
+    hostname: str
+    pid: int
+    addresses: list[str]
+    mlx_addresses: list[str]
+    cwd: str | None
+
+
+def agent_command(python: str) -> str:
+    """The remote shell command that runs the agent with ``python``."""
+    source = Path(agent.__file__).read_text(encoding="utf-8")
+    # exec: the agent's parent must be the ssh session, so it dies with it.
+    return f"exec {shlex.quote(python)} -I -c {shlex.quote(source)}"
+
+
+def _frame(message: Mapping[str, Any]) -> bytes:
+    data = json.dumps(message).encode()
+    return f"{len(data)}\n".encode() + data
+
+
+class SshRank(RankProcess):
+    """One rank started over ssh.
+
+    Parameters
+    ----------
+    rank
+        The rank number.
+    host
+        The ssh name of its host (for messages).
+    connection
+        An open connection to that host.
+    python
+        The interpreter on the host that runs the agent.
+    bind
+        Addresses to listen on there (``0.0.0.0`` when the hostfile names none).
+    advertise
+        The address peers use for each entry of ``bind`` (differs for ``0.0.0.0``).
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        host: str,
+        connection: asyncssh.SSHClientConnection,
+        *,
+        python: str,
+        bind: Sequence[str],
+        advertise: Sequence[str],
+    ) -> None:
+        super().__init__(rank, host)
+        self.connection = connection
+        self.python = python
+        self.bind = list(bind)
+        self.advertise = list(advertise)
+        self.prepared: Prepared | None = None
+        self._process: asyncssh.SSHClientProcess[bytes] | None = None
+        self._started = False
+        self._stdin: _ChannelStdin | None = None
+
+    # -- the hand-shake --------------------------------------------------------
+
+    async def prepare(
+        self, *, cwd: str | None, check_paths: Sequence[str], need_chorus: bool
+    ) -> Prepared:
+        """Open the channel, run the agent, bind the rank's sockets there.
+
+        Raises
+        ------
+        AgentError
+            If the host cannot run the rank (no such python, chorus missing,
+            a file missing, an address it cannot listen on).
+        """
+        import asyncssh
+
+        try:
+            self._process = await self.connection.create_process(
+                agent_command(self.python), encoding=None
+            )
+        except (asyncssh.Error, OSError) as exc:
+            msg = f"{self.host}: cannot open an ssh session: {exc}"
+            raise AgentError(msg) from exc
+        request = {
+            "bind": self.bind,
+            "cwd": cwd,
+            "check_paths": list(check_paths),
+            "need_chorus": need_chorus,
+        }
+        self.stdin.write(_frame(request))
+        try:
+            async with asyncio.timeout(PREPARE_TIMEOUT):
+                line = await self.stdout.readline()
+        except TimeoutError:
+            msg = f"{self.host}: {self.python} did not answer within {PREPARE_TIMEOUT:g} s"
+            raise AgentError(msg) from None
+        text = line.decode(errors="replace")
+        if not text.startswith(agent.REPLY_TAG):
+            raise AgentError(await self._no_agent(text))
+        answer = json.loads(text[len(agent.REPLY_TAG) :])
+        if not answer["ok"]:
+            hint = ""
+            if answer.get("kind") == "no-chorus":
+                hint = (
+                    f": install it there (`{self.python} -m pip install chorus`) or pass --python"
+                )
+            msg = f"{self.host}: {answer['error']}{hint}"
+            raise AgentError(msg)
+        addresses = [
+            _join(ip, port) for ip, port in zip(self.advertise, answer["ports"], strict=True)
+        ]
+        mlx = [
+            _join(ip, port) for ip, port in zip(self.advertise, answer["mlx_ports"], strict=True)
+        ]
+        self.prepared = Prepared(answer["hostname"], answer["pid"], addresses, mlx, answer["cwd"])
+        return self.prepared
+
+    async def _no_agent(self, first_line: str) -> str:
+        """Explain why the agent did not answer (usually: no such python)."""
+        assert self._process is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._process.wait()
+        stderr = b""
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(1):
+                stderr = await self.stderr.read(4096)
+        detail = (first_line + stderr.decode(errors="replace")).strip()
+        if self._process.returncode == 127:
+            return (
+                f"{self.host}: {self.python} is not there (command not found); "
+                "pass --python with the interpreter to use on the remote hosts"
+            )
+        return f"{self.host}: the chorus agent did not start with {self.python}: {detail or 'no output'}"
+
+    def configure(self, env: Mapping[str, str], argv: Sequence[str], mlx_hostfile: str) -> None:
+        """Remember what :meth:`start` sends: the rank's variables and command."""
+        self._start_request = {
+            "env": dict(env),
+            "argv": list(argv),
+            "cwd": None if self.prepared is None else self.prepared.cwd,
+            "mlx_hostfile": mlx_hostfile,
+        }
+
+    # -- RankProcess -----------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def where(self) -> str:
+        pid = "" if self.prepared is None else f" pid {self.prepared.pid}"
+        return f"rank {self.rank}: {self.host}{pid}"
+
+    async def start(self) -> None:
+        self.stdin.write(_frame(self._start_request))
+        await self.stdin.drain()
+        self._started = True
+
+    @property
+    def _proc(self) -> asyncssh.SSHClientProcess[bytes]:
+        if self._process is None:
+            msg = f"rank {self.rank} on {self.host} has not been prepared"
+            raise RuntimeError(msg)
+        return self._process
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter:
+        if self._stdin is None:
+            self._stdin = _ChannelStdin(self._proc.stdin)
+        return cast(asyncio.StreamWriter, self._stdin)
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        return cast(asyncio.StreamReader, self._proc.stdout)
+
+    @property
+    def stderr(self) -> asyncio.StreamReader:
+        return cast(asyncio.StreamReader, self._proc.stderr)
+
+    @property
+    def returncode(self) -> int | None:
+        if self._process is None:
+            return None
+        return self._exit_code()
+
+    def _exit_code(self) -> int | None:
+        assert self._process is not None
+        code = self._process.returncode
+        if code is None and self._process.channel.is_closing():
+            # The connection died without an exit status: the host is gone.
+            return -int(signal.SIGKILL)
+        return code
+
+    async def wait(self) -> int:
+        await self._proc.wait_closed()
+        code = self._exit_code()
+        return -int(signal.SIGKILL) if code is None else code
+
+    def send_signal(self, signum: int) -> None:
+        name = _SSH_SIGNALS.get(signal.Signals(signum))
+        if self._process is None or name is None or self._process.returncode is not None:
+            return
+        with contextlib.suppress(OSError):
+            self._process.send_signal(name)
+
+    def cleanup(self) -> None:
+        """Kill what is left of the rank's group, then close the channel."""
+        self.send_signal(signal.SIGKILL)
+        if self._process is not None:
+            self._process.close()
+
+
+class _ChannelStdin:
+    """A rank's stdin over ssh, shaped like :class:`asyncio.StreamWriter`.
+
+    Closing it sends EOF only: closing asyncssh's writer would close the whole
+    channel and lose the rank's remaining output and exit status.
+    """
+
+    def __init__(self, writer: asyncssh.SSHWriter[bytes]) -> None:
+        self._writer = writer
+        self._eof = False
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def is_closing(self) -> bool:
+        return self._eof or self._writer.is_closing()
+
+    def close(self) -> None:
+        if not self.is_closing():
+            self._eof = True
+            with contextlib.suppress(OSError):
+                self._writer.write_eof()
+
+
+def _join(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
