@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.hosts.fixtures"]
 BACKENDS = ("shm", "ring")
 
 

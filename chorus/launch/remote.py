@@ -1,8 +1,9 @@
 """A rank on another host: :class:`SshRank`, driven through :mod:`chorus.launch.agent`.
 
 The launcher treats it like a local rank (:class:`~chorus.launch.process.RankProcess`):
-stdin, stdout and stderr are the ssh channel's, signals travel as ssh signal
-requests, the exit status is the one ssh reports. Before :meth:`start`, the
+stdin, stdout and stderr are the ssh channel's, a signal is a ``kill`` of the
+agent run over the same connection (the agent relays it to the rank's process
+group), the exit status is the one ssh reports. Before :meth:`start`, the
 two-step hand-shake with the agent binds the rank's sockets on its host
 (:meth:`prepare`) so every rank's address is known before any rank runs.
 """
@@ -29,8 +30,8 @@ __all__ = ["AgentError", "Prepared", "SshRank", "agent_command"]
 
 # How long a host may take to answer the prepare step (python start-up there).
 PREPARE_TIMEOUT = 30.0
-# Signals the agent forwards to the rank's process group (ssh signal names).
-_SSH_SIGNALS = {
+# Signals the agent forwards to the rank's process group (names for kill -s).
+_AGENT_SIGNALS = {
     signal.SIGINT: "INT",
     signal.SIGTERM: "TERM",
     signal.SIGHUP: "HUP",
@@ -105,6 +106,8 @@ class SshRank(RankProcess):
         self._process: asyncssh.SSHClientProcess[bytes] | None = None
         self._started = False
         self._stdin: _ChannelStdin | None = None
+        self._signal_tasks: set[asyncio.Task[None]] = set()
+        self._lost = False
 
     # -- the hand-shake --------------------------------------------------------
 
@@ -230,33 +233,47 @@ class SshRank(RankProcess):
     def returncode(self) -> int | None:
         if self._process is None:
             return None
-        return self._exit_code()
-
-    def _exit_code(self) -> int | None:
-        assert self._process is not None
-        code = self._process.returncode
-        if code is None and self._process.channel.is_closing():
-            # The connection died without an exit status: the host is gone.
+        if self._process.returncode is None and self._lost:
             return -int(signal.SIGKILL)
-        return code
+        return self._process.returncode
 
     async def wait(self) -> int:
         await self._proc.wait_closed()
-        code = self._exit_code()
-        return -int(signal.SIGKILL) if code is None else code
+        if self._proc.returncode is None:
+            # The channel closed without an exit status: the host or the
+            # connection is gone, and the agent with it.
+            self._lost = True
+        code = self.returncode
+        assert code is not None
+        return code
 
     def send_signal(self, signum: int) -> None:
-        name = _SSH_SIGNALS.get(signal.Signals(signum))
-        if self._process is None or name is None or self._process.returncode is not None:
+        """Signal the agent with ``kill`` over a new ssh session; it relays to the rank.
+
+        ssh's own signal request is not used: OpenSSH servers ignore it.
+        """
+        name = _AGENT_SIGNALS.get(signal.Signals(signum))
+        if self.prepared is None or name is None or self.returncode is not None:
             return
-        with contextlib.suppress(OSError):
-            self._process.send_signal(name)
+        command = f"kill -s {name} {self.prepared.pid}"
+        task = asyncio.get_running_loop().create_task(self._run_quietly(command))
+        self._signal_tasks.add(task)
+        task.add_done_callback(self._signal_tasks.discard)
+
+    async def _run_quietly(self, command: str) -> None:
+        import asyncssh
+
+        with contextlib.suppress(asyncssh.Error, OSError):
+            await self.connection.run(command, check=False)
 
     def cleanup(self) -> None:
-        """Kill what is left of the rank's group, then close the channel."""
+        """Kill what is left of the rank's group.
+
+        The agent does that itself when the rank exits, and when the
+        connection closes (its parent, the ssh session, dies); this covers a
+        rank that is still running when the launcher gives up on it.
+        """
         self.send_signal(signal.SIGKILL)
-        if self._process is not None:
-            self._process.close()
 
 
 class _ChannelStdin:
