@@ -1,5 +1,0 @@
-if(EXISTS "/work/main/build/dev/chorus_cpp_tests[1]_tests.cmake")
-  include("/work/main/build/dev/chorus_cpp_tests[1]_tests.cmake")
-else()
-  add_test(chorus_cpp_tests_NOT_BUILT chorus_cpp_tests_NOT_BUILT)
-endif()
