@@ -105,6 +105,19 @@ def _free_port(ip: str) -> int:
         return port
 
 
+def _free_ports(ip: str, count: int) -> list[int]:
+    """``count`` distinct ports that were free on ``ip`` a moment ago (for ZMQ)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    held = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in held:
+            sock.bind((ip, 0))
+        return [sock.getsockname()[1] for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def prepare(request: dict[str, Any]) -> tuple[dict[str, Any], list[socket.socket]]:
     """Step 1: check the host and bind the rank's sockets."""
     host = socket.gethostname()
@@ -130,12 +143,14 @@ def prepare(request: dict[str, Any]) -> tuple[dict[str, Any], list[socket.socket
             sock.close()
         error = f"cannot listen on {ip} on {host}: {err.strerror}"
         return {"ok": False, "error": error, "kind": "bind"}, []
+    free_ip = request["bind"][0] if request["bind"] else "0.0.0.0"
     answer = {
         "ok": True,
         "hostname": host,
         "pid": os.getpid(),
         "ports": ports,
         "mlx_ports": mlx_ports,
+        "free_ports": _free_ports(free_ip, request.get("free_ports", 0)),
         "cwd": cwd,
         "python": sys.version.split()[0],
     }
@@ -143,7 +158,7 @@ def prepare(request: dict[str, Any]) -> tuple[dict[str, Any], list[socket.socket
 
 
 def _memfd(text: str) -> int:
-    fd = os.memfd_create("chorus-mlx-hostfile", 0)
+    fd = os.memfd_create("chorus", 0)
     os.write(fd, text.encode())
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
@@ -181,12 +196,26 @@ class Supervisor:
             fd = _memfd(mlx_text)
             fds.append(fd)
             env["MLX_HOSTFILE"] = f"/proc/self/fd/{fd}"
+        # Files the rank reads (a kernel's connection file), as memfds named
+        # "{memfd:NAME}" in its argv and environment.
+        paths = {}
+        for name, text in request.get("memfds", {}).items():
+            fd = _memfd(text)
+            fds.append(fd)
+            paths["{memfd:" + name + "}"] = f"/proc/self/fd/{fd}"
+
+        def substitute(text: str) -> str:
+            for placeholder, path in paths.items():
+                text = text.replace(placeholder, path)
+            return text
+
+        env = {key: substitute(value) for key, value in env.items()}
 
         def in_child() -> None:
             # The rank dies with the agent even if the agent is SIGKILLed.
             _die_with_parent(signal.SIGKILL)
 
-        argv = request["argv"]
+        argv = [substitute(arg) for arg in request["argv"]]
         try:
             self.child = subprocess.Popen(
                 argv,

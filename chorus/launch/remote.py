@@ -54,6 +54,7 @@ class Prepared:
     addresses: list[str]
     mlx_addresses: list[str]
     cwd: str | None
+    free_ports: list[int]
 
 
 def agent_command(python: str) -> str:
@@ -112,7 +113,12 @@ class SshRank(RankProcess):
     # -- the hand-shake --------------------------------------------------------
 
     async def prepare(
-        self, *, cwd: str | None, check_paths: Sequence[str], need_chorus: bool
+        self,
+        *,
+        cwd: str | None,
+        check_paths: Sequence[str],
+        need_chorus: bool,
+        free_ports: int = 0,
     ) -> Prepared:
         """Open the channel, run the agent, bind the rank's sockets there.
 
@@ -136,6 +142,7 @@ class SshRank(RankProcess):
             "cwd": cwd,
             "check_paths": list(check_paths),
             "need_chorus": need_chorus,
+            "free_ports": free_ports,
         }
         self.stdin.write(_frame(request))
         try:
@@ -162,7 +169,9 @@ class SshRank(RankProcess):
         mlx = [
             _join(ip, port) for ip, port in zip(self.advertise, answer["mlx_ports"], strict=True)
         ]
-        self.prepared = Prepared(answer["hostname"], answer["pid"], addresses, mlx, answer["cwd"])
+        self.prepared = Prepared(
+            answer["hostname"], answer["pid"], addresses, mlx, answer["cwd"], answer["free_ports"]
+        )
         return self.prepared
 
     async def _no_agent(self, first_line: str) -> str:
@@ -183,13 +192,25 @@ class SshRank(RankProcess):
             )
         return f"{self.host}: the chorus agent did not start with {self.python}: {detail or 'no output'}"
 
-    def configure(self, env: Mapping[str, str], argv: Sequence[str], mlx_hostfile: str) -> None:
-        """Remember what :meth:`start` sends: the rank's variables and command."""
+    def configure(
+        self,
+        env: Mapping[str, str],
+        argv: Sequence[str],
+        mlx_hostfile: str,
+        memfds: Mapping[str, str] | None = None,
+    ) -> None:
+        """Remember what :meth:`start` sends: the rank's variables and command.
+
+        ``memfds`` maps names to file contents the rank reads; the agent puts
+        each in a memfd and replaces ``{memfd:NAME}`` in ``argv`` and ``env``
+        with its path, so no file is written on the host.
+        """
         self._start_request = {
             "env": dict(env),
             "argv": list(argv),
             "cwd": None if self.prepared is None else self.prepared.cwd,
             "mlx_hostfile": mlx_hostfile,
+            "memfds": dict(memfds or {}),
         }
 
     # -- RankProcess -----------------------------------------------------------

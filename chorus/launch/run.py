@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from chorus.launch.hosts import Hostfile, describe
 from chorus.launch.io import OutputSink, broadcast_stdin, pump_output
@@ -46,6 +46,9 @@ from chorus.launch.ports import (
 )
 from chorus.launch.process import LocalRank, RankProcess, describe_exit
 
+if TYPE_CHECKING:
+    from chorus.launch.remote import SshRank
+
 __all__ = [
     "BACKENDS",
     "Job",
@@ -53,9 +56,11 @@ __all__ = [
     "JobSpec",
     "LaunchError",
     "RankExit",
+    "RemoteRanks",
     "Reporter",
     "build_command",
     "launch",
+    "prepare_remote_ranks",
     "rank_environment",
 ]
 
@@ -431,95 +436,12 @@ class Job:
             )
 
     async def _build_remote_ranks(self, hostfile: Hostfile) -> None:
-        """Connect to every host, run each rank's agent, learn every address.
-
-        Nothing runs the user's program yet: each agent has bound its rank's
-        listening sockets, so the hostfile every rank gets is complete and no
-        port can be taken in between.
-        """
-        from chorus.launch.remote import AgentError, SshRank
-        from chorus.launch.ssh import SshError, connect_all
-
-        spec = self.spec
-        token = secrets.token_hex(16)
-        job_id = f"{os.getpid()}-{token[:8]}"
-        names = _connection_slots(hostfile)
-        self.reporter.progress(f"job {job_id}: {spec.nprocs} rank(s) on {describe(hostfile.hosts)}")
-        try:
-            connections = await connect_all(
-                names,
-                accept_new_host_keys=spec.accept_new_host_keys,
-                progress=self.reporter.status,
-            )
-        except SshError as exc:
-            raise LaunchError(str(exc)) from exc
-        finally:
-            self.reporter.status("")
-        self._connections = connections
-        python = spec.python or sys.executable
-        argv = [python if arg == sys.executable else arg for arg in spec.argv[:1]]
-        argv += spec.argv[1:]
-        runs_python = argv[0] == python
-        check_paths = [argv[1]] if runs_python and len(argv) > 1 and argv[1].startswith("/") else []
-        slot_of = _slot_indices(hostfile)
-        for index, entry in enumerate(hostfile.hosts):
-            connection = connections[slot_of[index]]
-            peer = connection.get_extra_info("peername")[0]
-            bind = list(entry.ips) or ["0.0.0.0"]
-            advertise = list(entry.ips) or [peer]
-            self.ranks.append(
-                SshRank(index, entry.ssh, connection, python=python, bind=bind, advertise=advertise)
-            )
-        remote = [rank for rank in self.ranks if isinstance(rank, SshRank)]
-        cwd = spec.cwd or str(Path.cwd())
-        try:
-            prepared = await self._with_status(
-                "starting agents",
-                [
-                    rank.prepare(cwd=cwd, check_paths=check_paths, need_chorus=runs_python)
-                    for rank in remote
-                ],
-            )
-        except AgentError as exc:
-            raise LaunchError(str(exc)) from exc
-        addresses = [p.addresses for p in prepared]
-        hostfile_text = hostfile_json(addresses)
-        mlx_text = hostfile_json([p.mlx_addresses[:1] for p in prepared])
-        self.reporter.progress(f"ranks listen on {hostfile_text}")
-        for rank in remote:
-            env = rank_environment(
-                spec,
-                rank.rank,
-                base={},
-                hostfile=hostfile_text,
-                listen_fds=[],
-                token=token,
-                job_id=job_id,
-                mlx_hostfile="",
-                coordinator=addresses[0][0],
-            )
-            env.update(hostfile.envs)
-            env.update(spec.env)
-            rank.configure(env, argv, mlx_text)
-
-    async def _with_status(self, what: str, steps: Sequence[Awaitable[T]]) -> list[T]:
-        """Run ``steps`` concurrently with a live "what: k/n" status line."""
-        tasks = [asyncio.ensure_future(step) for step in steps]
-        try:
-            pending: set[asyncio.Future[T]] = set(tasks)
-            while pending:
-                _, pending = await asyncio.wait(
-                    pending, timeout=0.5, return_when=asyncio.FIRST_EXCEPTION
-                )
-                failed = [task for task in tasks if task.done() and task.exception()]
-                if failed:
-                    raise failed[0].exception()  # type: ignore[misc]
-                self.reporter.status(f"{what}: {len(tasks) - len(pending)}/{len(tasks)} ready")
-            return [task.result() for task in tasks]
-        finally:
-            for task in tasks:
-                task.cancel()
-            self.reporter.status("")
+        """Connect to every host and run each rank's agent (see :func:`prepare_remote_ranks`)."""
+        remote = await prepare_remote_ranks(self.spec, hostfile, self.reporter)
+        self._connections = remote.connections
+        self.ranks.extend(remote.ranks)
+        for rank, env in zip(remote.ranks, remote.envs, strict=True):
+            rank.configure(env, remote.argv, remote.mlx_hostfile)
 
     async def _start_all(self) -> None:
         started = time.monotonic()
@@ -734,6 +656,133 @@ def _open_standard_fds() -> None:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
+
+
+@dataclass
+class RemoteRanks:
+    """Ranks whose agents run and hold their sockets, ready to be configured and started."""
+
+    ranks: list[SshRank]
+    connections: list[Any]
+    envs: list[dict[str, str]]
+    argv: list[str]
+    mlx_hostfile: str
+    addresses: list[list[str]]
+
+    def close(self) -> None:
+        """Close every ssh connection (each agent then stops its rank)."""
+        for connection in self.connections:
+            connection.close()
+
+
+async def _with_status(reporter: Reporter, what: str, steps: Sequence[Awaitable[T]]) -> list[T]:
+    """Run ``steps`` concurrently with a live "what: k/n ready" status line."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        pending: set[asyncio.Future[T]] = set(tasks)
+        while pending:
+            _, pending = await asyncio.wait(
+                pending, timeout=0.5, return_when=asyncio.FIRST_EXCEPTION
+            )
+            for task in tasks:
+                if task.done() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            reporter.status(f"{what}: {len(tasks) - len(pending)}/{len(tasks)} ready")
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        reporter.status("")
+
+
+async def prepare_remote_ranks(
+    spec: JobSpec,
+    hostfile: Hostfile,
+    reporter: Reporter,
+    *,
+    free_ports: int = 0,
+) -> RemoteRanks:
+    """Connect to every host, run each rank's agent, learn every address.
+
+    Nothing runs the user's program yet: each agent has bound its rank's
+    listening sockets, so the hostfile every rank gets is complete and no
+    port can be taken in between. ``free_ports`` more ports per rank are
+    reported (the kernel's ZMQ ports). On failure every connection is closed.
+
+    Raises
+    ------
+    LaunchError
+        A host cannot be reached or cannot run its rank; the message names it.
+    """
+    from chorus.launch.remote import AgentError, SshRank
+    from chorus.launch.ssh import SshError, connect_all
+
+    token = secrets.token_hex(16)
+    job_id = f"{os.getpid()}-{token[:8]}"
+    reporter.progress(f"job {job_id}: {spec.nprocs} rank(s) on {describe(hostfile.hosts)}")
+    try:
+        connections = await connect_all(
+            _connection_slots(hostfile),
+            accept_new_host_keys=spec.accept_new_host_keys,
+            progress=reporter.status,
+        )
+    except SshError as exc:
+        raise LaunchError(str(exc)) from exc
+    finally:
+        reporter.status("")
+    try:
+        python = spec.python or sys.executable
+        argv = [python if arg == sys.executable else arg for arg in spec.argv[:1]]
+        argv += spec.argv[1:]
+        runs_python = argv[0] == python
+        script = argv[1] if runs_python and len(argv) > 1 else ""
+        check_paths = [script] if script.startswith("/") else []
+        slot_of = _slot_indices(hostfile)
+        ranks = []
+        for index, entry in enumerate(hostfile.hosts):
+            connection = connections[slot_of[index]]
+            peer = connection.get_extra_info("peername")[0]
+            bind = list(entry.ips) or ["0.0.0.0"]
+            advertise = list(entry.ips) or [peer]
+            ranks.append(
+                SshRank(index, entry.ssh, connection, python=python, bind=bind, advertise=advertise)
+            )
+        cwd = spec.cwd or str(Path.cwd())
+        steps = [
+            rank.prepare(
+                cwd=cwd, check_paths=check_paths, need_chorus=runs_python, free_ports=free_ports
+            )
+            for rank in ranks
+        ]
+        try:
+            prepared = await _with_status(reporter, "starting agents", steps)
+        except AgentError as exc:
+            raise LaunchError(str(exc)) from exc
+    except BaseException:
+        for connection in connections:
+            connection.close()
+        raise
+    addresses = [p.addresses for p in prepared]
+    hostfile_text = hostfile_json(addresses)
+    reporter.progress(f"ranks listen on {hostfile_text}")
+    envs = []
+    for rank in ranks:
+        env = rank_environment(
+            spec,
+            rank.rank,
+            base={},
+            hostfile=hostfile_text,
+            listen_fds=[],
+            token=token,
+            job_id=job_id,
+            mlx_hostfile="",
+            coordinator=addresses[0][0],
+        )
+        env.update(hostfile.envs)
+        env.update(spec.env)
+        envs.append(env)
+    mlx_text = hostfile_json([p.mlx_addresses[:1] for p in prepared])
+    return RemoteRanks(ranks, connections, envs, argv, mlx_text, addresses)
 
 
 def _slot_indices(hostfile: Hostfile) -> list[int]:
