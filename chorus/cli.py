@@ -301,9 +301,14 @@ seconds. Ctrl-C and SIGTERM reach every rank; a second Ctrl-C kills them.
 def _kernel_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="kernel_action", metavar="ACTION", required=True)
     install = actions.add_parser("install", help="install a 'Chorus (N ranks)' kernelspec")
-    install.add_argument("--ranks", type=_positive_int, default=4, help="ranks (default 4)")
     install.add_argument(
-        "--backend", default="shm", choices=("shm", "ring", "any"), help="backend of the ranks"
+        "--ranks", type=_positive_int, default=None, help="ranks (default 4; per host with --hosts)"
+    )
+    install.add_argument(
+        "--backend",
+        default=None,
+        choices=("shm", "ring", "mesh", "any"),
+        help="backend of the ranks",
     )
     install.add_argument("--timeout", type=_seconds, default=None, help="CHORUS_TIMEOUT")
     install.add_argument(
@@ -313,8 +318,12 @@ def _kernel_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--user", action="store_true", help="install for this user only")
     where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix")
     where.add_argument("--prefix", default=None, help="install under this prefix")
-    install.add_argument("--hosts", default=None, help=argparse.SUPPRESS)
-    install.add_argument("--hostfile", default=None, help=argparse.SUPPRESS)
+    hosts = install.add_mutually_exclusive_group()
+    hosts.add_argument(
+        "--hosts", default=None, help="ranks on these ssh hosts (--ranks per host, default 1)"
+    )
+    hosts.add_argument("--hostfile", default=None, help="ranks on the hosts of this hostfile")
+    install.add_argument("--python", default=None, help="the interpreter on remote hosts")
     actions.add_parser("list", help="list the installed chorus kernelspecs")
     remove = actions.add_parser("remove", help="remove a chorus kernelspec")
     remove.add_argument("name", help="kernelspec name, as shown by chorus kernel list")
@@ -337,10 +346,21 @@ def _kernel(args: argparse.Namespace) -> int:
             raise CliError(exc.args[0]) from None
         print(f"removed {path}")
         return 0
+    from chorus.launch.hosts import HostfileError
+
+    placement = kernelspec.Placement(args.hosts, args.hostfile, args.python)
+    if args.backend is None:
+        args.backend = "ring" if args.hosts or args.hostfile else "shm"
+    if args.ranks is None:
+        args.ranks = 1 if args.hosts or args.hostfile else 4
     if args.hosts or args.hostfile:
-        msg = "rank kernels on remote hosts (--hosts/--hostfile) come with multi-host launch"
-        raise CliError(msg)
-    name = args.name or ("chorus" if args.ranks == 4 else f"chorus-{args.ranks}")
+        try:
+            total = placement.total_ranks(args.ranks)
+        except HostfileError as exc:
+            raise CliError(str(exc)) from None
+        name = args.name or f"chorus-{total}-remote"
+    else:
+        name = args.name or ("chorus" if args.ranks == 4 else f"chorus-{args.ranks}")
     prefix = sys.prefix if args.sys_prefix else args.prefix
     try:
         path = kernelspec.install(
@@ -350,11 +370,15 @@ def _kernel(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             user=args.user,
             prefix=prefix,
+            placement=placement,
         )
     except OSError as exc:
         msg = f"cannot write the kernelspec: {exc} (try --user or --sys-prefix)"
         raise CliError(msg) from None
-    print(f"installed kernelspec {name} ({args.ranks} ranks, backend {args.backend}) in {path}")
+    where = placement.where()
+    print(
+        f"installed kernelspec {name} ({args.ranks} ranks{where}, backend {args.backend}) in {path}"
+    )
     return 0
 
 
@@ -368,6 +392,109 @@ and pdb on every rank, and the interrupt button reaches every rank.
   chorus kernel remove NAME
 """
 
+# -- chorus config -------------------------------------------------------------
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--hosts",
+        required=True,
+        metavar="H1,H2,...",
+        help="the hosts to check, each once (names from ~/.ssh/config or addresses)",
+    )
+    parser.add_argument(
+        "--over",
+        choices=("thunderbolt", "ethernet"),
+        default=None,
+        help="thunderbolt: the point-to-point cables; ethernet: the subnet all hosts share "
+        "(default: the cables when there are any, else the switch)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("ring", "mesh"),
+        default="ring",
+        help="the backend the hostfile is for (default: ring)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the hostfile to FILE (default: print it on stdout)",
+    )
+    parser.add_argument(
+        "--dot",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="draw the wiring: the graphviz source on stdout, or a picture in FILE "
+        "(.svg, .png, .pdf need Graphviz's dot; .dot/.gv get the source)",
+    )
+    parser.add_argument(
+        "--auto-setup",
+        action="store_true",
+        help="give unaddressed cables /30 addresses (and a mesh its host routes) on the hosts, "
+        "as root or with passwordless sudo (default: print the commands)",
+    )
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        default="",
+        help="the interpreter the hosts run probes with (default: this one's path, "
+        "else python3 on their PATH)",
+    )
+    parser.add_argument(
+        "--accept-new-host-keys",
+        action="store_true",
+        help="record unknown ssh host keys in known_hosts instead of refusing them",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show each command run on each host"
+    )
+
+
+def _config(args: argparse.Namespace) -> int:
+    from chorus.config.command import ConfigOptions, run_config
+    from chorus.config.errors import ConfigError
+    from chorus.launch.hosts import HostfileError, parse_host_list
+    from chorus.launch.ssh import SshError
+
+    try:
+        hosts = tuple(parse_host_list(args.hosts).distinct_hosts)
+        options = ConfigOptions(
+            hosts=hosts,
+            backend=args.backend,
+            over=args.over,
+            output=args.output,
+            dot=args.dot,
+            auto_setup=args.auto_setup,
+            python=args.python,
+            accept_new_host_keys=args.accept_new_host_keys,
+            verbose=args.verbose,
+        )
+        return run_config(options, _StderrReporter(args.verbose))
+    except (ConfigError, SshError, HostfileError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+CONFIG_DESCRIPTION = """\
+Discover how the hosts are wired, check the wiring, and propose a hostfile.
+
+chorus config connects to every host over ssh, reads its interfaces (Linux: ip -j
+addr/link; macOS: ifconfig, networksetup and system_profiler's Thunderbolt ports),
+pairs up interfaces that share a point-to-point subnet, confirms each pair with a
+TCP probe from one host to the other, and traces unaddressed cables through their
+IPv6 link-local addresses. It then checks that the cables form a ring (--backend
+ring) or a full mesh (--backend mesh) and names any missing or miswired cable.
+
+A summary goes to stderr; the hostfile JSON goes to stdout or --output FILE, ready
+for `chorus launch --hostfile FILE`. With --dot the graphviz source goes to stdout
+instead (pipe it to `dot -Tsvg`), or --dot wiring.svg draws it. Exit status 0 means
+the hostfile is usable as is.
+
+  chorus config --hosts a,b,c,d --dot wiring.svg --output hosts.json
+  chorus launch --hostfile hosts.json train.py
+"""
+
 # -- the command ----------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
@@ -377,6 +504,13 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         add_arguments=_launch_arguments,
         run=_launch,
         description=LAUNCH_DESCRIPTION,
+    ),
+    Subcommand(
+        name="config",
+        help="discover how hosts are wired, check the ring/mesh, write the hostfile",
+        add_arguments=_config_arguments,
+        run=_config,
+        description=CONFIG_DESCRIPTION,
     ),
     Subcommand(
         name="kernel",

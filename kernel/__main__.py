@@ -1,4 +1,4 @@
-"""``python -m chorus.kernel -f CONNECTION_FILE [--ranks N] [--backend B]``."""
+"""``python -m chorus.kernel -f CONNECTION_FILE [--ranks N] [--backend B] [--hosts H|--hostfile F]``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Start the chorus kernel; ``--ranks``/``--backend``/``--timeout`` are shorthands."""
+    """Start the chorus kernel; ``--ranks``, ``--backend``, ``--hosts``... are shorthands."""
     from chorus.kernel.kernel import ChorusKernel
     from ipykernel.kernelapp import IPKernelApp
 
@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> None:
         "--ranks": "--ChorusKernel.ranks_count",
         "--backend": "--ChorusKernel.backend",
         "--timeout": "--ChorusKernel.rank_timeout",
+        "--hosts": "--ChorusKernel.hosts",
+        "--hostfile": "--ChorusKernel.hostfile",
+        "--python": "--ChorusKernel.python",
     }
     translated: list[str] = []
     iterator = iter(args)

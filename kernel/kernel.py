@@ -30,6 +30,7 @@ from ipykernel.kernelbase import Kernel
 from traitlets import Float, Integer, Unicode
 
 import chorus
+from chorus.launch.hosts import Hostfile, load_hostfile, parse_host_list
 
 
 class ChorusKernel(Kernel):
@@ -50,12 +51,26 @@ class ChorusKernel(Kernel):
     ranks_count = Integer(4, help="Number of ranks").tag(config=True)
     backend = Unicode("shm", help="chorus backend of the ranks").tag(config=True)
     rank_timeout = Float(60.0, help="CHORUS_TIMEOUT of the ranks").tag(config=True)
+    hosts = Unicode("", help="run ranks over ssh on these hosts (ranks_count per host)").tag(
+        config=True
+    )
+    hostfile = Unicode("", help="run ranks over ssh as this hostfile says").tag(config=True)
+    python = Unicode("", help="the interpreter on remote hosts").tag(config=True)
 
     banner = Unicode(f"chorus {chorus.__version__}: every cell runs on every rank")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.rank_set = RankSet(self.ranks_count, backend=self.backend, timeout=self.rank_timeout)
+        hostfile = self._hostfile()
+        if hostfile is not None:
+            self.ranks_count = len(hostfile.hosts)
+        self.rank_set = RankSet(
+            self.ranks_count,
+            backend=self.backend,
+            timeout=self.rank_timeout,
+            hosts=hostfile,
+            python=self.python or None,
+        )
         self.engine = Engine(self.rank_set, _KernelFrontend(self))
         self.targets: list[int] = list(range(self.ranks_count))
         self.banner = (
@@ -64,6 +79,14 @@ class ChorusKernel(Kernel):
         )
         self._ready: asyncio.Task[None] | None = None
         self._prompt_parent: tuple[Any, Any] | None = None
+
+    def _hostfile(self) -> Hostfile | None:
+        """The ranks' hosts from ``hostfile`` or ``hosts`` (``None``: all ranks here)."""
+        if self.hostfile:
+            return load_hostfile(self.hostfile)
+        if self.hosts:
+            return parse_host_list(self.hosts).repeated(self.ranks_count)
+        return None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -201,11 +224,11 @@ class ChorusKernel(Kernel):
             self.engine.output_mode = mode
             self._say(f"[chorus] output mode: {mode}\n")
         elif words[1:2] == ["status"]:
-            lines = ["rank  pid      state"]
+            lines = ["rank  host             pid      state"]
             for rank in self.rank_set.ranks:
                 code_ = rank.exit_code()
                 state = "running" if code_ is None else f"exited ({code_})"
-                lines.append(f"{rank.rank:<5} {rank.pid or '-':<8} {state}")
+                lines.append(f"{rank.rank:<5} {rank.host:<16} {rank.pid or '-':<8} {state}")
             self._say("\n".join(lines) + "\n")
         else:
             return self._error("UsageError", "the chorus kernel knows: %chorus status")

@@ -11,13 +11,50 @@ import json
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
 
+from chorus.launch.hosts import load_hostfile, parse_host_list
+
 DEFAULT_NAME = "chorus"
 MARKER = "chorus.kernel"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a kernel's ranks run: here, on ``hosts`` (ranks per host), or as a hostfile says."""
+
+    hosts: str | None = None
+    hostfile: str | None = None
+    python: str | None = None
+
+    def options(self) -> list[str]:
+        argv = []
+        if self.hostfile:
+            argv.append(f"--hostfile={Path(self.hostfile).absolute()}")
+        if self.hosts:
+            argv.append(f"--hosts={self.hosts}")
+        if self.python:
+            argv.append(f"--python={self.python}")
+        return argv
+
+    def total_ranks(self, ranks: int) -> int:
+        """How many ranks the kernel runs (``ranks`` is per host with ``hosts``)."""
+        if self.hostfile:
+            return len(load_hostfile(self.hostfile).hosts)
+        if self.hosts:
+            return len(parse_host_list(self.hosts).repeated(ranks).hosts)
+        return ranks
+
+    def where(self) -> str:
+        if self.hostfile:
+            return f" on {', '.join(load_hostfile(self.hostfile).distinct_hosts)}"
+        if self.hosts:
+            return f" on {self.hosts.replace(',', ', ')}"
+        return ""
 
 
 def make_chorus_cmd(
@@ -25,25 +62,33 @@ def make_chorus_cmd(
     backend: str = "shm",
     timeout: float | None = None,
     executable: str | None = None,
+    placement: Placement | None = None,
 ) -> list[str]:
     """The argv Jupyter runs to start a chorus kernel."""
     argv = [executable or sys.executable, "-m", MARKER, "-f", "{connection_file}"]
     argv += [f"--ranks={ranks}", f"--backend={backend}"]
     if timeout is not None:
         argv.append(f"--timeout={timeout:g}")
+    if placement is not None:
+        argv += placement.options()
     return argv
 
 
 def get_kernel_dict(
-    ranks: int = 4, backend: str = "shm", timeout: float | None = None
+    ranks: int = 4,
+    backend: str = "shm",
+    timeout: float | None = None,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
-    """The content of kernel.json."""
+    """The content of kernel.json (the hosts are checked now, not when the kernel starts)."""
+    placement = placement or Placement()
+    total = placement.total_ranks(ranks)
     return {
-        "argv": make_chorus_cmd(ranks, backend, timeout),
-        "display_name": f"Chorus ({ranks} ranks)",
+        "argv": make_chorus_cmd(ranks, backend, timeout, placement=placement),
+        "display_name": f"Chorus ({total} ranks{placement.where()})",
         "language": "python",
         "interrupt_mode": "signal",
-        "metadata": {"debugger": False, "chorus": {"ranks": ranks, "backend": backend}},
+        "metadata": {"debugger": False, "chorus": {"ranks": total, "backend": backend}},
     }
 
 
@@ -61,6 +106,7 @@ def install(
     timeout: float | None = None,
     user: bool = False,
     prefix: str | None = None,
+    placement: Placement | None = None,
 ) -> str:
     """Install a chorus kernelspec; returns the folder it was written to.
 
@@ -74,12 +120,15 @@ def install(
         Install for the current user instead of system-wide.
     prefix
         Install under this prefix (``sys.prefix`` for ``--sys-prefix``).
+    placement
+        Remote hosts for the ranks (``ranks`` is then per host with ``hosts``).
     """
     if ranks < 1:
         msg = f"--ranks must be at least 1, not {ranks}"
         raise ValueError(msg)
     with tempfile.TemporaryDirectory() as tmp:
-        source = write_kernel_spec(Path(tmp) / name, get_kernel_dict(ranks, backend, timeout))
+        spec = get_kernel_dict(ranks, backend, timeout, placement)
+        source = write_kernel_spec(Path(tmp) / name, spec)
         return str(
             KernelSpecManager().install_kernel_spec(str(source), name, user=user, prefix=prefix)
         )

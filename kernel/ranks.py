@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -23,8 +24,9 @@ import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+import zmq
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
@@ -39,11 +41,17 @@ from chorus.launch.ports import (
 )
 from chorus.launch.run import JobSpec, rank_environment
 
+if TYPE_CHECKING:
+    from chorus.launch.hosts import Hostfile
+    from chorus.launch.remote import SshRank
+    from chorus.launch.run import RemoteRanks
+
 Message = dict[str, Any]
 # Called with (rank, message) for every iopub or stdin message of a rank.
 Listener = Callable[[int, Message], None]
 
 RANK_ARGV = [sys.executable, "-m", "chorus.kernel.rank", "-f", "{connection_file}"]
+_ZMQ_PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 # Seconds a rank kernel may take to start and answer kernel_info.
 START_TIMEOUT = 60.0
 
@@ -61,6 +69,23 @@ def _ipc_path(name: str) -> str:
     return str(path)
 
 
+class _SayReporter:
+    """The launcher's Reporter, told through the kernel's progress callback."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+
+    def progress(self, message: str) -> None:
+        self.say(message)
+
+    def event(self, message: str) -> None:
+        self.say(message)
+
+    def status(self, line: str) -> None:
+        if line:
+            self.say(line)
+
+
 class RankKernelManager(AsyncKernelManager):
     """A kernel manager whose kernel is a chorus rank (no kernelspec on disk)."""
 
@@ -76,32 +101,46 @@ class RankKernelManager(AsyncKernelManager):
 
 @dataclass
 class Rank:
-    """One rank kernel: its manager, client and channel reader tasks."""
+    """One rank kernel: how it runs (a local manager or a remote agent), its client, readers."""
 
     rank: int
-    manager: RankKernelManager
+    manager: RankKernelManager | None
     env: dict[str, str]
     pass_fds: list[int]
     client: AsyncKernelClient | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     exit_reported: bool = False
+    remote: SshRank | None = None
+    host: str = "localhost"
+    connection_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int | None:
-        provisioner = self.manager.provisioner
-        process = getattr(provisioner, "process", None)
+        """The local kernel's pid, or the pid of the rank's agent on its host."""
+        if self.remote is not None:
+            return None if self.remote.prepared is None else self.remote.prepared.pid
+        process = (
+            None if self.manager is None else getattr(self.manager.provisioner, "process", None)
+        )
         return None if process is None else int(process.pid)
 
     def alive(self) -> bool:
-        process = getattr(self.manager.provisioner, "process", None)
-        return process is not None and process.poll() is None
+        return self.remote.returncode is None if self.remote is not None else self._poll() is None
 
     def exit_code(self) -> int | None:
-        process = getattr(self.manager.provisioner, "process", None)
-        return None if process is None else process.poll()
+        return self.remote.returncode if self.remote is not None else self._poll()
+
+    def _poll(self) -> int | None:
+        process = (
+            None if self.manager is None else getattr(self.manager.provisioner, "process", None)
+        )
+        return -int(signal.SIGKILL) if process is None else process.poll()
 
     def interrupt(self) -> None:
-        """SIGINT to the rank's process group (it leads its own session)."""
+        """SIGINT to the rank's process group (it leads its own session), here or remote."""
+        if self.remote is not None:
+            self.remote.send_signal(signal.SIGINT)
+            return
         pid = self.pid
         if pid is not None and self.alive():
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -123,6 +162,11 @@ class RankSet:
         Working directory of the ranks.
     timeout
         ``CHORUS_TIMEOUT`` of the ranks.
+    hosts
+        Run rank ``i`` on ``hosts.hosts[i]`` over ssh (the launcher's agents);
+        ``size`` is then the number of entries.
+    python
+        The interpreter on remote hosts (default: this one's path).
     """
 
     def __init__(
@@ -132,9 +176,17 @@ class RankSet:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         timeout: float = 60.0,
+        hosts: Hostfile | None = None,
+        python: str | None = None,
     ) -> None:
+        if hosts is not None:
+            size = len(hosts.hosts)
         self.size = size
         self.backend = backend
+        self.hosts = hosts
+        self.python = python
+        self._remote: RemoteRanks | None = None
+        self._drains: list[asyncio.Task[None]] = []
         self.extra_env = dict(env or {})
         self.cwd = cwd
         self.timeout = timeout
@@ -154,6 +206,9 @@ class RankSet:
             did are shut down again.
         """
         say = progress or (lambda _message: None)
+        if self.hosts is not None:
+            await self._start_remote(self.hosts, say)
+            return
         spec = JobSpec(
             argv=tuple(RANK_ARGV),
             nprocs=self.size,
@@ -205,17 +260,118 @@ class RankSet:
             raise RuntimeError(msg)
         say(f"{self.size} rank kernels ready")
 
+    async def _start_remote(self, hosts: Hostfile, say: Callable[[str], None]) -> None:
+        """Start rank kernels on other hosts through the launcher's agents.
+
+        Each agent binds the rank's chorus sockets and reports five free ports
+        on the rank's address for ZMQ; the rank kernel reads its connection
+        file (ports, a fresh HMAC key) from a memfd, so nothing is written on
+        the host. Messages are signed with the key and the sockets use
+        CurveZMQ, so the traffic is encrypted.
+        """
+        from chorus.launch.run import LaunchError, prepare_remote_ranks
+
+        spec = JobSpec(
+            argv=tuple(RANK_ARGV[:3]),
+            nprocs=self.size,
+            backend=self.backend,
+            env=self.extra_env,
+            cwd=self.cwd,
+            timeout=self.timeout,
+            hosts=hosts,
+            python=self.python,
+        )
+        say(f"starting {self.size} rank kernels on {', '.join(hosts.distinct_hosts)}")
+        try:
+            remote = await prepare_remote_ranks(spec, hosts, _SayReporter(say), free_ports=5)
+        except LaunchError as exc:
+            raise RuntimeError(str(exc)) from exc
+        self._remote = remote
+        for agent, env in zip(remote.ranks, remote.envs, strict=True):
+            assert agent.prepared is not None
+            ip = agent.advertise[0]
+            ports = dict(zip(_ZMQ_PORTS, agent.prepared.free_ports, strict=True))
+            info = {**ports, "ip": ip, "transport": "tcp", "key": secrets.token_hex(32)}
+            info |= {"signature_scheme": "hmac-sha256", "kernel_name": ""}
+            # CurveZMQ: the traffic between hosts is encrypted and only holders
+            # of the key pair (this process and the rank) can connect.
+            public, secret = zmq.curve_keypair()
+            info |= {"curve_publickey": public.decode(), "curve_secretkey": secret.decode()}
+            argv = [*remote.argv, "-f", "{memfd:connection}", f"--ip={ip}"]
+            agent.configure(env, argv, remote.mlx_hostfile, {"connection": json.dumps(info)})
+            rank = Rank(agent.rank, None, env, [], remote=agent, host=agent.host)
+            rank.connection_info = info
+            self.ranks.append(rank)
+        results = await asyncio.gather(
+            *(self._start_one(r) for r in self.ranks), return_exceptions=True
+        )
+        failures = [(r, e) for r, e in zip(self.ranks, results, strict=True) if e is not None]
+        if failures:
+            await self.shutdown()
+            failed, error = failures[0]
+            msg = f"rank {failed.rank} kernel on {failed.host} did not start: {error}"
+            raise RuntimeError(msg)
+        say(f"{self.size} rank kernels ready")
+
+    async def _drain(self, rank: Rank, stream: asyncio.StreamReader, forward: bool) -> None:
+        """Read a remote rank kernel's own stdout/stderr; copy stderr to ours.
+
+        Unread, the ssh channel's window would fill and block the rank. Its
+        stdout holds only ipykernel's start-up banner (cell output travels
+        over iopub); its stderr has warnings and crashes worth seeing.
+        """
+        label = f"[rank {rank.rank} on {rank.host}] ".encode()
+        while chunk := await stream.read(65536):
+            if forward:
+                with contextlib.suppress(OSError):
+                    os.write(2, b"".join(label + line for line in chunk.splitlines(keepends=True)))
+
     async def _start_one(self, rank: Rank) -> None:
-        await rank.manager.start_kernel(env=rank.env, cwd=self.cwd, pass_fds=rank.pass_fds)
-        client = rank.manager.client()
-        client.start_channels()
-        await asyncio.wait_for(client.wait_for_ready(timeout=START_TIMEOUT), START_TIMEOUT + 5)
+        if rank.remote is not None:
+            await rank.remote.start()
+            self._drains += [
+                asyncio.create_task(self._drain(rank, rank.remote.stdout, forward=False)),
+                asyncio.create_task(self._drain(rank, rank.remote.stderr, forward=True)),
+            ]
+            client = AsyncKernelClient()
+            client.load_connection_info(cast(Any, rank.connection_info))
+            client.start_channels()
+            await self._wait_remote_ready(rank, client)
+        else:
+            assert rank.manager is not None
+            await rank.manager.start_kernel(env=rank.env, cwd=self.cwd, pass_fds=rank.pass_fds)
+            client = rank.manager.client()
+            client.start_channels()
+            await asyncio.wait_for(client.wait_for_ready(timeout=START_TIMEOUT), START_TIMEOUT + 5)
         rank.client = client
         rank.tasks = [
             asyncio.create_task(self._pump(rank, client.get_iopub_msg, self._to_listener)),
             asyncio.create_task(self._pump(rank, client.get_stdin_msg, self._to_listener)),
             asyncio.create_task(self._pump(rank, client.get_shell_msg, self._to_waiter)),
         ]
+
+    async def _wait_remote_ready(self, rank: Rank, client: AsyncKernelClient) -> None:
+        """Ask for kernel_info until a remote rank answers (or exits, or time runs out).
+
+        jupyter_client's wait_for_ready judges liveness by a heartbeat that
+        has not beaten yet when the kernel is still starting, without a manager.
+        """
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        while True:
+            if not rank.alive():
+                msg = f"it exited ({rank.exit_code()}) before answering"
+                raise RuntimeError(msg)
+            if asyncio.get_running_loop().time() > deadline:
+                msg = f"no answer within {START_TIMEOUT:g} s"
+                raise RuntimeError(msg)
+            msg_id = client.kernel_info()
+            try:
+                while True:
+                    reply = await asyncio.wait_for(client.get_shell_msg(), 1.0)
+                    if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                        return
+            except TimeoutError:
+                continue
 
     async def _pump(
         self,
@@ -266,21 +422,49 @@ class RankSet:
         for rank in self.ranks:
             for task in rank.tasks:
                 task.cancel()
-            if rank.client is not None:
+            if rank.client is not None and rank.remote is None:
                 rank.client.stop_channels()
                 rank.client = None
 
         async def stop(rank: Rank) -> None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(rank.manager.shutdown_kernel(now=False), 10)
+                if rank.manager is not None:
+                    await asyncio.wait_for(rank.manager.shutdown_kernel(now=False), 10)
+                elif rank.remote is not None:
+                    await asyncio.wait_for(self._stop_remote(rank), 10)
 
         await asyncio.gather(*(stop(r) for r in self.ranks))
+        if self._remote is not None:
+            for rank in self.ranks:
+                if rank.remote is not None:
+                    rank.remote.cleanup()
+            await asyncio.sleep(0)
+            self._remote.close()
+            self._remote = None
+        for task in self._drains:
+            task.cancel()
+        self._drains = []
         for rank in self.ranks:
             pid = rank.pid
-            if pid is not None:
+            if pid is not None and rank.remote is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
         self.ranks = []
+
+    async def _stop_remote(self, rank: Rank) -> None:
+        """A shutdown_request, then the agent's exit; SIGTERM if it does not come."""
+        assert rank.remote is not None
+        client = rank.client
+        rank.client = None
+        if client is not None and rank.alive():
+            client.shutdown()
+            try:
+                await asyncio.wait_for(rank.remote.wait(), 3)
+            except TimeoutError:
+                rank.remote.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(rank.remote.wait(), 3)
+        if client is not None:
+            client.stop_channels()
 
     # -- requests --------------------------------------------------------------
 

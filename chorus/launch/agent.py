@@ -159,6 +159,9 @@ def prepare(request: dict[str, Any]) -> tuple[dict[str, Any], list[socket.socket
 
 def _memfd(text: str) -> int:
     fd = os.memfd_create("chorus", 0)
+    # Private, and what jupyter's secure_write insists on when a kernel
+    # rewrites its connection file.
+    os.fchmod(fd, 0o600)
     os.write(fd, text.encode())
     os.lseek(fd, 0, os.SEEK_SET)
     return fd

@@ -1,0 +1,176 @@
+"""Read every host's interfaces over ssh (one connection per host, commands in parallel).
+
+Linux hosts run ``ip -j addr show``, ``ip -j link show`` and ``ip -j -4 route show``;
+macOS hosts run ``ifconfig -a``, ``networksetup -listallhardwareports`` and
+``system_profiler SPThunderboltDataType -json``. The outputs are parsed by
+:mod:`chorus.config.interfaces`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from chorus.config.errors import ConfigError
+from chorus.config.interfaces import (
+    HostInterfaces,
+    InterfaceParseError,
+    parse_ip_json,
+    parse_ip_routes,
+    parse_macos,
+)
+
+if TYPE_CHECKING:
+    import asyncssh
+
+__all__ = ["COMMAND_TIMEOUT", "Log", "all_or_nothing", "gather", "read_host", "run_command"]
+
+T = TypeVar("T")
+COMMAND_TIMEOUT = 30.0
+Log = Callable[[str], None]
+# What to install when a command is missing (exit status 127 from the remote shell).
+INSTALL_HINTS = {
+    "ip": "install iproute2 (Debian/Ubuntu: apt install iproute2)",
+    "python3": "install python3, or pass --python with the interpreter's path there",
+}
+LINUX_COMMANDS = ("ip -j addr show", "ip -j link show", "ip -j -4 route show")
+MACOS_COMMANDS = (
+    "ifconfig -a",
+    "networksetup -listallhardwareports",
+    "system_profiler SPThunderboltDataType -json",
+)
+
+
+def _text(data: object) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return data if isinstance(data, str) else ""
+
+
+async def run_command(
+    conn: asyncssh.SSHClientConnection,
+    host: str,
+    command: str,
+    log: Log | None = None,
+    *,
+    timeout: float = COMMAND_TIMEOUT,
+    shown: str = "",
+) -> str:
+    """Run ``command`` on ``host`` and return its stdout.
+
+    ``shown`` replaces the command in logs and messages (for long generated scripts).
+
+    Raises
+    ------
+    ConfigError
+        If it cannot run, is not installed (the message says what to install), exits
+        non-zero (with the last line of its stderr) or takes longer than ``timeout``.
+    """
+    import asyncssh
+
+    label = shown or command
+    if log is not None:
+        log(f"{host}$ {label}")
+    try:
+        async with asyncio.timeout(timeout):
+            result = await conn.run(command, check=False)
+    except TimeoutError:
+        msg = f"{host}: `{label}` did not finish within {timeout:g} s"
+        raise ConfigError(msg) from None
+    except (OSError, asyncssh.Error) as exc:
+        msg = f"{host}: `{label}` could not run: {exc}"
+        raise ConfigError(msg) from exc
+    stderr = _text(result.stderr).strip()
+    if result.exit_status == 127:
+        tool = shlex.split(label)[0] if label.strip() else label
+        hint = INSTALL_HINTS.get(tool, "install it or check PATH there")
+        msg = f"{host}: `{tool}` is not installed there: {hint}"
+        raise ConfigError(msg)
+    if result.exit_status != 0:
+        last = stderr.splitlines()[-1] if stderr else "no message"
+        msg = f"{host}: `{label}` failed (exit status {result.exit_status}): {last}"
+        raise ConfigError(msg)
+    return _text(result.stdout)
+
+
+async def read_host(
+    conn: asyncssh.SSHClientConnection, host: str, log: Log | None = None
+) -> HostInterfaces:
+    """One host's interfaces (and, on Linux, its IPv4 routes).
+
+    Raises
+    ------
+    ConfigError
+        For an operating system other than Linux or macOS, a missing tool, or output
+        the parsers do not understand.
+    """
+    system = (await run_command(conn, host, "uname -s", log)).strip()
+    peer = conn.get_extra_info("peername")
+    ssh_address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+    try:
+        if system == "Linux":
+            addr, link, routes = await asyncio.gather(
+                *(run_command(conn, host, command, log) for command in LINUX_COMMANDS)
+            )
+            interfaces = parse_ip_json(addr, link, source=f"{host}: ip -j")
+            return HostInterfaces(
+                host,
+                system,
+                tuple(interfaces),
+                ssh_address,
+                tuple(parse_ip_routes(routes, f"{host}: ip -j -4 route")),
+            )
+        if system == "Darwin":
+            ifconfig, ports, thunderbolt = await asyncio.gather(
+                *(run_command(conn, host, command, log) for command in MACOS_COMMANDS)
+            )
+            interfaces = parse_macos(ifconfig, ports, thunderbolt, source=host)
+            return HostInterfaces(host, system, tuple(interfaces), ssh_address)
+    except InterfaceParseError as exc:
+        raise ConfigError(str(exc)) from exc
+    msg = f"{host}: runs {system or 'an unknown system'}; chorus config reads Linux and macOS"
+    raise ConfigError(msg)
+
+
+async def gather(
+    conns: Sequence[asyncssh.SSHClientConnection],
+    hosts: Sequence[str],
+    log: Log | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[HostInterfaces]:
+    """Every host's interfaces, in host order; ``progress(done, total)`` as hosts answer.
+
+    Raises
+    ------
+    ConfigError
+        The first host's failure; the others are cancelled.
+    """
+    done = 0
+
+    async def one(conn: asyncssh.SSHClientConnection, host: str) -> HostInterfaces:
+        nonlocal done
+        found = await read_host(conn, host, log)
+        done += 1
+        if progress is not None:
+            progress(done, len(hosts))
+        return found
+
+    return await all_or_nothing([one(conn, host) for conn, host in zip(conns, hosts, strict=True)])
+
+
+async def all_or_nothing(coroutines: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run the coroutines concurrently; on the first failure cancel the rest and raise it.
+
+    Unlike a TaskGroup this raises the failure itself, not an ExceptionGroup, so the one
+    message that names the host reaches the user as it is.
+    """
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

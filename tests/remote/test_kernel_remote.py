@@ -1,0 +1,126 @@
+"""The chorus kernel with its rank kernels on emulated hosts (``chorus kernel install --hosts``).
+
+Same behaviour as local ranks: labelled output, one prompt for every rank, pdb
+across ranks, interrupt inside a collective, and nothing left on any host after
+shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jupyter_client.manager import KernelManager
+
+from tests.hosts.emulated import EmulatedHosts
+from tests.kernel.conftest import _KERNELS, _PREFIX, Frontend, running_kernel
+from tests.remote.test_launch_remote import assert_no_orphans, job_processes
+
+
+@pytest.fixture(scope="module")
+def remote_kernel(switch_hosts: EmulatedHosts) -> Iterator[Frontend]:
+    name = "chorus-test-remote"
+    # Installed the way a user does it: 2 ranks on each of 2 hosts.
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chorus",
+            "kernel",
+            "install",
+            "--hosts",
+            "h1,h2",
+            "--ranks",
+            "2",
+            "--timeout",
+            "20",
+            "--name",
+            name,
+            "--prefix",
+            _PREFIX.name,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    spec = (_KERNELS / "kernels" / name / "kernel.json").read_text()
+    assert "Chorus (4 ranks on h1, h2)" in spec
+    # The kernel process finds the hosts' ssh configuration through HOME.
+    manager = KernelManager(kernel_name=name)
+    saved = os.environ.get("HOME")
+    os.environ["HOME"] = str(switch_hosts.home)
+    try:
+        with running_kernel(manager) as frontend:
+            yield frontend
+    finally:
+        if saved is not None:
+            os.environ["HOME"] = saved
+    assert_no_orphans(switch_hosts, within=10)
+
+
+def test_cells_run_on_remote_ranks(remote_kernel: Frontend) -> None:
+    run = remote_kernel.run(
+        "import socket\nprint(socket.gethostname(), chorus.all_sum(np.ones(2) * rank).tolist())"
+    )
+    assert run.status == "ok", run
+    # Ranks on one host print the same line: it is shown once, labelled with both.
+    assert run.stdout.splitlines() == ["[0,1] h1 [6.0, 6.0]", "[2,3] h2 [6.0, 6.0]"], run.stdout
+
+
+def test_one_prompt_answers_every_remote_rank(remote_kernel: Frontend) -> None:
+    run = remote_kernel.run("name = input('name? ')\nprint(name, rank)", inputs=["ada"])
+    assert run.prompts == ["[0-3] name? "]
+    assert all(f"[{r}] ada {r}" in run.stdout for r in range(4)), run.stdout
+
+
+def test_pdb_across_remote_ranks(remote_kernel: Frontend) -> None:
+    run = remote_kernel.run("y = rank * 10\nbreakpoint()\nprint('after', y)", inputs=["p y", "c"])
+    assert run.status == "ok", run
+    for r in range(4):
+        assert f"[{r}] {r * 10}" in run.stdout, run.stdout
+        assert f"[{r}] after {r * 10}" in run.stdout, run.stdout
+
+
+def test_interrupt_in_a_collective_on_remote_ranks(remote_kernel: Frontend) -> None:
+    remote_kernel.run("kept = rank + 1")
+    code = "import time\nif rank == 3:\n    time.sleep(120)\nchorus.all_sum(np.ones(1000))\n"
+    sent: list[float] = []
+
+    def interrupt() -> None:
+        sent.append(time.monotonic())
+        remote_kernel.manager.interrupt_kernel()
+
+    run = remote_kernel.run(code, timeout=60, on_start=interrupt)
+    assert run.status == "error"
+    assert time.monotonic() - sent[0] < 10
+    assert any(e["ename"] == "KeyboardInterrupt" for e in run.errors), run.errors
+    after = remote_kernel.run("print(kept, chorus.all_sum(np.ones(1) * rank).tolist())")
+    assert after.status == "ok", after
+    for r in range(4):
+        assert f"[{r}] {r + 1} [6.0]" in after.stdout, after.stdout
+
+
+def test_status_names_the_hosts(remote_kernel: Frontend, switch_hosts: EmulatedHosts) -> None:
+    run = remote_kernel.run("%chorus status")
+    lines = run.stdout.strip().splitlines()
+    assert lines[0].split() == ["rank", "host", "pid", "state"]
+    assert [line.split()[1] for line in lines[1:]] == ["h1", "h1", "h2", "h2"]
+    assert all(line.endswith("running") for line in lines[1:])
+    assert job_processes(switch_hosts).keys() == {"h1", "h2"}
+
+
+def test_install_rejects_a_bad_hostfile(tmp_path: Path) -> None:
+    bad = tmp_path / "hosts.json"
+    bad.write_text('[{"ssh": ""}]')
+    result = subprocess.run(
+        [sys.executable, "-m", "chorus", "kernel", "install", "--hostfile", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert '"ssh" must be a non-empty host name' in result.stderr
