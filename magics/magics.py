@@ -41,6 +41,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import publish_display_data
 
+from chorus.launch.hosts import Hostfile, load_hostfile, parse_host_list
+
 Event = tuple[str, tuple[Any, ...]]
 
 
@@ -99,9 +101,14 @@ class ChorusMagics(Magics):
     @magic_arguments()
     @argument("action", choices=["start", "stop", "status", "pull", "push"])
     @argument("rest", nargs="*", help="pull NAME | push NAME=EXPR")
-    @argument("-n", "--ranks", type=int, default=4, help="number of ranks (start)")
+    @argument(
+        "-n", "--ranks", type=int, default=None, help="ranks (start; default 4, or 1 per host)"
+    )
     @argument("--backend", default="shm", help="chorus backend of the ranks (start)")
     @argument("--timeout", type=float, default=60.0, help="CHORUS_TIMEOUT of the ranks (start)")
+    @argument("--hosts", default=None, help="rank kernels over ssh on these hosts (-n per host)")
+    @argument("--hostfile", default=None, help="rank kernels over ssh as this hostfile says")
+    @argument("--python", default=None, help="the interpreter on remote hosts")
     @argument(
         "--ipp",
         action="store_true",
@@ -117,6 +124,7 @@ class ChorusMagics(Magics):
         """Start, stop and inspect chorus ranks; move values in and out.
 
         ``%chorus start -n 4 [--backend shm]``  start 4 rank kernels
+        ``%chorus start --hosts h1,h2 [-n 2]``  rank kernels over ssh, n per host
         ``%chorus status``                      a table: rank, pid, state
         ``%chorus pull x``                      a list of each rank's ``x``
         ``%chorus push x=np.arange(3)``         set ``x`` on every rank
@@ -124,12 +132,18 @@ class ChorusMagics(Magics):
         """
         args = parse_argstring(self.chorus, line)
         if args.action == "start":
+            if args.ranks is None:
+                args.ranks = 1 if args.hosts or args.hostfile else 4
             if args.ipp:
                 backend = (
                     None if args.backend == "shm" and args.engines != "local" else args.backend
                 )
                 return self.start_ipp(args.ranks, args.engines, backend, args.timeout)
-            return self.start_ranks(args.ranks, args.backend, args.timeout)
+            hosts = _placement(args)
+            backend = args.backend
+            if hosts is not None and backend == "shm":
+                backend = "ring"  # shm cannot span hosts
+            return self.start_ranks(args.ranks, backend, args.timeout, hosts, args.python)
         if args.action == "stop":
             self.stop_ranks()
             return None
@@ -137,11 +151,11 @@ class ChorusMagics(Magics):
             return self.ipp.command(args.action, args.rest, self.shell)
         engine = self._engine()
         if args.action == "status":
-            print("rank  pid      state")
+            print("rank  host             pid      state")
             for rank in engine.ranks.ranks:
                 code = rank.exit_code()
                 state = "running" if code is None else f"exited ({code})"
-                print(f"{rank.rank:<5} {rank.pid or '-':<8} {state}")
+                print(f"{rank.rank:<5} {rank.host:<16} {rank.pid or '-':<8} {state}")
             return None
         if not args.rest:
             msg = f"%chorus {args.action} needs an argument"
@@ -156,15 +170,28 @@ class ChorusMagics(Magics):
         self.push(name.strip(), self.shell.ev(expr))
         return None
 
-    def start_ranks(self, ranks: int, backend: str, timeout: float) -> None:
-        """Start ``ranks`` rank kernels (stopping running ones first)."""
+    def start_ranks(
+        self,
+        ranks: int,
+        backend: str,
+        timeout: float,
+        hosts: Hostfile | None = None,
+        python: str | None = None,
+    ) -> None:
+        """Start ``ranks`` rank kernels, here or on ``hosts`` (stopping running ones first)."""
         self.stop_ranks()
         self.runner = _EngineThread()
-        self.ranks = RankSet(ranks, backend=backend, timeout=timeout)
+        self.ranks = RankSet(ranks, backend=backend, timeout=timeout, hosts=hosts, python=python)
         self.engine = Engine(self.ranks, self.frontend)
-        print(f"[chorus] starting {ranks} ranks (backend {backend}) ...", flush=True)
-        self.runner.submit(self.ranks.start()).result()
-        print(f"[chorus] {ranks} ranks ready: %%all runs a cell on all of them", flush=True)
+        where = "" if hosts is None else f" on {', '.join(hosts.distinct_hosts)}"
+        count = self.ranks.size
+        print(f"[chorus] starting {count} ranks{where} (backend {backend}) ...", flush=True)
+        try:
+            self.runner.submit(self.ranks.start()).result()
+        except RuntimeError:
+            self.stop_ranks()
+            raise
+        print(f"[chorus] {count} ranks ready: %%all runs a cell on all of them", flush=True)
 
     def start_ipp(self, ranks: int, engines: str, backend: str | None, timeout: float) -> None:
         """Start ``ranks`` ipyparallel engines with ``engines``' launcher; make them ranks."""
@@ -429,3 +456,12 @@ def _autoall_transformer(lines: list[str]) -> list[str]:
     if first.startswith(("%chorus", "%autoall", "%%all", "%load_ext", "%unload_ext")):
         return lines
     return ["%%all\n", *lines]
+
+
+def _placement(args: Any) -> Hostfile | None:
+    """The hosts of ``%chorus start --hosts/--hostfile`` (``-n`` is per host with --hosts)."""
+    if args.hostfile:
+        return load_hostfile(args.hostfile)
+    if args.hosts:
+        return parse_host_list(args.hosts).repeated(args.ranks)
+    return None

@@ -124,3 +124,29 @@ def test_install_rejects_a_bad_hostfile(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert '"ssh" must be a non-empty host name' in result.stderr
+
+
+def test_magics_start_ranks_on_remote_hosts(switch_hosts: EmulatedHosts) -> None:
+    # %load_ext chorus in a stock IPython kernel, ranks on h0 and h3 over ssh.
+    saved = os.environ.get("HOME")
+    os.environ["HOME"] = str(switch_hosts.home)
+    try:
+        with running_kernel(KernelManager(kernel_name="python3")) as ipython:
+            run = ipython.run("%load_ext chorus\n%chorus start --hosts h0,h3 --timeout 20")
+            assert run.status == "ok", run
+            assert "2 ranks ready" in run.stdout, run.stdout
+            run = ipython.run("%%all\nimport socket\nprint(socket.gethostname(), rank)")
+            assert run.stdout.splitlines() == ["[0] h0 0", "[1] h3 1"], run.stdout
+            run = ipython.run(
+                "%%all\nv = input('v? ')\nprint(v, chorus.all_sum(np.ones(1)))", inputs=["hi"]
+            )
+            assert run.status == "ok", run
+            assert run.prompts == ["[0,1] v? "]
+            assert "[0,1] hi [2.]" in run.stdout, run.stdout
+            status = ipython.run("%chorus status")
+            assert [line.split()[1] for line in status.stdout.splitlines()[1:]] == ["h0", "h3"]
+            assert ipython.run("%chorus stop").status == "ok"
+            assert_no_orphans(switch_hosts)
+    finally:
+        if saved is not None:
+            os.environ["HOME"] = saved
