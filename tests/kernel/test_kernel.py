@@ -114,8 +114,9 @@ def test_complete_inspect_and_is_complete(kernel: Frontend) -> None:
 def test_status_table(kernel: Frontend) -> None:
     run = kernel.run("%chorus status")
     lines = run.stdout.strip().splitlines()
-    assert lines[0].split() == ["rank", "pid", "state"]
+    assert lines[0].split() == ["rank", "host", "pid", "state"]
     assert len(lines) == 5
+    assert all(line.split()[1] == "localhost" for line in lines[1:])
     assert all("running" in line for line in lines[1:])
 
 

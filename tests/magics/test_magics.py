@@ -59,9 +59,9 @@ def test_pull_push_status_and_autoall(ipython: Frontend) -> None:
     assert "[10, 11, 12]" in run.stdout, run
     status = ipython.run("%chorus status")
     lines = status.stdout.strip().splitlines()
-    assert lines[0].split() == ["rank", "pid", "state"]
+    assert lines[0].split() == ["rank", "host", "pid", "state"]
     assert len(lines) == 4
-    pids = [int(line.split()[1]) for line in lines[1:]]
+    pids = [int(line.split()[2]) for line in lines[1:]]
     assert all(psutil.pid_exists(p) for p in pids)
     on = ipython.run("%autoall")
     assert "autoall on" in on.stdout
