@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from chorus.launch.hosts import Hostfile
@@ -136,9 +136,10 @@ def _launch_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=("shm", "ring", "mesh", "any"),
+        choices=("shm", "ring", "mesh", "mpi", "any"),
         default=None,
-        help="CHORUS_BACKEND for the ranks (default: shm on one host, else the hostfile's or ring)",
+        help="CHORUS_BACKEND for the ranks (default: shm on one host, else the hostfile's or "
+        "ring); mpi hands the job to mpirun",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
@@ -249,6 +250,8 @@ def _launch(args: argparse.Namespace) -> int:
         if hosts is not None:
             nprocs = len(hosts.hosts)
             backend = args.backend or chorus_backend(hosts.backend or "ring", "hostfile")
+        if backend == "mpi":
+            return _exec_mpirun(args, argv, nprocs, hosts, cwd)
         spec = JobSpec(
             argv=argv,
             nprocs=nprocs,
@@ -267,6 +270,77 @@ def _launch(args: argparse.Namespace) -> int:
     except (LaunchError, HostfileError) as exc:
         raise CliError(str(exc)) from exc
     return result.exit_code
+
+
+def _exec_mpirun(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    nprocs: int,
+    hosts: Hostfile | None,
+    cwd: str | None,
+) -> int:
+    """``--backend mpi``: hand the job to Open MPI's mpirun (only it can start MPI ranks).
+
+    mpirun's exit status and its teardown (a failing rank or Ctrl-C stops
+    every rank) are the job's. Its tagged output is relabelled ``[rank]`` as
+    with chorus's own launcher; SIGINT, SIGTERM and SIGHUP are passed on to
+    mpirun. stdin goes to rank 0 only: Open MPI 4.1's ``--stdin all`` loses
+    input (measured here), so we keep its default.
+    """
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    from chorus.launch.mpi_output import TagRelabeler
+    from chorus.launch.mpirun import MpirunError, mpirun_command
+
+    env = {
+        "CHORUS_BACKEND": "mpi",
+        "CHORUS_TIMEOUT": f"{args.timeout:g}",
+        "PYTHONUNBUFFERED": "1",
+        **dict(args.env),
+    }
+    if args.verbose:
+        env["CHORUS_VERBOSE"] = "1"
+    hostnames = None if hosts is None else [entry.ssh for entry in hosts.hosts]
+    try:
+        command = mpirun_command(nprocs, argv, hosts=hostnames, env=env, tag_output=True)
+    except (MpirunError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    if cwd is not None:
+        command[1:1] = ["--wdir", cwd]
+    if args.verbose:
+        _say("running " + " ".join(command))
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # our signal handler decides what reaches mpirun
+    )
+
+    def relabel(stream: Any, fd: int) -> None:
+        def write(data: bytes) -> None:
+            os.write(fd, data)
+
+        relabeler = TagRelabeler(write, prefix=args.prefix)
+        while chunk := os.read(stream.fileno(), 65536):
+            relabeler.feed(chunk)
+        relabeler.close()
+
+    pumps = [
+        threading.Thread(target=relabel, args=(process.stdout, 1), daemon=True),
+        threading.Thread(target=relabel, args=(process.stderr, 2), daemon=True),
+    ]
+    for pump in pumps:
+        pump.start()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda signum, _frame: process.send_signal(signum))
+    code = process.wait()
+    for pump in pumps:
+        pump.join(timeout=5)
+    return code if code >= 0 else 128 - code
 
 
 def _hosts(args: argparse.Namespace) -> Hostfile | None:
@@ -459,7 +533,7 @@ def _config(args: argparse.Namespace) -> int:
     from chorus.launch.ssh import SshError
 
     try:
-        hosts = tuple(parse_host_list(args.hosts).distinct_hosts)
+        hosts = tuple(entry.ssh for entry in parse_host_list(args.hosts).hosts)
         options = ConfigOptions(
             hosts=hosts,
             backend=args.backend,

@@ -14,8 +14,9 @@ step "system packages (apt)"
 # openmpi: ipyparallel's MPI engine launcher (and mpi4py) in the magics tests.
 # tmux: jupyter console is typed at in a real terminal.
 # openssh-server, iproute2: emulated hosts (network namespaces, one sshd each) for remote launch.
+# graphviz: chorus config --dot FILE.svg renders pictures with its dot program.
 APT_PACKAGES=(build-essential cmake ninja-build libgtest-dev procps chromium openmpi-bin libopenmpi-dev tmux
-  openssh-server openssh-client iproute2)
+  openssh-server openssh-client iproute2 graphviz)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -125,26 +125,13 @@ async def discover(
     switch = find_switch(infos)
     cables = find_cables(infos, switch)
     loose = loose_interfaces(infos, cables, switch)
-    addressed = sum(c.addressed for c in cables)
-    loose_count = sum(len(v) for v in loose.values())
-    reporter.status(
-        f"probing {addressed} cable(s)"
-        + (", the switch" if switch is not None else "")
-        + (f" and {loose_count} unaddressed interface(s)" if loose_count else "")
-    )
-    python = options.python
-    confirmed, switch_result, (traced, notes) = await asyncio.gather(
-        probe.confirm_cables(conns, cables, python=python, log=log),
-        probe.confirm_switch(conns, switch, python=python, log=log) if switch else _none(),
-        probe.find_link_local_cables(conns, infos, loose, python=python, log=log),
+    reporter.status(f"probing the links of {len(names)} hosts")
+    probed = await probe.probe_links(
+        conns, names, cables, switch, loose, python=options.python, log=log
     )
     reporter.status("")
-    topology = analyse(infos, [*confirmed, *traced], switch_result)
-    return Discovery(tuple(infos), topology, tuple(notes))
-
-
-async def _none() -> None:
-    return None
+    topology = analyse(infos, [*probed.cables, *probed.traced], probed.switch)
+    return Discovery(tuple(infos), topology, probed.notes)
 
 
 def _host_line(info: HostInterfaces) -> str:
@@ -169,7 +156,9 @@ def _cable_state(cable: Cable) -> str:
     return "ok" if cable.confirmed else "not probed"
 
 
-def summary(found: Discovery, backend: str, proposal: Proposal | None, plan: str = "") -> list[str]:
+def summary(
+    found: Discovery, backend: str, proposal: Proposal | None, plan: str = "", applied: str = ""
+) -> list[str]:
     """The human report: hosts, cables, switch, verdict, and the proposal or set-up needed."""
     topology = found.topology
     lines = ["hosts:", *(_host_line(info) for info in found.hosts)]
@@ -206,6 +195,9 @@ def summary(found: Discovery, backend: str, proposal: Proposal | None, plan: str
     if notes:
         lines.append("notes:")
         lines += [f"  - {note}" for note in notes]
+    if applied:
+        lines.append("set-up done (--auto-setup ran these):")
+        lines += [f"  {line}" for line in applied.splitlines()]
     if plan:
         lines.append("set-up needed (run these, or pass --auto-setup):")
         lines += [f"  {line}" for line in plan.splitlines()]
@@ -218,7 +210,7 @@ def summary(found: Discovery, backend: str, proposal: Proposal | None, plan: str
             if proposal.over == "thunderbolt" and proposal.backend == "ring" and len(order) > 1:
                 why = f"  (on the cable from {order[rank - 1]}, which dials it)"
             ips = ", ".join(entry.ips) or "(the address ssh uses)"
-            lines.append(f"  rank {rank}: {entry.ssh:<10} {ips}{why}")
+            lines.append(f"  rank {rank}: {entry.ssh:<10} {ips:<16}{why}")
     return lines
 
 
@@ -235,7 +227,8 @@ class _Result:
     found: Discovery
     proposal: Proposal | None
     error: ConfigError | None
-    plan: str
+    plan: str  # set-up still needed, as commands
+    applied: str  # set-up --auto-setup ran, as commands
 
 
 async def _configure(options: ConfigOptions, reporter: Reporter) -> _Result:
@@ -251,9 +244,11 @@ async def _configure(options: ConfigOptions, reporter: Reporter) -> _Result:
         found = await discover(conns, names, options, reporter)
         assigned = setup.assign_addresses(found.hosts, found.topology.cables)
         steps = setup.setup_commands(found.hosts, assigned)
+        applied: list[setup.HostCommands] = []
         if steps and options.auto_setup:
             reporter.status(f"assigning addresses to {len(assigned)} cable(s)")
             await setup.apply(conns, steps, log)
+            applied += steps
             found = await discover(conns, names, options, reporter)
             assigned = setup.assign_addresses(found.hosts, found.topology.cables)
             steps = setup.setup_commands(found.hosts, assigned)
@@ -269,6 +264,7 @@ async def _configure(options: ConfigOptions, reporter: Reporter) -> _Result:
             if route_steps and options.auto_setup:
                 reporter.status(f"adding {len(routes)} host route(s) for the mesh")
                 await setup.apply(conns, route_steps, log)
+                applied += route_steps
             elif route_steps:
                 steps = [*steps, *route_steps]
         plan = setup.format_commands(steps)
@@ -279,14 +275,17 @@ async def _configure(options: ConfigOptions, reporter: Reporter) -> _Result:
             )
             error = ConfigError(msg)
             proposal = None
-        return _Result(found, proposal, error, plan)
+        return _Result(found, proposal, error, plan, setup.format_commands(applied))
     finally:
         reporter.status("")
         await _close(conns)
 
 
 def _hostfile_text(proposal: Proposal) -> str:
-    text = json.dumps(proposal.to_json(), indent=2) + "\n"
+    data = proposal.to_json()
+    # One host per line: the file stays short and reads like a table.
+    hosts = ",\n".join(f"    {json.dumps(entry)}" for entry in data["hosts"])
+    text = f'{{\n  "backend": {json.dumps(data["backend"])},\n  "hosts": [\n{hosts}\n  ]\n}}\n'
     try:
         parse_hostfile(text, "the proposed hostfile")  # what chorus launch will read
     except HostfileError as exc:  # a bug here, not the user's
@@ -318,7 +317,7 @@ def run_config(
         msg = f"--hosts lists {', '.join(twice)} more than once; chorus config needs each host once"
         raise ConfigError(msg)
     result = asyncio.run(_configure(options, reporter))
-    lines = summary(result.found, options.backend, result.proposal, result.plan)
+    lines = summary(result.found, options.backend, result.proposal, result.plan, result.applied)
     err.write("\n".join(lines) + "\n")
     err.flush()
     if options.dot is not None:

@@ -89,11 +89,10 @@ def build_graph(
 def _summary(topology: Topology, backend: str) -> str:
     kind = topology.kind
     if kind == "broken":
-        verdict = topology.ring if backend == "ring" else topology.mesh
-        return f"cables form no {backend}: " + "; ".join(verdict.problems)
+        return f"the cables form no {backend} (red: missing or misplaced)"
     if kind in ("ring", "mesh"):
         shape = "full mesh" if kind == "mesh" else "ring " + "-".join(topology.ring.order)
-        return f"cables form a {shape}"
+        return f"the cables form a {shape}"
     return "switch only" if kind == "switch" else "no links found"
 
 

@@ -96,8 +96,8 @@ def _cable_problem(topology: Topology, backend: str) -> str:
     if not topology.has_cables:
         problems = ["no point-to-point cables found between the hosts"]
     fix = "plug in the missing cable(s)" if verdict.missing else "fix the cables"
-    if verdict.unaddressed and not verdict.missing:
-        fix = "pass --auto-setup to address them (or run the commands above)"
+    if verdict.unaddressed and not verdict.missing and not verdict.extra:
+        fix = "run the set-up commands above on the hosts, or pass --auto-setup"
     switch = f" to use the switch ({topology.switch.subnet})" if topology.switch else ""
     return f"cannot form {shape} over the cables: {'; '.join(problems)}; {fix}, or use --over ethernet{switch}"
 

@@ -15,7 +15,10 @@ macOS alike, real NICs, Thunderbolt networking and veths), and a connection to
 ``fe80::x%eth1`` can only succeed if the interface owning ``fe80::x`` is on the far end of
 the cable in ``eth1``: the kernel resolves the address by neighbour discovery on that one
 link. So each loose interface of one host is tried against the link-local address of each
-loose interface of every other host; the pairs that answer are cables.
+loose interface of every other host; the pairs that answer are cables. Each interface
+stops at its first answer (a cable has one far end), so a complete set of cables is
+traced at once and only interfaces cabled to no listed host wait for neighbour discovery
+to give up (about 3 s).
 """
 
 from __future__ import annotations
@@ -28,20 +31,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from chorus.config.discover import Log, all_or_nothing, run_command
-from chorus.config.interfaces import HostInterfaces, Interface
+from chorus.config.interfaces import Interface
 from chorus.config.topology import Cable, End, Switch, with_probe
 
 if TYPE_CHECKING:
     import asyncssh
 
-__all__ = [
-    "Target",
-    "confirm_cables",
-    "confirm_switch",
-    "find_link_local_cables",
-    "probe",
-    "reached",
-]
+__all__ = ["ProbeResult", "Target", "probe", "probe_links", "reached"]
 
 CABLE_TIMEOUT = 3.0
 # Neighbour discovery gives up after about 3 s (3 solicitations, 1 s apart).
@@ -49,14 +45,17 @@ LINK_LOCAL_TIMEOUT = 4.0
 PROBE_PORT = 22
 
 # Runs on the host: connect to every target at once, report each outcome as JSON.
-# argv: targets as [[key, address, port, source, device], ...], then the time limit.
+# argv: targets as [[key, address, port, source, device, group], ...], then the time limit.
+# Once one target of a non-empty group answers, the rest of that group are "skipped": a
+# cable has one far end, so an interface that found it need not wait for the others to
+# time out (neighbour discovery takes 3 s to give up).
 PROBE_SCRIPT = r"""
 import errno, json, os, select, socket, sys, time
-targets = json.loads(sys.argv[1])
+targets = [tuple(t) for t in json.loads(sys.argv[1])]
 deadline = time.monotonic() + float(sys.argv[2])
-results, waiting = {}, {}
+results, waiting, answered = {}, {}, set()
 
-def start(key, address, port, source, device):
+def start(key, address, port, source, device, group):
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
@@ -76,33 +75,44 @@ def start(key, address, port, source, device):
     except OSError as exc:
         code = exc.errno or errno.EINVAL
     if code in (errno.EINPROGRESS, errno.EWOULDBLOCK):
-        waiting[sock] = key
+        waiting[sock] = (key, group)
         return None
     sock.close()
     return code
 
-def outcome(code):
-    return "ok" if code == 0 else "refused" if code == errno.ECONNREFUSED else os.strerror(code)
+def record(key, group, code):
+    results[key] = "ok" if code == 0 else "refused" if code == errno.ECONNREFUSED else os.strerror(code)
+    if group and code in (0, errno.ECONNREFUSED):
+        answered.add(group)
 
-pending = [tuple(t) for t in targets]
+pending = targets
 while (pending or waiting) and time.monotonic() < deadline:
     later = []
     for target in pending:
+        if target[5] and target[5] in answered:
+            results[target[0]] = "skipped"
+            continue
         code = start(*target)
         if code == errno.EADDRNOTAVAIL:
             later.append(target)  # our IPv6 address is still tentative (DAD): again soon
         elif code is not None:
-            results[target[0]] = outcome(code)
+            record(target[0], target[5], code)
     pending = later
     left = max(0.0, deadline - time.monotonic())
     if waiting:
         _, ready, _ = select.select([], list(waiting), [], min(0.2, left))
         for sock in ready:
-            results[waiting.pop(sock)] = outcome(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+            key, group = waiting.pop(sock)
+            record(key, group, sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
             sock.close()
+        for sock, (key, group) in list(waiting.items()):
+            if group and group in answered:
+                results[key] = "skipped"
+                del waiting[sock]
+                sock.close()
     elif pending:
         time.sleep(min(0.2, left))
-for sock, key in waiting.items():
+for sock, (key, group) in waiting.items():
     results[key] = "timed out"
     sock.close()
 for target in pending:
@@ -120,6 +130,7 @@ class Target:
     source: str = ""
     device: str = ""
     port: int = PROBE_PORT
+    group: str = ""  # once one target of a group answers, the others are skipped
 
 
 def reached(outcome: str) -> bool:
@@ -162,8 +173,8 @@ async def probe(
 
     async def run_on(host: str, indices: list[int]) -> None:
         rows: list[list[object]] = [
-            [str(i), targets[i].address, targets[i].port, targets[i].source, targets[i].device]
-            for i in indices
+            [str(i), t.address, t.port, t.source, t.device, t.group]
+            for i, t in ((i, targets[i]) for i in indices)
         ]
         command = _python_command(python or sys.executable, rows, timeout)
         shown = f"python3 -c <probe: {len(rows)} connection(s), {timeout:g} s>"
@@ -184,69 +195,39 @@ async def probe(
     return outcomes
 
 
-async def confirm_cables(
-    conns: Mapping[str, asyncssh.SSHClientConnection],
-    cables: Sequence[Cable],
-    *,
-    python: str = "",
-    log: Log | None = None,
-) -> list[Cable]:
-    """The cables, each addressed one marked confirmed or refuted by a probe from its a end."""
-    targets, probed = [], []
+def _cable_targets(cables: Sequence[Cable]) -> list[tuple[int, Target]]:
+    """From each addressed cable's ``a`` end to its ``b`` address, out of that interface."""
+    targets = []
     for index, cable in enumerate(cables):
         if cable.addressed and cable.a.address and cable.b.address:
-            targets.append(
-                Target(cable.a.host, cable.b.address.ip, cable.a.address.ip, cable.a.interface)
-            )
-            probed.append(index)
-    outcomes = await probe(conns, targets, python=python, log=log)
-    result = list(cables)
-    for index, outcome in zip(probed, outcomes, strict=True):
-        result[index] = with_probe(cables[index], reached(outcome), outcome)
-    return result
+            source = cable.a.address.ip
+            target = Target(cable.a.host, cable.b.address.ip, source, cable.a.interface)
+            targets.append((index, target))
+    return targets
 
 
-async def confirm_switch(
-    conns: Mapping[str, asyncssh.SSHClientConnection],
-    switch: Switch,
-    *,
-    python: str = "",
-    log: Log | None = None,
-) -> Switch:
-    """The switch, confirmed when every host reaches the next one's address on it."""
-    ends = switch.ends
-    if len(ends) < 2:
-        return replace(switch, confirmed=True)
+def _switch_targets(switch: Switch | None) -> list[Target]:
+    """Each host to the next one's address on the switch (one round, not all pairs)."""
+    if switch is None or len(switch.ends) < 2:
+        return []
     targets = []
-    for i, end in enumerate(ends):
-        peer = ends[(i + 1) % len(ends)]
-        assert end.address is not None
-        assert peer.address is not None
-        targets.append(Target(end.host, peer.address.ip, end.address.ip, end.interface))
-    outcomes = await probe(conns, targets, python=python, log=log)
-    failed = [
-        f"{t.host} cannot reach {t.address} ({o})"
-        for t, o in zip(targets, outcomes, strict=True)
-        if not reached(o)
-    ]
-    return replace(switch, confirmed=not failed, detail="; ".join(failed))
+    for i, end in enumerate(switch.ends):
+        peer = switch.ends[(i + 1) % len(switch.ends)]
+        if end.address is not None and peer.address is not None:
+            targets.append(Target(end.host, peer.address.ip, end.address.ip, end.interface))
+    return targets
 
 
-async def find_link_local_cables(
-    conns: Mapping[str, asyncssh.SSHClientConnection],
-    hosts: Sequence[HostInterfaces],
-    loose: Mapping[str, Sequence[Interface]],
-    *,
-    python: str = "",
-    log: Log | None = None,
-) -> tuple[list[Cable], list[str]]:
-    """Cables between loose interfaces, traced through IPv6 link-local addresses.
+def _link_local_targets(
+    names: Sequence[str], loose: Mapping[str, Sequence[Interface]]
+) -> tuple[list[tuple[str, Interface, str, Interface, Target]], list[str]]:
+    """Every loose interface of each host to every other host's loose link-local addresses.
 
-    Returns the cables found (confirmed) and notes about interfaces that could not be
-    traced (no link-local address) or that reach several hosts (a switch, not a cable).
+    Both ways round, grouped by the interface tried from: each interface stops at its first
+    answer, so a complete set of cables is traced in one round trip instead of waiting for
+    the wrong pairs' neighbour discovery to time out.
     """
     notes = []
-    names = [host.host for host in hosts]
     traceable: dict[str, list[Interface]] = {}
     for host in names:
         for interface in loose.get(host, []):
@@ -257,28 +238,41 @@ async def find_link_local_cables(
                 )
             else:
                 traceable.setdefault(host, []).append(interface)
-    targets, pairs = [], []
-    for i, host in enumerate(names):
-        for other in names[i + 1 :]:
+    pairs = []
+    for host in names:
+        for other in names:
+            if other == host:
+                continue
             for mine in traceable.get(host, []):
                 for theirs in traceable.get(other, []):
                     assert theirs.link_local is not None
-                    targets.append(Target(host, theirs.link_local.ip, device=mine.name))
-                    pairs.append((host, mine, other, theirs))
-    if not targets:
-        return [], notes
-    outcomes = await probe(conns, targets, python=python, timeout=LINK_LOCAL_TIMEOUT, log=log)
-    found = []
-    for (host, mine, other, theirs), outcome in zip(pairs, outcomes, strict=True):
-        if reached(outcome):
-            a = End(host, mine.name, mine.ipv4[0] if mine.ipv4 else None)
-            b = End(other, theirs.name, theirs.ipv4[0] if theirs.ipv4 else None)
-            found.append(Cable(a, b, "link-local", confirmed=True))
+                    address = theirs.link_local.ip
+                    target = Target(host, address, device=mine.name, group=mine.name)
+                    pairs.append((host, mine, other, theirs, target))
+    return pairs, notes
+
+
+def _traced_cables(
+    names: Sequence[str],
+    pairs: Sequence[tuple[str, Interface, str, Interface, Target]],
+    outcomes: Sequence[str],
+) -> tuple[list[Cable], list[str]]:
+    """The pairs that answered (either way round), less interfaces that reach several hosts."""
+    order = {name: index for index, name in enumerate(names)}
+    found: dict[frozenset[tuple[str, str]], Cable] = {}
+    for (host, mine, other, theirs, _), outcome in zip(pairs, outcomes, strict=True):
+        if not reached(outcome):
+            continue
+        ends = sorted([(host, mine), (other, theirs)], key=lambda end: order[end[0]])
+        a, b = (End(h, i.name, i.ipv4[0] if i.ipv4 else None) for h, i in ends)
+        key = frozenset({(a.host, a.interface), (b.host, b.interface)})
+        found.setdefault(key, Cable(a, b, "link-local", confirmed=True))
     counts: dict[tuple[str, str], list[Cable]] = {}
-    for cable in found:
+    for cable in found.values():
         for end in (cable.a, cable.b):
             counts.setdefault((end.host, end.interface), []).append(cable)
     shared = {key for key, cables in counts.items() if len(cables) > 1}
+    notes = []
     for host, name in sorted(shared):
         peers = sorted({c.b.host if c.a.host == host else c.a.host for c in counts[(host, name)]})
         notes.append(
@@ -287,7 +281,74 @@ async def find_link_local_cables(
         )
     cables = [
         c
-        for c in found
+        for c in found.values()
         if (c.a.host, c.a.interface) not in shared and (c.b.host, c.b.interface) not in shared
     ]
     return cables, notes
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What the probes established.
+
+    Attributes
+    ----------
+    cables
+        The candidate cables, each addressed one confirmed or refuted.
+    switch
+        The switch, confirmed when every host reached the next one over it.
+    traced
+        Cables found between loose interfaces through IPv6 link-local addresses.
+    notes
+        Interfaces that could not be traced, or that reach several hosts.
+    targets
+        How many connections were tried.
+    """
+
+    cables: tuple[Cable, ...]
+    switch: Switch | None
+    traced: tuple[Cable, ...]
+    notes: tuple[str, ...]
+    targets: int
+
+
+async def probe_links(
+    conns: Mapping[str, asyncssh.SSHClientConnection],
+    names: Sequence[str],
+    cables: Sequence[Cable],
+    switch: Switch | None,
+    loose: Mapping[str, Sequence[Interface]],
+    *,
+    python: str = "",
+    log: Log | None = None,
+) -> ProbeResult:
+    """Confirm cables and the switch and trace loose interfaces: one probe run per host.
+
+    Raises
+    ------
+    ConfigError
+        When a host cannot run the probe (no Python there).
+    """
+    cable_targets = _cable_targets(cables)
+    switch_targets = _switch_targets(switch)
+    link_local, notes = _link_local_targets(names, loose)
+    targets = [t for _, t in cable_targets] + switch_targets + [p[-1] for p in link_local]
+    timeout = LINK_LOCAL_TIMEOUT if link_local else CABLE_TIMEOUT
+    outcomes = (
+        await probe(conns, targets, python=python, timeout=timeout, log=log) if targets else []
+    )
+    cable_outcomes = outcomes[: len(cable_targets)]
+    switch_outcomes = outcomes[len(cable_targets) : len(cable_targets) + len(switch_targets)]
+    traced_outcomes = outcomes[len(cable_targets) + len(switch_targets) :]
+    checked = list(cables)
+    for (index, _), outcome in zip(cable_targets, cable_outcomes, strict=True):
+        checked[index] = with_probe(cables[index], reached(outcome), outcome)
+    if switch is not None:
+        failed = [
+            f"{t.host} cannot reach {t.address} ({o})"
+            for t, o in zip(switch_targets, switch_outcomes, strict=True)
+            if not reached(o)
+        ]
+        switch = replace(switch, confirmed=not failed, detail="; ".join(failed))
+    traced, traced_notes = _traced_cables(names, link_local, traced_outcomes)
+    return ProbeResult(tuple(checked), switch, tuple(traced), (*notes, *traced_notes), len(targets))

@@ -198,15 +198,17 @@ async def apply(
     """
 
     async def on(step: HostCommands) -> None:
-        conn = conns[step.host]
-        root = (await run_command(conn, step.host, "id -u", log)).strip() == "0"
-        for command in step.commands:
-            line = command if root else f"sudo -n sh -c {shlex.quote(command)}"
-            try:
-                await run_command(conn, step.host, line, log)
-            except ConfigError as exc:
-                hint = "" if root else " (--auto-setup needs root or passwordless sudo there)"
-                msg = f"{exc}{hint}"
-                raise ConfigError(msg) from exc
+        # One round trip per host: `sh -ex` stops at the first failure and traces each
+        # command, so the error names the one that failed.
+        script = shlex.quote("\n".join(step.commands))
+        line = f'if [ "$(id -u)" = 0 ]; then sh -exc {script}; else sudo -n sh -exc {script}; fi'
+        shown = "; ".join(step.commands)
+        try:
+            await run_command(conns[step.host], step.host, line, log, shown=shown)
+        except ConfigError as exc:
+            text = str(exc)
+            if "sudo" in text or "not permitted" in text:
+                text += " (--auto-setup needs root or passwordless sudo there)"
+            raise ConfigError(text) from exc
 
     await all_or_nothing([on(step) for step in plan])

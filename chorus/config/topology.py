@@ -39,6 +39,7 @@ __all__ = [
     "find_cables",
     "find_switch",
     "loose_interfaces",
+    "with_probe",
 ]
 
 # Up to this many hosts the diagnosis of a broken ring tries every ring ((n-1)!/2 of them).
@@ -475,28 +476,34 @@ def check_ring(hosts: Sequence[str], cables: Sequence[Cable]) -> Verdict:
         for cable in cables:
             if cable.present:
                 counts.setdefault(_pair_key(*cable.hosts), []).append(cable)
+        ring_text = "-".join(order)
         for cable in extra:
-            others = [h for pair in missing for h in pair]
-            stuck = [h for h in cable.hosts if h in others]
+            where = f"{cable.a.host}:{cable.a.interface} — {cable.b.host}:{cable.b.interface}"
+            stuck = [h for h in cable.hosts if any(h in pair for pair in missing)]
             if stuck:
                 host = stuck[0]
-                far = cable.hosts[1] if cable.hosts[0] == host else cable.hosts[0]
-                want = [y if x == host else x for x, y in missing if host in (x, y)]
+                want = next(y if x == host else x for x, y in missing if host in (x, y))
                 problems.append(
-                    f"the cable {cable} is not part of the ring {'-'.join(order)}: "
-                    f"move its {far} end to {want[0]}?"
+                    f"the cable {where} probably belongs between {host} and {want} "
+                    f"(the ring {ring_text} does not use it)"
                 )
             else:
-                problems.append(f"the cable {cable} is not part of the ring {'-'.join(order)}")
+                problems.append(f"the cable {where} is not part of the ring {ring_text}")
         for pair, joined in counts.items():
             if len(joined) > 1:
                 x, y = sorted(pair, key=hosts.index)
                 problems.append(f"{x} has {_count_word(len(joined))} cables to {y}")
-    for x, y in unaddressed:
-        problems.append(
-            f"the cable between {x} and {y} has no addresses (--auto-setup assigns them)"
-        )
+    problems += _unaddressed_problem(unaddressed)
     return Verdict(False, order, missing, unaddressed, extra, tuple(problems))
+
+
+def _unaddressed_problem(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    if not pairs:
+        return []
+    listed = ", ".join(f"{x}-{y}" for x, y in pairs)
+    if len(pairs) == 1:
+        return [f"the cable {listed} has no addresses"]
+    return [f"{len(pairs)} cables have no addresses ({listed})"]
 
 
 def check_mesh(hosts: Sequence[str], cables: Sequence[Cable]) -> Verdict:
@@ -508,10 +515,7 @@ def check_mesh(hosts: Sequence[str], cables: Sequence[Cable]) -> Verdict:
         p for p in pairs if _pair_key(*p) in present and _pair_key(*p) not in usable
     )
     problems = [f"no cable between {x} and {y}" for x, y in missing]
-    problems += [
-        f"the cable between {x} and {y} has no addresses (--auto-setup assigns them)"
-        for x, y in unaddressed
-    ]
+    problems += _unaddressed_problem(unaddressed)
     ok = not missing and not unaddressed
     return Verdict(ok, tuple(hosts), missing, unaddressed, (), tuple(problems))
 
@@ -541,6 +545,10 @@ def analyse(
 ) -> Topology:
     """Check the cables (probe results included) as a ring and as a mesh."""
     names = [host.host for host in hosts]
+    index = {name: i for i, name in enumerate(names)}
+    cables = sorted(
+        cables, key=lambda c: (index.get(c.a.host, 0), index.get(c.b.host, 0), c.a.interface)
+    )
     return Topology(
         hosts=tuple(names),
         cables=tuple(cables),
