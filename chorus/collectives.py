@@ -129,15 +129,49 @@ def barrier(*, group: Group | None = None) -> None:
     _core.barrier(default_group(group)._impl)
 
 
-def send(x: ArrayLike, dst: int, *, group: Group | None = None) -> np.ndarray[Any, Any]:
+def _check_tag(tag: int) -> None:
+    if isinstance(tag, bool) or not isinstance(tag, (int, np.integer)) or tag < 0:
+        msg = f"tag must be a non-negative integer, got {tag!r}"
+        raise ValueError(msg)
+
+
+def send(
+    x: ArrayLike, dst: int, *, tag: int = 0, group: Group | None = None
+) -> np.ndarray[Any, Any]:
     """Send ``x`` to rank ``dst``; returns ``x`` as an array (as MLX does).
 
     The receiver must call :func:`recv` (or :func:`recv_like`) with the same
-    shape and dtype. With the ring backend ``dst`` must be a ring neighbour.
+    shape, dtype and tag. Returns once the bytes have left this rank; it does
+    not wait for the matching ``recv``, so two ranks that both send first and
+    then receive do not deadlock.
+
+    Parameters
+    ----------
+    x
+        The array to send.
+    dst
+        The receiving rank. With the ring backend it must be a ring
+        neighbour; the mesh backend connects every pair of ranks.
+    tag
+        Matches this message to a ``recv`` with the same tag: messages
+        between two ranks with the same tag arrive in order, and a ``recv``
+        of one tag does not wait behind messages of another. Tags other than
+        0 need the mesh backend.
+    group
+        The group ``dst`` is a rank of (default: the world group).
+
+    Raises
+    ------
+    ValueError
+        ``dst`` is this rank or outside the group, or a non-zero tag on a
+        backend without tags.
+    chorus.PeerError
+        ``dst`` died or the connection failed.
     """
+    _check_tag(tag)
     g = default_group(group)
     array = _as_array(x)
-    _core.send(g._impl, array, dst)
+    _core.send(g._impl, array, dst, tag=int(tag))
     return array
 
 
@@ -146,20 +180,29 @@ def recv(
     dtype: npt.DTypeLike,
     src: int,
     *,
+    tag: int = 0,
     group: Group | None = None,
 ) -> np.ndarray[Any, Any]:
-    """Receive an array of ``shape`` and ``dtype`` sent by rank ``src``."""
+    """Receive an array of ``shape`` and ``dtype`` sent by rank ``src`` with ``tag``.
+
+    Raises ``ValueError`` naming the sender when its message has another
+    size or dtype (the message is consumed), and ``chorus.PeerError`` when
+    ``src`` dies before sending. See :func:`send` for tags.
+    """
+    _check_tag(tag)
     g = default_group(group)
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
     out = np.empty(dims, dtype=np.dtype(dtype))
-    _core.recv(g._impl, out, src)
+    _core.recv(g._impl, out, src, tag=int(tag))
     return out
 
 
-def recv_like(x: ArrayLike, src: int, *, group: Group | None = None) -> np.ndarray[Any, Any]:
-    """Receive from ``src`` an array shaped and typed like ``x``."""
+def recv_like(
+    x: ArrayLike, src: int, *, tag: int = 0, group: Group | None = None
+) -> np.ndarray[Any, Any]:
+    """Receive from ``src`` an array shaped and typed like ``x`` (see :func:`recv`)."""
     array = np.asarray(x)
-    return recv(array.shape, array.dtype, src, group=group)
+    return recv(array.shape, array.dtype, src, tag=tag, group=group)
 
 
 Tree = Any

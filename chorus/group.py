@@ -7,9 +7,13 @@ later calls return the first group initialised, so libraries can call
 
 Order tried by ``"any"``: the backend named by ``CHORUS_BACKEND`` (the
 launcher sets it), then ``shm`` when every rank is on this host, then
-``ring`` when a hostfile is known. A backend that is available but fails to
-connect raises: a launched rank silently running alone would compute wrong
-answers.
+``ring`` when a hostfile or a coordinator (``CHORUS_COORDINATOR``) is
+known, then ``mpi`` for ranks that ``mpirun`` started without a chorus
+hostfile (see :func:`init`). ``mesh`` (TCP full mesh: any-to-any
+``send``/``recv`` with tags, one round trip for small collectives) runs only
+when asked for, by ``init("mesh")`` or ``CHORUS_BACKEND=mesh``. A backend
+that is available but fails to connect raises: a launched rank silently
+running alone would compute wrong answers.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from __future__ import annotations
 import threading
 import warnings
 
-from chorus import _core
+from chorus import _core, _mpi
 from chorus.env import RankEnv, read_rank_env
 
-BACKENDS = ("shm", "ring")
+BACKENDS = ("shm", "ring", "mesh", "mpi")
 
 _lock = threading.Lock()
 _groups: dict[str, Group] = {}
@@ -82,19 +86,33 @@ def _candidates(requested: str, env: RankEnv) -> list[str]:
         order.append(env.backend)
     if env.in_job and env.all_hosts_local():
         order.append("shm")
-    if env.hosts:
+    if env.hosts or env.coordinator:
         order.append("ring")
+    if env.mpi_launched and not env.hosts:
+        order.append("mpi")
     return list(dict.fromkeys(order))
 
 
 def _usable(name: str, env: RankEnv) -> bool:
+    if name == "mpi" and not env.mpi_launched:
+        return False  # before is_available(), which loads libmpi
     if not env.in_job or not _core.is_available(name):
         return False
-    if name == "ring":
-        return bool(env.hosts)
+    if name in ("ring", "mesh"):
+        # The hostfile, or a rendezvous through rank 0 at the coordinator.
+        return bool(env.hosts) or env.coordinator is not None
     if name == "shm":
         return env.all_hosts_local()
     return True
+
+
+def _why_unusable(name: str, env: RankEnv) -> str:
+    """Why backend ``name`` cannot run here, for the error when nothing can."""
+    if name == "mpi" and not env.mpi_launched:
+        return "mpi: this rank was not started by mpirun/mpiexec"
+    if name == "mpi" or not _core.is_available(name):
+        return _core.unavailable_reason(name)
+    return f"{name}: not usable with this environment"
 
 
 def _connect(name: str, env: RankEnv) -> Group:
@@ -110,7 +128,10 @@ def _connect(name: str, env: RankEnv) -> Group:
         verbose=env.verbose,
         segment_bytes=env.segment_bytes,
         listen_fds=env.listen_fds,
+        coordinator=env.coordinator or "",
     )
+    if name == "mpi":
+        _mpi.register_exit()
     return Group(impl)
 
 
@@ -120,7 +141,30 @@ def init(backend: str = "any", strict: bool = False) -> Group:
     Parameters
     ----------
     backend
-        ``"any"`` (default), ``"shm"`` or ``"ring"``.
+        ``"any"`` (default), ``"shm"``, ``"ring"``, ``"mesh"`` or ``"mpi"``.
+        ``"any"`` never picks ``mesh`` on its own: name it here or in
+        ``CHORUS_BACKEND``.
+
+        ``"any"`` tries, in order, and takes the first that can run:
+
+        1. the backend named by ``CHORUS_BACKEND`` (``chorus launch
+           --backend`` sets it; ``mpirun -x CHORUS_BACKEND=mpi`` works too);
+        2. ``shm``, when every rank is on this host (per the hostfile, or
+           per mpirun's local rank count when there is none);
+        3. ``ring``, when a hostfile (``CHORUS_HOSTFILE``) or a coordinator
+           (``CHORUS_COORDINATOR``: rank 0's "ip:port", where the ranks
+           exchange addresses) is known;
+        4. ``mpi``, when mpirun/mpiexec started this rank
+           (``OMPI_COMM_WORLD_SIZE``/``PMI_SIZE`` set) and there is no
+           chorus hostfile, and libmpi loads (``CHORUS_MPI_LIBNAME`` or
+           ``libmpi.so.40``, ``libmpi.so``, ``libmpi.so.12``).
+
+        So under mpirun on one host ``"any"`` picks ``shm`` (faster and
+        interruptible), across hosts ``mpi``. When none can run, a rank of
+        a job warns and continues as a group of size 1 (``strict=False``)
+        or raises :class:`chorus.BackendUnavailableError` naming each
+        backend tried and why it cannot run (``strict=True``); outside any
+        job the size-1 group is silent.
     strict
         Raise instead of falling back to a size-1 group when no backend can
         run (for example outside ``chorus launch``).
@@ -162,14 +206,19 @@ def init(backend: str = "any", strict: bool = False) -> Group:
                 why = "this process is not part of a job (no CHORUS_RANK/CHORUS_WORLD_SIZE)"
             else:
                 why = f"none of {_candidates(backend, env)} can run with this environment"
+                reasons = [_why_unusable(n, env) for n in _candidates(backend, env)]
+                if reasons:
+                    why += " (" + "; ".join(reasons) + ")"
             msg = f"[chorus] cannot initialise backend {backend!r}: {why}"
             raise _core.BackendUnavailableError(msg)
         if env.in_job:
             # A launched rank running alone computes wrong answers: say so.
+            unusable = "; ".join(_why_unusable(n, env) for n in _candidates(backend, env))
             warnings.warn(
                 f"[chorus] rank {env.rank} of {env.size}: no backend of "
-                f"{_candidates(backend, env) or list(BACKENDS)} can run here; "
-                "continuing as a group of size 1 (init(strict=True) raises instead)",
+                f"{_candidates(backend, env) or list(BACKENDS)} can run here"
+                + (f" ({unusable})" if unusable else "")
+                + "; continuing as a group of size 1 (init(strict=True) raises instead)",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -181,7 +230,12 @@ def init(backend: str = "any", strict: bool = False) -> Group:
 
 
 def is_available(backend: str | None = None) -> bool:
-    """Whether ``backend`` (or, with ``None``, any distributed backend) can run here."""
+    """Whether ``backend`` (or, with ``None``, any distributed backend) can run here.
+
+    Only ranks of a job have one. ``"mpi"`` needs a rank started by
+    mpirun/mpiexec and a libmpi that loads (``CHORUS_MPI_LIBNAME`` or the
+    default names); ``chorus._core.unavailable_reason("mpi")`` says why not.
+    """
     env = read_rank_env()
     names = BACKENDS if backend in (None, "any") else (backend,)
     return any(name in _core.compiled_backends() and _usable(name, env) for name in names)

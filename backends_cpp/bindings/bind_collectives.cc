@@ -174,25 +174,25 @@ void register_collectives(py::module_& m) {
   m.def("barrier", [](GroupImpl& g) { communicate([&] { ops::barrier(g); }); }, py::arg("group"));
   m.def(
       "send",
-      [](GroupImpl& g, const py::array& x, int dst) {
+      [](GroupImpl& g, const py::array& x, int dst, int tag) {
         require_c_contiguous(x, "input");
         const Dtype dtype = dtype_of(x);
         const void* data = x.data();
         const size_t nbytes = static_cast<size_t>(x.nbytes());
-        communicate([&] { ops::send(g, data, nbytes, dtype, dst); });
+        communicate([&] { ops::send(g, data, nbytes, dtype, dst, tag); });
       },
-      py::arg("group"), py::arg("x"), py::arg("dst"));
+      py::arg("group"), py::arg("x"), py::arg("dst"), py::kw_only(), py::arg("tag") = 0);
   m.def(
       "recv",
-      [](GroupImpl& g, py::array& out, int src) {
+      [](GroupImpl& g, py::array& out, int src, int tag) {
         require_c_contiguous(out, "out");
         require_writable(out, "out");
         const Dtype dtype = dtype_of(out);
         void* data = out.mutable_data();
         const size_t nbytes = static_cast<size_t>(out.nbytes());
-        communicate([&] { ops::recv(g, data, nbytes, dtype, src); });
+        communicate([&] { ops::recv(g, data, nbytes, dtype, src, tag); });
       },
-      py::arg("group"), py::arg("out"), py::arg("src"));
+      py::arg("group"), py::arg("out"), py::arg("src"), py::kw_only(), py::arg("tag") = 0);
 }
 
 }  // namespace chorus::bindings

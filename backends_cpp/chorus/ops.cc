@@ -25,6 +25,17 @@ void check_peer(GroupImpl& group, int peer, const char* what) {
   }
 }
 
+void check_tag(GroupImpl& group, int tag) {
+  if (tag < 0) {
+    throw UsageError(where(group) + "tag must be >= 0, got " + std::to_string(tag));
+  }
+  if (tag != 0 && !group.supports_tags()) {
+    throw UsageError(where(group) + "tag " + std::to_string(tag) +
+                     ": tags need the mesh backend (this group runs on " + group.backend() +
+                     ", which only has tag 0)");
+  }
+}
+
 }  // namespace
 
 void all_reduce(GroupImpl& group, const CallDesc& desc, const void* in, void* out) {
@@ -71,20 +82,22 @@ void barrier(GroupImpl& group) {
   if (group.size() > 1) group.barrier();
 }
 
-void send(GroupImpl& group, const void* buf, size_t nbytes, Dtype dtype, int dst) {
+void send(GroupImpl& group, const void* buf, size_t nbytes, Dtype dtype, int dst, int tag) {
   if (group.size() == 1) {
     throw UsageError(where(group) + "send needs a group of at least 2 ranks (this one has 1)");
   }
   check_peer(group, dst, "send to");
-  group.send(buf, nbytes, dtype, dst);
+  check_tag(group, tag);
+  group.send(buf, nbytes, dtype, dst, tag);
 }
 
-void recv(GroupImpl& group, void* buf, size_t nbytes, Dtype dtype, int src) {
+void recv(GroupImpl& group, void* buf, size_t nbytes, Dtype dtype, int src, int tag) {
   if (group.size() == 1) {
     throw UsageError(where(group) + "recv needs a group of at least 2 ranks (this one has 1)");
   }
   check_peer(group, src, "recv from");
-  group.recv(buf, nbytes, dtype, src);
+  check_tag(group, tag);
+  group.recv(buf, nbytes, dtype, src, tag);
 }
 
 GroupPtr split(GroupImpl& group, int color, int key) {

@@ -13,8 +13,9 @@ void all_gather(GroupImpl& group, const CallDesc& desc, const void* in, void* ou
 void reduce_scatter(GroupImpl& group, const CallDesc& desc, const void* in, void* out);
 void broadcast(GroupImpl& group, const CallDesc& desc, void* buf);
 void barrier(GroupImpl& group);
-void send(GroupImpl& group, const void* buf, size_t nbytes, Dtype dtype, int dst);
-void recv(GroupImpl& group, void* buf, size_t nbytes, Dtype dtype, int src);
+// tag must be >= 0; tag != 0 needs a backend with supports_tags() (mesh).
+void send(GroupImpl& group, const void* buf, size_t nbytes, Dtype dtype, int dst, int tag = 0);
+void recv(GroupImpl& group, void* buf, size_t nbytes, Dtype dtype, int src, int tag = 0);
 GroupPtr split(GroupImpl& group, int color, int key);
 
 }  // namespace chorus::ops

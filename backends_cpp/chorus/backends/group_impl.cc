@@ -92,11 +92,11 @@ class SingleGroup final : public GroupImpl {
   }
   void broadcast(const CallDesc&, void*) override {}
   void barrier() override {}
-  void send(const void*, size_t, Dtype, int dst) override {
+  void send(const void*, size_t, Dtype, int dst, int) override {
     throw UsageError("send to rank " + std::to_string(dst) +
                      " in a group of size 1: there is no other rank");
   }
-  void recv(void*, size_t, Dtype, int src) override {
+  void recv(void*, size_t, Dtype, int src, int) override {
     throw UsageError("recv from rank " + std::to_string(src) +
                      " in a group of size 1: there is no other rank");
   }

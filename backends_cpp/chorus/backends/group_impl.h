@@ -67,6 +67,9 @@ struct InitOptions {
   // address in hosts[rank] (CHORUS_LISTEN_FDS): using them instead of binding
   // again makes port choice race-free. Empty = bind hosts[rank] ourselves.
   std::vector<int> listen_fds;
+  // "ip:port" of rank 0 (CHORUS_COORDINATOR). With no hosts, backends that
+  // support it exchange listen addresses through rank 0 there (rendezvous.h).
+  std::string coordinator;
 };
 
 // Prefix every error message of a group with "[chorus ring] rank 2/4 (hostb): ".
@@ -102,9 +105,12 @@ class GroupImpl {
   virtual void barrier() = 0;
 
   // Point to point. The receiver checks that nbytes and dtype match the
-  // sender's and raises UsageError if not (the message is drained).
-  virtual void send(const void* buf, size_t nbytes, Dtype dtype, int dst) = 0;
-  virtual void recv(void* buf, size_t nbytes, Dtype dtype, int src) = 0;
+  // sender's and raises UsageError if not (the message is drained). Messages
+  // between two ranks with the same tag arrive in order; ops.cc only passes
+  // tag != 0 to backends whose supports_tags() is true.
+  virtual void send(const void* buf, size_t nbytes, Dtype dtype, int dst, int tag) = 0;
+  virtual void recv(void* buf, size_t nbytes, Dtype dtype, int src, int tag) = 0;
+  virtual bool supports_tags() const { return false; }
 };
 
 using GroupPtr = std::shared_ptr<GroupImpl>;

@@ -5,7 +5,9 @@
 #include <sstream>
 
 #include "chorus/algorithms/reduce.h"
+#include "chorus/backends/rendezvous.h"
 #include "chorus/backends/ring/ring_group.h"
+#include "chorus/backends/tcp_split.h"
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/common/logging.h"
@@ -21,8 +23,6 @@ constexpr size_t kDefaultSegment = size_t{1} << 20;
 constexpr size_t kSmallBytes = 64 * 1024;
 constexpr auto kAbortFlush = std::chrono::milliseconds(1000);
 constexpr auto kProbeEvery = std::chrono::milliseconds(500);
-constexpr size_t kMaxSplitAddrs = 8;
-constexpr size_t kAddrChars = 64;
 
 // A failure to raise as PeerError here and to forward around the ring.
 class RingFailure : public PeerError {
@@ -604,12 +604,12 @@ void RingGroup::barrier() {
 
 // ---------------------------------------------------------------- point to point
 
-void RingGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst) {
+void RingGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst, int /*tag: always 0*/) {
   if (dst != left() && dst != right()) {
     throw UsageError(ctx_.prefix() + "send to rank " + std::to_string(dst) +
                      ": the ring backend only connects neighbours (ranks " +
                      std::to_string(left()) + " and " + std::to_string(right()) +
-                     "); use the mesh backend (coming) for any-to-any send/recv");
+                     "); use the mesh backend for any-to-any send/recv");
   }
   // N = 2: both neighbours are the same rank; sends go right, receives come
   // from the left, which is the same connection seen from the other end.
@@ -650,12 +650,12 @@ void RingGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst) {
   });
 }
 
-void RingGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src) {
+void RingGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int /*tag: always 0*/) {
   if (src != left() && src != right()) {
     throw UsageError(ctx_.prefix() + "recv from rank " + std::to_string(src) +
                      ": the ring backend only connects neighbours (ranks " +
                      std::to_string(left()) + " and " + std::to_string(right()) +
-                     "); use the mesh backend (coming) for any-to-any send/recv");
+                     "); use the mesh backend for any-to-any send/recv");
   }
   const Side side = src == left() ? Side::Left : Side::Right;
   const int s = static_cast<int>(side);
@@ -713,45 +713,17 @@ void RingGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src) {
 
 GroupPtr RingGroup::split(int color, int key) {
   const SplitPlan plan = plan_split(*this, color, key, split_count_++);
-  // One new listener per parent address, same IP, any port.
-  std::vector<tcp::Listener> listeners;
-  struct Record {
-    uint32_t count;
-    char addrs[kMaxSplitAddrs][kAddrChars];
-  };
-  Record mine{};
-  for (const auto& addr : config_.hosts[config_.rank]) {
-    if (listeners.size() == kMaxSplitAddrs) break;
-    const std::string host = tcp::Address::parse(addr).host();
-    const bool v6 = host.find(':') != std::string::npos;
-    listeners.push_back(tcp::Listener::bind((v6 ? "[" + host + "]" : host) + ":0"));
-    std::snprintf(mine.addrs[mine.count++], kAddrChars, "%s", listeners.back().address().c_str());
-  }
-  std::vector<Record> all(config_.size);
-  CallDesc desc;
-  desc.kind = Collective::AllGather;
-  desc.dtype = Dtype::UInt8;
-  desc.count = sizeof(Record);
-  desc.shape_hash = 0x5b11a;
-  all_gather(desc, &mine, all.data());
-
+  tcp_split::ChildEndpoints endpoints =
+      tcp_split::exchange(*this, config_.hosts[config_.rank], plan.members);
   GroupConfig child = config_;
   child.rank = plan.new_rank;
   child.size = static_cast<int>(plan.members.size());
-  child.group_path =
-      config_.group_path + "/" + std::to_string(plan.split_index) + "." + std::to_string(color);
-  child.hosts.clear();
-  for (int m : plan.members) {
-    std::vector<std::string> addrs;
-    for (uint32_t i = 0; i < all[m].count && i < kMaxSplitAddrs; ++i) {
-      addrs.emplace_back(all[m].addrs[i], strnlen(all[m].addrs[i], kAddrChars));
-    }
-    child.hosts.push_back(std::move(addrs));
-  }
+  child.group_path = tcp_split::child_path(config_.group_path, plan.split_index, color);
+  child.hosts = std::move(endpoints.hosts);
   if (child.size == 1) return make_single_group("ring");
   CHORUS_LOG(config_.verbose, ctx_.prefix(), "split color ", color, ": rank ", child.rank, "/",
              child.size, " of group ", child.group_path);
-  return std::make_shared<RingGroup>(std::move(child), std::move(listeners));
+  return std::make_shared<RingGroup>(std::move(child), std::move(endpoints.listeners));
 }
 
 // ---------------------------------------------------------------- entry points
@@ -760,45 +732,19 @@ bool is_available() { return true; }
 
 GroupPtr init(const InitOptions& options) {
   if (options.size == 1) return make_single_group("ring");
-  const std::string where = "[chorus ring] rank " + std::to_string(options.rank) + "/" +
-                            std::to_string(options.size) + ": ";
-  if (static_cast<int>(options.hosts.size()) != options.size) {
-    throw UsageError(where + "the hostfile has " + std::to_string(options.hosts.size()) +
-                     " entries for a world of " + std::to_string(options.size) + " ranks");
-  }
-  for (size_t r = 0; r < options.hosts.size(); ++r) {
-    if (options.hosts[r].empty()) {
-      throw UsageError(where + "hostfile entry " + std::to_string(r) + " has no address");
-    }
-  }
-  std::vector<tcp::Listener> listeners;
-  if (!options.listen_fds.empty()) {
-    if (options.listen_fds.size() != options.hosts[options.rank].size()) {
-      throw UsageError(
-          where + "got " + std::to_string(options.listen_fds.size()) + " listening sockets for " +
-          std::to_string(options.hosts[options.rank].size()) + " addresses of this rank");
-    }
-    for (int fd : options.listen_fds) listeners.push_back(tcp::Listener::adopt(fd));
-  } else {
-    for (const auto& addr : options.hosts[options.rank]) {
-      try {
-        listeners.push_back(tcp::Listener::bind(addr));
-      } catch (const PeerError& e) {
-        throw BackendUnavailable(where + "cannot listen on " + addr + ": " + e.what());
-      }
-    }
-  }
+  // The hostfile and launcher fds, or (no hostfile) a rendezvous at the coordinator.
+  rendezvous::Endpoints endpoints = rendezvous::endpoints(options, "ring");
   GroupConfig config;
   config.rank = options.rank;
   config.size = options.size;
-  config.hosts = options.hosts;
+  config.hosts = std::move(endpoints.hosts);
   config.token = options.token;
   config.job_id = options.job_id;
   config.hostname = options.hostname;
   config.timeout_s = options.timeout_s;
   config.verbose = options.verbose;
   config.segment_bytes = options.segment_bytes;
-  return std::make_shared<RingGroup>(std::move(config), std::move(listeners));
+  return std::make_shared<RingGroup>(std::move(config), std::move(endpoints.listeners));
 }
 
 }  // namespace chorus::ring

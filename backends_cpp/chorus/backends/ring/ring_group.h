@@ -70,8 +70,8 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   void reduce_scatter(const CallDesc& desc, const void* in, void* out) override;
   void broadcast(const CallDesc& desc, void* buf) override;
   void barrier() override;
-  void send(const void* buf, size_t nbytes, Dtype dtype, int dst) override;
-  void recv(void* buf, size_t nbytes, Dtype dtype, int src) override;
+  void send(const void* buf, size_t nbytes, Dtype dtype, int dst, int tag) override;
+  void recv(void* buf, size_t nbytes, Dtype dtype, int src, int tag) override;
 
   // The addresses this group listens on (for split's exchange and tests).
   const std::vector<std::string>& listen_addresses() const { return acceptor_->addresses(); }

@@ -841,7 +841,7 @@ void ShmGroup::stream_read(int src, void* data, size_t nbytes, size_t& done) {
   }
 }
 
-void ShmGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst) {
+void ShmGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst, int /*tag: always 0*/) {
   op_ = "send to rank " + std::to_string(dst);
   check_usable();
   P2pHeader hdr{};
@@ -862,7 +862,7 @@ void ShmGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst) {
   }
 }
 
-void ShmGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src) {
+void ShmGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int /*tag: always 0*/) {
   op_ = "recv from rank " + std::to_string(src);
   check_usable();
   size_t done = 0;

@@ -33,8 +33,8 @@ class ShmGroup final : public GroupImpl {
   void reduce_scatter(const CallDesc& desc, const void* in, void* out) override;
   void broadcast(const CallDesc& desc, void* buf) override;
   void barrier() override;
-  void send(const void* buf, size_t nbytes, Dtype dtype, int dst) override;
-  void recv(void* buf, size_t nbytes, Dtype dtype, int src) override;
+  void send(const void* buf, size_t nbytes, Dtype dtype, int dst, int tag) override;
+  void recv(void* buf, size_t nbytes, Dtype dtype, int src, int tag) override;
 
  private:
   enum class WaitKind { Collective, Recovery, PointToPoint };

@@ -240,10 +240,16 @@ bool Acceptor::step(Pending& p) {
     v = Verdict::BadProof;
   } else if (p.hello.group != config_.id.group) {
     v = Verdict::WrongGroup;
-  } else if (p.hello.rank != config_.expected_rank) {
+  } else if (p.hello.rank < config_.expected_rank ||
+             p.hello.rank >= config_.expected_rank + config_.expected_ranks) {
     v = Verdict::WrongRank;
-    why = " " + std::to_string(p.hello.rank) + " (expected " +
-          std::to_string(config_.expected_rank) + ")";
+    why =
+        " " + std::to_string(p.hello.rank) + " (expected " +
+        (config_.expected_ranks <= 0 ? std::string("none") : std::to_string(config_.expected_rank));
+    if (config_.expected_ranks > 1) {
+      why += " to " + std::to_string(config_.expected_rank + config_.expected_ranks - 1);
+    }
+    why += ")";
   } else if (p.hello.stream >= config_.streams) {
     v = Verdict::BadStream;
   } else if (p.hello.epoch <= min_epoch_.load()) {

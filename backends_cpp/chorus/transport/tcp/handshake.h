@@ -62,6 +62,9 @@ struct AcceptorConfig {
   HandshakeId id;
   int my_rank = 0;
   int expected_rank = 0;  // our left neighbour: the only rank that connects to us
+  // Ranks [expected_rank, expected_rank + expected_ranks) may connect (the
+  // mesh accepts every lower rank); 1 for the ring.
+  int expected_ranks = 1;
   uint32_t streams = 1;   // sockets per link = addresses of this rank
   double timeout_s = 60;  // a stranger silent this long is dropped
   bool verbose = false;

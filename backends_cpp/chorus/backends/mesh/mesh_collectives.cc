@@ -1,0 +1,256 @@
+// Collectives: the record round (descriptor agreement, and the whole input
+// when it is small), then the direct algorithms for large inputs.
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+
+#include "chorus/algorithms/reduce.h"
+#include "chorus/backends/mesh/mesh_group.h"
+#include "chorus/backends/mesh/wire.h"
+#include "chorus/backends/tcp_split.h"
+#include "chorus/common/logging.h"
+
+namespace chorus::mesh {
+namespace {
+
+using tcp::Clock;
+
+// "ranks 0,1 have all_sum of 8 x float32 ..., rank 2 has ...": every rank
+// holds the same records, so every rank raises the same text.
+std::string disagreement(const std::vector<CallDesc>& descs) {
+  std::vector<size_t> firsts;
+  std::ostringstream out;
+  for (size_t k = 0; k < descs.size(); ++k) {
+    bool seen = false;
+    for (size_t f : firsts) seen = seen || descs[f] == descs[k];
+    if (seen) continue;
+    firsts.push_back(k);
+    std::vector<size_t> ranks;
+    for (size_t j = 0; j < descs.size(); ++j) {
+      if (descs[j] == descs[k]) ranks.push_back(j);
+    }
+    if (firsts.size() > 1) out << ", ";
+    out << (ranks.size() == 1 ? "rank " : "ranks ");
+    for (size_t i = 0; i < ranks.size(); ++i) out << (i ? "," : "") << ranks[i];
+    out << (ranks.size() == 1 ? " has " : " have ") << descs[k].describe();
+  }
+  return out.str();
+}
+
+}  // namespace
+
+std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> record) {
+  // An abort held for a later call concerns a call this rank was not in when
+  // it failed (a Jupyter interrupt stops every rank wherever it is, some
+  // before they reach the collective): only a dead rank still fails it.
+  if (pending_abort_ && !pending_abort_->fatal) pending_abort_.reset();
+  if (pending_abort_) {
+    const PendingAbort a = *pending_abort_;
+    pending_abort_.reset();
+    throw MeshFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, true);
+  }
+  record_ = std::move(record);
+  const int n = config_.size, me = config_.rank;
+  for (int p = 0; p < n; ++p) {
+    peers_[p].synced = p == me;
+    // A record already queued (the peer is ahead of us) proves the link.
+    peers_[p].tolerant = p != me && peers_[p].coll.empty();
+  }
+  // Read what arrived while this rank was outside any call (check_links
+  // drops non-fatal aborts while entering_).
+  entering_ = true;
+  try {
+    progress(0);
+  } catch (...) {
+    entering_ = false;
+    throw;
+  }
+  entering_ = false;
+  // Each link owns its copy: a call that ends in UsageError returns before
+  // its sends drained, and record_ is replaced by the next call.
+  auto send_record = [&](int p) {
+    peers_[p].link.post_send_owned(tcp::FrameType::Sync, call_index_, 0, record_);
+  };
+  for (int p = 0; p < n; ++p) {
+    if (p == me) continue;
+    Peer& peer = peers_[p];
+    if (!dialer_of(p)) install(p);  // a newer connection from p may already wait
+    peer.need = !peer.link.up() && peer.coll.empty();
+    if (!peer.need) send_record(p);
+  }
+  std::vector<std::vector<uint8_t>> records(n);
+  auto next_probe = Clock::now() + kProbeEvery;
+  while (true) {
+    bool all = true;
+    const bool probe_now = Clock::now() >= next_probe;
+    for (int p = 0; p < n; ++p) {
+      Peer& peer = peers_[p];
+      if (peer.synced) continue;
+      // Dial first: connecting never needs the peer's main thread.
+      if (!dialer_of(p) && install(p)) {
+        // p re-established the link: what we sent on the old one is lost.
+        send_record(p);
+      } else if (peer.need && recover(p)) {
+        send_record(p);
+      }
+      if (peer.need && probe_now) probe(p);
+      if (!peer.coll.empty()) {
+        tcp::Frame f = std::move(peer.coll.front());
+        peer.coll.pop_front();
+        if (f.type != tcp::FrameType::Sync) {
+          const std::string text = "protocol error: " + who(p) + " sent a " +
+                                   tcp::frame_type_name(f.type) + " frame at the start of " + op_ +
+                                   " (are all ranks calling the same operations?)";
+          throw MeshFailure(p, ctx_.prefix() + text, text);
+        }
+        if (f.aux0 != call_index_) {
+          CHORUS_LOG(config_.verbose, ctx_.prefix(), who(p), " is at call ", f.aux0,
+                     ", this rank at ", call_index_);
+        }
+        records[p] = std::move(f.payload);
+        peer.synced = true;
+        peer.tolerant = false;
+      }
+      all = all && peer.synced;
+    }
+    if (probe_now) next_probe = Clock::now() + kProbeEvery;
+    if (all) break;
+    progress();
+  }
+  records[me] = record_;
+  return records;
+}
+
+std::vector<std::vector<uint8_t>> MeshGroup::agree(const CallDesc& desc, const void* data,
+                                                   size_t n) {
+  const WireDesc wire = to_wire(desc);
+  std::vector<uint8_t> mine(sizeof wire + n);
+  std::memcpy(mine.data(), &wire, sizeof wire);
+  if (n > 0) std::memcpy(mine.data() + sizeof wire, data, n);
+  auto records = start_call(std::move(mine));
+  std::vector<CallDesc> descs(records.size());
+  for (size_t k = 0; k < records.size(); ++k) {
+    if (records[k].size() < sizeof(WireDesc)) {
+      const int p = static_cast<int>(k);
+      const std::string text = "protocol error: short descriptor from " + who(p) + " in " + op_;
+      throw MeshFailure(p, ctx_.prefix() + text, text);
+    }
+    WireDesc w;
+    std::memcpy(&w, records[k].data(), sizeof w);
+    descs[k] = from_wire(w);
+  }
+  bool same = true;
+  for (const auto& d : descs) same = same && d == descs[0];
+  if (!same)
+    throw UsageError(ctx_.prefix() + op_ + ": ranks disagree on the call: " + disagreement(descs));
+  // Agreeing ranks make the same inline choice: any other size is corruption.
+  const size_t inline_bytes = small(desc.nbytes()) ? desc.nbytes() : 0;
+  for (size_t k = 0; k < records.size(); ++k) {
+    const bool carries = desc.kind != Collective::Broadcast || static_cast<int>(k) == desc.root;
+    if (records[k].size() != sizeof(WireDesc) + (carries ? inline_bytes : 0)) {
+      const int p = static_cast<int>(k);
+      const std::string text = "protocol error: record of " + std::to_string(records[k].size()) +
+                               " bytes from " + who(p) + " in " + op_;
+      throw MeshFailure(p, ctx_.prefix() + text, text);
+    }
+  }
+  return records;
+}
+
+void MeshGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
+  const ReduceKernel kernel = reduce_kernel(desc.dtype, desc.op);
+  const size_t nbytes = desc.nbytes();
+  const size_t elem = dtype_size(desc.dtype);
+  run(collective_name(desc.kind, desc.op), Kind::Collective, -1, [&] {
+    const bool inline_data = small(nbytes);
+    auto records = agree(desc, in, inline_data ? nbytes : 0);
+    auto* dst = static_cast<uint8_t*>(out);
+    if (inline_data) {
+      // Every rank reduces every input in rank order: the same bits everywhere.
+      std::vector<const uint8_t*> parts;
+      for (const auto& r : records) parts.push_back(r.data() + sizeof(WireDesc));
+      algo::reduce_in_rank_order(kernel, parts, desc.count, elem, dst);
+      return;
+    }
+    algo::mesh_all_reduce(*this, kernel, elem, desc.count, segment_bytes_,
+                          static_cast<const uint8_t*>(in), dst);
+  });
+}
+
+void MeshGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) {
+  const ReduceKernel kernel = reduce_kernel(desc.dtype, desc.op);
+  const size_t nbytes = desc.nbytes();
+  const size_t elem = dtype_size(desc.dtype);
+  const size_t block_count = desc.count / static_cast<uint64_t>(config_.size);
+  run(collective_name(desc.kind, desc.op), Kind::Collective, -1, [&] {
+    const bool inline_data = small(nbytes);
+    auto records = agree(desc, in, inline_data ? nbytes : 0);
+    auto* dst = static_cast<uint8_t*>(out);
+    if (inline_data) {
+      const size_t at = static_cast<size_t>(config_.rank) * block_count * elem;
+      std::vector<const uint8_t*> parts;
+      for (const auto& r : records) parts.push_back(r.data() + sizeof(WireDesc) + at);
+      algo::reduce_in_rank_order(kernel, parts, block_count, elem, dst);
+      return;
+    }
+    const auto blocks = algo::blocks_fixed(block_count, elem, config_.size);
+    algo::mesh_reduce_scatter(*this, blocks, kernel, elem, segment_bytes_,
+                              static_cast<const uint8_t*>(in), dst);
+  });
+}
+
+void MeshGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
+  const size_t nbytes = desc.nbytes();
+  run(collective_name(desc.kind, desc.op), Kind::Collective, -1, [&] {
+    const bool inline_data = small(nbytes);
+    auto records = agree(desc, in, inline_data ? nbytes : 0);
+    auto* dst = static_cast<uint8_t*>(out);
+    if (inline_data) {
+      for (size_t k = 0; k < records.size(); ++k) {
+        if (nbytes) std::memcpy(dst + k * nbytes, records[k].data() + sizeof(WireDesc), nbytes);
+      }
+      return;
+    }
+    std::memmove(dst + static_cast<size_t>(config_.rank) * nbytes, in, nbytes);
+    const auto blocks = algo::blocks_fixed(desc.count, dtype_size(desc.dtype), config_.size);
+    algo::mesh_all_gather(*this, blocks, segment_bytes_, dst);
+  });
+}
+
+void MeshGroup::broadcast(const CallDesc& desc, void* buf) {
+  const size_t nbytes = desc.nbytes();
+  run(collective_name(desc.kind, desc.op), Kind::Collective, -1, [&] {
+    const bool inline_data = small(nbytes);
+    const bool root = desc.root == config_.rank;
+    auto records = agree(desc, buf, inline_data && root ? nbytes : 0);
+    if (inline_data) {
+      if (!root && nbytes) std::memcpy(buf, records[desc.root].data() + sizeof(WireDesc), nbytes);
+      return;
+    }
+    algo::mesh_broadcast(*this, desc.root, dtype_size(desc.dtype), desc.count, segment_bytes_,
+                         static_cast<uint8_t*>(buf));
+  });
+}
+
+void MeshGroup::barrier() {
+  CallDesc desc;
+  desc.kind = Collective::Barrier;
+  run("barrier", Kind::Collective, -1, [&] { agree(desc, nullptr, 0); });
+}
+
+GroupPtr MeshGroup::split(int color, int key) {
+  const SplitPlan plan = plan_split(*this, color, key, split_count_++);
+  tcp_split::ChildEndpoints endpoints =
+      tcp_split::exchange(*this, config_.hosts[config_.rank], plan.members);
+  GroupConfig child = config_;
+  child.rank = plan.new_rank;
+  child.size = static_cast<int>(plan.members.size());
+  child.group_path = tcp_split::child_path(config_.group_path, plan.split_index, color);
+  child.hosts = std::move(endpoints.hosts);
+  if (child.size == 1) return make_single_group("mesh");
+  CHORUS_LOG(config_.verbose, ctx_.prefix(), "split color ", color, ": rank ", child.rank, "/",
+             child.size, " of group ", child.group_path);
+  return std::make_shared<MeshGroup>(std::move(child), std::move(endpoints.listeners));
+}
+
+}  // namespace chorus::mesh

@@ -1,0 +1,228 @@
+// Set-up and reconnection: the lower rank of every pair dials the higher one,
+// which installs the connection from its Acceptor's queue. Epochs (counted by
+// the dialer) tell a re-established link from a stale attempt.
+#include <cerrno>
+
+#include "chorus/backends/mesh/mesh_group.h"
+#include "chorus/backends/mesh/wire.h"
+#include "chorus/common/logging.h"
+
+namespace chorus::mesh {
+namespace {
+
+using tcp::Clock;
+
+// A set-up dial attempt gives up after this long, so one unreachable rank
+// does not stop us from reaching the others; the next round retries it.
+constexpr auto kDialAttempt = std::chrono::seconds(1);
+
+bool transient(int err) {
+  return err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH || err == ETIMEDOUT ||
+         err == ECONNRESET || err == ECONNABORTED;
+}
+
+}  // namespace
+
+MeshGroup::MeshGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
+    : config_(std::move(config)), mailbox_(config_.size) {
+  ctx_.backend = "mesh";
+  ctx_.rank = config_.rank;
+  ctx_.size = config_.size;
+  ctx_.hostname = config_.hostname;
+  id_.token = config_.token;
+  id_.group = tcp::group_hash(config_.job_id, "mesh" + config_.group_path);
+  segment_bytes_ = config_.segment_bytes ? config_.segment_bytes : kDefaultSegment;
+  small_bytes_ = std::min(kSmallBytes, segment_bytes_);
+  peers_.resize(config_.size);
+  tcp::AcceptorConfig ac;
+  ac.id = id_;
+  ac.my_rank = config_.rank;
+  ac.expected_rank = 0;  // every lower rank dials us
+  ac.expected_ranks = config_.rank;
+  ac.streams = static_cast<uint32_t>(config_.hosts[config_.rank].size());
+  ac.timeout_s = config_.timeout_s;
+  ac.verbose = config_.verbose;
+  ac.log_prefix = "[chorus mesh] rank " + std::to_string(config_.rank) +
+                  (config_.group_path.empty() ? "" : " (group " + config_.group_path + ")");
+  acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
+  last_interrupt_check_ = Clock::now();
+  connect_initial();
+}
+
+MeshGroup::~MeshGroup() = default;
+
+std::string MeshGroup::who(int rank) const {
+  const auto& addrs = config_.hosts[rank];
+  return "rank " + std::to_string(rank) + " (" + (addrs.empty() ? "?" : addrs.front()) + ")";
+}
+
+void MeshGroup::connect_initial() {
+  const auto deadline = deadline_after(config_.timeout_s);
+  const std::string limit = tcp::seconds_text(config_.timeout_s);
+  std::vector<int> to_dial;
+  for (int p = config_.rank + 1; p < config_.size; ++p) to_dial.push_back(p);
+  CHORUS_LOG(config_.verbose, ctx_.prefix(), "listening on ", acceptor_->addresses().front(),
+             "; dialing ", to_dial.size(), " higher rank(s), waiting for ", config_.rank,
+             " lower one(s)");
+  while (true) {
+    for (auto it = to_dial.begin(); it != to_dial.end();) {
+      const int p = *it;
+      try {
+        dial(p, deadline, true);
+        it = to_dial.erase(it);
+        continue;
+      } catch (const PeerTimeout&) {
+        // Not answering yet: try the others, then this one again.
+      } catch (const tcp::SocketError& e) {
+        if (!transient(e.err())) {
+          throw PeerError(ctx_.prefix() + "connecting to " + who(p) + " failed: " + e.what());
+        }
+      } catch (const PeerError& e) {
+        throw PeerError(ctx_.prefix() + "connecting to " + who(p) + " failed: " + e.what());
+      }
+      ++it;
+    }
+    bool lower_done = true;
+    accepted_ready_ = true;
+    for (int p = 0; p < config_.rank; ++p) {
+      if (!peers_[p].link.up() && !install(p)) lower_done = false;
+    }
+    if (to_dial.empty() && lower_done) break;
+    if (Clock::now() >= deadline) {
+      std::string text;
+      for (int p : to_dial) {
+        text += (text.empty() ? "" : "; ") + who(p) + " did not accept a connection";
+      }
+      for (int p = 0; p < config_.rank; ++p) {
+        if (!peers_[p].link.up()) {
+          text += (text.empty() ? "" : "; ") + who(p) + " did not connect";
+        }
+      }
+      throw PeerTimeout(ctx_.prefix() + text + " within " + limit);
+    }
+    pollfd wake{acceptor_->wake_fd(), POLLIN, 0};
+    tcp::poll_slice(&wake, 1, std::min(deadline, Clock::now() + std::chrono::milliseconds(50)));
+  }
+  CHORUS_LOG(config_.verbose, ctx_.prefix(), "mesh ready: ", config_.size - 1, " link(s)");
+}
+
+void MeshGroup::dial(int p, Clock::time_point deadline, bool first) {
+  Peer& peer = peers_[p];
+  const uint64_t epoch = peer.epoch + 1;
+  std::vector<tcp::Socket> sockets;
+  const auto& addrs = config_.hosts[p];
+  for (size_t i = 0; i < addrs.size(); ++i) {
+    const auto address = tcp::Address::parse(addrs[i]);
+    const auto attempt = first ? std::min(deadline, Clock::now() + kDialAttempt) : deadline;
+    tcp::Socket s = tcp::Socket::connect(address, attempt);
+    tcp::connector_handshake(s, id_, config_.rank, static_cast<uint32_t>(i), epoch, deadline);
+    CHORUS_LOG(config_.verbose, ctx_.prefix(), "connected stream ", i, " to ", who(p), " at ",
+               addrs[i], " (epoch ", epoch, ")");
+    sockets.push_back(std::move(s));
+  }
+  peer.epoch = epoch;
+  peer.link = tcp::Link(std::move(sockets));
+  peer.coll.clear();
+  mailbox_.drop_partial(p);
+}
+
+void MeshGroup::take_accepted() {
+  // Only when the acceptor's wake fd fired: take() costs a syscall and a lock.
+  if (!accepted_ready_) return;
+  accepted_ready_ = false;
+  const size_t streams = config_.hosts[config_.rank].size();
+  for (auto& a : acceptor_->take()) {
+    if (a.rank < 0 || a.rank >= config_.rank) continue;  // the acceptor refuses these
+    Peer& peer = peers_[a.rank];
+    if (a.epoch <= peer.epoch) continue;  // stale: a newer link is installed
+    auto& slots = peer.staged[a.epoch];
+    slots.resize(streams);
+    slots[a.stream] = std::move(a.socket);
+  }
+}
+
+// Installs the newest complete connection from lower rank p, if one is newer
+// than the current link (p re-established it: the old one is dead to p).
+bool MeshGroup::install(int p) {
+  take_accepted();
+  Peer& peer = peers_[p];
+  for (auto it = peer.staged.rbegin(); it != peer.staged.rend(); ++it) {
+    bool complete = true;
+    for (const auto& s : it->second) complete = complete && s.has_value();
+    if (!complete) continue;
+    std::vector<tcp::Socket> sockets;
+    for (auto& s : it->second) sockets.push_back(std::move(*s));
+    peer.epoch = it->first;
+    peer.link = tcp::Link(std::move(sockets));
+    peer.staged.erase(peer.staged.begin(), peer.staged.upper_bound(peer.epoch));
+    peer.coll.clear();
+    mailbox_.drop_partial(p);
+    peer.need = false;
+    CHORUS_LOG(config_.verbose, ctx_.prefix(), "link from ", who(p), " up (epoch ", peer.epoch,
+               ")");
+    return true;
+  }
+  return false;
+}
+
+// A dead process's listener refuses connections: that tells "slow" from "gone".
+void MeshGroup::probe(int p) {
+  const auto address = tcp::Address::parse(config_.hosts[p].front());
+  try {
+    tcp::Socket s = tcp::Socket::connect(address, Clock::now() + std::chrono::milliseconds(500));
+  } catch (const tcp::SocketError& e) {
+    if (e.err() == ECONNREFUSED) {
+      const std::string text = who(p) + " is gone (its listener refuses connections) during " + op_;
+      throw MeshFailure(p, ctx_.prefix() + text,
+                        text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
+    }
+  } catch (const PeerError&) {
+    // Timeouts and other errors prove nothing; keep waiting.
+  }
+}
+
+// Brings p's link back; false while waiting for a lower rank to dial us.
+bool MeshGroup::recover(int p) {
+  if (!dialer_of(p)) return install(p);
+  try {
+    dial(p, deadline_after(config_.timeout_s), false);
+  } catch (const Interrupted&) {
+    throw;
+  } catch (const PeerError& e) {
+    const std::string text = who(p) + " could not be reconnected during " + op_ + ": " + e.what();
+    const auto* se = dynamic_cast<const tcp::SocketError*>(&e);
+    throw MeshFailure(p, ctx_.prefix() + text,
+                      text + " (seen by rank " + std::to_string(config_.rank) + ")",
+                      se != nullptr && se->err() == ECONNREFUSED);
+  }
+  peers_[p].need = false;
+  return true;
+}
+
+void MeshGroup::reset(int p) {
+  Peer& peer = peers_[p];
+  peer.sent_all = peer.link.sends_done();
+  peer.link = tcp::Link();
+  peer.need = true;
+  peer.coll.clear();
+  mailbox_.drop_partial(p);
+}
+
+// Until p's link is up: dial it (higher p) or wait for p's dial, probing p's
+// listener meanwhile (lower p).
+void MeshGroup::ensure_link(int p) {
+  Peer& peer = peers_[p];
+  if (!dialer_of(p) && install(p)) return;
+  peer.need = !peer.link.up();
+  auto next_probe = Clock::now() + kProbeEvery;
+  while (peer.need) {
+    if (recover(p)) break;
+    if (Clock::now() >= next_probe) {
+      probe(p);
+      next_probe = Clock::now() + kProbeEvery;
+    }
+    progress();
+  }
+}
+
+}  // namespace chorus::mesh

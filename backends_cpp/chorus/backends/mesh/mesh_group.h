@@ -1,0 +1,171 @@
+// The mesh backend's group: one TCP link to every other rank (transport/tcp),
+// driven by the direct algorithms of algorithms/mesh.h, with tagged
+// point-to-point messages between any two ranks and the ring's failure
+// protocol generalised to N-1 links. See README.md in this folder for the
+// wire protocol and where an RDMA transport would plug in.
+//
+// Threads: the calling thread drives everything (poll over every link, with
+// the GIL released); the Acceptor's thread only answers handshakes. Frames
+// are read eagerly from every link whenever this rank is inside any call:
+// collective frames queue per peer, point-to-point messages go to the
+// Mailbox. That is what makes sends non-blocking in effect: a sender only
+// waits for its bytes to leave, and every rank blocked in chorus drains.
+//
+// Call protocol (collectives):
+//  1. Record round: every rank sends its record (a Sync frame: call index +
+//     WireDesc + the whole input when it is small) to every peer and waits
+//     for theirs. The record doubles as the ring's Sync: until a peer's record
+//     arrived, its link dying means "reconnecting", not death.
+//  2. Every rank checks that all descriptors agree (UsageError everywhere if
+//     not; links stay clean). Small inputs are then reduced locally in rank
+//     order from the records: one round trip in all.
+//  3. Large inputs: direct reduce-scatter + all-gather over all links.
+//
+// Failure: as the ring. The rank that sees a dead link, an interrupt or a
+// protocol error sends an Abort frame (culprit, call index, reason) to every
+// peer and closes its links; the others raise PeerError naming the culprit
+// and do the same. Links are re-established at the start of the next call
+// (lower rank dials higher, epoch + 1). A rank whose listener refuses
+// connections is dead: PeerError naming it.
+//
+// Point to point: send(dst, tag) reconnects if needed and waits until its
+// frames are written; an interrupted send aborts that one link (Abort frame
+// flagged point-to-point) so the receiver drops the partial message. recv
+// only reads the Mailbox, so an interrupted recv leaves nothing behind.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "chorus/algorithms/mesh.h"
+#include "chorus/backends/group_impl.h"
+#include "chorus/backends/mesh/mailbox.h"
+#include "chorus/common/interrupt.h"
+#include "chorus/transport/tcp/handshake.h"
+#include "chorus/transport/tcp/link.h"
+#include "chorus/transport/tcp/listener.h"
+
+namespace chorus::mesh {
+
+struct GroupConfig {
+  int rank = 0;
+  int size = 1;
+  std::vector<std::vector<std::string>> hosts;
+  std::string token;
+  std::string job_id;
+  std::string group_path;  // "" for the world group, "/0.1" for split 0, color 1
+  std::string hostname;
+  double timeout_s = 60;
+  bool verbose = false;
+  size_t segment_bytes = 0;
+};
+
+class MeshGroup final : public GroupImpl, private algo::MeshPeers {
+ public:
+  // Connects to every other rank (deadline config.timeout_s).
+  MeshGroup(GroupConfig config, std::vector<tcp::Listener> listeners);
+  ~MeshGroup() override;
+
+  int rank() const override { return config_.rank; }
+  int size() const override { return config_.size; }
+  const char* backend() const override { return "mesh"; }
+
+  GroupPtr split(int color, int key) override;
+  void all_reduce(const CallDesc& desc, const void* in, void* out) override;
+  void all_gather(const CallDesc& desc, const void* in, void* out) override;
+  void reduce_scatter(const CallDesc& desc, const void* in, void* out) override;
+  void broadcast(const CallDesc& desc, void* buf) override;
+  void barrier() override;
+  void send(const void* buf, size_t nbytes, Dtype dtype, int dst, int tag) override;
+  void recv(void* buf, size_t nbytes, Dtype dtype, int src, int tag) override;
+  bool supports_tags() const override { return true; }
+
+  const std::vector<std::string>& listen_addresses() const { return acceptor_->addresses(); }
+
+ private:
+  // Everything about one other rank.
+  struct Peer {
+    tcp::Link link;
+    uint64_t epoch = 0;           // of the installed link (the dialer's last dial)
+    bool tolerant = false;        // a dead link means "reconnecting", not death
+    bool need = false;            // the link must be re-established
+    bool synced = false;          // its record of this call arrived
+    bool sent_all = false;        // the link was reset after all our frames left
+    std::deque<tcp::Frame> coll;  // collective frames, in arrival order
+    // Accepted connections (from lower ranks) by epoch, one slot per stream.
+    std::map<uint64_t, std::vector<std::optional<tcp::Socket>>> staged;
+  };
+  struct PendingAbort {
+    int culprit;
+    uint64_t call;
+    std::string text;
+    bool fatal;
+  };
+  enum class Kind { Collective, Send, Recv };
+
+  // MeshPeers
+  void isend(int peer, const void* data, size_t n) override;
+  std::vector<uint8_t> recv_exact(int peer, size_t n) override;
+  void wait_sends() override;
+
+  std::string who(int rank) const;
+  bool dialer_of(int p) const { return config_.rank < p; }
+
+  // Set-up and reconnection (mesh_connect.cc).
+  void connect_initial();
+  void dial(int p, tcp::Clock::time_point deadline, bool first);
+  void take_accepted();
+  bool install(int p);
+  void probe(int p);
+  bool recover(int p);
+  void reset(int p);
+
+  // Progress and failure (mesh_progress.cc).
+  void progress(int timeout_ms = kInterruptPollMs);
+  void route(int p, tcp::Frame frame);
+  void check_links();
+  void fail_links(int culprit, const std::string& text, bool fatal);
+  void abort_link(int p, const std::string& text);
+  // Runs one operation: its failures abort the links it dirtied (all of them
+  // for a collective, the peer's for a send) so the next call starts clean.
+  void run(const char* op, Kind kind, int peer, const std::function<void()>& body);
+  // The record round; returns every rank's record (ours at rank()).
+  std::vector<std::vector<uint8_t>> start_call(std::vector<uint8_t> record);
+  void ensure_link(int p);
+
+  // Record round + descriptor agreement (+ inline data for small inputs);
+  // throws UsageError on disagreement. Returns every rank's record.
+  std::vector<std::vector<uint8_t>> agree(const CallDesc& desc, const void* data, size_t n);
+  bool small(size_t nbytes) const { return nbytes <= small_bytes_; }
+
+  GroupConfig config_;
+  ErrorContext ctx_;
+  tcp::HandshakeId id_;
+  size_t segment_bytes_;
+  size_t small_bytes_;
+  std::unique_ptr<tcp::Acceptor> acceptor_;
+  std::vector<Peer> peers_;  // indexed by rank; our own entry is unused
+  Mailbox mailbox_;
+  uint64_t call_index_ = 0;
+  std::string op_ = "set-up";
+  Kind kind_ = Kind::Collective;
+  bool in_call_ = false;   // inside run()
+  bool entering_ = false;  // start_call is reading what arrived between calls
+  int op_peer_ = -1;       // the peer of the current send/recv
+  int waiting_ = -1;       // the peer a frame is awaited from
+  std::optional<PendingAbort> pending_abort_;
+  std::vector<uint8_t> record_;  // this call's record, resent after a reconnect
+  std::vector<pollfd> fds_;
+  std::vector<size_t> poll_starts_;  // first entry of each peer in fds_
+  bool accepted_ready_ = true;       // the acceptor's wake fd fired since take_accepted()
+  uint64_t split_count_ = 0;
+  tcp::Clock::time_point last_interrupt_check_;
+};
+
+}  // namespace chorus::mesh

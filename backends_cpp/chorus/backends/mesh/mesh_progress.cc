@@ -1,0 +1,277 @@
+// The mesh's engine: one poll over every link, eager demultiplexing of what
+// arrives, classification of dead links, and the abort protocol.
+#include <cerrno>
+#include <cstring>
+
+#include "chorus/backends/mesh/mesh_group.h"
+#include "chorus/backends/mesh/wire.h"
+#include "chorus/common/logging.h"
+
+namespace chorus::mesh {
+
+using tcp::Clock;
+
+void MeshGroup::progress(int timeout_ms) {
+  fds_.clear();
+  std::vector<size_t>& starts = poll_starts_;
+  starts.assign(config_.size, 0);
+  for (int p = 0; p < config_.size; ++p) {
+    starts[p] = fds_.size();
+    if (p != config_.rank) peers_[p].link.add_pollfds(fds_);
+  }
+  fds_.push_back({acceptor_->wake_fd(), POLLIN, 0});
+  int rc = ::poll(fds_.data(), fds_.size(), timeout_ms);
+  if (rc < 0 && errno != EINTR) throw tcp::SocketError("poll", errno, "-");
+  if (rc < 0) rc = 0;
+  for (int p = 0; p < config_.size; ++p) {
+    if (p != config_.rank) peers_[p].link.handle(fds_.data() + starts[p]);
+  }
+  if (fds_.back().revents != 0) accepted_ready_ = true;
+  for (int p = 0; p < config_.size; ++p) {
+    if (p == config_.rank) continue;
+    while (auto frame = peers_[p].link.take()) route(p, std::move(*frame));
+  }
+  // Interrupt checks cost a GIL round trip in Python: once per idle slice or
+  // per kInterruptPollMs of traffic (not per call: small calls are the
+  // latency path, and Python checks signals between calls anyway).
+  const auto now = Clock::now();
+  const bool idle_slice = rc == 0 && timeout_ms > 0;
+  if (idle_slice || now - last_interrupt_check_ >= std::chrono::milliseconds(kInterruptPollMs)) {
+    last_interrupt_check_ = now;
+    check_interrupt();
+  }
+  check_links();
+}
+
+// Files one frame from p: point-to-point ones in the Mailbox, collective ones
+// in p's queue for the algorithm.
+void MeshGroup::route(int p, tcp::Frame frame) {
+  Peer& peer = peers_[p];
+  auto protocol = [&](const std::string& what) {
+    const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " + what +
+                             " (are all ranks calling matching operations?)";
+    throw MeshFailure(p, ctx_.prefix() + text, text);
+  };
+  if (mailbox_.expecting(p)) {
+    if (frame.type != tcp::FrameType::Data || frame.aux0 != kP2PData) {
+      protocol(std::string("a ") + tcp::frame_type_name(frame.type) +
+               " frame in the middle of a message");
+    }
+    mailbox_.add(p, std::move(frame.payload));
+    return;
+  }
+  switch (frame.type) {
+    case tcp::FrameType::P2P: {
+      P2PHeader h;
+      if (frame.payload.size() != sizeof h) protocol("a bad message header");
+      std::memcpy(&h, frame.payload.data(), sizeof h);
+      mailbox_.start(p, static_cast<int>(frame.aux0), h.nbytes, h.dtype, h.frames);
+      return;
+    }
+    case tcp::FrameType::Sync:
+      // Its record for a call: the link is proven for that call.
+      peer.tolerant = false;
+      peer.coll.push_back(std::move(frame));
+      return;
+    case tcp::FrameType::Data:
+      if (frame.aux0 != 0) protocol("message data without a message header");
+      peer.coll.push_back(std::move(frame));
+      return;
+    case tcp::FrameType::Abort: break;  // never returned by take()
+  }
+  protocol("an unexpected frame");
+}
+
+void MeshGroup::check_links() {
+  for (int p = 0; p < config_.size; ++p) {
+    if (p == config_.rank) continue;
+    Peer& peer = peers_[p];
+    tcp::Link& l = peer.link;
+    switch (l.state()) {
+      case tcp::Link::State::Up:
+      case tcp::Link::State::Down: break;
+      case tcp::Link::State::Aborted: {
+        const tcp::Frame& f = l.abort_frame();
+        const int culprit = static_cast<int>(static_cast<uint32_t>(f.aux0));
+        const bool fatal = ((f.aux0 >> kFatalBit) & 1) != 0;
+        const bool p2p = ((f.aux0 >> kP2PBit) & 1) != 0;
+        const uint64_t call = f.aux1;
+        const std::string text(f.payload.begin(), f.payload.end());
+        const bool collective = in_call_ && kind_ == Kind::Collective;
+        if (p2p || (entering_ && !fatal)) {
+          // A send to us that was cut short, or a failure of a call this rank
+          // was not in (it arrived between calls): reconnect and carry on.
+          CHORUS_LOG(config_.verbose, ctx_.prefix(), "link to ", who(p), " aborted (", text,
+                     "); reconnecting");
+          reset(p);
+          break;
+        }
+        if (!collective) {
+          // In a send/recv: a collective's failure is not ours, unless our
+          // peer is dead.
+          if (fatal && (p == op_peer_ || culprit == op_peer_)) {
+            throw MeshFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
+          }
+          reset(p);
+          break;
+        }
+        if (call < call_index_ && fatal) {
+          throw MeshFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
+        }
+        if (call < call_index_) {
+          // That rank failed in a call we had already finished: stale.
+          CHORUS_LOG(config_.verbose, ctx_.prefix(), "ignoring a stale abort from ", who(p), ": ",
+                     text);
+          const bool tolerant = peer.tolerant;
+          reset(p);
+          if (!tolerant) {
+            const std::string t =
+                who(p) + " closed its link during " + op_ + " (after an earlier failure)";
+            throw MeshFailure(p, ctx_.prefix() + t, t);
+          }
+        } else if (call > call_index_) {
+          // It failed in a call we have not reached yet (this rank skipped
+          // calls it was interrupted before): raise if it is needed here.
+          pending_abort_ = PendingAbort{culprit, call, text, fatal};
+          reset(p);
+        } else {
+          throw MeshFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal);
+        }
+        break;
+      }
+      case tcp::Link::State::Closed:
+      case tcp::Link::State::Failed: {
+        mailbox_.drop_partial(p);
+        if (peer.tolerant && peer.coll.empty()) {
+          CHORUS_LOG(config_.verbose, ctx_.prefix(), "link to ", who(p), " is gone (",
+                     l.failure_text(), "); reconnecting");
+          reset(p);
+          break;
+        }
+        // A peer that finished its part of a call may close (its program
+        // ended): an error only if this rank still needs the link. Frames
+        // that arrived before the close are still ours to take.
+        if (l.sends_done() && (waiting_ != p || !peer.coll.empty())) break;
+        const std::string text = who(p) + " died or left during " + op_ + ": " + l.failure_text();
+        throw MeshFailure(p, ctx_.prefix() + text,
+                          text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
+      }
+      case tcp::Link::State::Protocol: {
+        const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " +
+                                 l.failure_text() + " (are all ranks calling the same operations?)";
+        throw MeshFailure(p, ctx_.prefix() + text, text);
+      }
+    }
+  }
+}
+
+void MeshGroup::fail_links(int culprit, const std::string& text, bool fatal) {
+  const uint64_t aux0 = static_cast<uint32_t>(culprit) | (uint64_t{fatal} << kFatalBit);
+  for (int p = 0; p < config_.size; ++p) {
+    if (p == config_.rank) continue;
+    Peer& peer = peers_[p];
+    peer.link.abort(aux0, call_index_, text, kAbortFlush);
+    reset(p);
+    peer.tolerant = false;
+  }
+}
+
+void MeshGroup::abort_link(int p, const std::string& text) {
+  const uint64_t aux0 = static_cast<uint32_t>(config_.rank) | (uint64_t{1} << kP2PBit);
+  peers_[p].link.abort(aux0, call_index_, text, kAbortFlush);
+  reset(p);
+  peers_[p].tolerant = false;
+}
+
+void MeshGroup::run(const char* op, Kind kind, int peer, const std::function<void()>& body) {
+  op_ = op;
+  kind_ = kind;
+  op_peer_ = peer;
+  in_call_ = true;
+  if (kind == Kind::Collective) ++call_index_;
+  struct Leave {
+    MeshGroup* group;
+    ~Leave() {
+      group->in_call_ = false;
+      group->op_peer_ = -1;
+      group->waiting_ = -1;
+    }
+  } leave{this};
+  const std::string me = who(config_.rank);
+  // What a failure leaves dirty: every link in a collective; in a send, the
+  // peer's link while our frames are still queued (they point into the
+  // caller's buffer). A recv only reads the Mailbox: nothing to undo.
+  auto clean_up = [&](int culprit, const std::string& text, bool fatal) {
+    if (kind == Kind::Collective) {
+      fail_links(culprit, text, fatal);
+    } else if (kind == Kind::Send && !peers_[peer].link.sends_done()) {
+      abort_link(peer, text);
+    }
+  };
+  try {
+    body();
+    wait_sends();
+  } catch (const UsageError&) {
+    // Raised after a complete exchange (descriptor round, drained message):
+    // the links are clean and the next call works as is.
+    throw;
+  } catch (const MeshFailure& f) {
+    clean_up(f.culprit(), f.forward(), f.fatal());
+    throw;
+  } catch (const Interrupted&) {
+    clean_up(config_.rank, me + " was interrupted during " + op_, false);
+    throw;
+  } catch (const PeerError& e) {
+    clean_up(config_.rank, me + " failed during " + op_ + ": " + e.what(), false);
+    throw PeerError(ctx_.prefix() + op_ + " failed: " + e.what());
+  } catch (...) {
+    clean_up(config_.rank, me + " failed during " + op_, false);
+    throw;
+  }
+}
+
+void MeshGroup::wait_sends() {
+  while (true) {
+    bool done = true;
+    for (const auto& peer : peers_) done = done && peer.link.sends_done();
+    if (done) return;
+    progress();
+  }
+}
+
+void MeshGroup::isend(int peer, const void* data, size_t n) {
+  peers_[peer].link.post_send(tcp::FrameType::Data, 0, 0, data, n);
+}
+
+std::vector<uint8_t> MeshGroup::recv_exact(int p, size_t n) {
+  Peer& peer = peers_[p];
+  while (peer.coll.empty()) {
+    const auto state = peer.link.state();
+    if (state == tcp::Link::State::Closed || state == tcp::Link::State::Failed) {
+      const std::string text =
+          who(p) + " died or left during " + op_ + ": " + peer.link.failure_text();
+      throw MeshFailure(p, ctx_.prefix() + text,
+                        text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
+    }
+    if (state != tcp::Link::State::Up) {
+      const std::string text = "the link to " + who(p) + " closed during " + op_ +
+                               (pending_abort_ ? ": " + pending_abort_->text : std::string());
+      throw MeshFailure(p, ctx_.prefix() + text, text);
+    }
+    waiting_ = p;
+    progress();
+    waiting_ = -1;
+  }
+  tcp::Frame f = std::move(peer.coll.front());
+  peer.coll.pop_front();
+  if (f.type != tcp::FrameType::Data || f.payload.size() != n) {
+    const std::string text = "protocol error: " + who(p) + " sent a " +
+                             tcp::frame_type_name(f.type) + " frame of " +
+                             std::to_string(f.payload.size()) + " bytes during " + op_ +
+                             ", expected " + std::to_string(n) + " bytes of data";
+    throw MeshFailure(p, ctx_.prefix() + text, text);
+  }
+  return std::move(f.payload);
+}
+
+}  // namespace chorus::mesh

@@ -1,0 +1,66 @@
+// How the mesh uses the TCP link's frames (transport/tcp/link.h), and the
+// failure type its files share. README.md in this folder has the whole
+// protocol.
+//
+//   Sync   aux0 = call index; payload = WireDesc [+ the input, small calls]
+//          (the record: first frame of every collective, to every peer)
+//   Data   aux0 = 0: collective data (one segment)
+//          aux0 = kP2PData, aux1 = tag: one segment of a point-to-point message
+//   P2P    aux0 = tag; payload = P2PHeader (starts a point-to-point message)
+//   Abort  aux0 = culprit | fatal << 32 | p2p << 33, aux1 = call index;
+//          payload = the reason, naming the culprit
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "chorus/common/error.h"
+#include "chorus/transport/tcp/socket.h"
+
+namespace chorus::mesh {
+
+constexpr uint64_t kP2PData = 1;
+constexpr int kFatalBit = 32;
+constexpr int kP2PBit = 33;
+
+struct P2PHeader {
+  uint64_t nbytes;
+  uint8_t dtype;
+  uint8_t pad[7];
+  uint64_t frames;  // data frames that follow
+};
+static_assert(sizeof(P2PHeader) == 24, "sent as raw bytes");
+
+// Default segment: large enough to amortise a frame header and a poll round,
+// small enough that reduction overlaps the transfer.
+constexpr size_t kDefaultSegment = size_t{1} << 20;
+// At or below this many bytes a collective ships whole inputs in its record
+// round (one round trip, N-1 copies sent); above, the direct algorithms.
+constexpr size_t kSmallBytes = 16 * 1024;
+constexpr auto kAbortFlush = std::chrono::milliseconds(1000);
+constexpr auto kProbeEvery = std::chrono::milliseconds(500);
+
+// A failure to raise as PeerError here and to forward to every peer.
+class MeshFailure : public PeerError {
+ public:
+  // fatal: the culprit is dead (its link closed without an Abort, or its
+  // listener refuses connections), so the group cannot recover.
+  MeshFailure(int culprit, const std::string& message, std::string forward, bool fatal = false)
+      : PeerError(message), culprit_(culprit), forward_(std::move(forward)), fatal_(fatal) {}
+  int culprit() const { return culprit_; }
+  const std::string& forward() const { return forward_; }
+  bool fatal() const { return fatal_; }
+
+ private:
+  int culprit_;
+  std::string forward_;
+  bool fatal_;
+};
+
+inline tcp::Clock::time_point deadline_after(double seconds) {
+  return tcp::Clock::now() +
+         std::chrono::duration_cast<tcp::Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+}  // namespace chorus::mesh

@@ -1,0 +1,56 @@
+#include "chorus/backends/tcp_split.h"
+
+#include <cstdio>
+#include <cstring>
+
+#include "chorus/transport/tcp/socket.h"
+
+namespace chorus::tcp_split {
+namespace {
+
+constexpr size_t kMaxAddrs = 8;
+constexpr size_t kAddrChars = 64;
+
+// Fixed size, so one all_gather of bytes carries every rank's addresses.
+struct Record {
+  uint32_t count;
+  char addrs[kMaxAddrs][kAddrChars];
+};
+
+}  // namespace
+
+ChildEndpoints exchange(GroupImpl& parent, const std::vector<std::string>& own,
+                        const std::vector<int>& members) {
+  ChildEndpoints out;
+  Record mine{};
+  for (const auto& addr : own) {
+    if (out.listeners.size() == kMaxAddrs) break;
+    const std::string host = tcp::Address::parse(addr).host();
+    const bool v6 = host.find(':') != std::string::npos;
+    out.listeners.push_back(tcp::Listener::bind((v6 ? "[" + host + "]" : host) + ":0"));
+    std::snprintf(mine.addrs[mine.count++], kAddrChars, "%s",
+                  out.listeners.back().address().c_str());
+  }
+  std::vector<Record> all(static_cast<size_t>(parent.size()));
+  CallDesc desc;
+  desc.kind = Collective::AllGather;
+  desc.dtype = Dtype::UInt8;
+  desc.count = sizeof(Record);
+  desc.shape_hash = 0x5b11a;
+  parent.all_gather(desc, &mine, all.data());
+  for (int m : members) {
+    std::vector<std::string> addrs;
+    const Record& r = all[static_cast<size_t>(m)];
+    for (uint32_t i = 0; i < r.count && i < kMaxAddrs; ++i) {
+      addrs.emplace_back(r.addrs[i], strnlen(r.addrs[i], kAddrChars));
+    }
+    out.hosts.push_back(std::move(addrs));
+  }
+  return out;
+}
+
+std::string child_path(const std::string& parent_path, uint64_t split_index, int color) {
+  return parent_path + "/" + std::to_string(split_index) + "." + std::to_string(color);
+}
+
+}  // namespace chorus::tcp_split

@@ -1,0 +1,246 @@
+"""The mesh backend with real rank processes: collectives, tagged any-to-any
+send/recv, the coordinator rendezvous, and its failure modes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RankRunner, free_ports
+from tests.core.test_collectives import _run_sweep
+from tests.core.test_failures import _wait_for
+
+
+@pytest.mark.parametrize(("size", "segment"), [(2, None), (4, None), (4, 64)])
+def test_every_collective_and_dtype(ranks: RankRunner, size: int, segment: int | None) -> None:
+    # Default segments: small inputs take the record round, large ones the
+    # direct path; 64-byte segments push everything through the direct path.
+    _run_sweep(ranks, "mesh", size, segment)
+
+
+def test_send_recv_any_pair_tags_order_and_errors(ranks: RankRunner) -> None:
+    code = """
+    import numpy as np, chorus
+    g = chorus.init("mesh", strict=True)
+    rank, size = g.rank(), g.size()
+    # Every rank sends to every other rank first, then receives: no deadlock.
+    for peer in range(size):
+        if peer != rank:
+            chorus.send(np.full(100_000, rank, np.int32), peer)
+    for peer in range(size):
+        if peer != rank:
+            assert chorus.recv(100_000, np.int32, peer)[-1] == peer
+    # Tags out of order: 0 sends tag 1 then tag 0 to 3; 3 takes tag 0 first.
+    if rank == 0:
+        for i in range(3):
+            chorus.send(np.array([100 + i]), 3, tag=1)
+            chorus.send(np.array([i]), 3, tag=0)
+    elif rank == 3:
+        assert [int(chorus.recv(1, np.int64, 0)[0]) for _ in range(3)] == [0, 1, 2]
+        got = [int(chorus.recv_like(np.zeros(1, np.int64), 0, tag=1)[0]) for _ in range(3)]
+        assert got == [100, 101, 102], got
+    # A mismatched recv names the sender; the next message still arrives.
+    if rank == 1:
+        chorus.send(np.zeros(4, np.float32), 2, tag=7)
+        chorus.send(np.ones(2), 2, tag=7)
+    elif rank == 2:
+        try:
+            chorus.recv((5,), np.float32, 1, tag=7)
+        except ValueError as err:
+            assert "rank 1 (" in str(err) and "16 bytes of float32" in str(err), err
+            print("MISMATCH")
+        assert chorus.recv(2, np.float64, 1, tag=7).tolist() == [1.0, 1.0]
+    for bad in (-1, True):
+        try:
+            chorus.send(np.ones(1), (rank + 1) % size, tag=bad)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"tag {bad!r} accepted")
+    # Sub-groups are meshes too.
+    pair = g.split(rank % 2)
+    mate = 1 - pair.rank()
+    chorus.send(np.array([rank]), mate, tag=5, group=pair)
+    assert chorus.recv(1, np.int64, mate, tag=5, group=pair)[0] == (rank + 2) % 4
+    assert chorus.all_sum(np.ones(3)).tolist() == [4.0] * 3
+    print("OK")
+    """
+    results = ranks.run(code, 4, backend="mesh")
+    assert "MISMATCH" in results[2].stdout
+    assert all("OK" in r.stdout for r in results)
+
+
+def test_symmetric_send_then_recv_of_64_mib(ranks: RankRunner) -> None:
+    code = """
+    import numpy as np, chorus
+    g = chorus.init(strict=True)
+    assert g.backend == "mesh", g.backend
+    peer = 1 - g.rank()
+    big = np.full(16 << 20, g.rank() + 1, np.float32)  # 64 MiB
+    chorus.send(big, peer)
+    other = chorus.recv(big.shape, big.dtype, peer)
+    assert other[0] == peer + 1 and other[-1] == peer + 1 and np.all(other[::4099] == peer + 1)
+    print("OK")
+    """
+    results = ranks.run(code, 2, backend="mesh", timeout=60)
+    assert all("OK" in r.stdout for r in results)
+
+
+def test_tags_need_the_mesh_backend(ranks: RankRunner) -> None:
+    code = """
+    import numpy as np, chorus
+    g = chorus.init(strict=True)
+    try:
+        chorus.send(np.ones(1), 1 - g.rank(), tag=3)
+    except ValueError as err:
+        assert "tags need the mesh backend" in str(err), err
+        print("REFUSED", g.backend)
+    """
+    results = ranks.run(code, 2, backend="shm")
+    assert all("REFUSED shm" in r.stdout for r in results)
+
+
+def test_coordinator_rendezvous_without_hostfile(ranks: RankRunner) -> None:
+    (port,) = free_ports(1)
+    code = """
+    import numpy as np, chorus
+    from chorus.env import read_rank_env
+    assert read_rank_env().hosts == []
+    g = chorus.init(strict=True)
+    rank, size = g.rank(), g.size()
+    assert g.backend == "mesh", g.backend
+    assert chorus.all_sum(np.arange(3) * rank).tolist() == [0, 6, 12]
+    assert chorus.all_gather(np.array([rank])).tolist() == [0, 1, 2, 3]
+    chorus.send(np.array([rank]), (rank + 2) % size, tag=4)
+    assert chorus.recv(1, np.int64, (rank + 2) % size, tag=4)[0] == (rank + 2) % size
+    print("OK")
+    """
+    env = {"CHORUS_HOSTFILE": "", "CHORUS_COORDINATOR": f"127.0.0.1:{port}"}
+    results = ranks.run(code, 4, backend="mesh", env=env)
+    assert all("OK" in r.stdout for r in results)
+
+
+def test_killed_rank_is_named_on_every_rank_within_5_s(ranks: RankRunner, tmp_path: Path) -> None:
+    marker = str(tmp_path / "ready")
+    code = f"""
+    import time, numpy as np, chorus
+    g = chorus.init(strict=True)
+    x = np.ones(1 << 18, np.float32)
+    with open({marker!r}, "a") as f:
+        f.write(f"{{g.rank()}} ")
+    try:
+        while True:
+            chorus.all_sum(x)
+            chorus.all_sum(np.ones(2))
+    except chorus.PeerError as err:
+        print("RAISED", repr(str(err)), "AT", time.time())
+    """
+    job = ranks.start(code, 4, backend="mesh")
+    _wait_for(job.procs, marker, 4)
+    time.sleep(0.3)
+    killed_at = time.time()
+    job.procs[2].kill()
+    results = job.wait(timeout=30)
+    for result in results:
+        if result.rank == 2:
+            continue
+        assert result.returncode == 0, result.stderr
+        assert "RAISED" in result.stdout, result.stdout + result.stderr
+        assert f"rank 2 ({job.hosts[2][0]})" in result.stdout, result.stdout
+        raised_at = float(result.stdout.rsplit("AT", 1)[1])
+        assert raised_at - killed_at < 5.0, f"rank {result.rank} took {raised_at - killed_at} s"
+
+
+def test_ctrl_c_inside_a_collective_then_a_working_collective(
+    ranks: RankRunner, tmp_path: Path
+) -> None:
+    marker = str(tmp_path / "ready")
+    code = f"""
+    import time, numpy as np, chorus
+    g = chorus.init(strict=True)
+    r = g.rank()
+    chorus.barrier()
+    with open({marker!r}, "a") as f:
+        f.write(f"{{r}} ")
+    try:
+        if r == 0:
+            time.sleep(60)                    # never joins: the others block
+        chorus.all_sum(np.ones(1 << 22, np.float32))
+        print("FINISHED")
+    except KeyboardInterrupt:
+        print("INTERRUPTED")
+    time.sleep(0.5)
+    x = chorus.all_sum(np.ones(1 << 20, np.float32) * r)
+    assert np.all(x == sum(range(g.size()))), x[:4]
+    y = chorus.all_sum(np.arange(3) + r)
+    if r == 1:                                # point to point works again too
+        chorus.send(y, 3, tag=2)
+    elif r == 3:
+        assert chorus.recv(3, y.dtype, 1, tag=2).tolist() == y.tolist()
+    print("RECOVERED", y.tolist())
+    """
+    job = ranks.start(code, 4, backend="mesh")
+    _wait_for(job.procs, marker, 4)
+    time.sleep(0.5)
+    job.signal_all(signal.SIGINT)
+    results = job.wait(timeout=40)
+    everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
+    for result in results:
+        assert result.returncode == 0, everything
+        assert "INTERRUPTED" in result.stdout, everything
+        assert "RECOVERED [6, 10, 14]" in result.stdout, everything
+
+
+def _wrong_token_handshake(address: str) -> int:
+    """Dial like a chorus rank that holds the wrong token; returns the verdict status."""
+    host, port = address.rsplit(":", 1)
+    hello = struct.pack("<IHHiIQQ16s", 0x48524843, 1, 0, 0, 0, 1, 0, os.urandom(16))
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(hello)
+        challenge = b""
+        while len(challenge) < 56:
+            challenge += sock.recv(56 - len(challenge))
+        nonce = challenge[8:24]
+        proof = hmac.new(b"not-the-token", b"chorus-connector" + hello + nonce, hashlib.sha256)
+        sock.sendall(proof.digest())
+        verdict = sock.recv(8)
+    return int(struct.unpack("<II", verdict)[1])
+
+
+def test_wrong_token_stranger_is_rejected_and_job_is_unaffected(
+    ranks: RankRunner, tmp_path: Path
+) -> None:
+    marker = str(tmp_path / "ready")
+    code = f"""
+    import time, numpy as np, chorus
+    g = chorus.init(strict=True)
+    chorus.barrier()
+    with open({marker!r}, "a") as f:
+        f.write(f"{{g.rank()}} ")
+    for i in range(30):
+        assert chorus.all_sum(np.ones(1000) * g.rank())[0] == 3.0
+        time.sleep(0.05)
+    print("OK")
+    """
+    job = ranks.start(code, 3, backend="mesh")
+    _wait_for(job.procs, marker, 3)
+    assert _wrong_token_handshake(job.hosts[2][0]) == 1  # Verdict::BadProof
+    host, port = job.hosts[1][0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as stranger:
+        stranger.sendall(b"GET / HTTP/1.0\r\n\r\n" + b"\x00" * 64)
+        time.sleep(0.2)
+    results = job.wait(timeout=60)
+    for result in results:
+        assert result.returncode == 0, result.stderr
+        assert "OK" in result.stdout
+    assert "rejected connection" in results[2].stderr, results[2].stderr
+    assert "token proof failed" in results[2].stderr, results[2].stderr
+    assert "not a chorus handshake" in results[1].stderr, results[1].stderr

@@ -1,0 +1,821 @@
+// Mesh backend: N ranks as threads (or forked processes for SIGKILL) on
+// 127.0.0.1; collectives against scalar references, tagged any-to-any
+// send/recv, failures and interrupts, the coordinator rendezvous.
+#include "chorus/backends/mesh/mesh.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "chorus/algorithms/mesh.h"
+#include "chorus/backends/mesh/mailbox.h"
+#include "chorus/backends/rendezvous.h"
+#include "chorus/backends/ring/ring.h"
+#include "chorus/common/error.h"
+#include "chorus/common/interrupt.h"
+#include "chorus/ops.h"
+#include "chorus/transport/tcp/listener.h"
+
+namespace chorus {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// check_interrupt's hook is process-wide; each rank thread arms its own.
+thread_local int t_interrupt_countdown = 0;
+thread_local bool t_interrupt_armed = false;
+thread_local Clock::time_point t_interrupt_at;
+void test_interrupt_hook() {
+  if (t_interrupt_countdown > 0 && --t_interrupt_countdown == 0) {
+    throw Interrupted("test interrupt");
+  }
+  if (t_interrupt_armed && Clock::now() >= t_interrupt_at) {
+    t_interrupt_armed = false;
+    throw Interrupted("test interrupt");
+  }
+}
+
+struct World {
+  std::vector<std::vector<tcp::Listener>> listeners;  // kept until every rank adopted them
+  std::vector<std::vector<std::string>> hosts;
+};
+
+World make_world(int n, int addrs_per_rank = 1) {
+  World w;
+  w.listeners.resize(n);
+  w.hosts.resize(n);
+  for (int r = 0; r < n; ++r) {
+    for (int a = 0; a < addrs_per_rank; ++a) {
+      w.listeners[r].push_back(tcp::Listener::bind("127.0.0.1:0"));
+      w.hosts[r].push_back(w.listeners[r].back().address());
+    }
+  }
+  return w;
+}
+
+InitOptions options_for(const World& w, int rank, size_t segment = 64, double timeout = 10) {
+  InitOptions o;
+  o.rank = rank;
+  o.size = static_cast<int>(w.hosts.size());
+  o.hosts = w.hosts;
+  o.token = "secret-token";
+  o.job_id = "job-mesh-test";
+  o.hostname = "testhost";
+  o.timeout_s = timeout;
+  o.segment_bytes = segment;
+  o.verbose = std::getenv("MESH_VERBOSE") != nullptr;  // logs set-up and reconnects
+  for (const auto& l : w.listeners[rank]) o.listen_fds.push_back(l.fd());
+  return o;
+}
+
+// Runs body(rank, group) on n threads; returns each rank's exception text ("" = none).
+using Body = std::function<void(int, GroupPtr&)>;
+std::vector<std::string> run_ranks(int n, const Body& body, size_t segment = 64, int addrs = 1,
+                                   double timeout = 10) {
+  World w = make_world(n, addrs);
+  std::vector<std::string> errors(n);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        GroupPtr g = mesh::init(options_for(w, r, segment, timeout));
+        body(r, g);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+void expect_no_errors(const std::vector<std::string>& errors) {
+  for (size_t r = 0; r < errors.size(); ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+CallDesc make_desc(Collective kind, ReduceOp op, Dtype dtype, uint64_t count, int root = 0) {
+  CallDesc d;
+  d.kind = kind;
+  d.op = op;
+  d.dtype = dtype;
+  d.count = count;
+  d.shape_hash = count * 31 + 7;
+  d.root = root;
+  return d;
+}
+
+template <typename T>
+T value(int rank, size_t i) {
+  // Small integers: sums are exact in every float type used.
+  return static_cast<T>(static_cast<int>((rank * 7 + i * 3) % 23) - 11);
+}
+
+template <typename T>
+T combine(ReduceOp op, T a, T b) {
+  switch (op) {
+    case ReduceOp::Sum: return static_cast<T>(a + b);
+    case ReduceOp::Max: return std::max(a, b);
+    case ReduceOp::Min: return std::min(a, b);
+  }
+  return a;
+}
+
+template <typename T>
+void check_collectives(int rank, int n, GroupImpl& g, Dtype dtype, size_t count) {
+  std::vector<T> in(count);
+  for (size_t i = 0; i < count; ++i) in[i] = value<T>(rank, i);
+  for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min}) {
+    std::vector<T> out(count, T(99));
+    ops::all_reduce(g, make_desc(Collective::AllReduce, op, dtype, count), in.data(), out.data());
+    for (size_t i = 0; i < count; ++i) {
+      T want = value<T>(0, i);
+      for (int r = 1; r < n; ++r) want = combine(op, want, value<T>(r, i));
+      ASSERT_EQ(out[i], want) << "all_reduce op " << int(op) << " count " << count << " i " << i;
+    }
+  }
+  std::vector<T> buf = in;  // in place
+  ops::all_reduce(g, make_desc(Collective::AllReduce, ReduceOp::Sum, dtype, count), buf.data(),
+                  buf.data());
+  for (size_t i = 0; i < count; ++i) {
+    T want = 0;
+    for (int r = 0; r < n; ++r) want = static_cast<T>(want + value<T>(r, i));
+    ASSERT_EQ(buf[i], want);
+  }
+  std::vector<T> gathered(count * n, T(99));
+  ops::all_gather(g, make_desc(Collective::AllGather, ReduceOp::Sum, dtype, count), in.data(),
+                  gathered.data());
+  for (int r = 0; r < n; ++r) {
+    for (size_t i = 0; i < count; ++i) ASSERT_EQ(gathered[r * count + i], value<T>(r, i));
+  }
+  const size_t total = count * n;
+  std::vector<T> big(total), mine(count, T(99));
+  for (size_t i = 0; i < total; ++i) big[i] = value<T>(rank, i);
+  ops::reduce_scatter(g, make_desc(Collective::ReduceScatter, ReduceOp::Sum, dtype, total),
+                      big.data(), mine.data());
+  for (size_t i = 0; i < count; ++i) {
+    T want = 0;
+    for (int r = 0; r < n; ++r) want = static_cast<T>(want + value<T>(r, rank * count + i));
+    ASSERT_EQ(mine[i], want) << "reduce_scatter count " << count;
+  }
+  for (int root = 0; root < n; ++root) {
+    std::vector<T> b(count);
+    for (size_t i = 0; i < count; ++i) b[i] = rank == root ? value<T>(root + 5, i) : T(99);
+    ops::broadcast(g, make_desc(Collective::Broadcast, ReduceOp::Sum, dtype, count, root),
+                   b.data());
+    for (size_t i = 0; i < count; ++i) ASSERT_EQ(b[i], value<T>(root + 5, i)) << "root " << root;
+  }
+  ops::barrier(g);
+}
+
+TEST(MeshMailbox, KeepsOrderPerSourceAndTag) {
+  mesh::Mailbox box(3);
+  box.start(1, 7, 3, 1, 2);
+  EXPECT_TRUE(box.expecting(1));
+  box.add(1, {1, 2});
+  EXPECT_FALSE(box.take(1, 7).has_value());  // not complete yet
+  box.add(1, {3});
+  box.start(1, 0, 0, 1, 0);  // empty message: complete at once
+  box.start(2, 7, 1, 1, 1);
+  box.drop_partial(2);  // its link died
+  box.start(1, 7, 1, 1, 1);
+  box.add(1, {9});
+  EXPECT_EQ(box.waiting(), 3u);
+  auto a = box.take(1, 7);
+  ASSERT_TRUE(a.has_value());
+  uint8_t out[3] = {};
+  a->copy_to(out);
+  EXPECT_EQ(out[0] + out[1] * 10 + out[2] * 100, 321);
+  EXPECT_EQ(box.take(1, 7)->nbytes, 1u);
+  EXPECT_EQ(box.take(1, 0)->nbytes, 0u);
+  EXPECT_FALSE(box.take(2, 7).has_value());
+  EXPECT_EQ(box.waiting(), 0u);
+}
+
+TEST(MeshAlgorithms, BlocksCoverTheBufferOnce) {
+  const auto even = algo::blocks_even(10, 4, 3);  // 4 + 3 + 3 elements
+  ASSERT_EQ(even.size(), 3u);
+  EXPECT_EQ(even[0].length, 16u);
+  EXPECT_EQ(even[1].offset, 16u);
+  EXPECT_EQ(even[2].offset + even[2].length, 40u);
+  const auto fixed = algo::blocks_fixed(5, 2, 4);
+  EXPECT_EQ(fixed[3].offset, 30u);
+  EXPECT_EQ(fixed[3].length, 10u);
+}
+
+class MeshSweep : public ::testing::TestWithParam<std::tuple<int, size_t>> {};
+
+TEST_P(MeshSweep, CollectivesMatchScalarReference) {
+  const auto [n, segment] = GetParam();
+  const std::vector<size_t> counts = {0, 1, 7, 13, 1000, static_cast<size_t>(n) * 37 + 1};
+  auto errors = run_ranks(
+      n,
+      [&](int rank, GroupPtr& g) {
+        for (size_t count : counts) {
+          check_collectives<float>(rank, n, *g, Dtype::Float32, count);
+          check_collectives<int64_t>(rank, n, *g, Dtype::Int64, count);
+          check_collectives<double>(rank, n, *g, Dtype::Float64, count);
+          check_collectives<int8_t>(rank, n, *g, Dtype::Int8, count);
+        }
+      },
+      segment);
+  expect_no_errors(errors);
+}
+
+// Segment 64 B drives tiny arrays through the direct path; 12 B is not a
+// multiple of 8-byte elements; 0 = backend defaults (record path for these).
+INSTANTIATE_TEST_SUITE_P(Mesh, MeshSweep,
+                         ::testing::Combine(::testing::Values(2, 3, 4),
+                                            ::testing::Values(size_t{64}, size_t{12}, size_t{0})));
+
+TEST(Mesh, ResultsAreBitIdenticalOnEveryRankOnBothPaths) {
+  const int n = 4;
+  for (size_t count : {size_t{100}, size_t{50000}}) {  // record path, direct path
+    std::vector<std::vector<float>> outs(n);
+    auto errors = run_ranks(
+        n,
+        [&](int rank, GroupPtr& g) {
+          std::mt19937 gen(rank);
+          std::uniform_real_distribution<float> dist(-1e3f, 1e3f);
+          std::vector<float> in(count);
+          for (auto& x : in) x = dist(gen);
+          outs[rank].resize(count);
+          ops::all_reduce(*g,
+                          make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Float32, count),
+                          in.data(), outs[rank].data());
+        },
+        0);
+    expect_no_errors(errors);
+    for (int r = 1; r < n; ++r) {
+      EXPECT_EQ(0, std::memcmp(outs[0].data(), outs[r].data(), count * sizeof(float)))
+          << "rank " << r << " count " << count;
+    }
+  }
+}
+
+TEST(Mesh, LargeMessagesDefaultSegmentAndTwoSocketsPerPeer) {
+  const int n = 3;
+  const size_t count = 3 * 1000 * 1000 + 1;  // 12 MB: several 1 MiB segments per block
+  auto errors = run_ranks(
+      n,
+      [&](int rank, GroupPtr& g) {
+        std::vector<float> buf(count, static_cast<float>(rank + 1));
+        ops::all_reduce(*g, make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Float32, count),
+                        buf.data(), buf.data());
+        for (size_t i = 0; i < count; i += 997) ASSERT_EQ(buf[i], 6.0f);
+        ASSERT_EQ(buf[count - 1], 6.0f);
+        std::vector<float> b(count, rank == 2 ? 5.0f : 0.0f);
+        ops::broadcast(*g,
+                       make_desc(Collective::Broadcast, ReduceOp::Sum, Dtype::Float32, count, 2),
+                       b.data());
+        for (size_t i = 0; i < count; i += 997) ASSERT_EQ(b[i], 5.0f);
+      },
+      0, /*addrs=*/2);
+  expect_no_errors(errors);
+}
+
+TEST(Mesh, DescriptorMismatchRaisesOnEveryRankAndNextCallWorks) {
+  const int n = 3;
+  for (size_t base : {size_t{8}, size_t{1000}}) {  // record path and direct path
+    auto errors = run_ranks(
+        n,
+        [&](int rank, GroupPtr& g) {
+          const size_t count = rank == 2 ? base + 1 : base;
+          std::vector<float> buf(count, 1.0f);
+          try {
+            ops::all_reduce(*g,
+                            make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Float32, count),
+                            buf.data(), buf.data());
+            ADD_FAILURE() << "rank " << rank << " did not raise";
+          } catch (const UsageError& e) {
+            const std::string what = e.what();
+            EXPECT_TRUE(contains(what, "[chorus mesh] rank " + std::to_string(rank) + "/3"))
+                << what;
+            EXPECT_TRUE(
+                contains(what, "rank 2 has all_sum of " + std::to_string(base + 1) + " x float32"))
+                << what;
+            EXPECT_TRUE(contains(what, "ranks 0,1 have all_sum of " + std::to_string(base)))
+                << what;
+          }
+          std::vector<double> ok(base, rank);
+          ops::all_reduce(*g, make_desc(Collective::AllReduce, ReduceOp::Max, Dtype::Float64, base),
+                          ok.data(), ok.data());
+          for (double x : ok) ASSERT_EQ(x, 2.0);
+        },
+        base == 8 ? 0 : 64);
+    expect_no_errors(errors);
+  }
+}
+
+TEST(Mesh, AnyToAnySendRecvBothWaysWithoutDeadlock) {
+  const int n = 4;
+  const size_t count = 2 * 1000 * 1000;  // 8 MB to every peer, far beyond socket buffers
+  auto errors = run_ranks(
+      n,
+      [&](int rank, GroupPtr& g) {
+        std::vector<int32_t> out(count, rank), in(count, -1);
+        // Everyone sends to everyone first, then receives.
+        for (int p = 0; p < n; ++p) {
+          if (p != rank) ops::send(*g, out.data(), count * 4, Dtype::Int32, p);
+        }
+        for (int p = 0; p < n; ++p) {
+          if (p == rank) continue;
+          ops::recv(*g, in.data(), count * 4, Dtype::Int32, p);
+          for (size_t i = 0; i < count; i += 1001) ASSERT_EQ(in[i], p);
+        }
+      },
+      0);
+  expect_no_errors(errors);
+}
+
+TEST(Mesh, TagsMatchOutOfOrderAndKeepOrderPerTag) {
+  auto errors = run_ranks(
+      3,
+      [&](int rank, GroupPtr& g) {
+        if (rank == 0) {
+          for (int32_t i = 0; i < 3; ++i) {
+            int32_t one = 100 + i, zero = i;
+            ops::send(*g, &one, 4, Dtype::Int32, 2, 1);
+            ops::send(*g, &zero, 4, Dtype::Int32, 2, 0);
+          }
+          std::vector<double> big(300000, 1.5);  // tag 5, segmented
+          ops::send(*g, big.data(), big.size() * 8, Dtype::Float64, 2, 5);
+        } else if (rank == 2) {
+          int32_t x = -1;
+          for (int32_t i = 0; i < 3; ++i) {  // tag 0 first, though tag 1 came first
+            ops::recv(*g, &x, 4, Dtype::Int32, 0, 0);
+            ASSERT_EQ(x, i);
+          }
+          std::vector<double> big(300000);
+          ops::recv(*g, big.data(), big.size() * 8, Dtype::Float64, 0, 5);
+          ASSERT_EQ(big.back(), 1.5);
+          for (int32_t i = 0; i < 3; ++i) {
+            ops::recv(*g, &x, 4, Dtype::Int32, 0, 1);
+            ASSERT_EQ(x, 100 + i);
+          }
+        }
+        // Messages and collectives share the links: a collective still works.
+        int64_t v = rank;
+        ops::all_reduce(*g, make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Int64, 1), &v,
+                        &v);
+        ASSERT_EQ(v, 3);
+        EXPECT_THROW(ops::send(*g, &v, 8, Dtype::Int64, (rank + 1) % 3, -1), UsageError);
+      },
+      4096);
+  expect_no_errors(errors);
+}
+
+TEST(Mesh, MismatchedRecvNamesThePeerAndTheLinkStillWorks) {
+  auto errors = run_ranks(
+      2,
+      [&](int rank, GroupPtr& g) {
+        if (rank == 0) {
+          std::vector<float> big(100, 2.0f);
+          ops::send(*g, big.data(), 400, Dtype::Float32, 1, 3);
+          int32_t x = 7;
+          ops::send(*g, &x, 4, Dtype::Int32, 1, 3);
+        } else {
+          std::vector<int32_t> small(3);
+          try {
+            ops::recv(*g, small.data(), 12, Dtype::Int32, 0, 3);
+            ADD_FAILURE() << "mismatched recv worked";
+          } catch (const UsageError& e) {
+            EXPECT_TRUE(contains(e.what(), "recv from rank 0 (127.0.0.1:")) << e.what();
+            EXPECT_TRUE(contains(e.what(), "400 bytes of float32")) << e.what();
+          }
+          ops::recv(*g, small.data(), 4, Dtype::Int32, 0, 3);
+          EXPECT_EQ(small[0], 7);
+        }
+      },
+      64);
+  expect_no_errors(errors);
+}
+
+TEST(Mesh, RingAndSingleGroupsRefuseTags) {
+  World w = make_world(2);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        GroupPtr g = ring::init(options_for(w, r));
+        int32_t x = 1;
+        try {
+          ops::send(*g, &x, 4, Dtype::Int32, 1 - r, 2);
+          errors[r] = "tag accepted";
+        } catch (const UsageError& e) {
+          if (!contains(e.what(), "tags need the mesh backend")) errors[r] = e.what();
+        }
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  expect_no_errors(errors);
+}
+
+TEST(Mesh, InterruptedCollectiveAbortsEveryoneAndNextCallWorks) {
+  set_interrupt_hook(test_interrupt_hook);
+  for (int n : {2, 4}) {
+    const size_t count = 8 * 1000 * 1000;  // 32 MB, 4 KiB segments: long enough to be interrupted
+    std::vector<std::string> first(n);
+    auto errors = run_ranks(
+        n,
+        [&](int rank, GroupPtr& g) {
+          std::vector<float> buf(count, 1.0f);
+          auto d = make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Float32, count);
+          ops::barrier(*g);
+          if (rank == 1) {
+            // Enter last, so that every rank is in the call it interrupts (a
+            // rank that enters after the abort cannot tell the call from the
+            // next one, as after a Jupyter interrupt that stopped it before
+            // the call), then stop mid-transfer: one hop moves 32 MB in tens
+            // of ms on loopback.
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            t_interrupt_armed = true;
+            t_interrupt_at = Clock::now() + std::chrono::milliseconds(5);
+          }
+          try {
+            ops::all_reduce(*g, d, buf.data(), buf.data());
+            first[rank] = "completed";
+          } catch (const Interrupted&) {
+            first[rank] = "interrupted";
+          } catch (const PeerError& e) {
+            first[rank] = e.what();
+          }
+          t_interrupt_armed = false;
+          for (int round = 0; round < 2; ++round) {
+            std::fill(buf.begin(), buf.end(), static_cast<float>(rank));
+            ops::all_reduce(*g, d, buf.data(), buf.data());
+            const float want = n * (n - 1) / 2.0f;
+            for (size_t i = 0; i < count; i += 4099) ASSERT_EQ(buf[i], want);
+          }
+        },
+        4096);
+    expect_no_errors(errors);
+    EXPECT_EQ(first[1], "interrupted");
+    int raised = 0;
+    for (int r = 0; r < n; ++r) {
+      if (r == 1 || first[r] == "completed") continue;
+      ++raised;
+      EXPECT_TRUE(contains(first[r], "rank 1 (127.0.0.1:")) << "rank " << r << ": " << first[r];
+      EXPECT_TRUE(contains(first[r], "was interrupted during all_sum"))
+          << "rank " << r << ": " << first[r];
+    }
+    EXPECT_GE(raised, 1);
+  }
+  set_interrupt_hook(nullptr);
+}
+
+TEST(Mesh, InterruptedRecvAndSendThenEverythingWorks) {
+  set_interrupt_hook(test_interrupt_hook);
+  const int n = 3;
+  auto errors = run_ranks(
+      n,
+      [&](int rank, GroupPtr& g) {
+        if (rank == 1) {
+          // Nobody sends: the recv waits until the (test) Ctrl-C; nothing is lost.
+          int32_t x;
+          t_interrupt_countdown = 4;
+          EXPECT_THROW(ops::recv(*g, &x, 4, Dtype::Int32, 0, 0), Interrupted);
+        } else if (rank == 2) {
+          // A large send to rank 0, which is not receiving: interrupted half way.
+          std::vector<uint8_t> big(64 << 20, 1);
+          t_interrupt_countdown = 3;
+          EXPECT_THROW(ops::send(*g, big.data(), big.size(), Dtype::UInt8, 0, 0), Interrupted);
+        } else {
+          std::this_thread::sleep_for(std::chrono::milliseconds(600));
+        }
+        int64_t v = rank + 1;
+        ops::all_reduce(*g, make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Int64, 1), &v,
+                        &v);
+        ASSERT_EQ(v, 6);
+        // The cut-short message never arrives; a new one does.
+        if (rank == 2) {
+          int32_t y = 42;
+          ops::send(*g, &y, 4, Dtype::Int32, 0, 0);
+        } else if (rank == 0) {
+          int32_t y = 0;
+          ops::recv(*g, &y, 4, Dtype::Int32, 2, 0);
+          ASSERT_EQ(y, 42);
+        }
+        std::vector<int64_t> big(3000, rank);
+        ops::all_reduce(*g, make_desc(Collective::AllReduce, ReduceOp::Max, Dtype::Int64, 3000),
+                        big.data(), big.data());
+        ASSERT_EQ(big[2999], 2);
+      },
+      64 * 1024);
+  set_interrupt_hook(nullptr);
+  expect_no_errors(errors);
+}
+
+TEST(Mesh, SplitGroupsAndParentAlternate) {
+  const int n = 4;
+  auto errors = run_ranks(
+      n,
+      [&](int rank, GroupPtr& g) {
+        GroupPtr half = ops::split(*g, rank % 2, n - rank);  // key reverses the order
+        ASSERT_EQ(half->size(), 2);
+        ASSERT_EQ(half->rank(), rank < 2 ? 1 : 0);
+        ASSERT_STREQ(half->backend(), "mesh");
+        GroupPtr solo = ops::split(*g, rank, 0);
+        ASSERT_EQ(solo->size(), 1);
+        for (int round = 0; round < 3; ++round) {
+          int64_t v = rank;
+          ops::all_reduce(*half, make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Int64, 1),
+                          &v, &v);
+          ASSERT_EQ(v, rank % 2 == 0 ? 0 + 2 : 1 + 3);
+          std::vector<float> big(500, 1.0f);
+          ops::all_reduce(*g, make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Float32, 500),
+                          big.data(), big.data());
+          ASSERT_EQ(big[499], 4.0f);
+          int32_t x = rank, y = -1;
+          ops::send(*half, &x, 4, Dtype::Int32, 1 - half->rank(), 9);
+          ops::recv(*half, &y, 4, Dtype::Int32, 1 - half->rank(), 9);
+          ASSERT_EQ(y, (rank + 2) % 4);
+        }
+      },
+      64);
+  expect_no_errors(errors);
+}
+
+TEST(Mesh, SetupDeadlineNamesEveryMissingRank) {
+  // Ranks 0 and 2 of 4 run; 1 and 3 never come.
+  World w = make_world(4);
+  w.listeners[1].clear();  // refused: not listening
+  w.listeners[3].clear();
+  std::vector<std::string> errors(4);
+  std::vector<std::thread> threads;
+  const auto start = Clock::now();
+  for (int r : {0, 2}) {
+    threads.emplace_back([&, r] {
+      try {
+        mesh::init(options_for(w, r, 64, 1.0));
+      } catch (const PeerTimeout& e) {
+        errors[r] = e.what();
+      } catch (const std::exception& e) {
+        errors[r] = std::string("not a timeout: ") + e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(4));
+  // Rank 0 still reached rank 2 although rank 1 never answered.
+  EXPECT_TRUE(contains(errors[0], "[chorus mesh] rank 0/4 (testhost): rank 1 (" + w.hosts[1][0] +
+                                      ") did not accept a connection; rank 3 (" + w.hosts[3][0] +
+                                      ") did not accept a connection within 1.0 s"))
+      << errors[0];
+  EXPECT_TRUE(contains(errors[2], "rank 3 (" + w.hosts[3][0] +
+                                      ") did not accept a connection; "
+                                      "rank 1 (" +
+                                      w.hosts[1][0] + ") did not connect within 1.0 s"))
+      << errors[2];
+}
+
+TEST(Mesh, WrongTokenIsRejectedAndLogged) {
+  World w = make_world(2);
+  std::vector<std::string> errors(2);
+  testing::internal::CaptureStderr();
+  std::thread t1([&] {
+    try {
+      auto o = options_for(w, 1, 64, 1.0);
+      o.token = "wrong";
+      mesh::init(o);
+    } catch (const std::exception& e) {
+      errors[1] = e.what();
+    }
+  });
+  try {
+    mesh::init(options_for(w, 0, 64, 1.0));
+  } catch (const std::exception& e) {
+    errors[0] = e.what();
+  }
+  t1.join();
+  const std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_TRUE(contains(errors[0], "could not prove the shared token")) << errors[0];
+  EXPECT_TRUE(contains(errors[1], "rank 0 (" + w.hosts[0][0] + ") did not connect")) << errors[1];
+  EXPECT_TRUE(contains(log, "[chorus mesh] rank 1: rejected connection from 127.0.0.1:")) << log;
+}
+
+TEST(Mesh, StrangersDoNotDisturbTraffic) {
+  const int n = 3;
+  World w = make_world(n);
+  std::vector<std::string> errors(n);
+  std::vector<std::thread> threads;
+  testing::internal::CaptureStderr();
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        GroupPtr g = mesh::init(options_for(w, r, 256, 0.5));
+        for (int i = 0; i < 60; ++i) {
+          std::vector<float> buf(2000, 1.0f);
+          ops::all_reduce(*g, make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Float32, 2000),
+                          buf.data(), buf.data());
+          ASSERT_EQ(buf[1999], 3.0f);
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  std::thread stranger([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto addr = tcp::Address::parse(w.hosts[1][0]);
+    auto deadline = tcp::Clock::now() + std::chrono::seconds(2);
+    tcp::Socket garbage = tcp::Socket::connect(addr, deadline);
+    const char junk[64] = "GET / HTTP/1.0\r\n\r\n this is not chorus ........................";
+    garbage.send_all(junk, sizeof junk, deadline);
+    tcp::Socket impostor = tcp::Socket::connect(addr, deadline);
+    tcp::HandshakeId wrong{"not-the-token", tcp::group_hash("job-mesh-test", "mesh")};
+    EXPECT_THROW(tcp::connector_handshake(impostor, wrong, 0, 0, 99, deadline), PeerError);
+    tcp::Socket silent = tcp::Socket::connect(addr, deadline);
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));  // > the 0.5 s handshake limit
+  });
+  stranger.join();
+  for (auto& t : threads) t.join();
+  const std::string log = testing::internal::GetCapturedStderr();
+  expect_no_errors(errors);
+  EXPECT_TRUE(contains(log, "[chorus mesh] rank 1: rejected connection from 127.0.0.1:")) << log;
+  EXPECT_TRUE(contains(log, "not a chorus handshake")) << log;
+  EXPECT_TRUE(contains(log, "silent for more than 0.5 s")) << log;
+}
+
+// Runs ranks as threads with no hostfile: rendezvous at a coordinator.
+std::vector<std::string> run_rendezvous(int n, const std::vector<int>& present, double timeout,
+                                        const Body& body, const std::string& bad_token_rank = "",
+                                        const std::string& host = "127.0.0.1") {
+  tcp::Listener probe = tcp::Listener::bind("127.0.0.1:0");
+  const std::string coordinator = host + probe.address().substr(probe.address().rfind(':'));
+  probe = tcp::Listener();  // free the port for rank 0 to bind
+  std::vector<std::string> errors(n);
+  std::vector<std::thread> threads;
+  for (int r : present) {
+    threads.emplace_back([&, r] {
+      try {
+        InitOptions o;
+        o.rank = r;
+        o.size = n;
+        o.token = std::to_string(r) == bad_token_rank ? "wrong" : "secret-token";
+        o.job_id = "job-rendezvous";
+        o.hostname = "testhost";
+        o.timeout_s = timeout;
+        o.segment_bytes = 64;
+        o.coordinator = coordinator;
+        GroupPtr g = mesh::init(o);
+        body(r, g);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+TEST(MeshRendezvous, NoHostfileCoordinatorGivesEveryoneTheTable) {
+  const int n = 4;
+  auto errors = run_rendezvous(n, {3, 1, 0, 2}, 10, [&](int rank, GroupPtr& g) {
+    check_collectives<int32_t>(rank, n, *g, Dtype::Int32, 100);
+    int32_t x = rank, y = -1;
+    ops::send(*g, &x, 4, Dtype::Int32, (rank + 2) % n, 1);
+    ops::recv(*g, &y, 4, Dtype::Int32, (rank + 2) % n, 1);
+    ASSERT_EQ(y, (rank + 2) % n);
+  });
+  expect_no_errors(errors);
+}
+
+TEST(MeshRendezvous, CoordinatorMayBeAHostName) {
+  auto errors = run_rendezvous(
+      3, {0, 1, 2}, 10,
+      [&](int rank, GroupPtr& g) { check_collectives<int16_t>(rank, 3, *g, Dtype::Int16, 10); }, "",
+      "localhost");
+  expect_no_errors(errors);
+  auto bad = run_rendezvous(2, {0}, 1, [](int, GroupPtr&) {}, "", "no-such-host.invalid");
+  EXPECT_TRUE(contains(bad[0], "cannot resolve 'no-such-host.invalid'")) << bad[0];
+}
+
+TEST(MeshRendezvous, MissingRanksAreNamedOnEveryRank) {
+  const auto start = Clock::now();
+  auto errors = run_rendezvous(4, {0, 1}, 1.0, [](int, GroupPtr&) {});
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(4));
+  for (int r : {0, 1}) {
+    EXPECT_TRUE(contains(errors[r], "ranks 2, 3 never reached the coordinator")) << errors[r];
+  }
+}
+
+TEST(MeshRendezvous, WrongTokenAtTheCoordinatorIsRejected) {
+  testing::internal::CaptureStderr();
+  auto errors = run_rendezvous(3, {0, 1, 2}, 1.0, [](int, GroupPtr&) {}, "2");
+  const std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_TRUE(contains(errors[2], "rendezvous with the coordinator")) << errors[2];
+  EXPECT_TRUE(contains(errors[0], "rank 2 never reached the coordinator")) << errors[0];
+  EXPECT_TRUE(contains(log, "rejected connection")) << log;
+}
+
+TEST(MeshRendezvous, RingUsesItToo) {
+  tcp::Listener probe = tcp::Listener::bind("127.0.0.1:0");
+  const std::string coordinator = probe.address();
+  probe = tcp::Listener();
+  const int n = 3;
+  std::vector<std::string> errors(n);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        InitOptions o;
+        o.rank = r;
+        o.size = n;
+        o.token = "secret-token";
+        o.job_id = "job-ring-rendezvous";
+        o.timeout_s = 10;
+        o.coordinator = coordinator;
+        GroupPtr g = ring::init(o);
+        ASSERT_STREQ(g->backend(), "ring");
+        check_collectives<float>(r, n, *g, Dtype::Float32, 77);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  expect_no_errors(errors);
+}
+
+TEST(Mesh, KilledRankMakesEveryOtherRankRaiseNamingIt) {
+  const int n = 4;
+  World w = make_world(n);
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  std::vector<pid_t> pids;
+  for (int r = 0; r < n; ++r) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ::close(fds[0]);
+      std::string result = "rank " + std::to_string(r) + ": ";
+      try {
+        GroupPtr g = mesh::init(options_for(w, r, 4096, 5.0));
+        // As under a launcher, this process keeps no other rank's listener.
+        w.listeners.clear();
+        std::vector<float> buf(200000, 1.0f);
+        for (long i = 0;; ++i) {
+          ops::all_reduce(
+              *g, make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Float32, buf.size()),
+              buf.data(), buf.data());
+          std::fill(buf.begin(), buf.end(), 1.0f);
+          int64_t small = 1;  // and the record path
+          ops::all_reduce(*g, make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Int64, 1),
+                          &small, &small);
+        }
+      } catch (const PeerError& e) {
+        result += std::string("PeerError: ") + e.what();
+      } catch (const std::exception& e) {
+        result += std::string("other: ") + e.what();
+      }
+      result += "\n";
+      [[maybe_unused]] ssize_t rc = ::write(fds[1], result.data(), result.size());
+      _exit(0);
+    }
+    pids.push_back(pid);
+  }
+  ::close(fds[1]);
+  w.listeners.clear();
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  const auto killed_at = Clock::now();
+  ::kill(pids[2], SIGKILL);
+  std::string out;
+  char buf[4096];
+  ssize_t got;
+  while ((got = ::read(fds[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(got));
+  const auto elapsed = Clock::now() - killed_at;
+  ::close(fds[0]);
+  for (pid_t pid : pids) waitpid(pid, nullptr, 0);
+  EXPECT_LT(elapsed, std::chrono::seconds(5)) << out;
+  for (int r : {0, 1, 3}) {
+    const std::string tag = "rank " + std::to_string(r) + ": PeerError: ";
+    const auto at = out.find(tag);
+    ASSERT_NE(at, std::string::npos) << out;
+    const std::string line = out.substr(at, out.find('\n', at) - at);
+    EXPECT_TRUE(contains(line, "rank 2 (" + w.hosts[2][0] + ")")) << line;
+  }
+}
+
+}  // namespace
+}  // namespace chorus
