@@ -12,10 +12,17 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from chorus.scheduler import SchedulerError, derived_coordinator, derived_token
+
 # Rank and size from a scheduler, in the order they are tried when the
 # CHORUS_* variables are absent (Slurm, Open MPI, MPICH/PMI).
 _RANK_VARS = ("CHORUS_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 _SIZE_VARS = ("CHORUS_WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+# Set by an MPI launcher (Open MPI's mpirun; MPICH's hydra; PMIx launchers):
+# the mpi backend can only run in processes it started.
+_MPI_LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
+# Ranks of the job on this host, as the MPI launcher counts them.
+_LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -42,6 +49,10 @@ class RankEnv:
         Unique per job; names shared-memory segments.
     timeout
         Seconds allowed for set-up (``CHORUS_TIMEOUT``).
+    mpi_launched
+        Started by ``mpirun``/``mpiexec`` (the only way the ``mpi`` backend runs).
+    local_size
+        Ranks on this host according to the MPI launcher, ``None`` when unknown.
     """
 
     rank: int = 0
@@ -56,6 +67,8 @@ class RankEnv:
     listen_fds: list[int] = field(default_factory=list)
     segment_bytes: int = 0
     hostname: str = field(default_factory=socket.gethostname)
+    mpi_launched: bool = False
+    local_size: int | None = None
 
     @property
     def in_job(self) -> bool:
@@ -65,7 +78,8 @@ class RankEnv:
     def all_hosts_local(self) -> bool:
         """Whether every rank's addresses are loopback or this host's name."""
         if not self.hosts:
-            return self.in_job
+            # mpirun says how many ranks share this host; otherwise assume all.
+            return self.in_job and self.local_size in (None, self.size)
         local = {"127.0.0.1", "localhost", "::1", self.hostname}
         for entry in self.hosts:
             for address in entry:
@@ -181,7 +195,17 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
     if env.get("CHORUS_LISTEN_FDS"):
         listen_fds = [_int_var("CHORUS_LISTEN_FDS", v) for v in env["CHORUS_LISTEN_FDS"].split(",")]
 
+    coordinator = env.get("CHORUS_COORDINATOR") or None
+    if coordinator is None and not hosts:
+        try:
+            coordinator = derived_coordinator(env)
+        except SchedulerError as err:
+            raise EnvError(str(err)) from None
     token = env.get("CHORUS_TOKEN", "")
+    if not token and coordinator is not None and not hosts:
+        # A scheduler started us and nobody exported a secret: every rank of
+        # this job derives the same value (keeps jobs apart; not a secret).
+        token = derived_token(env)
     job_id = env.get("CHORUS_JOB_ID", "")
     if not job_id:
         # Ranks started without our launcher still need a name every rank agrees on.
@@ -189,6 +213,7 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         seed += "|" + env.get("SLURM_JOB_ID", env.get("OMPI_MCA_orte_hnp_uri", ""))
         job_id = f"{abs(hash_text(seed)):016x}"
 
+    local = _first(env, _LOCAL_SIZE_VARS)
     return RankEnv(
         rank=rank,
         size=size,
@@ -197,10 +222,12 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         token=token,
         job_id=job_id,
         timeout=timeout,
-        coordinator=env.get("CHORUS_COORDINATOR") or None,
+        coordinator=coordinator,
         verbose=env.get("CHORUS_VERBOSE", "") not in ("", "0"),
         listen_fds=listen_fds,
         segment_bytes=_int_var("CHORUS_SEGMENT_BYTES", env.get("CHORUS_SEGMENT_BYTES", "0")),
+        mpi_launched=_first(env, _MPI_LAUNCHER_VARS) is not None,
+        local_size=None if local is None else _int_var(*local),
     )
 
 
