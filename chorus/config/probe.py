@@ -75,12 +75,20 @@ def start(key, address, port, source, device, group):
     except OSError as exc:
         code = exc.errno or errno.EINVAL
     if code in (errno.EINPROGRESS, errno.EWOULDBLOCK):
-        waiting[sock] = (key, group)
+        waiting[sock] = (key, group, (key, address, port, source, device, group))
         return None
     sock.close()
     return code
 
-def record(key, group, code):
+# Fresh links: either end's fe80 address may still be tentative (DAD, about a
+# second), so a link-local target that fails is tried again until the deadline.
+RETRY = {errno.EADDRNOTAVAIL, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT}
+
+def record(target, code, later):
+    key, group = target[0], target[5]
+    if group and code in RETRY and time.monotonic() < deadline - 0.3:
+        later.append(target)
+        return
     results[key] = "ok" if code == 0 else "refused" if code == errno.ECONNREFUSED else os.strerror(code)
     if group and code in (0, errno.ECONNREFUSED):
         answered.add(group)
@@ -96,23 +104,23 @@ while (pending or waiting) and time.monotonic() < deadline:
         if code == errno.EADDRNOTAVAIL:
             later.append(target)  # our IPv6 address is still tentative (DAD): again soon
         elif code is not None:
-            record(target[0], target[5], code)
-    pending = later
+            record(target, code, later)
     left = max(0.0, deadline - time.monotonic())
     if waiting:
         _, ready, _ = select.select([], list(waiting), [], min(0.2, left))
         for sock in ready:
-            key, group = waiting.pop(sock)
-            record(key, group, sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+            key, group, target = waiting.pop(sock)
+            record(target, sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), later)
             sock.close()
-        for sock, (key, group) in list(waiting.items()):
+        for sock, (key, group, target) in list(waiting.items()):
             if group and group in answered:
                 results[key] = "skipped"
                 del waiting[sock]
                 sock.close()
-    elif pending:
+    elif later:
         time.sleep(min(0.2, left))
-for sock, (key, group) in waiting.items():
+    pending = later
+for sock, (key, group, target) in waiting.items():
     results[key] = "timed out"
     sock.close()
 for target in pending:

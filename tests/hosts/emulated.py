@@ -287,6 +287,7 @@ class EmulatedHosts:
             self._write_ssh_files()
             self._make_network()
             self._start_sshds()
+            self._wait_for_link_local()
         except BaseException:
             self.close()
             raise
@@ -435,6 +436,42 @@ class EmulatedHosts:
             self._ip_batch(netns, batch + f"link set {ifname} up\n")
             if self.rate_mbit is not None:
                 _run(["tc", "-n", netns, "qdisc", "add", "dev", ifname, *_tbf(self.rate_mbit)])
+
+    def _wait_for_link_local(self, timeout: float = 10.0) -> None:
+        """Wait until every cable end has a settled IPv6 link-local address.
+
+        The kernel adds it once the link is up and keeps it "tentative" for
+        about a second (duplicate address detection); machines whose cables
+        were plugged in long ago are past that, and so must the emulation be.
+        """
+        deadline = time.monotonic() + timeout
+        for link in self.links:
+            for host_name, ifname in ((link.a, link.a_if), (link.b, link.b_if)):
+                netns = next(h.netns for h in self.hosts if h.name == host_name)
+                while True:
+                    out = _run(
+                        [
+                            "ip",
+                            "-n",
+                            netns,
+                            "-6",
+                            "-o",
+                            "addr",
+                            "show",
+                            "dev",
+                            ifname,
+                            "scope",
+                            "link",
+                        ],
+                        check=False,
+                    ).stdout
+                    if "fe80::" in out and "tentative" not in out:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"{host_name}:{ifname} has no settled fe80 address: {out!r}"
+                        )
+                    time.sleep(0.05)
 
     @staticmethod
     def _ip_batch(ns: str, commands: str) -> None:

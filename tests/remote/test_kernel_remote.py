@@ -146,7 +146,8 @@ def test_magics_start_ranks_on_remote_hosts(switch_hosts: EmulatedHosts) -> None
             status = ipython.run("%chorus status")
             assert [line.split()[1] for line in status.stdout.splitlines()[1:]] == ["h0", "h3"]
             assert ipython.run("%chorus stop").status == "ok"
-            assert_no_orphans(switch_hosts)
+            # h1 and h2 may hold the module's kernel; this test used h0 and h3.
+            assert_no_orphans(switch_hosts, only={"h0", "h3"})
     finally:
         if saved is not None:
             os.environ["HOME"] = saved

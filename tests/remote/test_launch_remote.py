@@ -66,10 +66,17 @@ def job_processes(hosts: EmulatedHosts) -> dict[str, list[str]]:
     return left
 
 
-def assert_no_orphans(hosts: EmulatedHosts, within: float = 5.0) -> None:
+def assert_no_orphans(
+    hosts: EmulatedHosts, within: float = 5.0, only: set[str] | None = None
+) -> None:
+    """Nothing of a job is left on the hosts (or on the hosts named in ``only``)."""
     deadline = time.monotonic() + within
     while True:
-        left = job_processes(hosts)
+        left = {
+            name: procs
+            for name, procs in job_processes(hosts).items()
+            if only is None or name in only
+        }
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.1)
