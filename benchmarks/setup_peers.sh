@@ -41,6 +41,7 @@ fi
 echo "setup_peers: installing chorus from $repo"
 pip install --quiet --no-build-isolation --no-deps \
     --config-settings=build-dir="$repo/build/bench-chorus" "$repo"
-pip install --quiet "numpy>=1.24" "ipykernel>=6.29" "jupyter_client>=8"
+pip install --quiet "numpy>=1.24" "ipykernel>=6.29" "jupyter_client>=8" "asyncssh>=2.14" \
+    "graphviz>=0.20"
 "$py" -c "import chorus, torch, mlx.core, mpi4py; print('setup_peers: ok', \
 'torch', torch.__version__, 'mlx', mlx.core.__version__, 'mpi4py', mpi4py.__version__)"

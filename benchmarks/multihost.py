@@ -1,0 +1,871 @@
+"""chorus and its peers across emulated hosts: all_sum over links shaped to 1 Gbit/s.
+
+Run ``python benchmarks/multihost.py [--quick] [--out DIR]`` as root (it creates
+network namespaces). Like ``collectives.py`` it re-executes itself with the
+Python of the benchmark's virtual environment (``build/bench-venv``, made by
+``benchmarks/setup_peers.sh`` when missing). For each layout of
+``tests/hosts/emulated.py`` (``switch``: every host on one bridge;
+``ring``: point-to-point cables h0-h1, h1-h2, h2-h3, h3-h0 beside an unshaped
+management bridge) it starts 4 emulated hosts whose data links are shaped with
+``tc tbf`` to ``--rate`` Mbit/s, and runs one rank per host of:
+
+- chorus ring and chorus mesh (mesh when the venv's chorus has it), started by
+  ``chorus launch --hostfile``,
+- MLX's ring backend, its ranks started by ``chorus launch --hostfile`` (which
+  gives every rank ``MLX_RANK`` and an ``MLX_HOSTFILE`` with the host's first ip),
+- PyTorch gloo, its ranks started by ``chorus launch --hostfile`` with the
+  rendezvous (``MASTER_ADDR``) at h0's management address,
+- Open MPI through mpi4py, ``mpirun --host h0,h1,h2,h3`` over ssh, with its
+  default algorithm choice and with the ring all-reduce forced.
+
+Before the peers, plain bulk TCP streams between h0 and h1
+(``workers/tcp_stream.py``) measure what one shaped hop carries: tbf counts
+whole Ethernet frames, so TCP's payload cannot pass ~0.956 of the rate.
+
+The hosts share this machine's filesystem, so the venv and the repository are
+at the same paths on every host. On the ring layout each host forwards IP and
+routes the cables it is not on through its neighbours, so the peers that talk
+to non-neighbours (Open MPI, gloo, chorus mesh) still work; every byte between
+neighbours crosses their own cable. Cases, warm-up, trials, the load sampling
+and the noisy-case retry are those of ``collectives.py`` (``workers/``).
+
+Results: ``multihost.md`` (a table per layout) and ``multihost.json`` (every
+trial, the hostfiles, routes, qdiscs, load samples and versions) in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(REPO))
+
+import collectives as bench
+
+from tests.hosts.emulated import EmulatedHosts
+
+KIB = 1024
+MIB = 1024 * KIB
+NRANKS = 4
+LAYOUTS = ("switch", "ring")
+FULL_CASES = [("all_sum", 8), ("all_sum", MIB), ("all_sum", 16 * MIB)]
+QUICK_CASES = [("all_sum", 8), ("all_sum", 16 * MIB)]
+TARGETS = {"switch": 0.97, "ring": 1.8}  # 16 MiB busbw / link rate, from the issue
+CHORUS_PEERS = ("chorus ring", "chorus mesh")
+OMPI_RING = ["--mca", "coll_tuned_use_dynamic_rules", "1"]
+OMPI_RING += ["--mca", "coll_tuned_allreduce_algorithm", "4"]
+TCP_COUNTERS = ("OutSegs", "InSegs", "RetransSegs")
+log = bench.log
+
+
+# --------------------------------------------------------------------------- hosts
+
+
+@dataclass
+class Site:
+    """One layout's started hosts and the addresses every peer is given there.
+
+    ``hostfile`` is chorus's (and MLX's) hostfile: one entry per rank, rank i
+    on host hi. ``btl_subnets`` are the subnets Open MPI's TCP transport may
+    use, ``gloo_ifnames`` the interface gloo binds on each host.
+    """
+
+    layout: str
+    hosts: EmulatedHosts
+    hostfile: list[dict[str, Any]]
+    btl_subnets: list[str]
+    gloo_ifnames: list[str]
+    routes: dict[str, list[str]] = field(default_factory=dict)
+    qdiscs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def mgmt_subnet(self) -> str:
+        """The management network: ssh, Open MPI's out-of-band channel, gloo's store."""
+        return str(self.hosts.mgmt_net)
+
+    def describe(self) -> dict[str, Any]:
+        """What the JSON records about this layout."""
+        return {
+            "layout": self.layout,
+            "rate_mbit": self.hosts.rate_mbit,
+            "mgmt_subnet": self.mgmt_subnet,
+            "cable_subnet": str(self.hosts.cable_net) if self.layout == "ring" else None,
+            "host_addresses": {h.name: h.address for h in self.hosts.hosts},
+            "links": [vars(link) for link in self.hosts.links],
+            "hostfile": self.hostfile,
+            "btl_tcp_if_include": self.btl_subnets,
+            "gloo_ifnames": self.gloo_ifnames,
+            "routes": self.routes,
+            "qdiscs": self.qdiscs,
+        }
+
+    def job_pids(self) -> set[int]:
+        """Every process on the hosts except their sshd listeners: what jobs started there."""
+        found = set()
+        for host in self.hosts.hosts:
+            for pid in host.pids():
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue
+                # The listener renames itself ("sshd: /usr/sbin/sshd -D -e -f ... [listener]").
+                if b"sshd" in cmdline and b"-D" in cmdline:
+                    continue
+                found.add(pid)
+        return found
+
+    def tcp_counters(self) -> dict[str, dict[str, int]]:
+        """Each host's TCP counters (``/proc/net/snmp`` in its namespace): segments, retransmits."""
+        found = {}
+        for host in self.hosts.hosts:
+            lines = [
+                ln.split()
+                for ln in host.exec(["cat", "/proc/net/snmp"]).stdout.splitlines()
+                if ln.startswith("Tcp:")
+            ]
+            if len(lines) == 2:
+                table = dict(zip(lines[0][1:], lines[1][1:], strict=True))
+                found[host.name] = {k: int(table[k]) for k in TCP_COUNTERS if k in table}
+        return found
+
+    def clean(self) -> int:
+        """Kill what a job left on the hosts (only processes inside our namespaces)."""
+        left = self.job_pids()
+        for sig, pause in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 0.2)):
+            pids = self.job_pids()
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            if pids:
+                time.sleep(pause)
+        return len(left)
+
+
+def _tcp_delta(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    """Counter increments per host over a job."""
+    return {
+        host: {k: v - before.get(host, {}).get(k, 0) for k, v in counters.items()}
+        for host, counters in after.items()
+    }
+
+
+def _own_end(link: Any, host: str) -> tuple[str, str]:
+    """(interface, address without prefix) of ``host``'s end of a cable."""
+    if link.a == host:
+        return link.a_if, link.a_ip.split("/")[0]
+    return link.b_if, link.b_ip.split("/")[0]
+
+
+def _route_cables(hosts: EmulatedHosts) -> dict[str, list[str]]:
+    """Turn on forwarding and route every cable a host is not on through a neighbour.
+
+    The next hop is the first step of a shortest path (breadth-first over the
+    cables) to the nearer end of the cable. Returns the routes added per host.
+    """
+    names = hosts.names
+    neighbours: dict[str, list[tuple[str, Any]]] = {n: [] for n in names}
+    for link in hosts.links:
+        neighbours[link.a].append((link.b, link))
+        neighbours[link.b].append((link.a, link))
+    routes: dict[str, list[str]] = {}
+    for host in hosts.hosts:
+        host.exec(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        # first hop (neighbour name, cable to it) and distance to every host
+        first: dict[str, tuple[str, Any] | None] = {host.name: None}
+        dist = {host.name: 0}
+        queue = collections.deque([host.name])
+        while queue:
+            at = queue.popleft()
+            for nxt, link in neighbours[at]:
+                if nxt not in dist:
+                    dist[nxt] = dist[at] + 1
+                    first[nxt] = first[at] or (nxt, link)
+                    queue.append(nxt)
+        added = []
+        for link in hosts.links:
+            if host.name in (link.a, link.b):
+                continue
+            end = min((link.a, link.b), key=lambda n: dist.get(n, 1 << 30))
+            hop = first.get(end)
+            if hop is None:
+                continue
+            via = _own_end(hop[1], hop[0])[1]
+            subnet = str(ipaddress.ip_interface(link.a_ip).network)
+            host.exec(["ip", "route", "add", subnet, "via", via])
+            added.append(f"{subnet} via {via} ({hop[0]})")
+        routes[host.name] = added
+    return routes
+
+
+def make_site(layout: str, rate_mbit: int) -> Site:
+    """Start 4 emulated hosts in ``layout`` with shaped links; pick every peer's addresses.
+
+    switch: each rank's ip is its host's management address (the shaped veth).
+    ring: rank i's ip is its own end of the cable from rank i-1, the address
+    rank i-1 dials (chorus ring and MLX connect to the right neighbour), so
+    the ring's sockets each sit on one cable and carry both directions.
+    """
+    hosts = EmulatedHosts(NRANKS, layout, rate_mbit=rate_mbit).start()
+    try:
+        if layout == "switch":
+            hostfile = [{"ssh": h.name, "ips": [h.address]} for h in hosts.hosts]
+            site = Site(layout, hosts, hostfile, [str(hosts.mgmt_net)], ["eth0"] * NRANKS)
+        else:
+            hostfile, ifnames = [], []
+            for i, host in enumerate(hosts.hosts):
+                left = hosts.names[(i - 1) % NRANKS]
+                link = next(c for c in host.links if left in (c.a, c.b) and host.name in (c.a, c.b))
+                ifname, ip = _own_end(link, host.name)
+                hostfile.append({"ssh": host.name, "ips": [ip]})
+                ifnames.append(ifname)
+            site = Site(layout, hosts, hostfile, [str(hosts.cable_net)], ifnames)
+            site.routes = _route_cables(hosts)
+        for host in hosts.hosts:
+            site.qdiscs[host.name] = host.exec(["tc", "qdisc", "show"]).stdout.strip()
+        return site
+    except BaseException:
+        hosts.close()
+        raise
+
+
+def _stream_ends(site: Site) -> tuple[str, str]:
+    """The addresses of h0 and h1 that a stream between them uses (the shaped path)."""
+    h0, h1 = site.hosts.hosts[0], site.hosts.hosts[1]
+    if site.layout == "switch":
+        return h0.address, h1.address
+    link = next(c for c in h0.links if "h1" in (c.a, c.b))
+    return _own_end(link, "h0")[1], _own_end(link, "h1")[1]
+
+
+def tcp_ceiling(site: Site, seconds: float, timeout: float) -> dict[str, Any]:
+    """Goodput of plain bulk TCP streams between h0 and h1, as fractions of the link rate.
+
+    ``one_way``: h0 to h1 alone; ``both_ways``: h0 to h1 and h1 to h0 at once
+    (per direction). Ethernet, IP and TCP headers take 66 of every 1514 bytes
+    tbf counts, so a stream cannot pass ~0.956 of the rate.
+    """
+    worker = str(bench.WORKERS / "tcp_stream.py")
+    addr = dict(zip(("h0", "h1"), _stream_ends(site), strict=True))
+    ns = {h.name: h.netns for h in site.hosts.hosts}
+    rate = site.hosts.rate_mbit * 1e6 / 8
+    found: dict[str, Any] = {"seconds": seconds}
+    for label, pairs in (("one_way", [("h0", "h1")]), ("both_ways", [("h0", "h1"), ("h1", "h0")])):
+        procs: list[subprocess.Popen[str]] = []
+        try:
+            servers = []
+            for k, (src, dst) in enumerate(pairs):
+                port = str(5201 + k)
+                argv = ["ip", "netns", "exec", ns[dst], sys.executable, worker, "serve"]
+                server = subprocess.Popen(
+                    [*argv, addr[dst], port], stdout=subprocess.PIPE, text=True
+                )
+                procs.append(server)
+                servers.append(server)
+                argv = ["ip", "netns", "exec", ns[src], sys.executable, worker, "send"]
+                procs.append(subprocess.Popen([*argv, addr[dst], port, str(seconds)]))
+            rates = []
+            for server in servers:
+                out, _ = server.communicate(timeout=timeout)
+                rates.append(json.loads(out.splitlines()[-1])["goodput_Bps"] / rate)
+            found[label] = [round(r, 4) for r in rates]
+        except (subprocess.TimeoutExpired, ValueError, IndexError) as e:
+            found[label] = f"failed: {e}"
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+    return found
+
+
+class HostsSampler(bench.LoadSampler):
+    """:class:`collectives.LoadSampler` that also counts the hosts' processes as the job's.
+
+    Remote ranks run under each host's sshd, not under the launcher, so the
+    processes in the hosts' network namespaces are added to "ours".
+    """
+
+    def __init__(self, hosts: EmulatedHosts, interval: float = 0.25) -> None:
+        super().__init__([], interval)
+        self.ns_ids = {h._ns_id for h in hosts.hosts if h._ns_id is not None}
+
+    def _ours(self) -> dict[int, int]:
+        table = bench._proc_table()
+        roots = list(self.roots)
+        for pid in table:
+            try:
+                st = Path(f"/proc/{pid}/ns/net").stat()
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in self.ns_ids:
+                roots.append(pid)
+        return {pid: table[pid][1] for pid in bench._descendants(roots, table)}
+
+    def mean(self, start: float, end: float, column: int) -> float | None:
+        """Mean of one sample column (2: the job's cores, 3: interrupt cores) over a window."""
+        inside = [s[column] for s in self.samples if s[0] >= start and s[0] - self.interval <= end]
+        return round(sum(inside) / len(inside), 3) if inside else None
+
+
+# --------------------------------------------------------------------------- peers
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A row of the table: a library, a backend and how its ranks start on the hosts."""
+
+    name: str
+    launcher: str
+    worker: str
+
+    def commands(
+        self,
+        site: Site,
+        venv: Path,
+        config: str,
+        tmp: Path,
+        port: int,
+        chorus_env: list[str] | None = None,
+    ) -> list[tuple[list[str], dict[str, str]]]:
+        """The launcher's command line and environment (HOME = the hosts' ssh config)."""
+        py = str(venv / "bin" / "python")
+        worker = str(bench.WORKERS / self.worker)
+        env = site.hosts.env(bench._base_env())
+        if self.name.startswith("openmpi"):
+            env.update(
+                {
+                    # OpenSSH reads ~/.ssh/config from the passwd entry, not $HOME.
+                    "OMPI_MCA_plm_rsh_agent": f"ssh -F {site.hosts.ssh_config}",
+                    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+                    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                    "BENCH_CONFIG": config,
+                }
+            )
+            argv = ["mpirun", "--host", ",".join(site.hosts.names), "-n", str(NRANKS)]
+            argv += ["--bind-to", "none", "--wdir", str(tmp)]
+            argv += ["--mca", "btl", "tcp,self"]
+            argv += ["--mca", "btl_tcp_if_include", ",".join(site.btl_subnets)]
+            argv += ["--mca", "oob_tcp_if_include", site.mgmt_subnet]
+            # 4 ranks share this machine's cores: waiting ranks must give them away.
+            argv += ["--mca", "mpi_yield_when_idle", "1"]
+            argv += ["-x", "BENCH_CONFIG", "-x", "PYTHONUNBUFFERED"]
+            if self.name == "openmpi (ring forced)":
+                argv += OMPI_RING
+            return [([*argv, py, worker], env)]
+        hostfile = tmp / f"hosts-{site.layout}.json"
+        hostfile.write_text(json.dumps(site.hostfile))
+        backend = "mesh" if self.name == "chorus mesh" else "ring"
+        argv = [str(venv / "bin" / "chorus"), "launch", "--hostfile", str(hostfile)]
+        argv += ["--backend", backend, "--python", py, "--cwd", str(tmp), "--no-prefix"]
+        argv += ["--env", f"BENCH_CONFIG={config}"]
+        if self.name in CHORUS_PEERS:
+            for setting in chorus_env or []:
+                argv += ["--env", setting]
+        if self.name == "torch gloo":
+            master = site.hosts.hosts[0].address
+            argv += ["--env", f"MASTER_ADDR={master}", "--env", f"MASTER_PORT={port}"]
+            argv += ["--env", f"BENCH_GLOO_IFNAMES={json.dumps(site.gloo_ifnames)}"]
+        return [([*argv, worker], env)]
+
+
+PEERS = [
+    Peer("chorus ring", "chorus launch --hostfile --backend ring", "chorus_worker.py"),
+    Peer("chorus mesh", "chorus launch --hostfile --backend mesh", "chorus_worker.py"),
+    Peer("mlx ring", "chorus launch --hostfile (MLX_RANK, MLX_HOSTFILE)", "mlx_worker.py"),
+    Peer("torch gloo", "chorus launch --hostfile (RANK, MASTER_ADDR=h0)", "torch_worker.py"),
+    Peer("openmpi", "mpirun --host h0,h1,h2,h3", "mpi_worker.py"),
+    Peer("openmpi (ring forced)", "mpirun ... coll_tuned_allreduce_algorithm 4", "mpi_worker.py"),
+]
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def measure_peer(
+    peer: Peer,
+    site: Site,
+    sampler: HostsSampler,
+    cases: list[tuple[str, int]],
+    args: argparse.Namespace,
+    tmp: Path,
+    port: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run one peer on one layout; retry noisy or missing cases once. Returns (jobs, cases)."""
+    jobs: list[dict[str, Any]] = []
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    todo = list(cases)
+    for attempt in (1, 2):
+        if not todo:
+            break
+        config = {"cases": todo, "trials": args.trials, "target_s": args.target, "warmup": 3}
+        before = bench.wait_quiet(args.quiet_wait * attempt, args.noise)
+        commands = peer.commands(
+            site, args.venv, json.dumps(config), tmp, port + attempt, args.chorus_env
+        )
+        tcp_before = site.tcp_counters()
+        job = bench.Job(peer.name, commands, args.timeout).run(sample=False)
+        leftovers = site.clean()
+        tcp = _tcp_delta(tcp_before, site.tcp_counters())
+        records = job.records()
+        status = "ok" if job.ok else ("TIMEOUT" if job.timed_out else f"rc={job.returncodes}")
+        log(
+            f"  {site.layout:6s} {peer.name:22s} attempt {attempt}: {len(records)}/{len(todo)} "
+            f"cases, {job.wall_s:.1f} s, {status}, background before {before:.2f} cores"
+        )
+        if not job.ok:
+            log("    " + job.tail().replace("\n", "\n    "))
+        jobs.append(
+            {
+                "layout": site.layout,
+                "peer": peer.name,
+                "attempt": attempt,
+                "cases": todo,
+                "argv": [c[0] for c in commands],
+                "returncodes": job.returncodes,
+                "timed_out": job.timed_out,
+                "wall_s": job.wall_s,
+                "leftover_processes_killed": leftovers,
+                "tcp_counters": tcp,
+                "background_before_cores": before,
+                "loadavg_after": bench._loadavg(),
+                "output_tail": job.tail(40) if not job.ok else "",
+            }
+        )
+        for rec in records:
+            rec.update(bench.summarise(rec))
+            rec["peer"] = peer.name
+            rec["layout"] = site.layout
+            rec["attempt"] = attempt
+            rec["link_fraction"] = rec["busbw_gbs"] / args.link_gbs
+            rec["background_cores"] = sampler.background(rec["t_start"], rec["t_end"])
+            rec["job_cores"] = sampler.mean(rec["t_start"], rec["t_end"], 2)
+            rec["interrupt_cores"] = sampler.mean(rec["t_start"], rec["t_end"], 3)
+            rec["background_before_cores"] = before
+            key = (rec["op"], rec["bytes"])
+            old = best.get(key)
+            if old is None or (rec["background_cores"] or 0) < (old["background_cores"] or 0):
+                if old is not None:
+                    rec["replaced_attempt"] = old["attempt"]
+                best[key] = rec
+        todo = [
+            c
+            for c in cases
+            if (c not in best and not job.timed_out)
+            or (c in best and (best[c]["background_cores"] or 0) > args.noise)
+        ]
+    for rec in best.values():
+        rec["noisy"] = (rec["background_cores"] or 0) > args.noise
+    return jobs, [best[k] for k in sorted(best, key=lambda k: k[1])]
+
+
+def compiled_backends(venv: Path, cwd: Path) -> list[str]:
+    """The chorus backends compiled into the venv's chorus (``[]`` when it cannot import)."""
+    probe = "import json; from chorus import _core; print(json.dumps(_core.compiled_backends()))"
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+    try:
+        return list(json.loads(out.stdout))
+    except json.JSONDecodeError:
+        return []
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _fmt_us(rec: dict[str, Any] | None) -> str:
+    if rec is None:
+        return "—"
+    return bench._us(rec["median_us"]) + _marks(rec)
+
+
+def _marks(rec: dict[str, Any]) -> str:
+    mark = "" if rec["check"] == "ok" else " ✗"
+    return mark + ("~" if rec.get("noisy") else "")
+
+
+def layout_table(result: dict[str, Any], layout: str) -> str:
+    """One markdown table: a row per peer, then chorus's best against the best peer."""
+    meta = result["meta"]
+    sizes = sorted({b for _, b in meta["cases"]})
+    big = max(sizes)
+    by = {(c["peer"], c["bytes"]): c for c in result["cases"] if c["layout"] == layout}
+    head = ["peer", "started by", "8 B latency (us)"]
+    head += [f"{bench._size(b)} busbw (GB/s)" for b in sizes if b > 8]
+    head += [f"{bench._size(big)} busbw / link rate", f"{bench._size(big)} CPU (cores)"]
+    head += ["TCP retransmits / segments"]
+    jobs = {(j["peer"], j["attempt"]): j for j in result["jobs"] if j["layout"] == layout}
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for peer in PEERS:
+        if peer.name not in meta["peers"]:
+            continue
+        missing = meta["unavailable"].get(peer.name)
+        row = [peer.name, f"`{peer.launcher}`"]
+        if missing:
+            lines.append("| " + " | ".join(row + [missing] * (len(head) - 2)) + " |")
+            continue
+        row.append(_fmt_us(by.get((peer.name, 8))))
+        for b in sizes:
+            if b > 8:
+                rec = by.get((peer.name, b))
+                row.append("—" if rec is None else f"{rec['busbw_gbs']:.3f}{_marks(rec)}")
+        rec = by.get((peer.name, big))
+        row.append("—" if rec is None else f"**{rec['link_fraction']:.2f}**{_marks(rec)}")
+        row.append(_cpu(rec))
+        row.append(_retransmits(None if rec is None else jobs.get((peer.name, rec["attempt"]))))
+        lines.append("| " + " | ".join(row) + " |")
+    ratio = ["**chorus / best peer**", "best chorus backend over best other"]
+    for b in sizes:
+        mine = [by[(p, b)] for p in CHORUS_PEERS if (p, b) in by]
+        theirs = [c for (p, bb), c in by.items() if bb == b and p not in CHORUS_PEERS]
+        if not mine or not theirs:
+            ratio.append("—")
+            continue
+        if b == 8:  # latency: time ratio, below 1 chorus is faster
+            a = min(mine, key=lambda r: r["median_us"])
+            o = min(theirs, key=lambda r: r["median_us"])
+            ratio.append(f"{a['median_us'] / o['median_us']:.2f} ({_short(a)} / {o['peer']})")
+        else:  # bandwidth: busbw ratio, above 1 chorus is faster
+            a = max(mine, key=lambda r: r["busbw_gbs"])
+            o = max(theirs, key=lambda r: r["busbw_gbs"])
+            ratio.append(f"{a['busbw_gbs'] / o['busbw_gbs']:.2f} ({_short(a)} / {o['peer']})")
+    ratio += ["", "", ""]
+    lines.append("| " + " | ".join(ratio) + " |")
+    return "\n".join(lines)
+
+
+def _cpu(rec: dict[str, Any] | None) -> str:
+    """``job + interrupt / background`` cores while the case ran."""
+    if rec is None or rec.get("job_cores") is None:
+        return "—"
+    return f"{rec['job_cores']:.2f} + {rec['interrupt_cores']:.2f} / {rec['background_cores']:.2f}"
+
+
+def _retransmits(job: dict[str, Any] | None) -> str:
+    """TCP segments retransmitted / sent on all hosts during the job (every case of it)."""
+    if job is None or not job.get("tcp_counters"):
+        return "—"
+    counters = job["tcp_counters"].values()
+    sent = sum(c.get("OutSegs", 0) for c in counters)
+    return f"{sum(c.get('RetransSegs', 0) for c in counters)} / {sent / 1e6:.2f} M"
+
+
+def _short(rec: dict[str, Any]) -> str:
+    return str(rec["peer"]).removeprefix("chorus ")
+
+
+def targets(result: dict[str, Any], layout: str) -> str:
+    """Whether chorus's best 16 MiB busbw reaches the issue's target on ``layout``."""
+    big = max(b for _, b in result["meta"]["cases"])
+    mine = [
+        c
+        for c in result["cases"]
+        if c["layout"] == layout and c["bytes"] == big and c["peer"] in CHORUS_PEERS
+    ]
+    goal = TARGETS[layout]
+    if not mine:
+        return f"Target: {big // MIB} MiB busbw >= {goal} x link rate: no chorus result."
+    best = max(mine, key=lambda r: r["link_fraction"])
+    verdict = "met" if best["link_fraction"] >= goal else "not met"
+    text = (
+        f"Target: {bench._size(big)} busbw >= {goal} x link rate; chorus's best is "
+        f"{best['peer']} at {best['link_fraction']:.3f}: **{verdict}**"
+    )
+    limit = _ceiling(result["meta"]["sites"].get(layout, {}).get("tcp_ceiling"), layout)
+    if limit:
+        text += f" ({best['link_fraction'] / limit:.0%} of the TCP ceiling {limit:.3f}"
+        text += "; the target is above it)" if goal > limit else ")"
+    return text + "."
+
+
+def _ceiling(ceiling: dict[str, Any] | None, layout: str) -> float | None:
+    """The busbw ceiling (fraction of the link rate) that the bulk TCP streams measured."""
+    if not ceiling:
+        return None
+    one, both = ceiling.get("one_way"), ceiling.get("both_ways")
+    if layout == "switch":
+        return float(one[0]) if isinstance(one, list) else None
+    return float(sum(both)) if isinstance(both, list) else None
+
+
+def ceiling_text(ceiling: dict[str, Any] | None, layout: str) -> str:
+    """One sentence on what plain TCP gets through one shaped hop here."""
+    if not ceiling:
+        return "TCP ceiling: not measured."
+    one, both = ceiling.get("one_way"), ceiling.get("both_ways")
+    if not isinstance(one, list) or not isinstance(both, list):
+        return f"TCP ceiling: {ceiling}"
+    best = _ceiling(ceiling, layout) or 0.0
+    what = "one direction" if layout == "switch" else "both directions of a cable at once"
+    return (
+        f"Ceiling: one bulk TCP stream h0 -> h1 gets {one[0]:.3f} of the link rate; "
+        f"h0 -> h1 and h1 -> h0 at once get {both[0]:.3f} + {both[1]:.3f} (headers take 66 "
+        "of each 1514-byte frame tbf counts: 1448/1514 = 0.956). An all_sum whose busiest "
+        f"link carries its bus bytes in {what} cannot pass **{best:.2f}** here."
+    )
+
+
+def report(result: dict[str, Any]) -> str:
+    """The markdown report."""
+    meta = result["meta"]
+    v = meta["versions"]
+    setup = (
+        f"{meta['started']}; {v.get('cpu_model')} ({v.get('cpu_count')} cores, shared by all "
+        f"hosts), Linux {v.get('kernel')}; chorus {v.get('chorus_git_sha', '')[:12]}"
+        f"{' (dirty)' if v.get('chorus_git_dirty') else ''}, torch {v.get('torch')}, "
+        f"mlx {v.get('mlx')}, mpi4py {v.get('mpi4py')} on {v.get('mpirun')}; "
+        f"python {v.get('python')}, numpy {v.get('numpy')}."
+    )
+    how = (
+        f"{NRANKS} emulated hosts (network namespaces, one sshd each), one rank per host; "
+        f"data links shaped with `tc tbf` to {meta['rate_mbit']} Mbit/s "
+        f"(link rate {meta['link_gbs']} GB/s) in both directions. float32 all_sum; "
+        f"mode {'quick' if meta['quick'] else 'full'}: {meta['trials']} trials of "
+        f"~{meta['target_s']} s per case; a cell is the median over trials of the time per op "
+        "(slowest rank per trial); busbw = algbw x 2(N-1)/N (1 GB = 1e9 B). "
+        f"`~`: more than {meta['noise_cores']} background cores busy even after a retry; "
+        "`✗`: wrong result. Last row: chorus's best backend over the best other peer, as a "
+        "time ratio at 8 B (below 1: chorus faster) and a busbw ratio for bandwidth "
+        "(above 1: chorus faster). CPU: cores used by the job's processes (launchers, "
+        "sshd sessions, ranks) + interrupt (softirq: the veths, bridge and qdiscs) / "
+        f"everything else on the machine, while the {bench._size(max(b for _, b in meta['cases']))} "
+        f"case ran; the {v.get('cpu_count')} cores are all there is for all hosts. TCP "
+        "retransmits / segments: summed over the hosts for the whole job that gave the "
+        "row (all its cases); tbf drops what overflows its 50 ms queue."
+    )
+    out = ["# chorus across emulated hosts", "", setup, "", how]
+    notes = {
+        "switch": (
+            "Every host's veth into one bridge, shaped both ways (host to switch and "
+            "switch to host). Ranks use the management addresses: {ips}. Open MPI: "
+            "`btl_tcp_if_include {btl}`."
+        ),
+        "ring": (
+            "Cables h0-h1, h1-h2, h2-h3, h3-h0 (each end shaped; the management bridge, "
+            "used only for ssh, Open MPI's out-of-band channel and gloo's store, is not). "
+            "Rank i's ip is its own end of the cable from rank i-1: {ips}, so each ring "
+            "link is one TCP connection on one cable. Hosts forward IP and route the "
+            "cables they are not on through a neighbour (Open MPI, gloo and mesh also talk "
+            "to the rank opposite, two cables away). Open MPI: `btl_tcp_if_include {btl}`."
+        ),
+    }
+    for layout in meta["layouts"]:
+        site = meta["sites"][layout]
+        ips = ", ".join(f"{e['ssh']} {e['ips'][0]}" for e in site["hostfile"])
+        out += ["", f"## {layout} layout", ""]
+        out += [notes[layout].format(ips=ips, btl=",".join(site["btl_tcp_if_include"])), ""]
+        out += [ceiling_text(site.get("tcp_ceiling"), layout), ""]
+        out += [layout_table(result, layout), "", targets(result, layout)]
+    failed = [
+        j for j in result["jobs"] if j["timed_out"] or any(rc != 0 for rc in j["returncodes"])
+    ]
+    if failed or result["errors"]:
+        out += ["", "## Failed jobs", ""]
+        for j in failed:
+            why = "timeout" if j["timed_out"] else f"exit {j['returncodes']}"
+            last = (j["output_tail"] or "").strip().splitlines()[-1:] or [""]
+            out.append(f"- {j['layout']} {j['peer']} attempt {j['attempt']}: {why}: `{last[0]}`")
+        out += [f"- {e}" for e in result["errors"]]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _ensure_venv(args: argparse.Namespace, argv: list[str]) -> None:
+    """Create the benchmark venv when missing and re-run this script with its Python."""
+    py = args.venv / "bin" / "python"
+    if Path(sys.prefix).resolve() == args.venv.resolve():
+        return
+    if args.setup or not py.exists():
+        log(f"multihost: setting up {args.venv} (benchmarks/setup_peers.sh)")
+        env = {**os.environ, "BENCH_VENV": str(args.venv)}
+        subprocess.run(["bash", str(HERE / "setup_peers.sh")], check=True, env=env)
+    argv = [a for a in argv if a != "--setup"]
+    os.execv(str(py), [str(py), str(Path(__file__).resolve()), *argv])
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="8 B and 16 MiB, 2 short trials")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
+    parser.add_argument("--venv", type=Path, default=bench.DEFAULT_VENV, help="the peers' venv")
+    parser.add_argument("--setup", action="store_true", help="(re)run setup_peers.sh first")
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    parser.add_argument(
+        "--peers",
+        nargs="+",
+        choices=[p.name for p in PEERS],
+        metavar="PEER",
+        help="subset of: " + ", ".join(p.name for p in PEERS),
+    )
+    parser.add_argument("--rate", type=int, default=1000, help="link rate in Mbit/s (1000)")
+    parser.add_argument(
+        "--stream-seconds",
+        type=float,
+        default=4.0,
+        help="length of the bulk TCP streams that measure the link's ceiling (4)",
+    )
+    parser.add_argument(
+        "--chorus-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra variable for chorus's ranks, e.g. CHORUS_SEGMENT_BYTES=262144 (repeatable)",
+    )
+    parser.add_argument("--trials", type=int, help="timed trials per case (default 5)")
+    parser.add_argument("--target", type=float, help="seconds per trial (default 1.0)")
+    parser.add_argument("--timeout", type=float, help="hard limit per job in s (default 240)")
+    parser.add_argument(
+        "--noise", type=float, default=0.3, help="background cores that make a case noisy"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=5.0,
+        help="wait up to this many s (twice before a retry) for a quiet machine (default 5)",
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rebuild multihost.md from multihost.json"
+    )
+    args = parser.parse_args(argv)
+    args.trials = args.trials or (2 if args.quick else 5)
+    args.target = args.target or (0.5 if args.quick else 1.0)
+    args.timeout = args.timeout or (120 if args.quick else 240)
+    args.link_gbs = args.rate * 1e6 / 8 / 1e9
+    args.out = args.out.resolve()
+    args.venv = args.venv.absolute()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    _ensure_venv(args, argv)
+    if args.report_only:
+        result = json.loads((args.out / "multihost.json").read_text())
+        text = report(result)
+        (args.out / "multihost.md").write_text(text)
+        print(text)
+        return 0
+    if os.geteuid() != 0:
+        log("multihost: must run as root (it creates network namespaces)")
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    cases = QUICK_CASES if args.quick else FULL_CASES
+    peers = [p for p in PEERS if args.peers is None or p.name in args.peers]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="chorus-multihost-") as tmp_name:
+        tmp = Path(tmp_name)
+        os.chdir(tmp)  # never import the checkout's (unbuilt) chorus package by accident
+        unavailable: dict[str, str] = {}
+        if "mesh" not in compiled_backends(args.venv, tmp):
+            unavailable["chorus mesh"] = "not available"
+        result: dict[str, Any] = {
+            "meta": {
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "argv": argv,
+                "quick": args.quick,
+                "n": NRANKS,
+                "layouts": args.layouts,
+                "peers": [p.name for p in peers],
+                "launchers": {p.name: p.launcher for p in peers},
+                "unavailable": unavailable,
+                "rate_mbit": args.rate,
+                "chorus_env": args.chorus_env,
+                "link_gbs": args.link_gbs,
+                "targets_link_fraction": TARGETS,
+                "trials": args.trials,
+                "target_s": args.target,
+                "noise_cores": args.noise,
+                "timeout_s": args.timeout,
+                "cases": cases,
+                "versions": bench.versions(args.venv),
+                "loadavg_start": bench._loadavg(),
+                "sites": {},
+                "units": "time per op in us (max over ranks per trial); bandwidth GB/s = 1e9 B/s",
+            },
+            "jobs": [],
+            "cases": [],
+            "load_samples": {},
+            "errors": [],
+        }
+        log(
+            f"multihost: {len(peers)} peers x {args.layouts} x {len(cases)} cases, "
+            f"{NRANKS} hosts at {args.rate} Mbit/s, results in {args.out}"
+        )
+        port = 29500
+        for layout in args.layouts:
+            try:
+                site = make_site(layout, args.rate)
+            except Exception as e:  # noqa: BLE001 - reported, the other layout still runs
+                log(f"multihost: could not create the {layout} hosts: {e}")
+                result["errors"].append(f"{layout}: hosts: {e}")
+                continue
+            sampler = HostsSampler(site.hosts).start()
+            try:
+                result["meta"]["sites"][layout] = site.describe()
+                ceiling = tcp_ceiling(site, args.stream_seconds, args.timeout)
+                site.clean()
+                result["meta"]["sites"][layout]["tcp_ceiling"] = ceiling
+                log(f"{layout}: bulk TCP h0<->h1 as a fraction of the link rate: {ceiling}")
+                log(f"{layout}: {site.hosts!r}, ranks at {[e['ips'] for e in site.hostfile]}")
+                for peer in peers:
+                    if peer.name in unavailable:
+                        log(f"  {layout:6s} {peer.name:22s} {unavailable[peer.name]}")
+                        continue
+                    port += 10
+                    try:
+                        jobs, recs = measure_peer(peer, site, sampler, cases, args, tmp, port)
+                    except (OSError, RuntimeError) as e:
+                        log(f"  {layout} {peer.name}: could not run: {e}")
+                        result["errors"].append(f"{layout} {peer.name}: {e}")
+                        continue
+                    result["jobs"] += jobs
+                    result["cases"] += recs
+                    for rec in recs:
+                        log(
+                            f"    {bench._size(rec['bytes']):>7s}: {rec['median_us']:,.0f} us, "
+                            f"busbw {rec['busbw_gbs']:.3f} GB/s = {rec['link_fraction']:.2f} "
+                            f"x link, {rec['check']}, background {rec['background_cores']}"
+                        )
+            finally:
+                result["load_samples"][layout] = sampler.stop()
+                site.hosts.close()
+    result["meta"]["loadavg_end"] = bench._loadavg()
+    result["meta"]["duration_s"] = round(time.perf_counter() - t0, 1)
+    text = report(result)
+    (args.out / "multihost.md").write_text(text)
+    (args.out / "multihost.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(text)
+    log(
+        f"multihost: wrote {args.out}/multihost.md, multihost.json in {result['meta']['duration_s']} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
