@@ -214,6 +214,11 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         job_id = f"{abs(hash_text(seed)):016x}"
 
     local = _first(env, _LOCAL_SIZE_VARS)
+    local_size = None if local is None else _int_var(*local)
+    nodes = _first(env, ("SLURM_STEP_NUM_NODES", "SLURM_JOB_NUM_NODES", "SLURM_NNODES"))
+    if local_size is None and nodes is not None and _int_var(*nodes) > 1:
+        # srun spread the ranks over several nodes: shared memory cannot join them.
+        local_size = 0
     return RankEnv(
         rank=rank,
         size=size,
@@ -227,7 +232,7 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         listen_fds=listen_fds,
         segment_bytes=_int_var("CHORUS_SEGMENT_BYTES", env.get("CHORUS_SEGMENT_BYTES", "0")),
         mpi_launched=_first(env, _MPI_LAUNCHER_VARS) is not None,
-        local_size=None if local is None else _int_var(*local),
+        local_size=local_size,
     )
 
 

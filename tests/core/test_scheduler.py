@@ -64,3 +64,14 @@ def test_slurm_errors_name_the_variable() -> None:
 def test_derived_token_is_shared_by_ranks_of_a_job_only() -> None:
     assert derived_token(slurm()) == derived_token(slurm(SLURM_PROCID="0"))
     assert derived_token(slurm()) != derived_token(slurm(SLURM_JOB_ID="4712"))
+
+
+def test_slurm_job_on_several_nodes_is_not_local() -> None:
+    from chorus.env import read_rank_env
+
+    one = read_rank_env(slurm(SLURM_JOB_NODELIST="localhost", SLURM_STEP_NUM_NODES="1"))
+    assert one.all_hosts_local()
+    several = read_rank_env(slurm(SLURM_JOB_NODELIST="localhost", SLURM_STEP_NUM_NODES="2"))
+    assert not several.all_hosts_local()
+    assert several.coordinator is not None
+    assert several.token.startswith("derived:")
