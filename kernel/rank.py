@@ -1,13 +1,15 @@
 """Entry point of one rank kernel: ``python -m chorus.kernel.rank -f CONNECTION_FILE``.
 
 A rank is a stock IPython kernel (so magics, rich display, completion and
-input requests behave as users know them) with three changes:
+input requests behave as users know them) with four changes:
 
 - it dies with its parent (PR_SET_PDEATHSIG), so a killed chorus kernel
   leaves no orphans;
 - ``breakpoint()`` uses pdb again: ipykernel 7 installs debugpy's hook,
   which does nothing without a debugger attached;
-- ``chorus``, ``np``, ``rank`` and ``size`` are predefined in the namespace.
+- ``chorus``, ``np``, ``rank`` and ``size`` are predefined in the namespace;
+- SIGINT interrupts the cell's code only, never the sending of its reply
+  (see :func:`rank_kernel_class`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,45 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def rank_kernel_class() -> type:
+    """ipykernel's IPythonKernel, but SIGINT interrupts only a running cell.
+
+    ipykernel turns SIGINT into KeyboardInterrupt for the whole handling of an
+    execute_request, reply included; one that lands after the cell's code has
+    finished aborts the handler, and the reply is never sent ("KeyboardInterrupt
+    caught in kernel"). The chorus kernel interrupts every rank at once (the
+    interrupt button, or a rank that died mid-cell), so a rank that had just
+    finished would leave the cell waiting forever. Here a SIGINT outside the
+    cell's own code is dropped.
+    """
+    from ipykernel.ipkernel import IPythonKernel
+
+    class RankKernel(IPythonKernel):
+        _in_cell = False
+
+        def start(self) -> None:
+            super().start()  # type: ignore[no-untyped-call]
+            assert self.shell is not None
+            self.shell.events.register("pre_run_cell", self._cell_starts)
+            self.shell.events.register("post_run_cell", self._cell_ends)
+
+        def _cell_starts(self, *_args: object) -> None:
+            self._in_cell = True
+
+        def _cell_ends(self, *_args: object) -> None:
+            self._in_cell = False
+
+        def _on_sigint(self, _signum: int, _frame: object) -> None:
+            if self._in_cell:
+                raise KeyboardInterrupt
+            self.log.debug("SIGINT outside a cell's code: ignored")
+
+        def pre_handler_hook(self) -> None:
+            self.saved_sigint_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    return RankKernel
+
+
 def main() -> None:
     """Start an IPython kernel configured as a chorus rank."""
     die_with_parent()
@@ -57,7 +98,7 @@ def main() -> None:
         # the frontend keeps the history of what the user typed.
         "--HistoryManager.enabled=False",
     ]
-    IPKernelApp.launch_instance(argv=argv)
+    IPKernelApp.launch_instance(argv=argv, kernel_class=rank_kernel_class())
 
 
 if __name__ == "__main__":
