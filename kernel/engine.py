@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import copy
 import re
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from chorus.launch.process import describe_exit
 
 _CELL_NUMBER = re.compile(r"In ?\[\d+\]")
 # How often the engine looks at held output, input requests and dead ranks.
+# How long a rank may stay idle before its missing reply counts as lost.
+LOST_REPLY_GRACE = 2.0
 TICK = 0.05
 
 
@@ -72,13 +75,18 @@ class _Cell:
     idle: set[int] = field(default_factory=set)
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     died: dict[int, int] = field(default_factory=dict)
+    # When each rank went idle, and ranks that went idle but never replied.
+    idle_since: dict[int, float] = field(default_factory=dict)
+    lost: set[int] = field(default_factory=set)
     # Messages from the rank readers, handled by the task running the cell:
     # what it publishes must carry that task's parent header (a context var).
     inbox: list[tuple[int, Message]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def finished(self, rank: int) -> bool:
-        return rank in self.died or (rank in self.replies and rank in self.idle)
+        if rank in self.died or rank in self.lost:
+            return True
+        return rank in self.replies and rank in self.idle
 
 
 class Engine:
@@ -207,6 +215,7 @@ class Engine:
             for rank, message in inbox:
                 self._handle(cell, rank, message)
             cell.merger.tick()
+            self._give_up_on_lost_replies(cell)
             busy = {r for r in cell.targets if not cell.finished(r)}
             broker.update(busy)
             for dead in self.ranks.dead():
@@ -223,6 +232,23 @@ class Engine:
                     if not interrupted_for_death:
                         interrupted_for_death = True
                         self.ranks.interrupt([r for r in busy if r != dead.rank])
+
+    def _give_up_on_lost_replies(self, cell: _Cell) -> None:
+        """A rank idle for a while without replying will never reply: stop waiting.
+
+        (ipykernel drops the reply when a KeyboardInterrupt hits its handler
+        after the cell's code; rank kernels guard against that, this is the
+        safety net so that no cell waits forever.)
+        """
+        now = time.monotonic()
+        for rank, since in cell.idle_since.items():
+            if rank in cell.replies or rank in cell.lost or now - since < LOST_REPLY_GRACE:
+                continue
+            cell.lost.add(rank)
+            cell.merger.rank_done(rank)
+            self.frontend.stream(
+                "stderr", f"[chorus] rank {rank} finished this cell without a reply\n"
+            )
 
     def _on_reply(self, cell: _Cell, rank: int, future: asyncio.Future[Message]) -> None:
         if future.cancelled():
@@ -250,6 +276,7 @@ class Engine:
         elif kind == "status":
             if content["execution_state"] == "idle":
                 cell.idle.add(rank)
+                cell.idle_since.setdefault(rank, time.monotonic())
                 cell.merger.rank_done(rank)
         elif kind == "execute_result":
             cell.results[rank] = content
@@ -286,6 +313,8 @@ class Engine:
                 result.user_expressions = content.get("user_expressions", {})
         for rank, code in cell.died.items():
             errors[("RankDied", f"rank {rank} {describe_exit(code)}", ())].append(rank)
+        for rank in sorted(cell.lost):
+            errors[("LostReply", "finished without a reply", ())].append(rank)
         if errors:
             result.status = "error"
             first = True

@@ -396,6 +396,9 @@ class IppRanks:
             for ename, evalue, traceback, info in error.elist:
                 rank = rank_of.get(info.get("engine_id", -1), -1)
                 failures.setdefault((ename, traceback or evalue), []).append(rank)
+        # The reply can come before an engine's last output (another socket):
+        # wait for every engine's output to be in before showing it.
+        result.wait_for_output(timeout=10)
         merger = OutputMerger(targets, _print_stream)
         for rank, out, err in zip(targets, result.stdout, result.stderr, strict=True):
             merger.feed(rank, "stdout", out)

@@ -116,6 +116,18 @@ def _notebook(path: Path, sources: list[str]) -> None:
     )
 
 
+def _accept_kernel_dialog(page: Page) -> None:
+    """Accept JupyterLab's "Select Kernel" dialog if it is up.
+
+    JupyterLab 4 sometimes asks at open time, with the notebook's kernel
+    preselected, when the list of kernelspecs was not loaded yet.
+    """
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count() and dialog.first.is_visible():
+        dialog.first.locator(".jp-mod-accept").click()
+        dialog.first.wait_for(state="detached", timeout=10_000)
+
+
 def _run_cell(page: Page, index: int) -> None:
     """Select the cell by its prompt, press the toolbar's run button, and make sure
     it was queued: right after start-up JupyterLab may drop the first request
@@ -126,6 +138,7 @@ def _run_cell(page: Page, index: int) -> None:
         ".jp-NotebookPanel-toolbar [data-command='notebook:run-cell-and-select-next']"
     )
     for _attempt in range(5):
+        _accept_kernel_dialog(page)
         prompt.click()
         run.click()
         deadline = time.monotonic() + 5
@@ -156,6 +169,8 @@ def test_cells_stdin_and_labels_in_jupyterlab(lab: tuple[str, Path]) -> None:
         try:
             page.goto(url.format(name="chorus.ipynb"))
             page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+            time.sleep(1)  # the kernel dialog, when it comes, comes right after
+            _accept_kernel_dialog(page)
             # The kernel (and its two rank kernels) must be idle before running.
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
                 timeout=90_000
