@@ -555,7 +555,11 @@ TEST_F(ShmTest, InterruptMidAllSumThenRecover) {
         [&](int rank, GroupImpl& g) {
           const size_t count = 1u << 21;  // 8 MiB of float32: hundreds of chunks
           std::vector<float> in(count, 1.f), out(count);
-          if (rank == 1) t_interrupt_at = Clock::now() + std::chrono::milliseconds(15);
+          // Every rank must be inside the call when rank 1 is interrupted: a
+          // rank that enters after the abort was published runs the call
+          // (see InterruptAfterPeerFinishedThenRecover), which is another test.
+          ops::barrier(g);
+          if (rank == 1) t_interrupt_at = Clock::now() + std::chrono::milliseconds(30);
           try {
             ops::all_reduce(g, desc_of(Collective::AllReduce, Dtype::Float32, count), in.data(),
                             out.data());
