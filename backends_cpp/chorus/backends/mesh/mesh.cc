@@ -11,17 +11,8 @@ GroupPtr init(const InitOptions& options) {
   if (options.size == 1) return make_single_group("mesh");
   // The hostfile and launcher fds, or (no hostfile) a rendezvous at the coordinator.
   rendezvous::Endpoints endpoints = rendezvous::endpoints(options, "mesh");
-  GroupConfig config;
-  config.rank = options.rank;
-  config.size = options.size;
-  config.hosts = std::move(endpoints.hosts);
-  config.token = options.token;
-  config.job_id = options.job_id;
-  config.hostname = options.hostname;
-  config.timeout_s = options.timeout_s;
-  config.verbose = options.verbose;
-  config.segment_bytes = options.segment_bytes;
-  return std::make_shared<MeshGroup>(std::move(config), std::move(endpoints.listeners));
+  return std::make_shared<MeshGroup>(world_config(options, std::move(endpoints.hosts)),
+                                     std::move(endpoints.listeners));
 }
 
 }  // namespace chorus::mesh

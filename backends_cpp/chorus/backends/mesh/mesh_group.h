@@ -46,6 +46,7 @@
 #include "chorus/algorithms/mesh.h"
 #include "chorus/backends/group_impl.h"
 #include "chorus/backends/mesh/mailbox.h"
+#include "chorus/backends/tcp_group_config.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/transport/tcp/handshake.h"
 #include "chorus/transport/tcp/link.h"
@@ -53,18 +54,7 @@
 
 namespace chorus::mesh {
 
-struct GroupConfig {
-  int rank = 0;
-  int size = 1;
-  std::vector<std::vector<std::string>> hosts;
-  std::string token;
-  std::string job_id;
-  std::string group_path;  // "" for the world group, "/0.1" for split 0, color 1
-  std::string hostname;
-  double timeout_s = 60;
-  bool verbose = false;
-  size_t segment_bytes = 0;
-};
+using GroupConfig = TcpGroupConfig;
 
 class MeshGroup final : public GroupImpl, private algo::MeshPeers {
  public:

@@ -734,17 +734,8 @@ GroupPtr init(const InitOptions& options) {
   if (options.size == 1) return make_single_group("ring");
   // The hostfile and launcher fds, or (no hostfile) a rendezvous at the coordinator.
   rendezvous::Endpoints endpoints = rendezvous::endpoints(options, "ring");
-  GroupConfig config;
-  config.rank = options.rank;
-  config.size = options.size;
-  config.hosts = std::move(endpoints.hosts);
-  config.token = options.token;
-  config.job_id = options.job_id;
-  config.hostname = options.hostname;
-  config.timeout_s = options.timeout_s;
-  config.verbose = options.verbose;
-  config.segment_bytes = options.segment_bytes;
-  return std::make_shared<RingGroup>(std::move(config), std::move(endpoints.listeners));
+  return std::make_shared<RingGroup>(world_config(options, std::move(endpoints.hosts)),
+                                     std::move(endpoints.listeners));
 }
 
 }  // namespace chorus::ring

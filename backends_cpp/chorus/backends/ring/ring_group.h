@@ -34,6 +34,7 @@
 
 #include "chorus/algorithms/ring.h"
 #include "chorus/backends/group_impl.h"
+#include "chorus/backends/tcp_group_config.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/transport/tcp/handshake.h"
 #include "chorus/transport/tcp/link.h"
@@ -41,18 +42,7 @@
 
 namespace chorus::ring {
 
-struct GroupConfig {
-  int rank = 0;
-  int size = 1;
-  std::vector<std::vector<std::string>> hosts;
-  std::string token;
-  std::string job_id;
-  std::string group_path;  // "" for the world group, "/0.1" for split 0, color 1
-  std::string hostname;
-  double timeout_s = 60;
-  bool verbose = false;
-  size_t segment_bytes = 0;
-};
+using GroupConfig = TcpGroupConfig;
 
 class RingGroup final : public GroupImpl, private algo::RingPair {
  public:

@@ -1,0 +1,43 @@
+// The settings both TCP backends (ring, mesh) run a group with, and how a
+// world group gets them from InitOptions and its endpoints.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "chorus/backends/group_impl.h"
+
+namespace chorus {
+
+struct TcpGroupConfig {
+  int rank = 0;
+  int size = 1;
+  std::vector<std::vector<std::string>> hosts;
+  std::string token;
+  std::string job_id;
+  std::string group_path;  // "" for the world group, "/0.1" for split 0, color 1
+  std::string hostname;
+  double timeout_s = 60;
+  bool verbose = false;
+  size_t segment_bytes = 0;
+};
+
+// The world group's config: everything from `options` but the addresses,
+// which come from the hostfile or the rendezvous (`hosts`).
+inline TcpGroupConfig world_config(const InitOptions& options,
+                                   std::vector<std::vector<std::string>> hosts) {
+  TcpGroupConfig config;
+  config.rank = options.rank;
+  config.size = options.size;
+  config.hosts = std::move(hosts);
+  config.token = options.token;
+  config.job_id = options.job_id;
+  config.hostname = options.hostname;
+  config.timeout_s = options.timeout_s;
+  config.verbose = options.verbose;
+  config.segment_bytes = options.segment_bytes;
+  return config;
+}
+
+}  // namespace chorus
