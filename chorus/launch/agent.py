@@ -105,6 +105,13 @@ def _free_port(ip: str) -> int:
         return port
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _free_ports(ip: str, count: int) -> list[int]:
     """``count`` distinct ports that were free on ``ip`` a moment ago (for ZMQ)."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -151,6 +158,7 @@ def prepare(request: dict[str, Any]) -> tuple[dict[str, Any], list[socket.socket
         "ports": ports,
         "mlx_ports": mlx_ports,
         "free_ports": _free_ports(free_ip, request.get("free_ports", 0)),
+        "cores": _usable_cores(),
         "cwd": cwd,
         "python": sys.version.split()[0],
     }

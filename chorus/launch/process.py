@@ -8,13 +8,16 @@ A later ``SshRank`` (asyncssh) implements the same interface for remote hosts.
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.util
 import os
 import signal
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-__all__ = ["PDEATHSIG_BOOTSTRAP", "LocalRank", "RankProcess", "describe_exit"]
+__all__ = ["PDEATHSIG_BOOTSTRAP", "LocalRank", "RankProcess", "describe_exit", "rank_exec_helper"]
 
 # Run by a fresh ``python -I -S`` before the rank's own program (Linux only).
 # It asks the kernel to SIGKILL this process when the launcher dies
@@ -37,6 +40,21 @@ except OSError as exc:
     sys.stderr.write(f"chorus: cannot execute {sys.argv[2]}: {exc.strerror}\\n")
     os._exit(127)
 """
+
+
+@functools.cache
+def rank_exec_helper() -> str | None:
+    """Path of ``chorus-rank-exec``, the compiled parent-death bootstrap.
+
+    It does what :data:`PDEATHSIG_BOOTSTRAP` does (same arguments after the
+    bootstrap itself) without starting an interpreter. It is installed next
+    to ``chorus._core`` on Linux; ``None`` where it is missing.
+    """
+    spec = importlib.util.find_spec("chorus._core")
+    if spec is None or spec.origin is None:
+        return None
+    helper = Path(spec.origin).with_name("chorus-rank-exec")
+    return str(helper) if os.access(helper, os.X_OK) else None
 
 
 def describe_exit(returncode: int) -> str:
@@ -130,7 +148,8 @@ class LocalRank(RankProcess):
     own session and process group (``start_new_session=True``): a Ctrl-C at
     the terminal reaches only the launcher, which forwards it deliberately to
     each rank's group, so no rank gets it twice. On Linux the rank runs under
-    :data:`PDEATHSIG_BOOTSTRAP`, so it dies with the launcher even when the
+    ``chorus-rank-exec`` (:func:`rank_exec_helper`; else the slower
+    :data:`PDEATHSIG_BOOTSTRAP`), so it dies with the launcher even when the
     launcher is killed with SIGKILL.
 
     Parameters
@@ -192,6 +211,9 @@ class LocalRank(RankProcess):
         """The exact command line that :meth:`start` executes."""
         if not self.pdeathsig:
             return list(self.argv)
+        helper = rank_exec_helper()
+        if helper is not None:
+            return [helper, str(os.getpid()), self.argv[0], *self.argv]
         return [
             sys.executable,
             "-I",

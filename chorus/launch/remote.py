@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from chorus.launch import agent
 from chorus.launch.process import RankProcess
+from chorus.launch.threads import thread_limits
 
 if TYPE_CHECKING:
     import asyncssh
@@ -55,6 +56,7 @@ class Prepared:
     mlx_addresses: list[str]
     cwd: str | None
     free_ports: list[int]
+    cores: int
 
 
 def agent_command(python: str) -> str:
@@ -104,6 +106,8 @@ class SshRank(RankProcess):
         self.bind = list(bind)
         self.advertise = list(advertise)
         self.prepared: Prepared | None = None
+        # Ranks of this job on the same host (the agent divides its cores).
+        self.ranks_on_host = 1
         self._process: asyncssh.SSHClientProcess[bytes] | None = None
         self._started = False
         self._stdin: _ChannelStdin | None = None
@@ -170,7 +174,8 @@ class SshRank(RankProcess):
             _join(ip, port) for ip, port in zip(self.advertise, answer["mlx_ports"], strict=True)
         ]
         self.prepared = Prepared(
-            answer["hostname"], answer["pid"], addresses, mlx, answer["cwd"], answer["free_ports"]
+            answer["hostname"], answer["pid"], addresses, mlx, answer["cwd"],
+            answer["free_ports"], answer["cores"],
         )
         return self.prepared
 
@@ -205,6 +210,8 @@ class SshRank(RankProcess):
         each in a memfd and replaces ``{memfd:NAME}`` in ``argv`` and ``env``
         with its path, so no file is written on the host.
         """
+        cores = 1 if self.prepared is None else self.prepared.cores
+        env = {**env, **thread_limits(self.ranks_on_host, cores, env)}
         self._start_request = {
             "env": dict(env),
             "argv": list(argv),

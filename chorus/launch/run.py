@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 import os
 import secrets
 import shutil
@@ -45,6 +46,7 @@ from chorus.launch.ports import (
     memfd_hostfile,
 )
 from chorus.launch.process import LocalRank, RankProcess, describe_exit
+from chorus.launch.threads import thread_limits, usable_cores
 
 if TYPE_CHECKING:
     from chorus.launch.remote import SshRank
@@ -320,7 +322,8 @@ def rank_environment(
     -------
     dict
         ``base`` plus the ``CHORUS_*``, ``MLX_*`` and ``PYTHONUNBUFFERED``
-        variables, then ``spec.env``.
+        variables, the BLAS/OpenMP thread counts of
+        :func:`~chorus.launch.threads.thread_limits`, then ``spec.env``.
     """
     env = dict(base)
     env.update(
@@ -342,6 +345,8 @@ def rank_environment(
     )
     if spec.verbose:
         env["CHORUS_VERBOSE"] = "1"
+    # Every rank of the job is on this host: each gets its share of the cores.
+    env.update(thread_limits(spec.nprocs, usable_cores(), {**base, **spec.env}))
     env.update(spec.env)
     return env
 
@@ -747,6 +752,9 @@ async def prepare_remote_ranks(
             ranks.append(
                 SshRank(index, entry.ssh, connection, python=python, bind=bind, advertise=advertise)
             )
+        per_host = Counter(entry.ssh for entry in hostfile.hosts)
+        for rank in ranks:
+            rank.ranks_on_host = per_host[rank.host]
         cwd = spec.cwd or str(Path.cwd())
         steps = [
             rank.prepare(

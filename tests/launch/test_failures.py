@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from chorus.launch.process import PDEATHSIG_BOOTSTRAP
+from chorus.launch.process import PDEATHSIG_BOOTSTRAP, LocalRank, rank_exec_helper
 from tests.launch.helpers import (
     chorus_temp_files,
     launch,
@@ -155,20 +155,42 @@ def test_processes_left_by_a_rank_are_killed(marker: str) -> None:
     assert not wait_gone(marker, timeout=2.0)
 
 
-def test_bootstrap_dies_if_the_launcher_is_already_gone() -> None:
+def _bootstraps() -> dict[str, list[str]]:
+    helper = rank_exec_helper()
+    assert helper is not None, "chorus-rank-exec is not installed next to chorus._core"
+    return {
+        "chorus-rank-exec": [helper],
+        "python": [sys.executable, "-I", "-S", "-c", PDEATHSIG_BOOTSTRAP],
+    }
+
+
+@pytest.mark.parametrize("bootstrap", ["chorus-rank-exec", "python"])
+def test_bootstrap_dies_if_the_launcher_is_already_gone(bootstrap: str) -> None:
     # The race PR_SET_PDEATHSIG alone leaves open: the launcher died before
     # the rank called prctl. The bootstrap then finds another parent and dies.
+    prefix = _bootstraps()[bootstrap]
     not_our_parent = "1"
     done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", PDEATHSIG_BOOTSTRAP, not_our_parent,
-         "/bin/echo", "echo", "must not run"],
+        [*prefix, not_our_parent, "/bin/echo", "echo", "must not run"],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert done.returncode == -signal.SIGKILL
     assert done.stdout == ""
     done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", PDEATHSIG_BOOTSTRAP, str(os.getpid()),
-         "/bin/echo", "echo", "runs"],
+        [*prefix, str(os.getpid()), "/bin/echo", "echo", "runs"],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert (done.returncode, done.stdout) == (0, "runs\n")
+    done = subprocess.run(
+        [*prefix, str(os.getpid()), "/nonexistent/program", "program"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 127
+    assert "cannot execute /nonexistent/program" in done.stderr
+
+
+def test_local_ranks_start_through_the_compiled_bootstrap() -> None:
+    # The interpreter-free helper is what keeps `chorus launch` start-up
+    # short; a broken install would silently fall back to the Python one.
+    rank = LocalRank(0, ["/bin/true"], {})
+    assert rank.command() == [rank_exec_helper(), str(os.getpid()), "/bin/true", "/bin/true"]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from chorus.launch.threads import usable_cores
+
 from tests.hosts.emulated import EmulatedHosts
 from tests.hosts.fixtures import EmulatedHostsFactory
 
@@ -107,10 +109,16 @@ def test_hostfile_in_mlx_shape_with_two_ranks_per_host(
         for _ in range(2)
     ]
     hostfile.write_text(json.dumps({"backend": "ring", "envs": ["GREETING=hi"], "hosts": entries}))
-    script = ALLSUM + "import os\nprint('env', os.environ['GREETING'])\n"
+    script = ALLSUM + (
+        "import os\nprint('env', os.environ['GREETING'])\n"
+        "print('threads', os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+    )
     result = launch(switch_hosts, "--hostfile", str(hostfile), "-c", script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("env hi") == 4
+    # Two ranks per host: each gets half of that host's cores for BLAS.
+    share = max(1, usable_cores() // 2)
+    assert result.stdout.count(f"threads {share}\n") == 4, result.stdout
     hosts_seen = sorted(line.split()[1] for line in result.stdout.splitlines() if "ring" in line)
     assert hosts_seen == ["h0", "h0", "h1", "h1"]
     assert_no_orphans(switch_hosts)
