@@ -174,8 +174,13 @@ class SshRank(RankProcess):
             _join(ip, port) for ip, port in zip(self.advertise, answer["mlx_ports"], strict=True)
         ]
         self.prepared = Prepared(
-            answer["hostname"], answer["pid"], addresses, mlx, answer["cwd"],
-            answer["free_ports"], answer["cores"],
+            answer["hostname"],
+            answer["pid"],
+            addresses,
+            mlx,
+            answer["cwd"],
+            answer["free_ports"],
+            answer["cores"],
         )
         return self.prepared
 

@@ -13,9 +13,7 @@ from tests.launch.helpers import CHORUS
 
 pytestmark = pytest.mark.timeout(60)
 
-SHOW = "import json, os; print(json.dumps({k: os.environ.get(k) for k in %r}))" % (
-    list(THREAD_VARIABLES),
-)
+SHOW = f"import json, os; print(json.dumps({{k: os.environ.get(k) for k in {list(THREAD_VARIABLES)!r}}}))"
 
 
 def test_thread_limits_divides_the_cores() -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from chorus.launch.threads import usable_cores
-
 from tests.hosts.emulated import EmulatedHosts
 from tests.hosts.fixtures import EmulatedHostsFactory
 
