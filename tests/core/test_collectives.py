@@ -47,6 +47,13 @@ def check(name, got, want, same_everywhere=True):
         digest.update(np.ascontiguousarray(got).tobytes())
     checked += 1
 
+def check_out(name, call, want, same_everywhere=True):
+    # out= gets the same result, written into the caller's (dirty) array.
+    out = np.full_like(want, 1)
+    got = call(out)
+    assert got is out, name
+    check(name + " out=", got, want, same_everywhere)
+
 case = 0
 for dtype in DTYPES:
     complex_ = np.issubdtype(dtype, np.complexfloating)
@@ -65,11 +72,18 @@ for dtype in DTYPES:
             want = everyone[0].copy()
             for other in everyone[1:]:
                 want = ufunc(want, other).astype(dtype)
-            check(f"all_{op} {dtype} {shape}", fn(mine), np.asarray(want, dtype=dtype))
+            want = np.asarray(want, dtype=dtype)
+            check(f"all_{op} {dtype} {shape}", fn(mine), want)
+            check_out(f"all_{op} {dtype} {shape}", lambda o, x=mine, fn=fn: fn(x, out=o), want)
+            inplace = np.array(mine)
+            check(f"all_{op} in place {dtype} {shape}", fn(inplace, out=inplace), want)
         want = np.concatenate([np.atleast_1d(e) for e in everyone])
         check(f"all_gather {dtype} {shape}", chorus.all_gather(mine), want)
+        check_out(f"all_gather {dtype} {shape}", lambda o: chorus.all_gather(mine, out=o), want)
         root = case % size
         check(f"broadcast {dtype} {shape}", chorus.broadcast(mine, root), everyone[root])
+        check_out(f"broadcast {dtype} {shape}", lambda o: chorus.broadcast(mine, root, out=o),
+                  everyone[root])
         # sum_scatter needs a first axis divisible by size
         rows = size * (1 + case % 3)
         case += 1
@@ -80,6 +94,18 @@ for dtype in DTYPES:
         block = rows // size
         check(f"sum_scatter {dtype}", chorus.sum_scatter(mine),
               total[rank * block:(rank + 1) * block], same_everywhere=False)
+        check_out(f"sum_scatter {dtype}", lambda o: chorus.sum_scatter(mine, out=o),
+                  total[rank * block:(rank + 1) * block], same_everywhere=False)
+
+# out= that does not fit is refused on the calling rank, before any communication.
+for bad, error in ((np.empty(3, np.float32), ValueError), (np.empty(4, np.float64), ValueError),
+                   (np.empty(8, np.float32)[::2], ValueError), ([0.0] * 4, TypeError)):
+    try:
+        chorus.all_sum(np.ones(4, np.float32), out=bad)
+    except error as exc:
+        assert "out" in str(exc), exc
+    else:
+        raise AssertionError(f"out={bad!r} was accepted")
 
 # A big float32 array with non-integer values: compare with tolerance, then
 # bit-identity across ranks through the digest.
