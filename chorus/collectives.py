@@ -36,7 +36,7 @@ def _as_array(x: ArrayLike) -> np.ndarray[Any, Any]:
 
 
 def _output(
-    out: np.ndarray[Any, Any] | None,
+    out: object,
     shape: tuple[int, ...],
     dtype: np.dtype[Any],
     array: np.ndarray[Any, Any],
