@@ -27,6 +27,8 @@ ArrayLike = npt.ArrayLike
 
 def _as_array(x: ArrayLike) -> np.ndarray[Any, Any]:
     """Any array-like (buffer protocol, ``__array__``, scalar) as a C-contiguous array."""
+    if type(x) is np.ndarray and x.flags.c_contiguous and x.dtype.isnative:
+        return x  # the common case, kept cheap: small collectives are all overhead
     array = np.asarray(x, order="C")
     if array.dtype.byteorder not in ("=", "|"):
         array = array.astype(array.dtype.newbyteorder("="))
@@ -39,18 +41,19 @@ def _output(
     out: object,
     shape: tuple[int, ...],
     dtype: np.dtype[Any],
-    array: np.ndarray[Any, Any],
     name: str,
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """The result array (fresh, or the checked ``out``) and the input to send.
+) -> np.ndarray[Any, Any]:
+    """The result array: fresh, or the checked ``out``.
 
     ``out`` must match exactly: no casting, no reshaping, C-contiguous and
-    writeable, since the backend writes raw bytes into it. An ``out`` that
-    overlaps the input (``all_sum(x, out=x)``) gets a private copy of the
-    input first: backends read their input while they write the result.
+    writeable, since the backend writes raw bytes into it (the compiled
+    module checks layout and size; shape and dtype are checked here for a
+    clearer message). An ``out`` that overlaps the input (``all_sum(x,
+    out=x)``) is fine: the compiled module then sends a private copy of the
+    input, since backends read their input while they write the result.
     """
     if out is None:
-        return np.empty(shape, dtype=dtype), array
+        return np.empty(shape, dtype=dtype)
     if not isinstance(out, np.ndarray):
         msg = f"{name}: out must be a numpy.ndarray, not {type(out).__name__}"
         raise TypeError(msg)
@@ -60,15 +63,7 @@ def _output(
             f"the result has shape {shape} and dtype {dtype}"
         )
         raise ValueError(msg)
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        msg = f"{name}: out must be C-contiguous and writeable"
-        raise ValueError(msg)
-    if out.dtype.byteorder not in ("=", "|"):
-        msg = f"{name}: out must be in native byte order"
-        raise ValueError(msg)
-    if np.may_share_memory(out, array):
-        array = array.copy()
-    return out, array
+    return out
 
 
 def _reduce(
@@ -76,7 +71,7 @@ def _reduce(
 ) -> np.ndarray[Any, Any]:
     g = default_group(group)
     array = _as_array(x)
-    result, array = _output(out, array.shape, array.dtype, array, f"all_{op}")
+    result = _output(out, array.shape, array.dtype, f"all_{op}")
     _core.all_reduce(g._impl, array, result, op)
     return result
 
@@ -145,7 +140,7 @@ def all_gather(
     g = default_group(group)
     array = _as_array(x)
     shape = (g.size(),) if array.ndim == 0 else (g.size() * array.shape[0], *array.shape[1:])
-    result, array = _output(out, shape, array.dtype, array, "all_gather")
+    result = _output(out, shape, array.dtype, "all_gather")
     _core.all_gather(g._impl, array, result)
     return result
 
@@ -171,7 +166,7 @@ def sum_scatter(
         )
         raise ValueError(msg)
     shape = (array.shape[0] // size, *array.shape[1:])
-    result, array = _output(out, shape, array.dtype, array, "sum_scatter")
+    result = _output(out, shape, array.dtype, "sum_scatter")
     _core.reduce_scatter(g._impl, array, result, "sum")
     return result
 
@@ -192,7 +187,7 @@ def broadcast(
     if out is None:
         result = np.array(array, copy=True)
     else:
-        result, array = _output(out, array.shape, array.dtype, array, "broadcast")
+        result = _output(out, array.shape, array.dtype, "broadcast")
         np.copyto(result, array)
     _core.broadcast(g._impl, result, root)
     return result

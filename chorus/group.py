@@ -243,7 +243,11 @@ def is_available(backend: str | None = None) -> bool:
 
 def default_group(group: Group | None) -> Group:
     """``group`` itself, or the world group from :func:`init`."""
-    return init() if group is None else group
+    if group is not None:
+        return group
+    # Every collective comes here: skip init()'s lock once the world exists.
+    first = _first
+    return first if first is not None else init()
 
 
 def _reset_for_tests() -> None:

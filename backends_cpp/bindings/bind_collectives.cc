@@ -5,6 +5,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 #include "chorus/common/error.h"
 #include "chorus/ops.h"
@@ -51,6 +52,20 @@ void check_out(const py::array& x, const py::array& out, size_t expected_bytes) 
   }
 }
 
+// The input to send: `x` itself, or a private copy in `keep` when `out`
+// overlaps it (all_sum(x, out=x)), since backends read their input while
+// they write the result.
+const void* input_for(const py::array& x, const py::array& out, std::vector<char>& keep) {
+  const auto* in = static_cast<const char*>(x.data());
+  const auto* dst = static_cast<const char*>(out.data());
+  const auto in_bytes = static_cast<size_t>(x.nbytes());
+  const auto out_bytes = static_cast<size_t>(out.nbytes());
+  const bool overlap = in < dst + out_bytes && dst < in + in_bytes;
+  if (!overlap || in_bytes == 0) return in;
+  keep.assign(in, in + in_bytes);
+  return keep.data();
+}
+
 // Runs a communication call with the GIL released. When a peer's abort ends
 // the call while this process also has a pending signal (a Jupyter
 // interrupt reaches every rank, and a neighbour may notice it first), the
@@ -85,7 +100,10 @@ Dtype dtype_of(const py::array& array) {
   const py::dtype dt = array.dtype();
   const char kind = dt.kind();
   const auto size = dt.itemsize();
-  if (size > 1 && !dt.attr("isnative").cast<bool>())
+  // dtype.isnative without a Python attribute lookup per call.
+  const char order = dt.byteorder();
+  const char native = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? '<' : '>';
+  if (size > 1 && order != '=' && order != '|' && order != native)
     throw py::type_error("chorus needs native byte order arrays");
   switch (kind) {
     case 'b': return Dtype::Bool;
@@ -135,7 +153,8 @@ void register_collectives(py::module_& m) {
       [](GroupImpl& g, const py::array& x, py::array& out, const std::string& op) {
         CallDesc desc = describe(x, Collective::AllReduce, parse_op(op));
         check_out(x, out, desc.nbytes());
-        const void* in = x.data();
+        std::vector<char> keep;
+        const void* in = input_for(x, out, keep);
         void* dst = out.mutable_data();
         communicate([&] { ops::all_reduce(g, desc, in, dst); });
       },
@@ -145,7 +164,8 @@ void register_collectives(py::module_& m) {
       [](GroupImpl& g, const py::array& x, py::array& out) {
         CallDesc desc = describe(x, Collective::AllGather);
         check_out(x, out, desc.nbytes() * static_cast<size_t>(g.size()));
-        const void* in = x.data();
+        std::vector<char> keep;
+        const void* in = input_for(x, out, keep);
         void* dst = out.mutable_data();
         communicate([&] { ops::all_gather(g, desc, in, dst); });
       },
@@ -156,7 +176,8 @@ void register_collectives(py::module_& m) {
         CallDesc desc = describe(x, Collective::ReduceScatter, parse_op(op));
         const size_t size = static_cast<size_t>(g.size());
         if (desc.count % size == 0) check_out(x, out, desc.nbytes() / size);
-        const void* in = x.data();
+        std::vector<char> keep;
+        const void* in = input_for(x, out, keep);
         void* dst = out.mutable_data();
         communicate([&] { ops::reduce_scatter(g, desc, in, dst); });
       },

@@ -48,12 +48,14 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <iomanip>
 #include <new>
 #include <sstream>
 #include <thread>
 
+#include "chorus/algorithms/copy.h"
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/common/logging.h"
@@ -145,6 +147,20 @@ std::string short_desc(const CallDesc& d, const CallDesc& other) {
   return out.str();
 }
 
+int usable_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+std::chrono::microseconds yield_budget(int ranks) {
+  if (const char* text = std::getenv("CHORUS_SHM_YIELD_US")) {
+    return std::chrono::microseconds(std::strtol(text, nullptr, 10));
+  }
+  return ranks > usable_cores() ? std::chrono::microseconds(100) : std::chrono::microseconds(0);
+}
+
 double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
 }  // namespace
@@ -159,6 +175,7 @@ ShmGroup::ShmGroup(const InitOptions& options, std::string tag)
   pending_.resize(size_);
   pending_off_.assign(size_, 0);
   skip_.assign(size_, 0);
+  yield_budget_ = yield_budget(size_);
   rendezvous();
 }
 
@@ -355,12 +372,42 @@ void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
   if (ready()) return;
   // A short spin catches peers that are a few microseconds behind without a
   // syscall; anything longer sleeps, since ranks may outnumber cores.
-  const auto spin_end = Clock::now() + kSpin;
-  do {
+  // (When ranks outnumber cores, the yield below replaces the spin.)
+  const auto spin_end = Clock::now() + (yield_budget_.count() > 0 ? Clock::duration(0) : kSpin);
+  while (Clock::now() < spin_end) {
     for (int i = 0; i < 32; ++i) cpu_relax();
     check_abort();
     if (ready()) return;
-  } while (Clock::now() < spin_end);
+  }
+  // More ranks than cores: the rank we wait for may need this core. Yielding
+  // hands it over without the futex round trip (a sleeping rank is woken by
+  // an IPI, which in a VM costs tens of microseconds), and never starves
+  // anyone: sched_yield returns at once only when nobody else wants the core.
+  auto poll_interrupt = [&] {
+    try {
+      check_interrupt();
+    } catch (const Interrupted&) {
+      if (collective) {
+        publish_abort("rank " + std::to_string(rank_) + " was interrupted during " + op_);
+      }
+      throw;
+    }
+  };
+  if (yield_budget_.count() > 0) {
+    const auto yield_end = Clock::now() + yield_budget_;
+    do {
+      sched_yield();
+      check_abort();
+      if (ready()) return;
+      // A long collective whose waits all end while yielding must still
+      // notice Ctrl-C (the hook takes the GIL: not every round).
+      const auto now = Clock::now();
+      if (now >= next_interrupt_poll_) {
+        next_interrupt_poll_ = now + std::chrono::milliseconds(kInterruptPollMs / 5);
+        poll_interrupt();
+      }
+    } while (Clock::now() < yield_end);
+  }
 
   auto last_liveness = Clock::now();
   for (;;) {
@@ -377,14 +424,7 @@ void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
     }
     bell_.end_wait();
     if (done) return;
-    try {
-      check_interrupt();
-    } catch (const Interrupted&) {
-      if (collective) {
-        publish_abort("rank " + std::to_string(rank_) + " was interrupted during " + op_);
-      }
-      throw;
-    }
+    poll_interrupt();
     const auto now = Clock::now();
     if (wake != FutexWake::Woken ||
         now - last_liveness >= std::chrono::milliseconds(kInterruptPollMs)) {
@@ -589,7 +629,8 @@ void ShmGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
     for (size_t j = 0; j <= nchunks + 1; ++j) {
       const uint64_t phase = p0 + j;
       if (j >= 2) {
-        std::memcpy(dst + (j - 2) * per_chunk * es, slot(0, phase - 2), chunk_count(j - 2) * es);
+        copy_result(dst + (j - 2) * per_chunk * es, slot(0, phase - 2), chunk_count(j - 2) * es,
+                    nbytes);
       }
       if (j >= 1 && j <= nchunks) {
         const size_t n = chunk_count(j - 1);
@@ -624,7 +665,7 @@ void ShmGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
         const size_t off = (j - 1) * chunk;
         const size_t len = std::min(chunk, nbytes - off);
         for (int r = 0; r < size_; ++r)
-          std::memcpy(dst + r * nbytes + off, slot(r, phase - 1), len);
+          copy_result(dst + r * nbytes + off, slot(r, phase - 1), len, nbytes * size_);
       }
       if (j < nchunks) {
         std::memcpy(slot(rank_, phase), src + j * chunk, std::min(chunk, nbytes - j * chunk));
@@ -651,7 +692,7 @@ void ShmGroup::broadcast(const CallDesc& desc, void* buf) {
       const uint64_t phase = p0 + j;
       if (!is_root && j >= 1 && j - 1 < nchunks) {
         const size_t off = (j - 1) * chunk;
-        std::memcpy(data + off, slot(desc.root, phase - 1), std::min(chunk, nbytes - off));
+        copy_result(data + off, slot(desc.root, phase - 1), std::min(chunk, nbytes - off), nbytes);
       }
       if (is_root && j < nchunks) {
         std::memcpy(slot(rank_, phase), data + j * chunk, std::min(chunk, nbytes - j * chunk));
