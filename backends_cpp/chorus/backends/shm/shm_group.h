@@ -2,8 +2,8 @@
 // segment, waits on futexes. See shm_group.cc for the protocol.
 #pragma once
 
-#include <cstdint>
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -96,7 +96,7 @@ class ShmGroup final : public GroupImpl {
   // How long a wait yields the core before sleeping (0: ranks <= cores).
   std::chrono::microseconds yield_budget_{0};
   std::chrono::steady_clock::time_point next_interrupt_poll_{};  // see wait()
-  std::string broken_;         // set once a peer died: the group is unusable
+  std::string broken_;  // set once a peer died: the group is unusable
   // Point to point: bytes drained from incoming rings while a send was
   // blocked (so symmetric exchanges of any size progress), per source rank.
   std::vector<std::vector<char>> pending_;
