@@ -58,7 +58,8 @@ RingLayout layout_blocks(size_t block_count, size_t elem, int n) {
 }
 
 void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel kernel, size_t elem,
-                         size_t segment, uint8_t* buf) {
+                         size_t segment, const uint8_t* in, uint8_t* buf,
+                         std::vector<uint8_t>& scratch) {
   const int n = pair.size(), r = pair.rank();
   const size_t seg = round_segment(segment, elem);
   // Step s: send block r - d(s+1), receive block r - d(s+2) and reduce it in;
@@ -66,21 +67,21 @@ void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel 
   // one received (s = n-2) is block r itself.
   auto send_block = [&](int lane, int s) { return mod(r - 1LL * kDir[lane] * (s + 1), n); };
   auto recv_block = [&](int lane, int s) { return mod(r - 1LL * kDir[lane] * (s + 2), n); };
-  std::vector<uint8_t> tmp[2][2];
-  std::vector<uint64_t> tickets[2][2];
-  for (int lane = 0; lane < 2; ++lane) {
-    size_t biggest = 0;
+  // Two receive buffers per lane (steps alternate), carved out of scratch.
+  size_t biggest = 0;
+  for (int lane = 0; lane < 2; ++lane)
     for (const Range& b : layout.lane[lane]) biggest = std::max(biggest, b.length);
-    tmp[lane][0].resize(biggest);
-    tmp[lane][1].resize(biggest);
-  }
+  if (scratch.size() < 4 * biggest) scratch.resize(4 * biggest);
+  uint8_t* tmp[2][2] = {{scratch.data(), scratch.data() + biggest},
+                        {scratch.data() + 2 * biggest, scratch.data() + 3 * biggest}};
+  std::vector<uint64_t> tickets[2][2];
   auto post_recvs = [&](int s) {
     for (int lane = 0; lane < 2; ++lane) {
       const Range blk = layout.lane[lane][recv_block(lane, s)];
       auto& t = tickets[lane][s % 2];
       t.clear();
       for (size_t j = 0; j < segments_in(blk.length, seg); ++j) {
-        t.push_back(pair.irecv(kFrom[lane], tmp[lane][s % 2].data() + j * seg,
+        t.push_back(pair.irecv(kFrom[lane], tmp[lane][s % 2] + j * seg,
                                segment_length(blk.length, seg, j)));
       }
     }
@@ -90,7 +91,7 @@ void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel 
   for (int lane = 0; lane < 2; ++lane) {
     const Range blk = layout.lane[lane][send_block(lane, 0)];
     for (size_t j = 0; j < segments_in(blk.length, seg); ++j) {
-      pair.isend(kTo[lane], buf + blk.offset + j * seg, segment_length(blk.length, seg, j));
+      pair.isend(kTo[lane], in + blk.offset + j * seg, segment_length(blk.length, seg, j));
     }
   }
   for (int s = 0; s <= n - 2; ++s) {
@@ -103,8 +104,10 @@ void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel 
         if (j >= segments_in(blk[lane].length, seg)) continue;
         pair.wait_recv(kFrom[lane], tickets[lane][s % 2][j]);
         const size_t len = segment_length(blk[lane].length, seg, j);
-        uint8_t* dst = buf + blk[lane].offset + j * seg;
-        kernel(dst, dst, tmp[lane][s % 2].data() + j * seg, len / elem);
+        // Each block is received once, so its own part is still pristine in `in`.
+        const size_t at = blk[lane].offset + j * seg;
+        uint8_t* dst = buf + at;
+        kernel(dst, in + at, tmp[lane][s % 2] + j * seg, len / elem);
         if (s + 1 <= n - 2) pair.isend(kTo[lane], dst, len);
       }
     }
@@ -151,9 +154,9 @@ void ring_all_gather(RingPair& pair, const RingLayout& layout, size_t elem, size
 }
 
 void ring_all_reduce(RingPair& pair, ReduceKernel kernel, size_t elem, size_t count, size_t segment,
-                     uint8_t* buf) {
+                     const uint8_t* in, uint8_t* buf, std::vector<uint8_t>& scratch) {
   const RingLayout layout = layout_halves(count, elem, pair.size());
-  ring_reduce_scatter(pair, layout, kernel, elem, segment, buf);
+  ring_reduce_scatter(pair, layout, kernel, elem, segment, in, buf, scratch);
   // All-gather receives overwrite blocks whose reduce-scatter sends may still
   // be queued: let those finish first.
   pair.wait_sends();

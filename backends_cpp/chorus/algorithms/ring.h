@@ -54,15 +54,21 @@ RingLayout layout_halves(size_t count, size_t elem, int n);
 // of the buffer (block = block_count elements); lane 0 takes its first half.
 RingLayout layout_blocks(size_t block_count, size_t elem, int n);
 
-// After the call, rank r holds the full reduction of block r of both lanes.
+// This rank's contribution is read from `in` (which may be `buf`); after the
+// call buf holds the full reduction of block r of both lanes (other blocks
+// of buf hold partial sums, except the one sent first, which is untouched).
+// Reading `in` directly saves copying the input into buf first. `scratch`
+// receives the peers' segments; keeping it across calls avoids allocating
+// and page-faulting fresh memory every call.
 void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel kernel, size_t elem,
-                         size_t segment, uint8_t* buf);
+                         size_t segment, const uint8_t* in, uint8_t* buf,
+                         std::vector<uint8_t>& scratch);
 // Rank r starts with block r of both lanes; afterwards every rank has all.
 void ring_all_gather(RingPair& pair, const RingLayout& layout, size_t elem, size_t segment,
                      uint8_t* buf);
-// reduce_scatter then all_gather on layout_halves.
+// reduce_scatter (from `in`) then all_gather, into buf, on layout_halves.
 void ring_all_reduce(RingPair& pair, ReduceKernel kernel, size_t elem, size_t count, size_t segment,
-                     uint8_t* buf);
+                     const uint8_t* in, uint8_t* buf, std::vector<uint8_t>& scratch);
 // buf[nbytes] from root to everyone: lane 0 clockwise, lane 1 the other way.
 void ring_broadcast(RingPair& pair, int root, size_t elem, size_t count, size_t segment,
                     uint8_t* buf);

@@ -525,8 +525,8 @@ void RingGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
       }
       return;
     }
-    if (in != out) std::memmove(dst, in, nbytes);
-    algo::ring_all_reduce(*this, kernel, dtype_size(desc.dtype), desc.count, segment_bytes_, dst);
+    algo::ring_all_reduce(*this, kernel, dtype_size(desc.dtype), desc.count, segment_bytes_,
+                          static_cast<const uint8_t*>(in), dst, scratch_);
   });
 }
 
@@ -549,9 +549,10 @@ void RingGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) 
       }
       return;
     }
-    work_.assign(static_cast<const uint8_t*>(in), static_cast<const uint8_t*>(in) + nbytes);
+    if (work_.size() < nbytes) work_.resize(nbytes);
     const auto layout = algo::layout_blocks(block_count, elem, config_.size);
-    algo::ring_reduce_scatter(*this, layout, kernel, elem, segment_bytes_, work_.data());
+    algo::ring_reduce_scatter(*this, layout, kernel, elem, segment_bytes_,
+                              static_cast<const uint8_t*>(in), work_.data(), scratch_);
     std::memcpy(dst, work_.data() + at, block);
   });
 }

@@ -124,7 +124,8 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   std::optional<PendingAbort> pending_abort_;
   bool entering_ = false;  // start_call is reading what arrived between calls
   std::vector<pollfd> fds_;
-  std::vector<uint8_t> work_;  // reduce_scatter's working copy (may still be queued on failure)
+  std::vector<uint8_t> work_;     // reduce_scatter's working copy (may still be queued on failure)
+  std::vector<uint8_t> scratch_;  // the ring algorithms' receive buffers, kept across calls
   uint64_t split_count_ = 0;
   tcp::Clock::time_point last_interrupt_check_;
 };
