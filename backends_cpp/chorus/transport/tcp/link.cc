@@ -92,6 +92,7 @@ uint64_t Link::post_recv(void* data, size_t n) {
     } else if (n > 0) {
       std::memcpy(data, f.payload.data(), n);
     }
+    recycle(std::move(f.payload));
     unexpected_.erase(it);
     return ticket;
   }
@@ -242,11 +243,33 @@ void Link::start_payload(size_t i) {
       f.type = type;
       f.aux0 = h.aux0;
       f.aux1 = h.aux1;
-      f.payload.resize(h.length);
+      f.payload = spare_buffer(h.length);
       s.dst = f.payload.data();
     }
   }
   if (s.length == 0) finish_frame(s);
+}
+
+// Frames that arrive before their receive is posted land in a buffer of
+// their own. Pipelined collectives send many frames of one size, so keeping
+// a few consumed buffers (and handing back one of exactly the right size)
+// saves allocating and zero-filling a segment per early frame.
+std::vector<uint8_t> Link::spare_buffer(size_t n) {
+  for (auto& spare : spare_) {
+    if (spare.size() == n) {
+      std::swap(spare, spare_.back());
+      std::vector<uint8_t> found = std::move(spare_.back());
+      spare_.pop_back();
+      return found;
+    }
+  }
+  return std::vector<uint8_t>(n);
+}
+
+void Link::recycle(std::vector<uint8_t> buffer) {
+  if (buffer.size() < kInlineBytes) return;
+  if (spare_.size() >= kSpareBuffers) spare_.erase(spare_.begin());
+  spare_.push_back(std::move(buffer));
 }
 
 void Link::finish_frame(Stream& s) {
@@ -269,6 +292,7 @@ void Link::finish_frame(Stream& s) {
         return;
       }
       if (!f.payload.empty()) std::memcpy(posted->second.first, f.payload.data(), f.payload.size());
+      recycle(std::move(f.payload));
       unexpected_.erase(unexpected);
       posted_.erase(posted);
     }

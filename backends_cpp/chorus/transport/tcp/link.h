@@ -125,6 +125,8 @@ class Link {
   void read_stream(size_t i);
   void write_stream(Stream& s);
   void finish_frame(Stream& s);
+  std::vector<uint8_t> spare_buffer(size_t n);
+  void recycle(std::vector<uint8_t> buffer);
   void start_payload(size_t i);
   void on_eof(size_t i);
   void check_eof_stream(uint64_t ticket);
@@ -139,6 +141,9 @@ class Link {
   uint64_t next_rx_ = 0;  // next frame index to hand out (post_recv / take)
   std::unordered_map<uint64_t, std::pair<uint8_t*, size_t>> posted_;
   std::map<uint64_t, Frame> unexpected_;
+  // Buffers of consumed early frames, reused by later ones (spare_buffer()).
+  static constexpr size_t kSpareBuffers = 8;
+  std::vector<std::vector<uint8_t>> spare_;
   uint64_t bytes_rx_ = 0, bytes_tx_ = 0;
 };
 
