@@ -14,6 +14,7 @@
 #include <chrono>
 #include <complex>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <future>
@@ -86,7 +87,16 @@ void run_ranks(int n, size_t segment_bytes, const std::function<void(int, GroupI
 
 class ShmTest : public ::testing::Test {
  protected:
+  // Interrupt tests need every wait that is not ready at once to sleep on
+  // the futex, which is where the interrupt hook runs; a spin or yield that
+  // ends the wait first would let the call finish before the "interrupt".
+  void sleep_at_once() {
+    ::setenv("CHORUS_SHM_SPIN_US", "0", 1);
+    ::setenv("CHORUS_SHM_YIELD_US", "0", 1);
+  }
   void TearDown() override {
+    ::unsetenv("CHORUS_SHM_SPIN_US");
+    ::unsetenv("CHORUS_SHM_YIELD_US");
     set_interrupt_hook(nullptr);
     EXPECT_EQ(leftovers(), std::vector<std::string>{}) << "segments left in /dev/shm";
   }
@@ -548,18 +558,19 @@ void test_interrupt_hook() {
 }
 
 TEST_F(ShmTest, InterruptMidAllSumThenRecover) {
+  sleep_at_once();
   set_interrupt_hook(&test_interrupt_hook);
   for (int round = 0; round < 2; ++round) {
     run_ranks(
         4, 4096,
         [&](int rank, GroupImpl& g) {
-          const size_t count = 1u << 21;  // 8 MiB of float32: hundreds of chunks
+          const size_t count = 1u << 22;  // 16 MiB of float32: thousands of chunks
           std::vector<float> in(count, 1.f), out(count);
           // Every rank must be inside the call when rank 1 is interrupted: a
           // rank that enters after the abort was published runs the call
           // (see InterruptAfterPeerFinishedThenRecover), which is another test.
           ops::barrier(g);
-          if (rank == 1) t_interrupt_at = Clock::now() + std::chrono::milliseconds(30);
+          if (rank == 1) t_interrupt_at = Clock::now() + std::chrono::milliseconds(10);
           try {
             ops::all_reduce(g, desc_of(Collective::AllReduce, Dtype::Float32, count), in.data(),
                             out.data());
@@ -585,6 +596,7 @@ TEST_F(ShmTest, InterruptMidAllSumThenRecover) {
 // A rank that already finished the call before the abort was published
 // recovers at the start of its next collective.
 TEST_F(ShmTest, InterruptAfterPeerFinishedThenRecover) {
+  sleep_at_once();
   set_interrupt_hook(&test_interrupt_hook);
   g_peer_entering.store(false);
   std::promise<void> aborted;
@@ -621,6 +633,7 @@ void sleepy_interrupt_hook() {
 // A receiver interrupted half-way through a message skips its rest later;
 // a sender interrupted half-way makes the pair unusable, and says so.
 TEST_F(ShmTest, PointToPointInterruptedMidMessage) {
+  sleep_at_once();
   set_interrupt_hook(&sleepy_interrupt_hook);
   run_ranks(2, 1024, [&](int rank, GroupImpl& g) {
     std::vector<char> big(1u << 20, 'x'), small(8, 's');

@@ -154,11 +154,23 @@ int usable_cores() {
   return std::max(1, CPU_COUNT(&set));
 }
 
+// How long a wait spins, then yields, before it sleeps on the futex.
+// CHORUS_SHM_SPIN_US / CHORUS_SHM_YIELD_US override them (measurements, and
+// tests that need every wait to reach the futex and its interrupt check).
+std::chrono::microseconds env_micros(const char* name, std::chrono::microseconds fallback) {
+  const char* text = std::getenv(name);
+  return text ? std::chrono::microseconds(std::strtol(text, nullptr, 10)) : fallback;
+}
+
+std::chrono::microseconds spin_budget(int ranks) {
+  // When ranks outnumber cores the yield phase replaces the spin.
+  return env_micros("CHORUS_SHM_SPIN_US",
+                    ranks > usable_cores() ? std::chrono::microseconds(0) : kSpin);
+}
+
 std::chrono::microseconds yield_budget(int ranks) {
-  if (const char* text = std::getenv("CHORUS_SHM_YIELD_US")) {
-    return std::chrono::microseconds(std::strtol(text, nullptr, 10));
-  }
-  return ranks > usable_cores() ? std::chrono::microseconds(100) : std::chrono::microseconds(0);
+  return env_micros("CHORUS_SHM_YIELD_US", ranks > usable_cores() ? std::chrono::microseconds(100)
+                                                                  : std::chrono::microseconds(0));
 }
 
 double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
@@ -175,6 +187,7 @@ ShmGroup::ShmGroup(const InitOptions& options, std::string tag)
   pending_.resize(size_);
   pending_off_.assign(size_, 0);
   skip_.assign(size_, 0);
+  spin_budget_ = spin_budget(size_);
   yield_budget_ = yield_budget(size_);
   rendezvous();
 }
@@ -372,8 +385,7 @@ void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
   if (ready()) return;
   // A short spin catches peers that are a few microseconds behind without a
   // syscall; anything longer sleeps, since ranks may outnumber cores.
-  // (When ranks outnumber cores, the yield below replaces the spin.)
-  const auto spin_end = Clock::now() + (yield_budget_.count() > 0 ? Clock::duration(0) : kSpin);
+  const auto spin_end = Clock::now() + spin_budget_;
   while (Clock::now() < spin_end) {
     for (int i = 0; i < 32; ++i) cpu_relax();
     check_abort();

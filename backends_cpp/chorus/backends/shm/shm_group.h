@@ -93,7 +93,8 @@ class ShmGroup final : public GroupImpl {
   uint32_t calls_ = 0;     // collectives entered in this epoch (the current one included)
   uint64_t splits_ = 0;
   std::string op_ = "set-up";  // current operation, for messages
-  // How long a wait yields the core before sleeping (0: ranks <= cores).
+  // How long a wait spins, then yields the core, before it sleeps (wait()).
+  std::chrono::microseconds spin_budget_{0};
   std::chrono::microseconds yield_budget_{0};
   std::chrono::steady_clock::time_point next_interrupt_poll_{};  // see wait()
   std::string broken_;  // set once a peer died: the group is unusable
