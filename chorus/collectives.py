@@ -6,6 +6,11 @@ caller's ``out=``) and makes one call into the compiled module, which
 releases the GIL while it communicates. At size 1 every collective returns a
 copy of its input.
 
+all_sum/all_max/all_min/all_gather first try ``_core.*_fast``, which does
+the checks in C++ for a plain C-contiguous ndarray (small messages are
+mostly call overhead) and returns None, before communicating, for anything
+that needs converting or a detailed error.
+
 ``out=`` writes the result into an existing array, as numpy's ufuncs do: in
 a loop this skips allocating, page-faulting and zeroing a fresh result every
 call, which costs as much as the communication for arrays of tens of MiB.
@@ -70,6 +75,9 @@ def _reduce(
     x: ArrayLike, op: str, group: Group | None, out: np.ndarray[Any, Any] | None
 ) -> np.ndarray[Any, Any]:
     g = default_group(group)
+    fast = _core.all_reduce_fast(g._impl, x, out, op)
+    if fast is not None:
+        return fast
     array = _as_array(x)
     result = _output(out, array.shape, array.dtype, f"all_{op}")
     _core.all_reduce(g._impl, array, result, op)
@@ -138,6 +146,9 @@ def all_gather(
     the same shape and dtype. ``out``: see :func:`all_sum`.
     """
     g = default_group(group)
+    fast = _core.all_gather_fast(g._impl, x, out)
+    if fast is not None:
+        return fast
     array = _as_array(x)
     shape = (g.size(),) if array.ndim == 0 else (g.size() * array.shape[0], *array.shape[1:])
     result = _output(out, shape, array.dtype, "all_gather")

@@ -106,6 +106,12 @@ for bad, error in ((np.empty(3, np.float32), ValueError), (np.empty(4, np.float6
         assert "out" in str(exc), exc
     else:
         raise AssertionError(f"out={bad!r} was accepted")
+try:
+    chorus.all_gather(np.ones(4, np.float32), out=np.empty(4 * size + 1, np.float32))
+except ValueError as exc:
+    assert f"out has shape ({4 * size + 1},)" in str(exc), exc
+else:
+    raise AssertionError("all_gather accepted an out one element too long")
 
 # A big float32 array with non-integer values: compare with tolerance, then
 # bit-identity across ranks through the digest.
@@ -125,6 +131,11 @@ check("scalar", chorus.all_sum(np.float64(rank)), np.asarray(float(sum(range(siz
 check("list", chorus.all_sum([rank, 1]), np.asarray([sum(range(size)), size]))
 check("memoryview", chorus.all_sum(memoryview(bytearray([rank, 1]))),
       np.asarray([sum(range(size)) % 256, size], dtype=np.uint8))
+# Byte-swapped input: converted to native order, result in native order.
+swapped = (np.arange(4) * rank).astype(">i4")
+check("byteswapped", chorus.all_sum(swapped), (np.arange(4) * sum(range(size))).astype("=i4"))
+check("byteswapped gather", chorus.all_gather(swapped),
+      np.concatenate([(np.arange(4) * r).astype("=i4") for r in range(size)]))
 chorus.barrier()
 print("CHECKED", checked, "DIGEST", digest.hexdigest())
 """
