@@ -74,10 +74,8 @@ def _output(
 def _reduce(
     x: ArrayLike, op: str, group: Group | None, out: np.ndarray[Any, Any] | None
 ) -> np.ndarray[Any, Any]:
+    """The careful path of all_sum & co: convert the input, check ``out``."""
     g = default_group(group)
-    fast = _core.all_reduce_fast(g._impl, x, out, op)
-    if fast is not None:
-        return fast
     array = _as_array(x)
     result = _output(out, array.shape, array.dtype, f"all_{op}")
     _core.all_reduce(g._impl, array, result, op)
@@ -114,7 +112,8 @@ def all_sum(
     chorus.PeerError
         A peer died or aborted the call.
     """
-    return _reduce(x, "sum", group, out)
+    fast = _core.all_reduce_fast(default_group(group)._impl, x, out, "sum")
+    return fast if fast is not None else _reduce(x, "sum", group, out)
 
 
 def all_max(
@@ -124,7 +123,8 @@ def all_max(
 
     Raises ``TypeError`` for complex arrays. See :func:`all_sum`.
     """
-    return _reduce(x, "max", group, out)
+    fast = _core.all_reduce_fast(default_group(group)._impl, x, out, "max")
+    return fast if fast is not None else _reduce(x, "max", group, out)
 
 
 def all_min(
@@ -134,7 +134,8 @@ def all_min(
 
     Raises ``TypeError`` for complex arrays. See :func:`all_sum`.
     """
-    return _reduce(x, "min", group, out)
+    fast = _core.all_reduce_fast(default_group(group)._impl, x, out, "min")
+    return fast if fast is not None else _reduce(x, "min", group, out)
 
 
 def all_gather(

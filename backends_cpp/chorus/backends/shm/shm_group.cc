@@ -554,6 +554,12 @@ void ShmGroup::write_desc(uint64_t phase, const CallDesc& desc) {
 }
 
 void ShmGroup::check_descs(uint64_t phase) {
+  // The usual case, cheaply: every rank wrote the same bytes we did.
+  bool identical = true;
+  for (int r = 0; r < size_ && identical; ++r) {
+    identical = std::memcmp(slot_desc(r, phase), slot_desc(rank_, phase), sizeof(WireDesc)) == 0;
+  }
+  if (identical) return;
   std::vector<CallDesc> all(size_);
   bool same = true;
   for (int r = 0; r < size_; ++r) {

@@ -19,10 +19,12 @@ void futex_wake_all(std::atomic<uint32_t>* word);
 
 // An event count over two shared words: publishers ring() after changing any
 // shared state; a waiter takes a ticket, re-checks its condition, then sleeps
-// on the ticket. The waiter count lets ring() skip the wake syscall when
-// nobody sleeps. All operations are seq_cst, which is what makes the
-// "waiters incremented, then bell read" / "bell bumped, then waiters read"
-// handshake lose no wake-up.
+// on the ticket. With nobody registered, ring() touches nothing but a load:
+// no contended read-modify-write and no syscall on the fast path. No wake-up
+// is lost because everything is seq_cst (the state a publisher changes too):
+// either the publisher's waiters load sees the waiter registered (it bumps
+// the bell and wakes it), or the waiter's condition check, which comes after
+// it registered, sees the publisher's change.
 class Doorbell {
  public:
   Doorbell() = default;
@@ -30,8 +32,9 @@ class Doorbell {
       : bell_(bell), waiters_(waiters) {}
 
   void ring() {
+    if (waiters_->load() == 0) return;
     bell_->fetch_add(1);
-    if (waiters_->load() != 0) futex_wake_all(bell_);
+    futex_wake_all(bell_);
   }
   void ring_always() {
     bell_->fetch_add(1);
