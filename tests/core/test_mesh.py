@@ -142,10 +142,8 @@ def test_killed_rank_is_named_on_every_rank_within_5_s(ranks: RankRunner, tmp_pa
             chorus.all_sum(np.ones(2))
     except chorus.PeerError as err:
         print("RAISED", repr(str(err)), "AT", time.time(), flush=True)
-    # Survivors stay up a moment: one that leaves at once is a second failure,
-    # and a rank that is still reconnecting may report that one instead of
-    # rank 2 (known mesh limitation, see the issue note).
-    time.sleep(2)
+    # Survivors leave at once: a rank still reconnecting to one of them finds
+    # it gone too, and then names every rank that is gone, rank 2 included.
     """
     job = ranks.start(code, 4, backend="mesh")
     _wait_for(job.procs, marker, 4)

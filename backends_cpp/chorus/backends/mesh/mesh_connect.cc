@@ -166,19 +166,42 @@ bool MeshGroup::install(int p) {
 }
 
 // A dead process's listener refuses connections: that tells "slow" from "gone".
-void MeshGroup::probe(int p) {
+bool MeshGroup::refuses(int p, std::chrono::milliseconds patience) const {
   const auto address = tcp::Address::parse(config_.hosts[p].front());
   try {
-    tcp::Socket s = tcp::Socket::connect(address, Clock::now() + std::chrono::milliseconds(500));
+    tcp::Socket s = tcp::Socket::connect(address, Clock::now() + patience);
   } catch (const tcp::SocketError& e) {
-    if (e.err() == ECONNREFUSED) {
-      const std::string text = who(p) + " is gone (its listener refuses connections) during " + op_;
-      throw MeshFailure(p, ctx_.prefix() + text,
-                        text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
-    }
+    return e.err() == ECONNREFUSED;
   } catch (const PeerError&) {
-    // Timeouts and other errors prove nothing; keep waiting.
+    // Timeouts and other errors prove nothing.
   }
+  return false;
+}
+
+void MeshGroup::probe(int p) {
+  if (refuses(p, std::chrono::milliseconds(500))) report_gone(p);
+}
+
+void MeshGroup::report_gone(int p) {
+  // p may be a survivor that already left after reporting the rank that
+  // really died (its report never reached us: our link to it was down).
+  // Probe everyone, so the message names every rank that is gone.
+  std::vector<int> gone;
+  for (int q = 0; q < config_.size; ++q) {
+    if (q == config_.rank) continue;
+    if (q == p || refuses(q, std::chrono::milliseconds(200))) gone.push_back(q);
+  }
+  std::string text;
+  if (gone.size() == 1) {
+    text = who(p) + " is gone (its listener refuses connections) during " + op_;
+  } else {
+    for (size_t i = 0; i < gone.size(); ++i) {
+      text += (i == 0 ? "" : i + 1 == gone.size() ? " and " : ", ") + who(gone[i]);
+    }
+    text += " are gone (their listeners refuse connections) during " + op_;
+  }
+  throw MeshFailure(p, ctx_.prefix() + text,
+                    text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
 }
 
 // Brings p's link back; false while waiting for a lower rank to dial us.
@@ -189,11 +212,11 @@ bool MeshGroup::recover(int p) {
   } catch (const Interrupted&) {
     throw;
   } catch (const PeerError& e) {
-    const std::string text = who(p) + " could not be reconnected during " + op_ + ": " + e.what();
     const auto* se = dynamic_cast<const tcp::SocketError*>(&e);
+    if (se != nullptr && se->err() == ECONNREFUSED) report_gone(p);
+    const std::string text = who(p) + " could not be reconnected during " + op_ + ": " + e.what();
     throw MeshFailure(p, ctx_.prefix() + text,
-                      text + " (seen by rank " + std::to_string(config_.rank) + ")",
-                      se != nullptr && se->err() == ECONNREFUSED);
+                      text + " (seen by rank " + std::to_string(config_.rank) + ")", false);
   }
   peers_[p].need = false;
   return true;

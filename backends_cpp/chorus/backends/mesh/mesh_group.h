@@ -105,6 +105,8 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   void wait_sends() override;
 
   std::string who(int rank) const;
+  // Whether p's listener refuses a connection within `patience` (p is dead).
+  bool refuses(int p, std::chrono::milliseconds patience) const;
   bool dialer_of(int p) const { return config_.rank < p; }
 
   // Set-up and reconnection (mesh_connect.cc).
@@ -113,6 +115,8 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   void take_accepted();
   bool install(int p);
   void probe(int p);
+  // p refused a connection: throw a fatal MeshFailure naming every rank gone.
+  [[noreturn]] void report_gone(int p);
   bool recover(int p);
   void reset(int p);
 
