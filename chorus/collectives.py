@@ -6,10 +6,11 @@ caller's ``out=``) and makes one call into the compiled module, which
 releases the GIL while it communicates. At size 1 every collective returns a
 copy of its input.
 
-all_sum/all_max/all_min/all_gather first try ``_core.*_fast``, which does
-the checks in C++ for a plain C-contiguous ndarray (small messages are
-mostly call overhead) and returns None, before communicating, for anything
-that needs converting or a detailed error.
+all_sum/all_max/all_min/all_gather hand their arguments to the compiled
+module as they are: it checks a plain C-contiguous ndarray itself (small
+messages are mostly call overhead) and returns None, before communicating,
+for anything that needs converting or a detailed error; the Python path then
+converts or explains, and calls again.
 
 ``out=`` writes the result into an existing array, as numpy's ufuncs do: in
 a loop this skips allocating, page-faulting and zeroing a fresh result every
@@ -51,11 +52,10 @@ def _output(
     """The result array: fresh, or the checked ``out``.
 
     ``out`` must match exactly: no casting, no reshaping, C-contiguous and
-    writeable, since the backend writes raw bytes into it (the compiled
-    module checks layout and size; shape and dtype are checked here for a
-    clearer message). An ``out`` that overlaps the input (``all_sum(x,
-    out=x)``) is fine: the compiled module then sends a private copy of the
-    input, since backends read their input while they write the result.
+    writeable, since the backend writes raw bytes into it. An ``out`` that
+    overlaps the input (``all_sum(x, out=x)``) is fine: the compiled module
+    then sends a private copy of the input, since backends read their input
+    while they write the result.
     """
     if out is None:
         return np.empty(shape, dtype=dtype)
@@ -68,6 +68,9 @@ def _output(
             f"the result has shape {shape} and dtype {dtype}"
         )
         raise ValueError(msg)
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        msg = f"{name}: out must be C-contiguous and writeable"
+        raise ValueError(msg)
     return out
 
 
@@ -78,7 +81,9 @@ def _reduce(
     g = default_group(group)
     array = _as_array(x)
     result = _output(out, array.shape, array.dtype, f"all_{op}")
-    _core.all_reduce(g._impl, array, result, op)
+    if _core.all_reduce(g._impl, array, result, op) is None:
+        msg = "chorus: converted arguments were refused by the compiled module (a bug)"
+        raise RuntimeError(msg)
     return result
 
 
@@ -112,7 +117,7 @@ def all_sum(
     chorus.PeerError
         A peer died or aborted the call.
     """
-    fast = _core.all_reduce_fast(default_group(group)._impl, x, out, "sum")
+    fast = _core.all_reduce(default_group(group)._impl, x, out, "sum")
     return fast if fast is not None else _reduce(x, "sum", group, out)
 
 
@@ -123,7 +128,7 @@ def all_max(
 
     Raises ``TypeError`` for complex arrays. See :func:`all_sum`.
     """
-    fast = _core.all_reduce_fast(default_group(group)._impl, x, out, "max")
+    fast = _core.all_reduce(default_group(group)._impl, x, out, "max")
     return fast if fast is not None else _reduce(x, "max", group, out)
 
 
@@ -134,7 +139,7 @@ def all_min(
 
     Raises ``TypeError`` for complex arrays. See :func:`all_sum`.
     """
-    fast = _core.all_reduce_fast(default_group(group)._impl, x, out, "min")
+    fast = _core.all_reduce(default_group(group)._impl, x, out, "min")
     return fast if fast is not None else _reduce(x, "min", group, out)
 
 
@@ -147,13 +152,15 @@ def all_gather(
     the same shape and dtype. ``out``: see :func:`all_sum`.
     """
     g = default_group(group)
-    fast = _core.all_gather_fast(g._impl, x, out)
+    fast = _core.all_gather(g._impl, x, out)
     if fast is not None:
         return fast
     array = _as_array(x)
     shape = (g.size(),) if array.ndim == 0 else (g.size() * array.shape[0], *array.shape[1:])
     result = _output(out, shape, array.dtype, "all_gather")
-    _core.all_gather(g._impl, array, result)
+    if _core.all_gather(g._impl, array, result) is None:
+        msg = "chorus: converted arguments were refused by the compiled module (a bug)"
+        raise RuntimeError(msg)
     return result
 
 

@@ -94,19 +94,19 @@ void communicate(Call&& call) {
   }
 }
 
-// The fast path of chorus.all_sum & co. Most calls pass a C-contiguous,
-// native-order ndarray and either no out or an exactly fitting one; for
-// small messages the Python checks cost more than the communication, so
-// these are made here. Anything else (a list, a strided or byte-swapped
-// array, an out that does not fit) returns None *before* communicating, and
-// the Python layer converts or explains.
+// all_reduce and all_gather take any objects: most calls pass a
+// C-contiguous, native-order ndarray and either no out or an exactly fitting
+// one, and for small messages the Python checks would cost more than the
+// communication, so these are made here. Anything else (a list, a strided or
+// byte-swapped array, an out that does not fit) returns None *before*
+// communicating, and the Python layer converts or explains, then calls again.
 bool plain_input(py::handle x) {
   if (!py::isinstance<py::array>(x)) return false;
   const auto a = py::reinterpret_borrow<py::array>(x);
   if (!(a.flags() & py::array::c_style)) return false;
   const char order = a.dtype().byteorder();
   const char native = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? '<' : '>';
-  return order == '=' || order == '|' || order == native || a.itemsize() == 1;
+  return order == '=' || order == '|' || order == native;
 }
 
 // out as given when it fits exactly, a new array when it is None, else null.
@@ -183,17 +183,6 @@ uint64_t shape_hash(const py::array& array) {
 void register_collectives(py::module_& m) {
   m.def(
       "all_reduce",
-      [](GroupImpl& g, const py::array& x, py::array& out, const std::string& op) {
-        CallDesc desc = describe(x, Collective::AllReduce, parse_op(op));
-        check_out(x, out, desc.nbytes());
-        std::vector<char> keep;
-        const void* in = input_for(x, out, keep);
-        void* dst = out.mutable_data();
-        communicate([&] { ops::all_reduce(g, desc, in, dst); });
-      },
-      py::arg("group"), py::arg("x"), py::arg("out"), py::arg("op"));
-  m.def(
-      "all_reduce_fast",
       [](GroupImpl& g, py::handle xh, py::handle outh, const std::string& op) -> py::object {
         if (!plain_input(xh)) return py::none();
         const auto x = py::reinterpret_borrow<py::array>(xh);
@@ -209,7 +198,7 @@ void register_collectives(py::module_& m) {
       },
       py::arg("group"), py::arg("x"), py::arg("out"), py::arg("op"));
   m.def(
-      "all_gather_fast",
+      "all_gather",
       [](GroupImpl& g, py::handle xh, py::handle outh) -> py::object {
         if (!plain_input(xh)) return py::none();
         const auto x = py::reinterpret_borrow<py::array>(xh);
@@ -228,17 +217,6 @@ void register_collectives(py::module_& m) {
         void* dst = out.mutable_data();
         communicate([&] { ops::all_gather(g, desc, in, dst); });
         return result;
-      },
-      py::arg("group"), py::arg("x"), py::arg("out"));
-  m.def(
-      "all_gather",
-      [](GroupImpl& g, const py::array& x, py::array& out) {
-        CallDesc desc = describe(x, Collective::AllGather);
-        check_out(x, out, desc.nbytes() * static_cast<size_t>(g.size()));
-        std::vector<char> keep;
-        const void* in = input_for(x, out, keep);
-        void* dst = out.mutable_data();
-        communicate([&] { ops::all_gather(g, desc, in, dst); });
       },
       py::arg("group"), py::arg("x"), py::arg("out"));
   m.def(

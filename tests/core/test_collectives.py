@@ -99,7 +99,8 @@ for dtype in DTYPES:
 
 # out= that does not fit is refused on the calling rank, before any communication.
 for bad, error in ((np.empty(3, np.float32), ValueError), (np.empty(4, np.float64), ValueError),
-                   (np.empty(8, np.float32)[::2], ValueError), ([0.0] * 4, TypeError)):
+                   (np.empty(8, np.float32)[::2], ValueError), ([0.0] * 4, TypeError),
+                   (np.frombuffer(bytes(16), np.float32), ValueError)):
     try:
         chorus.all_sum(np.ones(4, np.float32), out=bad)
     except error as exc:
@@ -128,6 +129,9 @@ check("non-contiguous", chorus.all_sum(np.arange(20.0)[::2] * rank),
 check("fortran", chorus.all_sum(np.asfortranarray(np.ones((3, 4)) * rank)),
       np.ones((3, 4)) * sum(range(size)))
 check("scalar", chorus.all_sum(np.float64(rank)), np.asarray(float(sum(range(size)))))
+check("0-d array", chorus.all_sum(np.array(float(rank))), np.asarray(float(sum(range(size)))))
+check("0-d gather", chorus.all_gather(np.array(rank, np.int32)), np.arange(size, dtype=np.int32))
+check("0-d out", chorus.all_sum(np.array(1.0), out=np.array(0.0)), np.asarray(float(size)))
 check("list", chorus.all_sum([rank, 1]), np.asarray([sum(range(size)), size]))
 check("memoryview", chorus.all_sum(memoryview(bytearray([rank, 1]))),
       np.asarray([sum(range(size)) % 256, size], dtype=np.uint8))
