@@ -3,7 +3,8 @@
 // Synchronisation. Each rank owns a barrier sequence word (RankControl::seq);
 // arrive_and_wait() bumps it, rings the segment's doorbell and waits until
 // every rank's word reached the same value. Waiting spins for a few
-// microseconds and then sleeps on the doorbell futex in slices of at most
+// microseconds (or, when ranks outnumber cores, yields the core for up to
+// 100 us instead) and then sleeps on the doorbell futex in slices of at most
 // kInterruptPollMs; after each slice it runs check_interrupt(), looks at the
 // abort word and checks that the ranks it waits on are still alive.
 //
@@ -391,10 +392,6 @@ void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
     check_abort();
     if (ready()) return;
   }
-  // More ranks than cores: the rank we wait for may need this core. Yielding
-  // hands it over without the futex round trip (a sleeping rank is woken by
-  // an IPI, which in a VM costs tens of microseconds), and never starves
-  // anyone: sched_yield returns at once only when nobody else wants the core.
   auto poll_interrupt = [&] {
     try {
       check_interrupt();
@@ -405,6 +402,10 @@ void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
       throw;
     }
   };
+  // More ranks than cores: the rank we wait for may need this core. Yielding
+  // hands it over without the futex round trip (a sleeping rank is woken by
+  // an IPI, which in a VM costs tens of microseconds), and never starves
+  // anyone: sched_yield returns at once only when nobody else wants the core.
   if (yield_budget_.count() > 0) {
     const auto yield_end = Clock::now() + yield_budget_;
     do {
