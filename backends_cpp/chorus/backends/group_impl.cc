@@ -143,4 +143,26 @@ SplitPlan plan_split(GroupImpl& parent, int color, int key, uint64_t split_index
   return plan;
 }
 
+std::string disagreement(const std::vector<CallDesc>& descs,
+                         std::string (*describe)(const CallDesc&)) {
+  std::vector<size_t> firsts;
+  std::ostringstream out;
+  for (size_t k = 0; k < descs.size(); ++k) {
+    bool seen = false;
+    for (size_t f : firsts) seen = seen || descs[f] == descs[k];
+    if (seen) continue;
+    firsts.push_back(k);
+    std::vector<size_t> ranks;
+    for (size_t j = 0; j < descs.size(); ++j) {
+      if (descs[j] == descs[k]) ranks.push_back(j);
+    }
+    if (firsts.size() > 1) out << ", ";
+    out << (ranks.size() == 1 ? "rank " : "ranks ");
+    for (size_t i = 0; i < ranks.size(); ++i) out << (i ? "," : "") << ranks[i];
+    out << (ranks.size() == 1 ? " has " : " have ")
+        << (describe != nullptr ? describe(descs[k]) : descs[k].describe());
+  }
+  return out.str();
+}
+
 }  // namespace chorus

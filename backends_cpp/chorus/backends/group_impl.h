@@ -37,6 +37,13 @@ struct CallDesc {
   std::string describe() const;
 };
 
+// "ranks 0,2,3 have all_sum of 10 x float64 (...), rank 1 has ...": rank
+// i's call is descs[i]. Every rank holds every descriptor, so every rank
+// builds the same text. `describe` names a call (CallDesc::describe by
+// default; the mpi backend also names its split).
+std::string disagreement(const std::vector<CallDesc>& descs,
+                         std::string (*describe)(const CallDesc&) = nullptr);
+
 // Fixed-size wire form of CallDesc (little-endian host order; all ranks of a
 // job run the same build).
 struct WireDesc {

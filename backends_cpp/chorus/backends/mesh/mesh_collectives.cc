@@ -15,28 +15,6 @@ namespace {
 
 using tcp::Clock;
 
-// "ranks 0,1 have all_sum of 8 x float32 ..., rank 2 has ...": every rank
-// holds the same records, so every rank raises the same text.
-std::string disagreement(const std::vector<CallDesc>& descs) {
-  std::vector<size_t> firsts;
-  std::ostringstream out;
-  for (size_t k = 0; k < descs.size(); ++k) {
-    bool seen = false;
-    for (size_t f : firsts) seen = seen || descs[f] == descs[k];
-    if (seen) continue;
-    firsts.push_back(k);
-    std::vector<size_t> ranks;
-    for (size_t j = 0; j < descs.size(); ++j) {
-      if (descs[j] == descs[k]) ranks.push_back(j);
-    }
-    if (firsts.size() > 1) out << ", ";
-    out << (ranks.size() == 1 ? "rank " : "ranks ");
-    for (size_t i = 0; i < ranks.size(); ++i) out << (i ? "," : "") << ranks[i];
-    out << (ranks.size() == 1 ? " has " : " have ") << descs[k].describe();
-  }
-  return out.str();
-}
-
 }  // namespace
 
 std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> record) {

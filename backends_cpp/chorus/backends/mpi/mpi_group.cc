@@ -39,28 +39,6 @@ std::string describe(const CallDesc& desc) {
   return desc == split_desc() ? "split" : desc.describe();
 }
 
-// "ranks 0,2,3 have all_sum of 10 x float64 (...), rank 1 has ...": the same
-// text on every rank, since every rank holds every descriptor.
-std::string disagreement(const std::vector<CallDesc>& descs) {
-  std::vector<size_t> firsts;
-  std::ostringstream out;
-  for (size_t k = 0; k < descs.size(); ++k) {
-    bool seen = false;
-    for (size_t f : firsts) seen = seen || descs[f] == descs[k];
-    if (seen) continue;
-    firsts.push_back(k);
-    std::vector<size_t> ranks;
-    for (size_t j = 0; j < descs.size(); ++j) {
-      if (descs[j] == descs[k]) ranks.push_back(j);
-    }
-    if (firsts.size() > 1) out << ", ";
-    out << (ranks.size() == 1 ? "rank " : "ranks ");
-    for (size_t i = 0; i < ranks.size(); ++i) out << (i ? "," : "") << ranks[i];
-    out << (ranks.size() == 1 ? " has " : " have ") << describe(descs[k]);
-  }
-  return out.str();
-}
-
 std::string dtype_text(uint8_t code) {
   return code <= static_cast<uint8_t>(Dtype::Complex128) ? dtype_name(static_cast<Dtype>(code))
                                                          : "?";
@@ -152,7 +130,8 @@ void MpiGroup::agree(const CallDesc& desc) {
     same = same && descs[r] == descs[0];
   }
   if (!same) {
-    throw UsageError(ctx_.prefix() + op_ + ": ranks disagree on the call: " + disagreement(descs));
+    throw UsageError(ctx_.prefix() + op_ +
+                     ": ranks disagree on the call: " + disagreement(descs, describe));
   }
 }
 
