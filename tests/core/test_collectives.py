@@ -145,8 +145,15 @@ print("CHECKED", checked, "DIGEST", digest.hexdigest())
 """
 
 
-def _run_sweep(ranks: RankRunner, backend: str, size: int, segment: int | None) -> None:
+def _run_sweep(
+    ranks: RankRunner,
+    backend: str,
+    size: int,
+    segment: int | None,
+    extra_env: dict[str, str] | None = None,
+) -> None:
     env = {"CHORUS_SEGMENT_BYTES": str(segment)} if segment else {}
+    env.update(extra_env or {})
     code = f"BACKEND = {backend!r}\nSTRICT = True\n" + SWEEP
     results = ranks.run(code, size, backend=backend, env=env, timeout=240)
     digests = {r.stdout.split("DIGEST")[-1].strip() for r in results}
@@ -165,6 +172,12 @@ def test_every_op_and_dtype(ranks: RankRunner, backend: str, size: int) -> None:
 @pytest.mark.parametrize("size", [2, 4])
 def test_tiny_segments_exercise_pipelining(ranks: RankRunner, backend: str, size: int) -> None:
     _run_sweep(ranks, backend, size, 64)
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_single_copy_all_gather_every_dtype(ranks: RankRunner, size: int) -> None:
+    # Every all_gather of the sweep, however small, through cross-memory reads.
+    _run_sweep(ranks, "shm", size, None, {"CHORUS_SHM_CMA_BYTES": "0"})
 
 
 def test_size_one_without_launcher(tmp_path: Path) -> None:

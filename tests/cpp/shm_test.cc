@@ -25,6 +25,7 @@
 
 #include "chorus/algorithms/reduce.h"
 #include "chorus/backends/group_impl.h"
+#include "chorus/backends/shm/shm_group.h"
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/ops.h"
@@ -671,13 +672,16 @@ TEST_F(ShmTest, PointToPointInterruptedMidMessage) {
 // ---------------------------------------------------------------- forked ranks
 
 // Forks n ranks running body(rank, group) -> exit code; returns the pids.
+// before_init(rank), if given, runs in the child before the group exists.
 std::vector<pid_t> fork_ranks(int n, const std::string& job, size_t segment_bytes,
-                              const std::function<int(int, GroupImpl&)>& body) {
+                              const std::function<int(int, GroupImpl&)>& body,
+                              const std::function<void(int)>& before_init = nullptr) {
   std::vector<pid_t> pids;
   for (int r = 0; r < n; ++r) {
     const pid_t pid = ::fork();
     if (pid == 0) {
       int code = 1;
+      if (before_init) before_init(r);
       try {
         GroupPtr g = shm::init(make_options(job, r, n, segment_bytes, 10.0));
         code = body(r, *g);
@@ -784,6 +788,120 @@ TEST_F(ShmTest, KilledRankIsNamedWithinSeconds) {
         << "rank " << r << " status " << status;
   }
   EXPECT_LT(std::chrono::duration<double>(Clock::now() - killed_at).count(), 5.0);
+}
+
+// ---------------------------------------------------------------- single-copy all_gather
+
+bool single_copy(GroupImpl& g) { return dynamic_cast<shm::ShmGroup&>(g).single_copy(); }
+
+// all_gather of count int32 per rank, checked element by element.
+bool all_gather_matches(GroupImpl& g, size_t count) {
+  const int n = g.size(), rank = g.rank();
+  std::vector<int32_t> in(count), out(count * n, -1);
+  for (size_t i = 0; i < count; ++i) in[i] = value<int32_t>(rank, i) + 1000 * rank;
+  ops::all_gather(g, desc_of(Collective::AllGather, Dtype::Int32, count), in.data(), out.data());
+  for (int r = 0; r < n; ++r) {
+    for (size_t i = 0; i < count; ++i) {
+      if (out[r * count + i] != value<int32_t>(r, i) + 1000 * r) return false;
+    }
+  }
+  return true;
+}
+
+TEST_F(ShmTest, AllGatherSingleCopyAndThroughTheSegment) {
+  // Below, at and above the single-copy threshold (64 KiB per rank), with
+  // cross-memory reads on and turned off: the same results either way.
+  for (const char* cma : {"1", "0"}) {
+    ::setenv("CHORUS_SHM_CMA", cma, 1);
+    for (int n : {2, 3, 4}) {
+      run_ranks(n, 0, [&](int rank, GroupImpl& g) {
+        EXPECT_EQ(single_copy(g), std::strcmp(cma, "1") == 0) << "rank " << rank;
+        for (size_t count : {size_t{1000}, size_t{16384}, size_t{16384 * 3 + 5}, size_t{300001}}) {
+          EXPECT_TRUE(all_gather_matches(g, count))
+              << "rank " << rank << " n " << n << " count " << count << " cma " << cma;
+        }
+        // A mismatch is still caught in the first phase (also between a rank
+        // below the threshold and ranks above it), and the group goes on.
+        const size_t mine = rank == 0 ? 1000 : 20000 + rank;
+        std::vector<int32_t> in(mine), out(mine * n);
+        EXPECT_THROW(ops::all_gather(g, desc_of(Collective::AllGather, Dtype::Int32, in.size()),
+                                     in.data(), out.data()),
+                     UsageError);
+        EXPECT_TRUE(all_gather_matches(g, 50000));
+      });
+    }
+  }
+  ::unsetenv("CHORUS_SHM_CMA");
+}
+
+TEST_F(ShmTest, AllGatherFallsBackWhenOneRankCannotReadPeers) {
+  // Rank 1 has cross-memory reads turned off: every rank must take the
+  // segment path for the same calls, or they would wait for each other.
+  const std::vector<pid_t> pids = fork_ranks(
+      3, unique_job("cma-mixed"), 0,
+      [](int rank, GroupImpl& g) {
+        if (single_copy(g) != (rank != 1)) return 10;
+        for (size_t count : {size_t{16384}, size_t{200003}}) {
+          if (!all_gather_matches(g, count)) return 11;
+        }
+        ops::barrier(g);
+        return 0;
+      },
+      [](int rank) {
+        if (rank == 1) ::setenv("CHORUS_SHM_CMA", "0", 1);
+      });
+  const auto deadline = Clock::now() + std::chrono::seconds(30);
+  for (size_t r = 0; r < pids.size(); ++r) {
+    const int status = wait_exit(pids[r], deadline);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "rank " << r << " status " << status;
+  }
+}
+
+TEST_F(ShmTest, KilledRankDuringSingleCopyAllGatherIsNamed) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const int write_fd = fds[1];
+  const std::vector<pid_t> pids =
+      fork_ranks(4, unique_job("cma-kill"), 0, [write_fd](int rank, GroupImpl& g) {
+        if (!single_copy(g)) return 7;
+        const size_t count = 1u << 18;  // 1 MiB per rank: the single-copy path
+        std::vector<float> in(count, 1.f), out(count * 4);
+        for (int iter = 0;; ++iter) {
+          try {
+            ops::all_gather(g, desc_of(Collective::AllGather, Dtype::Float32, count), in.data(),
+                            out.data());
+            if (iter == 3) {
+              const char ready = 'r';
+              if (rank == 0 && ::write(write_fd, &ready, 1) != 1) return 4;
+            }
+          } catch (const PeerError& e) {
+            const std::string what = e.what();
+            std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
+            if (what.find("rank 2 (pid ") == std::string::npos ||
+                what.find("died during all_gather") == std::string::npos) {
+              return 5;
+            }
+            return 0;
+          }
+        }
+      });
+  ::close(fds[1]);
+  char ready = 0;
+  ASSERT_EQ(::read(fds[0], &ready, 1), 1);
+  ::close(fds[0]);
+  ::kill(pids[2], SIGKILL);
+  const auto killed_at = Clock::now();
+  const auto deadline = killed_at + std::chrono::seconds(5);
+  for (int r = 0; r < 4; ++r) {
+    const int status = wait_exit(pids[r], deadline);
+    if (r == 2) {
+      EXPECT_TRUE(WIFSIGNALED(status));
+      continue;
+    }
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "rank " << r << " status " << status;
+  }
 }
 
 }  // namespace

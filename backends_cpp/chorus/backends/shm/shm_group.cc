@@ -40,6 +40,14 @@
 // the failed call (it finished it, or was interrupted before reaching it):
 // it recovers and runs its call normally, so "every rank left the failed
 // call, then calls again" always works.
+//
+// Single copy. A large all_gather skips the segment: in its first phase each
+// rank publishes its input's address (and whether it can read every peer),
+// then every rank reads its peers' inputs straight into its result with
+// cross-memory attach (one kernel copy per byte instead of a copy into the
+// segment and one out of it, and two barriers instead of one per chunk). A
+// second barrier keeps every input untouched until the last reader is done.
+// If any rank cannot read its peers, all of them take the chunked path.
 
 #include "chorus/backends/shm/shm_group.h"
 
@@ -60,6 +68,7 @@
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/common/logging.h"
+#include "chorus/transport/shm/cross_memory.h"
 
 namespace chorus::shm {
 namespace {
@@ -174,6 +183,27 @@ std::chrono::microseconds yield_budget(int ranks) {
                                                                   : std::chrono::microseconds(0));
 }
 
+// From this many bytes per rank, all_gather reads peers' inputs directly
+// (CHORUS_SHM_CMA_BYTES overrides it; CHORUS_SHM_CMA=0 turns reads off).
+constexpr size_t kCrossMemoryMinBytes = 64 * 1024;
+
+// What a rank publishes in its slot in the first phase of a single-copy call.
+struct CrossMemoryOffer {
+  uint64_t address;   // the rank's input, in its own address space
+  uint32_t can_read;  // 1: this rank can read every peer's memory
+  uint32_t pad;
+};
+
+bool cross_memory_enabled() {
+  const char* text = std::getenv("CHORUS_SHM_CMA");
+  return text == nullptr || std::strcmp(text, "0") != 0;
+}
+
+size_t cross_memory_min_bytes() {
+  const char* text = std::getenv("CHORUS_SHM_CMA_BYTES");
+  return text ? static_cast<size_t>(std::strtoull(text, nullptr, 10)) : kCrossMemoryMinBytes;
+}
+
 double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
 }  // namespace
@@ -190,6 +220,7 @@ ShmGroup::ShmGroup(const InitOptions& options, std::string tag)
   skip_.assign(size_, 0);
   spin_budget_ = spin_budget(size_);
   yield_budget_ = yield_budget(size_);
+  cross_memory_min_bytes_ = cross_memory_min_bytes();
   rendezvous();
 }
 
@@ -247,6 +278,9 @@ void ShmGroup::rendezvous() {
       validate_segment();
     }
     bell_ = Doorbell(&header().bell, &header().waiters);
+    // Before the pid publishes this rank: a peer that sees the pid may probe.
+    control(rank_).base.store(reinterpret_cast<uint64_t>(segment_.data()));
+    if (size_ > 1 && cross_memory_enabled()) allow_peer_memory_reads();
     int32_t expected = 0;
     if (!control(rank_).pid.compare_exchange_strong(expected, static_cast<int32_t>(::getpid()))) {
       throw UsageError(prefix() + "rank " + std::to_string(rank_) + " attached to " + name_ +
@@ -272,10 +306,31 @@ void ShmGroup::rendezvous() {
   segment_.unlink();
   peers_.reserve(size_);
   for (int r = 0; r < size_; ++r) peers_.emplace_back(static_cast<pid_t>(control(r).pid.load()));
+  cross_memory_ = probe_cross_memory();
   CHORUS_LOG(options_.verbose, "shm rank ", rank_, "/", size_, ": all ", size_,
              " ranks attached to ", name_, " (", layout_.total_bytes, " bytes, chunk ",
-             layout_.chunk_bytes, ", ring ", layout_.ring_bytes, ") in ",
-             seconds_text(now_s() - start));
+             layout_.chunk_bytes, ", ring ", layout_.ring_bytes, ", single-copy reads ",
+             cross_memory_ ? "on" : "off", ") in ", seconds_text(now_s() - start));
+}
+
+bool ShmGroup::probe_cross_memory() {
+  if (size_ < 2 || !cross_memory_enabled()) return false;
+  // Every peer's mapping starts with the segment magic: read it from there.
+  for (int r = 0; r < size_; ++r) {
+    if (r == rank_) continue;
+    uint64_t magic = 0;
+    const int err =
+        read_peer_memory(peers_[r].pid(), reinterpret_cast<const void*>(control(r).base.load()),
+                         &magic, sizeof magic);
+    if (err != 0 || magic != kSegmentMagic) {
+      CHORUS_LOG(options_.verbose, "shm rank ", rank_, "/", size_,
+                 ": cannot read the memory of rank ", r, " (",
+                 err != 0 ? std::strerror(err) : "unexpected bytes",
+                 "): all_gather copies through the segment");
+      return false;
+    }
+  }
+  return true;
 }
 
 void ShmGroup::init_segment() {
@@ -672,30 +727,77 @@ void ShmGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
 void ShmGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
   run_collective(desc, [&] {
     const size_t nbytes = desc.nbytes();
-    const size_t chunk = layout_.chunk_bytes;
-    const size_t nchunks = (nbytes + chunk - 1) / chunk;
-    const size_t nbarriers = std::max<size_t>(nchunks, 1);
     const char* src = static_cast<const char*>(in);
     char* dst = static_cast<char*>(out);
-    const uint64_t p0 = arrivals_;
-    for (size_t j = 0; j <= nbarriers; ++j) {
-      const uint64_t phase = p0 + j;
-      if (j >= 1 && j - 1 < nchunks) {
-        const size_t off = (j - 1) * chunk;
-        const size_t len = std::min(chunk, nbytes - off);
-        for (int r = 0; r < size_; ++r)
-          copy_result(dst + r * nbytes + off, slot(r, phase - 1), len, nbytes * size_);
-      }
-      if (j < nchunks) {
-        std::memcpy(slot(rank_, phase), src + j * chunk, std::min(chunk, nbytes - j * chunk));
-      }
-      if (j == 0) write_desc(phase, desc);
-      if (j < nbarriers) {
-        arrive_and_wait();
-        if (j == 0) check_descs(p0);
-      }
+    if (nbytes < cross_memory_min_bytes_ || size_ < 2) {
+      all_gather_chunked(desc, src, dst);
+      return;
     }
+    // Phase p0: publish the input's address and whether we can read peers.
+    const uint64_t p0 = arrivals_;
+    const CrossMemoryOffer mine{reinterpret_cast<uint64_t>(src), cross_memory_ ? 1u : 0u, 0};
+    std::memcpy(slot(rank_, p0), &mine, sizeof mine);
+    write_desc(p0, desc);
+    // Our own block needs nobody: copy it while the others arrive.
+    char* own = dst + static_cast<size_t>(rank_) * nbytes;
+    if (cross_memory_) copy_result(own, src, nbytes, nbytes * size_);
+    arrive_and_wait();
+    check_descs(p0);
+    std::vector<CrossMemoryOffer> offers(size_);
+    bool everyone = true;
+    for (int r = 0; r < size_; ++r) {
+      std::memcpy(&offers[r], slot(r, p0), sizeof(CrossMemoryOffer));
+      everyone = everyone && offers[r].can_read == 1;
+    }
+    if (!everyone) {
+      all_gather_chunked(desc, src, dst);
+      return;
+    }
+    // Start at the next rank, so that not every rank reads rank 0 first.
+    for (int k = 1; k < size_; ++k) {
+      const int r = (rank_ + k) % size_;
+      read_from_peer(r, offers[r].address, dst + static_cast<size_t>(r) * nbytes, nbytes);
+    }
+    // Nobody returns (and may overwrite its input) before every reader is done.
+    arrive_and_wait();
   });
+}
+
+void ShmGroup::read_from_peer(int r, uint64_t remote, void* local, size_t n) {
+  const int err =
+      read_peer_memory(peers_[r].pid(), reinterpret_cast<const void*>(remote), local, n);
+  if (err == 0) return;
+  check_peer_alive(r, WaitKind::Collective);  // a dead peer: abort, group unusable
+  const std::string reason = "rank " + std::to_string(rank_) +
+                             " could not read the input of rank " + std::to_string(r) + " during " +
+                             op_ + ": " + std::strerror(err);
+  publish_abort(reason);
+  throw PeerError(prefix() + reason);
+}
+
+void ShmGroup::all_gather_chunked(const CallDesc& desc, const char* src, char* dst) {
+  const size_t nbytes = desc.nbytes();
+  const size_t chunk = layout_.chunk_bytes;
+  const size_t nchunks = (nbytes + chunk - 1) / chunk;
+  const size_t nbarriers = std::max<size_t>(nchunks, 1);
+  const uint64_t p0 = arrivals_;
+  for (size_t j = 0; j <= nbarriers; ++j) {
+    const uint64_t phase = p0 + j;
+    if (j >= 1 && j - 1 < nchunks) {
+      const size_t off = (j - 1) * chunk;
+      const size_t len = std::min(chunk, nbytes - off);
+      for (int r = 0; r < size_; ++r)
+        copy_result(dst + r * nbytes + off, slot(r, phase - 1), len, nbytes * size_);
+    }
+    if (j < nchunks) {
+      std::memcpy(slot(rank_, phase), src + j * chunk, std::min(chunk, nbytes - j * chunk));
+    }
+    if (j == 0) write_desc(phase, desc);
+    if (j < nbarriers) {
+      arrive_and_wait();
+      if (j == 0) check_descs(p0);
+    }
+  }
 }
 
 void ShmGroup::broadcast(const CallDesc& desc, void* buf) {

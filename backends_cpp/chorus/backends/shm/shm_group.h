@@ -27,6 +27,8 @@ class ShmGroup final : public GroupImpl {
   int size() const override { return size_; }
   const char* backend() const override { return "shm"; }
   const std::string& segment_name() const { return name_; }
+  // Whether this rank can read its peers' memory (single-copy all_gather).
+  bool single_copy() const { return cross_memory_; }
 
   GroupPtr split(int color, int key) override;
   void all_reduce(const CallDesc& desc, const void* in, void* out) override;
@@ -62,6 +64,12 @@ class ShmGroup final : public GroupImpl {
   void arrive_and_wait();
   void reduce_slots(ReduceKernel kernel, void* dst, uint64_t phase, size_t offset,
                     size_t count) const;
+  // Whether every peer's memory can be read with cross-memory attach.
+  bool probe_cross_memory();
+  // all_gather through the segment, chunk by chunk (two copies per byte).
+  void all_gather_chunked(const CallDesc& desc, const char* src, char* dst);
+  // Reads peer `r`'s n bytes at `remote` into `local`, or aborts the call.
+  void read_from_peer(int r, uint64_t remote, void* local, size_t n);
 
   template <typename Ready, typename Blockers>
   void wait(Ready&& ready, Blockers&& blockers, WaitKind kind);
@@ -88,9 +96,13 @@ class ShmGroup final : public GroupImpl {
   Segment segment_;
   Doorbell bell_;
   std::vector<PeerProcess> peers_;
-  uint64_t arrivals_ = 0;  // barriers passed in this abort epoch = current phase
-  uint32_t epoch_ = 0;     // abort epoch this rank runs in
-  uint32_t calls_ = 0;     // collectives entered in this epoch (the current one included)
+  // This rank can read every peer's memory (cross_memory.h); a collective
+  // takes the single-copy path only when every rank says so.
+  bool cross_memory_ = false;
+  size_t cross_memory_min_bytes_ = 0;  // per-rank bytes from which all_gather uses it
+  uint64_t arrivals_ = 0;              // barriers passed in this abort epoch = current phase
+  uint32_t epoch_ = 0;                 // abort epoch this rank runs in
+  uint32_t calls_ = 0;  // collectives entered in this epoch (the current one included)
   uint64_t splits_ = 0;
   std::string op_ = "set-up";  // current operation, for messages
   // How long a wait spins, then yields the core, before it sleeps (wait()).

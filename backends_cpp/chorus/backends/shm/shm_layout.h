@@ -3,7 +3,8 @@
 //
 //   SegmentHeader                 magic, version, sizes, token hash, doorbell,
 //                                 abort word, set-up failure words
-//   RankControl[N]                pid, recovery ack, barrier sequence, abort reason
+//   RankControl[N]                pid, mapping address, recovery ack, barrier sequence,
+//                                 abort reason
 //   slots[3][N]                   64-byte slot header (WireDesc) + chunk_bytes data;
 //                                 collectives rotate over the 3 buffers by phase
 //   rings[N * (N-1)]              per ordered pair (src, dst): head/tail + ring_bytes
@@ -20,7 +21,7 @@
 namespace chorus::shm {
 
 constexpr uint64_t kSegmentMagic = 0x31766d6873726863ULL;  // "chrshmv1"
-constexpr uint32_t kSegmentVersion = 1;
+constexpr uint32_t kSegmentVersion = 2;
 constexpr size_t kCacheLine = 64;
 constexpr size_t kReasonBytes = 256;
 constexpr int kBuffers = 3;  // see the phase rule in shm_group.cc
@@ -43,9 +44,10 @@ struct SegmentHeader {
 };
 
 struct RankControl {
-  alignas(kCacheLine) std::atomic<int32_t> pid;   // 0 until this rank attached
-  std::atomic<uint32_t> ack;                      // abort epoch this rank recovered to
-  std::atomic<uint32_t> abort_call;               // call number (in its epoch) it aborted
+  alignas(kCacheLine) std::atomic<int32_t> pid;  // 0 until this rank attached
+  std::atomic<uint64_t> base;        // where this rank mapped the segment (cross-memory probe)
+  std::atomic<uint32_t> ack;         // abort epoch this rank recovered to
+  std::atomic<uint32_t> abort_call;  // call number (in its epoch) it aborted
   alignas(kCacheLine) std::atomic<uint32_t> seq;  // barriers arrived at in this epoch
   alignas(kCacheLine) char reason[kReasonBytes];  // abort reason this rank published
 };
