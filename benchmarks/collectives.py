@@ -9,7 +9,13 @@ the benchmark's own virtual environment (``build/bench-venv``, created by
 - MLX's ring backend, started by ``mlx.launch`` and, separately, as N plain
   processes given the MLX_RANK / MLX_HOSTFILE environment that mlx.launch sets,
 - PyTorch gloo under ``torchrun``,
-- Open MPI through mpi4py under ``mpirun``.
+- Open MPI through mpi4py under ``mpirun``,
+- and, as a reference that is no library, a bare TCP ring that moves the
+  bytes a ring algorithm moves and computes nothing (``tcp floor``).
+
+Every peer runs once per round and the rounds follow one another (three in
+a full run), so each column sees the same mix of the machine's fast and slow
+phases; a cell pools the trials of every round.
 
 Each job is one launch of one peer at one N; its ranks run every case (see
 ``workers/_harness.py``). While a job runs, the driver samples how many CPU
@@ -55,6 +61,8 @@ FULL_CASES = [("all_sum", b) for b in (8, KIB, 64 * KIB, MIB, 16 * MIB, 64 * MIB
 QUICK_CASES = [("all_sum", 8), ("all_sum", MIB), ("all_sum", 16 * MIB)]
 
 CHORUS_PEERS = ("chorus shm", "chorus ring")
+# Columns that are not libraries: shown beside the peers, never "the best peer".
+REFERENCE_PEERS = ("tcp floor",)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 
@@ -362,6 +370,10 @@ class Peer:
             if n > NCPU:  # more ranks than cores: let waiting ranks give the core away
                 argv += ["--mca", "mpi_yield_when_idle", "1"]
             return [([*argv, py, worker], env)]
+        if self.name == "tcp floor":
+            base = _free_ports(n)
+            floor = {"FLOOR_SIZE": str(n), "FLOOR_PORT": str(base)}
+            return [([py, worker], {**env, **floor, "FLOOR_RANK": str(r)}) for r in range(n)]
         msg = f"unknown peer {self.name!r}"
         raise ValueError(msg)
 
@@ -373,6 +385,7 @@ PEERS = [
     Peer("mlx ring (direct)", "N processes with MLX_RANK/MLX_HOSTFILE", "mlx_worker.py"),
     Peer("torch gloo", "torchrun --standalone", "torch_worker.py"),
     Peer("openmpi", "mpirun", "mpi_worker.py"),
+    Peer("tcp floor", "N processes in a bare TCP ring (reference)", "tcp_floor_worker.py"),
 ]
 
 
@@ -406,6 +419,41 @@ def summarise(record: dict[str, Any]) -> dict[str, Any]:
         "algbw_gbs": algbw,
         "busbw_gbs": algbw * bus_factor(op, n),
     }
+
+
+def merge_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per (peer, n, op, bytes): the trials of every round pooled.
+
+    Rounds interleave the peers in time, so a slow phase of a shared machine
+    (its memory bandwidth moves from minute to minute) lands on every column
+    instead of on whichever peer happened to run then. The cell is the median
+    over all pooled trials; each round's own median stays in ``rounds``.
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault((rec["peer"], rec["n"], rec["op"], rec["bytes"]), []).append(rec)
+    merged = []
+    for recs in groups.values():
+        out = dict(recs[0])
+        out["trials_us"] = [t for r in recs for t in r["trials_us"]]
+        out["check"] = next(
+            (r["check"] for r in recs if r["check"] not in ("ok", "reference")), recs[0]["check"]
+        )
+        out["rounds"] = [
+            {
+                "round": r.get("round", 0),
+                "median_us": r["median_us"],
+                "background_cores": r.get("background_cores"),
+                "attempt": r.get("attempt"),
+            }
+            for r in recs
+        ]
+        out["noisy"] = 2 * sum(bool(r.get("noisy")) for r in recs) > len(recs)
+        for key in ("per_rank_us", "round"):
+            out.pop(key, None)
+        out.update(summarise(out))
+        merged.append(out)
+    return merged
 
 
 def log(message: str) -> None:
@@ -478,10 +526,12 @@ def measure_peer(
     return jobs, [best[k] for k in sorted(best, key=lambda k: (k[0] != "all_sum", k[1]))]
 
 
-def measure_launch(peer: Peer, n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def measure_launch(
+    peer: Peer, n: int, args: argparse.Namespace, tmp: Path, runs_wanted: int | None = None
+) -> dict[str, Any]:
     """Launch-to-exit of the trivial rank (init, one 8-byte all_sum, exit), median of runs."""
     runs = []
-    for _ in range(args.launch_runs):
+    for _ in range(runs_wanted or args.launch_runs):
         env = {**_base_env(), "BENCH_CONFIG": '{"trivial": true}'}
         before = background_now(0.3)
         job = Job(peer.name, peer.commands(n, args.venv, env, tmp), args.launch_timeout)
@@ -509,6 +559,19 @@ def measure_launch(peer: Peer, n: int, args: argparse.Namespace, tmp: Path) -> d
     if not good:
         log("    " + (runs[-1]["output_tail"] or "").replace("\n", "\n    "))
     return {"peer": peer.name, "launcher": peer.launcher, "n": n, "median_s": median, "runs": runs}
+
+
+def merge_launches(per_round: list[dict[str, Any]]) -> dict[str, Any]:
+    """One launcher's runs of every round, with the median over all good runs."""
+    out = dict(per_round[0])
+    out["runs"] = [run for got in per_round for run in got["runs"]]
+    good = [
+        r["wall_s"]
+        for r in out["runs"]
+        if not r["timed_out"] and r["returncodes"] and all(rc == 0 for rc in r["returncodes"])
+    ]
+    out["median_s"] = statistics.median(good) if good else None
+    return out
 
 
 # --------------------------------------------------------------------------- reporting
@@ -573,7 +636,7 @@ def _us(value: float) -> str:
 def _cell(rec: dict[str, Any] | None) -> str:
     if rec is None:
         return "—"
-    mark = "" if rec["check"] == "ok" else " ✗"
+    mark = "" if rec["check"] in ("ok", "reference") else " ✗"
     mark += "~" if rec.get("noisy") else ""
     return f"{_us(rec['median_us'])} us · {rec['busbw_gbs']:.2f}{mark}"
 
@@ -581,13 +644,18 @@ def _cell(rec: dict[str, Any] | None) -> str:
 def table(n: int, peers: list[str], cases: list[dict[str, Any]], ops: list[tuple[str, int]]) -> str:
     """One markdown table for one N."""
     by = {(c["peer"], c["op"], c["bytes"]): c for c in cases if c["n"] == n}
+    floor = [p for p in peers if p in REFERENCE_PEERS]
     head = ["op", "bytes/rank", *peers, "chorus / best peer"]
+    if floor and "chorus ring" in peers:
+        head.append("chorus ring / tcp floor")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for op, nbytes in ops:
         row = [op, _size(nbytes)] + [_cell(by.get((p, op, nbytes))) for p in peers]
         mine = [by[(p, op, nbytes)] for p in peers if p in CHORUS_PEERS and (p, op, nbytes) in by]
         theirs = [
-            by[(p, op, nbytes)] for p in peers if p not in CHORUS_PEERS and (p, op, nbytes) in by
+            by[(p, op, nbytes)]
+            for p in peers
+            if p not in CHORUS_PEERS and p not in REFERENCE_PEERS and (p, op, nbytes) in by
         ]
         if mine and theirs:
             a = min(mine, key=lambda r: r["median_us"])
@@ -596,6 +664,9 @@ def table(n: int, peers: list[str], cases: list[dict[str, Any]], ops: list[tuple
             row.append(f"{ratio:.2f} ({a['peer'].split()[1]} / {b['peer']})")
         else:
             row.append("—")
+        if len(head) > len(row):
+            ring, ref = by.get(("chorus ring", op, nbytes)), by.get((floor[0], op, nbytes))
+            row.append(f"{ring['median_us'] / ref['median_us']:.2f}" if ring and ref else "—")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -629,12 +700,18 @@ def report(result: dict[str, Any], ops: list[tuple[str, int]]) -> str:
         f"python {v.get('python')}, numpy {v.get('numpy')}."
     )
     how = (
-        f"Mode: {'quick' if meta['quick'] else 'full'}; {meta['trials']} trials of "
-        f"~{meta['target_s']} s each per case. Each cell: median over trials of the time "
-        "per op (slowest rank per trial), then busbw in GB/s (1e9 B/s). `~`: measured "
+        f"Mode: {'quick' if meta['quick'] else 'full'}; {meta.get('rounds', 1)} round(s) "
+        f"(every peer once per round, rounds one after the other, so a slow phase of the "
+        f"machine falls on every column) of {meta['trials']} trials of "
+        f"~{meta['target_s']} s each per case. Each cell: median over the pooled trials of "
+        "the time per op (slowest rank per trial), then busbw in GB/s (1e9 B/s). `~`: measured "
         f"with more than {meta['noise_cores']} background cores busy even after a retry; "
         "`✗`: the result did not match numpy. Last column: chorus's best backend time / "
-        "the best peer's time (below 1: chorus is faster)."
+        "the best peer's time (below 1: chorus is faster). `tcp floor` is not a library: "
+        "N processes in a bare TCP ring that send and receive the bytes a ring algorithm "
+        "moves per rank and compute nothing (`workers/tcp_floor_worker.py`); "
+        "`chorus ring / tcp floor` is how close the TCP backend is to what loopback TCP "
+        "itself costs here."
     )
     launch = (
         "Trivial rank (init, one 8-byte all_sum, exit); median wall seconds from "
@@ -675,8 +752,11 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
                 if c["n"] == n and c["peer"] == peer and c["op"] == "all_sum"
             )
             if points:
-                style = "-o" if peer in CHORUS_PEERS else "--s"
-                ax.plot(*zip(*points, strict=True), style, label=peer, markersize=4)
+                if peer in REFERENCE_PEERS:
+                    style, kw = ":", {"color": "black", "linewidth": 1.5}
+                else:
+                    style, kw = ("-o" if peer in CHORUS_PEERS else "--s"), {"markersize": 4}
+                ax.plot(*zip(*points, strict=True), style, label=peer, **kw)
         sizes = sorted({c["bytes"] for c in result["cases"] if c["op"] == "all_sum"})
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [_size(b) for b in sizes], rotation=30, fontsize=8)
@@ -730,7 +810,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, help="timed trials per case (default 5)")
     parser.add_argument("--target", type=float, help="seconds per trial (default 0.2)")
     parser.add_argument("--timeout", type=float, help="hard limit per job in s (default 240)")
-    parser.add_argument("--launch-runs", type=int, help="runs per launcher (default 5)")
+    parser.add_argument("--launch-runs", type=int, help="runs per launcher (default 6)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="sweeps over every peer per N, interleaved in time; trials pooled (default 3)",
+    )
     parser.add_argument(
         "--noise",
         type=float,
@@ -752,10 +837,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     args.ns = args.ns or ([2] if quick else [2, 4])
-    args.trials = args.trials or (2 if quick else 5)
     args.target = args.target or (0.05 if quick else 0.2)
     args.timeout = args.timeout or (90 if quick else 240)
-    args.launch_runs = args.launch_runs or (2 if quick else 5)
+    args.rounds = args.rounds or (1 if quick else 3)
+    args.trials = args.trials or (2 if quick else 3)
+    args.launch_runs = args.launch_runs or (2 if quick else 6)
     args.launch_timeout = 60.0
     return args
 
@@ -791,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
             "peers": [p.name for p in peers],
             "launchers": {p.name: p.launcher for p in peers},
             "trials": args.trials,
+            "rounds": args.rounds,
             "target_s": args.target,
             "noise_cores": args.noise,
             "timeout_s": args.timeout,
@@ -804,24 +891,38 @@ def main(argv: list[str] | None = None) -> int:
         "launch": [],
         "errors": [],
     }
+    per_round_launch = max(1, -(-args.launch_runs // args.rounds))
     with tempfile.TemporaryDirectory(prefix="chorus-bench-") as tmp:
         for n in args.ns:
-            log(f"N = {n}")
-            for peer in peers:
-                try:
-                    jobs, cases = measure_peer(peer, n, ops, args, Path(tmp))
-                except (OSError, RuntimeError) as e:  # a launcher missing, no free ports
-                    log(f"  {peer.name} n={n}: could not run: {e}")
-                    result["errors"].append(f"{peer.name} n={n}: {e}")
-                    continue
-                result["jobs"] += jobs
-                result["cases"] += cases
-            for peer in peers:
-                try:
-                    result["launch"].append(measure_launch(peer, n, args, Path(tmp)))
-                except (OSError, RuntimeError) as e:
-                    log(f"  launch {peer.name} n={n}: could not run: {e}")
-                    result["errors"].append(f"launch {peer.name} n={n}: {e}")
+            measured: list[dict[str, Any]] = []
+            launches: dict[str, list[dict[str, Any]]] = {}
+            for rnd in range(args.rounds):
+                log(f"N = {n}, round {rnd + 1}/{args.rounds}")
+                for peer in peers:
+                    try:
+                        jobs, cases = measure_peer(peer, n, ops, args, Path(tmp))
+                    except (OSError, RuntimeError) as e:  # a launcher missing, no free ports
+                        log(f"  {peer.name} n={n}: could not run: {e}")
+                        result["errors"].append(f"{peer.name} n={n}: {e}")
+                        continue
+                    for job in jobs:
+                        job["round"] = rnd
+                    for case in cases:
+                        case["round"] = rnd
+                    result["jobs"] += jobs
+                    measured += cases
+                for peer in peers:
+                    if peer.name in REFERENCE_PEERS:
+                        continue  # not a launcher
+                    try:
+                        got = measure_launch(peer, n, args, Path(tmp), per_round_launch)
+                    except (OSError, RuntimeError) as e:
+                        log(f"  launch {peer.name} n={n}: could not run: {e}")
+                        result["errors"].append(f"launch {peer.name} n={n}: {e}")
+                        continue
+                    launches.setdefault(peer.name, []).append(got)
+            result["cases"] += merge_rounds(measured)
+            result["launch"] += [merge_launches(got) for got in launches.values()]
     result["meta"]["loadavg_end"] = _loadavg()
     result["meta"]["duration_s"] = round(time.perf_counter() - t0, 1)
     text = report(result, ops)

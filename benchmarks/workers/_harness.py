@@ -68,6 +68,8 @@ def _expected(op: str, nbytes: int, size: int) -> np.ndarray:
 
 
 def _check(comm: Comm, op: str, nbytes: int) -> str:
+    if not getattr(comm, "checks_results", True):
+        return "reference"  # moves bytes, computes nothing (tcp_floor_worker.py)
     run, result = comm.prepare(op, _inputs(nbytes, comm.rank))
     run()
     got = np.asarray(result(), dtype=np.float32).reshape(-1)
