@@ -808,7 +808,21 @@ bool all_gather_matches(GroupImpl& g, size_t count) {
   return true;
 }
 
-TEST_F(ShmTest, AllGatherSingleCopyAndThroughTheSegment) {
+// broadcast of count doubles from every root, checked element by element.
+bool broadcast_matches(GroupImpl& g, size_t count) {
+  for (int root = 0; root < g.size(); ++root) {
+    std::vector<double> buf(count);
+    for (size_t i = 0; i < count; ++i) buf[i] = g.rank() == root ? value<double>(root, i) : -1.0;
+    ops::broadcast(g, desc_of(Collective::Broadcast, Dtype::Float64, count, ReduceOp::Sum, root),
+                   buf.data());
+    for (size_t i = 0; i < count; ++i) {
+      if (buf[i] != value<double>(root, i)) return false;
+    }
+  }
+  return true;
+}
+
+TEST_F(ShmTest, SingleCopyAndThroughTheSegment) {
   // Below, at and above the single-copy threshold (64 KiB per rank), with
   // cross-memory reads on and turned off: the same results either way.
   for (const char* cma : {"1", "0"}) {
@@ -818,6 +832,8 @@ TEST_F(ShmTest, AllGatherSingleCopyAndThroughTheSegment) {
         EXPECT_EQ(single_copy(g), std::strcmp(cma, "1") == 0) << "rank " << rank;
         for (size_t count : {size_t{1000}, size_t{16384}, size_t{16384 * 3 + 5}, size_t{300001}}) {
           EXPECT_TRUE(all_gather_matches(g, count))
+              << "rank " << rank << " n " << n << " count " << count << " cma " << cma;
+          EXPECT_TRUE(broadcast_matches(g, count / 2))
               << "rank " << rank << " n " << n << " count " << count << " cma " << cma;
         }
         // A mismatch is still caught in the first phase (also between a rank
@@ -834,7 +850,7 @@ TEST_F(ShmTest, AllGatherSingleCopyAndThroughTheSegment) {
   ::unsetenv("CHORUS_SHM_CMA");
 }
 
-TEST_F(ShmTest, AllGatherFallsBackWhenOneRankCannotReadPeers) {
+TEST_F(ShmTest, SingleCopyFallsBackWhenOneRankCannotReadPeers) {
   // Rank 1 has cross-memory reads turned off: every rank must take the
   // segment path for the same calls, or they would wait for each other.
   const std::vector<pid_t> pids = fork_ranks(
@@ -843,6 +859,7 @@ TEST_F(ShmTest, AllGatherFallsBackWhenOneRankCannotReadPeers) {
         if (single_copy(g) != (rank != 1)) return 10;
         for (size_t count : {size_t{16384}, size_t{200003}}) {
           if (!all_gather_matches(g, count)) return 11;
+          if (!broadcast_matches(g, count)) return 12;
         }
         ops::barrier(g);
         return 0;

@@ -41,13 +41,14 @@
 // it recovers and runs its call normally, so "every rank left the failed
 // call, then calls again" always works.
 //
-// Single copy. A large all_gather skips the segment: in its first phase each
-// rank publishes its input's address (and whether it can read every peer),
-// then every rank reads its peers' inputs straight into its result with
-// cross-memory attach (one kernel copy per byte instead of a copy into the
-// segment and one out of it, and two barriers instead of one per chunk). A
-// second barrier keeps every input untouched until the last reader is done.
-// If any rank cannot read its peers, all of them take the chunked path.
+// Single copy. A large all_gather or broadcast skips the segment: in its
+// first phase each rank publishes its buffer's address (and whether it can
+// read every peer), then every rank reads what it needs straight into its
+// result with cross-memory attach (one kernel copy per byte instead of a copy
+// into the segment and one out of it, and two barriers instead of one per
+// chunk). A second barrier keeps every buffer untouched until the last
+// reader is done. If any rank cannot read its peers, all of them take the
+// chunked path, one phase later.
 
 #include "chorus/backends/shm/shm_group.h"
 
@@ -183,13 +184,13 @@ std::chrono::microseconds yield_budget(int ranks) {
                                                                   : std::chrono::microseconds(0));
 }
 
-// From this many bytes per rank, all_gather reads peers' inputs directly
+// From this many bytes per rank, all_gather and broadcast read peers' buffers directly
 // (CHORUS_SHM_CMA_BYTES overrides it; CHORUS_SHM_CMA=0 turns reads off).
 constexpr size_t kCrossMemoryMinBytes = 64 * 1024;
 
 // What a rank publishes in its slot in the first phase of a single-copy call.
 struct CrossMemoryOffer {
-  uint64_t address;   // the rank's input, in its own address space
+  uint64_t address;   // the rank's buffer, in its own address space
   uint32_t can_read;  // 1: this rank can read every peer's memory
   uint32_t pad;
 };
@@ -733,34 +734,40 @@ void ShmGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
       all_gather_chunked(desc, src, dst);
       return;
     }
-    // Phase p0: publish the input's address and whether we can read peers.
-    const uint64_t p0 = arrivals_;
-    const CrossMemoryOffer mine{reinterpret_cast<uint64_t>(src), cross_memory_ ? 1u : 0u, 0};
-    std::memcpy(slot(rank_, p0), &mine, sizeof mine);
-    write_desc(p0, desc);
     // Our own block needs nobody: copy it while the others arrive.
-    char* own = dst + static_cast<size_t>(rank_) * nbytes;
-    if (cross_memory_) copy_result(own, src, nbytes, nbytes * size_);
-    arrive_and_wait();
-    check_descs(p0);
-    std::vector<CrossMemoryOffer> offers(size_);
-    bool everyone = true;
-    for (int r = 0; r < size_; ++r) {
-      std::memcpy(&offers[r], slot(r, p0), sizeof(CrossMemoryOffer));
-      everyone = everyone && offers[r].can_read == 1;
+    if (cross_memory_) {
+      copy_result(dst + static_cast<size_t>(rank_) * nbytes, src, nbytes, nbytes * size_);
     }
-    if (!everyone) {
+    const std::vector<uint64_t> inputs = publish_address(desc, src);
+    if (inputs.empty()) {
       all_gather_chunked(desc, src, dst);
       return;
     }
     // Start at the next rank, so that not every rank reads rank 0 first.
     for (int k = 1; k < size_; ++k) {
       const int r = (rank_ + k) % size_;
-      read_from_peer(r, offers[r].address, dst + static_cast<size_t>(r) * nbytes, nbytes);
+      read_from_peer(r, inputs[r], dst + static_cast<size_t>(r) * nbytes, nbytes);
     }
     // Nobody returns (and may overwrite its input) before every reader is done.
     arrive_and_wait();
   });
+}
+
+std::vector<uint64_t> ShmGroup::publish_address(const CallDesc& desc, const void* address) {
+  const uint64_t p0 = arrivals_;
+  const CrossMemoryOffer mine{reinterpret_cast<uint64_t>(address), cross_memory_ ? 1u : 0u, 0};
+  std::memcpy(slot(rank_, p0), &mine, sizeof mine);
+  write_desc(p0, desc);
+  arrive_and_wait();
+  check_descs(p0);
+  std::vector<uint64_t> addresses(size_);
+  for (int r = 0; r < size_; ++r) {
+    CrossMemoryOffer offer;
+    std::memcpy(&offer, slot(r, p0), sizeof offer);
+    if (offer.can_read != 1) return {};
+    addresses[r] = offer.address;
+  }
+  return addresses;
 }
 
 void ShmGroup::read_from_peer(int r, uint64_t remote, void* local, size_t n) {
@@ -803,28 +810,44 @@ void ShmGroup::all_gather_chunked(const CallDesc& desc, const char* src, char* d
 void ShmGroup::broadcast(const CallDesc& desc, void* buf) {
   run_collective(desc, [&] {
     const size_t nbytes = desc.nbytes();
-    const size_t chunk = layout_.chunk_bytes;
-    const size_t nchunks = (nbytes + chunk - 1) / chunk;
-    const size_t nbarriers = std::max<size_t>(nchunks, 1);
-    const bool is_root = desc.root == rank_;
     char* data = static_cast<char*>(buf);
-    const uint64_t p0 = arrivals_;
-    for (size_t j = 0; j <= nbarriers; ++j) {
-      const uint64_t phase = p0 + j;
-      if (!is_root && j >= 1 && j - 1 < nchunks) {
-        const size_t off = (j - 1) * chunk;
-        copy_result(data + off, slot(desc.root, phase - 1), std::min(chunk, nbytes - off), nbytes);
-      }
-      if (is_root && j < nchunks) {
-        std::memcpy(slot(rank_, phase), data + j * chunk, std::min(chunk, nbytes - j * chunk));
-      }
-      if (j == 0) write_desc(phase, desc);
-      if (j < nbarriers) {
-        arrive_and_wait();
-        if (j == 0) check_descs(p0);
-      }
+    if (nbytes < cross_memory_min_bytes_ || size_ < 2) {
+      broadcast_chunked(desc, data);
+      return;
     }
+    // Every other rank reads the root's buffer straight into its own.
+    const std::vector<uint64_t> buffers = publish_address(desc, data);
+    if (buffers.empty()) {
+      broadcast_chunked(desc, data);
+      return;
+    }
+    if (desc.root != rank_) read_from_peer(desc.root, buffers[desc.root], data, nbytes);
+    arrive_and_wait();  // the root keeps its buffer until every reader is done
   });
+}
+
+void ShmGroup::broadcast_chunked(const CallDesc& desc, char* data) {
+  const size_t nbytes = desc.nbytes();
+  const size_t chunk = layout_.chunk_bytes;
+  const size_t nchunks = (nbytes + chunk - 1) / chunk;
+  const size_t nbarriers = std::max<size_t>(nchunks, 1);
+  const bool is_root = desc.root == rank_;
+  const uint64_t p0 = arrivals_;
+  for (size_t j = 0; j <= nbarriers; ++j) {
+    const uint64_t phase = p0 + j;
+    if (!is_root && j >= 1 && j - 1 < nchunks) {
+      const size_t off = (j - 1) * chunk;
+      copy_result(data + off, slot(desc.root, phase - 1), std::min(chunk, nbytes - off), nbytes);
+    }
+    if (is_root && j < nchunks) {
+      std::memcpy(slot(rank_, phase), data + j * chunk, std::min(chunk, nbytes - j * chunk));
+    }
+    if (j == 0) write_desc(phase, desc);
+    if (j < nbarriers) {
+      arrive_and_wait();
+      if (j == 0) check_descs(p0);
+    }
+  }
 }
 
 void ShmGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) {

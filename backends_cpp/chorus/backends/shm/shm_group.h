@@ -27,7 +27,7 @@ class ShmGroup final : public GroupImpl {
   int size() const override { return size_; }
   const char* backend() const override { return "shm"; }
   const std::string& segment_name() const { return name_; }
-  // Whether this rank can read its peers' memory (single-copy all_gather).
+  // Whether this rank can read its peers' memory (single-copy all_gather, broadcast).
   bool single_copy() const { return cross_memory_; }
 
   GroupPtr split(int color, int key) override;
@@ -66,8 +66,12 @@ class ShmGroup final : public GroupImpl {
                     size_t count) const;
   // Whether every peer's memory can be read with cross-memory attach.
   bool probe_cross_memory();
-  // all_gather through the segment, chunk by chunk (two copies per byte).
+  // First phase of a single-copy call: publish `address` and the descriptor;
+  // returns every rank's address, or nothing when some rank cannot read peers.
+  std::vector<uint64_t> publish_address(const CallDesc& desc, const void* address);
+  // all_gather / broadcast through the segment, chunk by chunk (two copies per byte).
   void all_gather_chunked(const CallDesc& desc, const char* src, char* dst);
+  void broadcast_chunked(const CallDesc& desc, char* data);
   // Reads peer `r`'s n bytes at `remote` into `local`, or aborts the call.
   void read_from_peer(int r, uint64_t remote, void* local, size_t n);
 
@@ -99,7 +103,7 @@ class ShmGroup final : public GroupImpl {
   // This rank can read every peer's memory (cross_memory.h); a collective
   // takes the single-copy path only when every rank says so.
   bool cross_memory_ = false;
-  size_t cross_memory_min_bytes_ = 0;  // per-rank bytes from which all_gather uses it
+  size_t cross_memory_min_bytes_ = 0;  // bytes per rank from which collectives use it
   uint64_t arrivals_ = 0;              // barriers passed in this abort epoch = current phase
   uint32_t epoch_ = 0;                 // abort epoch this rank runs in
   uint32_t calls_ = 0;  // collectives entered in this epoch (the current one included)
