@@ -2,11 +2,12 @@
 //
 // Synchronisation. Each rank owns a barrier sequence word (RankControl::seq);
 // arrive_and_wait() bumps it, rings the segment's doorbell and waits until
-// every rank's word reached the same value. Waiting spins for a few
-// microseconds (or, when ranks outnumber cores, yields the core for up to
-// 100 us instead) and then sleeps on the doorbell futex in slices of at most
-// kInterruptPollMs; after each slice it runs check_interrupt(), looks at the
-// abort word and checks that the ranks it waits on are still alive.
+// every rank's word reached the same value. Waiting spins for up to 50
+// microseconds when every rank has a core of its own (or, when ranks
+// outnumber cores, yields the core for up to 100 us instead) and then
+// sleeps on the doorbell futex in slices of at most kInterruptPollMs; after
+// each slice it runs check_interrupt(), looks at the abort word and checks
+// that the ranks it waits on are still alive.
 //
 // Phases. Barriers cut every rank's timeline into the same numbered phases
 // (phase = barriers passed in this epoch, arrivals_). In phase p a rank writes
@@ -76,7 +77,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr auto kSpin = std::chrono::microseconds(5);
+// Long enough to cover the skew between ranks copying a chunk or a peer's
+// block (a futex wake-up costs tens of microseconds in a VM: 1 MiB all_sum at
+// N=2 ~145 -> ~125 us against 5 us), short enough to cost nothing when a
+// peer is really late. Only when every rank has a core: see spin_budget().
+constexpr auto kSpin = std::chrono::microseconds(50);
 // Below this an all_reduce is one barrier: every rank reduces all slots.
 constexpr size_t kSmallAllReduceBytes = 16 * 1024;
 constexpr uint32_t kP2pMagic = 0x63703270;  // "p2pc"
@@ -440,8 +445,8 @@ void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
   };
   check_abort();
   if (ready()) return;
-  // A short spin catches peers that are a few microseconds behind without a
-  // syscall; anything longer sleeps, since ranks may outnumber cores.
+  // A short spin catches peers that are a little behind without a syscall;
+  // anything longer sleeps, since ranks may outnumber cores.
   const auto spin_end = Clock::now() + spin_budget_;
   while (Clock::now() < spin_end) {
     for (int i = 0; i < 32; ++i) cpu_relax();
