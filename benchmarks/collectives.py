@@ -13,7 +13,7 @@ the benchmark's own virtual environment (``build/bench-venv``, created by
 - and, as a reference that is no library, a bare TCP ring that moves the
   bytes a ring algorithm moves and computes nothing (``tcp floor``).
 
-Every peer runs once per round and the rounds follow one another (three in
+Every peer runs once per round and the rounds follow one another (five in
 a full run), so each column sees the same mix of the machine's fast and slow
 phases; a cell pools the trials of every round.
 
@@ -810,11 +810,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, help="timed trials per case (default 5)")
     parser.add_argument("--target", type=float, help="seconds per trial (default 0.2)")
     parser.add_argument("--timeout", type=float, help="hard limit per job in s (default 240)")
-    parser.add_argument("--launch-runs", type=int, help="runs per launcher (default 6)")
+    parser.add_argument("--launch-runs", type=int, help="runs per launcher (default 5)")
     parser.add_argument(
         "--rounds",
         type=int,
-        help="sweeps over every peer per N, interleaved in time; trials pooled (default 3)",
+        help="sweeps over every peer per N, interleaved in time; trials pooled (default 5)",
     )
     parser.add_argument(
         "--noise",
@@ -839,9 +839,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.ns = args.ns or ([2] if quick else [2, 4])
     args.target = args.target or (0.05 if quick else 0.2)
     args.timeout = args.timeout or (90 if quick else 240)
-    args.rounds = args.rounds or (1 if quick else 3)
+    args.rounds = args.rounds or (1 if quick else 5)
     args.trials = args.trials or (2 if quick else 3)
-    args.launch_runs = args.launch_runs or (2 if quick else 6)
+    args.launch_runs = args.launch_runs or (2 if quick else 5)
     args.launch_timeout = 60.0
     return args
 
