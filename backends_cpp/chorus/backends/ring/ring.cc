@@ -8,6 +8,7 @@
 #include "chorus/backends/rendezvous.h"
 #include "chorus/backends/ring/ring_group.h"
 #include "chorus/backends/tcp_split.h"
+#include "chorus/common/cpu.h"
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/common/logging.h"
@@ -23,6 +24,10 @@ constexpr size_t kDefaultSegment = size_t{1} << 20;
 constexpr size_t kSmallBytes = 64 * 1024;
 constexpr auto kAbortFlush = std::chrono::milliseconds(1000);
 constexpr auto kProbeEvery = std::chrono::milliseconds(500);
+// Look for traffic this long before sleeping in poll() when the ranks on this
+// host have a core each: a small message crosses loopback in ~10 us, a
+// wake-up from a sleeping poll costs several times that in a VM.
+constexpr auto kSpin = std::chrono::microseconds(50);
 
 // A failure to raise as PeerError here and to forward around the ring.
 class RingFailure : public PeerError {
@@ -40,6 +45,21 @@ class RingFailure : public PeerError {
   std::string forward_;
   bool fatal_;
 };
+
+// "ip:port" -> "ip" ("[v6]:port" -> "[v6]").
+std::string host_part(const std::string& address) {
+  const auto colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+// Ranks whose first address is on the same host as this rank's.
+int ranks_sharing_host(const std::vector<std::vector<std::string>>& hosts, int rank) {
+  if (hosts[rank].empty()) return static_cast<int>(hosts.size());
+  const std::string mine = host_part(hosts[rank].front());
+  int count = 0;
+  for (const auto& addrs : hosts) count += !addrs.empty() && host_part(addrs.front()) == mine;
+  return count;
+}
 
 Clock::time_point deadline_after(double seconds) {
   return Clock::now() +
@@ -75,6 +95,8 @@ RingGroup::RingGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
                   (config_.group_path.empty() ? "" : " (group " + config_.group_path + ")");
   acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
   last_interrupt_check_ = Clock::now();
+  spin_ =
+      spin_budget(ranks_sharing_host(config_.hosts, config_.rank), kSpin, "CHORUS_RING_SPIN_US");
   connect_initial();
 }
 
@@ -204,9 +226,7 @@ void RingGroup::progress(int timeout_ms) {
   const size_t n0 = fds_.size();
   links_[1].add_pollfds(fds_);
   fds_.push_back({acceptor_->wake_fd(), POLLIN, 0});
-  int rc = ::poll(fds_.data(), fds_.size(), timeout_ms);
-  if (rc < 0 && errno != EINTR) throw tcp::SocketError("poll", errno, "-");
-  if (rc < 0) rc = 0;
+  const int rc = tcp::poll_spinning(fds_.data(), fds_.size(), timeout_ms, spin_);
   links_[0].handle(fds_.data());
   links_[1].handle(fds_.data() + n0);
   // Interrupt checks cost a GIL round trip in Python: once per idle slice or

@@ -128,6 +128,8 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   std::vector<uint8_t> scratch_;  // the ring algorithms' receive buffers, kept across calls
   uint64_t split_count_ = 0;
   tcp::Clock::time_point last_interrupt_check_;
+  // How long progress() looks for traffic before poll() sleeps (cpu.h).
+  std::chrono::microseconds spin_{0};
 };
 
 }  // namespace chorus::ring

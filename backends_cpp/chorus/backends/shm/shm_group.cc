@@ -58,6 +58,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -67,6 +68,7 @@
 #include <thread>
 
 #include "chorus/algorithms/copy.h"
+#include "chorus/common/cpu.h"
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/common/logging.h"
@@ -163,27 +165,10 @@ std::string short_desc(const CallDesc& d, const CallDesc& other) {
   return out.str();
 }
 
-int usable_cores() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-  return std::max(1, CPU_COUNT(&set));
-}
-
 // How long a wait spins, then yields, before it sleeps on the futex.
 // CHORUS_SHM_SPIN_US / CHORUS_SHM_YIELD_US override them (measurements, and
 // tests that need every wait to reach the futex and its interrupt check).
-std::chrono::microseconds env_micros(const char* name, std::chrono::microseconds fallback) {
-  const char* text = std::getenv(name);
-  return text ? std::chrono::microseconds(std::strtol(text, nullptr, 10)) : fallback;
-}
-
-std::chrono::microseconds spin_budget(int ranks) {
-  // When ranks outnumber cores the yield phase replaces the spin.
-  return env_micros("CHORUS_SHM_SPIN_US",
-                    ranks > usable_cores() ? std::chrono::microseconds(0) : kSpin);
-}
-
+// When ranks outnumber cores the yield phase replaces the spin.
 std::chrono::microseconds yield_budget(int ranks) {
   return env_micros("CHORUS_SHM_YIELD_US", ranks > usable_cores() ? std::chrono::microseconds(100)
                                                                   : std::chrono::microseconds(0));
@@ -224,7 +209,7 @@ ShmGroup::ShmGroup(const InitOptions& options, std::string tag)
   pending_.resize(size_);
   pending_off_.assign(size_, 0);
   skip_.assign(size_, 0);
-  spin_budget_ = spin_budget(size_);
+  spin_budget_ = spin_budget(size_, kSpin, "CHORUS_SHM_SPIN_US");
   yield_budget_ = yield_budget(size_);
   cross_memory_min_bytes_ = cross_memory_min_bytes();
   rendezvous();
@@ -511,7 +496,10 @@ void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
 }
 
 void ShmGroup::check_peer_alive(int peer, WaitKind kind) {
-  if (peers_[peer].alive()) return;
+  if (!peers_[peer].alive()) peer_died(peer, kind);
+}
+
+void ShmGroup::peer_died(int peer, WaitKind kind) {
   const std::string reason = "rank " + std::to_string(peer) + " (pid " +
                              std::to_string(peers_[peer].pid()) + ") died during " + op_;
   if (kind == WaitKind::Collective) publish_abort(reason);
@@ -779,6 +767,8 @@ void ShmGroup::read_from_peer(int r, uint64_t remote, void* local, size_t n) {
   const int err =
       read_peer_memory(peers_[r].pid(), reinterpret_cast<const void*>(remote), local, n);
   if (err == 0) return;
+  // ESRCH: its memory is gone, so it is exiting, maybe before its pidfd says so.
+  if (err == ESRCH) peer_died(r, WaitKind::Collective);
   check_peer_alive(r, WaitKind::Collective);  // a dead peer: abort, group unusable
   const std::string reason = "rank " + std::to_string(rank_) +
                              " could not read the input of rank " + std::to_string(r) + " during " +

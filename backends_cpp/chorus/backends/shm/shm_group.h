@@ -78,6 +78,8 @@ class ShmGroup final : public GroupImpl {
   template <typename Ready, typename Blockers>
   void wait(Ready&& ready, Blockers&& blockers, WaitKind kind);
   void check_peer_alive(int peer, WaitKind kind);
+  // Aborts (a collective), marks the group unusable and raises PeerError.
+  [[noreturn]] void peer_died(int peer, WaitKind kind);
   void publish_abort(const std::string& reason);
   [[noreturn]] void throw_abort(uint32_t word);
   void check_usable() const;

@@ -95,6 +95,21 @@ int poll_slice(pollfd* fds, size_t n, Clock::time_point deadline) {
       static_cast<int>(std::max<long long>(0, std::min<long long>(left, kInterruptPollMs))));
 }
 
+int poll_spinning(pollfd* fds, size_t n, int timeout_ms, std::chrono::microseconds spin) {
+  const auto nfds = static_cast<nfds_t>(n);
+  if (spin.count() > 0 && timeout_ms != 0) {
+    const auto end = Clock::now() + spin;
+    do {
+      const int rc = ::poll(fds, nfds, 0);
+      if (rc > 0) return rc;
+      if (rc < 0 && errno != EINTR) throw SocketError("poll", errno, "-");
+    } while (Clock::now() < end);
+  }
+  const int rc = ::poll(fds, nfds, timeout_ms);
+  if (rc < 0 && errno != EINTR) throw SocketError("poll", errno, "-");
+  return rc < 0 ? 0 : rc;
+}
+
 std::string seconds_text(double seconds) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f s", seconds);

@@ -77,6 +77,12 @@ class Socket {
 int poll_slice(pollfd* fds, size_t n, Clock::time_point deadline);
 int poll_slice(pollfd* fds, size_t n, int timeout_ms);
 
+// poll() that first looks without sleeping for up to `spin` (a wake-up from
+// a sleeping poll costs tens of microseconds in a VM, more than a small
+// message's whole trip on loopback), then sleeps up to timeout_ms. EINTR
+// counts as a timeout. Returns poll's count (>= 0); throws on poll errors.
+int poll_spinning(pollfd* fds, size_t n, int timeout_ms, std::chrono::microseconds spin);
+
 // Seconds with one decimal, for messages ("5.0 s").
 std::string seconds_text(double seconds);
 
