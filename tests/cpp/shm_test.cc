@@ -18,6 +18,7 @@
 #include <cstring>
 #include <functional>
 #include <future>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -739,17 +740,20 @@ TEST_F(ShmTest, ForkedRanksCollectivesAndSendRecv) {
   }
 }
 
-TEST_F(ShmTest, KilledRankIsNamedWithinSeconds) {
+// Forks 4 ranks that repeat `call` until it raises; kills rank 2 once rank 0
+// finished 4 calls. Every survivor must raise PeerError naming rank 2 as
+// "died during <op>" within seconds, then pass `after` (exit code 0).
+void expect_killed_rank_named(const std::string& tag, const std::string& op,
+                              const std::function<void(GroupImpl&)>& call,
+                              const std::function<int(GroupImpl&)>& after) {
   int fds[2];
   ASSERT_EQ(::pipe(fds), 0);
   const int write_fd = fds[1];
   const std::vector<pid_t> pids =
-      fork_ranks(4, unique_job("kill"), 0, [write_fd](int rank, GroupImpl& g) {
-        std::vector<float> in(1u << 18, 1.f), out(in.size());
+      fork_ranks(4, unique_job(tag), 0, [&, write_fd](int rank, GroupImpl& g) {
         for (int iter = 0;; ++iter) {
           try {
-            ops::all_reduce(g, desc_of(Collective::AllReduce, Dtype::Float32, in.size()), in.data(),
-                            out.data());
+            call(g);
             if (iter == 3) {
               const char ready = 'r';
               if (rank == 0 && ::write(write_fd, &ready, 1) != 1) return 4;
@@ -758,16 +762,10 @@ TEST_F(ShmTest, KilledRankIsNamedWithinSeconds) {
             const std::string what = e.what();
             std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
             if (what.find("rank 2 (pid ") == std::string::npos ||
-                what.find("died during all_sum") == std::string::npos) {
+                what.find("died during " + op) == std::string::npos) {
               return 5;
             }
-            // The group stays unusable, and says so at once.
-            try {
-              ops::barrier(g);
-              return 6;
-            } catch (const PeerError&) {
-              return 0;
-            }
+            return after(g);
           }
         }
       });
@@ -788,6 +786,25 @@ TEST_F(ShmTest, KilledRankIsNamedWithinSeconds) {
         << "rank " << r << " status " << status;
   }
   EXPECT_LT(std::chrono::duration<double>(Clock::now() - killed_at).count(), 5.0);
+}
+
+TEST_F(ShmTest, KilledRankIsNamedWithinSeconds) {
+  std::vector<float> in(1u << 18, 1.f), out(in.size());
+  expect_killed_rank_named(
+      "kill", "all_sum",
+      [&](GroupImpl& g) {
+        ops::all_reduce(g, desc_of(Collective::AllReduce, Dtype::Float32, in.size()), in.data(),
+                        out.data());
+      },
+      [](GroupImpl& g) {
+        // The group stays unusable, and says so at once.
+        try {
+          ops::barrier(g);
+          return 6;
+        } catch (const PeerError&) {
+          return 0;
+        }
+      });
 }
 
 // ---------------------------------------------------------------- single-copy all_gather
@@ -876,49 +893,16 @@ TEST_F(ShmTest, SingleCopyFallsBackWhenOneRankCannotReadPeers) {
 }
 
 TEST_F(ShmTest, KilledRankDuringSingleCopyAllGatherIsNamed) {
-  int fds[2];
-  ASSERT_EQ(::pipe(fds), 0);
-  const int write_fd = fds[1];
-  const std::vector<pid_t> pids =
-      fork_ranks(4, unique_job("cma-kill"), 0, [write_fd](int rank, GroupImpl& g) {
-        if (!single_copy(g)) return 7;
-        const size_t count = 1u << 18;  // 1 MiB per rank: the single-copy path
-        std::vector<float> in(count, 1.f), out(count * 4);
-        for (int iter = 0;; ++iter) {
-          try {
-            ops::all_gather(g, desc_of(Collective::AllGather, Dtype::Float32, count), in.data(),
-                            out.data());
-            if (iter == 3) {
-              const char ready = 'r';
-              if (rank == 0 && ::write(write_fd, &ready, 1) != 1) return 4;
-            }
-          } catch (const PeerError& e) {
-            const std::string what = e.what();
-            std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
-            if (what.find("rank 2 (pid ") == std::string::npos ||
-                what.find("died during all_gather") == std::string::npos) {
-              return 5;
-            }
-            return 0;
-          }
-        }
-      });
-  ::close(fds[1]);
-  char ready = 0;
-  ASSERT_EQ(::read(fds[0], &ready, 1), 1);
-  ::close(fds[0]);
-  ::kill(pids[2], SIGKILL);
-  const auto killed_at = Clock::now();
-  const auto deadline = killed_at + std::chrono::seconds(5);
-  for (int r = 0; r < 4; ++r) {
-    const int status = wait_exit(pids[r], deadline);
-    if (r == 2) {
-      EXPECT_TRUE(WIFSIGNALED(status));
-      continue;
-    }
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-        << "rank " << r << " status " << status;
-  }
+  const size_t count = 1u << 18;  // 1 MiB per rank: the single-copy path
+  std::vector<float> in(count, 1.f), out(count * 4);
+  expect_killed_rank_named(
+      "cma-kill", "all_gather",
+      [&](GroupImpl& g) {
+        if (!single_copy(g)) throw std::runtime_error("single-copy reads are off");
+        ops::all_gather(g, desc_of(Collective::AllGather, Dtype::Float32, count), in.data(),
+                        out.data());
+      },
+      [](GroupImpl&) { return 0; });
 }
 
 }  // namespace
