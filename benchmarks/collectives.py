@@ -601,7 +601,20 @@ def versions(venv: Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         found["probe_error"] = str(e)
     sha = _run_text(["git", "-C", str(REPO), "rev-parse", "HEAD"])
-    dirty = _run_text(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+    # The results folder is this run's output: only code changes make it dirty.
+    dirty = _run_text(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!benchmarks/results",
+        ]
+    )
     cpu = "unknown"
     with open("/proc/cpuinfo") as f:
         for line in f:
