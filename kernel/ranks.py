@@ -343,6 +343,7 @@ class RankSet:
             client = rank.manager.client()
             client.start_channels()
             await asyncio.wait_for(client.wait_for_ready(timeout=START_TIMEOUT), START_TIMEOUT + 5)
+        await self._wait_iopub_subscribed(rank, client)
         rank.client = client
         rank.tasks = [
             asyncio.create_task(self._pump(rank, client.get_iopub_msg, self._to_listener)),
@@ -372,6 +373,38 @@ class RankSet:
                         return
             except TimeoutError:
                 continue
+
+    async def _wait_iopub_subscribed(self, rank: Rank, client: AsyncKernelClient) -> None:
+        """Return once this rank's iopub messages reach us.
+
+        A shell reply proves the kernel runs, not that our iopub subscription
+        has reached its publisher: ZMQ drops what a PUB socket sends before
+        the subscription arrives, and over TCP with CurveZMQ to a busy host
+        that can take longer than a shell round trip. A cell run then would
+        lose its output and its idle status, and wait forever. Every
+        kernel_info request makes the kernel publish its busy/idle status, so
+        ask until one of those arrives.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        asked: set[str] = set()
+        while True:
+            if rank.remote is not None and not rank.alive():
+                msg = f"it exited ({rank.exit_code()}) before its output could be read"
+                raise RuntimeError(msg)
+            if loop.time() > deadline:
+                msg = f"its output did not reach the chorus kernel within {START_TIMEOUT:g} s"
+                raise RuntimeError(msg)
+            asked.add(client.kernel_info())
+            end = loop.time() + 0.5
+            while (left := end - loop.time()) > 0:
+                try:
+                    message = await asyncio.wait_for(client.get_iopub_msg(), left)
+                except TimeoutError:
+                    break
+                # (The shell replies to these requests find no waiter: dropped.)
+                if message.get("parent_header", {}).get("msg_id") in asked:
+                    return
 
     async def _pump(
         self,
