@@ -857,9 +857,12 @@ TEST_F(ShmTest, SingleCopyAndThroughTheSegment) {
         // below the threshold and ranks above it), and the group goes on.
         const size_t mine = rank == 0 ? 1000 : 20000 + rank;
         std::vector<int32_t> in(mine), out(mine * n);
+        std::fill(in.begin(), in.end(), 7);
         EXPECT_THROW(ops::all_gather(g, desc_of(Collective::AllGather, Dtype::Int32, in.size()),
                                      in.data(), out.data()),
                      UsageError);
+        EXPECT_EQ(std::count(out.begin(), out.end(), 0), static_cast<long>(out.size()))
+            << "a refused call wrote into out";
         EXPECT_TRUE(all_gather_matches(g, 50000));
       });
     }

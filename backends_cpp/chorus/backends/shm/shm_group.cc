@@ -317,7 +317,7 @@ bool ShmGroup::probe_cross_memory() {
       CHORUS_LOG(options_.verbose, "shm rank ", rank_, "/", size_,
                  ": cannot read the memory of rank ", r, " (",
                  err != 0 ? std::strerror(err) : "unexpected bytes",
-                 "): all_gather copies through the segment");
+                 "): all_gather and broadcast copy through the segment");
       return false;
     }
   }
@@ -727,15 +727,13 @@ void ShmGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
       all_gather_chunked(desc, src, dst);
       return;
     }
-    // Our own block needs nobody: copy it while the others arrive.
-    if (cross_memory_) {
-      copy_result(dst + static_cast<size_t>(rank_) * nbytes, src, nbytes, nbytes * size_);
-    }
     const std::vector<uint64_t> inputs = publish_address(desc, src);
     if (inputs.empty()) {
       all_gather_chunked(desc, src, dst);
       return;
     }
+    // Only now that every rank's call matched: a mismatch leaves `out` untouched.
+    copy_result(dst + static_cast<size_t>(rank_) * nbytes, src, nbytes, nbytes * size_);
     // Start at the next rank, so that not every rank reads rank 0 first.
     for (int k = 1; k < size_; ++k) {
       const int r = (rank_ + k) % size_;
@@ -771,8 +769,8 @@ void ShmGroup::read_from_peer(int r, uint64_t remote, void* local, size_t n) {
   if (err == ESRCH) peer_died(r, WaitKind::Collective);
   check_peer_alive(r, WaitKind::Collective);  // a dead peer: abort, group unusable
   const std::string reason = "rank " + std::to_string(rank_) +
-                             " could not read the input of rank " + std::to_string(r) + " during " +
-                             op_ + ": " + std::strerror(err);
+                             " could not read the buffer of rank " + std::to_string(r) +
+                             " during " + op_ + ": " + std::strerror(err);
   publish_abort(reason);
   throw PeerError(prefix() + reason);
 }
