@@ -375,36 +375,50 @@ class RankSet:
                 continue
 
     async def _wait_iopub_subscribed(self, rank: Rank, client: AsyncKernelClient) -> None:
-        """Return once this rank's iopub messages reach us.
+        """Return once this rank's iopub messages reach us, with the kernel idle again.
 
         A shell reply proves the kernel runs, not that our iopub subscription
         has reached its publisher: ZMQ drops what a PUB socket sends before
         the subscription arrives, and over TCP with CurveZMQ to a busy host
         that can take longer than a shell round trip. A cell run then would
         lose its output and its idle status, and wait forever. Every
-        kernel_info request makes the kernel publish its busy/idle status, so
-        ask until one of those arrives.
+        kernel_info request makes the kernel publish busy, then idle; ask
+        until an idle of ours arrives, then collect that request's shell
+        reply, so that no request of ours is still in flight when the first
+        cell is sent.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
-        asked: set[str] = set()
-        while True:
+        asked: list[str] = []
+        answered = ""
+        while not answered:
             if rank.remote is not None and not rank.alive():
                 msg = f"it exited ({rank.exit_code()}) before its output could be read"
                 raise RuntimeError(msg)
             if loop.time() > deadline:
                 msg = f"its output did not reach the chorus kernel within {START_TIMEOUT:g} s"
                 raise RuntimeError(msg)
-            asked.add(client.kernel_info())
+            asked.append(client.kernel_info())
             end = loop.time() + 0.5
-            while (left := end - loop.time()) > 0:
+            while not answered and (left := end - loop.time()) > 0:
                 try:
                     message = await asyncio.wait_for(client.get_iopub_msg(), left)
                 except TimeoutError:
                     break
-                # (The shell replies to these requests find no waiter: dropped.)
-                if message.get("parent_header", {}).get("msg_id") in asked:
-                    return
+                parent = message.get("parent_header", {}).get("msg_id")
+                content = message.get("content", {})
+                if parent in asked and content.get("execution_state") == "idle":
+                    answered = parent
+        # Every request asked so far was handled before that idle: its replies
+        # are on their way. Take them off the shell socket (the first cell's
+        # reply must be the first thing the shell reader sees of this rank).
+        waiting = set(asked)
+        while waiting and loop.time() < deadline:
+            try:
+                reply = await asyncio.wait_for(client.get_shell_msg(), deadline - loop.time())
+            except TimeoutError:
+                break
+            waiting.discard(reply.get("parent_header", {}).get("msg_id", ""))
 
     async def _pump(
         self,
