@@ -526,6 +526,15 @@ def measure_peer(
     return jobs, [best[k] for k in sorted(best, key=lambda k: (k[0] != "all_sum", k[1]))]
 
 
+def _good_walls(runs: list[dict[str, Any]]) -> list[float]:
+    """Wall times of the launch runs that ended in time with every rank exiting 0."""
+    return [
+        r["wall_s"]
+        for r in runs
+        if not r["timed_out"] and r["returncodes"] and all(rc == 0 for rc in r["returncodes"])
+    ]
+
+
 def measure_launch(
     peer: Peer, n: int, args: argparse.Namespace, tmp: Path, runs_wanted: int | None = None
 ) -> dict[str, Any]:
@@ -548,11 +557,7 @@ def measure_launch(
                 "output_tail": "" if job.ok else job.tail(),
             }
         )
-    good = [
-        r["wall_s"]
-        for r in runs
-        if not r["timed_out"] and r["returncodes"] and all(rc == 0 for rc in r["returncodes"])
-    ]
+    good = _good_walls(runs)
     median = statistics.median(good) if good else None
     shown = f"{median:.2f} s" if median is not None else "FAILED"
     log(f"  launch {peer.name:24s} n={n}: {shown} ({len(good)}/{len(runs)} ok)")
@@ -565,11 +570,7 @@ def merge_launches(per_round: list[dict[str, Any]]) -> dict[str, Any]:
     """One launcher's runs of every round, with the median over all good runs."""
     out = dict(per_round[0])
     out["runs"] = [run for got in per_round for run in got["runs"]]
-    good = [
-        r["wall_s"]
-        for r in out["runs"]
-        if not r["timed_out"] and r["returncodes"] and all(rc == 0 for rc in r["returncodes"])
-    ]
+    good = _good_walls(out["runs"])
     out["median_s"] = statistics.median(good) if good else None
     return out
 
