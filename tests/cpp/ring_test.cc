@@ -3,15 +3,11 @@
 #include "chorus/backends/ring/ring.h"
 
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <functional>
 #include <random>
 #include <string>
 #include <thread>
@@ -21,157 +17,17 @@
 #include "chorus/common/interrupt.h"
 #include "chorus/ops.h"
 #include "chorus/transport/tcp/listener.h"
+#include "collective_checks.h"
+#include "tcp_ranks.h"
 
 namespace chorus {
 namespace {
 
-// check_interrupt's hook is process-wide; each rank thread arms its own countdown.
-thread_local int t_interrupt_countdown = 0;
-thread_local bool t_interrupt_armed = false;
-thread_local std::chrono::steady_clock::time_point t_interrupt_at;
-void test_interrupt_hook() {
-  if (t_interrupt_countdown > 0 && --t_interrupt_countdown == 0) {
-    throw Interrupted("test interrupt");
-  }
-  if (t_interrupt_armed && std::chrono::steady_clock::now() >= t_interrupt_at) {
-    t_interrupt_armed = false;
-    throw Interrupted("test interrupt");
-  }
-}
+using namespace test_support;  // NOLINT(google-build-using-namespace): test scaffolding
 
-struct World {
-  std::vector<std::vector<tcp::Listener>> listeners;  // kept until every rank adopted them
-  std::vector<std::vector<std::string>> hosts;
-};
-
-World make_world(int n, int addrs_per_rank = 1) {
-  World w;
-  w.listeners.resize(n);
-  w.hosts.resize(n);
-  for (int r = 0; r < n; ++r) {
-    for (int a = 0; a < addrs_per_rank; ++a) {
-      w.listeners[r].push_back(tcp::Listener::bind("127.0.0.1:0"));
-      w.hosts[r].push_back(w.listeners[r].back().address());
-    }
-  }
-  return w;
-}
-
-InitOptions options_for(const World& w, int rank, size_t segment = 64, double timeout = 10) {
-  InitOptions o;
-  o.rank = rank;
-  o.size = static_cast<int>(w.hosts.size());
-  o.hosts = w.hosts;
-  o.token = "secret-token";
-  o.job_id = "job-test";
-  o.hostname = "testhost";
-  o.timeout_s = timeout;
-  o.segment_bytes = segment;
-  for (const auto& l : w.listeners[rank]) o.listen_fds.push_back(l.fd());
-  return o;
-}
-
-// Runs body(rank, group) on n threads; returns each rank's exception text ("" = none).
-using Body = std::function<void(int, GroupPtr&)>;
 std::vector<std::string> run_ranks(int n, const Body& body, size_t segment = 64, int addrs = 1,
                                    double timeout = 10) {
-  World w = make_world(n, addrs);
-  std::vector<std::string> errors(n);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        GroupPtr g = ring::init(options_for(w, r, segment, timeout));
-        body(r, g);
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  return errors;
-}
-
-void expect_no_errors(const std::vector<std::string>& errors) {
-  for (size_t r = 0; r < errors.size(); ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
-}
-
-CallDesc make_desc(Collective kind, ReduceOp op, Dtype dtype, uint64_t count, int root = 0) {
-  CallDesc d;
-  d.kind = kind;
-  d.op = op;
-  d.dtype = dtype;
-  d.count = count;
-  d.shape_hash = count * 31 + 7;
-  d.root = root;
-  return d;
-}
-
-template <typename T>
-T value(int rank, size_t i) {
-  // Small integers: sums are exact in every float type used.
-  return static_cast<T>(static_cast<int>((rank * 7 + i * 3) % 23) - 11);
-}
-
-template <typename T>
-T combine(ReduceOp op, T a, T b) {
-  switch (op) {
-    case ReduceOp::Sum: return static_cast<T>(a + b);
-    case ReduceOp::Max: return std::max(a, b);
-    case ReduceOp::Min: return std::min(a, b);
-  }
-  return a;
-}
-
-template <typename T>
-void check_collectives(int rank, int n, GroupImpl& g, Dtype dtype, size_t count) {
-  std::vector<T> in(count);
-  for (size_t i = 0; i < count; ++i) in[i] = value<T>(rank, i);
-  for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min}) {
-    std::vector<T> out(count, T(99));
-    ops::all_reduce(g, make_desc(Collective::AllReduce, op, dtype, count), in.data(), out.data());
-    for (size_t i = 0; i < count; ++i) {
-      T want = value<T>(0, i);
-      for (int r = 1; r < n; ++r) want = combine(op, want, value<T>(r, i));
-      ASSERT_EQ(out[i], want) << "all_reduce op " << int(op) << " count " << count << " i " << i;
-    }
-  }
-  // In place.
-  std::vector<T> buf = in;
-  ops::all_reduce(g, make_desc(Collective::AllReduce, ReduceOp::Sum, dtype, count), buf.data(),
-                  buf.data());
-  for (size_t i = 0; i < count; ++i) {
-    T want = 0;
-    for (int r = 0; r < n; ++r) want = static_cast<T>(want + value<T>(r, i));
-    ASSERT_EQ(buf[i], want);
-  }
-  // all_gather
-  std::vector<T> gathered(count * n, T(99));
-  ops::all_gather(g, make_desc(Collective::AllGather, ReduceOp::Sum, dtype, count), in.data(),
-                  gathered.data());
-  for (int r = 0; r < n; ++r) {
-    for (size_t i = 0; i < count; ++i) ASSERT_EQ(gathered[r * count + i], value<T>(r, i));
-  }
-  // reduce_scatter of count * n elements
-  const size_t total = count * n;
-  std::vector<T> big(total), mine(count, T(99));
-  for (size_t i = 0; i < total; ++i) big[i] = value<T>(rank, i);
-  ops::reduce_scatter(g, make_desc(Collective::ReduceScatter, ReduceOp::Sum, dtype, total),
-                      big.data(), mine.data());
-  for (size_t i = 0; i < count; ++i) {
-    T want = 0;
-    for (int r = 0; r < n; ++r) want = static_cast<T>(want + value<T>(r, rank * count + i));
-    ASSERT_EQ(mine[i], want) << "reduce_scatter count " << count;
-  }
-  // broadcast from each root
-  for (int root = 0; root < n; ++root) {
-    std::vector<T> b(count);
-    for (size_t i = 0; i < count; ++i) b[i] = rank == root ? value<T>(root + 5, i) : T(99);
-    ops::broadcast(g, make_desc(Collective::Broadcast, ReduceOp::Sum, dtype, count, root),
-                   b.data());
-    for (size_t i = 0; i < count; ++i) ASSERT_EQ(b[i], value<T>(root + 5, i)) << "root " << root;
-  }
-  ops::barrier(g);
+  return run_rank_threads(ring::init, n, body, segment, addrs, timeout);
 }
 
 class RingSweep : public ::testing::TestWithParam<std::tuple<int, size_t>> {};
@@ -563,59 +419,13 @@ TEST(Ring, StrangersDoNotDisturbTraffic) {
 }
 
 TEST(Ring, KilledRankMakesEveryOtherRankRaiseNamingIt) {
-  const int n = 4;
-  World w = make_world(n);
-  int fds[2];
-  ASSERT_EQ(pipe(fds), 0);
-  std::vector<pid_t> pids;
-  for (int r = 0; r < n; ++r) {
-    const pid_t pid = fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      ::close(fds[0]);
-      std::string result = "rank " + std::to_string(r) + ": ";
-      try {
-        GroupPtr g = ring::init(options_for(w, r, 4096, 5.0));
-        // As under a launcher, this process keeps no other rank's listener.
-        w.listeners.clear();
-        std::vector<float> buf(200000, 1.0f);
-        for (long i = 0;; ++i) {
-          ops::all_reduce(
-              *g, make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Float32, buf.size()),
-              buf.data(), buf.data());
-          std::fill(buf.begin(), buf.end(), 1.0f);
-        }
-      } catch (const PeerError& e) {
-        result += std::string("PeerError: ") + e.what();
-      } catch (const std::exception& e) {
-        result += std::string("other: ") + e.what();
-      }
-      result += "\n";
-      [[maybe_unused]] ssize_t rc = ::write(fds[1], result.data(), result.size());
-      _exit(0);
-    }
-    pids.push_back(pid);
-  }
-  ::close(fds[1]);
-  w.listeners.clear();
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));
-  const auto killed_at = std::chrono::steady_clock::now();
-  ::kill(pids[2], SIGKILL);
-  std::string out;
-  char buf[4096];
-  ssize_t got;
-  while ((got = ::read(fds[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(got));
-  const auto elapsed = std::chrono::steady_clock::now() - killed_at;
-  ::close(fds[0]);
-  for (pid_t pid : pids) waitpid(pid, nullptr, 0);
-  EXPECT_LT(elapsed, std::chrono::seconds(5)) << out;
-  for (int r : {0, 1, 3}) {
-    const std::string tag = "rank " + std::to_string(r) + ": PeerError: ";
-    const auto at = out.find(tag);
-    ASSERT_NE(at, std::string::npos) << out;
-    const std::string line = out.substr(at, out.find('\n', at) - at);
-    EXPECT_NE(line.find("rank 2 (" + w.hosts[2][0] + ")"), std::string::npos) << line;
-  }
+  World w = make_world(4);
+  std::vector<float> buf(200000, 1.0f);
+  expect_killed_rank_named(ring::init, w, 2, [&](GroupImpl& g) {
+    ops::all_reduce(g, make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Float32, buf.size()),
+                    buf.data(), buf.data());
+    std::fill(buf.begin(), buf.end(), 1.0f);
+  });
 }
 
 }  // namespace
