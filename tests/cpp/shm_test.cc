@@ -30,6 +30,7 @@
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/ops.h"
+#include "collective_checks.h"
 
 namespace chorus {
 namespace {
@@ -106,14 +107,7 @@ class ShmTest : public ::testing::Test {
 
 CallDesc desc_of(Collective kind, Dtype dtype, uint64_t count, ReduceOp op = ReduceOp::Sum,
                  int root = 0) {
-  CallDesc desc;
-  desc.kind = kind;
-  desc.op = op;
-  desc.dtype = dtype;
-  desc.count = count;
-  desc.shape_hash = count * 31 + 7;
-  desc.root = root;
-  return desc;
+  return test_support::make_desc(kind, op, dtype, count, root);
 }
 
 // ---------------------------------------------------------------- values
@@ -123,16 +117,6 @@ T value(int rank, size_t i) {
   const int k = static_cast<int>((i * 7 + static_cast<size_t>(rank) * 13 + i / 3) % 41) - 20;
   if constexpr (std::is_floating_point_v<T>) return static_cast<T>(k) * static_cast<T>(0.37);
   return static_cast<T>(k);
-}
-
-template <typename T>
-T apply(ReduceOp op, T a, T b) {
-  switch (op) {
-    case ReduceOp::Sum: return static_cast<T>(a + b);
-    case ReduceOp::Max: return std::max(a, b);
-    case ReduceOp::Min: return std::min(a, b);
-  }
-  return a;
 }
 
 template <typename T>
@@ -163,7 +147,7 @@ void check_all_reduce(GroupImpl& g, size_t count, ReduceOp op, bool in_place) {
   for (size_t i = 0; i < count; ++i) {
     in[i] = value<T>(rank, i);
     T acc = value<T>(0, i);
-    for (int r = 1; r < g.size(); ++r) acc = apply(op, acc, value<T>(r, i));
+    for (int r = 1; r < g.size(); ++r) acc = test_support::combine(op, acc, value<T>(r, i));
     expect[i] = acc;
   }
   const CallDesc desc = desc_of(Collective::AllReduce, dtype_of<T>(), count, op);
