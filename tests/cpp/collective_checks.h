@@ -88,4 +88,15 @@ void check_collectives(int rank, int n, GroupImpl& g, Dtype dtype, size_t count)
   ops::barrier(g);
 }
 
+// check_collectives over counts from empty to a few segments, in four dtypes.
+inline void check_collectives_sweep(int rank, int n, GroupImpl& g) {
+  for (size_t count : {size_t{0}, size_t{1}, size_t{7}, size_t{13}, size_t{1000},
+                       static_cast<size_t>(n) * 37 + 1}) {
+    check_collectives<float>(rank, n, g, Dtype::Float32, count);
+    check_collectives<int64_t>(rank, n, g, Dtype::Int64, count);
+    check_collectives<double>(rank, n, g, Dtype::Float64, count);
+    check_collectives<int8_t>(rank, n, g, Dtype::Int8, count);
+  }
+}
+
 }  // namespace chorus::test_support
