@@ -2,7 +2,6 @@
 // when it is small), then the direct algorithms for large inputs.
 #include <cstdio>
 #include <cstring>
-#include <sstream>
 
 #include "chorus/algorithms/reduce.h"
 #include "chorus/backends/mesh/mesh_group.h"
@@ -101,37 +100,14 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
 
 std::vector<std::vector<uint8_t>> MeshGroup::agree(const CallDesc& desc, const void* data,
                                                    size_t n) {
-  const WireDesc wire = to_wire(desc);
-  std::vector<uint8_t> mine(sizeof wire + n);
-  std::memcpy(mine.data(), &wire, sizeof wire);
-  if (n > 0) std::memcpy(mine.data() + sizeof wire, data, n);
-  auto records = start_call(std::move(mine));
-  std::vector<CallDesc> descs(records.size());
-  for (size_t k = 0; k < records.size(); ++k) {
-    if (records[k].size() < sizeof(WireDesc)) {
-      const int p = static_cast<int>(k);
-      const std::string text = "protocol error: short descriptor from " + who(p) + " in " + op_;
-      throw MeshFailure(p, ctx_.prefix() + text, text);
-    }
-    WireDesc w;
-    std::memcpy(&w, records[k].data(), sizeof w);
-    descs[k] = from_wire(w);
-  }
-  bool same = true;
-  for (const auto& d : descs) same = same && d == descs[0];
-  if (!same)
-    throw UsageError(ctx_.prefix() + op_ + ": ranks disagree on the call: " + disagreement(descs));
+  auto records = start_call(call_record(desc, data, n));
   // Agreeing ranks make the same inline choice: any other size is corruption.
-  const size_t inline_bytes = small(desc.nbytes()) ? desc.nbytes() : 0;
-  for (size_t k = 0; k < records.size(); ++k) {
-    const bool carries = desc.kind != Collective::Broadcast || static_cast<int>(k) == desc.root;
-    if (records[k].size() != sizeof(WireDesc) + (carries ? inline_bytes : 0)) {
-      const int p = static_cast<int>(k);
-      const std::string text = "protocol error: record of " + std::to_string(records[k].size()) +
-                               " bytes from " + who(p) + " in " + op_;
-      throw MeshFailure(p, ctx_.prefix() + text, text);
-    }
-  }
+  check_call_records(records, desc, small(desc.nbytes()) ? desc.nbytes() : 0, ctx_.prefix() + op_,
+                     [&](int p, const std::string& what) {
+                       const std::string text =
+                           "protocol error: " + what + " from " + who(p) + " in " + op_;
+                       throw MeshFailure(p, ctx_.prefix() + text, text);
+                     });
   return records;
 }
 

@@ -2,7 +2,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <sstream>
 
 #include "chorus/algorithms/reduce.h"
 #include "chorus/backends/rendezvous.h"
@@ -476,56 +475,14 @@ void RingGroup::wait_sends() {
 
 std::vector<std::vector<uint8_t>> RingGroup::agree(const CallDesc& desc, const void* data,
                                                    size_t n) {
-  const WireDesc wire = to_wire(desc);
-  std::vector<uint8_t> mine(sizeof wire + n);
-  std::memcpy(mine.data(), &wire, sizeof wire);
-  if (n > 0) std::memcpy(mine.data() + sizeof wire, data, n);
-  auto records = algo::ring_gather_records(*this, std::move(mine));
-  std::vector<CallDesc> descs(records.size());
-  for (size_t k = 0; k < records.size(); ++k) {
-    if (records[k].size() < sizeof(WireDesc)) {
-      const int p = static_cast<int>(k);
-      const std::string text = "protocol error: short descriptor from " + who(p) + " in " + op_;
-      throw RingFailure(p, ctx_.prefix() + text, text);
-    }
-    WireDesc w;
-    std::memcpy(&w, records[k].data(), sizeof w);
-    descs[k] = from_wire(w);
-  }
-  bool same = true;
-  for (const auto& d : descs) same = same && d == descs[0];
+  auto records = algo::ring_gather_records(*this, call_record(desc, data, n));
   // Agreeing ranks make the same inline choice: any other size is corruption.
-  const size_t inline_bytes = small(desc.nbytes()) ? desc.nbytes() : 0;
-  for (size_t k = 0; same && k < records.size(); ++k) {
-    const bool carries = desc.kind != Collective::Broadcast || static_cast<int>(k) == desc.root;
-    if (records[k].size() != sizeof(WireDesc) + (carries ? inline_bytes : 0)) {
-      const int p = static_cast<int>(k);
-      const std::string text = "protocol error: record of " + std::to_string(records[k].size()) +
-                               " bytes from " + who(p) + " in " + op_;
-      throw RingFailure(p, ctx_.prefix() + text, text);
-    }
-  }
-  if (!same) {
-    // Every rank holds the same records, so every rank raises this same text.
-    std::vector<int> firsts;
-    std::ostringstream out;
-    out << ctx_.prefix() << op_ << ": ranks disagree on the call: ";
-    for (size_t k = 0; k < descs.size(); ++k) {
-      bool seen = false;
-      for (int f : firsts) seen = seen || descs[f] == descs[k];
-      if (seen) continue;
-      firsts.push_back(static_cast<int>(k));
-      std::vector<size_t> ranks;
-      for (size_t j = 0; j < descs.size(); ++j) {
-        if (descs[j] == descs[k]) ranks.push_back(j);
-      }
-      if (firsts.size() > 1) out << ", ";
-      out << (ranks.size() == 1 ? "rank " : "ranks ");
-      for (size_t i = 0; i < ranks.size(); ++i) out << (i ? "," : "") << ranks[i];
-      out << (ranks.size() == 1 ? " has " : " have ") << descs[k].describe();
-    }
-    throw UsageError(out.str());
-  }
+  check_call_records(records, desc, small(desc.nbytes()) ? desc.nbytes() : 0, ctx_.prefix() + op_,
+                     [&](int p, const std::string& what) {
+                       const std::string text =
+                           "protocol error: " + what + " from " + who(p) + " in " + op_;
+                       throw RingFailure(p, ctx_.prefix() + text, text);
+                     });
   return records;
 }
 
