@@ -24,7 +24,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
   if (pending_abort_) {
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
-    throw MeshFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, true);
+    throw LinkFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, true);
   }
   record_ = std::move(record);
   const int n = config_.size, me = config_.rank;
@@ -78,7 +78,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
           const std::string text = "protocol error: " + who(p) + " sent a " +
                                    tcp::frame_type_name(f.type) + " frame at the start of " + op_ +
                                    " (are all ranks calling the same operations?)";
-          throw MeshFailure(p, ctx_.prefix() + text, text);
+          throw LinkFailure(p, ctx_.prefix() + text, text);
         }
         if (f.aux0 != call_index_) {
           CHORUS_LOG(config_.verbose, ctx_.prefix(), who(p), " is at call ", f.aux0,
@@ -106,7 +106,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::agree(const CallDesc& desc, const v
                      [&](int p, const std::string& what) {
                        const std::string text =
                            "protocol error: " + what + " from " + who(p) + " in " + op_;
-                       throw MeshFailure(p, ctx_.prefix() + text, text);
+                       throw LinkFailure(p, ctx_.prefix() + text, text);
                      });
   return records;
 }

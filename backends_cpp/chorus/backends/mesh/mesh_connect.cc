@@ -200,7 +200,7 @@ void MeshGroup::report_gone(int p) {
     }
     text += " are gone (their listeners refuse connections) during " + op_;
   }
-  throw MeshFailure(p, ctx_.prefix() + text,
+  throw LinkFailure(p, ctx_.prefix() + text,
                     text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
 }
 
@@ -215,7 +215,7 @@ bool MeshGroup::recover(int p) {
     const auto* se = dynamic_cast<const tcp::SocketError*>(&e);
     if (se != nullptr && se->err() == ECONNREFUSED) report_gone(p);
     const std::string text = who(p) + " could not be reconnected during " + op_ + ": " + e.what();
-    throw MeshFailure(p, ctx_.prefix() + text,
+    throw LinkFailure(p, ctx_.prefix() + text,
                       text + " (seen by rank " + std::to_string(config_.rank) + ")", false);
   }
   peers_[p].need = false;

@@ -115,7 +115,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   void take_accepted();
   bool install(int p);
   void probe(int p);
-  // p refused a connection: throw a fatal MeshFailure naming every rank gone.
+  // p refused a connection: throw a fatal LinkFailure naming every rank gone.
   [[noreturn]] void report_gone(int p);
   bool recover(int p);
   void reset(int p);

@@ -50,7 +50,7 @@ void MeshGroup::route(int p, tcp::Frame frame) {
   auto protocol = [&](const std::string& what) {
     const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " + what +
                              " (are all ranks calling matching operations?)";
-    throw MeshFailure(p, ctx_.prefix() + text, text);
+    throw LinkFailure(p, ctx_.prefix() + text, text);
   };
   if (mailbox_.expecting(p)) {
     if (frame.type != tcp::FrameType::Data || frame.aux0 != kP2PData) {
@@ -110,13 +110,13 @@ void MeshGroup::check_links() {
           // In a send/recv: a collective's failure is not ours, unless our
           // peer is dead.
           if (fatal && (p == op_peer_ || culprit == op_peer_)) {
-            throw MeshFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
+            throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
           }
           reset(p);
           break;
         }
         if (call < call_index_ && fatal) {
-          throw MeshFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
+          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
         }
         if (call < call_index_) {
           // That rank failed in a call we had already finished: stale.
@@ -127,7 +127,7 @@ void MeshGroup::check_links() {
           if (!tolerant) {
             const std::string t =
                 who(p) + " closed its link during " + op_ + " (after an earlier failure)";
-            throw MeshFailure(p, ctx_.prefix() + t, t);
+            throw LinkFailure(p, ctx_.prefix() + t, t);
           }
         } else if (call > call_index_) {
           // It failed in a call we have not reached yet (this rank skipped
@@ -135,7 +135,7 @@ void MeshGroup::check_links() {
           pending_abort_ = PendingAbort{culprit, call, text, fatal};
           reset(p);
         } else {
-          throw MeshFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal);
+          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal);
         }
         break;
       }
@@ -153,13 +153,13 @@ void MeshGroup::check_links() {
         // that arrived before the close are still ours to take.
         if (l.sends_done() && (waiting_ != p || !peer.coll.empty())) break;
         const std::string text = who(p) + " died or left during " + op_ + ": " + l.failure_text();
-        throw MeshFailure(p, ctx_.prefix() + text,
+        throw LinkFailure(p, ctx_.prefix() + text,
                           text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
       }
       case tcp::Link::State::Protocol: {
         const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " +
                                  l.failure_text() + " (are all ranks calling the same operations?)";
-        throw MeshFailure(p, ctx_.prefix() + text, text);
+        throw LinkFailure(p, ctx_.prefix() + text, text);
       }
     }
   }
@@ -215,7 +215,7 @@ void MeshGroup::run(const char* op, Kind kind, int peer, const std::function<voi
     // Raised after a complete exchange (descriptor round, drained message):
     // the links are clean and the next call works as is.
     throw;
-  } catch (const MeshFailure& f) {
+  } catch (const LinkFailure& f) {
     clean_up(f.culprit(), f.forward(), f.fatal());
     throw;
   } catch (const Interrupted&) {
@@ -250,13 +250,13 @@ std::vector<uint8_t> MeshGroup::recv_exact(int p, size_t n) {
     if (state == tcp::Link::State::Closed || state == tcp::Link::State::Failed) {
       const std::string text =
           who(p) + " died or left during " + op_ + ": " + peer.link.failure_text();
-      throw MeshFailure(p, ctx_.prefix() + text,
+      throw LinkFailure(p, ctx_.prefix() + text,
                         text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
     }
     if (state != tcp::Link::State::Up) {
       const std::string text = "the link to " + who(p) + " closed during " + op_ +
                                (pending_abort_ ? ": " + pending_abort_->text : std::string());
-      throw MeshFailure(p, ctx_.prefix() + text, text);
+      throw LinkFailure(p, ctx_.prefix() + text, text);
     }
     waiting_ = p;
     progress();
@@ -269,7 +269,7 @@ std::vector<uint8_t> MeshGroup::recv_exact(int p, size_t n) {
                              tcp::frame_type_name(f.type) + " frame of " +
                              std::to_string(f.payload.size()) + " bytes during " + op_ +
                              ", expected " + std::to_string(n) + " bytes of data";
-    throw MeshFailure(p, ctx_.prefix() + text, text);
+    throw LinkFailure(p, ctx_.prefix() + text, text);
   }
   return std::move(f.payload);
 }

@@ -1,6 +1,5 @@
-// How the mesh uses the TCP link's frames (transport/tcp/link.h), and the
-// failure type its files share. README.md in this folder has the whole
-// protocol.
+// How the mesh uses the TCP link's frames (transport/tcp/link.h). README.md
+// in this folder has the whole protocol.
 //
 //   Sync   aux0 = call index; payload = WireDesc [+ the input, small calls]
 //          (the record: first frame of every collective, to every peer)
@@ -15,8 +14,7 @@
 #include <cstdint>
 #include <string>
 
-#include "chorus/common/error.h"
-#include "chorus/transport/tcp/socket.h"
+#include "chorus/backends/tcp_common.h"
 
 namespace chorus::mesh {
 
@@ -40,27 +38,5 @@ constexpr size_t kDefaultSegment = size_t{1} << 20;
 constexpr size_t kSmallBytes = 16 * 1024;
 constexpr auto kAbortFlush = std::chrono::milliseconds(1000);
 constexpr auto kProbeEvery = std::chrono::milliseconds(500);
-
-// A failure to raise as PeerError here and to forward to every peer.
-class MeshFailure : public PeerError {
- public:
-  // fatal: the culprit is dead (its link closed without an Abort, or its
-  // listener refuses connections), so the group cannot recover.
-  MeshFailure(int culprit, const std::string& message, std::string forward, bool fatal = false)
-      : PeerError(message), culprit_(culprit), forward_(std::move(forward)), fatal_(fatal) {}
-  int culprit() const { return culprit_; }
-  const std::string& forward() const { return forward_; }
-  bool fatal() const { return fatal_; }
-
- private:
-  int culprit_;
-  std::string forward_;
-  bool fatal_;
-};
-
-inline tcp::Clock::time_point deadline_after(double seconds) {
-  return tcp::Clock::now() +
-         std::chrono::duration_cast<tcp::Clock::duration>(std::chrono::duration<double>(seconds));
-}
 
 }  // namespace chorus::mesh

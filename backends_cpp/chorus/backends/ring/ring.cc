@@ -6,6 +6,7 @@
 #include "chorus/algorithms/reduce.h"
 #include "chorus/backends/rendezvous.h"
 #include "chorus/backends/ring/ring_group.h"
+#include "chorus/backends/tcp_common.h"
 #include "chorus/backends/tcp_split.h"
 #include "chorus/common/cpu.h"
 #include "chorus/common/error.h"
@@ -28,23 +29,6 @@ constexpr auto kProbeEvery = std::chrono::milliseconds(500);
 // wake-up from a sleeping poll costs several times that in a VM.
 constexpr auto kSpin = std::chrono::microseconds(50);
 
-// A failure to raise as PeerError here and to forward around the ring.
-class RingFailure : public PeerError {
- public:
-  // fatal: the culprit is dead (its link reset or closed without an Abort,
-  // or its listener refuses connections), so the group cannot recover.
-  RingFailure(int culprit, const std::string& message, std::string forward, bool fatal = false)
-      : PeerError(message), culprit_(culprit), forward_(std::move(forward)), fatal_(fatal) {}
-  int culprit() const { return culprit_; }
-  const std::string& forward() const { return forward_; }
-  bool fatal() const { return fatal_; }
-
- private:
-  int culprit_;
-  std::string forward_;
-  bool fatal_;
-};
-
 // "ip:port" -> "ip" ("[v6]:port" -> "[v6]").
 std::string host_part(const std::string& address) {
   const auto colon = address.rfind(':');
@@ -58,11 +42,6 @@ int ranks_sharing_host(const std::vector<std::vector<std::string>>& hosts, int r
   int count = 0;
   for (const auto& addrs : hosts) count += !addrs.empty() && host_part(addrs.front()) == mine;
   return count;
-}
-
-Clock::time_point deadline_after(double seconds) {
-  return Clock::now() +
-         std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
 }
 
 struct P2PHeader {
@@ -191,7 +170,7 @@ void RingGroup::probe_left() {
     if (e.err() == ECONNREFUSED) {
       const std::string text =
           who(left()) + " is gone (its listener refuses connections) during " + op_;
-      throw RingFailure(left(), ctx_.prefix() + text,
+      throw LinkFailure(left(), ctx_.prefix() + text,
                         text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
     }
   } catch (const PeerError&) {
@@ -210,7 +189,7 @@ bool RingGroup::recover(Side side) {
     const std::string text =
         who(right()) + " could not be reconnected during " + op_ + ": " + e.what();
     const auto* se = dynamic_cast<const tcp::SocketError*>(&e);
-    throw RingFailure(right(), ctx_.prefix() + text,
+    throw LinkFailure(right(), ctx_.prefix() + text,
                       text + " (seen by rank " + std::to_string(config_.rank) + ")",
                       se != nullptr && se->err() == ECONNREFUSED);
   }
@@ -264,7 +243,7 @@ void RingGroup::check_links() {
         }
         if (call < call_index_ && fatal) {
           // A rank died in a call we had finished: the ring cannot recover.
-          throw RingFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
+          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
         }
         if (call < call_index_) {
           // That rank failed in a call we had already finished: stale.
@@ -275,7 +254,7 @@ void RingGroup::check_links() {
           if (!tolerant_[s]) {
             const std::string t =
                 who(p) + " closed its link during " + op_ + " (after an earlier failure)";
-            throw RingFailure(p, ctx_.prefix() + t, t);
+            throw LinkFailure(p, ctx_.prefix() + t, t);
           }
         } else if (call > call_index_) {
           // It failed in a call we have not reached yet: raise there.
@@ -283,7 +262,7 @@ void RingGroup::check_links() {
           l = Link();
           need_[s] = true;
         } else {
-          throw RingFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal);
+          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal);
         }
         break;
       }
@@ -302,7 +281,7 @@ void RingGroup::check_links() {
         if (l.idle()) break;
         const uint64_t got = l.bytes_received() - rx_start_[s];
         const std::string text = who(p) + " died or left during " + op_ + ": " + l.failure_text();
-        throw RingFailure(p,
+        throw LinkFailure(p,
                           ctx_.prefix() + text + " (after " + std::to_string(got) +
                               " bytes received from it in this call)",
                           text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
@@ -310,7 +289,7 @@ void RingGroup::check_links() {
       case Link::State::Protocol: {
         const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " +
                                  l.failure_text() + " (are all ranks calling the same operations?)";
-        throw RingFailure(p, ctx_.prefix() + text, text);
+        throw LinkFailure(p, ctx_.prefix() + text, text);
       }
     }
   }
@@ -338,7 +317,7 @@ void RingGroup::run(const char* op, bool collective, Body&& body) {
     // Raised after a complete exchange (descriptor round, drained message):
     // the links are clean and the next call works as is.
     throw;
-  } catch (const RingFailure& f) {
+  } catch (const LinkFailure& f) {
     fail_links(f.culprit(), f.forward(), f.fatal());
     throw;
   } catch (const Interrupted&) {
@@ -362,7 +341,7 @@ void RingGroup::start_call() {
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
     if (a.call == call_index_) {
-      throw RingFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, a.fatal);
+      throw LinkFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, a.fatal);
     }
   }
   bool synced[2] = {false, false};
@@ -408,7 +387,7 @@ void RingGroup::start_call() {
             const std::string text = "protocol error: " + who(peer(side)) + " sent a " +
                                      tcp::frame_type_name(f->type) + " frame at the start of " +
                                      op_ + " (are all ranks calling the same operations?)";
-            throw RingFailure(peer(side), ctx_.prefix() + text, text);
+            throw LinkFailure(peer(side), ctx_.prefix() + text, text);
           }
           if (f->aux0 != call_index_) {
             CHORUS_LOG(config_.verbose, ctx_.prefix(), who(peer(side)), " is at call ", f->aux0,
@@ -442,7 +421,7 @@ void RingGroup::wait_recv(Side from, uint64_t ticket) {
       check_links();
       const std::string text = "the link to " + who(peer(from)) + " closed during " + op_ +
                                (pending_abort_ ? ": " + pending_abort_->text : std::string());
-      throw RingFailure(peer(from), ctx_.prefix() + text, text);
+      throw LinkFailure(peer(from), ctx_.prefix() + text, text);
     }
     progress();
   }
@@ -455,13 +434,13 @@ std::vector<uint8_t> RingGroup::recv_bytes(Side from) {
       if (f->type != tcp::FrameType::Data) {
         const std::string text = "protocol error: " + who(peer(from)) + " sent a " +
                                  tcp::frame_type_name(f->type) + " frame during " + op_;
-        throw RingFailure(peer(from), ctx_.prefix() + text, text);
+        throw LinkFailure(peer(from), ctx_.prefix() + text, text);
       }
       return std::move(f->payload);
     }
     if (!link(from).up()) {
       const std::string text = "the link to " + who(peer(from)) + " closed during " + op_;
-      throw RingFailure(peer(from), ctx_.prefix() + text, text);
+      throw LinkFailure(peer(from), ctx_.prefix() + text, text);
     }
     progress();
   }
@@ -481,7 +460,7 @@ std::vector<std::vector<uint8_t>> RingGroup::agree(const CallDesc& desc, const v
                      [&](int p, const std::string& what) {
                        const std::string text =
                            "protocol error: " + what + " from " + who(p) + " in " + op_;
-                       throw RingFailure(p, ctx_.prefix() + text, text);
+                       throw LinkFailure(p, ctx_.prefix() + text, text);
                      });
   return records;
 }
@@ -564,7 +543,7 @@ void RingGroup::broadcast(const CallDesc& desc, void* buf) {
       if (r.size() != sizeof(WireDesc) + nbytes) {
         const std::string text = "protocol error: broadcast record of " + who(desc.root) + " has " +
                                  std::to_string(r.size()) + " bytes";
-        throw RingFailure(desc.root, ctx_.prefix() + text, text);
+        throw LinkFailure(desc.root, ctx_.prefix() + text, text);
       }
       if (!root && nbytes) std::memcpy(buf, r.data() + sizeof(WireDesc), nbytes);
       return;
@@ -658,7 +637,7 @@ void RingGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int /*tag: 
       const std::string text = "protocol error: expected a message from send() by " + who(src) +
                                ", got a " + tcp::frame_type_name(header->type) +
                                " frame (are both ranks calling matching operations?)";
-      throw RingFailure(src, ctx_.prefix() + text, text);
+      throw LinkFailure(src, ctx_.prefix() + text, text);
     }
     P2PHeader h;
     std::memcpy(&h, header->payload.data(), sizeof h);
