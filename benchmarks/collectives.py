@@ -460,6 +460,32 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def keep_quietest(best: dict[tuple[str, int], dict[str, Any]], rec: dict[str, Any]) -> None:
+    """Keep rec as its case's result unless an earlier attempt ran with less background load."""
+    key = (rec["op"], rec["bytes"])
+    old = best.get(key)
+    if old is None or (rec["background_cores"] or 0) < (old["background_cores"] or 0):
+        if old is not None:
+            rec["replaced_attempt"] = old["attempt"]
+        best[key] = rec
+
+
+def cases_to_retry(
+    cases: list[tuple[str, int]],
+    best: dict[tuple[str, int], dict[str, Any]],
+    timed_out: bool,
+    noise: float,
+) -> list[tuple[str, int]]:
+    """Noisy cases, and missing ones unless the job ran out of time (a peer that
+    hangs or crawls would only burn another timeout)."""
+    return [
+        c
+        for c in cases
+        if (tuple(c) not in best and not timed_out)
+        or (tuple(c) in best and (best[tuple(c)]["background_cores"] or 0) > noise)
+    ]
+
+
 def measure_peer(
     peer: Peer, n: int, cases: list[tuple[str, int]], args: argparse.Namespace, tmp: Path
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -505,22 +531,8 @@ def measure_peer(
             rec["attempt"] = attempt
             rec["background_cores"] = job.sampler.background(rec["t_start"], rec["t_end"])
             rec["background_before_cores"] = before
-            key = (rec["op"], rec["bytes"])
-            old = best.get(key)
-            if old is None or (rec["background_cores"] or 0) < (old["background_cores"] or 0):
-                if old is not None:
-                    rec["replaced_attempt"] = old["attempt"]
-                best[key] = rec
-        # Retry once: noisy cases, and missing ones unless the job ran out of time
-        # (a peer that hangs or crawls would only burn another timeout).
-        todo = [
-            c
-            for c in cases
-            if (tuple(c) not in best and not job.timed_out)
-            or (tuple(c) in best and (best[tuple(c)]["background_cores"] or 0) > args.noise)
-        ]
-        if attempt == 2:
-            todo = []
+            keep_quietest(best, rec)
+        todo = cases_to_retry(cases, best, job.timed_out, args.noise) if attempt == 1 else []
     for rec in best.values():
         rec["noisy"] = (rec["background_cores"] or 0) > args.noise
     return jobs, [best[k] for k in sorted(best, key=lambda k: (k[0] != "all_sum", k[1]))]
@@ -790,17 +802,17 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
 # --------------------------------------------------------------------------- main
 
 
-def _ensure_venv(args: argparse.Namespace, argv: list[str]) -> None:
-    """Create the benchmark venv when missing and re-run this script with its Python."""
+def ensure_venv(args: argparse.Namespace, argv: list[str], script: str, name: str) -> None:
+    """Create the benchmark venv when missing and re-run script with its Python."""
     py = args.venv / "bin" / "python"
     if Path(sys.prefix).resolve() == args.venv.resolve():
         return
     if args.setup or not py.exists():
-        log(f"collectives: setting up {args.venv} (benchmarks/setup_peers.sh)")
+        log(f"{name}: setting up {args.venv} (benchmarks/setup_peers.sh)")
         env = {**os.environ, "BENCH_VENV": str(args.venv)}
         subprocess.run(["bash", str(HERE / "setup_peers.sh")], check=True, env=env)
     argv = [a for a in argv if a != "--setup"]
-    os.execv(str(py), [str(py), str(Path(__file__).resolve()), *argv])
+    os.execv(str(py), [str(py), str(Path(script).resolve()), *argv])
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -863,7 +875,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    _ensure_venv(args, argv)
+    ensure_venv(args, argv, __file__, "collectives")
     if args.report_only:
         result = json.loads((args.out / "collectives.json").read_text())
         text = report(result, [(op, nbytes) for op, nbytes in result["meta"]["cases"]])

@@ -459,18 +459,8 @@ def measure_peer(
             rec["job_cores"] = sampler.mean(rec["t_start"], rec["t_end"], 2)
             rec["interrupt_cores"] = sampler.mean(rec["t_start"], rec["t_end"], 3)
             rec["background_before_cores"] = before
-            key = (rec["op"], rec["bytes"])
-            old = best.get(key)
-            if old is None or (rec["background_cores"] or 0) < (old["background_cores"] or 0):
-                if old is not None:
-                    rec["replaced_attempt"] = old["attempt"]
-                best[key] = rec
-        todo = [
-            c
-            for c in cases
-            if (c not in best and not job.timed_out)
-            or (c in best and (best[c]["background_cores"] or 0) > args.noise)
-        ]
+            bench.keep_quietest(best, rec)
+        todo = bench.cases_to_retry(cases, best, job.timed_out, args.noise)
     for rec in best.values():
         rec["noisy"] = (rec["background_cores"] or 0) > args.noise
     return jobs, [best[k] for k in sorted(best, key=lambda k: k[1])]
@@ -695,19 +685,6 @@ def report(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def _ensure_venv(args: argparse.Namespace, argv: list[str]) -> None:
-    """Create the benchmark venv when missing and re-run this script with its Python."""
-    py = args.venv / "bin" / "python"
-    if Path(sys.prefix).resolve() == args.venv.resolve():
-        return
-    if args.setup or not py.exists():
-        log(f"multihost: setting up {args.venv} (benchmarks/setup_peers.sh)")
-        env = {**os.environ, "BENCH_VENV": str(args.venv)}
-        subprocess.run(["bash", str(HERE / "setup_peers.sh")], check=True, env=env)
-    argv = [a for a in argv if a != "--setup"]
-    os.execv(str(py), [str(py), str(Path(__file__).resolve()), *argv])
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="8 B and 16 MiB, 2 short trials")
@@ -764,7 +741,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    _ensure_venv(args, argv)
+    bench.ensure_venv(args, argv, __file__, "multihost")
     if args.report_only:
         result = json.loads((args.out / "multihost.json").read_text())
         text = report(result)
