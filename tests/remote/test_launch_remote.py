@@ -52,6 +52,20 @@ def launch(
     )
 
 
+def start_launcher(hosts: EmulatedHosts, names: str, script: str) -> subprocess.Popen[str]:
+    """chorus launch --hosts names -c script, running on, with its output piped."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "chorus", "launch", "--hosts", names, "-c", script],
+        env=hosts.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert launcher.stdout is not None
+    return launcher
+
+
 def job_processes(hosts: EmulatedHosts) -> dict[str, list[str]]:
     """Every process on each host other than its sshd listener: what a job left behind."""
     left: dict[str, list[str]] = {}
@@ -158,15 +172,7 @@ def test_ctrl_c_reaches_remote_ranks(switch_hosts: EmulatedHosts) -> None:
         "    print('interrupted', flush=True)\n"
         "    raise SystemExit(5)\n"
     )
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "chorus", "launch", "--hosts", "h0,h1", "-c", script],
-        env=switch_hosts.env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert launcher.stdout is not None
+    launcher = start_launcher(switch_hosts, "h0,h1", script)
     ready = 0
     while ready < 2:
         line = launcher.stdout.readline()
@@ -187,15 +193,7 @@ def test_killed_launcher_leaves_nothing_on_any_host(switch_hosts: EmulatedHosts)
         "print('ready', flush=True)\n"
         "time.sleep(300)\n"
     )
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "chorus", "launch", "--hosts", "h0,h1,h2", "-c", script],
-        env=switch_hosts.env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert launcher.stdout is not None
+    launcher = start_launcher(switch_hosts, "h0,h1,h2", script)
     for _ in range(3):
         assert "ready" in launcher.stdout.readline()
     assert job_processes(switch_hosts), "the ranks run on the hosts"
