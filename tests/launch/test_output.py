@@ -49,12 +49,14 @@ def test_no_prefix(marker: str) -> None:
 
 def test_partial_line_is_flushed_without_newline(marker: str) -> None:
     # A prompt without a newline appears while the rank still waits for more.
-    code = "import sys, time; sys.stdout.write('prompt> '); time.sleep(2); print('after')"
+    # The ranks wait 5 s, the test up to 4 s for both prompts: starting two
+    # interpreters on a loaded 2-core machine can take more than a second.
+    code = "import sys, time; sys.stdout.write('prompt> '); time.sleep(5); print('after')"
     launcher = start_launcher("-n", "2", "-c", code, marker)
     assert launcher.stdout is not None
     fd = launcher.stdout.fileno()
     seen = b""
-    deadline = time.monotonic() + 1.5
+    deadline = time.monotonic() + 4
     while seen.count(b"prompt> ") < 2 and time.monotonic() < deadline:
         if select.select([fd], [], [], 0.1)[0]:
             seen += os.read(fd, 4096)
