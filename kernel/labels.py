@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 
 def format_ranks(ranks: Iterable[int]) -> str:
     """``[0-3]`` for a run, ``[0,2,5-7]`` for several runs, ``[1]`` for one rank."""
-    ordered = sorted(set(ranks))
+    return _format_sorted(tuple(sorted(set(ranks))))
+
+
+@functools.lru_cache(maxsize=1024)  # output labels every line with one of a few rank sets
+def _format_sorted(ordered: tuple[int, ...]) -> str:
     parts: list[str] = []
     start = prev = None
     for rank in ordered:

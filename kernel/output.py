@@ -29,15 +29,32 @@ Emit = Callable[[str, str], None]  # (stream name, text)
 
 
 @dataclass
-class _Line:
-    text: str  # without the trailing newline
-    at: float
-
-
-@dataclass
 class _RankStream:
     partial: str = ""
-    lines: deque[_Line] = field(default_factory=deque)
+    lines: deque[str] = field(default_factory=deque)  # complete, without the newline
+    # When the oldest held line arrived: what ``hold`` is measured from.
+    arrivals: deque[tuple[int, float]] = field(default_factory=deque)  # (lines in batch, time)
+    taken: int = 0  # lines of arrivals[0]'s batch already emitted
+
+    def oldest(self) -> float:
+        return self.arrivals[0][1]
+
+    def take(self, count: int) -> list[str]:
+        """Remove and return the ``count`` oldest held lines."""
+        if count == len(self.lines):
+            taken = list(self.lines)
+            self.lines.clear()
+        else:
+            taken = [self.lines.popleft() for _ in range(count)]
+        self.taken += count
+        while self.arrivals and self.taken >= self.arrivals[0][0]:
+            self.taken -= self.arrivals.popleft()[0]
+        return taken
+
+    def clear(self) -> None:
+        self.lines.clear()
+        self.arrivals.clear()
+        self.taken = 0
 
 
 class OutputMerger:
@@ -78,9 +95,9 @@ class OutputMerger:
         stream = self._streams[name][rank]
         data = stream.partial + text
         *complete, stream.partial = data.split("\n")
-        now = self.clock()
-        for line in complete:
-            stream.lines.append(_Line(line, now))
+        if complete:
+            stream.lines.extend(complete)
+            stream.arrivals.append((len(complete), self.clock()))
         if self.mode == "collapse":
             self._match(name, final=False)
 
@@ -121,20 +138,35 @@ class OutputMerger:
         streams = self._streams[name]
         out: list[str] = []  # one message for everything ready now, not one per line
         while True:
-            heads = {r: s.lines[0] for r, s in streams.items() if s.lines}
-            if not heads:
+            ready = sorted(r for r, s in streams.items() if s.lines)
+            if not ready:
                 break
-            waiting_for = {r for r in self.active if r not in heads}
-            oldest = min(line.at for line in heads.values())
-            if waiting_for and not final and self.clock() - oldest < self.hold:
-                break
-            groups: dict[str, list[int]] = defaultdict(list)
-            for rank, line in sorted(heads.items()):
-                groups[line.text].append(rank)
-            for text, ranks in groups.items():
-                out.append(f"{format_ranks(ranks)} {text}\n")
-                for rank in ranks:
-                    streams[rank].lines.popleft()
+            held = [streams[r] for r in ready]
+            if not final and not self.active.issubset(ready):
+                # A rank still running has no line here yet: its twin may be
+                # on the way. The oldest line goes out alone after ``hold``.
+                if self.clock() - min(h.oldest() for h in held) < self.hold:
+                    break
+                rows = 1
+            else:
+                # Nobody to wait for: every row that all these ranks hold
+                # goes out now (the set of ranks stays the same for them).
+                rows = min(len(h.lines) for h in held)
+            label = format_ranks(ready)
+            alone = [f"[{rank}] " for rank in ready]
+            for texts in zip(*(h.take(rows) for h in held), strict=True):
+                first = texts[0]
+                if texts.count(first) == len(texts):
+                    out.append(f"{label} {first}\n")
+                    continue
+                groups: dict[str, list[int]] = {}
+                for i, text in enumerate(texts):
+                    groups.setdefault(text, []).append(i)
+                for text, members in groups.items():
+                    if len(members) == 1:
+                        out.append(f"{alone[members[0]]}{text}\n")
+                    else:
+                        out.append(f"{format_ranks(ready[i] for i in members)} {text}\n")
         if out:
             self.emit(name, "".join(out))
 
@@ -144,8 +176,8 @@ class OutputMerger:
             stream = streams[rank]
             if not stream.lines:
                 continue
-            body = "".join(line.text + "\n" for line in stream.lines)
-            stream.lines.clear()
+            body = "".join(line + "\n" for line in stream.lines)
+            stream.clear()
             self.emit(name, f"── rank {rank} ──\n{body}")
 
     def _emit_partials(self, name: str) -> None:
