@@ -17,8 +17,14 @@ struct Record {
   char addrs[kMaxAddrs][kAddrChars];
 };
 
-}  // namespace
+struct ChildEndpoints {
+  std::vector<std::vector<std::string>> hosts;  // the child's hostfile, in child rank order
+  std::vector<tcp::Listener> listeners;         // this rank's, one per address
+};
 
+// A collective on `parent` (every parent rank calls it). `own` is this rank's
+// parent addresses ("ip:port"); `members` the parent ranks of this rank's
+// child, in child rank order (SplitPlan::members).
 ChildEndpoints exchange(GroupImpl& parent, const std::vector<std::string>& own,
                         const std::vector<int>& members) {
   ChildEndpoints out;
@@ -49,8 +55,24 @@ ChildEndpoints exchange(GroupImpl& parent, const std::vector<std::string>& own,
   return out;
 }
 
+// "/<split index>.<color>" appended to the parent's path: names the child in
+// handshakes and log lines.
 std::string child_path(const std::string& parent_path, uint64_t split_index, int color) {
   return parent_path + "/" + std::to_string(split_index) + "." + std::to_string(color);
+}
+
+}  // namespace
+
+Child split_child(GroupImpl& parent, const TcpGroupConfig& config, int color, int key,
+                  uint64_t split_index) {
+  const SplitPlan plan = plan_split(parent, color, key, split_index);
+  ChildEndpoints endpoints = exchange(parent, config.hosts[config.rank], plan.members);
+  Child child{config, std::move(endpoints.listeners)};
+  child.config.rank = plan.new_rank;
+  child.config.size = static_cast<int>(plan.members.size());
+  child.config.group_path = child_path(config.group_path, plan.split_index, color);
+  child.config.hosts = std::move(endpoints.hosts);
+  return child;
 }
 
 }  // namespace chorus::tcp_split

@@ -8,23 +8,20 @@
 #include <vector>
 
 #include "chorus/backends/group_impl.h"
+#include "chorus/backends/tcp_group_config.h"
 #include "chorus/transport/tcp/listener.h"
 
 namespace chorus::tcp_split {
 
-struct ChildEndpoints {
-  std::vector<std::vector<std::string>> hosts;  // the child's hostfile, in child rank order
-  std::vector<tcp::Listener> listeners;         // this rank's, one per address
+struct Child {
+  TcpGroupConfig config;                 // the child group's, this rank's view
+  std::vector<tcp::Listener> listeners;  // this rank's, one per address
 };
 
-// A collective on `parent` (every parent rank calls it). `own` is this rank's
-// parent addresses ("ip:port"); `members` the parent ranks of this rank's
-// child, in child rank order (SplitPlan::members).
-ChildEndpoints exchange(GroupImpl& parent, const std::vector<std::string>& own,
-                        const std::vector<int>& members);
-
-// "/<split index>.<color>" appended to the parent's path: names the child in
-// handshakes and log lines.
-std::string child_path(const std::string& parent_path, uint64_t split_index, int color);
+// All of split() for a TCP backend but building the group: the plan (one
+// all_gather on parent), the exchange of fresh listen addresses, and the
+// child's config. config is the parent's; split_index counts its splits.
+Child split_child(GroupImpl& parent, const TcpGroupConfig& config, int color, int key,
+                  uint64_t split_index);
 
 }  // namespace chorus::tcp_split

@@ -193,18 +193,11 @@ void MeshGroup::barrier() {
 }
 
 GroupPtr MeshGroup::split(int color, int key) {
-  const SplitPlan plan = plan_split(*this, color, key, split_count_++);
-  tcp_split::ChildEndpoints endpoints =
-      tcp_split::exchange(*this, config_.hosts[config_.rank], plan.members);
-  GroupConfig child = config_;
-  child.rank = plan.new_rank;
-  child.size = static_cast<int>(plan.members.size());
-  child.group_path = tcp_split::child_path(config_.group_path, plan.split_index, color);
-  child.hosts = std::move(endpoints.hosts);
-  if (child.size == 1) return make_single_group("mesh");
-  CHORUS_LOG(config_.verbose, ctx_.prefix(), "split color ", color, ": rank ", child.rank, "/",
-             child.size, " of group ", child.group_path);
-  return std::make_shared<MeshGroup>(std::move(child), std::move(endpoints.listeners));
+  tcp_split::Child child = tcp_split::split_child(*this, config_, color, key, split_count_++);
+  if (child.config.size == 1) return make_single_group("mesh");
+  CHORUS_LOG(config_.verbose, ctx_.prefix(), "split color ", color, ": rank ", child.config.rank,
+             "/", child.config.size, " of group ", child.config.group_path);
+  return std::make_shared<MeshGroup>(std::move(child.config), std::move(child.listeners));
 }
 
 }  // namespace chorus::mesh
