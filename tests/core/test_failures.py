@@ -145,6 +145,7 @@ def test_ctrl_c_inside_a_collective_then_a_working_collective(
     ranks: RankRunner, backend: str, tmp_path: Path
 ) -> None:
     marker = str(tmp_path / "ready")
+    left = str(tmp_path / "left")
     code = f"""
     import time, numpy as np, chorus
     g = chorus.init(strict=True)
@@ -162,9 +163,17 @@ def test_ctrl_c_inside_a_collective_then_a_working_collective(
         print("INTERRUPTED", round(time.monotonic() - t0, 2))
     except chorus.PeerError as err:
         print("PEER", err)
-    # The contract: once every rank has left the interrupted call (the
-    # others notice the signal within 50 ms), the next collective works.
-    time.sleep(0.5)
+    # The contract: once every rank has left the interrupted call, the next
+    # collective works. (The kernel sends the next cell only when every rank
+    # is idle; a loaded machine may take more than a second to deliver the
+    # signal to every rank.) Rank 0 was never in the call: without this, its
+    # next all_sum could meet the others' interrupted one.
+    with open({left!r}, "a") as f:
+        f.write(f"{{r}} ")
+    deadline = time.monotonic() + 30
+    while len(open({left!r}).read().split()) < g.size():
+        assert time.monotonic() < deadline, "the other ranks never left the call"
+        time.sleep(0.01)
     x = chorus.all_sum(np.ones(1 << 20, np.float32) * r)
     assert np.all(x == sum(range(g.size()))), x[:4]
     y = chorus.all_sum(np.arange(3) + r)
