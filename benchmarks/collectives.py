@@ -737,7 +737,8 @@ def report(result: dict[str, Any], ops: list[tuple[str, int]]) -> str:
         "N processes in a bare TCP ring that send and receive the bytes a ring algorithm "
         "moves per rank and compute nothing (`workers/tcp_floor_worker.py`); "
         "`chorus ring / tcp floor` is how close the TCP backend is to what loopback TCP "
-        "itself costs here."
+        "itself costs here. The floor sends its bytes in one go, not in the N-1 dependent "
+        "steps of a ring, so below 1 MiB that ratio counts hops more than bandwidth."
     )
     launch = (
         "Trivial rank (init, one 8-byte all_sum, exit); median wall seconds from "
