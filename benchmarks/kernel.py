@@ -8,10 +8,10 @@ output throughput.
 - round trip of an empty cell on every rank: chorus's ``execute("pass")``
   against ipyparallel's ``rc[:].execute("pass", block=True)``;
 - output throughput: 10,000 lines per rank printed by one cell (median of
-  5 runs), all of them received (counted), per peer. Both run the same cell, ``print(me, i)`` with
-  ``me`` the process id (set in an untimed cell), so every rank's lines
-  differ: the chorus kernel cannot collapse them and each peer makes the same
-  ``write`` calls.
+  5 runs), all of them received (counted), per peer. Both run the same cell,
+  ``print(me, i)`` with ``me`` the process id (set in an untimed cell), so
+  every rank's lines differ: the chorus kernel cannot collapse them and each
+  peer makes the same ``write`` calls.
 
 Medians over ``--repeat`` start-ups and ``--cells`` round trips. Results go to
 ``kernel.json`` and ``kernel.md`` in ``--out``.
@@ -26,6 +26,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,16 @@ def _run_quiet(client: Any, code: str) -> int:
     return lines
 
 
+def _time_output(run: Callable[[], int]) -> tuple[list[float], int]:
+    """Seconds of each of OUTPUT_RUNS runs of the output cell, and the lines the last one got."""
+    seconds, got = [], 0
+    for _ in range(OUTPUT_RUNS):
+        t0 = time.perf_counter()
+        got = run()
+        seconds.append(time.perf_counter() - t0)
+    return seconds, got
+
+
 def bench_chorus(ranks: int, repeat: int, cells: int) -> dict[str, Any]:
     startups = []
     for _ in range(repeat):
@@ -84,11 +95,7 @@ def bench_chorus(ranks: int, repeat: int, cells: int) -> dict[str, Any]:
             _run_quiet(client, "pass")
             trips.append(time.perf_counter() - t0)
         _run_quiet(client, SET_UP_OUTPUT)
-        output_s, got = [], 0
-        for _ in range(OUTPUT_RUNS):
-            t0 = time.perf_counter()
-            got = _run_quiet(client, PRINT_LINES)
-            output_s.append(time.perf_counter() - t0)
+        output_s, got = _time_output(lambda: _run_quiet(client, PRINT_LINES))
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=False)
@@ -122,12 +129,12 @@ def bench_ipyparallel(ranks: int, repeat: int, cells: int) -> dict[str, Any]:
             view.execute("pass", block=True)
             trips.append(time.perf_counter() - t0)
         view.execute(SET_UP_OUTPUT, block=True)
-        output_s, got = [], 0
-        for _ in range(OUTPUT_RUNS):
-            t0 = time.perf_counter()
+
+        def print_lines() -> int:
             result = view.execute(PRINT_LINES, block=True)
-            output_s.append(time.perf_counter() - t0)
-            got = sum(out.count("\n") for out in result.stdout)
+            return sum(out.count("\n") for out in result.stdout)
+
+        output_s, got = _time_output(print_lines)
     finally:
         cluster.stop_cluster_sync()
     return {"startup_s": startups, "roundtrip_s": trips, "output_s": output_s, "output_lines": got}
