@@ -93,7 +93,8 @@ class ChorusMagics(Magics):
         self.ranks: RankSet | None = None
         self.engine: Engine | None = None
         self.frontend = _ThreadFrontend()
-        self.autoall = False
+        # Not `self.autoall`: that is the %autoall magic method itself.
+        self.autoall_on = False
         self.ipp: IppRanks | None = None
 
     # -- %chorus -----------------------------------------------------------------------
@@ -245,12 +246,12 @@ class ChorusMagics(Magics):
         """Toggle sending every following cell to all ranks (``%autoall off`` to stop)."""
         assert self.shell is not None
         transformers = self.shell.input_transformers_cleanup
-        self.autoall = line.strip() != "off" and not (self.autoall and not line.strip())
-        if self.autoall and _autoall_transformer not in transformers:
+        self.autoall_on = line.strip() != "off" and not (self.autoall_on and not line.strip())
+        if self.autoall_on and _autoall_transformer not in transformers:
             transformers.append(_autoall_transformer)
-        if not self.autoall and _autoall_transformer in transformers:
+        if not self.autoall_on and _autoall_transformer in transformers:
             transformers.remove(_autoall_transformer)
-        state = "on: every cell runs on all ranks" if self.autoall else "off"
+        state = "on: every cell runs on all ranks" if self.autoall_on else "off"
         print(f"[chorus] autoall {state}")
 
     # -- running ---------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs on Debian 12, then run all checks:
-# lint (ruff, mypy, clang-format), the C++ unit tests under ASan+UBSan, and
-# the pytest suite with real processes. Safe to run again; idempotent.
+# Install everything the test suite needs on Debian 12 (apt packages, then exactly
+# the Python packages tests/requirements.lock pins, into the active Python), then
+# run all checks (tests/check.sh): lint (ruff, mypy, clang-format), the C++ unit
+# tests under ASan+UBSan, and the pytest suite with real processes.
+# Safe to run again; idempotent. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,22 +29,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
-step "python packages and chorus (editable build, warnings as errors)"
-"$PYTHON" -m pip install -q --disable-pip-version-check "scikit-build-core>=0.10" "pybind11>=2.12" numpy
-"$PYTHON" -m pip install -q --disable-pip-version-check --no-build-isolation \
-  -Ccmake.define.CHORUS_WERROR=ON -e ".[test]"
+step "python packages from tests/requirements.lock, then chorus (editable build, warnings as errors)"
+"$PYTHON" -m pip install -q --disable-pip-version-check --require-hashes -r tests/requirements.lock
+"$PYTHON" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps \
+  -Ccmake.define.CHORUS_WERROR=ON -e .
 
-step "lint: ruff, mypy --strict, clang-format"
-"$PYTHON" -m ruff check .
-"$PYTHON" -m ruff format --check .
-PYTHON="$PYTHON" bash tools/typecheck.sh
-find backends_cpp tests/cpp \( -name '*.h' -o -name '*.cc' \) -print0 |
-  xargs -0 clang-format --dry-run --Werror
-
-step "C++ unit tests under AddressSanitizer + UndefinedBehaviorSanitizer"
-cmake --preset asan -S backends_cpp > /dev/null
-cmake --build build/asan
-ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build/asan/chorus_cpp_tests
-
-step "pytest"
-"$PYTHON" -m pytest "$@"
+PYTHON="$PYTHON" exec bash tests/check.sh "$@"

@@ -72,7 +72,7 @@ async def run_command(
         If it cannot run, is not installed (the message says what to install), exits
         non-zero (with the last line of its stderr) or takes longer than ``timeout``.
     """
-    import asyncssh
+    from chorus.sshlib import asyncssh
 
     label = shown or command
     if log is not None:

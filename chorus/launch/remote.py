@@ -132,7 +132,7 @@ class SshRank(RankProcess):
             If the host cannot run the rank (no such python, chorus missing,
             a file missing, an address it cannot listen on).
         """
-        import asyncssh
+        from chorus.sshlib import asyncssh
 
         try:
             self._process = await self.connection.create_process(
@@ -294,7 +294,7 @@ class SshRank(RankProcess):
         task.add_done_callback(self._signal_tasks.discard)
 
     async def _run_quietly(self, command: str) -> None:
-        import asyncssh
+        from chorus.sshlib import asyncssh
 
         with contextlib.suppress(asyncssh.Error, OSError):
             await self.connection.run(command, check=False)

@@ -67,7 +67,7 @@ class _HostKeys:
 
     def lookup(self, host: str, addr: str, port: int | None) -> Any:
         """asyncssh's known_hosts callable: the keys recorded for this host."""
-        import asyncssh
+        from chorus.sshlib import asyncssh
 
         keys: list[Any] = []
         cas: list[Any] = []
@@ -100,7 +100,7 @@ class _HostKeys:
 
 
 def _client_factory(keys: _HostKeys) -> Callable[[], asyncssh.SSHClient]:
-    import asyncssh
+    from chorus.sshlib import asyncssh
 
     class Client(asyncssh.SSHClient):
         def validate_host_public_key(
@@ -113,7 +113,7 @@ def _client_factory(keys: _HostKeys) -> Callable[[], asyncssh.SSHClient]:
 
 
 def _explain(host: str, exc: BaseException, keys: _HostKeys) -> SshError:
-    import asyncssh
+    from chorus.sshlib import asyncssh
 
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         if keys.known:
@@ -149,7 +149,7 @@ def _explain(host: str, exc: BaseException, keys: _HostKeys) -> SshError:
 
 
 async def _connect(host: str, accept_new: bool) -> asyncssh.SSHClientConnection:
-    import asyncssh
+    from chorus.sshlib import asyncssh
 
     keys = _HostKeys(accept_new)
     try:

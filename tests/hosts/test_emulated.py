@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import asyncssh
 import pytest
 
+from chorus.sshlib import asyncssh
 from tests.hosts import emulated
 from tests.hosts.emulated import EmulatedHosts, Host
 from tests.hosts.fixtures import EmulatedHostsFactory
