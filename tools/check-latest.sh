@@ -12,7 +12,10 @@ venv=build/latest-venv
 rm -rf "$venv"
 python3 -m venv "$venv"
 py="$venv/bin/python"
-pip() { "$py" -m pip --disable-pip-version-check "$@"; }
+pip() {
+  "$py" -m pip --disable-pip-version-check "$@" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 
 printf '==> newest releases of chorus[test] into %s\n' "$venv"
 pip install -q --upgrade pip
