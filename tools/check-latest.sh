@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 venv=build/latest-venv
 rm -rf "$venv"
 python3 -m venv "$venv"
-py="$venv/bin/python"
+py="$PWD/$venv/bin/python"
 pip() {
   "$py" -m pip --disable-pip-version-check "$@" \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
