@@ -18,6 +18,7 @@ running alone would compute wrong answers.
 
 from __future__ import annotations
 
+import signal
 import threading
 import warnings
 
@@ -197,6 +198,7 @@ def init(backend: str = "any", strict: bool = False) -> Group:
             if not _usable(name, env):
                 continue
             group = _connect(name, env)
+            _note_interrupts()
             _groups[name] = group
             if _first is None:
                 _first = group
@@ -227,6 +229,22 @@ def init(backend: str = "any", strict: bool = False) -> Group:
         if _first is None:
             _first = group
         return group
+
+
+def _note_interrupts() -> None:
+    """Tell the backends of every Ctrl-C, also one outside a call.
+
+    A rank that enters a collective its peers aborted raises when it is late
+    for it, but runs it (in step with their next call) when it was itself
+    interrupted on its way; the backends tell the two apart by
+    ``_core.interrupt_count()``. Python's default SIGINT handler is replaced by
+    one that behaves the same (KeyboardInterrupt) and counts; a handler of the
+    program's own is left alone (the chorus rank kernel counts in its own).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _core.sigint_handler)
 
 
 def is_available(backend: str | None = None) -> bool:

@@ -75,6 +75,11 @@ def rank_kernel_class() -> type:
 
         def _on_sigint(self, _signum: int, _frame: object) -> None:
             if self._in_cell:
+                from chorus import _core
+
+                # The backends tell "interrupted on the way to a call its
+                # peers aborted" from "late for it" by this (note_interrupt).
+                _core.note_interrupt()
                 raise KeyboardInterrupt
             self.log.debug("SIGINT outside a cell's code: ignored")
 

@@ -27,6 +27,7 @@ void python_interrupt_hook() {
   if (interpreter_finalizing()) return;
   py::gil_scoped_acquire gil;
   if (PyErr_CheckSignals() == 0) return;
+  note_interrupt();
   PyErr_Fetch(&g_pending_type, &g_pending_value, &g_pending_tb);
   throw Interrupted("interrupted by a signal");
 }
@@ -60,6 +61,20 @@ void register_errors(py::module_& m) {
   m.attr("PeerTimeoutError") = py::handle(peer_timeout);
   m.attr("BackendUnavailableError") = py::handle(unavailable);
 
+  m.def("note_interrupt", &note_interrupt,
+        "Tell the backends that this rank was interrupted (SIGINT) outside a call.");
+  m.def("interrupt_count", &interrupt_count, "Interrupts noted so far (note_interrupt).");
+  // A SIGINT handler that behaves as Python's default one (KeyboardInterrupt)
+  // and notes the interrupt first. A builtin, so tracebacks gain no frame.
+  m.def(
+      "sigint_handler",
+      [](py::args) {
+        note_interrupt();
+        PyErr_SetNone(PyExc_KeyboardInterrupt);
+        throw py::error_already_set();
+      },
+      "signal.signal(SIGINT, ...) handler: KeyboardInterrupt, noted for the backends.");
+
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -73,6 +88,8 @@ void register_errors(py::module_& m) {
       PyErr_SetString(PyExc_ValueError, e.what());
     } catch (const BackendUnavailable& e) {
       PyErr_SetString(unavailable, e.what());
+    } catch (const OverlappingCall& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
     } catch (const Interrupted& e) {
       restore_interrupt_error(e.what());
     } catch (const Error& e) {

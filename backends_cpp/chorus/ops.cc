@@ -4,6 +4,7 @@
 #include <string>
 
 #include "chorus/algorithms/reduce.h"
+#include "chorus/common/call_guard.h"
 #include "chorus/common/error.h"
 
 namespace chorus::ops {
@@ -36,6 +37,16 @@ void check_tag(GroupImpl& group, int tag) {
   }
 }
 
+// Holds the group for one call (see call_guard.h).
+class Call {
+ public:
+  Call(GroupImpl& group, const char* op)
+      : scope_(group.call_guard(), op, [&group] { return where(group); }) {}
+
+ private:
+  CallGuard::Scope scope_;
+};
+
 }  // namespace
 
 void all_reduce(GroupImpl& group, const CallDesc& desc, const void* in, void* out) {
@@ -44,6 +55,7 @@ void all_reduce(GroupImpl& group, const CallDesc& desc, const void* in, void* ou
     if (in != out) std::memmove(out, in, desc.nbytes());
     return;
   }
+  Call call(group, collective_name(desc.kind, desc.op));
   group.all_reduce(desc, in, out);
 }
 
@@ -52,6 +64,7 @@ void all_gather(GroupImpl& group, const CallDesc& desc, const void* in, void* ou
     std::memmove(out, in, desc.nbytes());
     return;
   }
+  Call call(group, "all_gather");
   group.all_gather(desc, in, out);
 }
 
@@ -66,6 +79,7 @@ void reduce_scatter(GroupImpl& group, const CallDesc& desc, const void* in, void
     std::memmove(out, in, desc.nbytes());
     return;
   }
+  Call call(group, collective_name(desc.kind, desc.op));
   group.reduce_scatter(desc, in, out);
 }
 
@@ -75,11 +89,14 @@ void broadcast(GroupImpl& group, const CallDesc& desc, void* buf) {
                      " is outside the group (size " + std::to_string(group.size()) + ")");
   }
   if (group.size() == 1) return;
+  Call call(group, "broadcast");
   group.broadcast(desc, buf);
 }
 
 void barrier(GroupImpl& group) {
-  if (group.size() > 1) group.barrier();
+  if (group.size() == 1) return;
+  Call call(group, "barrier");
+  group.barrier();
 }
 
 void send(GroupImpl& group, const void* buf, size_t nbytes, Dtype dtype, int dst, int tag) {
@@ -88,6 +105,7 @@ void send(GroupImpl& group, const void* buf, size_t nbytes, Dtype dtype, int dst
   }
   check_peer(group, dst, "send to");
   check_tag(group, tag);
+  Call call(group, "send");
   group.send(buf, nbytes, dtype, dst, tag);
 }
 
@@ -97,6 +115,7 @@ void recv(GroupImpl& group, void* buf, size_t nbytes, Dtype dtype, int src, int 
   }
   check_peer(group, src, "recv from");
   check_tag(group, tag);
+  Call call(group, "recv");
   group.recv(buf, nbytes, dtype, src, tag);
 }
 
@@ -105,6 +124,8 @@ GroupPtr split(GroupImpl& group, int color, int key) {
     throw UsageError(where(group) + "split color must be >= 0, got " + std::to_string(color));
   }
   if (key < 0) key = group.rank();
+  if (group.size() == 1) return group.split(color, key);
+  Call call(group, "split");
   return group.split(color, key);
 }
 

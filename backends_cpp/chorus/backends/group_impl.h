@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "chorus/common/call_guard.h"
 #include "chorus/dtype.h"
 
 namespace chorus {
@@ -132,6 +133,13 @@ class GroupImpl {
   virtual void send(const void* buf, size_t nbytes, Dtype dtype, int dst, int tag) = 0;
   virtual void recv(void* buf, size_t nbytes, Dtype dtype, int src, int tag) = 0;
   virtual bool supports_tags() const { return false; }
+
+  // One call at a time from any thread (call_guard.h); ops.cc holds it
+  // around every call.
+  CallGuard& call_guard() { return call_guard_; }
+
+ private:
+  CallGuard call_guard_;
 };
 
 using GroupPtr = std::shared_ptr<GroupImpl>;

@@ -4,10 +4,12 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <utility>
 
 #include "chorus/common/error.h"
+#include "chorus/common/interrupt.h"
 #include "chorus/transport/tcp/socket.h"
 
 namespace chorus {
@@ -27,6 +29,44 @@ class LinkFailure : public PeerError {
   int culprit_;
   std::string forward_;
   bool fatal_;
+};
+
+// Where a rank stands on the collectives of a group: their count (the call
+// index every frame of a call carries) and whether the host reported an
+// interrupt since the previous one (interrupt.h).
+class CallCounter {
+ public:
+  // A collective begins.
+  void enter() {
+    ++index_;
+    const uint64_t interrupts = interrupt_count();
+    interrupted_on_the_way_ = interrupts != interrupts_at_last_call_;
+    interrupts_at_last_call_ = interrupts;
+  }
+  uint64_t index() const { return index_; }
+
+  // A peer it has not met in its current call yet says that call (`aborted`,
+  // the same index) failed. Interrupted on its way, this rank never reached
+  // that call (a Jupyter interrupt stops every rank wherever it is), so its
+  // call is the peers' next one: true, and the index moves on. Otherwise it
+  // is late for the failed call and must raise (false): pairing it with
+  // their next call would mix two calls.
+  bool skip_aborted() {
+    if (!interrupted_on_the_way_) return false;
+    ++index_;
+    return true;
+  }
+
+  // The late entrant's error, forwarded text `reason` included.
+  std::string late_text(const std::string& op, const std::string& reason) const {
+    return op + " #" + std::to_string(index_) + " was aborted before this rank arrived (" + reason +
+           "); the other ranks have moved on, so the next call works";
+  }
+
+ private:
+  uint64_t index_ = 0;
+  uint64_t interrupts_at_last_call_ = 0;
+  bool interrupted_on_the_way_ = false;
 };
 
 inline tcp::Clock::time_point deadline_after(double seconds) {

@@ -46,10 +46,21 @@ class BackendUnavailable : public Error {
 };
 
 // A signal handler asked the blocked call to stop (Python: the exception the
-// handler raised, usually KeyboardInterrupt).
+// handler raised, usually KeyboardInterrupt). Backends abandon the call and
+// tell the peers that this rank what_happened() ("was interrupted").
 class Interrupted : public Error {
  public:
   using Error::Error;
+  virtual const char* what_happened() const { return "was interrupted"; }
+};
+
+// Two threads of this rank called into one group at once (call_guard.h). The
+// running call is abandoned like an interrupted one; both threads raise
+// (Python: ValueError, a usage error).
+class OverlappingCall : public Interrupted {
+ public:
+  using Interrupted::Interrupted;
+  const char* what_happened() const override { return "made overlapping calls from two threads"; }
 };
 
 namespace detail {

@@ -7,6 +7,8 @@
 // hook (C++ tests) check_interrupt() does nothing.
 #pragma once
 
+#include <cstdint>
+
 namespace chorus {
 
 constexpr int kInterruptPollMs = 50;
@@ -17,5 +19,13 @@ void set_interrupt_hook(InterruptHook hook);
 
 // Throws Interrupted when the host wants the current call abandoned.
 void check_interrupt();
+
+// How many interrupts (SIGINT) the host reported with note_interrupt(),
+// inside a call or anywhere else. A rank that enters a collective its peers
+// already aborted compares it with the count at its previous call: changed,
+// it was interrupted on its way and abandoned that call like them (it joins
+// their next one); unchanged, it is late for the aborted call and raises.
+void note_interrupt();
+uint64_t interrupt_count();
 
 }  // namespace chorus

@@ -17,10 +17,16 @@ using tcp::Clock;
 }  // namespace
 
 std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> record) {
-  // An abort held for a later call concerns a call this rank was not in when
-  // it failed (a Jupyter interrupt stops every rank wherever it is, some
-  // before they reach the collective): only a dead rank still fails it.
-  if (pending_abort_ && !pending_abort_->fatal) pending_abort_.reset();
+  // An abort held for a later call: of this call, the late-entrant rule
+  // (CallCounter::skip_aborted); of a call beyond it, only a dead rank still
+  // fails it.
+  if (pending_abort_ && !pending_abort_->fatal) {
+    const PendingAbort a = *pending_abort_;
+    pending_abort_.reset();
+    if (a.call == calls_.index() && !calls_.skip_aborted()) {
+      throw LinkFailure(a.culprit, ctx_.prefix() + calls_.late_text(op_, a.text), a.text);
+    }
+  }
   if (pending_abort_) {
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
@@ -46,7 +52,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
   // Each link owns its copy: a call that ends in UsageError returns before
   // its sends drained, and record_ is replaced by the next call.
   auto send_record = [&](int p) {
-    peers_[p].link.post_send_owned(tcp::FrameType::Sync, call_index_, 0, record_);
+    peers_[p].link.post_send_owned(tcp::FrameType::Sync, calls_.index(), 0, record_);
   };
   for (int p = 0; p < n; ++p) {
     if (p == me) continue;
@@ -80,9 +86,9 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
                                    " (are all ranks calling the same operations?)";
           throw LinkFailure(p, ctx_.prefix() + text, text);
         }
-        if (f.aux0 != call_index_) {
+        if (f.aux0 != calls_.index()) {
           CHORUS_LOG(config_.verbose, ctx_.prefix(), who(p), " is at call ", f.aux0,
-                     ", this rank at ", call_index_);
+                     ", this rank at ", calls_.index());
         }
         records[p] = std::move(f.payload);
         peer.synced = true;

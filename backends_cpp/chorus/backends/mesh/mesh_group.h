@@ -46,6 +46,7 @@
 #include "chorus/algorithms/mesh.h"
 #include "chorus/backends/group_impl.h"
 #include "chorus/backends/mesh/mailbox.h"
+#include "chorus/backends/tcp_common.h"
 #include "chorus/backends/tcp_group_config.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/transport/tcp/handshake.h"
@@ -146,7 +147,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   std::unique_ptr<tcp::Acceptor> acceptor_;
   std::vector<Peer> peers_;  // indexed by rank; our own entry is unused
   Mailbox mailbox_;
-  uint64_t call_index_ = 0;
+  CallCounter calls_;  // collectives entered: the call index frames carry
   std::string op_ = "set-up";
   Kind kind_ = Kind::Collective;
   bool in_call_ = false;   // inside run()

@@ -98,6 +98,21 @@ void MeshGroup::check_links() {
         const uint64_t call = f.aux1;
         const std::string text(f.payload.begin(), f.payload.end());
         const bool collective = in_call_ && kind_ == Kind::Collective;
+        if (!p2p && !fatal && collective && !peer.synced && call == calls_.index()) {
+          // The call this rank is entering failed on a peer it has not met
+          // in it yet (no record): see CallCounter::skip_aborted.
+          reset(p);
+          if (calls_.skip_aborted()) {
+            CHORUS_LOG(config_.verbose, ctx_.prefix(), "interrupted before call ", call,
+                       ", which failed: this call is the next one");
+            break;
+          }
+          throw LinkFailure(culprit, ctx_.prefix() + calls_.late_text(op_, text), text);
+        }
+        if (!p2p && !fatal && !collective && call > calls_.index()) {
+          // A collective this rank has not entered yet failed: its entry decides.
+          pending_abort_ = PendingAbort{culprit, call, text, fatal};
+        }
         if (p2p || (entering_ && !fatal)) {
           // A send to us that was cut short, or a failure of a call this rank
           // was not in (it arrived between calls): reconnect and carry on.
@@ -115,10 +130,10 @@ void MeshGroup::check_links() {
           reset(p);
           break;
         }
-        if (call < call_index_ && fatal) {
+        if (call < calls_.index() && fatal) {
           throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
         }
-        if (call < call_index_) {
+        if (call < calls_.index()) {
           // That rank failed in a call we had already finished: stale.
           CHORUS_LOG(config_.verbose, ctx_.prefix(), "ignoring a stale abort from ", who(p), ": ",
                      text);
@@ -129,7 +144,7 @@ void MeshGroup::check_links() {
                 who(p) + " closed its link during " + op_ + " (after an earlier failure)";
             throw LinkFailure(p, ctx_.prefix() + t, t);
           }
-        } else if (call > call_index_) {
+        } else if (call > calls_.index()) {
           // It failed in a call we have not reached yet (this rank skipped
           // calls it was interrupted before): raise if it is needed here.
           pending_abort_ = PendingAbort{culprit, call, text, fatal};
@@ -170,7 +185,7 @@ void MeshGroup::fail_links(int culprit, const std::string& text, bool fatal) {
   for (int p = 0; p < config_.size; ++p) {
     if (p == config_.rank) continue;
     Peer& peer = peers_[p];
-    peer.link.abort(aux0, call_index_, text, kAbortFlush);
+    peer.link.abort(aux0, calls_.index(), text, kAbortFlush);
     reset(p);
     peer.tolerant = false;
   }
@@ -178,7 +193,7 @@ void MeshGroup::fail_links(int culprit, const std::string& text, bool fatal) {
 
 void MeshGroup::abort_link(int p, const std::string& text) {
   const uint64_t aux0 = static_cast<uint32_t>(config_.rank) | (uint64_t{1} << kP2PBit);
-  peers_[p].link.abort(aux0, call_index_, text, kAbortFlush);
+  peers_[p].link.abort(aux0, calls_.index(), text, kAbortFlush);
   reset(p);
   peers_[p].tolerant = false;
 }
@@ -188,7 +203,7 @@ void MeshGroup::run(const char* op, Kind kind, int peer, const std::function<voi
   kind_ = kind;
   op_peer_ = peer;
   in_call_ = true;
-  if (kind == Kind::Collective) ++call_index_;
+  if (kind == Kind::Collective) calls_.enter();
   struct Leave {
     MeshGroup* group;
     ~Leave() {
@@ -218,8 +233,8 @@ void MeshGroup::run(const char* op, Kind kind, int peer, const std::function<voi
   } catch (const LinkFailure& f) {
     clean_up(f.culprit(), f.forward(), f.fatal());
     throw;
-  } catch (const Interrupted&) {
-    clean_up(config_.rank, me + " was interrupted during " + op_, false);
+  } catch (const Interrupted& e) {
+    clean_up(config_.rank, me + " " + e.what_happened() + " during " + op_, false);
     throw;
   } catch (const PeerError& e) {
     clean_up(config_.rank, me + " failed during " + op_ + ": " + e.what(), false);

@@ -232,6 +232,18 @@ void RingGroup::check_links() {
         const bool fatal = (f.aux0 >> 32) != 0;
         const uint64_t call = f.aux1;
         const std::string text(f.payload.begin(), f.payload.end());
+        if (!fatal && call == calls_.index() && tolerant_[s]) {
+          // The call this rank is entering failed on a neighbour it has not
+          // met in it yet (no Sync): see CallCounter::skip_aborted.
+          l = Link();
+          need_[s] = true;
+          if (calls_.skip_aborted()) {
+            CHORUS_LOG(config_.verbose, ctx_.prefix(), "interrupted before call ", call,
+                       ", which failed: this call is the next one");
+            break;
+          }
+          throw LinkFailure(culprit, ctx_.prefix() + calls_.late_text(op_, text), text);
+        }
         if (entering_ && !fatal) {
           // It arrived while this rank was outside any call: the failed call
           // is one this rank never entered (or had finished). Reconnect.
@@ -241,11 +253,11 @@ void RingGroup::check_links() {
           need_[s] = true;
           break;
         }
-        if (call < call_index_ && fatal) {
+        if (call < calls_.index() && fatal) {
           // A rank died in a call we had finished: the ring cannot recover.
           throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
         }
-        if (call < call_index_) {
+        if (call < calls_.index()) {
           // That rank failed in a call we had already finished: stale.
           CHORUS_LOG(config_.verbose, ctx_.prefix(), "ignoring a stale abort from ", who(p), ": ",
                      text);
@@ -256,7 +268,7 @@ void RingGroup::check_links() {
                 who(p) + " closed its link during " + op_ + " (after an earlier failure)";
             throw LinkFailure(p, ctx_.prefix() + t, t);
           }
-        } else if (call > call_index_) {
+        } else if (call > calls_.index()) {
           // It failed in a call we have not reached yet: raise there.
           pending_abort_ = PendingAbort{culprit, call, text, fatal};
           l = Link();
@@ -298,7 +310,7 @@ void RingGroup::check_links() {
 void RingGroup::fail_links(int culprit, const std::string& text, bool fatal) {
   const uint64_t aux0 = static_cast<uint32_t>(culprit) | (uint64_t{fatal} << 32);
   for (auto& l : links_) {
-    l.abort(aux0, call_index_, text, kAbortFlush);
+    l.abort(aux0, calls_.index(), text, kAbortFlush);
     l = Link();
   }
   tolerant_[0] = tolerant_[1] = false;
@@ -307,7 +319,7 @@ void RingGroup::fail_links(int culprit, const std::string& text, bool fatal) {
 template <typename Body>
 void RingGroup::run(const char* op, bool collective, Body&& body) {
   op_ = op;
-  if (collective) ++call_index_;
+  if (collective) calls_.enter();
   for (int s = 0; s < 2; ++s) rx_start_[s] = links_[s].bytes_received();
   try {
     if (collective) start_call();
@@ -320,8 +332,8 @@ void RingGroup::run(const char* op, bool collective, Body&& body) {
   } catch (const LinkFailure& f) {
     fail_links(f.culprit(), f.forward(), f.fatal());
     throw;
-  } catch (const Interrupted&) {
-    fail_links(config_.rank, who(config_.rank) + " was interrupted during " + op_);
+  } catch (const Interrupted& e) {
+    fail_links(config_.rank, who(config_.rank) + " " + e.what_happened() + " during " + op_);
     throw;
   } catch (const PeerError& e) {
     fail_links(config_.rank, who(config_.rank) + " failed during " + op_ + ": " + e.what());
@@ -333,14 +345,21 @@ void RingGroup::run(const char* op, bool collective, Body&& body) {
 }
 
 void RingGroup::start_call() {
-  // An abort held for a later call concerns a call this rank was not in when
-  // it failed (a Jupyter interrupt stops every rank wherever it is, some
-  // before they reach the collective): only a dead rank still fails it.
-  if (pending_abort_ && !pending_abort_->fatal) pending_abort_.reset();
-  if (pending_abort_ && pending_abort_->call <= call_index_) {
+  // An abort held for a later call: of this call, the late-entrant rule;
+  // of a call beyond it, only a dead rank still fails it.
+  if (pending_abort_ && !pending_abort_->fatal) {
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
-    if (a.call == call_index_) {
+    // A neighbour failed this very call while this rank was still in its
+    // previous one: see CallCounter::skip_aborted.
+    if (a.call == calls_.index() && !calls_.skip_aborted()) {
+      throw LinkFailure(a.culprit, ctx_.prefix() + calls_.late_text(op_, a.text), a.text);
+    }
+  }
+  if (pending_abort_ && pending_abort_->call <= calls_.index()) {
+    const PendingAbort a = *pending_abort_;
+    pending_abort_.reset();
+    if (a.call == calls_.index()) {
       throw LinkFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, a.fatal);
     }
   }
@@ -358,7 +377,7 @@ void RingGroup::start_call() {
   entering_ = false;
   install_left();  // a newer connection from the left may already wait
   auto send_sync = [&](int s) {
-    links_[s].post_send(tcp::FrameType::Sync, call_index_, 0, nullptr, 0);
+    links_[s].post_send(tcp::FrameType::Sync, calls_.index(), 0, nullptr, 0);
   };
   for (int s = 0; s < 2; ++s) {
     need_[s] = !links_[s].up() && !links_[s].has_frame();
@@ -389,9 +408,9 @@ void RingGroup::start_call() {
                                      op_ + " (are all ranks calling the same operations?)";
             throw LinkFailure(peer(side), ctx_.prefix() + text, text);
           }
-          if (f->aux0 != call_index_) {
+          if (f->aux0 != calls_.index()) {
             CHORUS_LOG(config_.verbose, ctx_.prefix(), who(peer(side)), " is at call ", f->aux0,
-                       ", this rank at ", call_index_);
+                       ", this rank at ", calls_.index());
           }
           synced[s] = true;
           tolerant_[s] = false;
@@ -594,7 +613,7 @@ void RingGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst, int /
         progress();
       }
       Link& l = links_[s];
-      l.post_send(tcp::FrameType::P2P, call_index_, 0, &h, sizeof h);
+      l.post_send(tcp::FrameType::P2P, calls_.index(), 0, &h, sizeof h);
       const auto* p = static_cast<const uint8_t*>(buf);
       for (size_t at = 0; at < nbytes; at += segment_bytes_) {
         l.post_send(tcp::FrameType::Data, 0, 0, p + at, std::min(segment_bytes_, nbytes - at));

@@ -34,6 +34,7 @@
 
 #include "chorus/algorithms/ring.h"
 #include "chorus/backends/group_impl.h"
+#include "chorus/backends/tcp_common.h"
 #include "chorus/backends/tcp_group_config.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/transport/tcp/handshake.h"
@@ -116,7 +117,7 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   uint64_t right_epoch_ = 0;
   uint64_t left_epoch_ = 0;
   std::map<uint64_t, std::vector<std::optional<tcp::Socket>>> staged_;  // left links by epoch
-  uint64_t call_index_ = 0;
+  CallCounter calls_;  // collectives entered: the call index frames carry
   std::string op_ = "set-up";
   bool tolerant_[2] = {false, false};  // a dead link here means "reconnecting", not death
   bool need_[2] = {false, false};      // this side must be re-established

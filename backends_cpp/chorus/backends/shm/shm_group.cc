@@ -37,10 +37,13 @@
 // (recover, then run or restart its current call; nothing of that call can
 // have passed a barrier, so restarting is safe), or to a later call while its
 // own barrier already completed (ignore it here; the next call raises).
-// A rank that enters a collective after an abort was published was not in
-// the failed call (it finished it, or was interrupted before reaching it):
-// it recovers and runs its call normally, so "every rank left the failed
-// call, then calls again" always works.
+// A rank that enters a collective after an abort was published either was
+// not in the failed call (it finished it, or was interrupted before reaching
+// it: interrupt_count() moved since its previous call) and recovers and runs
+// its call normally, so "every rank left the failed call, then calls again"
+// always works; or it is late for the very call that failed (its own call
+// number in the epoch is the aborted one and it was not interrupted): it
+// recovers and raises, and its next call meets its peers' next call.
 //
 // Single copy. A large all_gather or broadcast skips the segment: in its
 // first phase each rank publishes its buffer's address (and whether it can
@@ -441,9 +444,9 @@ void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
   auto poll_interrupt = [&] {
     try {
       check_interrupt();
-    } catch (const Interrupted&) {
+    } catch (const Interrupted& e) {
       if (collective) {
-        publish_abort("rank " + std::to_string(rank_) + " was interrupted during " + op_);
+        publish_abort("rank " + std::to_string(rank_) + " " + e.what_happened() + " during " + op_);
       }
       throw;
     }
@@ -551,16 +554,35 @@ void ShmGroup::begin_collective(const CallDesc& desc) {
   op_ = collective_name(desc.kind, desc.op);
   check_usable();
   ++calls_;
+  ++seq_;
+  const uint64_t interrupts = interrupt_count();
+  const bool interrupted_on_the_way = interrupts != interrupts_at_last_call_;
+  interrupts_at_last_call_ = interrupts;
   const uint32_t word = header().abort_word.load();
   // An epoch ahead of ours: the others finished a recovery this rank had
   // already acknowledged (and reset for) before it was interrupted.
   if (abort_epoch(word) != epoch_) epoch_ = abort_epoch(word);
   if (!abort_flag(word)) return;
-  // An abort published before we entered: whatever call it hit, this rank
-  // was not in it (it finished it, or never reached it because it was
-  // interrupted elsewhere, as a Jupyter interrupt does to every rank). The
-  // group resynchronises here and this call runs normally.
+  // An abort published before we entered. Of an earlier call: this rank
+  // finished that one. Of this very call, after an interrupt of this rank:
+  // it never reached the call (a Jupyter interrupt stops every rank wherever
+  // it is) and abandoned it like its peers. Either way the group
+  // resynchronises here and this call runs normally.
+  const uint32_t aborted_call = control(abort_reporter(word)).abort_call.load();
+  if (aborted_call != calls_ || interrupted_on_the_way) {
+    recover(word);
+    return;
+  }
+  // Late for the call its peers aborted: pairing it with their next call
+  // would mix two calls' data. Resynchronise, then fail this call only; the
+  // next call on this rank meets the others' next call.
+  const RankControl& reporter = control(abort_reporter(word));
+  const std::string reason(reporter.reason, strnlen(reporter.reason, kReasonBytes));
   recover(word);
+  calls_ = 0;  // this call never ran in the new epoch
+  throw PeerError(prefix() + op_ + " #" + std::to_string(seq_) +
+                  " (this rank's count) was aborted before this rank arrived: " + reason +
+                  "; the other ranks have moved on, so the next call works");
 }
 
 void ShmGroup::recover(uint32_t word) {

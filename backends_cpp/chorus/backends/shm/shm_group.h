@@ -109,6 +109,8 @@ class ShmGroup final : public GroupImpl {
   uint64_t arrivals_ = 0;              // barriers passed in this abort epoch = current phase
   uint32_t epoch_ = 0;                 // abort epoch this rank runs in
   uint32_t calls_ = 0;  // collectives entered in this epoch (the current one included)
+  uint64_t seq_ = 0;    // collectives entered on this group, for messages
+  uint64_t interrupts_at_last_call_ = 0;  // interrupt_count() when the last call began
   uint64_t splits_ = 0;
   std::string op_ = "set-up";  // current operation, for messages
   // How long a wait spins, then yields the core, before it sleeps (wait()).

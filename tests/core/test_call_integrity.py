@@ -1,0 +1,209 @@
+"""Call identity: a call completes with the same call on every rank, or raises.
+
+Deterministic reproductions in loops of many trials, every returned value
+checked against numpy inside the ranks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RankRunner
+
+TRIALS = 20
+
+# Interrupted ranks interrupt themselves (a timer thread sends SIGINT) while
+# blocked in call k, because the late rank only enters call k after they
+# left it ("after": every interrupted rank caught its KeyboardInterrupt;
+# "during": the first one did). Every rank then makes call k + 1 (another
+# value, same shape) and a call of another shape: both must be right
+# everywhere, and call k must raise on every rank (KeyboardInterrupt where
+# interrupted, PeerError elsewhere, the late rank included).
+LATE_ENTRANT = """
+import os, signal, threading, time, numpy as np, chorus
+g = chorus.init(strict=True)
+r, n = g.rank(), g.size()
+INTERRUPTED, LATE, WHEN = {interrupted!r}, 1, {when!r}
+marks = {marks!r}
+
+def marked(trial):
+    try:
+        return len(open(f"{{marks}}.{{trial}}").read().split())
+    except FileNotFoundError:
+        return 0
+
+wrong = 0
+outcomes = {{"KeyboardInterrupt": 0, "PeerError": 0, "ok": 0}}
+for trial in range({trials}):
+    chorus.barrier()
+    a = np.full(3, 1.0 + r) * (trial + 1)         # call k: 10 * (trial + 1) if it ran
+    try:
+        if r in INTERRUPTED:
+            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+            chorus.all_sum(a)
+        elif r == LATE:
+            need = len(INTERRUPTED) if WHEN == "after" else 1
+            deadline = time.monotonic() + 20
+            while marked(trial) < need:
+                assert time.monotonic() < deadline, "the interrupted ranks never left"
+                time.sleep(0.005)
+            chorus.all_sum(a)
+        else:
+            chorus.all_sum(a)
+        outcomes["ok"] += 1
+        print("CALL K RETURNED on rank", r, "trial", trial, flush=True)
+    except KeyboardInterrupt:
+        outcomes["KeyboardInterrupt"] += 1
+        with open(f"{{marks}}.{{trial}}", "a") as f:
+            f.write(f"{{r}} ")
+    except chorus.PeerError as err:
+        outcomes["PeerError"] += 1
+        if trial == 0:
+            print("ERROR", r, err, flush=True)
+    b = np.full(3, 1000.0 * (r + 1) + trial)      # call k + 1
+    got = chorus.all_sum(b)
+    want = sum(np.full(3, 1000.0 * (q + 1) + trial) for q in range(n))
+    if not np.array_equal(got, want):
+        wrong += 1
+        print("WRONG k+1", r, trial, got, want, flush=True)
+    c = np.arange(5 * (trial % 3 + 1), dtype=np.int64) + r   # another shape
+    got = chorus.all_sum(c)
+    want = sum(np.arange(c.size, dtype=np.int64) + q for q in range(n))
+    if not np.array_equal(got, want):
+        wrong += 1
+        print("WRONG other shape", r, trial, got, want, flush=True)
+print("WRONG", wrong, "OUTCOMES", outcomes, flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", ["shm", "ring", "mesh"])
+@pytest.mark.parametrize("when", ["after", "during"])
+@pytest.mark.parametrize("interrupted", [(0, 2, 3), (0,)], ids=["ranks-0-2-3", "rank-0"])
+def test_late_entrant_raises_and_the_next_calls_are_right(
+    ranks: RankRunner, tmp_path: Path, interrupted: tuple[int, ...], when: str, backend: str
+) -> None:
+    code = LATE_ENTRANT.format(
+        interrupted=interrupted, when=when, marks=str(tmp_path / "left"), trials=TRIALS
+    )
+    job = ranks.start(code, 4, backend=backend)
+    results = job.wait(timeout=110)
+    everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
+    for result in results:
+        assert result.returncode == 0, everything
+        assert "WRONG 0 " in result.stdout, everything
+        assert "CALL K RETURNED" not in result.stdout, everything
+        expected = "KeyboardInterrupt" if result.rank in interrupted else "PeerError"
+        assert f"'{expected}': {TRIALS}" in result.stdout, everything
+    late = next(r for r in results if r.rank == 1)
+    assert "was aborted before this rank arrived" in late.stdout or when == "during", everything
+
+
+# Every rank's thread A enters all_sum, blocked because rank 3's thread A
+# comes late; meanwhile rank 0's thread B calls all_sum on the same group.
+# B raises ValueError at once and rank 0's A is abandoned (ValueError there
+# too), so ranks 1 and 2 raise PeerError in their A and rank 3's late A
+# raises PeerError: nothing pairs across threads. Afterwards the main
+# thread's calls are right.
+OVERLAP = """
+import threading, time, numpy as np, chorus
+g = chorus.init(strict=True)
+r, n = g.rank(), g.size()
+outcomes = []
+wrong = 0
+
+def call(name, value, delay):
+    time.sleep(delay)
+    try:
+        got = chorus.all_sum(np.full(4, value))
+        outcomes.append((name, "ok"))
+        print("RETURNED", name, got, flush=True)
+    except ValueError as err:
+        outcomes.append((name, "ValueError"))
+        if "must not overlap" not in str(err):
+            print("ODD", err, flush=True)
+    except chorus.PeerError as err:
+        outcomes.append((name, "PeerError"))
+        if "overlapping calls from two threads" not in str(err):
+            print("ODD", err, flush=True)
+
+for trial in range({trials}):
+    chorus.barrier()
+    outcomes.clear()
+    a = threading.Thread(target=call, args=("A", 1.0 + r, 0.3 if r == 3 else 0.0))
+    b = threading.Thread(target=call, args=("B", 100.0 + r, 0.1)) if r == 0 else None
+    a.start()
+    if b:
+        b.start()
+        b.join()
+    a.join()
+    want = {{"A": "ValueError" if r == 0 else "PeerError", "B": "ValueError"}}
+    for name, outcome in outcomes:
+        if outcome != want[name]:
+            wrong += 1
+            print("UNEXPECTED", trial, name, outcome, flush=True)
+    got = chorus.all_sum(np.full(4, float(trial + r)))
+    if not np.array_equal(got, np.full(4, float(n * trial + sum(range(n))))):
+        wrong += 1
+        print("WRONG", trial, got, flush=True)
+print("WRONG", wrong, flush=True)
+"""
+
+
+def test_overlapping_calls_from_two_threads_raise_everywhere(
+    ranks: RankRunner,
+) -> None:
+    job = ranks.start(OVERLAP.format(trials=10), 4, backend="shm")
+    results = job.wait(timeout=110)
+    everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
+    for result in results:
+        assert result.returncode == 0, everything
+        assert "WRONG 0" in result.stdout, everything
+        assert "ODD" not in result.stdout, everything
+        assert "RETURNED" not in result.stdout, everything
+
+
+# Two threads per rank, each on its own group (two splits of the world with
+# the same members), call concurrently; then one group is used from both
+# threads one after another. Every value is checked.
+THREADS_OK = """
+import threading, numpy as np, chorus
+g = chorus.init(strict=True)
+r, n = g.rank(), g.size()
+groups = [g.split(0), g.split(0)]
+wrong = []
+
+def loop(which):
+    sub = groups[which]
+    for i in range({trials}):
+        x = np.arange(6, dtype=np.float64) * (which + 1) + r + i
+        got = chorus.all_sum(x, group=sub)
+        want = sum(np.arange(6, dtype=np.float64) * (which + 1) + q + i for q in range(n))
+        if not np.array_equal(got, want):
+            wrong.append((which, i))
+
+threads = [threading.Thread(target=loop, args=(w,)) for w in (0, 1)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+for i in range(10):                  # one group, threads one after another
+    t = threading.Thread(target=lambda i=i: wrong.extend(
+        [] if chorus.all_sum(np.full(2, i + r))[0] == n * i + sum(range(n)) else [("seq", i)]))
+    t.start()
+    t.join()
+print("WRONG", len(wrong), wrong[:3], flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", ["shm", "ring", "mesh"])
+def test_one_group_per_thread_and_sequential_threads_are_right(
+    ranks: RankRunner, backend: str
+) -> None:
+    job = ranks.start(THREADS_OK.format(trials=200), 4, backend=backend)
+    results = job.wait(timeout=110)
+    everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
+    for result in results:
+        assert result.returncode == 0, everything
+        assert "WRONG 0 []" in result.stdout, everything
