@@ -6,6 +6,8 @@ checked against numpy inside the ranks.
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from tests.conftest import RankRunner
 
 TRIALS = 20
+RESET_RUNS = 8
 
 # Interrupted ranks interrupt themselves (a timer thread sends SIGINT) while
 # blocked in call k, because the late rank only enters call k after they
@@ -207,3 +210,67 @@ def test_one_group_per_thread_and_sequential_threads_are_right(
     for result in results:
         assert result.returncode == 0, everything
         assert "WRONG 0 []" in result.stdout, everything
+
+
+# A loop of all_sums (small and large) while the test cuts every TCP
+# connection to rank 2's listener a few times (ss -K, as a reset by the
+# network would). Every call returns the right sum or raises; ranks that
+# raised go on with the next iteration and must be in step again.
+RESET_LOOP = """
+import time, numpy as np, chorus
+g = chorus.init(strict=True)
+r, n = g.rank(), g.size()
+with open({marker!r}, "a") as f:
+    f.write(f"{{r}} ")
+wrong = errors = 0
+for it in range({iterations}):
+    size = 3 if it % 2 else 300_000        # inline records and the direct algorithm
+    x = np.full(size, 1000.0 * r + it)
+    try:
+        got = chorus.all_sum(x)
+    except chorus.PeerError as err:
+        errors += 1
+        if errors <= 3:
+            print("ERROR", it, err, flush=True)
+        continue
+    want = np.full(size, 1000.0 * sum(range(n)) + n * it)
+    if not np.array_equal(got, want):
+        wrong += 1
+        print("WRONG", it, got[:2], want[:2], flush=True)
+print("WRONG", wrong, "ERRORS", errors, flush=True)
+"""
+
+
+def _cut_connections_to(address: str) -> int:
+    host, port = address.rsplit(":", 1)
+    result = subprocess.run(
+        ["ss", "-K", "-t", "-n", "dst", host, "dport", "=", f":{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return max(0, len(result.stdout.splitlines()) - 1)
+
+
+@pytest.mark.parametrize("backend", ["ring", "mesh"])
+def test_connection_reset_mid_loop_never_gives_a_wrong_result(
+    ranks: RankRunner, tmp_path: Path, backend: str
+) -> None:
+    cut_any = False
+    for run in range(RESET_RUNS):
+        marker = tmp_path / f"ready{run}"
+        code = RESET_LOOP.format(marker=str(marker), iterations=200)
+        job = ranks.start(code, 4, backend=backend)
+        deadline = time.monotonic() + 30
+        while not marker.exists() or len(marker.read_text().split()) < 4:
+            assert time.monotonic() < deadline, "ranks never started"
+            time.sleep(0.02)
+        for _ in range(3):
+            time.sleep(0.15)
+            cut_any = _cut_connections_to(job.hosts[2][0]) > 0 or cut_any
+        results = job.wait(timeout=100)
+        everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
+        for result in results:
+            assert result.returncode == 0, everything
+            assert "WRONG 0 ERRORS" in result.stdout, everything
+    assert cut_any, "ss -K cut no connection: the test did not test anything"

@@ -69,6 +69,14 @@ class CallCounter {
   bool interrupted_on_the_way_ = false;
 };
 
+// This rank came to a call that already failed on the other ranks, and left
+// before sending anything but its record: its links stay as they are (no
+// abort to forward), and its next call meets theirs.
+class LateEntrant : public PeerError {
+ public:
+  using PeerError::PeerError;
+};
+
 inline tcp::Clock::time_point deadline_after(double seconds) {
   return tcp::Clock::now() +
          std::chrono::duration_cast<tcp::Clock::duration>(std::chrono::duration<double>(seconds));

@@ -35,6 +35,12 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
   record_ = std::move(record);
   const int n = config_.size, me = config_.rank;
   for (int p = 0; p < n; ++p) {
+    // Records of calls this rank has left (p was behind): p sends again.
+    auto& coll = peers_[p].coll;
+    while (!coll.empty() && coll.front().type == tcp::FrameType::Sync &&
+           coll.front().aux0 < calls_.index()) {
+      coll.pop_front();
+    }
     peers_[p].synced = p == me;
     // A record already queued (the peer is ahead of us) proves the link.
     peers_[p].tolerant = p != me && peers_[p].coll.empty();
@@ -86,9 +92,30 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
                                    " (are all ranks calling the same operations?)";
           throw LinkFailure(p, ctx_.prefix() + text, text);
         }
-        if (f.aux0 != calls_.index()) {
+        if (f.aux0 < calls_.index()) {
+          // p is behind, in a call this rank has left: it learns so from our
+          // record and sends its record of this call next.
           CHORUS_LOG(config_.verbose, ctx_.prefix(), who(p), " is at call ", f.aux0,
-                     ", this rank at ", calls_.index());
+                     ", this rank at ", calls_.index(), ": waiting for its next record");
+          all = false;
+          continue;
+        }
+        if (f.aux0 > calls_.index()) {
+          // p has left this call: it failed there (no collective completes
+          // without every rank). The record is for a later call of ours.
+          const uint64_t theirs = f.aux0;
+          peer.coll.push_front(std::move(f));
+          const std::string why = who(p) + " has left it for call #" + std::to_string(theirs);
+          if (!calls_.skip_aborted()) throw LateEntrant(ctx_.prefix() + calls_.late_text(op_, why));
+          // Interrupted on the way: this call is p's next one. Start the
+          // round again under the new index; what we sent is stale for all.
+          for (int q = 0; q < n; ++q) {
+            peers_[q].synced = q == me;
+            records[q].clear();
+            if (q != me && !peers_[q].need) send_record(q);
+          }
+          all = false;
+          break;
         }
         records[p] = std::move(f.payload);
         peer.synced = true;

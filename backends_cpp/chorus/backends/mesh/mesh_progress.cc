@@ -69,8 +69,9 @@ void MeshGroup::route(int p, tcp::Frame frame) {
       return;
     }
     case tcp::FrameType::Sync:
-      // Its record for a call: the link is proven for that call.
-      peer.tolerant = false;
+      // Its record for a call: the link is proven for that call (not by a
+      // stale record of a call this rank has left).
+      if (frame.aux0 >= calls_.index()) peer.tolerant = false;
       peer.coll.push_back(std::move(frame));
       return;
     case tcp::FrameType::Data:
@@ -229,6 +230,8 @@ void MeshGroup::run(const char* op, Kind kind, int peer, const std::function<voi
   } catch (const UsageError&) {
     // Raised after a complete exchange (descriptor round, drained message):
     // the links are clean and the next call works as is.
+    throw;
+  } catch (const LateEntrant&) {
     throw;
   } catch (const LinkFailure& f) {
     clean_up(f.culprit(), f.forward(), f.fatal());

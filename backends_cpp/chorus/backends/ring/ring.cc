@@ -329,6 +329,8 @@ void RingGroup::run(const char* op, bool collective, Body&& body) {
     // Raised after a complete exchange (descriptor round, drained message):
     // the links are clean and the next call works as is.
     throw;
+  } catch (const LateEntrant&) {
+    throw;
   } catch (const LinkFailure& f) {
     fail_links(f.culprit(), f.forward(), f.fatal());
     throw;
@@ -383,6 +385,36 @@ void RingGroup::start_call() {
     need_[s] = !links_[s].up() && !links_[s].has_frame();
     if (!need_[s]) send_sync(s);
   }
+  // A neighbour's Sync that came for a later call than ours, on the link
+  // still in place: it counts for the call it names.
+  auto use_ahead = [&](int s) {
+    const AheadSync a = ahead_[s];
+    if (!a.set || a.index != calls_.index()) return;
+    ahead_[s].set = false;
+    if (a.epoch == link_epoch(s) && !need_[s]) {
+      synced[s] = true;
+      tolerant_[s] = false;
+    }
+  };
+  // A neighbour at a later call has left ours: it failed there (no
+  // collective completes without every rank). See CallCounter::skip_aborted.
+  auto neighbour_ahead = [&](int s, uint64_t theirs) {
+    const std::string why =
+        who(peer(static_cast<Side>(s))) + " has left it for call #" + std::to_string(theirs);
+    if (!calls_.skip_aborted()) throw LateEntrant(ctx_.prefix() + calls_.late_text(op_, why));
+    // Interrupted on the way: this call is the neighbours' next one; what
+    // we sent is stale for them.
+    for (int t = 0; t < 2; ++t) {
+      synced[t] = false;
+      if (!need_[t]) send_sync(t);
+      use_ahead(t);
+    }
+  };
+  for (int s = 0; s < 2; ++s) {
+    if (ahead_[s].set && ahead_[s].index < calls_.index()) ahead_[s].set = false;
+    if (ahead_[s].set && ahead_[s].index > calls_.index()) neighbour_ahead(s, ahead_[s].index);
+    use_ahead(s);
+  }
   auto next_probe = Clock::now() + kProbeEvery;
   while (true) {
     // Right first: connecting never needs the neighbour's main thread.
@@ -408,9 +440,17 @@ void RingGroup::start_call() {
                                      op_ + " (are all ranks calling the same operations?)";
             throw LinkFailure(peer(side), ctx_.prefix() + text, text);
           }
-          if (f->aux0 != calls_.index()) {
+          if (f->aux0 < calls_.index()) {
+            // The neighbour is behind, in a call this rank has left: it learns
+            // so from our Sync and sends its Sync of this call next.
             CHORUS_LOG(config_.verbose, ctx_.prefix(), who(peer(side)), " is at call ", f->aux0,
-                       ", this rank at ", calls_.index());
+                       ", this rank at ", calls_.index(), ": waiting for its next Sync");
+            continue;
+          }
+          if (f->aux0 > calls_.index()) {
+            ahead_[s] = AheadSync{f->aux0, link_epoch(s), true};
+            neighbour_ahead(s, f->aux0);
+            continue;
           }
           synced[s] = true;
           tolerant_[s] = false;

@@ -123,6 +123,14 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   bool need_[2] = {false, false};      // this side must be re-established
   uint64_t rx_start_[2] = {0, 0};
   std::optional<PendingAbort> pending_abort_;
+  // A neighbour's Sync for a later call than ours, on the link of `epoch`.
+  struct AheadSync {
+    uint64_t index = 0;
+    uint64_t epoch = 0;
+    bool set = false;
+  };
+  AheadSync ahead_[2];
+  uint64_t link_epoch(int s) const { return s == 0 ? left_epoch_ : right_epoch_; }
   bool entering_ = false;  // start_call is reading what arrived between calls
   std::vector<pollfd> fds_;
   std::vector<uint8_t> work_;     // reduce_scatter's working copy (may still be queued on failure)
