@@ -33,6 +33,11 @@ MeshGroup::MeshGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   id_.group = tcp::group_hash(config_.job_id, "mesh" + config_.group_path);
   segment_bytes_ = config_.segment_bytes ? config_.segment_bytes : kDefaultSegment;
   small_bytes_ = std::min(kSmallBytes, segment_bytes_);
+  // Sync frames carry the call record (a WireDesc plus a small input); Data
+  // frames one segment, of a collective or of a message.
+  frame_limits_.sync = sizeof(WireDesc) + small_bytes_;
+  frame_limits_.p2p = sizeof(P2PHeader);
+  frame_limits_.early_data = std::max<size_t>(segment_bytes_, 1);
   peers_.resize(config_.size);
   tcp::AcceptorConfig ac;
   ac.id = id_;
@@ -121,7 +126,7 @@ void MeshGroup::dial(int p, Clock::time_point deadline, bool first) {
     sockets.push_back(std::move(s));
   }
   peer.epoch = epoch;
-  peer.link = tcp::Link(std::move(sockets));
+  peer.link = tcp::Link(std::move(sockets), frame_limits_);
   peer.coll.clear();
   mailbox_.drop_partial(p);
 }
@@ -153,7 +158,7 @@ bool MeshGroup::install(int p) {
     std::vector<tcp::Socket> sockets;
     for (auto& s : it->second) sockets.push_back(std::move(*s));
     peer.epoch = it->first;
-    peer.link = tcp::Link(std::move(sockets));
+    peer.link = tcp::Link(std::move(sockets), frame_limits_);
     peer.staged.erase(peer.staged.begin(), peer.staged.upper_bound(peer.epoch));
     peer.coll.clear();
     mailbox_.drop_partial(p);

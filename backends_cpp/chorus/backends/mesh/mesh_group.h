@@ -144,6 +144,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   tcp::HandshakeId id_;
   size_t segment_bytes_;
   size_t small_bytes_;
+  tcp::FrameLimits frame_limits_;  // what a peer's frames may be (see the constructor)
   std::unique_ptr<tcp::Acceptor> acceptor_;
   std::vector<Peer> peers_;  // indexed by rank; our own entry is unused
   Mailbox mailbox_;

@@ -62,6 +62,11 @@ RingGroup::RingGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   id_.group = tcp::group_hash(config_.job_id, config_.group_path);
   segment_bytes_ = config_.segment_bytes ? config_.segment_bytes : kDefaultSegment;
   small_bytes_ = std::min(kSmallBytes, segment_bytes_);
+  // The ring's Sync frames are empty; its Data frames are one segment or one
+  // call record (a WireDesc plus a small input), whichever is larger.
+  frame_limits_.sync = 0;
+  frame_limits_.p2p = sizeof(P2PHeader);
+  frame_limits_.early_data = std::max(segment_bytes_, sizeof(WireDesc) + small_bytes_);
   tcp::AcceptorConfig ac;
   ac.id = id_;
   ac.my_rank = config_.rank;
@@ -133,7 +138,7 @@ void RingGroup::connect_right(Clock::time_point deadline, bool retry) {
                addrs[i], " (epoch ", right_epoch_, ")");
     sockets.push_back(std::move(s));
   }
-  link(Side::Right) = Link(std::move(sockets));
+  link(Side::Right) = Link(std::move(sockets), frame_limits_);
 }
 
 bool RingGroup::install_left() {
@@ -152,7 +157,7 @@ bool RingGroup::install_left() {
     for (auto& s : it->second) sockets.push_back(std::move(*s));
     left_epoch_ = it->first;
     acceptor_->set_min_epoch(left_epoch_);
-    link(Side::Left) = Link(std::move(sockets));
+    link(Side::Left) = Link(std::move(sockets), frame_limits_);
     staged_.erase(staged_.begin(), staged_.upper_bound(left_epoch_));
     CHORUS_LOG(config_.verbose, ctx_.prefix(), "link from ", who(left()), " up (epoch ",
                left_epoch_, ")");

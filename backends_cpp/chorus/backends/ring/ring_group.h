@@ -112,6 +112,7 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   tcp::HandshakeId id_;
   size_t segment_bytes_;
   size_t small_bytes_;
+  tcp::FrameLimits frame_limits_;  // what a peer's frames may be (frame_limits())
   std::unique_ptr<tcp::Acceptor> acceptor_;
   tcp::Link links_[2];
   uint64_t right_epoch_ = 0;

@@ -71,6 +71,23 @@ Digest mac_of(const std::string& token, const char* label, const Hello& hello,
   return hmac_sha256(token, label, std::strlen(label), &hello, sizeof hello, nonce, 16);
 }
 
+// Short names of the verdicts, for rejection summaries.
+const char* verdict_kind(Verdict v) {
+  switch (v) {
+    case Verdict::Accepted: return "accepted";
+    case Verdict::BadProof: return "bad proof";
+    case Verdict::WrongGroup: return "wrong group";
+    case Verdict::WrongRank: return "wrong rank";
+    case Verdict::StaleEpoch: return "stale epoch";
+    case Verdict::BadStream: return "bad stream";
+  }
+  return "unknown verdict";
+}
+
+Clock::duration period_of(double seconds) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
 }  // namespace
 
 const char* verdict_text(Verdict v) {
@@ -163,6 +180,7 @@ Acceptor::~Acceptor() {
   const char c = 1;
   [[maybe_unused]] ssize_t rc = ::write(stop_write_.get(), &c, 1);
   if (thread_.joinable()) thread_.join();
+  summarise(true);
 }
 
 std::vector<Accepted> Acceptor::take() {
@@ -173,17 +191,62 @@ std::vector<Accepted> Acceptor::take() {
   return std::exchange(ready_, {});
 }
 
-void Acceptor::reject(Pending& p, const std::string& reason, bool quiet) {
-  if (quiet) {
-    CHORUS_LOG(config_.verbose, config_.log_prefix, ": dropped connection from ", p.sock.peer(),
-               ": ", reason);
-  } else {
-    std::ostringstream out;
-    out << config_.log_prefix << ": rejected connection from " << p.sock.peer() << ": " << reason
-        << '\n';
-    std::cerr << out.str() << std::flush;
-  }
+void Acceptor::reject(Pending& p, const char* kind, const std::string& reason, bool quiet) {
+  // Close first: out of descriptors, logging is what may need one.
   p.sock.reset();
+  // A bare connect-and-close is a liveness probe (or a port scan): only
+  // verbose runs hear of it.
+  if (!quiet || config_.verbose) {
+    note_rejection(kind, std::string(quiet ? "dropped" : "rejected") + " connection from " +
+                             p.sock.peer() + ": " + reason);
+  }
+}
+
+// A flood of strangers must not become a flood of log lines: the first few
+// rejections in full (they name the peer and the reason), then counts.
+void Acceptor::note_rejection(const char* kind, const std::string& line) {
+  const auto now = Clock::now();
+  last_rejection_ = now;
+  if (full_left_ > 0) {
+    --full_left_;
+    std::ostringstream out;
+    out << config_.log_prefix << ": " << line << '\n';
+    std::cerr << out.str() << std::flush;
+    return;
+  }
+  if (rejected_total_ == 0 && now - window_start_ > period_of(config_.log_every_s)) {
+    window_start_ = now;
+  }
+  ++rejected_[kind];
+  ++rejected_total_;
+}
+
+// One line per log_every_s at most: "rejected 12873 connections in the last
+// 10.0 s: 12870 bad proof, 3 stale epoch". `force`: now (the acceptor stops).
+// A whole quiet period restores the full lines.
+void Acceptor::summarise(bool force) {
+  const auto now = Clock::now();
+  const auto every = period_of(config_.log_every_s);
+  if (rejected_total_ == 0) {
+    if (full_left_ < kFullRejections && now - last_rejection_ > every) {
+      full_left_ = kFullRejections;
+    }
+    return;
+  }
+  if (!force && now - window_start_ < every) return;
+  std::ostringstream out;
+  out << config_.log_prefix << ": rejected " << rejected_total_ << " connections in the last "
+      << seconds_text(std::chrono::duration<double>(now - window_start_).count()) << ":";
+  const char* sep = " ";
+  for (const auto& [kind, count] : rejected_) {
+    out << sep << count << ' ' << kind;
+    sep = ", ";
+  }
+  out << '\n';
+  std::cerr << out.str() << std::flush;
+  rejected_.clear();
+  rejected_total_ = 0;
+  window_start_ = now;
 }
 
 bool Acceptor::step(Pending& p) {
@@ -198,12 +261,12 @@ bool Acceptor::step(Pending& p) {
     }
     if (rc == 0) {
       // A bare connect-and-close is a liveness probe (or a port scan): quiet.
-      reject(p, "closed during the handshake", !p.got_bytes);
+      reject(p, "closed", "closed during the handshake", !p.got_bytes);
       return false;
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
-    reject(p, "recv failed: " + detail::errno_text(errno));
+    reject(p, "recv failed", "recv failed: " + detail::errno_text(errno));
     return false;
   }
   auto send_small = [&](const void* data, size_t n) {
@@ -214,7 +277,7 @@ bool Acceptor::step(Pending& p) {
   if (p.phase == 0) {
     std::memcpy(&p.hello, p.in, sizeof p.hello);
     if (p.hello.magic != kHelloMagic || p.hello.version != kVersion) {
-      reject(p, "not a chorus handshake (bad magic or version)");
+      reject(p, "not chorus", "not a chorus handshake (bad magic or version)");
       return false;
     }
     random_bytes(p.nonce, sizeof p.nonce);
@@ -224,7 +287,7 @@ bool Acceptor::step(Pending& p) {
     const Digest mac = mac_of(config_.id.token, kAcceptorLabel, p.hello, p.nonce);
     std::memcpy(ch.mac, mac.data(), sizeof ch.mac);
     if (!send_small(&ch, sizeof ch)) {
-      reject(p, "could not send the challenge");
+      reject(p, "send failed", "could not send the challenge");
       return false;
     }
     p.phase = 1;
@@ -259,11 +322,11 @@ bool Acceptor::step(Pending& p) {
   VerdictMsg msg{kVerdictMagic, static_cast<uint32_t>(v)};
   const bool sent = send_small(&msg, sizeof msg);
   if (v != Verdict::Accepted) {
-    reject(p, std::string(verdict_text(v)) + why);
+    reject(p, verdict_kind(v), std::string(verdict_text(v)) + why);
     return false;
   }
   if (!sent) {
-    reject(p, "could not send the verdict");
+    reject(p, "send failed", "could not send the verdict");
     return false;
   }
   CHORUS_LOG(config_.verbose, config_.log_prefix, ": accepted rank ", p.hello.rank, " stream ",
@@ -277,58 +340,100 @@ bool Acceptor::step(Pending& p) {
   return false;
 }
 
+// Closes one pending handshake to make room: the oldest that never sent a
+// byte (an idle stranger), else the oldest. False when there is none.
+bool Acceptor::evict(PendingList& pending, const char* why) {
+  if (pending.empty()) return false;
+  auto victim = pending.begin();
+  for (auto it = pending.begin(); it != pending.end(); ++it) {
+    if (!(*it)->got_bytes) {
+      victim = it;
+      break;
+    }
+  }
+  reject(**victim, "evicted", why);
+  pending.erase(victim);
+  return true;
+}
+
+// Accepts what waits on one listener, at most kMaxPending per wake-up so
+// the handshakes already pending get their turn. Each new connection is
+// stepped at once: a real peer's Hello is usually already there.
+void Acceptor::accept_from(Listener& listener, PendingList& pending,
+                           Clock::time_point& listen_after) {
+  const auto limit = std::min(period_of(config_.timeout_s), period_of(kHandshakeSeconds));
+  for (size_t n = 0; n < kMaxPending; ++n) {
+    int err = 0;
+    std::optional<Socket> sock = listener.accept(&err);
+    if (err != 0) {
+      const bool out_of_fds = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+      // Out of descriptors with strangers pending: one of them makes room.
+      if (out_of_fds && evict(pending, "too many open files")) continue;
+      // Otherwise the connection stays queued and poll() would report the
+      // listener again at once: rest instead of spinning.
+      listen_after = Clock::now() + kAcceptBackoff;
+      note_rejection("accept failed",
+                     "accept(" + listener.address() + ") failed: " + detail::errno_text(err));
+      return;
+    }
+    if (!sock) return;
+    auto p = std::make_unique<Pending>();
+    p->sock = std::move(*sock);
+    p->deadline = Clock::now() + limit;
+    bool keep = true;
+    try {
+      keep = step(*p);
+    } catch (const std::exception& e) {
+      reject(*p, "error", e.what());
+      keep = false;
+    }
+    if (!keep) continue;
+    if (pending.size() >= kMaxPending) evict(pending, "too many handshakes at once");
+    pending.push_back(std::move(p));
+  }
+}
+
 void Acceptor::run() {
-  std::vector<std::unique_ptr<Pending>> pending;
+  PendingList pending, kept;
   std::vector<pollfd> fds;
-  const auto timeout =
-      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(config_.timeout_s));
+  Clock::time_point listen_after{};
+  const double limit_s = std::min(config_.timeout_s, kHandshakeSeconds);
   while (!stop_.load()) {
+    const bool listening = Clock::now() >= listen_after;
     fds.clear();
     fds.push_back({stop_read_.get(), POLLIN, 0});
-    for (const auto& l : listeners_) fds.push_back({l.fd(), POLLIN, 0});
+    for (const auto& l : listeners_) fds.push_back({listening ? l.fd() : -1, POLLIN, 0});
     for (const auto& p : pending) fds.push_back({p->sock.fd(), POLLIN, 0});
     // This thread never runs check_interrupt (the hook is for the caller's thread).
     const int rc = ::poll(fds.data(), fds.size(), kInterruptPollMs);
     if (rc < 0 && errno != EINTR) break;
     if (stop_.load()) break;
-    size_t i = 1;
-    for (auto& l : listeners_) {
-      if (fds[i++].revents != 0) {
-        try {
-          while (auto sock = l.accept()) {
-            auto p = std::make_unique<Pending>();
-            p->sock = std::move(*sock);
-            p->deadline = Clock::now() + timeout;
-            pending.push_back(std::move(p));
-          }
-        } catch (const Error& e) {
-          std::cerr << config_.log_prefix << ": accept failed: " << e.what() << '\n';
-        }
-      }
-    }
+    // Pending handshakes first, while fds[first + k] is still pending[k]'s.
+    const size_t first = 1 + listeners_.size();
     const auto now = Clock::now();
-    for (size_t k = 0; k < pending.size();) {
+    kept.clear();
+    for (size_t k = 0; k < pending.size(); ++k) {
       Pending& p = *pending[k];
       bool keep = true;
-      const bool ready = k + i < fds.size() && fds[k + i].revents != 0;
       try {
-        if (ready) keep = step(p);
+        if (fds[first + k].revents != 0) keep = step(p);
       } catch (const std::exception& e) {
-        reject(p, e.what());
+        reject(p, "error", e.what());
         keep = false;
       }
       if (keep && now >= p.deadline) {
-        reject(p, "silent for more than " + seconds_text(config_.timeout_s));
+        reject(p, "timed out",
+               (p.got_bytes ? "no complete handshake within " : "silent for more than ") +
+                   seconds_text(limit_s));
         keep = false;
       }
-      if (keep) {
-        ++k;
-      } else {
-        // Keep fds aligned with pending: erase both.
-        pending.erase(pending.begin() + static_cast<long>(k));
-        fds.erase(fds.begin() + static_cast<long>(k + i));
-      }
+      if (keep) kept.push_back(std::move(pending[k]));
     }
+    pending.swap(kept);
+    for (size_t i = 0; i < listeners_.size(); ++i) {
+      if (fds[1 + i].revents != 0) accept_from(listeners_[i], pending, listen_after);
+    }
+    summarise(false);
   }
 }
 

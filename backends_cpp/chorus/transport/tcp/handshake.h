@@ -15,6 +15,8 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -65,16 +67,31 @@ struct AcceptorConfig {
   // Ranks [expected_rank, expected_rank + expected_ranks) may connect (the
   // mesh accepts every lower rank); 1 for the ring.
   int expected_ranks = 1;
-  uint32_t streams = 1;   // sockets per link = addresses of this rank
-  double timeout_s = 60;  // a stranger silent this long is dropped
+  uint32_t streams = 1;  // sockets per link = addresses of this rank
+  // A handshake unfinished after min(timeout_s, kHandshakeSeconds) is dropped.
+  double timeout_s = 60;
   bool verbose = false;
+  // After kFullRejections rejections logged in full, at most one summary
+  // line (a count per reason) per this many seconds.
+  double log_every_s = 10;
   std::string log_prefix;  // "[chorus ring] rank 1"
 };
 
 // Owns the listeners and a thread that accepts and handshakes connections.
 // Good ones are queued for the owner, who is woken through wake_fd().
+//
+// Strangers cost it little: at most kMaxPending handshakes wait at once (a
+// new one evicts the oldest, preferring those that never sent a byte), each
+// for at most kHandshakeSeconds; when accept() runs out of file descriptors
+// it evicts one or stops listening for kAcceptBackoff instead of spinning;
+// and rejections are logged in full only kFullRejections times, then counted.
 class Acceptor {
  public:
+  static constexpr size_t kMaxPending = 64;
+  static constexpr double kHandshakeSeconds = 5;
+  static constexpr std::chrono::milliseconds kAcceptBackoff{100};
+  static constexpr int kFullRejections = 5;
+
   Acceptor(std::vector<Listener> listeners, AcceptorConfig config);
   ~Acceptor();
   Acceptor(const Acceptor&) = delete;
@@ -89,9 +106,16 @@ class Acceptor {
 
  private:
   struct Pending;
+  using PendingList = std::vector<std::unique_ptr<Pending>>;
   void run();
   bool step(Pending& p);  // false = done with it (accepted or rejected)
-  void reject(Pending& p, const std::string& reason, bool quiet = false);
+  // `kind` names the reason in summaries ("bad proof"); `reason` is the full text.
+  void reject(Pending& p, const char* kind, const std::string& reason, bool quiet = false);
+  void accept_from(Listener& listener, PendingList& pending, Clock::time_point& listen_after);
+  bool evict(PendingList& pending, const char* why);
+  // Logs one rejection in full or counts it for the next summary.
+  void note_rejection(const char* kind, const std::string& line);
+  void summarise(bool force);
 
   std::vector<Listener> listeners_;
   std::vector<std::string> addresses_;
@@ -101,6 +125,11 @@ class Acceptor {
   UniqueFd wake_read_, wake_write_, stop_read_, stop_write_;
   std::mutex mutex_;
   std::vector<Accepted> ready_;  // guarded by mutex_
+  // Rejection log state, used by the acceptor thread only.
+  int full_left_ = kFullRejections;
+  std::map<std::string, uint64_t> rejected_;  // counted since window_start_
+  uint64_t rejected_total_ = 0;
+  Clock::time_point window_start_, last_rejection_;
   std::thread thread_;
 };
 

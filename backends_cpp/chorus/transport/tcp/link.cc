@@ -10,12 +10,30 @@
 namespace chorus::tcp {
 namespace {
 
-constexpr uint32_t kFrameMagic = 0x46524843;  // "CHRF"
 // Linux moves at most ~2 GiB per send/recv call; ask for less and loop.
 constexpr size_t kMaxIo = size_t{1} << 30;
 // Bytes read from one socket per wake-up, so one busy socket cannot starve the rest.
 constexpr size_t kReadBudget = size_t{8} << 20;
 constexpr size_t kMaxAbortText = 64 * 1024;
+// Frames parsed from one socket per wake-up: tiny frames cannot make one
+// handle() queue thousands of them before the owner takes any.
+constexpr size_t kReadFrames = 4096;
+
+// The frame's name as the protocol comments spell it, for Protocol texts.
+const char* wire_name(FrameType type) {
+  switch (type) {
+    case FrameType::Data: return "Data";
+    case FrameType::Sync: return "Sync";
+    case FrameType::P2P: return "P2P";
+    case FrameType::Abort: return "Abort";
+  }
+  return "unknown";
+}
+
+std::string frame_text(FrameType type, uint64_t length) {
+  const char* article = type == FrameType::Abort ? "an " : "a ";
+  return article + std::string(wire_name(type)) + " frame of " + std::to_string(length) + " bytes";
+}
 
 }  // namespace
 
@@ -29,7 +47,7 @@ const char* frame_type_name(FrameType type) {
   return "unknown";
 }
 
-Link::Link(std::vector<Socket> sockets) {
+Link::Link(std::vector<Socket> sockets, FrameLimits limits) : limits_(limits) {
   if (!sockets.empty()) peer_ = sockets.front().peer();
   for (auto& s : sockets) {
     Stream st;
@@ -92,8 +110,7 @@ uint64_t Link::post_recv(void* data, size_t n) {
     } else if (n > 0) {
       std::memcpy(data, f.payload.data(), n);
     }
-    recycle(std::move(f.payload));
-    unexpected_.erase(it);
+    drop_early(it);
     return ticket;
   }
   posted_[ticket] = {static_cast<uint8_t*>(data), n};
@@ -148,6 +165,7 @@ std::optional<Frame> Link::take() {
     return std::nullopt;
   }
   Frame f = std::move(it->second);
+  unexpected_bytes_ -= f.payload.size();
   unexpected_.erase(it);
   ++next_rx_;
   return f;
@@ -208,27 +226,65 @@ void Link::write_stream(Stream& s) {
   }
 }
 
+// Why the header cannot start a frame ("" = it can). `posted`: a receive
+// waits for it, so its length is checked against that receive instead.
+std::string Link::check_header(const FrameHeader& h, bool posted) const {
+  if (h.magic != kFrameMagic) return "garbage instead of a frame header";
+  if (h.type < 1 || h.type > 4) return "a frame of unknown type " + std::to_string(h.type);
+  const auto type = static_cast<FrameType>(h.type);
+  auto over = [&](size_t most, const char* what) {
+    return frame_text(type, h.length) + ", more than the " + std::to_string(most) + " " + what;
+  };
+  switch (type) {
+    case FrameType::Abort:
+      if (h.length > kMaxAbortText) return over(kMaxAbortText, "an abort's text may have");
+      return "";
+    case FrameType::Sync:
+      if (h.length > limits_.sync) return over(limits_.sync, "a sync frame here may have");
+      break;
+    case FrameType::P2P:
+      if (h.length > limits_.p2p) return over(limits_.p2p, "a message header here may have");
+      break;
+    case FrameType::Data:
+      if (posted) return "";
+      if (h.length > limits_.early_data) return over(limits_.early_data, "this call can carry");
+      break;
+  }
+  if (unexpected_.size() >= limits_.queue_frames) {
+    return frame_text(type, h.length) + " beyond " + std::to_string(limits_.queue_frames) +
+           " early frames already queued (nobody receives them)";
+  }
+  if (h.length > limits_.queue_bytes - std::min(unexpected_bytes_, limits_.queue_bytes)) {
+    return frame_text(type, h.length) + " beyond " + std::to_string(unexpected_bytes_) +
+           " bytes of early frames already queued (at most " + std::to_string(limits_.queue_bytes) +
+           ")";
+  }
+  return "";
+}
+
 void Link::start_payload(size_t i) {
   Stream& s = streams_[i];
   const FrameHeader& h = s.header;
   const auto type = static_cast<FrameType>(h.type);
-  if (h.magic != kFrameMagic || h.type < 1 || h.type > 4) {
-    fail(State::Protocol, 0, "garbage instead of a frame header");
+  const bool abort = h.magic == kFrameMagic && type == FrameType::Abort;
+  // The frame's link-wide index; an Abort is outside the numbering.
+  const uint64_t frame = s.next_local * streams_.size() + i;
+  const bool posted = !abort && posted_.count(frame) != 0;
+  const std::string wrong = check_header(h, posted);
+  if (!wrong.empty()) {
+    fail(State::Protocol, 0, wrong);
     return;
   }
   s.in_payload = true;
   s.got = 0;
   s.length = h.length;
-  s.to_abort = type == FrameType::Abort;
+  s.to_abort = abort;
   if (s.to_abort) {
-    if (h.length > kMaxAbortText) {
-      fail(State::Protocol, 0, "oversized abort frame");
-      return;
-    }
     abort_ = Frame{type, h.aux0, h.aux1, std::vector<uint8_t>(h.length), false};
     s.dst = abort_.payload.data();
   } else {
-    s.frame = s.next_local++ * streams_.size() + i;
+    s.frame = frame;
+    ++s.next_local;
     auto it = posted_.find(s.frame);
     if (it != posted_.end()) {
       if (type != FrameType::Data || it->second.second != h.length) {
@@ -244,6 +300,7 @@ void Link::start_payload(size_t i) {
       f.aux0 = h.aux0;
       f.aux1 = h.aux1;
       f.payload = spare_buffer(h.length);
+      unexpected_bytes_ += f.payload.size();
       s.dst = f.payload.data();
     }
   }
@@ -264,6 +321,13 @@ std::vector<uint8_t> Link::spare_buffer(size_t n) {
     }
   }
   return std::vector<uint8_t>(n);
+}
+
+// Forgets a consumed early frame, keeping its buffer for the next one.
+void Link::drop_early(std::map<uint64_t, Frame>::iterator it) {
+  unexpected_bytes_ -= it->second.payload.size();
+  recycle(std::move(it->second.payload));
+  unexpected_.erase(it);
 }
 
 void Link::recycle(std::vector<uint8_t> buffer) {
@@ -292,8 +356,7 @@ void Link::finish_frame(Stream& s) {
         return;
       }
       if (!f.payload.empty()) std::memcpy(posted->second.first, f.payload.data(), f.payload.size());
-      recycle(std::move(f.payload));
-      unexpected_.erase(unexpected);
+      drop_early(unexpected);
       posted_.erase(posted);
     }
   } else if (posted != posted_.end()) {
@@ -304,7 +367,8 @@ void Link::finish_frame(Stream& s) {
 void Link::read_stream(size_t i) {
   Stream& s = streams_[i];
   size_t budget = kReadBudget;
-  while (state_ == State::Up && budget > 0) {
+  size_t frames = 0;
+  while (state_ == State::Up && budget > 0 && frames < kReadFrames) {
     void* dst;
     size_t want;
     if (!s.in_payload) {
@@ -333,7 +397,10 @@ void Link::read_stream(size_t i) {
     budget -= std::min(budget, got);
     if (!s.in_payload) {
       s.header_got += got;
-      if (s.header_got == sizeof(FrameHeader)) start_payload(i);
+      if (s.header_got == sizeof(FrameHeader)) {
+        ++frames;
+        start_payload(i);
+      }
     } else {
       s.got += got;
       if (s.got == s.length) finish_frame(s);
@@ -427,6 +494,7 @@ void Link::close() {
   streams_.clear();
   posted_.clear();
   unexpected_.clear();
+  unexpected_bytes_ = 0;
   if (state_ == State::Up) state_ = State::Down;
 }
 

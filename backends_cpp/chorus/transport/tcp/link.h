@@ -25,6 +25,7 @@
 namespace chorus::tcp {
 
 enum class FrameType : uint8_t { Data = 1, Sync = 2, P2P = 3, Abort = 4 };
+constexpr uint32_t kFrameMagic = 0x46524843;  // "CHRF"
 
 struct FrameHeader {
   uint32_t magic;
@@ -35,6 +36,19 @@ struct FrameHeader {
   uint64_t aux1;
 };
 static_assert(sizeof(FrameHeader) == 32, "frame header is sent as raw bytes");
+
+// What the owner's protocol can legitimately send, checked against every
+// frame header before anything is allocated: a corrupt or hostile header
+// becomes State::Protocol, never a huge allocation or a wait for bytes that
+// never come. Early frames (no receive posted) are bounded one by one and
+// all together; their memory grows only with bytes actually received.
+struct FrameLimits {
+  size_t sync = 64 * 1024 + 64;          // a Sync frame's payload
+  size_t p2p = 64;                       // a P2P (message header) frame's payload
+  size_t early_data = size_t{1} << 20;   // a Data frame with no receive posted
+  size_t queue_frames = 65536;           // early frames kept at once
+  size_t queue_bytes = size_t{1} << 30;  // their payload bytes
+};
 
 struct Frame {
   FrameType type = FrameType::Data;
@@ -55,7 +69,7 @@ class Link {
   };
 
   Link() = default;
-  explicit Link(std::vector<Socket> sockets);
+  explicit Link(std::vector<Socket> sockets, FrameLimits limits = {});
   Link(Link&&) = default;
   Link& operator=(Link&&) = default;
   ~Link();
@@ -64,6 +78,10 @@ class Link {
   bool up() const { return state_ == State::Up; }
   size_t sockets() const { return streams_.size(); }
   const std::string& peer() const { return peer_; }
+  // Applies to headers read from now on (the owner may narrow them per call).
+  void set_limits(const FrameLimits& limits) { limits_ = limits; }
+  void set_early_limit(size_t bytes) { limits_.early_data = bytes; }
+  const FrameLimits& limits() const { return limits_; }
 
   // Queues one frame. The payload must stay valid until sends_done(); payloads
   // up to kInlineBytes are copied.
@@ -128,6 +146,8 @@ class Link {
   std::vector<uint8_t> spare_buffer(size_t n);
   void recycle(std::vector<uint8_t> buffer);
   void start_payload(size_t i);
+  std::string check_header(const FrameHeader& h, bool posted) const;
+  void drop_early(std::map<uint64_t, Frame>::iterator it);
   void on_eof(size_t i);
   void check_eof_stream(uint64_t ticket);
 
@@ -141,6 +161,8 @@ class Link {
   uint64_t next_rx_ = 0;  // next frame index to hand out (post_recv / take)
   std::unordered_map<uint64_t, std::pair<uint8_t*, size_t>> posted_;
   std::map<uint64_t, Frame> unexpected_;
+  size_t unexpected_bytes_ = 0;  // payload bytes held in unexpected_
+  FrameLimits limits_;
   // Buffers of consumed early frames, reused by later ones (spare_buffer()).
   static constexpr size_t kSpareBuffers = 8;
   std::vector<std::vector<uint8_t>> spare_;

@@ -39,7 +39,8 @@ Listener Listener::adopt(int fd) {
   return l;
 }
 
-std::optional<Socket> Listener::accept() {
+std::optional<Socket> Listener::accept(int* error) {
+  *error = 0;
   while (true) {
     UniqueFd fd(::accept4(this->fd(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (fd) {
@@ -50,8 +51,8 @@ std::optional<Socket> Listener::accept() {
       return sock;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return std::nullopt;
-    throw SocketError("accept", errno, address_);
+    if (errno != EAGAIN && errno != EWOULDBLOCK) *error = errno;
+    return std::nullopt;
   }
 }
 

@@ -22,8 +22,11 @@ class Listener {
   // The bound address, with the real port when bound to port 0.
   const std::string& address() const { return address_; }
 
-  // Accepts one pending connection (non-blocking); nullopt when none waits.
-  std::optional<Socket> accept();
+  // Accepts one pending connection (non-blocking); nullopt when none waits,
+  // or when accept() failed: then *error holds its errno (0 = none waited).
+  // Running out of descriptors is routine under a flood, so it is data here
+  // rather than an exception.
+  std::optional<Socket> accept(int* error);
 
  private:
   UniqueFd fd_;
