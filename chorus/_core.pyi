@@ -43,6 +43,7 @@ def init(
     job_id: str,
     hostname: str,
     timeout: float,
+    peer_timeout: float = 15.0,
     verbose: bool = False,
     segment_bytes: int = 0,
     listen_fds: list[int] = ...,

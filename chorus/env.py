@@ -6,6 +6,7 @@ so the rest of the package never touches ``os.environ`` for these names.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ _MPI_LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
 _LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
 
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_PEER_TIMEOUT = 15.0
 
 
 class EnvError(ValueError):
@@ -49,6 +51,10 @@ class RankEnv:
         Unique per job; names shared-memory segments.
     timeout
         Seconds allowed for set-up (``CHORUS_TIMEOUT``).
+    peer_timeout
+        Seconds after which a peer whose host acknowledges nothing is
+        unreachable (``CHORUS_PEER_TIMEOUT``, TCP backends; a slow or stopped
+        peer process still acknowledges and is never declared dead).
     mpi_launched
         Started by ``mpirun``/``mpiexec`` (the only way the ``mpi`` backend runs).
     local_size
@@ -62,6 +68,7 @@ class RankEnv:
     token: str = ""
     job_id: str = ""
     timeout: float = DEFAULT_TIMEOUT
+    peer_timeout: float = DEFAULT_PEER_TIMEOUT
     coordinator: str | None = None
     verbose: bool = False
     listen_fds: list[int] = field(default_factory=list)
@@ -103,6 +110,20 @@ def _int_var(name: str, value: str) -> int:
     except ValueError:
         msg = f"{name}={value!r} is not an integer"
         raise EnvError(msg) from None
+
+
+def _seconds_var(env: Mapping[str, str], name: str, default: float) -> float:
+    if not env.get(name):
+        return default
+    try:
+        seconds = float(env[name])
+    except ValueError:
+        msg = f"{name}={env[name]!r} is not a number of seconds"
+        raise EnvError(msg) from None
+    if seconds <= 0:
+        msg = f"{name}={seconds} must be positive"
+        raise EnvError(msg)
+    return seconds
 
 
 def parse_hosts(text: str, source: str) -> list[list[str]]:
@@ -180,16 +201,8 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
             msg = f"CHORUS_HOSTFILE has {len(hosts)} entries but {size_var[0]}={size}"
             raise EnvError(msg)
 
-    timeout = DEFAULT_TIMEOUT
-    if env.get("CHORUS_TIMEOUT"):
-        try:
-            timeout = float(env["CHORUS_TIMEOUT"])
-        except ValueError:
-            msg = f"CHORUS_TIMEOUT={env['CHORUS_TIMEOUT']!r} is not a number of seconds"
-            raise EnvError(msg) from None
-        if timeout <= 0:
-            msg = f"CHORUS_TIMEOUT={timeout} must be positive"
-            raise EnvError(msg)
+    timeout = _seconds_var(env, "CHORUS_TIMEOUT", DEFAULT_TIMEOUT)
+    peer_timeout = _seconds_var(env, "CHORUS_PEER_TIMEOUT", DEFAULT_PEER_TIMEOUT)
 
     listen_fds: list[int] = []
     if env.get("CHORUS_LISTEN_FDS"):
@@ -211,7 +224,8 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         # Ranks started without our launcher still need a name every rank agrees on.
         seed = "|".join([token, env.get("CHORUS_HOSTFILE", ""), str(size)])
         seed += "|" + env.get("SLURM_JOB_ID", env.get("OMPI_MCA_orte_hnp_uri", ""))
-        job_id = f"{abs(hash_text(seed)):016x}"
+        # One-way (the seed holds the token, and the job id names /dev/shm files).
+        job_id = hashlib.sha256(b"chorus job id|" + seed.encode()).hexdigest()[:16]
 
     local = _first(env, _LOCAL_SIZE_VARS)
     local_size = None if local is None else _int_var(*local)
@@ -227,6 +241,7 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         token=token,
         job_id=job_id,
         timeout=timeout,
+        peer_timeout=peer_timeout,
         coordinator=coordinator,
         verbose=env.get("CHORUS_VERBOSE", "") not in ("", "0"),
         listen_fds=listen_fds,
@@ -234,11 +249,3 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         mpi_launched=_first(env, _MPI_LAUNCHER_VARS) is not None,
         local_size=local_size,
     )
-
-
-def hash_text(text: str) -> int:
-    """A hash stable across processes (``hash()`` is salted per process)."""
-    value = 1469598103934665603
-    for byte in text.encode():
-        value = ((value ^ byte) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return value

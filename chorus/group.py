@@ -126,6 +126,7 @@ def _connect(name: str, env: RankEnv) -> Group:
         job_id=env.job_id,
         hostname=env.hostname,
         timeout=env.timeout,
+        peer_timeout=env.peer_timeout,
         verbose=env.verbose,
         segment_bytes=env.segment_bytes,
         listen_fds=env.listen_fds,

@@ -218,7 +218,7 @@ class RankSet:
             timeout=self.timeout,
         )
         token = secrets.token_hex(16)
-        job_id = f"k{os.getpid()}-{token[:8]}"
+        job_id = f"k{os.getpid()}-{secrets.token_hex(4)}"  # random: nothing of the token
         with contextlib.ExitStack() as stack:
             listeners = listening_sockets(self.size)
             for sock in listeners:

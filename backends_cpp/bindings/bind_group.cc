@@ -44,8 +44,8 @@ void register_group(py::module_& m) {
       "init",
       [](const std::string& backend, int rank, int size,
          std::vector<std::vector<std::string>> hosts, std::string token, std::string job_id,
-         std::string hostname, double timeout, bool verbose, size_t segment_bytes,
-         std::vector<int> listen_fds, std::string coordinator) {
+         std::string hostname, double timeout, double peer_timeout, bool verbose,
+         size_t segment_bytes, std::vector<int> listen_fds, std::string coordinator) {
         InitOptions options;
         options.rank = rank;
         options.size = size;
@@ -54,6 +54,7 @@ void register_group(py::module_& m) {
         options.job_id = std::move(job_id);
         options.hostname = std::move(hostname);
         options.timeout_s = timeout;
+        options.peer_timeout_s = peer_timeout;
         options.verbose = verbose;
         options.segment_bytes = segment_bytes;
         options.listen_fds = std::move(listen_fds);
@@ -62,9 +63,10 @@ void register_group(py::module_& m) {
         return init_backend(backend, options);
       },
       py::arg("backend"), py::arg("rank"), py::arg("size"), py::arg("hosts"), py::arg("token"),
-      py::arg("job_id"), py::arg("hostname"), py::arg("timeout"), py::arg("verbose") = false,
-      py::arg("segment_bytes") = 0, py::arg("listen_fds") = std::vector<int>{},
-      py::arg("coordinator") = "", "Connect this rank to its peers with the named backend.");
+      py::arg("job_id"), py::arg("hostname"), py::arg("timeout"), py::arg("peer_timeout") = 15.0,
+      py::arg("verbose") = false, py::arg("segment_bytes") = 0,
+      py::arg("listen_fds") = std::vector<int>{}, py::arg("coordinator") = "",
+      "Connect this rank to its peers with the named backend.");
 }
 
 }  // namespace chorus::bindings

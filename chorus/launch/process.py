@@ -92,6 +92,11 @@ class RankProcess(ABC):
         self.host = host
 
     @property
+    def lost(self) -> bool:
+        """Whether contact with the rank's host was lost (no exit status came back)."""
+        return False
+
+    @property
     @abstractmethod
     def started(self) -> bool:
         """Whether :meth:`start` succeeded."""

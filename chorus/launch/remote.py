@@ -263,6 +263,10 @@ class SshRank(RankProcess):
         return cast(asyncio.StreamReader, self._proc.stderr)
 
     @property
+    def lost(self) -> bool:
+        return self._lost
+
+    @property
     def returncode(self) -> int | None:
         if self._process is None:
             return None

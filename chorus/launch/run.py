@@ -180,9 +180,18 @@ class RankExit:
     rank: int
     returncode: int
     host: str = ""
+    # Contact with the host was lost (its ssh connection dropped): no exit
+    # status came back, and returncode says SIGKILL, what the agent does to
+    # the rank when its session ends.
+    lost: bool = False
 
     def describe(self) -> str:
         """``"rank 2 exited with code 3"``, ``"rank 1 on h1 was killed by SIGKILL"``."""
+        if self.lost:
+            return (
+                f"rank {self.rank}: lost contact with {self.host} (its ssh connection "
+                "dropped: host down or network cut)"
+            )
         where = f" on {self.host}" if self.host else ""
         return f"rank {self.rank}{where} {describe_exit(self.returncode)}"
 
@@ -408,7 +417,7 @@ class Job:
     def _build_ranks(self, stack: contextlib.ExitStack) -> None:
         spec = self.spec
         token = secrets.token_hex(16)
-        job_id = f"{os.getpid()}-{token[:8]}"
+        job_id = f"{os.getpid()}-{secrets.token_hex(4)}"  # random: nothing of the token
         self.reporter.progress(f"job {job_id}: {spec.nprocs} rank(s), backend {spec.backend}")
 
         listeners = listening_sockets(spec.nprocs)
@@ -537,7 +546,7 @@ class Job:
     # -- supervision ---------------------------------------------------------
 
     def _on_exit(self, rank: RankProcess, returncode: int) -> None:
-        exit_ = RankExit(rank.rank, returncode, rank.host)
+        exit_ = RankExit(rank.rank, returncode, rank.host, lost=rank.lost)
         self.result.exits.append(exit_)
         if returncode == 0:
             self.reporter.progress(exit_.describe())
@@ -723,7 +732,7 @@ async def prepare_remote_ranks(
     from chorus.launch.ssh import SshError, connect_all
 
     token = secrets.token_hex(16)
-    job_id = f"{os.getpid()}-{token[:8]}"
+    job_id = f"{os.getpid()}-{secrets.token_hex(4)}"  # random: nothing of the token
     reporter.progress(f"job {job_id}: {spec.nprocs} rank(s) on {describe(hostfile.hosts)}")
     try:
         connections = await connect_all(

@@ -83,6 +83,9 @@ struct InitOptions {
   std::string job_id;       // unique per job: names shm segments
   std::string hostname;     // this machine, for error messages
   double timeout_s = 60.0;  // set-up deadline
+  // A peer whose host acknowledges nothing for this long is unreachable (TCP
+  // backends); a slow or stopped peer process still acknowledges.
+  double peer_timeout_s = 15.0;
   bool verbose = false;
   size_t segment_bytes = 0;  // pipeline segment size; 0 = backend default (test knob)
   // Listening sockets the launcher already bound for this rank, one per

@@ -19,6 +19,7 @@ struct TcpGroupConfig {
   std::string group_path;  // "" for the world group, "/0.1" for split 0, color 1
   std::string hostname;
   double timeout_s = 60;
+  double peer_timeout_s = 15;  // InitOptions::peer_timeout_s
   bool verbose = false;
   size_t segment_bytes = 0;
 };
@@ -35,6 +36,7 @@ inline TcpGroupConfig world_config(const InitOptions& options,
   config.job_id = options.job_id;
   config.hostname = options.hostname;
   config.timeout_s = options.timeout_s;
+  config.peer_timeout_s = options.peer_timeout_s;
   config.verbose = options.verbose;
   config.segment_bytes = options.segment_bytes;
   return config;

@@ -127,6 +127,7 @@ void MeshGroup::dial(int p, Clock::time_point deadline, bool first) {
   }
   peer.epoch = epoch;
   peer.link = tcp::Link(std::move(sockets), frame_limits_);
+  peer.link.set_keepalive_after(config_.peer_timeout_s);
   peer.coll.clear();
   mailbox_.drop_partial(p);
 }
@@ -159,6 +160,7 @@ bool MeshGroup::install(int p) {
     for (auto& s : it->second) sockets.push_back(std::move(*s));
     peer.epoch = it->first;
     peer.link = tcp::Link(std::move(sockets), frame_limits_);
+    peer.link.set_keepalive_after(config_.peer_timeout_s);
     peer.staged.erase(peer.staged.begin(), peer.staged.upper_bound(peer.epoch));
     peer.coll.clear();
     mailbox_.drop_partial(p);

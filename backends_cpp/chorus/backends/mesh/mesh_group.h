@@ -125,6 +125,8 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   void progress(int timeout_ms = kInterruptPollMs);
   void route(int p, tcp::Frame frame);
   void check_links();
+  // A peer whose host acknowledged nothing for peer_timeout_s: fatal.
+  void check_reachable();
   void fail_links(int culprit, const std::string& text, bool fatal);
   void abort_link(int p, const std::string& text);
   // Runs one operation: its failures abort the links it dirtied (all of them
@@ -162,6 +164,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   bool accepted_ready_ = true;       // the acceptor's wake fd fired since take_accepted()
   uint64_t split_count_ = 0;
   tcp::Clock::time_point last_interrupt_check_;
+  tcp::Clock::time_point last_reach_check_;
 };
 
 }  // namespace chorus::mesh

@@ -40,7 +40,22 @@ void MeshGroup::progress(int timeout_ms) {
     last_interrupt_check_ = now;
     check_interrupt();
   }
+  if (now - last_reach_check_ >= tcp::kReachCheckEvery) {
+    last_reach_check_ = now;
+    check_reachable();
+  }
   check_links();
+}
+
+void MeshGroup::check_reachable() {
+  const auto bound = static_cast<uint32_t>(config_.peer_timeout_s * 1000);
+  for (int p = 0; p < config_.size; ++p) {
+    if (p == config_.rank || !peers_[p].link.up()) continue;
+    const uint32_t silent = peers_[p].link.unacknowledged_ms();
+    if (silent < bound) continue;
+    const std::string text = tcp::unreachable_text(who(p), silent, op_);
+    throw LinkFailure(p, ctx_.prefix() + text, text, true);
+  }
 }
 
 // Files one frame from p: point-to-point ones in the Mailbox, collective ones

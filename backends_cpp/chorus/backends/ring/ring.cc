@@ -139,6 +139,7 @@ void RingGroup::connect_right(Clock::time_point deadline, bool retry) {
     sockets.push_back(std::move(s));
   }
   link(Side::Right) = Link(std::move(sockets), frame_limits_);
+  link(Side::Right).set_keepalive_after(config_.peer_timeout_s);
 }
 
 bool RingGroup::install_left() {
@@ -158,6 +159,7 @@ bool RingGroup::install_left() {
     left_epoch_ = it->first;
     acceptor_->set_min_epoch(left_epoch_);
     link(Side::Left) = Link(std::move(sockets), frame_limits_);
+    link(Side::Left).set_keepalive_after(config_.peer_timeout_s);
     staged_.erase(staged_.begin(), staged_.upper_bound(left_epoch_));
     CHORUS_LOG(config_.verbose, ctx_.prefix(), "link from ", who(left()), " up (epoch ",
                left_epoch_, ")");
@@ -219,7 +221,22 @@ void RingGroup::progress(int timeout_ms) {
     last_interrupt_check_ = now;
     check_interrupt();
   }
+  if (now - last_reach_check_ >= tcp::kReachCheckEvery) {
+    last_reach_check_ = now;
+    check_reachable();
+  }
   check_links();
+}
+
+void RingGroup::check_reachable() {
+  const auto bound = static_cast<uint32_t>(config_.peer_timeout_s * 1000);
+  for (int s = 0; s < 2; ++s) {
+    const uint32_t silent = links_[s].up() ? links_[s].unacknowledged_ms() : 0;
+    if (silent < bound) continue;
+    const int p = peer(static_cast<Side>(s));
+    const std::string text = tcp::unreachable_text(who(p), silent, op_);
+    throw LinkFailure(p, ctx_.prefix() + text, text, true);
+  }
 }
 
 void RingGroup::check_links() {

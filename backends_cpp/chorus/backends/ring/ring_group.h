@@ -97,6 +97,8 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   bool recover(Side side);
   void progress(int timeout_ms = kInterruptPollMs);
   void check_links();
+  // A neighbour whose host acknowledged nothing for peer_timeout_s: fatal.
+  void check_reachable();
   void start_call();
   void fail_links(int culprit, const std::string& text, bool fatal = false);
   template <typename Body>
@@ -138,6 +140,7 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   std::vector<uint8_t> scratch_;  // the ring algorithms' receive buffers, kept across calls
   uint64_t split_count_ = 0;
   tcp::Clock::time_point last_interrupt_check_;
+  tcp::Clock::time_point last_reach_check_;
   // How long progress() looks for traffic before poll() sleeps (cpu.h).
   std::chrono::microseconds spin_{0};
 };

@@ -323,6 +323,22 @@ std::vector<uint8_t> Link::spare_buffer(size_t n) {
   return std::vector<uint8_t>(n);
 }
 
+std::string unreachable_text(const std::string& who, uint32_t silent_ms, const std::string& op) {
+  return who + " is unreachable during " + op + ": its host acknowledged nothing sent to it for " +
+         std::to_string(silent_ms / 1000) +
+         " s (host down or network cut; CHORUS_PEER_TIMEOUT sets the limit)";
+}
+
+void Link::set_keepalive_after(double seconds) {
+  for (auto& s : streams_) s.sock.set_keepalive_after(seconds);
+}
+
+uint32_t Link::unacknowledged_ms() const {
+  uint32_t most = 0;
+  for (const auto& s : streams_) most = std::max(most, s.sock.unacknowledged_ms());
+  return most;
+}
+
 // Forgets a consumed early frame, keeping its buffer for the next one.
 void Link::drop_early(std::map<uint64_t, Frame>::iterator it) {
   unexpected_bytes_ -= it->second.payload.size();

@@ -50,6 +50,11 @@ struct FrameLimits {
   size_t queue_bytes = size_t{1} << 30;  // their payload bytes
 };
 
+// How often a backend looks for an unreachable peer (Link::unacknowledged_ms).
+constexpr auto kReachCheckEvery = std::chrono::milliseconds(500);
+// "rank 2 (10.0.0.3:5000) is unreachable: ...", naming the call.
+std::string unreachable_text(const std::string& who, uint32_t silent_ms, const std::string& op);
+
 struct Frame {
   FrameType type = FrameType::Data;
   uint64_t aux0 = 0, aux1 = 0;
@@ -82,6 +87,10 @@ class Link {
   void set_limits(const FrameLimits& limits) { limits_ = limits; }
   void set_early_limit(size_t bytes) { limits_.early_data = bytes; }
   const FrameLimits& limits() const { return limits_; }
+  // Keepalive on every socket: a silent idle peer is dead after about `seconds`.
+  void set_keepalive_after(double seconds);
+  // The longest Socket::unacknowledged_ms() of its sockets.
+  uint32_t unacknowledged_ms() const;
 
   // Queues one frame. The payload must stay valid until sends_done(); payloads
   // up to kInlineBytes are copied.

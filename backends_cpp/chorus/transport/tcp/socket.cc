@@ -188,6 +188,36 @@ void Socket::set_keepalive() {
 #endif
 }
 
+void Socket::set_keepalive_after(double seconds) {
+  set_keepalive();
+#ifdef TCP_KEEPIDLE
+  // Silent for idle + count * interval seconds: a dead peer.
+  const int step = std::max(1, static_cast<int>(seconds / 4));
+  const int count = 3;
+  ::setsockopt(fd(), IPPROTO_TCP, TCP_KEEPIDLE, &step, sizeof step);
+  ::setsockopt(fd(), IPPROTO_TCP, TCP_KEEPINTVL, &step, sizeof step);
+  ::setsockopt(fd(), IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+#else
+  (void)seconds;
+#endif
+}
+
+uint32_t Socket::unacknowledged_ms() const {
+#ifdef __linux__
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  if (::getsockopt(fd(), IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
+  // Only segments in flight count. Data held back by a zero window (the peer
+  // process stopped reading) is probed with exponential backoff, and the
+  // gaps between the answers to those probes grow past any bound: a rank
+  // paused in a debugger would look dead.
+  if (info.tcpi_unacked == 0) return 0;
+  return info.tcpi_last_ack_recv;
+#else
+  return 0;
+#endif
+}
+
 void Socket::send_all(const void* data, size_t n, Clock::time_point deadline) {
   const char* p = static_cast<const char*>(data);
   size_t done = 0;

@@ -61,6 +61,14 @@ class Socket {
   void set_nodelay();
   // Dead hosts (no FIN, no RST) are noticed in about 25 s instead of 2 h.
   void set_keepalive();
+  // The same, in about `seconds` (keepalive probes of an idle connection).
+  void set_keepalive_after(double seconds);
+  // How long (ms) the peer's kernel has acknowledged nothing while data of
+  // ours is in flight to it; 0 when nothing is. A stopped or busy peer
+  // process still acknowledges (a full buffer closes the window, it does not
+  // leave data unacknowledged): only an unreachable host makes this grow.
+  // Linux only (elsewhere 0).
+  uint32_t unacknowledged_ms() const;
 
   // Blocking-style helpers for the handshake: move exactly n bytes or throw
   // (SocketError, PeerError on EOF, PeerTimeout at the deadline).
