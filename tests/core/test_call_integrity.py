@@ -12,10 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RankRunner
+from tests.conftest import Job, RankResult, RankRunner
 
 TRIALS = 20
 RESET_RUNS = 8
+
+
+def finish(job: Job, wrong_marker: str = "WRONG 0") -> tuple[list[RankResult], str]:
+    """Every rank's result, once each exited 0 and reported no wrong value; and all output."""
+    results = job.wait(timeout=110)
+    everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
+    for result in results:
+        assert result.returncode == 0, everything
+        assert wrong_marker in result.stdout, everything
+    return results, everything
+
 
 # Interrupted ranks interrupt themselves (a timer thread sends SIGINT) while
 # blocked in call k, because the late rank only enters call k after they
@@ -90,12 +101,8 @@ def test_late_entrant_raises_and_the_next_calls_are_right(
     code = LATE_ENTRANT.format(
         interrupted=interrupted, when=when, marks=str(tmp_path / "left"), trials=TRIALS
     )
-    job = ranks.start(code, 4, backend=backend)
-    results = job.wait(timeout=110)
-    everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
+    results, everything = finish(ranks.start(code, 4, backend=backend), "WRONG 0 ")
     for result in results:
-        assert result.returncode == 0, everything
-        assert "WRONG 0 " in result.stdout, everything
         assert "CALL K RETURNED" not in result.stdout, everything
         expected = "KeyboardInterrupt" if result.rank in interrupted else "PeerError"
         assert f"'{expected}': {TRIALS}" in result.stdout, everything
@@ -157,12 +164,8 @@ print("WRONG", wrong, flush=True)
 def test_overlapping_calls_from_two_threads_raise_everywhere(
     ranks: RankRunner,
 ) -> None:
-    job = ranks.start(OVERLAP.format(trials=10), 4, backend="shm")
-    results = job.wait(timeout=110)
-    everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
+    results, everything = finish(ranks.start(OVERLAP.format(trials=10), 4, backend="shm"))
     for result in results:
-        assert result.returncode == 0, everything
-        assert "WRONG 0" in result.stdout, everything
         assert "ODD" not in result.stdout, everything
         assert "RETURNED" not in result.stdout, everything
 
@@ -204,12 +207,7 @@ print("WRONG", len(wrong), wrong[:3], flush=True)
 def test_one_group_per_thread_and_sequential_threads_are_right(
     ranks: RankRunner, backend: str
 ) -> None:
-    job = ranks.start(THREADS_OK.format(trials=200), 4, backend=backend)
-    results = job.wait(timeout=110)
-    everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
-    for result in results:
-        assert result.returncode == 0, everything
-        assert "WRONG 0 []" in result.stdout, everything
+    finish(ranks.start(THREADS_OK.format(trials=200), 4, backend=backend), "WRONG 0 []")
 
 
 # A loop of all_sums (small and large) while the test cuts every TCP
@@ -268,9 +266,5 @@ def test_connection_reset_mid_loop_never_gives_a_wrong_result(
         for _ in range(3):
             time.sleep(0.15)
             cut_any = _cut_connections_to(job.hosts[2][0]) > 0 or cut_any
-        results = job.wait(timeout=100)
-        everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
-        for result in results:
-            assert result.returncode == 0, everything
-            assert "WRONG 0 ERRORS" in result.stdout, everything
+        finish(job, "WRONG 0 ERRORS")
     assert cut_any, "ss -K cut no connection: the test did not test anything"
