@@ -5,7 +5,19 @@ from typing import Any
 import numpy as np
 
 class PeerError(ConnectionError):
-    """A peer rank closed, reset, timed out or aborted the group."""
+    """A peer rank closed, reset, timed out or aborted the group.
+
+    The failure as data: ``reason`` ("died", "unreachable", "interrupted",
+    "aborted", "protocol", "timeout", "overlap", "late" or "unknown"), the
+    culprit's ``rank`` and ``host`` (its address), and the call: ``op``
+    ("all_sum") and ``call`` (its number on the group on this rank).
+    """
+
+    reason: str
+    rank: int | None
+    host: str | None
+    op: str | None
+    call: int | None
 
 class PeerTimeoutError(PeerError, TimeoutError):
     """A peer did not arrive or answer before the deadline."""

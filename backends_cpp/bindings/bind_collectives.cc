@@ -1,6 +1,7 @@
 // Collectives over numpy arrays. The Python layer (chorus/collectives.py)
 // passes C-contiguous inputs and freshly allocated outputs; these functions
 // only convert, release the GIL and call chorus::ops.
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
@@ -39,6 +40,8 @@ CallDesc describe(const py::array& x, Collective kind, ReduceOp op = ReduceOp::S
   desc.dtype = dtype_of(x);
   desc.count = static_cast<uint64_t>(x.size());
   desc.shape_hash = shape_hash(x);
+  desc.ndim = static_cast<uint8_t>(std::min<py::ssize_t>(x.ndim(), kUnknownDims - 1));
+  for (int i = 0; i < kShownDims && i < x.ndim(); ++i) desc.dims[i] = x.shape(i);
   return desc;
 }
 
@@ -77,8 +80,8 @@ const void* input_for(const py::array& x, const py::array& out, std::vector<char
 // KeyboardInterrupt like the rank that noticed first.
 //
 // The signals reach the ranks one after another, so when the abort says a
-// peer "was interrupted" (both backends word it so), give our own signal a
-// moment to arrive before settling for PeerError.
+// peer was interrupted (its reason), give our own signal a moment to arrive
+// before settling for PeerError.
 constexpr auto kSiblingSignalGrace = std::chrono::milliseconds(200);
 
 template <typename Call>
@@ -87,7 +90,7 @@ void communicate(Call&& call) {
     py::gil_scoped_release release;
     call();
   } catch (const PeerError& error) {
-    const bool peer_interrupted = std::strstr(error.what(), "was interrupted") != nullptr;
+    const bool peer_interrupted = error.failure().reason == Reason::Interrupted;
     const auto deadline = std::chrono::steady_clock::now() + kSiblingSignalGrace;
     while (true) {
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();

@@ -32,6 +32,20 @@ void python_interrupt_hook() {
   throw Interrupted("interrupted by a signal");
 }
 
+// Raises `type` (PeerError or PeerTimeoutError) with the failure as attributes.
+void raise_peer_error(PyObject* type, const PeerError& error) {
+  const Failure& f = error.failure();
+  py::object exc =
+      py::reinterpret_steal<py::object>(PyObject_CallFunction(type, "s", error.what()));
+  if (!exc) return;  // the call set its own error
+  exc.attr("reason") = reason_name(f.reason);
+  exc.attr("rank") = f.culprit >= 0 ? py::object(py::int_(f.culprit)) : py::none();
+  exc.attr("host") = f.culprit_where.empty() ? py::object(py::none()) : py::str(f.culprit_where);
+  exc.attr("op") = f.op.empty() ? py::object(py::none()) : py::str(f.op);
+  exc.attr("call") = f.call != 0 ? py::object(py::int_(f.call)) : py::none();
+  PyErr_SetObject(type, exc.ptr());
+}
+
 }  // namespace
 
 void install_interrupt_hook() { set_interrupt_hook(python_interrupt_hook); }
@@ -57,6 +71,12 @@ void register_errors(py::module_& m) {
   static PyObject* unavailable = PyErr_NewExceptionWithDoc("chorus._core.BackendUnavailableError",
                                                            "The requested backend cannot run here.",
                                                            PyExc_RuntimeError, nullptr);
+  // The failure as data (PeerError.reason, .rank, .host, .op, .call); class
+  // defaults for errors raised without one.
+  for (const char* name : {"rank", "host", "op", "call"}) {
+    PyObject_SetAttrString(peer_error, name, Py_None);
+  }
+  py::handle(peer_error).attr("reason") = "unknown";
   m.attr("PeerError") = py::handle(peer_error);
   m.attr("PeerTimeoutError") = py::handle(peer_timeout);
   m.attr("BackendUnavailableError") = py::handle(unavailable);
@@ -79,9 +99,9 @@ void register_errors(py::module_& m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const PeerTimeout& e) {
-      PyErr_SetString(peer_timeout, e.what());
+      raise_peer_error(peer_timeout, e);
     } catch (const PeerError& e) {
-      PyErr_SetString(peer_error, e.what());
+      raise_peer_error(peer_error, e);
     } catch (const DtypeError& e) {
       PyErr_SetString(PyExc_TypeError, e.what());
     } catch (const UsageError& e) {

@@ -76,6 +76,11 @@ for trial in range({trials}):
         outcomes["PeerError"] += 1
         if trial == 0:
             print("ERROR", r, err, flush=True)
+        # The failure as data: why, who, which call.
+        if err.op != "all_sum" or err.reason not in ("late", "interrupted"):
+            print("ODD", err.reason, err.op, err, flush=True)
+        if err.reason == "interrupted" and err.rank not in INTERRUPTED:
+            print("ODD culprit", err.rank, err, flush=True)
     b = np.full(3, 1000.0 * (r + 1) + trial)      # call k + 1
     got = chorus.all_sum(b)
     want = sum(np.full(3, 1000.0 * (q + 1) + trial) for q in range(n))
@@ -104,6 +109,7 @@ def test_late_entrant_raises_and_the_next_calls_are_right(
     results, everything = finish(ranks.start(code, 4, backend=backend), "WRONG 0 ")
     for result in results:
         assert "CALL K RETURNED" not in result.stdout, everything
+        assert "ODD" not in result.stdout, everything
         expected = "KeyboardInterrupt" if result.rank in interrupted else "PeerError"
         assert f"'{expected}': {TRIALS}" in result.stdout, everything
     late = next(r for r in results if r.rank == 1)
@@ -137,6 +143,8 @@ def call(name, value, delay):
         outcomes.append((name, "PeerError"))
         if "overlapping calls from two threads" not in str(err):
             print("ODD", err, flush=True)
+        if (err.reason, err.rank) not in (("overlap", 0), ("late", 0)):
+            print("ODD data", err.reason, err.rank, err, flush=True)
 
 for trial in range({trials}):
     chorus.barrier()

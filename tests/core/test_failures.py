@@ -47,7 +47,8 @@ def test_killed_rank_makes_every_other_rank_raise_naming_it(
             if g.rank() == 2:
                 time.sleep(0.001)
     except chorus.PeerError as err:
-        print("RAISED", repr(str(err)), "AT", time.time(), flush=True)
+        print("RAISED", repr(str(err)), "DATA", err.reason, err.rank, err.op, "AT", time.time(),
+              flush=True)
     # Survivors leave at once: a mesh rank still reconnecting to one of them
     # finds it gone too, and then names every rank that is gone, rank 2 included.
     """
@@ -64,6 +65,8 @@ def test_killed_rank_makes_every_other_rank_raise_naming_it(
         assert "RAISED" in result.stdout, result.stdout + result.stderr
         named = "rank 2" if backend == "shm" else f"rank 2 ({job.hosts[2][0]})"
         assert named in result.stdout, result.stdout
+        # The failure as data: who, why, in which call.
+        assert "DATA died 2 all_sum" in result.stdout, result.stdout
         raised_at = float(result.stdout.rsplit("AT", 1)[1])
         assert raised_at - killed_at < 5.0, f"rank {result.rank} took {raised_at - killed_at} s"
 
@@ -109,6 +112,13 @@ def test_shape_and_dtype_mismatch_raise_everywhere_then_group_works(
     for result in results:
         assert result.stdout.count("MISMATCH") == 4, result.stdout
         assert "OK" in result.stdout
+        # Every rank, grouped, and shapes as shapes.
+        assert "ranks 0,2,3 have all_sum of (10,) float64, rank 1 has all_sum of (11,) float64" in (
+            result.stdout
+        ), result.stdout
+        assert "rank 0 has all_sum of (2, 5) float64, ranks 1,2,3 have all_sum of (5, 2)" in (
+            result.stdout
+        ), result.stdout
 
 
 def test_stranger_connection_is_dropped_and_job_carries_on(

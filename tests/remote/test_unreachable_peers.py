@@ -40,7 +40,7 @@ try:
     chorus.barrier()
     print("DONE", calls, flush=True)
 except chorus.PeerError as err:
-    print("RAISED", time.time(), err, flush=True)
+    print("RAISED", time.time(), "REASON", err.reason, "RANK", err.rank, err, flush=True)
 """
 
 
@@ -128,6 +128,11 @@ def test_host_cut_off_mid_collective_is_named_within_the_peer_timeout(
         assert "rank 2" in out, everything
     named = [o[1] for o in outputs.values() if "unreachable" in o[1]]
     assert named, "no survivor said that rank 2 is unreachable:\n" + everything
+    # The failure as data: every survivor blames rank 2; the ones that saw it
+    # stop acknowledging say why.
+    for _code, out, _err in outputs.values():
+        assert "RANK 2 " in out, everything
+    assert any("REASON unreachable" in o[1] for o in outputs.values()), everything
 
 
 def test_launcher_names_a_lost_host_as_lost(emulated_hosts: EmulatedHostsFactory) -> None:

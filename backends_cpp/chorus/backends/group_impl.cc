@@ -31,12 +31,24 @@ bool CallDesc::operator==(const CallDesc& other) const {
          std::tie(other.kind, other.op, other.dtype, other.count, other.shape_hash, other.root);
 }
 
+std::string CallDesc::shape_text() const {
+  if (ndim == kUnknownDims) return "";
+  std::ostringstream out;
+  out << "(";
+  for (int i = 0; i < std::min<int>(ndim, kShownDims); ++i) out << (i ? ", " : "") << dims[i];
+  if (ndim == 1) out << ",";
+  if (ndim > kShownDims) out << ", ...";
+  out << ")";
+  return out.str();
+}
+
 std::string CallDesc::describe() const {
   std::ostringstream out;
   out << collective_name(kind, op);
-  if (kind != Collective::Barrier) {
-    out << " of " << count << " x " << dtype_name(dtype) << " (shape hash " << std::hex
-        << shape_hash << std::dec << ")";
+  if (kind != Collective::Barrier && ndim != kUnknownDims) {
+    out << " of " << shape_text() << " " << dtype_name(dtype);
+  } else if (kind != Collective::Barrier) {
+    out << " of " << count << " x " << dtype_name(dtype);
   }
   if (kind == Collective::Broadcast) out << " from root " << root;
   return out.str();
@@ -50,6 +62,8 @@ WireDesc to_wire(const CallDesc& desc) {
   wire.root = desc.root;
   wire.count = desc.count;
   wire.shape_hash = desc.shape_hash;
+  wire.ndim = desc.ndim;
+  for (int i = 0; i < kShownDims; ++i) wire.dims[i] = desc.dims[i];
   return wire;
 }
 
@@ -61,6 +75,8 @@ CallDesc from_wire(const WireDesc& wire) {
   desc.root = wire.root;
   desc.count = wire.count;
   desc.shape_hash = wire.shape_hash;
+  desc.ndim = wire.ndim;
+  for (int i = 0; i < kShownDims; ++i) desc.dims[i] = wire.dims[i];
   return desc;
 }
 

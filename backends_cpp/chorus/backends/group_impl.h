@@ -6,6 +6,7 @@
 // a disagreement raises UsageError on every rank and leaves the group usable.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -22,21 +23,31 @@ enum class Collective : uint8_t { AllReduce, AllGather, ReduceScatter, Broadcast
 
 const char* collective_name(Collective kind, ReduceOp op);
 
+// Dimensions of the input a descriptor carries, for messages only (equality
+// goes by shape_hash, which covers every dimension).
+constexpr int kShownDims = 4;
+constexpr uint8_t kUnknownDims = 0xff;  // the caller gave no shape (C++ callers)
+
 // What one rank asked for. All ranks of a group must pass equal descriptors to
 // the same collective; backends exchange and compare them.
 struct CallDesc {
   Collective kind = Collective::Barrier;
   ReduceOp op = ReduceOp::Sum;
   Dtype dtype = Dtype::UInt8;
-  uint64_t count = 0;       // elements of the input on this rank
-  uint64_t shape_hash = 0;  // hash of the input's shape (same count, other shape = mismatch)
-  int32_t root = 0;         // broadcast only
+  uint64_t count = 0;           // elements of the input on this rank
+  uint64_t shape_hash = 0;      // hash of the input's shape (same count, other shape = mismatch)
+  int32_t root = 0;             // broadcast only
+  uint8_t ndim = kUnknownDims;  // the input's dimensions, or kUnknownDims
+  std::array<int64_t, kShownDims> dims{};  // its first kShownDims sizes
 
   size_t nbytes() const { return static_cast<size_t>(count) * dtype_size(dtype); }
   bool operator==(const CallDesc& other) const;
   bool operator!=(const CallDesc& other) const { return !(*this == other); }
-  // "all_sum of 1024 x float32", for error messages.
+  // "all_sum of (2, 5) float64" ("all_sum of 1024 x float32" without a
+  // shape), for error messages.
   std::string describe() const;
+  // "(2, 5)", "(3,)", "()", "(2, 3, 4, 5, ...)"; "" without a shape.
+  std::string shape_text() const;
 };
 
 // "ranks 0,2,3 have all_sum of 10 x float64 (...), rank 1 has ...": rank
@@ -49,12 +60,13 @@ std::string disagreement(const std::vector<CallDesc>& descs,
 // Fixed-size wire form of CallDesc (little-endian host order; all ranks of a
 // job run the same build).
 struct WireDesc {
-  uint8_t kind, op, dtype, pad0;
+  uint8_t kind, op, dtype, ndim;
   int32_t root;
   uint64_t count;
   uint64_t shape_hash;
+  int64_t dims[kShownDims];
 };
-static_assert(sizeof(WireDesc) == 24, "WireDesc is sent as raw bytes");
+static_assert(sizeof(WireDesc) == 56, "WireDesc is sent as raw bytes");
 WireDesc to_wire(const CallDesc& desc);
 CallDesc from_wire(const WireDesc& wire);
 

@@ -19,17 +19,41 @@ class LinkFailure : public PeerError {
  public:
   // fatal: the culprit is dead (its link reset or closed without an Abort,
   // or its listener refuses connections), so the group cannot recover.
-  LinkFailure(int culprit, const std::string& message, std::string forward, bool fatal = false)
-      : PeerError(message), culprit_(culprit), forward_(std::move(forward)), fatal_(fatal) {}
-  int culprit() const { return culprit_; }
+  // reason: Unknown means Died when fatal, else Aborted.
+  LinkFailure(int culprit, const std::string& message, std::string forward, bool fatal = false,
+              Reason reason = Reason::Unknown)
+      : PeerError(message, Failure{reason != Reason::Unknown ? reason
+                                   : fatal                   ? Reason::Died
+                                                             : Reason::Aborted,
+                                   culprit}),
+        forward_(std::move(forward)),
+        fatal_(fatal) {}
+  int culprit() const { return failure().culprit; }
+  Reason reason() const { return failure().reason; }
   const std::string& forward() const { return forward_; }
   bool fatal() const { return fatal_; }
 
  private:
-  int culprit_;
   std::string forward_;
   bool fatal_;
 };
+
+// An Abort frame's aux0: culprit rank | fatal << 32 | p2p << 33 | reason << 40
+// (aux1 is the call index, the payload the reason's text).
+struct AbortWord {
+  int culprit = 0;
+  bool fatal = false;
+  bool p2p = false;  // mesh: a send cut short, not a collective
+  Reason reason = Reason::Unknown;
+};
+inline uint64_t encode_abort(const AbortWord& w) {
+  return static_cast<uint32_t>(w.culprit) | uint64_t{w.fatal} << 32 | uint64_t{w.p2p} << 33 |
+         uint64_t{static_cast<uint8_t>(w.reason)} << 40;
+}
+inline AbortWord decode_abort(uint64_t aux0) {
+  return AbortWord{static_cast<int>(static_cast<uint32_t>(aux0)), ((aux0 >> 32) & 1) != 0,
+                   ((aux0 >> 33) & 1) != 0, reason_from_wire((aux0 >> 40) & 0xff)};
+}
 
 // Where a rank stands on the collectives of a group: their count (the call
 // index every frame of a call carries) and whether the host reported an
@@ -61,6 +85,11 @@ class CallCounter {
   std::string late_text(const std::string& op, const std::string& reason) const {
     return op + " #" + std::to_string(index_) + " was aborted before this rank arrived (" + reason +
            "); the other ranks have moved on, so the next call works";
+  }
+  // The late entrant's error, culprit and cause known.
+  LinkFailure late(int culprit, const std::string& op, const std::string& prefix,
+                   const std::string& reason) const {
+    return LinkFailure(culprit, prefix + late_text(op, reason), reason, false, Reason::Late);
   }
 
  private:

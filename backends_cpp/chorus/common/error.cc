@@ -3,6 +3,30 @@
 #include <cstring>
 #include <sstream>
 
+namespace chorus {
+
+const char* reason_name(Reason reason) {
+  switch (reason) {
+    case Reason::Unknown: return "unknown";
+    case Reason::Died: return "died";
+    case Reason::Unreachable: return "unreachable";
+    case Reason::Interrupted: return "interrupted";
+    case Reason::Aborted: return "aborted";
+    case Reason::Protocol: return "protocol";
+    case Reason::Timeout: return "timeout";
+    case Reason::Overlap: return "overlap";
+    case Reason::Late: return "late";
+  }
+  return "unknown";
+}
+
+Reason reason_from_wire(uint64_t value) {
+  return value <= static_cast<uint64_t>(Reason::Late) ? static_cast<Reason>(value)
+                                                      : Reason::Unknown;
+}
+
+}  // namespace chorus
+
 namespace chorus::detail {
 
 void check_failed(const char* expr, const char* file, int line, const std::string& msg) {

@@ -3,8 +3,10 @@
 // types; broken invariants go through CHORUS_CHECK and mean a bug in chorus.
 #pragma once
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace chorus {
 
@@ -14,17 +16,53 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Why a call failed, as data: the bindings and Python decide by it, never by
+// the message's text. Forwarded between ranks with the abort (wire value).
+enum class Reason : uint8_t {
+  Unknown = 0,
+  Died = 1,         // the culprit's process (or its connection) is gone
+  Unreachable = 2,  // the culprit's host acknowledges nothing
+  Interrupted = 3,  // the culprit was interrupted (Ctrl-C) during the call
+  Aborted = 4,      // the culprit failed the call for a reason of its own
+  Protocol = 5,     // the culprit sent what the call cannot carry
+  Timeout = 6,      // the culprit did not arrive before the set-up deadline
+  Overlap = 7,      // the culprit made overlapping calls from two threads
+  Late = 8,         // this rank came to a call the others had already left
+};
+// "died", "unreachable", ...: PeerError.reason in Python.
+const char* reason_name(Reason reason);
+Reason reason_from_wire(uint64_t value);
+
+// What a PeerError is about: reason, culprit, call.
+struct Failure {
+  Failure() = default;
+  Failure(Reason why, int culprit_rank = -1) : reason(why), culprit(culprit_rank) {}  // NOLINT
+
+  Reason reason = Reason::Unknown;
+  int culprit = -1;           // the rank that caused it, -1 when unknown
+  std::string culprit_where;  // its address or host, "" when unknown
+  std::string op;             // the call ("all_sum"), "" outside a call
+  uint64_t call = 0;          // its number on this group on this rank, 0 when unknown
+};
+
 // A peer closed, reset, timed out or aborted the group (Python: PeerError,
-// a ConnectionError).
+// a ConnectionError, with the Failure as attributes).
 class PeerError : public Error {
  public:
-  using Error::Error;
+  explicit PeerError(const std::string& message, Failure failure = {})
+      : Error(message), failure_(std::move(failure)) {}
+  const Failure& failure() const { return failure_; }
+  Failure& failure() { return failure_; }
+
+ private:
+  Failure failure_;
 };
 
 // Set-up deadline passed (Python: PeerTimeoutError, also a TimeoutError).
 class PeerTimeout : public PeerError {
  public:
-  using PeerError::PeerError;
+  explicit PeerTimeout(const std::string& message, Failure failure = {Reason::Timeout})
+      : PeerError(message, std::move(failure)) {}
 };
 
 // Shape, dtype, rank or size mismatch, or a bad argument (Python: ValueError).
@@ -52,6 +90,7 @@ class Interrupted : public Error {
  public:
   using Error::Error;
   virtual const char* what_happened() const { return "was interrupted"; }
+  virtual Reason reason() const { return Reason::Interrupted; }
 };
 
 // Two threads of this rank called into one group at once (call_guard.h). The
@@ -61,6 +100,7 @@ class OverlappingCall : public Interrupted {
  public:
   using Interrupted::Interrupted;
   const char* what_happened() const override { return "made overlapping calls from two threads"; }
+  Reason reason() const override { return Reason::Overlap; }
 };
 
 namespace detail {

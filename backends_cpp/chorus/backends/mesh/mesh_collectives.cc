@@ -24,13 +24,14 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
     if (a.call == calls_.index() && !calls_.skip_aborted()) {
-      throw LinkFailure(a.culprit, ctx_.prefix() + calls_.late_text(op_, a.text), a.text);
+      throw calls_.late(a.culprit, op_, ctx_.prefix(), a.text);
     }
   }
   if (pending_abort_) {
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
-    throw LinkFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, true);
+    throw LinkFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, true,
+                      a.reason);
   }
   record_ = std::move(record);
   const int n = config_.size, me = config_.rank;
@@ -90,7 +91,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
           const std::string text = "protocol error: " + who(p) + " sent a " +
                                    tcp::frame_type_name(f.type) + " frame at the start of " + op_ +
                                    " (are all ranks calling the same operations?)";
-          throw LinkFailure(p, ctx_.prefix() + text, text);
+          throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
         }
         if (f.aux0 < calls_.index()) {
           // p is behind, in a call this rank has left: it learns so from our
@@ -106,7 +107,9 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
           const uint64_t theirs = f.aux0;
           peer.coll.push_front(std::move(f));
           const std::string why = who(p) + " has left it for call #" + std::to_string(theirs);
-          if (!calls_.skip_aborted()) throw LateEntrant(ctx_.prefix() + calls_.late_text(op_, why));
+          if (!calls_.skip_aborted()) {
+            throw LateEntrant(ctx_.prefix() + calls_.late_text(op_, why), Failure{Reason::Late, p});
+          }
           // Interrupted on the way: this call is p's next one. Start the
           // round again under the new index; what we sent is stale for all.
           for (int q = 0; q < n; ++q) {
@@ -139,7 +142,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::agree(const CallDesc& desc, const v
                      [&](int p, const std::string& what) {
                        const std::string text =
                            "protocol error: " + what + " from " + who(p) + " in " + op_;
-                       throw LinkFailure(p, ctx_.prefix() + text, text);
+                       throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
                      });
   return records;
 }

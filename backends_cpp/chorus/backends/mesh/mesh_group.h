@@ -97,6 +97,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
     uint64_t call;
     std::string text;
     bool fatal;
+    Reason reason;
   };
   enum class Kind { Collective, Send, Recv };
 
@@ -127,7 +128,9 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   void check_links();
   // A peer whose host acknowledged nothing for peer_timeout_s: fatal.
   void check_reachable();
-  void fail_links(int culprit, const std::string& text, bool fatal);
+  void fail_links(int culprit, const std::string& text, bool fatal, Reason reason);
+  // Names the call (op, number) and the culprit's address in a failure.
+  void name_call(Failure& failure) const;
   void abort_link(int p, const std::string& text);
   // Runs one operation: its failures abort the links it dirtied (all of them
   // for a collective, the peer's for a send) so the next call starts clean.

@@ -54,7 +54,7 @@ void MeshGroup::check_reachable() {
     const uint32_t silent = peers_[p].link.unacknowledged_ms();
     if (silent < bound) continue;
     const std::string text = tcp::unreachable_text(who(p), silent, op_);
-    throw LinkFailure(p, ctx_.prefix() + text, text, true);
+    throw LinkFailure(p, ctx_.prefix() + text, text, true, Reason::Unreachable);
   }
 }
 
@@ -65,7 +65,7 @@ void MeshGroup::route(int p, tcp::Frame frame) {
   auto protocol = [&](const std::string& what) {
     const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " + what +
                              " (are all ranks calling matching operations?)";
-    throw LinkFailure(p, ctx_.prefix() + text, text);
+    throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
   };
   if (mailbox_.expecting(p)) {
     if (frame.type != tcp::FrameType::Data || frame.aux0 != kP2PData) {
@@ -108,9 +108,10 @@ void MeshGroup::check_links() {
       case tcp::Link::State::Down: break;
       case tcp::Link::State::Aborted: {
         const tcp::Frame& f = l.abort_frame();
-        const int culprit = static_cast<int>(static_cast<uint32_t>(f.aux0));
-        const bool fatal = ((f.aux0 >> kFatalBit) & 1) != 0;
-        const bool p2p = ((f.aux0 >> kP2PBit) & 1) != 0;
+        const AbortWord w = decode_abort(f.aux0);
+        const int culprit = w.culprit;
+        const bool fatal = w.fatal;
+        const bool p2p = w.p2p;
         const uint64_t call = f.aux1;
         const std::string text(f.payload.begin(), f.payload.end());
         const bool collective = in_call_ && kind_ == Kind::Collective;
@@ -123,11 +124,11 @@ void MeshGroup::check_links() {
                        ", which failed: this call is the next one");
             break;
           }
-          throw LinkFailure(culprit, ctx_.prefix() + calls_.late_text(op_, text), text);
+          throw calls_.late(culprit, op_, ctx_.prefix(), text);
         }
         if (!p2p && !fatal && !collective && call > calls_.index()) {
           // A collective this rank has not entered yet failed: its entry decides.
-          pending_abort_ = PendingAbort{culprit, call, text, fatal};
+          pending_abort_ = PendingAbort{culprit, call, text, fatal, w.reason};
         }
         if (p2p || (entering_ && !fatal)) {
           // A send to us that was cut short, or a failure of a call this rank
@@ -141,13 +142,15 @@ void MeshGroup::check_links() {
           // In a send/recv: a collective's failure is not ours, unless our
           // peer is dead.
           if (fatal && (p == op_peer_ || culprit == op_peer_)) {
-            throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
+            throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true,
+                              w.reason);
           }
           reset(p);
           break;
         }
         if (call < calls_.index() && fatal) {
-          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
+          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true,
+                            w.reason);
         }
         if (call < calls_.index()) {
           // That rank failed in a call we had already finished: stale.
@@ -163,10 +166,11 @@ void MeshGroup::check_links() {
         } else if (call > calls_.index()) {
           // It failed in a call we have not reached yet (this rank skipped
           // calls it was interrupted before): raise if it is needed here.
-          pending_abort_ = PendingAbort{culprit, call, text, fatal};
+          pending_abort_ = PendingAbort{culprit, call, text, fatal, w.reason};
           reset(p);
         } else {
-          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal);
+          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal,
+                            w.reason);
         }
         break;
       }
@@ -190,14 +194,23 @@ void MeshGroup::check_links() {
       case tcp::Link::State::Protocol: {
         const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " +
                                  l.failure_text() + " (are all ranks calling the same operations?)";
-        throw LinkFailure(p, ctx_.prefix() + text, text);
+        throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
       }
     }
   }
 }
 
-void MeshGroup::fail_links(int culprit, const std::string& text, bool fatal) {
-  const uint64_t aux0 = static_cast<uint32_t>(culprit) | (uint64_t{fatal} << kFatalBit);
+void MeshGroup::name_call(Failure& failure) const {
+  failure.op = op_;
+  failure.call = kind_ == Kind::Collective ? calls_.index() : 0;
+  const int c = failure.culprit;
+  if (c >= 0 && c < config_.size && !config_.hosts[c].empty()) {
+    failure.culprit_where = config_.hosts[c].front();
+  }
+}
+
+void MeshGroup::fail_links(int culprit, const std::string& text, bool fatal, Reason reason) {
+  const uint64_t aux0 = encode_abort(AbortWord{culprit, fatal, false, reason});
   for (int p = 0; p < config_.size; ++p) {
     if (p == config_.rank) continue;
     Peer& peer = peers_[p];
@@ -208,7 +221,7 @@ void MeshGroup::fail_links(int culprit, const std::string& text, bool fatal) {
 }
 
 void MeshGroup::abort_link(int p, const std::string& text) {
-  const uint64_t aux0 = static_cast<uint32_t>(config_.rank) | (uint64_t{1} << kP2PBit);
+  const uint64_t aux0 = encode_abort(AbortWord{config_.rank, false, true, Reason::Aborted});
   peers_[p].link.abort(aux0, calls_.index(), text, kAbortFlush);
   reset(p);
   peers_[p].tolerant = false;
@@ -232,9 +245,10 @@ void MeshGroup::run(const char* op, Kind kind, int peer, const std::function<voi
   // What a failure leaves dirty: every link in a collective; in a send, the
   // peer's link while our frames are still queued (they point into the
   // caller's buffer). A recv only reads the Mailbox: nothing to undo.
-  auto clean_up = [&](int culprit, const std::string& text, bool fatal) {
+  auto clean_up = [&](int culprit, const std::string& text, bool fatal,
+                      Reason reason = Reason::Aborted) {
     if (kind == Kind::Collective) {
-      fail_links(culprit, text, fatal);
+      fail_links(culprit, text, fatal, reason);
     } else if (kind == Kind::Send && !peers_[peer].link.sends_done()) {
       abort_link(peer, text);
     }
@@ -246,17 +260,21 @@ void MeshGroup::run(const char* op, Kind kind, int peer, const std::function<voi
     // Raised after a complete exchange (descriptor round, drained message):
     // the links are clean and the next call works as is.
     throw;
-  } catch (const LateEntrant&) {
+  } catch (LateEntrant& e) {
+    name_call(e.failure());
     throw;
-  } catch (const LinkFailure& f) {
-    clean_up(f.culprit(), f.forward(), f.fatal());
+  } catch (LinkFailure& f) {
+    clean_up(f.culprit(), f.forward(), f.fatal(), f.reason());
+    name_call(f.failure());
     throw;
   } catch (const Interrupted& e) {
-    clean_up(config_.rank, me + " " + e.what_happened() + " during " + op_, false);
+    clean_up(config_.rank, me + " " + e.what_happened() + " during " + op_, false, e.reason());
     throw;
   } catch (const PeerError& e) {
     clean_up(config_.rank, me + " failed during " + op_ + ": " + e.what(), false);
-    throw PeerError(ctx_.prefix() + op_ + " failed: " + e.what());
+    Failure failure = e.failure();
+    name_call(failure);
+    throw PeerError(ctx_.prefix() + op_ + " failed: " + e.what(), failure);
   } catch (...) {
     clean_up(config_.rank, me + " failed during " + op_, false);
     throw;
@@ -302,7 +320,7 @@ std::vector<uint8_t> MeshGroup::recv_exact(int p, size_t n) {
                              tcp::frame_type_name(f.type) + " frame of " +
                              std::to_string(f.payload.size()) + " bytes during " + op_ +
                              ", expected " + std::to_string(n) + " bytes of data";
-    throw LinkFailure(p, ctx_.prefix() + text, text);
+    throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
   }
   return std::move(f.payload);
 }

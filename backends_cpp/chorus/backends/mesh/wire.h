@@ -6,7 +6,7 @@
 //   Data   aux0 = 0: collective data (one segment)
 //          aux0 = kP2PData, aux1 = tag: one segment of a point-to-point message
 //   P2P    aux0 = tag; payload = P2PHeader (starts a point-to-point message)
-//   Abort  aux0 = culprit | fatal << 32 | p2p << 33, aux1 = call index;
+//   Abort  aux0 = encode_abort (tcp_common.h), aux1 = call index;
 //          payload = the reason, naming the culprit
 #pragma once
 
@@ -19,8 +19,6 @@
 namespace chorus::mesh {
 
 constexpr uint64_t kP2PData = 1;
-constexpr int kFatalBit = 32;
-constexpr int kP2PBit = 33;
 
 struct P2PHeader {
   uint64_t nbytes;

@@ -235,7 +235,7 @@ void RingGroup::check_reachable() {
     if (silent < bound) continue;
     const int p = peer(static_cast<Side>(s));
     const std::string text = tcp::unreachable_text(who(p), silent, op_);
-    throw LinkFailure(p, ctx_.prefix() + text, text, true);
+    throw LinkFailure(p, ctx_.prefix() + text, text, true, Reason::Unreachable);
   }
 }
 
@@ -249,9 +249,9 @@ void RingGroup::check_links() {
       case Link::State::Down: break;
       case Link::State::Aborted: {
         const tcp::Frame& f = l.abort_frame();
-        // aux0 = culprit rank | fatal << 32, aux1 = call index.
-        const int culprit = static_cast<int>(static_cast<uint32_t>(f.aux0));
-        const bool fatal = (f.aux0 >> 32) != 0;
+        const AbortWord w = decode_abort(f.aux0);
+        const int culprit = w.culprit;
+        const bool fatal = w.fatal;
         const uint64_t call = f.aux1;
         const std::string text(f.payload.begin(), f.payload.end());
         if (!fatal && call == calls_.index() && tolerant_[s]) {
@@ -264,7 +264,7 @@ void RingGroup::check_links() {
                        ", which failed: this call is the next one");
             break;
           }
-          throw LinkFailure(culprit, ctx_.prefix() + calls_.late_text(op_, text), text);
+          throw calls_.late(culprit, op_, ctx_.prefix(), text);
         }
         if (entering_ && !fatal) {
           // It arrived while this rank was outside any call: the failed call
@@ -277,7 +277,8 @@ void RingGroup::check_links() {
         }
         if (call < calls_.index() && fatal) {
           // A rank died in a call we had finished: the ring cannot recover.
-          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true);
+          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true,
+                            w.reason);
         }
         if (call < calls_.index()) {
           // That rank failed in a call we had already finished: stale.
@@ -292,11 +293,12 @@ void RingGroup::check_links() {
           }
         } else if (call > calls_.index()) {
           // It failed in a call we have not reached yet: raise there.
-          pending_abort_ = PendingAbort{culprit, call, text, fatal};
+          pending_abort_ = PendingAbort{culprit, call, text, fatal, w.reason};
           l = Link();
           need_[s] = true;
         } else {
-          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal);
+          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal,
+                            w.reason);
         }
         break;
       }
@@ -323,14 +325,23 @@ void RingGroup::check_links() {
       case Link::State::Protocol: {
         const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " +
                                  l.failure_text() + " (are all ranks calling the same operations?)";
-        throw LinkFailure(p, ctx_.prefix() + text, text);
+        throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
       }
     }
   }
 }
 
-void RingGroup::fail_links(int culprit, const std::string& text, bool fatal) {
-  const uint64_t aux0 = static_cast<uint32_t>(culprit) | (uint64_t{fatal} << 32);
+void RingGroup::name_call(Failure& failure, bool collective) const {
+  failure.op = op_;
+  failure.call = collective ? calls_.index() : 0;
+  const int c = failure.culprit;
+  if (c >= 0 && c < config_.size && !config_.hosts[c].empty()) {
+    failure.culprit_where = config_.hosts[c].front();
+  }
+}
+
+void RingGroup::fail_links(int culprit, const std::string& text, bool fatal, Reason reason) {
+  const uint64_t aux0 = encode_abort(AbortWord{culprit, fatal, false, reason});
   for (auto& l : links_) {
     l.abort(aux0, calls_.index(), text, kAbortFlush);
     l = Link();
@@ -351,17 +362,22 @@ void RingGroup::run(const char* op, bool collective, Body&& body) {
     // Raised after a complete exchange (descriptor round, drained message):
     // the links are clean and the next call works as is.
     throw;
-  } catch (const LateEntrant&) {
+  } catch (LateEntrant& e) {
+    name_call(e.failure(), collective);
     throw;
-  } catch (const LinkFailure& f) {
-    fail_links(f.culprit(), f.forward(), f.fatal());
+  } catch (LinkFailure& f) {
+    fail_links(f.culprit(), f.forward(), f.fatal(), f.reason());
+    name_call(f.failure(), collective);
     throw;
   } catch (const Interrupted& e) {
-    fail_links(config_.rank, who(config_.rank) + " " + e.what_happened() + " during " + op_);
+    fail_links(config_.rank, who(config_.rank) + " " + e.what_happened() + " during " + op_, false,
+               e.reason());
     throw;
   } catch (const PeerError& e) {
     fail_links(config_.rank, who(config_.rank) + " failed during " + op_ + ": " + e.what());
-    throw PeerError(ctx_.prefix() + op_ + " failed: " + e.what());
+    Failure failure = e.failure();
+    name_call(failure, collective);
+    throw PeerError(ctx_.prefix() + op_ + " failed: " + e.what(), failure);
   } catch (...) {
     fail_links(config_.rank, who(config_.rank) + " failed during " + op_);
     throw;
@@ -377,14 +393,15 @@ void RingGroup::start_call() {
     // A neighbour failed this very call while this rank was still in its
     // previous one: see CallCounter::skip_aborted.
     if (a.call == calls_.index() && !calls_.skip_aborted()) {
-      throw LinkFailure(a.culprit, ctx_.prefix() + calls_.late_text(op_, a.text), a.text);
+      throw calls_.late(a.culprit, op_, ctx_.prefix(), a.text);
     }
   }
   if (pending_abort_ && pending_abort_->call <= calls_.index()) {
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
     if (a.call == calls_.index()) {
-      throw LinkFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, a.fatal);
+      throw LinkFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, a.fatal,
+                        a.reason);
     }
   }
   bool synced[2] = {false, false};
@@ -423,7 +440,10 @@ void RingGroup::start_call() {
   auto neighbour_ahead = [&](int s, uint64_t theirs) {
     const std::string why =
         who(peer(static_cast<Side>(s))) + " has left it for call #" + std::to_string(theirs);
-    if (!calls_.skip_aborted()) throw LateEntrant(ctx_.prefix() + calls_.late_text(op_, why));
+    if (!calls_.skip_aborted()) {
+      throw LateEntrant(ctx_.prefix() + calls_.late_text(op_, why),
+                        Failure{Reason::Late, peer(static_cast<Side>(s))});
+    }
     // Interrupted on the way: this call is the neighbours' next one; what
     // we sent is stale for them.
     for (int t = 0; t < 2; ++t) {
@@ -460,7 +480,7 @@ void RingGroup::start_call() {
             const std::string text = "protocol error: " + who(peer(side)) + " sent a " +
                                      tcp::frame_type_name(f->type) + " frame at the start of " +
                                      op_ + " (are all ranks calling the same operations?)";
-            throw LinkFailure(peer(side), ctx_.prefix() + text, text);
+            throw LinkFailure(peer(side), ctx_.prefix() + text, text, false, Reason::Protocol);
           }
           if (f->aux0 < calls_.index()) {
             // The neighbour is behind, in a call this rank has left: it learns
@@ -515,7 +535,7 @@ std::vector<uint8_t> RingGroup::recv_bytes(Side from) {
       if (f->type != tcp::FrameType::Data) {
         const std::string text = "protocol error: " + who(peer(from)) + " sent a " +
                                  tcp::frame_type_name(f->type) + " frame during " + op_;
-        throw LinkFailure(peer(from), ctx_.prefix() + text, text);
+        throw LinkFailure(peer(from), ctx_.prefix() + text, text, false, Reason::Protocol);
       }
       return std::move(f->payload);
     }
@@ -541,7 +561,7 @@ std::vector<std::vector<uint8_t>> RingGroup::agree(const CallDesc& desc, const v
                      [&](int p, const std::string& what) {
                        const std::string text =
                            "protocol error: " + what + " from " + who(p) + " in " + op_;
-                       throw LinkFailure(p, ctx_.prefix() + text, text);
+                       throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
                      });
   return records;
 }
@@ -624,7 +644,7 @@ void RingGroup::broadcast(const CallDesc& desc, void* buf) {
       if (r.size() != sizeof(WireDesc) + nbytes) {
         const std::string text = "protocol error: broadcast record of " + who(desc.root) + " has " +
                                  std::to_string(r.size()) + " bytes";
-        throw LinkFailure(desc.root, ctx_.prefix() + text, text);
+        throw LinkFailure(desc.root, ctx_.prefix() + text, text, false, Reason::Protocol);
       }
       if (!root && nbytes) std::memcpy(buf, r.data() + sizeof(WireDesc), nbytes);
       return;
@@ -718,7 +738,7 @@ void RingGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int /*tag: 
       const std::string text = "protocol error: expected a message from send() by " + who(src) +
                                ", got a " + tcp::frame_type_name(header->type) +
                                " frame (are both ranks calling matching operations?)";
-      throw LinkFailure(src, ctx_.prefix() + text, text);
+      throw LinkFailure(src, ctx_.prefix() + text, text, false, Reason::Protocol);
     }
     P2PHeader h;
     std::memcpy(&h, header->payload.data(), sizeof h);

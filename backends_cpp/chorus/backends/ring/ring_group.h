@@ -17,6 +17,16 @@
 // so every rank raises within a round trip of the ring. An Abort from an
 // older call is stale (that rank failed after we had finished) and ignored.
 //
+// Call identity: a rank that enters a call a neighbour already aborted (its
+// Abort, or its Sync of a later call index, says so) raises at once (reason
+// late) unless it was interrupted since its previous call; then its call is
+// the neighbours' next one (CallCounter in ../tcp_common.h). A Sync of a call
+// this rank has left is dropped: the neighbour sends its next one.
+//
+// Unreachable: a neighbour whose host acknowledges nothing in flight for
+// peer_timeout_s, or answers no keepalive, fails the call (fatal); a stopped
+// process still acknowledges and is never declared dead.
+//
 // Reconnect: closed links are re-established at the start of the next call:
 // a rank connects to its right neighbour again with epoch + 1 and waits for
 // its left neighbour's new connection (stale epochs are refused by the
@@ -74,6 +84,7 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
     uint64_t call;
     std::string text;
     bool fatal;
+    Reason reason;
   };
 
   // RingPair
@@ -100,7 +111,10 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   // A neighbour whose host acknowledged nothing for peer_timeout_s: fatal.
   void check_reachable();
   void start_call();
-  void fail_links(int culprit, const std::string& text, bool fatal = false);
+  void fail_links(int culprit, const std::string& text, bool fatal = false,
+                  Reason reason = Reason::Aborted);
+  // Names the call (op, number) and the culprit's address in a failure.
+  void name_call(Failure& failure, bool collective) const;
   template <typename Body>
   void run(const char* op, bool collective, Body&& body);
 

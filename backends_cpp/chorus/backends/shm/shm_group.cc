@@ -157,17 +157,6 @@ std::string rank_list(const std::vector<int>& ranks) {
   return out;
 }
 
-// "1024 x float32", plus what else differs from `other`.
-std::string short_desc(const CallDesc& d, const CallDesc& other) {
-  std::ostringstream out;
-  if (d.kind != Collective::Barrier) out << d.count << " x " << dtype_name(d.dtype);
-  if (d.count == other.count && d.dtype == other.dtype && d.shape_hash != other.shape_hash) {
-    out << " (shape hash " << std::hex << d.shape_hash << std::dec << ")";
-  }
-  if (d.kind == Collective::Broadcast && d.root != other.root) out << " from root " << d.root;
-  return out.str();
-}
-
 // How long a wait spins, then yields, before it sleeps on the futex.
 // CHORUS_SHM_SPIN_US / CHORUS_SHM_YIELD_US override them (measurements, and
 // tests that need every wait to reach the futex and its interrupt check).
@@ -446,7 +435,8 @@ void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
       check_interrupt();
     } catch (const Interrupted& e) {
       if (collective) {
-        publish_abort("rank " + std::to_string(rank_) + " " + e.what_happened() + " during " + op_);
+        publish_abort("rank " + std::to_string(rank_) + " " + e.what_happened() + " during " + op_,
+                      e.reason(), rank_);
       }
       throw;
     }
@@ -505,14 +495,23 @@ void ShmGroup::check_peer_alive(int peer, WaitKind kind) {
 void ShmGroup::peer_died(int peer, WaitKind kind) {
   const std::string reason = "rank " + std::to_string(peer) + " (pid " +
                              std::to_string(peers_[peer].pid()) + ") died during " + op_;
-  if (kind == WaitKind::Collective) publish_abort(reason);
+  if (kind == WaitKind::Collective) publish_abort(reason, Reason::Died, peer);
   broken_ = reason + "; the group cannot be used any more";
-  throw PeerError(prefix() + reason);
+  throw PeerError(prefix() + reason, failure(Reason::Died, peer));
 }
 
-void ShmGroup::publish_abort(const std::string& reason) {
+Failure ShmGroup::failure(Reason reason, int culprit) const {
+  Failure f{reason, culprit};
+  f.op = op_;
+  f.call = seq_;
+  return f;
+}
+
+void ShmGroup::publish_abort(const std::string& reason, Reason why, int culprit) {
   RankControl& mine = control(rank_);
   mine.abort_call.store(calls_);
+  mine.abort_why.store(static_cast<uint32_t>(why));
+  mine.abort_culprit.store(culprit);
   const size_t len = std::min(reason.size(), kReasonBytes - 1);
   std::memcpy(mine.reason, reason.data(), len);
   mine.reason[len] = '\0';
@@ -528,11 +527,13 @@ void ShmGroup::publish_abort(const std::string& reason) {
 void ShmGroup::throw_abort(uint32_t word) {
   const RankControl& reporter = control(abort_reporter(word));
   const std::string reason(reporter.reason, strnlen(reporter.reason, kReasonBytes));
-  throw PeerError(prefix() + op_ + " aborted: " + reason);
+  throw PeerError(
+      prefix() + op_ + " aborted: " + reason,
+      failure(reason_from_wire(reporter.abort_why.load()), reporter.abort_culprit.load()));
 }
 
 void ShmGroup::check_usable() const {
-  if (!broken_.empty()) throw PeerError(prefix() + broken_);
+  if (!broken_.empty()) throw PeerError(prefix() + broken_, failure(Reason::Died, -1));
 }
 
 // ---------------------------------------------------------------- collectives
@@ -578,11 +579,13 @@ void ShmGroup::begin_collective(const CallDesc& desc) {
   // next call on this rank meets the others' next call.
   const RankControl& reporter = control(abort_reporter(word));
   const std::string reason(reporter.reason, strnlen(reporter.reason, kReasonBytes));
+  const int culprit = reporter.abort_culprit.load();
   recover(word);
   calls_ = 0;  // this call never ran in the new epoch
   throw PeerError(prefix() + op_ + " #" + std::to_string(seq_) +
-                  " (this rank's count) was aborted before this rank arrived: " + reason +
-                  "; the other ranks have moved on, so the next call works");
+                      " was aborted before this rank arrived (" + reason +
+                      "); the other ranks have moved on, so the next call works",
+                  failure(Reason::Late, culprit));
 }
 
 void ShmGroup::recover(uint32_t word) {
@@ -641,27 +644,8 @@ void ShmGroup::check_descs(uint64_t phase) {
     same = same && all[r] == all[0];
   }
   if (same) return;
-  const CallDesc& first = all[0];
-  bool same_kind = true;
-  for (const CallDesc& d : all) same_kind = same_kind && d.kind == first.kind && d.op == first.op;
-  std::ostringstream out;
-  out << prefix();
-  if (same_kind) {
-    out << collective_name(first.kind, first.op) << ": ranks disagree: rank 0 has ";
-    bool first_other = true;
-    for (int r = 1; r < size_; ++r) {
-      if (all[r] == first) continue;
-      if (first_other) out << short_desc(first, all[r]);
-      first_other = false;
-      out << ", rank " << r << " has " << short_desc(all[r], first);
-    }
-  } else {
-    out << "ranks called different collectives: rank 0 called " << first.describe();
-    for (int r = 1; r < size_; ++r) {
-      if (all[r] != first) out << ", rank " << r << " called " << all[r].describe();
-    }
-  }
-  throw UsageError(out.str());
+  // Every rank reads the same descriptors, so every rank raises this same text.
+  throw UsageError(prefix() + op_ + ": ranks disagree on the call: " + disagreement(all));
 }
 
 void ShmGroup::arrive_and_wait() {
@@ -793,8 +777,8 @@ void ShmGroup::read_from_peer(int r, uint64_t remote, void* local, size_t n) {
   const std::string reason = "rank " + std::to_string(rank_) +
                              " could not read the buffer of rank " + std::to_string(r) +
                              " during " + op_ + ": " + std::strerror(err);
-  publish_abort(reason);
-  throw PeerError(prefix() + reason);
+  publish_abort(reason, Reason::Aborted, rank_);
+  throw PeerError(prefix() + reason, failure(Reason::Aborted, r));
 }
 
 void ShmGroup::all_gather_chunked(const CallDesc& desc, const char* src, char* dst) {

@@ -10,6 +10,7 @@
 #include "chorus/algorithms/reduce.h"
 #include "chorus/backends/group_impl.h"
 #include "chorus/backends/shm/shm_layout.h"
+#include "chorus/common/error.h"
 #include "chorus/transport/shm/futex.h"
 #include "chorus/transport/shm/peer_process.h"
 #include "chorus/transport/shm/segment.h"
@@ -80,7 +81,11 @@ class ShmGroup final : public GroupImpl {
   void check_peer_alive(int peer, WaitKind kind);
   // Aborts (a collective), marks the group unusable and raises PeerError.
   [[noreturn]] void peer_died(int peer, WaitKind kind);
-  void publish_abort(const std::string& reason);
+  // Aborts the current collective for every rank: `reason` names what
+  // happened, `why` and `culprit` say it as data (PeerError's Failure).
+  void publish_abort(const std::string& reason, Reason why, int culprit);
+  // This call's failure (op, number) with `reason` and `culprit`.
+  Failure failure(Reason reason, int culprit) const;
   [[noreturn]] void throw_abort(uint32_t word);
   void check_usable() const;
 

@@ -45,9 +45,11 @@ struct SegmentHeader {
 
 struct RankControl {
   alignas(kCacheLine) std::atomic<int32_t> pid;  // 0 until this rank attached
-  std::atomic<uint64_t> base;        // where this rank mapped the segment (cross-memory probe)
-  std::atomic<uint32_t> ack;         // abort epoch this rank recovered to
-  std::atomic<uint32_t> abort_call;  // call number (in its epoch) it aborted
+  std::atomic<uint64_t> base;          // where this rank mapped the segment (cross-memory probe)
+  std::atomic<uint32_t> ack;           // abort epoch this rank recovered to
+  std::atomic<uint32_t> abort_call;    // call number (in its epoch) it aborted
+  std::atomic<uint32_t> abort_why;     // and why: a Reason, as on the TCP backends' wire
+  std::atomic<int32_t> abort_culprit;  // the rank it blames (itself, or a dead peer)
   alignas(kCacheLine) std::atomic<uint32_t> seq;  // barriers arrived at in this epoch
   alignas(kCacheLine) char reason[kReasonBytes];  // abort reason this rank published
 };
