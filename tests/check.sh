@@ -4,7 +4,8 @@
 # (arguments go to pytest). Every check runs even after one fails; the summary at the
 # end names the failures and the exit status is 1 if there were any.
 # tests/run.sh runs it on the locked packages, tools/check-latest.sh on the newest.
-# CHORUS_CHECK_CPP=0 leaves out the C++ unit tests (no Python package touches them).
+# CHORUS_CHECK_CPP=0 leaves out the C++ unit tests and the fuzzers (no Python package
+# touches them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -28,6 +29,28 @@ cpp_tests() {
   cmake --preset asan -S backends_cpp > /dev/null && cmake --build build/asan &&
     ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build/asan/chorus_cpp_tests
 }
+# What a peer or a stranger sends, as arbitrary bytes, for a short while each
+# (tests/fuzz/README.md); a new corpus every run, so each run explores afresh.
+run_fuzzer() {
+  local name=$1 max_len=$2 corpus=$3
+  mkdir -p "$corpus/$name"
+  if build/fuzz/"$name" -max_total_time=20 -max_len="$max_len" -malloc_limit_mb=64 -timeout=10 \
+    -print_final_stats=1 "$corpus/$name" > "$corpus/$name.log" 2>&1; then
+    echo "$name: $(grep -o 'stat::number_of_executed_units: [0-9]*' "$corpus/$name.log")"
+  else
+    tail -60 "$corpus/$name.log"
+    return 1
+  fi
+}
+fuzz() {
+  local corpus status=0
+  corpus=$(mktemp -d)
+  cmake --preset fuzz -S backends_cpp > /dev/null &&
+    cmake --build build/fuzz --target frame_fuzz handshake_fuzz > /dev/null &&
+    run_fuzzer frame_fuzz 4096 "$corpus" && run_fuzzer handshake_fuzz 256 "$corpus" || status=1
+  rm -rf "$corpus"
+  return $status
+}
 
 check "lint: ruff check" "$PYTHON" -m ruff check .
 check "lint: ruff format" "$PYTHON" -m ruff format --check .
@@ -35,6 +58,7 @@ check "lint: mypy --strict" env PYTHON="$PYTHON" bash tools/typecheck.sh
 check "lint: clang-format" clang_format_all
 if [ "${CHORUS_CHECK_CPP:-1}" != 0 ]; then
   check "C++ unit tests under AddressSanitizer + UndefinedBehaviorSanitizer" cpp_tests
+  check "fuzz: TCP frame reader and handshake (libFuzzer, 20 s each)" fuzz
 fi
 check "pytest" "$PYTHON" -m pytest "$@"
 

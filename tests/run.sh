@@ -17,8 +17,9 @@ step "system packages (apt)"
 # tmux: jupyter console is typed at in a real terminal.
 # openssh-server, iproute2: emulated hosts (network namespaces, one sshd each) for remote launch.
 # graphviz: chorus config --dot FILE.svg renders pictures with its dot program.
+# clang: libFuzzer, for the fuzz targets of the TCP frame reader and handshake.
 APT_PACKAGES=(build-essential cmake ninja-build libgtest-dev procps chromium openmpi-bin libopenmpi-dev tmux
-  openssh-server openssh-client iproute2 graphviz)
+  openssh-server openssh-client iproute2 graphviz clang)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -585,6 +585,13 @@ void RingGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
     algo::ring_all_reduce(*this, kernel, dtype_size(desc.dtype), desc.count, segment_bytes_,
                           static_cast<const uint8_t*>(in), dst, scratch_);
   });
+  trim_buffers();
+}
+
+void RingGroup::trim_buffers() {
+  // After a call that completed (its sends drained): nothing points into them.
+  if (scratch_.capacity() > kKeptBufferBytes) std::vector<uint8_t>().swap(scratch_);
+  if (work_.capacity() > kKeptBufferBytes) std::vector<uint8_t>().swap(work_);
 }
 
 void RingGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) {
@@ -612,6 +619,7 @@ void RingGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) 
                               static_cast<const uint8_t*>(in), work_.data(), scratch_);
     std::memcpy(dst, work_.data() + at, block);
   });
+  trim_buffers();
 }
 
 void RingGroup::all_gather(const CallDesc& desc, const void* in, void* out) {

@@ -152,6 +152,10 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   std::vector<pollfd> fds_;
   std::vector<uint8_t> work_;     // reduce_scatter's working copy (may still be queued on failure)
   std::vector<uint8_t> scratch_;  // the ring algorithms' receive buffers, kept across calls
+  // ... up to this size: a larger call's buffers go with it (trim_buffers), so
+  // what a group keeps between calls is bounded whatever the message size.
+  static constexpr size_t kKeptBufferBytes = size_t{64} << 20;
+  void trim_buffers();
   uint64_t split_count_ = 0;
   tcp::Clock::time_point last_interrupt_check_;
   tcp::Clock::time_point last_reach_check_;
