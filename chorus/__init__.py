@@ -14,7 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from chorus._core import BackendUnavailableError, PeerError, PeerTimeoutError
+    from chorus._core import BackendUnavailableError, PeerError, PeerTimeoutError, note_interrupt
     from chorus.collectives import (
         all_gather,
         all_max,
@@ -36,6 +36,7 @@ _LAZY = {
     "BackendUnavailableError": "chorus._core",
     "PeerError": "chorus._core",
     "PeerTimeoutError": "chorus._core",
+    "note_interrupt": "chorus._core",
     "all_gather": "chorus.collectives",
     "all_max": "chorus.collectives",
     "all_min": "chorus.collectives",
@@ -67,6 +68,7 @@ __all__ = [
     "broadcast",
     "init",
     "is_available",
+    "note_interrupt",
     "recv",
     "recv_like",
     "send",

@@ -276,3 +276,54 @@ def test_connection_reset_mid_loop_never_gives_a_wrong_result(
             cut_any = _cut_connections_to(job.hosts[2][0]) > 0 or cut_any
         finish(job, "WRONG 0 ERRORS")
     assert cut_any, "ss -K cut no connection: the test did not test anything"
+
+
+# A program with a SIGINT handler of its own tells chorus of each interrupt
+# (chorus.note_interrupt): rank 0, interrupted outside any call while the
+# others are interrupted inside all_sum, then joins their next call. As the
+# kernel does, the next call starts once every rank has left the interrupted
+# one (a rank that joins a call before the interrupt reaches the others is
+# in it, and rightly raises with them).
+OWN_HANDLER = """
+import os, signal, threading, time, numpy as np, chorus
+g = chorus.init(strict=True)
+r, n = g.rank(), g.size()
+
+def on_sigint(signum, frame):
+    chorus.note_interrupt()
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGINT, on_sigint)
+wrong = 0
+for trial in range({trials}):
+    chorus.barrier()
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        if r == 0:
+            time.sleep(5)                   # interrupted here, outside any call
+        chorus.all_sum(np.ones(3))          # the others: interrupted in here
+        print("CALL RETURNED", flush=True)
+    except KeyboardInterrupt:
+        pass
+    with open(f"{marks}.{{trial}}", "a") as f:
+        f.write(f"{{r}} ")
+    deadline = time.monotonic() + 20
+    while len(open(f"{marks}.{{trial}}").read().split()) < n:
+        assert time.monotonic() < deadline, "the others never left the call"
+        time.sleep(0.005)
+    got = chorus.all_sum(np.full(3, 10.0 * trial + r))
+    if not np.array_equal(got, np.full(3, 10.0 * trial * n + sum(range(n)))):
+        wrong += 1
+        print("WRONG", trial, got, flush=True)
+print("WRONG", wrong, flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", ["shm", "ring", "mesh"])
+def test_a_program_with_its_own_sigint_handler_notes_interrupts(
+    ranks: RankRunner, tmp_path: Path, backend: str
+) -> None:
+    code = OWN_HANDLER.format(trials=8, marks=str(tmp_path / "left"))
+    results, everything = finish(ranks.start(code, 4, backend=backend))
+    for result in results:
+        assert "CALL RETURNED" not in result.stdout, everything
