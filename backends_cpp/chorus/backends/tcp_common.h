@@ -3,6 +3,7 @@
 // set-up deadlines.
 #pragma once
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -10,6 +11,7 @@
 
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"
+#include "chorus/transport/tcp/link.h"
 #include "chorus/transport/tcp/socket.h"
 
 namespace chorus {
@@ -105,6 +107,29 @@ class LateEntrant : public PeerError {
  public:
   using PeerError::PeerError;
 };
+
+// A link that closed or failed under a call: "rank 2 (addr) died or left
+// during all_sum: <why>", or, when it timed out (no answer to keepalive or
+// to retransmissions: the host is down or cut off), "rank 2 (addr) is
+// unreachable during all_sum: <why>"; and the reason to go with it.
+struct LostLink {
+  std::string text;
+  Reason reason;
+};
+inline LostLink lost_link(const std::string& who, const std::string& op, const tcp::Link& link) {
+  if (link.error() == ETIMEDOUT) {
+    return {who + " is unreachable during " + op + ": " + link.failure_text() +
+                " (no answer from its host: down or cut off)",
+            Reason::Unreachable};
+  }
+  return {who + " died or left during " + op + ": " + link.failure_text(), Reason::Died};
+}
+
+// Why a neighbour could not be dialed again mid-call: no answer in time means
+// unreachable; closed, reset or refused on us means its process is gone.
+inline Reason tcp_reconnect_reason(const PeerError& e) {
+  return dynamic_cast<const PeerTimeout*>(&e) != nullptr ? Reason::Unreachable : Reason::Died;
+}
 
 inline tcp::Clock::time_point deadline_after(double seconds) {
   return tcp::Clock::now() +

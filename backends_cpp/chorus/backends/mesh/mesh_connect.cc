@@ -223,7 +223,8 @@ bool MeshGroup::recover(int p) {
     if (se != nullptr && se->err() == ECONNREFUSED) report_gone(p);
     const std::string text = who(p) + " could not be reconnected during " + op_ + ": " + e.what();
     throw LinkFailure(p, ctx_.prefix() + text,
-                      text + " (seen by rank " + std::to_string(config_.rank) + ")", false);
+                      text + " (seen by rank " + std::to_string(config_.rank) + ")", false,
+                      tcp_reconnect_reason(e));
   }
   peers_[p].need = false;
   return true;

@@ -187,9 +187,10 @@ void MeshGroup::check_links() {
         // ended): an error only if this rank still needs the link. Frames
         // that arrived before the close are still ours to take.
         if (l.sends_done() && (waiting_ != p || !peer.coll.empty())) break;
-        const std::string text = who(p) + " died or left during " + op_ + ": " + l.failure_text();
-        throw LinkFailure(p, ctx_.prefix() + text,
-                          text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
+        const LostLink lost = lost_link(who(p), op_, l);
+        throw LinkFailure(p, ctx_.prefix() + lost.text,
+                          lost.text + " (seen by rank " + std::to_string(config_.rank) + ")", true,
+                          lost.reason);
       }
       case tcp::Link::State::Protocol: {
         const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " +
@@ -299,15 +300,16 @@ std::vector<uint8_t> MeshGroup::recv_exact(int p, size_t n) {
   while (peer.coll.empty()) {
     const auto state = peer.link.state();
     if (state == tcp::Link::State::Closed || state == tcp::Link::State::Failed) {
-      const std::string text =
-          who(p) + " died or left during " + op_ + ": " + peer.link.failure_text();
-      throw LinkFailure(p, ctx_.prefix() + text,
-                        text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
+      const LostLink lost = lost_link(who(p), op_, peer.link);
+      throw LinkFailure(p, ctx_.prefix() + lost.text,
+                        lost.text + " (seen by rank " + std::to_string(config_.rank) + ")", true,
+                        lost.reason);
     }
     if (state != tcp::Link::State::Up) {
       const std::string text = "the link to " + who(p) + " closed during " + op_ +
                                (pending_abort_ ? ": " + pending_abort_->text : std::string());
-      throw LinkFailure(p, ctx_.prefix() + text, text);
+      throw LinkFailure(p, ctx_.prefix() + text, text, false,
+                        pending_abort_ ? pending_abort_->reason : Reason::Died);
     }
     waiting_ = p;
     progress();

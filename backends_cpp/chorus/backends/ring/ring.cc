@@ -198,7 +198,7 @@ bool RingGroup::recover(Side side) {
     const auto* se = dynamic_cast<const tcp::SocketError*>(&e);
     throw LinkFailure(right(), ctx_.prefix() + text,
                       text + " (seen by rank " + std::to_string(config_.rank) + ")",
-                      se != nullptr && se->err() == ECONNREFUSED);
+                      se != nullptr && se->err() == ECONNREFUSED, tcp_reconnect_reason(e));
   }
   return true;
 }
@@ -316,11 +316,12 @@ void RingGroup::check_links() {
         // expect something on this link. Later use of it raises then.
         if (l.idle()) break;
         const uint64_t got = l.bytes_received() - rx_start_[s];
-        const std::string text = who(p) + " died or left during " + op_ + ": " + l.failure_text();
+        const LostLink lost = lost_link(who(p), op_, l);
         throw LinkFailure(p,
-                          ctx_.prefix() + text + " (after " + std::to_string(got) +
+                          ctx_.prefix() + lost.text + " (after " + std::to_string(got) +
                               " bytes received from it in this call)",
-                          text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
+                          lost.text + " (seen by rank " + std::to_string(config_.rank) + ")", true,
+                          lost.reason);
       }
       case Link::State::Protocol: {
         const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " +
@@ -522,7 +523,8 @@ void RingGroup::wait_recv(Side from, uint64_t ticket) {
       check_links();
       const std::string text = "the link to " + who(peer(from)) + " closed during " + op_ +
                                (pending_abort_ ? ": " + pending_abort_->text : std::string());
-      throw LinkFailure(peer(from), ctx_.prefix() + text, text);
+      throw LinkFailure(peer(from), ctx_.prefix() + text, text, false,
+                        pending_abort_ ? pending_abort_->reason : Reason::Died);
     }
     progress();
   }
@@ -541,7 +543,7 @@ std::vector<uint8_t> RingGroup::recv_bytes(Side from) {
     }
     if (!link(from).up()) {
       const std::string text = "the link to " + who(peer(from)) + " closed during " + op_;
-      throw LinkFailure(peer(from), ctx_.prefix() + text, text);
+      throw LinkFailure(peer(from), ctx_.prefix() + text, text, false, Reason::Died);
     }
     progress();
   }
