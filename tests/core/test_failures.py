@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -65,8 +66,9 @@ def test_killed_rank_makes_every_other_rank_raise_naming_it(
         assert "RAISED" in result.stdout, result.stdout + result.stderr
         named = "rank 2" if backend == "shm" else f"rank 2 ({job.hosts[2][0]})"
         assert named in result.stdout, result.stdout
-        # The failure as data: who, why, in which call.
-        assert "DATA died 2 all_sum" in result.stdout, result.stdout
+        # The failure as data: who, why, in which call (a rank that came to
+        # the failed call after the others left it says it was late for it).
+        assert re.search(r"DATA (died|late) 2 all_sum", result.stdout), result.stdout
         raised_at = float(result.stdout.rsplit("AT", 1)[1])
         assert raised_at - killed_at < 5.0, f"rank {result.rank} took {raised_at - killed_at} s"
 

@@ -306,10 +306,13 @@ std::vector<uint8_t> MeshGroup::recv_exact(int p, size_t n) {
                         lost.reason);
     }
     if (state != tcp::Link::State::Up) {
-      const std::string text = "the link to " + who(p) + " closed during " + op_ +
-                               (pending_abort_ ? ": " + pending_abort_->text : std::string());
-      throw LinkFailure(p, ctx_.prefix() + text, text, false,
-                        pending_abort_ ? pending_abort_->reason : Reason::Died);
+      if (!pending_abort_) {
+        const LostLink lost = lost_link(who(p), op_, peer.link);
+        throw LinkFailure(p, ctx_.prefix() + lost.text, lost.text, false, lost.reason);
+      }
+      const std::string text =
+          "the link to " + who(p) + " closed during " + op_ + ": " + pending_abort_->text;
+      throw LinkFailure(p, ctx_.prefix() + text, text, false, pending_abort_->reason);
     }
     waiting_ = p;
     progress();

@@ -521,10 +521,13 @@ void RingGroup::wait_recv(Side from, uint64_t ticket) {
   while (!link(from).recv_done(ticket)) {
     if (!link(from).up()) {
       check_links();
-      const std::string text = "the link to " + who(peer(from)) + " closed during " + op_ +
-                               (pending_abort_ ? ": " + pending_abort_->text : std::string());
-      throw LinkFailure(peer(from), ctx_.prefix() + text, text, false,
-                        pending_abort_ ? pending_abort_->reason : Reason::Died);
+      if (!pending_abort_) {
+        const LostLink lost = lost_link(who(peer(from)), op_, link(from));
+        throw LinkFailure(peer(from), ctx_.prefix() + lost.text, lost.text, false, lost.reason);
+      }
+      const std::string text =
+          "the link to " + who(peer(from)) + " closed during " + op_ + ": " + pending_abort_->text;
+      throw LinkFailure(peer(from), ctx_.prefix() + text, text, false, pending_abort_->reason);
     }
     progress();
   }
@@ -542,8 +545,8 @@ std::vector<uint8_t> RingGroup::recv_bytes(Side from) {
       return std::move(f->payload);
     }
     if (!link(from).up()) {
-      const std::string text = "the link to " + who(peer(from)) + " closed during " + op_;
-      throw LinkFailure(peer(from), ctx_.prefix() + text, text, false, Reason::Died);
+      const LostLink lost = lost_link(who(peer(from)), op_, link(from));
+      throw LinkFailure(peer(from), ctx_.prefix() + lost.text, lost.text, false, lost.reason);
     }
     progress();
   }
