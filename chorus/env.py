@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -120,8 +121,8 @@ def _seconds_var(env: Mapping[str, str], name: str, default: float) -> float:
     except ValueError:
         msg = f"{name}={env[name]!r} is not a number of seconds"
         raise EnvError(msg) from None
-    if seconds <= 0:
-        msg = f"{name}={seconds} must be positive"
+    if not math.isfinite(seconds) or seconds <= 0:
+        msg = f"{name}={env[name]!r} must be a positive, finite number of seconds"
         raise EnvError(msg)
     return seconds
 

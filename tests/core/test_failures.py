@@ -219,6 +219,11 @@ def test_malformed_environment_is_a_clear_error(tmp_path: Path) -> None:
         "count": ({"CHORUS_HOSTFILE": json.dumps([["127.0.0.1:1"]])}, "has 1 entries"),
         "rank": ({"CHORUS_RANK": "5"}, "not a valid rank"),
         "timeout": ({"CHORUS_TIMEOUT": "soon"}, "CHORUS_TIMEOUT"),
+        "peer timeout": ({"CHORUS_PEER_TIMEOUT": "soon"}, "CHORUS_PEER_TIMEOUT='soon'"),
+        "peer timeout 0": ({"CHORUS_PEER_TIMEOUT": "0"}, "CHORUS_PEER_TIMEOUT='0' must be"),
+        "peer timeout -1": ({"CHORUS_PEER_TIMEOUT": "-1"}, "CHORUS_PEER_TIMEOUT='-1' must be"),
+        "peer timeout nan": ({"CHORUS_PEER_TIMEOUT": "nan"}, "CHORUS_PEER_TIMEOUT='nan' must be"),
+        "peer timeout inf": ({"CHORUS_PEER_TIMEOUT": "inf"}, "CHORUS_PEER_TIMEOUT='inf' must be"),
     }
     for name, (extra, expected) in cases.items():
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHORUS_")}

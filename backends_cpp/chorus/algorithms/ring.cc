@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
+#include <utility>
 
 namespace chorus::algo {
 namespace {
@@ -57,37 +59,57 @@ RingLayout layout_blocks(size_t block_count, size_t elem, int n) {
   return layout;
 }
 
+// Receives land in a window of this many segment slots per lane, each slot
+// reused once its segment is reduced: the scratch is 2 * kWindow segments
+// whatever the message size (the transport keeps later segments in the
+// socket until their receive is posted: FrameLimits::hold_over).
+constexpr size_t kWindow = 4;
+
 void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel kernel, size_t elem,
                          size_t segment, const uint8_t* in, uint8_t* buf,
                          std::vector<uint8_t>& scratch) {
   const int n = pair.size(), r = pair.rank();
+  if (n < 2) return;
   const size_t seg = round_segment(segment, elem);
   // Step s: send block r - d(s+1), receive block r - d(s+2) and reduce it in;
   // the block received at step s is the one sent at step s+1, and the last
   // one received (s = n-2) is block r itself.
   auto send_block = [&](int lane, int s) { return mod(r - 1LL * kDir[lane] * (s + 1), n); };
   auto recv_block = [&](int lane, int s) { return mod(r - 1LL * kDir[lane] * (s + 2), n); };
-  // Two receive buffers per lane (steps alternate), carved out of scratch.
   size_t biggest = 0;
   for (int lane = 0; lane < 2; ++lane)
     for (const Range& b : layout.lane[lane]) biggest = std::max(biggest, b.length);
-  if (scratch.size() < 4 * biggest) scratch.resize(4 * biggest);
-  uint8_t* tmp[2][2] = {{scratch.data(), scratch.data() + biggest},
-                        {scratch.data() + 2 * biggest, scratch.data() + 3 * biggest}};
-  std::vector<uint64_t> tickets[2][2];
-  auto post_recvs = [&](int s) {
-    for (int lane = 0; lane < 2; ++lane) {
-      const Range blk = layout.lane[lane][recv_block(lane, s)];
-      auto& t = tickets[lane][s % 2];
-      t.clear();
-      for (size_t j = 0; j < segments_in(blk.length, seg); ++j) {
-        t.push_back(pair.irecv(kFrom[lane], tmp[lane][s % 2] + j * seg,
-                               segment_length(blk.length, seg, j)));
-      }
-    }
+  const size_t slot_bytes = std::min(seg, biggest);
+  if (scratch.size() < 2 * kWindow * slot_bytes) scratch.resize(2 * kWindow * slot_bytes);
+  // Per lane: the next segment to post (step, index), and the posted ones in
+  // arrival order (ticket, slot).
+  struct Window {
+    uint8_t* slots = nullptr;
+    int step = 0;
+    size_t index = 0;
+    size_t posted = 0;
+    std::deque<std::pair<uint64_t, size_t>> tickets;
   };
-  if (n < 2) return;
-  post_recvs(0);
+  Window win[2];
+  auto post_next = [&](int lane) {
+    Window& w = win[lane];
+    while (w.step <= n - 2 &&
+           w.index >= segments_in(layout.lane[lane][recv_block(lane, w.step)].length, seg)) {
+      ++w.step;
+      w.index = 0;
+    }
+    if (w.step > n - 2) return;
+    const Range blk = layout.lane[lane][recv_block(lane, w.step)];
+    const size_t slot = w.posted++ % kWindow;
+    w.tickets.emplace_back(pair.irecv(kFrom[lane], w.slots + slot * slot_bytes,
+                                      segment_length(blk.length, seg, w.index)),
+                           slot);
+    ++w.index;
+  };
+  for (int lane = 0; lane < 2; ++lane) {
+    win[lane].slots = scratch.data() + static_cast<size_t>(lane) * kWindow * slot_bytes;
+    for (size_t k = 0; k < kWindow; ++k) post_next(lane);
+  }
   for (int lane = 0; lane < 2; ++lane) {
     const Range blk = layout.lane[lane][send_block(lane, 0)];
     for (size_t j = 0; j < segments_in(blk.length, seg); ++j) {
@@ -95,19 +117,20 @@ void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel 
     }
   }
   for (int s = 0; s <= n - 2; ++s) {
-    // The other buffer was last used by step s-1, whose reductions are done.
-    if (s + 1 <= n - 2) post_recvs(s + 1);
     const Range blk[2] = {layout.lane[0][recv_block(0, s)], layout.lane[1][recv_block(1, s)]};
     const size_t most = std::max(segments_in(blk[0].length, seg), segments_in(blk[1].length, seg));
     for (size_t j = 0; j < most; ++j) {
       for (int lane = 0; lane < 2; ++lane) {
         if (j >= segments_in(blk[lane].length, seg)) continue;
-        pair.wait_recv(kFrom[lane], tickets[lane][s % 2][j]);
+        const auto [ticket, slot] = win[lane].tickets.front();
+        win[lane].tickets.pop_front();
+        pair.wait_recv(kFrom[lane], ticket);
         const size_t len = segment_length(blk[lane].length, seg, j);
         // Each block is received once, so its own part is still pristine in `in`.
         const size_t at = blk[lane].offset + j * seg;
         uint8_t* dst = buf + at;
-        kernel(dst, in + at, tmp[lane][s % 2] + j * seg, len / elem);
+        kernel(dst, in + at, win[lane].slots + slot * slot_bytes, len / elem);
+        post_next(lane);  // the slot is free again
         if (s + 1 <= n - 2) pair.isend(kTo[lane], dst, len);
       }
     }

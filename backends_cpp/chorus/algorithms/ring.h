@@ -58,8 +58,9 @@ RingLayout layout_blocks(size_t block_count, size_t elem, int n);
 // call buf holds the full reduction of block r of both lanes (other blocks
 // of buf hold partial sums, except the one sent first, which is untouched).
 // Reading `in` directly saves copying the input into buf first. `scratch`
-// receives the peers' segments; keeping it across calls avoids allocating
-// and page-faulting fresh memory every call.
+// receives the peers' segments in a window of a few segments per lane (its
+// size does not grow with the message); keeping it across calls avoids
+// allocating and page-faulting fresh memory every call.
 void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel kernel, size_t elem,
                          size_t segment, const uint8_t* in, uint8_t* buf,
                          std::vector<uint8_t>& scratch);

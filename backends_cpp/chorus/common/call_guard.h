@@ -49,11 +49,13 @@ class CallGuard {
   void leave();
   static CallGuard* make_current(CallGuard* guard);
 
-  std::mutex mutex_;
-  bool busy_ = false;         // guarded by mutex_
-  const char* op_ = nullptr;  // the running call, guarded by mutex_
-  std::string overlap_;       // what the running call raises, guarded by mutex_
+  // Entering and leaving are one compare-exchange and two stores (every call
+  // pays them); the mutex guards only the overlap text, on the error path.
+  std::atomic<bool> busy_{false};
+  std::atomic<const char*> op_{nullptr};  // the running call
   std::atomic<bool> overlapped_{false};
+  std::mutex mutex_;
+  std::string overlap_;  // what the running call raises, guarded by mutex_
 };
 
 }  // namespace chorus

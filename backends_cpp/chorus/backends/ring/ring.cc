@@ -350,9 +350,26 @@ void RingGroup::fail_links(int culprit, const std::string& text, bool fatal, Rea
   tolerant_[0] = tolerant_[1] = false;
 }
 
+RingGroup::HoldSegments::HoldSegments(RingGroup& group, bool on) : group_(on ? &group : nullptr) {
+  if (group_ != nullptr) group_->hold_segments(sizeof(WireDesc) + group_->small_bytes_);
+}
+
+RingGroup::HoldSegments::~HoldSegments() {
+  if (group_ != nullptr) group_->hold_segments(SIZE_MAX);
+}
+
+void RingGroup::hold_segments(size_t over) {
+  frame_limits_.hold_over = over;  // links made during the call get it too
+  for (auto& l : links_) l.set_limits(frame_limits_);
+}
+
 template <typename Body>
 void RingGroup::run(const char* op, bool collective, Body&& body) {
   op_ = op;
+  // During a collective, peers' segments wait in the socket until their
+  // receive is posted: the window of receive slots is all the memory a
+  // call's incoming data takes (call records, no larger, are read at once).
+  HoldSegments hold(*this, collective);
   if (collective) calls_.enter();
   for (int s = 0; s < 2; ++s) rx_start_[s] = links_[s].bytes_received();
   try {

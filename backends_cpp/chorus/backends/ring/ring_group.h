@@ -117,6 +117,18 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   void name_call(Failure& failure, bool collective) const;
   template <typename Body>
   void run(const char* op, bool collective, Body&& body);
+  // Backpressure for a collective's segments (tcp::FrameLimits::hold_over).
+  class HoldSegments {
+   public:
+    HoldSegments(RingGroup& group, bool on);
+    ~HoldSegments();
+    HoldSegments(const HoldSegments&) = delete;
+    HoldSegments& operator=(const HoldSegments&) = delete;
+
+   private:
+    RingGroup* group_;
+  };
+  void hold_segments(size_t over);
 
   // Descriptor round (+ inline data for small messages); throws UsageError on
   // disagreement. Returns every rank's record.
@@ -151,9 +163,10 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   bool entering_ = false;  // start_call is reading what arrived between calls
   std::vector<pollfd> fds_;
   std::vector<uint8_t> work_;     // reduce_scatter's working copy (may still be queued on failure)
-  std::vector<uint8_t> scratch_;  // the ring algorithms' receive buffers, kept across calls
-  // ... up to this size: a larger call's buffers go with it (trim_buffers), so
-  // what a group keeps between calls is bounded whatever the message size.
+  std::vector<uint8_t> scratch_;  // the ring algorithms' receive window, kept across calls
+  // reduce_scatter's working copy and the scratch are kept up to this size:
+  // a larger call's go with it (trim_buffers), so what a group keeps between
+  // calls is bounded whatever the message size.
   static constexpr size_t kKeptBufferBytes = size_t{64} << 20;
   void trim_buffers();
   uint64_t split_count_ = 0;

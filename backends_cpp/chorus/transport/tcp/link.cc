@@ -98,6 +98,18 @@ bool Link::sends_done() const {
   return true;
 }
 
+void Link::set_limits(const FrameLimits& limits) {
+  limits_ = limits;
+  for (size_t i = 0; i < streams_.size(); ++i) release_held(i);
+}
+
+void Link::release_held(size_t i) {
+  Stream& s = streams_[i];
+  if (!s.held || state_ != State::Up) return;
+  s.held = false;
+  start_payload(i);  // holds it again if it still may not be read
+}
+
 uint64_t Link::post_recv(void* data, size_t n) {
   const uint64_t ticket = next_rx_++;
   auto it = unexpected_.find(ticket);
@@ -115,6 +127,7 @@ uint64_t Link::post_recv(void* data, size_t n) {
   }
   posted_[ticket] = {static_cast<uint8_t*>(data), n};
   check_eof_stream(ticket);
+  if (!streams_.empty()) release_held(ticket % streams_.size());
   return ticket;
 }
 
@@ -160,6 +173,17 @@ void Link::on_eof(size_t i) {
 
 std::optional<Frame> Link::take() {
   auto it = unexpected_.find(next_rx_);
+  if (it == unexpected_.end() && !streams_.empty()) {
+    // The owner asks for the next frame whatever its size: a held one is read now.
+    const size_t i = next_rx_ % streams_.size();
+    Stream& s = streams_[i];
+    if (s.held && s.next_local * streams_.size() + i == next_rx_) {
+      const size_t hold = limits_.hold_over;
+      limits_.hold_over = SIZE_MAX;
+      release_held(i);
+      limits_.hold_over = hold;
+    }
+  }
   if (it == unexpected_.end() || !it->second.complete) {
     check_eof_stream(next_rx_);
     return std::nullopt;
@@ -174,7 +198,7 @@ std::optional<Frame> Link::take() {
 void Link::add_pollfds(std::vector<pollfd>& fds) const {
   for (const auto& s : streams_) {
     const bool live = state_ == State::Up && s.sock.valid() && (!s.eof || !s.tx.empty());
-    short events = s.eof ? 0 : POLLIN;
+    short events = s.eof || s.held ? 0 : POLLIN;
     if (!s.tx.empty()) events |= POLLOUT;
     fds.push_back({live ? s.sock.fd() : -1, events, 0});
   }
@@ -184,6 +208,11 @@ void Link::handle(const pollfd* fds) {
   for (size_t i = 0; i < streams_.size() && state_ == State::Up; ++i) {
     const short rev = fds[i].revents;
     if (rev == 0 || fds[i].fd < 0) continue;
+    if (streams_[i].held && (rev & (POLLHUP | POLLERR))) {
+      // Not reading: the socket failed or closed under a frame that waits.
+      fail(State::Closed, 0, "connection closed by the peer");
+      return;
+    }
     if (rev & (POLLIN | POLLHUP | POLLERR)) read_stream(i);
     if (state_ == State::Up && (rev & (POLLOUT | POLLERR))) write_stream(streams_[i]);
   }
@@ -270,6 +299,13 @@ void Link::start_payload(size_t i) {
   // The frame's link-wide index; an Abort is outside the numbering.
   const uint64_t frame = s.next_local * streams_.size() + i;
   const bool posted = !abort && posted_.count(frame) != 0;
+  if (!posted && h.magic == kFrameMagic && type == FrameType::Data &&
+      h.length > limits_.hold_over) {
+    // Backpressure: read it when its receive is posted (post_recv,
+    // release_held); until then TCP's window holds the sender back.
+    s.held = true;
+    return;
+  }
   const std::string wrong = check_header(h, posted);
   if (!wrong.empty()) {
     fail(State::Protocol, 0, wrong);
@@ -384,7 +420,7 @@ void Link::read_stream(size_t i) {
   Stream& s = streams_[i];
   size_t budget = kReadBudget;
   size_t frames = 0;
-  while (state_ == State::Up && budget > 0 && frames < kReadFrames) {
+  while (state_ == State::Up && !s.held && budget > 0 && frames < kReadFrames) {
     void* dst;
     size_t want;
     if (!s.in_payload) {

@@ -12,6 +12,7 @@
 #include <poll.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -48,6 +49,13 @@ struct FrameLimits {
   size_t early_data = size_t{1} << 20;   // a Data frame with no receive posted
   size_t queue_frames = 65536;           // early frames kept at once
   size_t queue_bytes = size_t{1} << 30;  // their payload bytes
+  // Backpressure: an early Data frame larger than this is not read (its
+  // header is, its payload stays in the socket and TCP's window stops the
+  // sender) until its receive is posted, take() asks for it, or the limit
+  // rises. For pipelined collectives, whose every wait is on a posted
+  // receive; never for point-to-point (a send-first exchange needs eager
+  // reading). No limit by default.
+  size_t hold_over = SIZE_MAX;
 };
 
 // How often a backend looks for an unreachable peer (Link::unacknowledged_ms).
@@ -84,7 +92,7 @@ class Link {
   size_t sockets() const { return streams_.size(); }
   const std::string& peer() const { return peer_; }
   // Applies to headers read from now on (the owner may narrow them per call).
-  void set_limits(const FrameLimits& limits) { limits_ = limits; }
+  void set_limits(const FrameLimits& limits);
   void set_early_limit(size_t bytes) { limits_.early_data = bytes; }
   const FrameLimits& limits() const { return limits_; }
   // Keepalive on every socket: a silent idle peer is dead after about `seconds`.
@@ -145,6 +153,7 @@ class Link {
     uint64_t frame = 0;       // link-wide index of the frame being read
     uint64_t next_local = 0;  // frames started on this socket
     bool to_abort = false;    // the frame being read is an Abort
+    bool held = false;        // its header is read, its payload waits (hold_over)
     bool eof = false;         // the peer closed this socket between frames
   };
 
@@ -155,6 +164,8 @@ class Link {
   std::vector<uint8_t> spare_buffer(size_t n);
   void recycle(std::vector<uint8_t> buffer);
   void start_payload(size_t i);
+  // Resumes stream i's held frame when `why` allows it now.
+  void release_held(size_t i);
   std::string check_header(const FrameHeader& h, bool posted) const;
   void drop_early(std::map<uint64_t, Frame>::iterator it);
   void on_eof(size_t i);
