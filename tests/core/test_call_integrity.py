@@ -169,10 +169,11 @@ print("WRONG", wrong, flush=True)
 """
 
 
+@pytest.mark.parametrize("backend", ["shm", "ring", "mesh"])
 def test_overlapping_calls_from_two_threads_raise_everywhere(
-    ranks: RankRunner,
+    ranks: RankRunner, backend: str
 ) -> None:
-    results, everything = finish(ranks.start(OVERLAP.format(trials=10), 4, backend="shm"))
+    results, everything = finish(ranks.start(OVERLAP.format(trials=10), 4, backend=backend))
     for result in results:
         assert "ODD" not in result.stdout, everything
         assert "RETURNED" not in result.stdout, everything
@@ -327,3 +328,67 @@ def test_a_program_with_its_own_sigint_handler_notes_interrupts(
     results, everything = finish(ranks.start(code, 4, backend=backend))
     for result in results:
         assert "CALL RETURNED" not in result.stdout, everything
+
+
+# Ranks 0, 2, 3 are interrupted in call k while rank 1 is late; rank 3 dies
+# (exits) right after its interrupt, while the others recover. Rank 1's
+# late call k raises; call k + 1 cannot complete without rank 3, so it
+# raises on every survivor, naming rank 3 as dead: never a result, never a
+# hang, never a live rank called dead.
+KILLED_IN_RECOVERY = """
+import os, signal, threading, time, numpy as np, chorus
+g = chorus.init(strict=True)
+r, n = g.rank(), g.size()
+marks = {marks!r}
+
+def marked():
+    try:
+        return len(open(marks).read().split())
+    except FileNotFoundError:
+        return 0
+
+chorus.all_sum(np.ones(2))
+try:
+    if r == 1:
+        deadline = time.monotonic() + 20
+        while marked() < 3:
+            assert time.monotonic() < deadline, "the interrupted ranks never left"
+            time.sleep(0.005)
+    else:
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+    chorus.all_sum(np.full(3, 1.0 + r))
+    print("CALL K RETURNED", flush=True)
+except KeyboardInterrupt:
+    with open(marks, "a") as f:
+        f.write(f"{{r}} ")
+    if r == 3:
+        os._exit(7)
+except chorus.PeerError as err:
+    print("CALL K", err.reason, err.rank, flush=True)
+try:
+    got = chorus.all_sum(np.full(3, 5.0))
+    print("RETURNED", got, flush=True)
+except chorus.PeerError as err:
+    print("RAISED", err.reason, err.rank, err, flush=True)
+# Stay until every survivor is past call k + 1: one that exits is gone too.
+with open(marks + ".done", "a") as f:
+    f.write(f"{{r}} ")
+deadline = time.monotonic() + 60
+while len(open(marks + ".done").read().split()) < 3 and time.monotonic() < deadline:
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("backend", ["shm", "ring", "mesh"])
+def test_a_rank_dying_during_late_entrant_recovery_fails_the_next_call_everywhere(
+    ranks: RankRunner, tmp_path: Path, backend: str
+) -> None:
+    for trial in range(4):
+        code = KILLED_IN_RECOVERY.format(marks=str(tmp_path / f"left{trial}"))
+        results = ranks.start(code, 4, backend=backend).wait(timeout=90)
+        everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
+        assert results[3].returncode == 7, everything
+        for result in results[:3]:
+            assert result.returncode == 0, everything
+            assert "RETURNED" not in result.stdout, everything
+            assert "RAISED died 3 " in result.stdout, everything

@@ -75,13 +75,17 @@ def test_stopped_rank_is_not_declared_dead(ranks: RankRunner, tmp_path: Path, ba
 
 
 @pytest.mark.parametrize("backend", ["ring", "mesh"])
+@pytest.mark.parametrize("stopped", [False, True], ids=["running", "stopped-first"])
 def test_host_cut_off_mid_collective_is_named_within_the_peer_timeout(
-    emulated_hosts: EmulatedHostsFactory, tmp_path: Path, backend: str
+    emulated_hosts: EmulatedHostsFactory, tmp_path: Path, backend: str, stopped: bool
 ) -> None:
     hosts = emulated_hosts(4, "switch")
     marker = tmp_path / "ready"
     script = tmp_path / "loop.py"
-    script.write_text(textwrap.dedent(LOOP.format(marker=str(marker), seconds=120, count=1 << 20)))
+    # stopped-first: rank 2 stops reading (SIGSTOP) so its peers' sends stall on
+    # a zero window, answered only by window probes; then its host goes away.
+    count = 1 << 24 if stopped else 1 << 20
+    script.write_text(textwrap.dedent(LOOP.format(marker=str(marker), seconds=120, count=count)))
     env = {
         **os.environ,
         "CHORUS_WORLD_SIZE": "4",
@@ -107,6 +111,9 @@ def test_host_cut_off_mid_collective_is_named_within_the_peer_timeout(
     try:
         _wait_for_marker(marker, 4, procs)
         time.sleep(1.0)
+        if stopped:
+            os.kill(procs[2].pid, signal.SIGSTOP)
+            time.sleep(2.0)
         cut_at = time.time()
         hosts.hosts[2].exec(["ip", "link", "set", hosts.hosts[2].mgmt_if, "down"])
         outputs = {}
@@ -123,8 +130,10 @@ def test_host_cut_off_mid_collective_is_named_within_the_peer_timeout(
         assert "RAISED" in out, everything
         raised_at = float(out.split("RAISED", 1)[1].split()[0])
         print(f"raised {raised_at - cut_at:.1f} s after the cut: {out.strip()[-160:]}")
-        # The bound: the peer timeout, plus a keepalive round and a forward.
-        assert raised_at - cut_at < 2 * PEER_TIMEOUT + 4, everything
+        # The bound: the peer timeout, plus a keepalive round and a forward;
+        # behind a zero window, two unanswered window probes (their backoff).
+        bound = 2 * PEER_TIMEOUT + 4 + (2 * PEER_TIMEOUT if stopped else 0)
+        assert raised_at - cut_at < bound, everything
         assert "rank 2" in out, everything
     named = [o[1] for o in outputs.values() if "unreachable" in o[1]]
     assert named, "no survivor said that rank 2 is unreachable:\n" + everything

@@ -118,7 +118,11 @@ void MeshGroup::dial(int p, Clock::time_point deadline, bool first) {
   const auto& addrs = config_.hosts[p];
   for (size_t i = 0; i < addrs.size(); ++i) {
     const auto address = tcp::Address::parse(addrs[i]);
-    const auto attempt = first ? std::min(deadline, Clock::now() + kDialAttempt) : deadline;
+    // A reconnect's TCP connect is answered by the peer host's kernel whatever
+    // its process is doing: no answer within the peer timeout is an
+    // unreachable host (the handshake after it may wait for a busy peer).
+    const auto attempt = first ? std::min(deadline, Clock::now() + kDialAttempt)
+                               : std::min(deadline, deadline_after(config_.peer_timeout_s));
     tcp::Socket s = tcp::Socket::connect(address, attempt);
     tcp::connector_handshake(s, id_, config_.rank, static_cast<uint32_t>(i), epoch, deadline);
     CHORUS_LOG(config_.verbose, ctx_.prefix(), "connected stream ", i, " to ", who(p), " at ",
@@ -221,7 +225,11 @@ bool MeshGroup::recover(int p) {
   } catch (const PeerError& e) {
     const auto* se = dynamic_cast<const tcp::SocketError*>(&e);
     if (se != nullptr && se->err() == ECONNREFUSED) report_gone(p);
-    const std::string text = who(p) + " could not be reconnected during " + op_ + ": " + e.what();
+    const bool silent = tcp_reconnect_reason(e) == Reason::Unreachable;
+    const std::string text = who(p) +
+                             (silent ? " is unreachable (no answer to a reconnection) during "
+                                     : " could not be reconnected during ") +
+                             op_ + ": " + e.what();
     throw LinkFailure(p, ctx_.prefix() + text,
                       text + " (seen by rank " + std::to_string(config_.rank) + ")", false,
                       tcp_reconnect_reason(e));

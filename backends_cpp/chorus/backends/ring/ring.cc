@@ -130,8 +130,13 @@ void RingGroup::connect_right(Clock::time_point deadline, bool retry) {
   const auto& addrs = config_.hosts[right()];
   for (size_t i = 0; i < addrs.size(); ++i) {
     const auto address = tcp::Address::parse(addrs[i]);
-    tcp::Socket s = retry ? tcp::Socket::connect_retry(address, deadline)
-                          : tcp::Socket::connect(address, deadline);
+    // A reconnect's TCP connect is answered by the peer host's kernel whatever
+    // its process is doing: no answer within the peer timeout is an
+    // unreachable host (the handshake after it may wait for a busy peer).
+    tcp::Socket s = retry
+                        ? tcp::Socket::connect_retry(address, deadline)
+                        : tcp::Socket::connect(
+                              address, std::min(deadline, deadline_after(config_.peer_timeout_s)));
     tcp::connector_handshake(s, id_, config_.rank, static_cast<uint32_t>(i), right_epoch_,
                              deadline);
     CHORUS_LOG(config_.verbose, ctx_.prefix(), "connected stream ", i, " to ", who(right()), " at ",
@@ -193,8 +198,11 @@ bool RingGroup::recover(Side side) {
   } catch (const Interrupted&) {
     throw;
   } catch (const PeerError& e) {
-    const std::string text =
-        who(right()) + " could not be reconnected during " + op_ + ": " + e.what();
+    const bool silent = tcp_reconnect_reason(e) == Reason::Unreachable;
+    const std::string text = who(right()) +
+                             (silent ? " is unreachable (no answer to a reconnection) during "
+                                     : " could not be reconnected during ") +
+                             op_ + ": " + e.what();
     const auto* se = dynamic_cast<const tcp::SocketError*>(&e);
     throw LinkFailure(right(), ctx_.prefix() + text,
                       text + " (seen by rank " + std::to_string(config_.rank) + ")",

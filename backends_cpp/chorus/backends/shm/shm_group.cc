@@ -497,6 +497,7 @@ void ShmGroup::peer_died(int peer, WaitKind kind) {
                              std::to_string(peers_[peer].pid()) + ") died during " + op_;
   if (kind == WaitKind::Collective) publish_abort(reason, Reason::Died, peer);
   broken_ = reason + "; the group cannot be used any more";
+  broken_by_ = peer;
   throw PeerError(prefix() + reason, failure(Reason::Died, peer));
 }
 
@@ -533,7 +534,7 @@ void ShmGroup::throw_abort(uint32_t word) {
 }
 
 void ShmGroup::check_usable() const {
-  if (!broken_.empty()) throw PeerError(prefix() + broken_, failure(Reason::Died, -1));
+  if (!broken_.empty()) throw PeerError(prefix() + broken_, failure(Reason::Died, broken_by_));
 }
 
 // ---------------------------------------------------------------- collectives

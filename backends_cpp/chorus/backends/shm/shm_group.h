@@ -123,6 +123,7 @@ class ShmGroup final : public GroupImpl {
   std::chrono::microseconds yield_budget_{0};
   std::chrono::steady_clock::time_point next_interrupt_poll_{};  // see wait()
   std::string broken_;  // set once a peer died: the group is unusable
+  int broken_by_ = -1;  // ... and which peer
   // Point to point: bytes drained from incoming rings while a send was
   // blocked (so symmetric exchanges of any size progress), per source rank.
   std::vector<std::vector<char>> pending_;

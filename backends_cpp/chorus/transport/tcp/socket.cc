@@ -207,11 +207,12 @@ uint32_t Socket::unacknowledged_ms() const {
   tcp_info info{};
   socklen_t len = sizeof info;
   if (::getsockopt(fd(), IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
-  // Only segments in flight count. Data held back by a zero window (the peer
-  // process stopped reading) is probed with exponential backoff, and the
-  // gaps between the answers to those probes grow past any bound: a rank
-  // paused in a debugger would look dead.
-  if (info.tcpi_unacked == 0) return 0;
+  // Segments in flight count. Data held back by a zero window (the peer
+  // process stopped reading) is probed with exponential backoff: the gaps
+  // between the answers grow past any bound, so silence alone proves nothing
+  // (a rank paused in a debugger would look dead), but a live host's kernel
+  // answers every probe and a dead one none: two unanswered in a row count.
+  if (info.tcpi_unacked == 0 && info.tcpi_probes < 2) return 0;
   return info.tcpi_last_ack_recv;
 #else
   return 0;
