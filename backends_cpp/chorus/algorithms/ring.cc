@@ -59,14 +59,19 @@ RingLayout layout_blocks(size_t block_count, size_t elem, int n) {
   return layout;
 }
 
+namespace {
+
 // Receives land in a window of this many segment slots per lane, each slot
 // reused once its segment is reduced: the scratch is 2 * kWindow segments
 // whatever the message size (the transport keeps later segments in the
 // socket until their receive is posted: FrameLimits::hold_over).
 constexpr size_t kWindow = 4;
 
-void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel kernel, size_t elem,
-                         size_t segment, const uint8_t* in, uint8_t* buf,
+// Reduce-scatter, either into `buf` (partial sums in place, forwarded from
+// there) or, with buf null, through kWindow forward slots per lane (a slot is
+// reused once its send is written) with block r going to `own`.
+void reduce_scatter_impl(RingPair& pair, const RingLayout& layout, ReduceKernel kernel, size_t elem,
+                         size_t segment, const uint8_t* in, uint8_t* buf, uint8_t* own,
                          std::vector<uint8_t>& scratch) {
   const int n = pair.size(), r = pair.rank();
   if (n < 2) return;
@@ -80,15 +85,22 @@ void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel 
   for (int lane = 0; lane < 2; ++lane)
     for (const Range& b : layout.lane[lane]) biggest = std::max(biggest, b.length);
   const size_t slot_bytes = std::min(seg, biggest);
-  if (scratch.size() < 2 * kWindow * slot_bytes) scratch.resize(2 * kWindow * slot_bytes);
-  // Per lane: the next segment to post (step, index), and the posted ones in
-  // arrival order (ticket, slot).
+  const size_t windows = buf != nullptr ? 2 : 4;  // receive (+ forward) windows
+  if (scratch.size() < windows * kWindow * slot_bytes) {
+    scratch.resize(windows * kWindow * slot_bytes);
+  }
+  // Per lane: the next segment to post (step, index), the posted ones in
+  // arrival order (ticket, slot), and the forward slots with their sends.
   struct Window {
     uint8_t* slots = nullptr;
     int step = 0;
     size_t index = 0;
     size_t posted = 0;
     std::deque<std::pair<uint64_t, size_t>> tickets;
+    uint8_t* forward = nullptr;
+    size_t forwarded = 0;
+    uint64_t sent[kWindow] = {};
+    bool sending[kWindow] = {};
   };
   Window win[2];
   auto post_next = [&](int lane) {
@@ -107,7 +119,9 @@ void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel 
     ++w.index;
   };
   for (int lane = 0; lane < 2; ++lane) {
-    win[lane].slots = scratch.data() + static_cast<size_t>(lane) * kWindow * slot_bytes;
+    uint8_t* base = scratch.data() + static_cast<size_t>(lane) * kWindow * slot_bytes;
+    win[lane].slots = base;
+    if (buf == nullptr) win[lane].forward = base + 2 * kWindow * slot_bytes;
     for (size_t k = 0; k < kWindow; ++k) post_next(lane);
   }
   for (int lane = 0; lane < 2; ++lane) {
@@ -116,25 +130,57 @@ void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel 
       pair.isend(kTo[lane], in + blk.offset + j * seg, segment_length(blk.length, seg, j));
     }
   }
+  const size_t own_base = layout.lane[0][r].offset;
   for (int s = 0; s <= n - 2; ++s) {
+    const bool last = s == n - 2;
     const Range blk[2] = {layout.lane[0][recv_block(0, s)], layout.lane[1][recv_block(1, s)]};
     const size_t most = std::max(segments_in(blk[0].length, seg), segments_in(blk[1].length, seg));
     for (size_t j = 0; j < most; ++j) {
       for (int lane = 0; lane < 2; ++lane) {
         if (j >= segments_in(blk[lane].length, seg)) continue;
-        const auto [ticket, slot] = win[lane].tickets.front();
-        win[lane].tickets.pop_front();
+        Window& w = win[lane];
+        const auto [ticket, slot] = w.tickets.front();
+        w.tickets.pop_front();
         pair.wait_recv(kFrom[lane], ticket);
         const size_t len = segment_length(blk[lane].length, seg, j);
         // Each block is received once, so its own part is still pristine in `in`.
         const size_t at = blk[lane].offset + j * seg;
-        uint8_t* dst = buf + at;
-        kernel(dst, in + at, win[lane].slots + slot * slot_bytes, len / elem);
-        post_next(lane);  // the slot is free again
-        if (s + 1 <= n - 2) pair.isend(kTo[lane], dst, len);
+        uint8_t* dst;
+        size_t fslot = 0;
+        if (buf != nullptr) {
+          dst = buf + at;
+        } else if (last) {
+          dst = own + (at - own_base);
+        } else {
+          fslot = w.forwarded++ % kWindow;
+          if (w.sending[fslot]) pair.wait_send(kTo[lane], w.sent[fslot]);
+          dst = w.forward + fslot * slot_bytes;
+        }
+        kernel(dst, in + at, w.slots + slot * slot_bytes, len / elem);
+        post_next(lane);  // the receive slot is free again
+        if (last) continue;
+        const uint64_t sent = pair.isend(kTo[lane], dst, len);
+        if (buf == nullptr) {
+          w.sent[fslot] = sent;
+          w.sending[fslot] = true;
+        }
       }
     }
   }
+}
+
+}  // namespace
+
+void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel kernel, size_t elem,
+                         size_t segment, const uint8_t* in, uint8_t* buf,
+                         std::vector<uint8_t>& scratch) {
+  reduce_scatter_impl(pair, layout, kernel, elem, segment, in, buf, nullptr, scratch);
+}
+
+void ring_reduce_scatter_own(RingPair& pair, const RingLayout& layout, ReduceKernel kernel,
+                             size_t elem, size_t segment, const uint8_t* in, uint8_t* own,
+                             std::vector<uint8_t>& scratch) {
+  reduce_scatter_impl(pair, layout, kernel, elem, segment, in, nullptr, own, scratch);
 }
 
 void ring_all_gather(RingPair& pair, const RingLayout& layout, size_t elem, size_t segment,

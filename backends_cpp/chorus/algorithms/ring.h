@@ -25,8 +25,10 @@ class RingPair {
   virtual ~RingPair() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // One frame of n bytes to a neighbour; data stays valid until wait_sends().
-  virtual void isend(Side to, const void* data, size_t n) = 0;
+  // One frame of n bytes to a neighbour; data stays valid until wait_send()
+  // of the returned ticket, or wait_sends().
+  virtual uint64_t isend(Side to, const void* data, size_t n) = 0;
+  virtual void wait_send(Side to, uint64_t ticket) = 0;
   // One frame whose bytes the transport owns (small, variable-size messages).
   virtual void isend_owned(Side to, std::vector<uint8_t> bytes) = 0;
   // The next frame from a neighbour, exactly n bytes, lands in data.
@@ -64,6 +66,13 @@ RingLayout layout_blocks(size_t block_count, size_t elem, int n);
 void ring_reduce_scatter(RingPair& pair, const RingLayout& layout, ReduceKernel kernel, size_t elem,
                          size_t segment, const uint8_t* in, uint8_t* buf,
                          std::vector<uint8_t>& scratch);
+// The same, with no buffer as large as the input: partial sums pass through
+// a window of forward slots in `scratch`, and block r of both lanes lands in
+// `own` (lane 0's part at offset 0, lane 1's right after it, as
+// layout_blocks places them).
+void ring_reduce_scatter_own(RingPair& pair, const RingLayout& layout, ReduceKernel kernel,
+                             size_t elem, size_t segment, const uint8_t* in, uint8_t* own,
+                             std::vector<uint8_t>& scratch);
 // Rank r starts with block r of both lanes; afterwards every rank has all.
 void ring_all_gather(RingPair& pair, const RingLayout& layout, size_t elem, size_t segment,
                      uint8_t* buf);

@@ -532,8 +532,12 @@ void RingGroup::start_call() {
 
 // ---------------------------------------------------------------- RingPair
 
-void RingGroup::isend(Side to, const void* data, size_t n) {
-  link(to).post_send(tcp::FrameType::Data, 0, 0, data, n);
+uint64_t RingGroup::isend(Side to, const void* data, size_t n) {
+  return link(to).post_send(tcp::FrameType::Data, 0, 0, data, n);
+}
+
+void RingGroup::wait_send(Side to, uint64_t ticket) {
+  while (!link(to).send_done(ticket)) progress();
 }
 
 void RingGroup::isend_owned(Side to, std::vector<uint8_t> bytes) {
@@ -621,7 +625,6 @@ void RingGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
 void RingGroup::trim_buffers() {
   // After a call that completed (its sends drained): nothing points into them.
   if (scratch_.capacity() > kKeptBufferBytes) std::vector<uint8_t>().swap(scratch_);
-  if (work_.capacity() > kKeptBufferBytes) std::vector<uint8_t>().swap(work_);
 }
 
 void RingGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) {
@@ -643,11 +646,9 @@ void RingGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) 
       }
       return;
     }
-    if (work_.size() < nbytes) work_.resize(nbytes);
     const auto layout = algo::layout_blocks(block_count, elem, config_.size);
-    algo::ring_reduce_scatter(*this, layout, kernel, elem, segment_bytes_,
-                              static_cast<const uint8_t*>(in), work_.data(), scratch_);
-    std::memcpy(dst, work_.data() + at, block);
+    algo::ring_reduce_scatter_own(*this, layout, kernel, elem, segment_bytes_,
+                                  static_cast<const uint8_t*>(in), dst, scratch_);
   });
   trim_buffers();
 }

@@ -88,7 +88,8 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   };
 
   // RingPair
-  void isend(Side to, const void* data, size_t n) override;
+  uint64_t isend(Side to, const void* data, size_t n) override;
+  void wait_send(Side to, uint64_t ticket) override;
   void isend_owned(Side to, std::vector<uint8_t> bytes) override;
   uint64_t irecv(Side from, void* data, size_t n) override;
   void wait_recv(Side from, uint64_t ticket) override;
@@ -162,11 +163,9 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   uint64_t link_epoch(int s) const { return s == 0 ? left_epoch_ : right_epoch_; }
   bool entering_ = false;  // start_call is reading what arrived between calls
   std::vector<pollfd> fds_;
-  std::vector<uint8_t> work_;     // reduce_scatter's working copy (may still be queued on failure)
   std::vector<uint8_t> scratch_;  // the ring algorithms' receive window, kept across calls
-  // reduce_scatter's working copy and the scratch are kept up to this size:
-  // a larger call's go with it (trim_buffers), so what a group keeps between
-  // calls is bounded whatever the message size.
+  // ... kept up to this size (trim_buffers: a larger segment size's windows
+  // go with the call), so what a group keeps between calls stays bounded.
   static constexpr size_t kKeptBufferBytes = size_t{64} << 20;
   void trim_buffers();
   uint64_t split_count_ = 0;

@@ -66,29 +66,36 @@ void Link::fail(State state, int err, const std::string& text) {
   failure_ = text;
 }
 
-void Link::post_send(FrameType type, uint64_t aux0, uint64_t aux1, const void* data, size_t n) {
+uint64_t Link::post_send(FrameType type, uint64_t aux0, uint64_t aux1, const void* data, size_t n) {
   if (n <= kInlineBytes) {
     const auto* p = static_cast<const uint8_t*>(data);
-    post_send_owned(type, aux0, aux1, std::vector<uint8_t>(p, p + n));
-    return;
+    return post_send_owned(type, aux0, aux1, std::vector<uint8_t>(p, p + n));
   }
   TxItem item;
   item.header = FrameHeader{kFrameMagic, static_cast<uint8_t>(type), {}, n, aux0, aux1};
   item.data = static_cast<const uint8_t*>(data);
   item.length = n;
-  if (streams_.empty()) return;
-  streams_[next_tx_++ % streams_.size()].tx.push_back(std::move(item));
+  if (streams_.empty()) return next_tx_;
+  streams_[next_tx_ % streams_.size()].tx.push_back(std::move(item));
+  return next_tx_++;
 }
 
-void Link::post_send_owned(FrameType type, uint64_t aux0, uint64_t aux1,
-                           std::vector<uint8_t> bytes) {
+uint64_t Link::post_send_owned(FrameType type, uint64_t aux0, uint64_t aux1,
+                               std::vector<uint8_t> bytes) {
   TxItem item;
   item.header = FrameHeader{kFrameMagic, static_cast<uint8_t>(type), {}, bytes.size(), aux0, aux1};
   item.owned = std::move(bytes);
   item.data = item.owned.data();
   item.length = item.owned.size();
-  if (streams_.empty()) return;
-  streams_[next_tx_++ % streams_.size()].tx.push_back(std::move(item));
+  if (streams_.empty()) return next_tx_;
+  streams_[next_tx_ % streams_.size()].tx.push_back(std::move(item));
+  return next_tx_++;
+}
+
+bool Link::send_done(uint64_t ticket) const {
+  if (streams_.empty()) return true;  // never queued: nothing reads its payload
+  // Frame k is the (k / S)-th frame of socket k % S (round-robin).
+  return streams_[ticket % streams_.size()].tx_done > ticket / streams_.size();
 }
 
 bool Link::sends_done() const {
@@ -251,7 +258,11 @@ void Link::write_stream(Stream& s) {
     }
     item.sent += static_cast<size_t>(rc);
     bytes_tx_ += static_cast<size_t>(rc);
-    if (item.sent == sizeof(FrameHeader) + item.length) s.tx.pop_front();
+    if (item.sent == sizeof(FrameHeader) + item.length) {
+      // An Abort goes outside the numbering (abort()): only data frames count.
+      if (item.header.type != static_cast<uint8_t>(FrameType::Abort)) ++s.tx_done;
+      s.tx.pop_front();
+    }
   }
 }
 
@@ -514,7 +525,11 @@ void Link::abort(uint64_t aux0, uint64_t aux1, const std::string& reason,
             break;
           }
           item.sent += static_cast<size_t>(rc);
-          if (item.sent == sizeof(FrameHeader) + item.length) s.tx.pop_front();
+          if (item.sent == sizeof(FrameHeader) + item.length) {
+            // An Abort goes outside the numbering (abort()): only data frames count.
+            if (item.header.type != static_cast<uint8_t>(FrameType::Abort)) ++s.tx_done;
+            s.tx.pop_front();
+          }
         }
       }
     }

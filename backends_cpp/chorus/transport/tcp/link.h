@@ -100,11 +100,14 @@ class Link {
   // The longest Socket::unacknowledged_ms() of its sockets.
   uint32_t unacknowledged_ms() const;
 
-  // Queues one frame. The payload must stay valid until sends_done(); payloads
-  // up to kInlineBytes are copied.
-  void post_send(FrameType type, uint64_t aux0, uint64_t aux1, const void* data, size_t n);
-  void post_send_owned(FrameType type, uint64_t aux0, uint64_t aux1, std::vector<uint8_t> bytes);
+  // Queues one frame; returns its ticket. The payload must stay valid until
+  // send_done(ticket) or sends_done(); payloads up to kInlineBytes are copied.
+  uint64_t post_send(FrameType type, uint64_t aux0, uint64_t aux1, const void* data, size_t n);
+  uint64_t post_send_owned(FrameType type, uint64_t aux0, uint64_t aux1,
+                           std::vector<uint8_t> bytes);
   bool sends_done() const;
+  // Frame `ticket` is written to its socket (its payload may be reused).
+  bool send_done(uint64_t ticket) const;
   // No posted receive and no queued send: losing the link now loses nothing.
   bool idle() const { return posted_.empty() && sends_done(); }
 
@@ -152,6 +155,7 @@ class Link {
     size_t length = 0, got = 0;
     uint64_t frame = 0;       // link-wide index of the frame being read
     uint64_t next_local = 0;  // frames started on this socket
+    uint64_t tx_done = 0;     // frames written to this socket
     bool to_abort = false;    // the frame being read is an Abort
     bool held = false;        // its header is read, its payload waits (hold_over)
     bool eof = false;         // the peer closed this socket between frames
