@@ -66,6 +66,7 @@ __all__ = [
     "average_gradients",
     "barrier",
     "broadcast",
+    "debug",
     "init",
     "is_available",
     "note_interrupt",
@@ -77,6 +78,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "debug":  # a submodule: chorus.debug.flight_record(), ...
+        return importlib.import_module("chorus.debug")
     module = _LAZY.get(name)
     if module is None:
         msg = f"module 'chorus' has no attribute {name!r}"

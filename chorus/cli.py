@@ -186,6 +186,21 @@ def _launch_arguments(parser: argparse.ArgumentParser) -> None:
         help="when a rank fails, seconds the others get before SIGTERM, then SIGKILL (default: 2)",
     )
     parser.add_argument(
+        "--stall-report",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="when some ranks have waited S seconds in a call the others cannot join, print"
+        " where every rank is (once per stall; Ctrl-\\ prints it any time)",
+    )
+    parser.add_argument(
+        "--stall-timeout",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="the same, then stop the job and exit with 124 (default: off)",
+    )
+    parser.add_argument(
         "--prefix",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -265,6 +280,8 @@ def _launch(args: argparse.Namespace) -> int:
             verbose=args.verbose,
             prefix=args.prefix,
             grace=args.grace,
+            stall_report=args.stall_report,
+            stall_timeout=args.stall_timeout,
         )
         result = launch(spec, _StderrReporter(args.verbose))
     except (LaunchError, HostfileError) as exc:

@@ -28,6 +28,8 @@ _LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_PEER_TIMEOUT = 15.0
+# Calls each group keeps in its flight record (chorus.debug.flight_record).
+DEFAULT_FLIGHT_RECORDS = 4096
 
 
 class EnvError(ValueError):
@@ -56,6 +58,13 @@ class RankEnv:
         Seconds after which a peer whose host acknowledges nothing is
         unreachable (``CHORUS_PEER_TIMEOUT``, TCP backends; a slow or stopped
         peer process still acknowledges and is never declared dead).
+    flight_records
+        Calls each group keeps in its flight record (``CHORUS_FLIGHT_RECORDS``,
+        default 4096; 0 records nothing).
+    flight_sites
+        Record each call's Python line too (``CHORUS_FLIGHT_SITES=1``; about
+        0.1 us a call, so off by default outside the kernel: a running call's
+        line is always known, from the rank's stack).
     mpi_launched
         Started by ``mpirun``/``mpiexec`` (the only way the ``mpi`` backend runs).
     local_size
@@ -74,6 +83,8 @@ class RankEnv:
     verbose: bool = False
     listen_fds: list[int] = field(default_factory=list)
     segment_bytes: int = 0
+    flight_records: int = DEFAULT_FLIGHT_RECORDS
+    flight_sites: bool = False
     hostname: str = field(default_factory=socket.gethostname)
     mpi_launched: bool = False
     local_size: int | None = None
@@ -111,6 +122,26 @@ def _int_var(name: str, value: str) -> int:
     except ValueError:
         msg = f"{name}={value!r} is not an integer"
         raise EnvError(msg) from None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "")
+    if value in ("", "0"):
+        return False
+    if value == "1":
+        return True
+    msg = f"{name}={value!r} must be 0 or 1"
+    raise EnvError(msg)
+
+
+def _flight_records(env: Mapping[str, str]) -> int:
+    if not env.get("CHORUS_FLIGHT_RECORDS"):
+        return DEFAULT_FLIGHT_RECORDS
+    count = _int_var("CHORUS_FLIGHT_RECORDS", env["CHORUS_FLIGHT_RECORDS"])
+    if count < 0:
+        msg = f"CHORUS_FLIGHT_RECORDS={count} must be 0 (off) or a number of calls to keep"
+        raise EnvError(msg)
+    return count
 
 
 def _seconds_var(env: Mapping[str, str], name: str, default: float) -> float:
@@ -247,6 +278,8 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         verbose=env.get("CHORUS_VERBOSE", "") not in ("", "0"),
         listen_fds=listen_fds,
         segment_bytes=_int_var("CHORUS_SEGMENT_BYTES", env.get("CHORUS_SEGMENT_BYTES", "0")),
+        flight_records=_flight_records(env),
+        flight_sites=_flag(env, "CHORUS_FLIGHT_SITES"),
         mpi_launched=_first(env, _MPI_LAUNCHER_VARS) is not None,
         local_size=local_size,
     )

@@ -18,17 +18,24 @@ running alone would compute wrong answers.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import warnings
+import weakref
+from pathlib import Path
 
 from chorus import _core, _mpi
 from chorus.env import RankEnv, read_rank_env
 
 BACKENDS = ("shm", "ring", "mesh", "mpi")
 
+# The flight recorder names the caller's line: frames in chorus's own files are skipped.
+_core.set_call_site_package(str(Path(__file__).resolve().parent) + os.sep)
+
 _lock = threading.Lock()
 _groups: dict[str, Group] = {}
+_live: weakref.WeakSet[Group] = weakref.WeakSet()  # every group not yet collected (reports)
 _first: Group | None = None
 
 
@@ -38,8 +45,12 @@ class Group:
     Obtain the world group from :func:`init`; sub-groups from :meth:`split`.
     """
 
-    def __init__(self, impl: _core.Group) -> None:
+    def __init__(self, impl: _core.Group, name: str = "world") -> None:
         self._impl = impl
+        #: Which group this is, in reports: "world", "world.split1(color=0)", ...
+        self.name = name
+        self._splits = 0
+        _live.add(self)
 
     def rank(self) -> int:
         """This process's rank within the group (0 .. size-1)."""
@@ -73,7 +84,9 @@ class Group:
         Group
             The sub-group this rank belongs to.
         """
-        return Group(self._impl.split(color, key))
+        child = self._impl.split(color, key)
+        self._splits += 1
+        return Group(child, f"{self.name}.split{self._splits}(color={color})")
 
     def __repr__(self) -> str:
         return f"<chorus.Group rank={self.rank()} size={self.size()} backend={self.backend!r}>"
@@ -195,6 +208,14 @@ def init(backend: str = "any", strict: bool = False) -> Group:
         if backend != "any" and backend not in _core.compiled_backends():
             msg = f"unknown backend {backend!r}; chorus has: any, {', '.join(BACKENDS)}"
             raise ValueError(msg)
+        _core.set_flight_records(env.flight_records)
+        if env.flight_sites:
+            _core.set_call_sites(True)
+        if os.environ.get("CHORUS_REPORTS") == "stderr":
+            # Before connecting: a rank stuck in set-up can say so too.
+            from chorus.debug import install_report_signal
+
+            install_report_signal()
         for name in _candidates(backend, env):
             if not _usable(name, env):
                 continue
@@ -258,6 +279,11 @@ def is_available(backend: str | None = None) -> bool:
     env = read_rank_env()
     names = BACKENDS if backend in (None, "any") else (backend,)
     return any(name in _core.compiled_backends() and _usable(name, env) for name in names)
+
+
+def live_groups() -> list[Group]:
+    """Every group of this process still in use, the world first."""
+    return sorted(_live, key=lambda g: (g.name != "world", g.name))
 
 
 def default_group(group: Group | None) -> Group:

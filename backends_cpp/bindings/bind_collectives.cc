@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "call_site.h"
 #include "chorus/common/error.h"
 #include "chorus/ops.h"
 #include "convert.h"
@@ -86,6 +87,7 @@ constexpr auto kSiblingSignalGrace = std::chrono::milliseconds(200);
 
 template <typename Call>
 void communicate(Call&& call) {
+  note_call_site();  // for the flight record, while the GIL is held
   try {
     py::gil_scoped_release release;
     call();

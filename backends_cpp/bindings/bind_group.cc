@@ -1,6 +1,7 @@
 // Group handles and backend initialisation.
 #include <pybind11/stl.h>
 
+#include "call_site.h"
 #include "chorus/backends/registry.h"
 #include "chorus/ops.h"
 #include "convert.h"
@@ -17,6 +18,7 @@ void register_group(py::module_& m) {
       .def(
           "split",
           [](GroupImpl& g, int color, int key) {
+            note_call_site();
             py::gil_scoped_release release;
             return ops::split(g, color, key);
           },

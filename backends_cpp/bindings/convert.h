@@ -26,5 +26,6 @@ void restore_interrupt_error(const char* message);
 void register_errors(py::module_& m);
 void register_group(py::module_& m);
 void register_collectives(py::module_& m);
+void register_debug(py::module_& m);
 
 }  // namespace chorus::bindings

@@ -6,5 +6,6 @@ PYBIND11_MODULE(_core, m) {
   chorus::bindings::register_errors(m);
   chorus::bindings::register_group(m);
   chorus::bindings::register_collectives(m);
+  chorus::bindings::register_debug(m);
   chorus::bindings::install_interrupt_hook();
 }

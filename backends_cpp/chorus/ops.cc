@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "chorus/algorithms/reduce.h"
 #include "chorus/common/call_guard.h"
@@ -37,15 +38,77 @@ void check_tag(GroupImpl& group, int tag) {
   }
 }
 
-// Holds the group for one call (see call_guard.h).
+// Holds the group for one call (call_guard.h) and records it
+// (flight_recorder.h): entered before the backend runs, completed or failed
+// (and why) after.
 class Call {
  public:
-  Call(GroupImpl& group, const char* op)
-      : scope_(group.call_guard(), op, [&group] { return where(group); }) {}
+  Call(GroupImpl& group, const char* op, CallRecord record)
+      : group_(group), scope_(group.call_guard(), op, [&group] { return where(group); }) {
+    record.op = op;
+    // A collective's number is the backend's next one (it counts at entry).
+    record.seq = record.collective ? group.calls_entered() + 1 : group.next_p2p_number();
+    collective_ = record.collective;
+    group.recorder().begin(record);
+  }
+
+  template <typename Body>
+  auto run(Body&& body) -> decltype(body()) {
+    FlightRecorder& rec = group_.recorder();
+    try {
+      if constexpr (std::is_void_v<decltype(body())>) {
+        body();
+        rec.completed(final_seq());
+      } else {
+        auto result = body();
+        rec.completed(final_seq());
+        return result;
+      }
+    } catch (const PeerError& e) {
+      rec.failed(final_seq(), CallEnd::Peer, e.failure().reason, e.failure().culprit);
+      throw;
+    } catch (const Interrupted&) {
+      rec.failed(final_seq(), CallEnd::Interrupted);
+      throw;
+    } catch (const UsageError&) {
+      rec.failed(final_seq(), CallEnd::Mismatch);
+      throw;
+    } catch (...) {
+      rec.failed(final_seq(), CallEnd::Error);
+      throw;
+    }
+  }
 
  private:
+  // After the backend ran: the number it gave the call (0 keeps begin's).
+  uint64_t final_seq() const { return collective_ ? group_.calls_entered() : 0; }
+
+  GroupImpl& group_;
   CallGuard::Scope scope_;
+  bool collective_ = true;
 };
+
+CallRecord collective_record(const CallDesc& desc) {
+  CallRecord r;
+  r.dtype = desc.dtype;
+  r.ndim = desc.ndim;
+  r.dims = desc.dims;
+  r.count = desc.count;
+  r.nbytes = desc.nbytes();
+  if (desc.kind == Collective::Broadcast) r.root = desc.root;
+  return r;
+}
+
+CallRecord p2p_record(size_t nbytes, Dtype dtype, int peer, int tag) {
+  CallRecord r;
+  r.collective = false;
+  r.dtype = dtype;
+  r.nbytes = nbytes;
+  r.count = nbytes / dtype_size(dtype);
+  r.peer = peer;
+  r.tag = tag;
+  return r;
+}
 
 }  // namespace
 
@@ -55,8 +118,8 @@ void all_reduce(GroupImpl& group, const CallDesc& desc, const void* in, void* ou
     if (in != out) std::memmove(out, in, desc.nbytes());
     return;
   }
-  Call call(group, collective_name(desc.kind, desc.op));
-  group.all_reduce(desc, in, out);
+  Call call(group, collective_name(desc.kind, desc.op), collective_record(desc));
+  call.run([&] { group.all_reduce(desc, in, out); });
 }
 
 void all_gather(GroupImpl& group, const CallDesc& desc, const void* in, void* out) {
@@ -64,8 +127,8 @@ void all_gather(GroupImpl& group, const CallDesc& desc, const void* in, void* ou
     std::memmove(out, in, desc.nbytes());
     return;
   }
-  Call call(group, "all_gather");
-  group.all_gather(desc, in, out);
+  Call call(group, "all_gather", collective_record(desc));
+  call.run([&] { group.all_gather(desc, in, out); });
 }
 
 void reduce_scatter(GroupImpl& group, const CallDesc& desc, const void* in, void* out) {
@@ -79,8 +142,8 @@ void reduce_scatter(GroupImpl& group, const CallDesc& desc, const void* in, void
     std::memmove(out, in, desc.nbytes());
     return;
   }
-  Call call(group, collective_name(desc.kind, desc.op));
-  group.reduce_scatter(desc, in, out);
+  Call call(group, collective_name(desc.kind, desc.op), collective_record(desc));
+  call.run([&] { group.reduce_scatter(desc, in, out); });
 }
 
 void broadcast(GroupImpl& group, const CallDesc& desc, void* buf) {
@@ -89,14 +152,16 @@ void broadcast(GroupImpl& group, const CallDesc& desc, void* buf) {
                      " is outside the group (size " + std::to_string(group.size()) + ")");
   }
   if (group.size() == 1) return;
-  Call call(group, "broadcast");
-  group.broadcast(desc, buf);
+  Call call(group, "broadcast", collective_record(desc));
+  call.run([&] { group.broadcast(desc, buf); });
 }
 
 void barrier(GroupImpl& group) {
   if (group.size() == 1) return;
-  Call call(group, "barrier");
-  group.barrier();
+  CallDesc desc;
+  desc.kind = Collective::Barrier;
+  Call call(group, "barrier", collective_record(desc));
+  call.run([&] { group.barrier(); });
 }
 
 void send(GroupImpl& group, const void* buf, size_t nbytes, Dtype dtype, int dst, int tag) {
@@ -105,8 +170,8 @@ void send(GroupImpl& group, const void* buf, size_t nbytes, Dtype dtype, int dst
   }
   check_peer(group, dst, "send to");
   check_tag(group, tag);
-  Call call(group, "send");
-  group.send(buf, nbytes, dtype, dst, tag);
+  Call call(group, "send", p2p_record(nbytes, dtype, dst, tag));
+  call.run([&] { group.send(buf, nbytes, dtype, dst, tag); });
 }
 
 void recv(GroupImpl& group, void* buf, size_t nbytes, Dtype dtype, int src, int tag) {
@@ -115,8 +180,8 @@ void recv(GroupImpl& group, void* buf, size_t nbytes, Dtype dtype, int src, int 
   }
   check_peer(group, src, "recv from");
   check_tag(group, tag);
-  Call call(group, "recv");
-  group.recv(buf, nbytes, dtype, src, tag);
+  Call call(group, "recv", p2p_record(nbytes, dtype, src, tag));
+  call.run([&] { group.recv(buf, nbytes, dtype, src, tag); });
 }
 
 GroupPtr split(GroupImpl& group, int color, int key) {
@@ -125,8 +190,8 @@ GroupPtr split(GroupImpl& group, int color, int key) {
   }
   if (key < 0) key = group.rank();
   if (group.size() == 1) return group.split(color, key);
-  Call call(group, "split");
-  return group.split(color, key);
+  Call call(group, "split", CallRecord{});
+  return call.run([&] { return group.split(color, key); });
 }
 
 }  // namespace chorus::ops

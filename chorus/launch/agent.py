@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 REPLY_TAG = "CHORUS-AGENT "
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# SIGURG: the launcher asks the rank where it is (chorus.where).
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGURG)
 KILL_REQUEST = signal.SIGUSR1
 PR_SET_PDEATHSIG = 1
 

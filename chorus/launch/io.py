@@ -18,7 +18,7 @@ import contextlib
 import os
 import select
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["OutputSink", "broadcast_stdin", "pump_output"]
 
@@ -102,12 +102,25 @@ class OutputSink:
             view = view[written:]
 
 
+def _divert(data: bytes, marker: bytes, divert: Callable[[bytes], None]) -> bytes:
+    """``data`` without its lines that start with ``marker`` (handed to ``divert``)."""
+    kept = []
+    for line in data.splitlines(keepends=True):
+        if line.startswith(marker):
+            divert(line[len(marker) :].rstrip(b"\n"))
+        else:
+            kept.append(line)
+    return b"".join(kept)
+
+
 async def pump_output(
     stream: asyncio.StreamReader,
     sink: OutputSink,
     prefix: bytes,
     *,
     partial_delay: float = PARTIAL_LINE_DELAY,
+    marker: bytes = b"",
+    divert: Callable[[bytes], None] | None = None,
 ) -> None:
     """Copy one rank stream to ``sink`` line by line until EOF.
 
@@ -121,6 +134,9 @@ async def pump_output(
         The label put before each line (``b"[2] "``, or ``b""``).
     partial_delay
         Seconds of quiet after which a partial line is written as-is.
+    marker, divert
+        Whole lines that start with ``marker`` go to ``divert`` (without
+        it) instead of the sink: a rank's answers to the launcher.
     """
     loop = asyncio.get_running_loop()
     owner = object()
@@ -129,8 +145,10 @@ async def pump_output(
     # written at most ``partial_delay`` later, even if more bytes keep coming.
     pending_since = 0.0
     while True:
+        # An answer to the launcher is never shown in part: wait for its end.
+        answering = divert is not None and pending.startswith(marker)
         try:
-            if pending:
+            if pending and not answering:
                 async with asyncio.timeout_at(pending_since + partial_delay):
                     chunk = await stream.read(READ_SIZE)
             else:
@@ -140,7 +158,7 @@ async def pump_output(
             pending = b""
             continue
         if not chunk:
-            if pending:
+            if pending and not answering:
                 sink.write(owner, prefix, pending)
             return
         if not pending:
@@ -148,10 +166,14 @@ async def pump_output(
         pending += chunk
         cut = pending.rfind(b"\n") + 1
         if cut:
-            sink.write(owner, prefix, pending[:cut])
+            lines = pending[:cut]
+            if divert is not None and marker in lines:
+                lines = _divert(lines, marker, divert)
+            if lines:
+                sink.write(owner, prefix, lines)
             pending = pending[cut:]
             pending_since = loop.time()
-        if len(pending) >= MAX_LINE:
+        if len(pending) >= MAX_LINE and not (divert is not None and pending.startswith(marker)):
             sink.write(owner, prefix, pending)
             pending = b""
 

@@ -37,6 +37,7 @@ _AGENT_SIGNALS = {
     signal.SIGTERM: "TERM",
     signal.SIGHUP: "HUP",
     signal.SIGQUIT: "QUIT",
+    signal.SIGURG: "URG",  # "where are you?" (chorus.where)
     # The agent turns USR1 into SIGKILL for the rank's whole group.
     signal.SIGKILL: "USR1",
 }

@@ -46,7 +46,9 @@ from chorus.launch.ports import (
     memfd_hostfile,
 )
 from chorus.launch.process import LocalRank, RankProcess, describe_exit
+from chorus.launch.stall import WhereCollector, longest_wait, stall_key
 from chorus.launch.threads import thread_limits, usable_cores
+from chorus.where import SNAPSHOT_MARKER, Report
 
 if TYPE_CHECKING:
     from chorus.launch.remote import SshRank
@@ -76,6 +78,10 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 OUTPUT_DRAIN_TIMEOUT = 0.5
 # How long reaping may take after SIGKILL before we give up waiting.
 KILL_TIMEOUT = 5.0
+
+
+# Exit status of a job stopped by --stall-timeout (as timeout(1) uses).
+STALL_EXIT_CODE = 124
 
 
 class LaunchError(Exception):
@@ -142,6 +148,11 @@ class JobSpec:
         The interpreter on remote hosts (default: this one's absolute path).
     accept_new_host_keys
         Record unknown ssh host keys instead of refusing them.
+    stall_report
+        Print where every rank is once some ranks have waited this many
+        seconds in a call the others cannot join (``None``: never).
+    stall_timeout
+        The same, then stop the job and exit non-zero (``None``: never).
     """
 
     argv: tuple[str, ...]
@@ -157,6 +168,8 @@ class JobSpec:
     hosts: Hostfile | None = None
     python: str | None = None
     accept_new_host_keys: bool = False
+    stall_report: float | None = None
+    stall_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.nprocs < 1:
@@ -168,6 +181,13 @@ class JobSpec:
         if not self.argv:
             msg = "no program to run"
             raise LaunchError(msg)
+        for name in ("stall_report", "stall_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                msg = (
+                    f"--{name.replace('_', '-')} must be a positive number of seconds, not {value}"
+                )
+                raise LaunchError(msg)
         if self.hosts is not None and len(self.hosts.hosts) != self.nprocs:
             msg = f"{self.nprocs} rank(s) but {len(self.hosts.hosts)} host entries"
             raise LaunchError(msg)
@@ -213,15 +233,22 @@ class JobResult:
     exits: list[RankExit] = field(default_factory=list)
     first_failure: RankExit | None = None
     signals: list[int] = field(default_factory=list)
+    # The job was stopped because it stalled (--stall-timeout): the verdict.
+    stalled: str | None = None
 
     @property
     def exit_code(self) -> int:
         """0 when every rank exited 0; else the first failure's code.
 
+        A job stopped by ``--stall-timeout`` exits with ``STALL_EXIT_CODE`` (124,
+        as ``timeout(1)``).
+
         A rank killed by signal N counts as ``128 + N``, as in a shell. If the
         launcher was interrupted and every rank still exited 0, the result is
         ``128 +`` the launcher's first signal.
         """
+        if self.stalled is not None:
+            return STALL_EXIT_CODE
         if self.first_failure is not None:
             code = self.first_failure.returncode
             return code if code > 0 else 128 - code
@@ -346,6 +373,8 @@ def rank_environment(
             "CHORUS_TIMEOUT": f"{spec.timeout:g}",
             "CHORUS_COORDINATOR": coordinator,
             "CHORUS_LISTEN_FDS": ",".join(str(fd) for fd in listen_fds),
+            # SIGURG asks the rank where it is; it answers on stderr (chorus.where).
+            "CHORUS_REPORTS": "stderr",
             "MLX_RANK": str(rank),
             "MLX_WORLD_SIZE": str(spec.nprocs),
             "MLX_HOSTFILE": mlx_hostfile,
@@ -392,6 +421,8 @@ class Job:
         self._started = False
         self._stopper: asyncio.Task[None] | None = None
         self._connections: list[Any] = []
+        self._where = WhereCollector(spec.nprocs)
+        self._reports: set[asyncio.Task[None]] = set()
 
     # -- set-up ------------------------------------------------------------
 
@@ -505,6 +536,56 @@ class Job:
             # SIGTERM/SIGHUP mean "stop": do not wait for the ranks forever.
             self._start_stopping()
 
+    # -- where is every rank ---------------------------------------------------
+
+    def _exited(self) -> dict[int, str]:
+        return {e.rank: e.describe().split(" ", 2)[2] for e in self.result.exits}
+
+    async def where(self) -> Report:
+        """Ask every running rank where it is and merge the answers."""
+        return await self._where.report(self.ranks, self._exited())
+
+    def _on_quit(self) -> None:
+        if not self._started:
+            return
+        task = asyncio.get_running_loop().create_task(self._print_where("SIGQUIT"))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _print_where(self, why: str) -> None:
+        report = await self.where()
+        self.reporter.event(f"where is every rank ({why}):\n{report.text()}")
+
+    async def _watch_stalls(self) -> None:
+        """Ask every few seconds; report (and with --stall-timeout stop) a stall once."""
+        limits = [t for t in (self.spec.stall_report, self.spec.stall_timeout) if t is not None]
+        every = max(0.5, min(2.0, min(limits) / 4))
+        reported: set[tuple[object, ...]] = set()
+        while True:
+            await asyncio.sleep(every)
+            report = await self.where()
+            key = stall_key(report)
+            if key is None:
+                continue
+            waited = longest_wait(report)
+            timeout = self.spec.stall_timeout
+            if timeout is not None and waited >= timeout:
+                self.result.stalled = report.verdict.text
+                self.reporter.event(
+                    f"the job stalled for {waited:.0f} s (--stall-timeout {timeout:g}); "
+                    f"stopping it:\n{report.text()}"
+                )
+                self._signal_ranks(signal.SIGTERM)
+                self._start_stopping()
+                return
+            limit = self.spec.stall_report
+            if limit is not None and waited >= limit and key not in reported:
+                reported.add(key)
+                self.reporter.event(
+                    f"the job looks stalled ({waited:.0f} s; --stall-report {limit:g}):\n"
+                    f"{report.text()}"
+                )
+
     def _start_stopping(self) -> None:
         if self._stopper is None:
             self._stopper = asyncio.get_running_loop().create_task(self._stop_remaining())
@@ -572,18 +653,28 @@ class Job:
         watchers: list[asyncio.Task[None]] = []
         for rank in self.ranks:
             label = f"[{rank.rank}] ".encode() if prefix else b""
+            answers = self._where.on_answer(rank.rank)
             rank_pumps = [
                 asyncio.create_task(pump_output(rank.stdout, stdout, label)),
-                asyncio.create_task(pump_output(rank.stderr, stderr, label)),
+                asyncio.create_task(
+                    pump_output(rank.stderr, stderr, label, marker=SNAPSHOT_MARKER, divert=answers)
+                ),
             ]
             pumps += rank_pumps
             watchers.append(asyncio.create_task(self._watch(rank, rank_pumps)))
         stdin = asyncio.create_task(
             broadcast_stdin(self.stdin_fd, [rank.stdin for rank in self.ranks], (stdout, stderr))
         )
+        watch = None
+        if self.spec.stall_report is not None or self.spec.stall_timeout is not None:
+            watch = asyncio.create_task(self._watch_stalls())
         try:
             await asyncio.gather(*watchers)
         finally:
+            if watch is not None:
+                watch.cancel()
+            for report in self._reports:
+                report.cancel()
             stdin.cancel()
             for rank in self.ranks:
                 rank.cleanup()
@@ -632,6 +723,10 @@ class Job:
                         # Not the main thread, or no such signal: no forwarding.
                         loop.add_signal_handler(signum, self._on_signal, signum)
                         installed.append(signum)
+                with contextlib.suppress(ValueError, RuntimeError):
+                    # Ctrl-\: where is every rank (the job goes on).
+                    loop.add_signal_handler(signal.SIGQUIT, self._on_quit)
+                    installed.append(signal.SIGQUIT)
                 await self._start_all()
             # The ranks own their sockets and the hostfile memfd now.
             for index, early in enumerate(self.result.signals[:2]):

@@ -236,3 +236,15 @@ def test_restart_replaces_every_rank() -> None:
         assert not set(old) & set(new)
         for pid in old:
             assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_flight_record_names_the_cell_and_line(kernel: Frontend) -> None:
+    run = kernel.run("import chorus.debug\ng = chorus.init()\n\nchorus.all_sum(np.ones(2))")
+    assert run.status == "ok", run
+    ask = kernel.run(
+        "rec = chorus.debug.flight_record()[-1]\n"
+        "print(rec['op'], rec['state'], rec['site']['line'], rec['site']['cell'] == "
+        "get_ipython().execution_count - 1)"
+    )
+    assert ask.status == "ok", ask
+    assert "[0-3] all_sum completed 4 True\n" in ask.stdout, ask.stdout

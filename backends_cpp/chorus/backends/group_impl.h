@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "chorus/common/call_guard.h"
+#include "chorus/common/flight_recorder.h"
 #include "chorus/dtype.h"
 
 namespace chorus {
@@ -153,8 +154,19 @@ class GroupImpl {
   // around every call.
   CallGuard& call_guard() { return call_guard_; }
 
+  // The group's last calls (flight_recorder.h): ops.cc begins and ends each
+  // record, backends say when a call's descriptors agreed.
+  FlightRecorder& recorder() { return recorder_; }
+  // Collectives this rank entered on the group: the number its current or
+  // last collective has in messages and PeerError.call.
+  virtual uint64_t calls_entered() const { return 0; }
+  // Point-to-point calls made on the group (their numbers in the recorder).
+  uint64_t next_p2p_number() { return ++p2p_calls_; }
+
  private:
   CallGuard call_guard_;
+  FlightRecorder recorder_;
+  uint64_t p2p_calls_ = 0;
 };
 
 using GroupPtr = std::shared_ptr<GroupImpl>;

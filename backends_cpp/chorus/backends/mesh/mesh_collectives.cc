@@ -144,6 +144,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::agree(const CallDesc& desc, const v
                            "protocol error: " + what + " from " + who(p) + " in " + op_;
                        throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
                      });
+  recorder().agreed();
   return records;
 }
 

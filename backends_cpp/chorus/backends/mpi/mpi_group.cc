@@ -117,6 +117,7 @@ size_t MpiGroup::chunk_elems(size_t elem_size) const {
 }
 
 void MpiGroup::agree(const CallDesc& desc) {
+  ++calls_;
   const Datatype byte = api_.constants().byte;
   const WireDesc mine = to_wire(desc);
   std::vector<WireDesc> all(static_cast<size_t>(size_));
@@ -133,6 +134,7 @@ void MpiGroup::agree(const CallDesc& desc) {
     throw UsageError(ctx_.prefix() + op_ +
                      ": ranks disagree on the call: " + disagreement(descs, describe));
   }
+  recorder().agreed();
 }
 
 // ---------------------------------------------------------------- collectives

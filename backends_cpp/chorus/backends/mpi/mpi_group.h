@@ -61,6 +61,7 @@ class MpiGroup final : public GroupImpl {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   const char* backend() const override { return "mpi"; }
+  uint64_t calls_entered() const override { return calls_; }
 
   GroupPtr split(int color, int key) override;
   void all_reduce(const CallDesc& desc, const void* in, void* out) override;
@@ -104,6 +105,7 @@ class MpiGroup final : public GroupImpl {
   bool released_ = false;
   ErrorContext ctx_;
   std::string op_ = "set-up";
+  uint64_t calls_ = 0;  // collectives entered (their descriptor rounds)
   std::list<PendingSend> pending_;
   uint64_t split_count_ = 0;
 };

@@ -597,6 +597,7 @@ std::vector<std::vector<uint8_t>> RingGroup::agree(const CallDesc& desc, const v
                            "protocol error: " + what + " from " + who(p) + " in " + op_;
                        throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
                      });
+  recorder().agreed();
   return records;
 }
 

@@ -9,7 +9,10 @@
 //  2. Descriptor round: every rank's WireDesc (+ its data, when the message is
 //     small) goes once around the ring; every rank checks that all agree and
 //     raises the same UsageError if not. Links are clean afterwards.
-//  3. Large messages: the pipelined two-lane ring algorithm.
+//  3. Large messages: the pipelined two-lane ring algorithm, receiving into a
+//     window of a few segments per lane; while a collective runs, a
+//     neighbour's segments beyond the window stay in the socket (the links'
+//     FrameLimits::hold_over) so a call's memory does not grow with it.
 //
 // Failure: the rank that sees a dead link, an interrupt or a protocol error
 // sends an Abort frame (culprit rank, call index, reason) to its live
@@ -64,6 +67,7 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   int rank() const override { return config_.rank; }
   int size() const override { return config_.size; }
   const char* backend() const override { return "ring"; }
+  uint64_t calls_entered() const override { return calls_.index(); }
 
   GroupPtr split(int color, int key) override;
   void all_reduce(const CallDesc& desc, const void* in, void* out) override;

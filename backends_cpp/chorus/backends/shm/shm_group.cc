@@ -635,7 +635,10 @@ void ShmGroup::check_descs(uint64_t phase) {
   for (int r = 0; r < size_ && identical; ++r) {
     identical = std::memcmp(slot_desc(r, phase), slot_desc(rank_, phase), sizeof(WireDesc)) == 0;
   }
-  if (identical) return;
+  if (identical) {
+    recorder().agreed();
+    return;
+  }
   std::vector<CallDesc> all(size_);
   bool same = true;
   for (int r = 0; r < size_; ++r) {
@@ -644,7 +647,10 @@ void ShmGroup::check_descs(uint64_t phase) {
     all[r] = from_wire(wire);
     same = same && all[r] == all[0];
   }
-  if (same) return;
+  if (same) {
+    recorder().agreed();
+    return;
+  }
   // Every rank reads the same descriptors, so every rank raises this same text.
   throw UsageError(prefix() + op_ + ": ranks disagree on the call: " + disagreement(all));
 }

@@ -27,6 +27,7 @@ class ShmGroup final : public GroupImpl {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   const char* backend() const override { return "shm"; }
+  uint64_t calls_entered() const override { return seq_; }
   const std::string& segment_name() const { return name_; }
   // Whether this rank can read its peers' memory (single-copy all_gather, broadcast).
   bool single_copy() const { return cross_memory_; }

@@ -1,0 +1,182 @@
+"""What the ranks are doing: each group's flight record of its last calls.
+
+Every group keeps its last ``CHORUS_FLIGHT_RECORDS`` calls (default 4096, 0
+turns recording off), on every backend, from the moment it exists:
+
+>>> import chorus, chorus.debug
+>>> chorus.all_sum(np.ones(3))
+>>> chorus.debug.flight_record()[-1]["op"], chorus.debug.flight_record()[-1]["state"]
+('all_sum', 'completed')
+
+A record is written before the call talks to any peer and finished when it
+returns or raises, so a rank that hangs shows its current call as
+``entered`` (waiting for the others to arrive) or ``agreed`` (moving data).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import cast
+
+from chorus import _core
+from chorus.group import Group, default_group
+from chorus.where import (
+    REPORT_SIGNAL,
+    RUNNING,
+    SNAPSHOT_MARKER,
+    CallRecord,
+    CallSite,
+    Frame,
+    GroupCall,
+    RankSnapshot,
+    ThreadStack,
+)
+
+__all__ = ["flight_record", "install_report_signal", "snapshot"]
+
+
+def flight_record(group: Group | None = None, last: int | None = None) -> list[CallRecord]:
+    """The ``last`` (default: all kept) calls of ``group`` (default: the world), oldest first.
+
+    Safe to call from any thread while another thread is inside a call on
+    the group: each record is read whole.
+    """
+    impl = default_group(group)._impl
+    records = _core.flight_record(impl) if last is None else _core.flight_record(impl, last)
+    frames = None
+    for record in records:
+        if record["shape"] is not None:
+            record["shape"] = tuple(record["shape"])
+        thread = record.pop("thread")
+        if record["site"] is None and record["state"] in RUNNING:
+            # Sites are recorded only on request (CHORUS_FLIGHT_SITES); a
+            # running call's line is on its thread's stack.
+            if frames is None:
+                frames = sys._current_frames()
+            record["site"] = _site_on_stack(frames.get(thread))
+    return cast("list[CallRecord]", records)
+
+
+def _site_on_stack(frame: FrameType | None) -> CallSite | None:
+    """The innermost frame outside chorus's own files: the line that called in."""
+    while frame is not None:
+        file = frame.f_code.co_filename
+        if not file.startswith(_PACKAGE):
+            return CallSite(
+                file=file, line=frame.f_lineno, function=frame.f_code.co_name, cell=None
+            )
+        frame = frame.f_back
+    return None
+
+
+_PACKAGE = str(Path(__file__).resolve().parent) + os.sep
+
+
+def snapshot() -> RankSnapshot:
+    """Where this rank is now: every thread's Python stack and each group's newest call.
+
+    Cheap and safe from any thread or a signal handler; it never talks to the
+    other ranks (they may be the ones that hang).
+    """
+    import socket
+    import threading
+    import time
+    import traceback
+
+    from chorus import group as groups
+
+    names = {t.ident: t.name for t in threading.enumerate()}
+    main = threading.main_thread().ident
+    threads: list[ThreadStack] = []
+    me = threading.get_ident()
+    for ident, top in sys._current_frames().items():
+        if ident == me:
+            # Not this function's own frames (nor a signal handler's that called it).
+            while top.f_back is not None and top.f_code.co_filename == __file__:
+                top = top.f_back
+        frames = [
+            Frame(
+                file=f.filename,
+                line=f.lineno or 0,
+                function=f.name,
+                code=(f.line or "").strip(),
+                library=_is_library(f.filename),
+            )
+            for f in traceback.extract_stack(top)
+        ]
+        threads.append(
+            ThreadStack(name=names.get(ident, f"thread {ident}"), main=ident == main, frames=frames)
+        )
+    threads.sort(key=lambda t: not t["main"])
+    calls: list[GroupCall] = []
+    for group in groups.live_groups():
+        newest = flight_record(group, last=1)
+        if newest:
+            calls.append(GroupCall(group=group.name, size=group.size(), record=newest[0]))
+    world = groups._first
+    return RankSnapshot(
+        rank=world.rank() if world else 0,
+        size=world.size() if world else 1,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        time=time.time(),
+        threads=threads,
+        calls=calls,
+    )
+
+
+def _library_dirs() -> tuple[str, ...]:
+    import sysconfig
+
+    dirs = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    dirs.add(str(Path(__file__).resolve().parent))
+    return tuple(sorted(d.rstrip("/") + "/" for d in dirs))
+
+
+_LIBRARY_DIRS: tuple[str, ...] | None = None
+
+
+def _is_library(file: str) -> bool:
+    global _LIBRARY_DIRS
+    if _LIBRARY_DIRS is None:
+        _LIBRARY_DIRS = _library_dirs()
+    return file.startswith(("<frozen", *_LIBRARY_DIRS))
+
+
+def install_report_signal() -> bool:
+    """Answer the launcher's ``SIGURG`` with a snapshot on stderr (``CHORUS_REPORTS=stderr``).
+
+    The handler runs in the main thread between two bytecodes, also while
+    the main thread waits inside a chorus call (the backends check for
+    signals while they wait) or in ``input()``. A program that has its own
+    SIGURG handler keeps it (no report from that rank). True when installed.
+    """
+    import json
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signum = getattr(signal, REPORT_SIGNAL)
+    if signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        return False
+
+    def answer(_signum: int, _frame: object) -> None:
+        try:
+            data = SNAPSHOT_MARKER + json.dumps(snapshot()).encode() + b"\n"
+        except Exception as err:  # noqa: BLE001 - a report must never break the program
+            data = SNAPSHOT_MARKER + json.dumps({"error": repr(err)}).encode() + b"\n"
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(2, view) :]
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+
+    signal.signal(signum, answer)
+    return True

@@ -1,0 +1,138 @@
+"""Where is every rank: the launcher's report on Ctrl-\\ and on a stall, with a verdict."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.launch.helpers import launch, start_launcher
+
+pytestmark = pytest.mark.timeout(120)
+
+# Every rank makes a first all_sum together; then the hang of the scenario.
+HANGS = {
+    # (a) rank 0 makes a collective the others skip (they go on sleeping).
+    "skipped": """
+if r == 0:
+    chorus.all_sum(np.ones(3))                 # LINE stuck
+else:
+    time.sleep(60)                             # LINE others
+""",
+    # (b) rank 1 spins in pure Python while the others wait in all_sum.
+    "spinning": """
+if r == 1:
+    x = 0
+    while True: x += 1                         # LINE others
+else:
+    chorus.all_sum(np.ones(3))                 # LINE stuck
+""",
+    # (c) rank 2 waits for input while the others wait in all_sum.
+    "input": """
+if r == 2:
+    input()                                    # LINE others
+else:
+    chorus.all_sum(np.ones(3))                 # LINE stuck
+""",
+}
+ODD = {"skipped": [1, 2, 3], "spinning": [1], "input": [2]}
+ACTIVITY = {
+    "skipped": "running <module>",
+    "spinning": "running <module>",
+    "input": "waiting for input",
+}
+
+HEAD = """import time, numpy as np, chorus
+g = chorus.init(strict=True)
+r = g.rank()
+chorus.all_sum(np.ones(2))
+"""
+
+
+def _program(tmp_path: Path, body: str) -> tuple[str, dict[str, int]]:
+    code = HEAD + body.lstrip("\n")
+    path = tmp_path / "hang.py"
+    path.write_text(code)
+    lines = {
+        line.split("# LINE ")[1].strip(): n
+        for n, line in enumerate(code.splitlines(), start=1)
+        if "# LINE " in line
+    }
+    return str(path), lines
+
+
+@pytest.mark.parametrize("backend", ["shm", "ring", "mesh"])
+@pytest.mark.parametrize("scenario", ["skipped", "spinning", "input"])
+def test_a_stall_is_reported_with_a_verdict_and_stops_the_job(
+    tmp_path: Path, backend: str, scenario: str
+) -> None:
+    path, lines = _program(tmp_path, HANGS[scenario])
+    started = time.monotonic()
+    # stdin stays open (and empty) so that input() waits.
+    read_end, write_end = os.pipe()
+    try:
+        done = launch(
+            "-n", "4", "--backend", backend, "--stall-timeout", "3", path,
+            stdin=read_end, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    elapsed = time.monotonic() - started
+    err = done.stderr
+    assert done.returncode == 124, err
+    assert elapsed < 40, err
+    waiting = sorted({0, 1, 2, 3} - set(ODD[scenario]))
+    waits = "rank 0 waits" if len(waiting) == 1 else f"ranks {_ranks(waiting)} wait"
+    never = _ranks(ODD[scenario])
+    never = f"rank {never}" if len(ODD[scenario]) == 1 else f"ranks {never}"
+    verdict = f"verdict: {waits} in all_sum #2 (float64 (3,)), which {never} never made"
+    assert verdict in err, err
+    assert "their last call there was all_sum #1" in err, err
+    assert ACTIVITY[scenario] in err, err
+    # Each rank's line: the call and its site, or what it does instead.
+    assert "waits in all_sum #2 (float64 (3,)) for " in err, err
+    assert f"at {path}:{lines['stuck']}" in err, err
+    assert f"{path}:{lines['others']}" in err, err
+    # No snapshot leaks into the output.
+    assert "chorus-snapshot" not in err + done.stdout
+
+
+def _ranks(ranks: list[int]) -> str:
+    if len(ranks) > 2 and ranks == list(range(ranks[0], ranks[-1] + 1)):
+        return f"{ranks[0]}-{ranks[-1]}"
+    return ",".join(str(r) for r in ranks)
+
+
+SLOW_JOIN = (
+    HEAD
+    + """
+if r == 0:
+    chorus.all_sum(np.ones(3))
+else:
+    time.sleep(6)
+    chorus.all_sum(np.ones(3))
+print("DONE", r, flush=True)
+"""
+)
+
+
+def test_ctrl_backslash_prints_the_report_and_the_job_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "slow.py"
+    path.write_text(SLOW_JOIN)
+    proc = start_launcher("-n", "3", str(path))
+    try:
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGQUIT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "where is every rank (SIGQUIT)" in err, err
+    assert "verdict: rank 0 waits in all_sum #2 (float64 (3,)), which ranks 1,2 never made" in err
+    for r in range(3):
+        assert f"[{r}] DONE {r}" in out, out
