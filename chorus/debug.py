@@ -97,15 +97,17 @@ def snapshot() -> RankSnapshot:
             # Not this function's own frames (nor a signal handler's that called it).
             while top.f_back is not None and top.f_code.co_filename == __file__:
                 top = top.f_back
+        walked = list(traceback.walk_stack(top))[::-1]  # outermost first
+        summaries = traceback.StackSummary.extract(walked)
         frames = [
             Frame(
                 file=f.filename,
                 line=f.lineno or 0,
                 function=f.name,
                 code=(f.line or "").strip(),
-                library=_is_library(f.filename),
+                library=_is_library(f.filename, frame.f_globals),
             )
-            for f in traceback.extract_stack(top)
+            for f, (frame, _) in zip(summaries, walked, strict=True)
         ]
         threads.append(
             ThreadStack(name=names.get(ident, f"thread {ident}"), main=ident == main, frames=frames)
@@ -117,9 +119,20 @@ def snapshot() -> RankSnapshot:
         if newest:
             calls.append(GroupCall(group=group.name, size=group.size(), record=newest[0]))
     world = groups._first
+    if world is not None:
+        rank, size = world.rank(), world.size()
+    else:
+        # Before chorus.init(): what the environment says this rank is.
+        from chorus.env import read_rank_env
+
+        try:
+            env = read_rank_env()
+            rank, size = env.rank, env.size
+        except ValueError:
+            rank, size = 0, 1
     return RankSnapshot(
-        rank=world.rank() if world else 0,
-        size=world.size() if world else 1,
+        rank=rank,
+        size=size,
         host=socket.gethostname(),
         pid=os.getpid(),
         time=time.time(),
@@ -139,10 +152,15 @@ def _library_dirs() -> tuple[str, ...]:
 _LIBRARY_DIRS: tuple[str, ...] | None = None
 
 
-def _is_library(file: str) -> bool:
+def _is_library(file: str, module_globals: dict[str, object]) -> bool:
+    """Python's own, an installed package's, or chorus's (its kernel and magics too)."""
     global _LIBRARY_DIRS
     if _LIBRARY_DIRS is None:
         _LIBRARY_DIRS = _library_dirs()
+    spec = module_globals.get("__spec__")
+    module = getattr(spec, "name", None) or str(module_globals.get("__name__", ""))
+    if module == "chorus" or module.startswith("chorus."):
+        return True
     return file.startswith(("<frozen", *_LIBRARY_DIRS))
 
 

@@ -11,6 +11,9 @@ Directives the chorus kernel handles itself (not sent to the ranks):
 ``%target 0,2``     run the following cells on ranks 0 and 2 (``%target all``)
 ``%output byrank``  show each rank's output as one block (``%output collapse``)
 ``%chorus status``  a table of the ranks: rank, pid, state
+``%chorus where``   where every rank is: stacks, calls, and a verdict (chorus.where)
+``%chorus stall 30`` print that report once in a cell that has run 30 s while the
+                    ranks cannot all be making progress (default 10; ``off``)
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from traitlets import Float, Integer, Unicode
 
 import chorus
 from chorus.launch.hosts import Hostfile, load_hostfile, parse_host_list
+from chorus.launch.stall import stall_key
+from chorus.where import Report
 
 
 class ChorusKernel(Kernel):
@@ -56,6 +61,9 @@ class ChorusKernel(Kernel):
     )
     hostfile = Unicode("", help="run ranks over ssh as this hostfile says").tag(config=True)
     python = Unicode("", help="the interpreter on remote hosts").tag(config=True)
+    stall_after = Float(
+        10.0, help="seconds a cell runs before a stall is reported in it (0: never)"
+    ).tag(config=True)
 
     banner = Unicode(f"chorus {chorus.__version__}: every cell runs on every rank")
 
@@ -79,6 +87,7 @@ class ChorusKernel(Kernel):
         )
         self._ready: asyncio.Task[None] | None = None
         self._prompt_parent: tuple[Any, Any] | None = None
+        self._main_loop: asyncio.AbstractEventLoop | None = None  # where the ranks' clients live
 
     def _hostfile(self) -> Hostfile | None:
         """The ranks' hosts from ``hostfile`` or ``hosts`` (``None``: all ranks here)."""
@@ -98,6 +107,7 @@ class ChorusKernel(Kernel):
         self.io_loop.add_callback(self._ensure_started)
 
     def _ensure_started(self) -> asyncio.Task[None]:
+        self._main_loop = asyncio.get_running_loop()
         if self._ready is None:
             self._ready = asyncio.ensure_future(self.rank_set.start(self.log.info))
         return self._ready
@@ -134,6 +144,11 @@ class ChorusKernel(Kernel):
         cell_meta: dict[str, Any] | None = None,
         cell_id: str | None = None,
     ) -> dict[str, Any]:
+        words = code.strip().split()
+        if words[:2] in (["%chorus", "where"], ["%chorus", "stall"]):
+            # Also sent on the control channel while a cell runs (another
+            # console on this kernel): handled on that thread, asking on ours.
+            return await self._where_directive(words[1:])
         try:
             await self._ensure_started()
         except Exception as err:  # noqa: BLE001 - shown to the user, then retried
@@ -164,15 +179,83 @@ class ChorusKernel(Kernel):
             self._get_shell_context_var(self._shell_parent_ident),
             self.get_parent("shell"),
         )
-        result = await self.engine.execute(
-            code,
-            targets,
-            silent=silent,
-            store_history=store_history,
-            user_expressions=user_expressions,
-            allow_stdin=allow_stdin,
-        )
+        watch = asyncio.ensure_future(self._watch_stall())
+        try:
+            result = await self.engine.execute(
+                code,
+                targets,
+                silent=silent,
+                store_history=store_history,
+                user_expressions=user_expressions,
+                allow_stdin=allow_stdin,
+            )
+        finally:
+            watch.cancel()
         return self._reply(result, silent)
+
+    # -- where is every rank ----------------------------------------------------------
+
+    async def _where(self) -> Report:
+        """The merged report, asked for on the main loop whichever thread asks."""
+        main = self._main_loop
+        if main is None or main is asyncio.get_running_loop():
+            return await self.rank_set.where()
+        return await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self.rank_set.where(), main)
+        )
+
+    async def _where_directive(self, words: list[str]) -> dict[str, Any]:
+        if words[0] == "where":
+            report = await self._where()
+            self._say(report.text() + "\n")
+        else:
+            value = words[1] if len(words) > 1 else ""
+            try:
+                seconds = 0.0 if value == "off" else float(value)
+            except ValueError:
+                seconds = -1.0
+            if seconds < 0 or not value:
+                return self._error("UsageError", "%chorus stall takes seconds or off")
+            self.stall_after = seconds
+            self._say(
+                "[chorus] stall reports: off\n"
+                if seconds == 0
+                else f"[chorus] a cell that runs {seconds:g} s while the ranks cannot all make"
+                " progress shows where every rank is\n"
+            )
+        return {
+            "status": "ok",
+            "execution_count": self.execution_count,
+            "payload": [],
+            "user_expressions": {},
+        }
+
+    async def _watch_stall(self) -> None:
+        """While a cell runs: after ``stall_after`` s, report a stall once (the cell goes on)."""
+        if self.stall_after <= 0:
+            return
+        started = asyncio.get_running_loop().time()
+        await asyncio.sleep(self.stall_after)
+        reported: set[tuple[object, ...]] = set()
+        while True:
+            report = await self.rank_set.where()
+            key = stall_key(report)
+            if key is not None and key not in reported:
+                reported.add(key)
+                ran = asyncio.get_running_loop().time() - started
+                self.send_response(
+                    self.iopub_socket,
+                    "stream",
+                    {
+                        "name": "stderr",
+                        "text": f"[chorus] this cell has run for {ran:.0f} s and its ranks cannot"
+                        " all be making progress:\n"
+                        + report.text()
+                        + "\n[chorus] the cell goes on waiting: interrupt the kernel to stop it"
+                        " (%chorus stall off: no more of these reports)\n",
+                    },
+                )
+            await asyncio.sleep(2.0)
 
     def _reply(self, result: CellResult, silent: bool) -> dict[str, Any]:
         if result.result is not None and not silent:
@@ -231,7 +314,9 @@ class ChorusKernel(Kernel):
                 lines.append(f"{rank.rank:<5} {rank.host:<16} {rank.pid or '-':<8} {state}")
             self._say("\n".join(lines) + "\n")
         else:
-            return self._error("UsageError", "the chorus kernel knows: %chorus status")
+            return self._error(
+                "UsageError", "the chorus kernel knows: %chorus status, where, stall"
+            )
         return {
             "status": "ok",
             "execution_count": self.execution_count,

@@ -1,7 +1,7 @@
 """Entry point of one rank kernel: ``python -m chorus.kernel.rank -f CONNECTION_FILE``.
 
 A rank is a stock IPython kernel (so magics, rich display, completion and
-input requests behave as users know them) with four changes:
+input requests behave as users know them) with these changes:
 
 - it dies with its parent (PR_SET_PDEATHSIG), so a killed chorus kernel
   leaves no orphans;
@@ -9,7 +9,10 @@ input requests behave as users know them) with four changes:
   which does nothing without a debugger attached;
 - ``chorus``, ``np``, ``rank`` and ``size`` are predefined in the namespace;
 - SIGINT interrupts the cell's code only, never the sending of its reply
-  (see :func:`rank_kernel_class`).
+  (see :func:`rank_kernel_class`);
+- a ``chorus_where_request`` on the control channel is answered, also while
+  a cell runs, with :func:`chorus.debug.snapshot`; every call's line and cell
+  go into the flight record.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import ctypes
 import os
 import signal
 import sys
+from typing import Any
 
 STARTUP_LINES = [
     "import sys as _chorus_sys",
@@ -60,6 +64,19 @@ def rank_kernel_class() -> type:
 
     class RankKernel(IPythonKernel):
         _in_cell = False
+        # "Where are you?" from the chorus kernel, answered on the control
+        # thread while a cell runs (chorus.where).
+        control_msg_types = [*IPythonKernel.control_msg_types, "chorus_where_request"]  # noqa: RUF012 - ipykernel reads the class attribute
+
+        def chorus_where_request(self, stream: Any, ident: Any, parent: Any) -> None:
+            from chorus.debug import snapshot
+
+            try:
+                content: dict[str, Any] = {"status": "ok", "snapshot": snapshot()}
+            except Exception as err:  # noqa: BLE001 - the answer says what went wrong
+                content = {"status": "error", "evalue": repr(err)}
+            assert self.session is not None
+            self.session.send(stream, "chorus_where_reply", content, parent, ident)
 
         def start(self) -> None:
             super().start()  # type: ignore[no-untyped-call]
@@ -71,6 +88,7 @@ def rank_kernel_class() -> type:
             # Interactive: every call's line and cell go into the flight
             # record (the 0.1 us it costs a call does not matter here).
             _core.set_call_sites(True)
+            signal.signal(signal.SIGINT, self._on_sigint)
 
         def _cell_starts(self, *_args: object) -> None:
             self._in_cell = True
@@ -83,17 +101,25 @@ def rank_kernel_class() -> type:
             self._in_cell = False
 
         def _on_sigint(self, _signum: int, _frame: object) -> None:
-            if self._in_cell:
-                from chorus import _core
+            from chorus import _core
 
-                # The backends tell "interrupted on the way to a call its
-                # peers aborted" from "late for it" by this (note_interrupt).
-                _core.note_interrupt()
+            # The backends tell "interrupted on the way to a call its peers
+            # aborted" from "late for it" by this (note_interrupt). A rank
+            # that had finished the cell was interrupted on its way too: the
+            # call its peers were in is one it never made, and its next call
+            # must meet their next one.
+            _core.note_interrupt()
+            if self._in_cell:
                 raise KeyboardInterrupt
-            self.log.debug("SIGINT outside a cell's code: ignored")
+            self.log.debug("SIGINT outside a cell's code: noted, not raised")
 
         def pre_handler_hook(self) -> None:
-            self.saved_sigint_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            # Installed for good (also between requests, where ipykernel
+            # would ignore SIGINT): every interrupt must be noted.
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+        def post_handler_hook(self) -> None:
+            """Keep :meth:`_on_sigint` (see :meth:`pre_handler_hook`)."""
 
     return RankKernel
 

@@ -39,7 +39,9 @@ from chorus.launch.ports import (
     listening_sockets,
     memfd_hostfile,
 )
+from chorus.launch.process import describe_exit
 from chorus.launch.run import JobSpec, rank_environment
+from chorus.where import Report, merge
 
 if TYPE_CHECKING:
     from chorus.launch.hosts import Hostfile
@@ -349,6 +351,7 @@ class RankSet:
             asyncio.create_task(self._pump(rank, client.get_iopub_msg, self._to_listener)),
             asyncio.create_task(self._pump(rank, client.get_stdin_msg, self._to_listener)),
             asyncio.create_task(self._pump(rank, client.get_shell_msg, self._to_waiter)),
+            asyncio.create_task(self._pump(rank, client.get_control_msg, self._to_waiter)),
         ]
 
     async def _wait_remote_ready(self, rank: Rank, client: AsyncKernelClient) -> None:
@@ -521,6 +524,33 @@ class RankSet:
             msg = f"rank {rank} is not running"
             raise RuntimeError(msg)
         return client
+
+    async def where(self, timeout: float = 3.0) -> Report:
+        """Ask every running rank where it is (control channel) and merge the answers."""
+        asked: dict[int, asyncio.Future[Message]] = {}
+        missing: dict[int, str] = {}
+        for rank in self.ranks:
+            code = rank.exit_code()
+            if rank.client is None or code is not None:
+                missing[rank.rank] = "not running" if code is None else describe_exit(code)
+                continue
+            request = rank.client.session.msg("chorus_where_request", {})
+            asked[rank.rank] = self.expect_reply(request["header"]["msg_id"])
+            rank.client.control_channel.send(request)
+        if asked:
+            await asyncio.wait(asked.values(), timeout=timeout)
+        snapshots = []
+        for number, future in asked.items():
+            content = future.result()["content"] if future.done() else None
+            if content is not None and content.get("status") == "ok":
+                snapshots.append(content["snapshot"])
+            else:
+                if not future.done():
+                    future.cancel()
+                missing[number] = (
+                    content.get("evalue", "error") if content else f"no answer within {timeout:g} s"
+                )
+        return merge(snapshots, size=len(self.ranks), missing=missing)
 
     def interrupt(self, ranks: Sequence[int] | None = None) -> None:
         """SIGINT to every rank (or the given ones), wherever each is blocked."""

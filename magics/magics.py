@@ -100,7 +100,7 @@ class ChorusMagics(Magics):
     # -- %chorus -----------------------------------------------------------------------
 
     @magic_arguments()
-    @argument("action", choices=["start", "stop", "status", "pull", "push"])
+    @argument("action", choices=["start", "stop", "status", "where", "pull", "push"])
     @argument("rest", nargs="*", help="pull NAME | push NAME=EXPR")
     @argument(
         "-n", "--ranks", type=int, default=None, help="ranks (start; default 4, or 1 per host)"
@@ -127,6 +127,7 @@ class ChorusMagics(Magics):
         ``%chorus start -n 4 [--backend shm]``  start 4 rank kernels
         ``%chorus start --hosts h1,h2 [-n 2]``  rank kernels over ssh, n per host
         ``%chorus status``                      a table: rank, pid, state
+        ``%chorus where``                       where every rank is, and a verdict
         ``%chorus pull x``                      a list of each rank's ``x``
         ``%chorus push x=np.arange(3)``         set ``x`` on every rank
         ``%chorus stop``                        stop the ranks
@@ -157,6 +158,11 @@ class ChorusMagics(Magics):
                 code = rank.exit_code()
                 state = "running" if code is None else f"exited ({code})"
                 print(f"{rank.rank:<5} {rank.host:<16} {rank.pid or '-':<8} {state}")
+            return None
+        if args.action == "where":
+            runner, ranks = self.runner, engine.ranks
+            assert runner is not None
+            print(runner.submit(ranks.where()).result().text())
             return None
         if not args.rest:
             msg = f"%chorus {args.action} needs an argument"
@@ -416,13 +422,20 @@ class IppRanks:
             raise RanksFailed(CellResult(status="error", ename=ename, evalue=text.splitlines()[-1]))
 
     def command(self, action: str, rest: list[str], shell: Any) -> Any:
-        """``%chorus status|pull|push`` for engine ranks."""
+        """``%chorus status|where|pull|push`` for engine ranks."""
         view = self.client[self.order]
         if action == "status":
             infos = view.apply_sync(_host_and_pid)
             print("rank  engine  host              pid")
             for rank, (engine, (host, pid)) in enumerate(zip(self.order, infos, strict=True)):
                 print(f"{rank:<5} {engine:<7} {host:<17} {pid}")
+            return None
+        if action == "where":
+            # Engines run one task at a time: this answers between cells only.
+            from chorus.debug import snapshot
+            from chorus.where import merge
+
+            print(merge(view.apply_sync(snapshot), size=len(self.order)).text())
             return None
         if not rest:
             msg = f"%chorus {action} needs an argument"

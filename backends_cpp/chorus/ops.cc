@@ -45,15 +45,19 @@ class Call {
  public:
   Call(GroupImpl& group, const char* op, CallRecord record)
       : group_(group), scope_(group.call_guard(), op, [&group] { return where(group); }) {
+    collective_ = record.collective;
+    const uint64_t p2p = collective_ ? 0 : group.next_p2p_number();
+    recording_ = group.recorder().capacity() != 0;
+    if (!recording_) return;
     record.op = op;
     // A collective's number is the backend's next one (it counts at entry).
-    record.seq = record.collective ? group.calls_entered() + 1 : group.next_p2p_number();
-    collective_ = record.collective;
+    record.seq = collective_ ? group.calls_entered() + 1 : p2p;
     group.recorder().begin(record);
   }
 
   template <typename Body>
   auto run(Body&& body) -> decltype(body()) {
+    if (!recording_) return body();
     FlightRecorder& rec = group_.recorder();
     try {
       if constexpr (std::is_void_v<decltype(body())>) {
@@ -86,6 +90,7 @@ class Call {
   GroupImpl& group_;
   CallGuard::Scope scope_;
   bool collective_ = true;
+  bool recording_ = true;
 };
 
 CallRecord collective_record(const CallDesc& desc) {

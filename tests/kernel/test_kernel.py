@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -248,3 +249,58 @@ def test_flight_record_names_the_cell_and_line(kernel: Frontend) -> None:
     )
     assert ask.status == "ok", ask
     assert "[0-3] all_sum completed 4 True\n" in ask.stdout, ask.stdout
+
+
+def _streams_until(kernel: Frontend, parents: set[str], needle: str, timeout: float) -> str:
+    """stderr and stdout text of iopub messages answering ``parents``, until ``needle`` shows."""
+    text = ""
+    deadline = time.monotonic() + timeout
+    while needle not in text:
+        assert time.monotonic() < deadline, f"no {needle!r} within {timeout} s; got:\n{text}"
+        for msg in kernel._iopub_batch():
+            if (
+                msg["parent_header"].get("msg_id") in parents
+                and msg["header"]["msg_type"] == "stream"
+            ):
+                text += msg["content"]["text"]
+    return text
+
+
+def test_a_stalled_cell_says_where_every_rank_is_then_interrupt_works(kernel: Frontend) -> None:
+    assert kernel.run("%chorus stall 3").status == "ok"
+    assert kernel.run("g = chorus.init()\nchorus.all_sum(np.ones(2))").status == "ok"
+    started = time.monotonic()
+    cell = kernel.client.execute("if rank == 0:\n    chorus.all_sum(np.ones(3))\n")
+    text = _streams_until(kernel, {cell}, "the cell goes on waiting", timeout=20)
+    assert time.monotonic() - started < 15, text
+    assert "[chorus] this cell has run for" in text
+    # (its number depends on the cells the module's kernel ran before)
+    verdict = (
+        r"verdict: rank 0 waits in all_sum #\d+ \(float64 \(3,\)\), which ranks 1-3 never made"
+    )
+    assert re.search(verdict, text), text
+    assert "[1-3]  not in a chorus call: idle" in text, text
+    assert "at cell " in text, text
+    # While the cell runs: %chorus where on the control channel (another console).
+    ask = kernel.client.session.msg(
+        "execute_request", {"code": "%chorus where", "silent": False, "store_history": False}
+    )
+    kernel.client.control_channel.send(ask)
+    answer = _streams_until(kernel, {ask["header"]["msg_id"]}, "verdict:", timeout=15)
+    assert re.search(r"rank 0 waits in all_sum #\d+", answer), answer
+    # The user decides: the interrupt ends the cell, the next collective works.
+    kernel.manager.interrupt_kernel()
+    deadline = time.monotonic() + 30
+    while True:
+        assert time.monotonic() < deadline, "the interrupted cell never replied"
+        reply = kernel.client.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == cell:
+            break
+    assert reply["content"]["status"] == "error", reply
+    kernel._iopub_batch()
+    after = kernel.run("print(chorus.all_sum(np.ones(2) * rank).tolist())")
+    assert after.status == "ok", after
+    assert "[0-3] [6.0, 6.0]" in after.stdout, after.stdout
+    idle = kernel.run("%chorus where")
+    assert "verdict: no rank is inside a chorus call" in idle.stdout, idle.stdout
+    assert kernel.run("%chorus stall off").status == "ok"

@@ -76,3 +76,13 @@ def test_pull_push_status_and_autoall(ipython: Frontend) -> None:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     restarted = ipython.run("%chorus start -n 3 --timeout 20")
     assert "3 ranks ready" in restarted.stdout
+
+
+def test_where_from_the_magic(ipython: Frontend) -> None:
+    run = ipython.run("%%all\ng = chorus.init()\nchorus.barrier()")
+    assert run.status == "ok", run
+    where = ipython.run("%chorus where")
+    assert where.status == "ok", where
+    assert "chorus where: 3 ranks" in where.stdout, where.stdout
+    assert "[0-2]  not in a chorus call: idle" in where.stdout, where.stdout
+    assert "verdict: no rank is inside a chorus call" in where.stdout, where.stdout

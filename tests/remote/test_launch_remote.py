@@ -346,3 +346,29 @@ def test_malformed_hostfile(tmp_path: Path, content: str, message: str) -> None:
     assert result.returncode == 2
     assert message in result.stderr
     assert str(hostfile) in result.stderr or "hostfile" in result.stderr
+
+
+STALL = """\
+import time
+import numpy as np
+import chorus
+group = chorus.init()
+chorus.all_sum(np.ones(2))
+if group.rank() == 2:
+    chorus.barrier()
+else:
+    time.sleep(120)
+"""
+
+
+def test_a_stall_across_hosts_is_reported_with_each_rank_and_host(
+    switch_hosts: EmulatedHosts,
+) -> None:
+    # The ranks answer "where are you" through their agents and ssh sessions.
+    result = launch(switch_hosts, "--hosts", "h0,h1,h2,h3", "--stall-timeout", "4", "-c", STALL)
+    assert result.returncode == 124, result.stderr
+    err = result.stderr
+    assert "verdict: rank 2 waits in barrier #2, which ranks 0,1,3 never made" in err, err
+    assert "[0,1,3]  not in a chorus call: runs <module> at <string>:9" in err, err
+    assert "chorus-snapshot" not in err + result.stdout
+    assert_no_orphans(switch_hosts)

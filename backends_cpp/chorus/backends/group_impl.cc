@@ -217,4 +217,11 @@ std::string disagreement(const std::vector<CallDesc>& descs,
   return out.str();
 }
 
+std::string never_joined_hint(size_t ranks) {
+  return std::string(ranks == 1 ? ": it has" : ": they have") +
+         " not called chorus.init() (a rank's first collective calls it), so this rank's"
+         " init or first collective waited for " +
+         (ranks == 1 ? "it" : "them") + " (CHORUS_TIMEOUT sets how long)";
+}
+
 }  // namespace chorus

@@ -171,6 +171,10 @@ class GroupImpl {
 
 using GroupPtr = std::shared_ptr<GroupImpl>;
 
+// ": they have not called chorus.init() ...": what a set-up timeout naming
+// `ranks` missing ranks means to a user who never asked anything to attach.
+std::string never_joined_hint(size_t ranks);
+
 // A size-1 group: every collective copies in to out, point to point raises.
 GroupPtr make_single_group(const std::string& backend);
 

@@ -12,7 +12,8 @@ namespace chorus {
 namespace {
 
 std::atomic<size_t> g_default_capacity{4096};
-thread_local CallSite t_next_site;
+// initial-exec: a plain %fs access, not a __tls_get_addr call, on every call.
+__attribute__((tls_model("initial-exec"))) thread_local CallSite t_next_site;
 
 int64_t realtime_ns() {
   timespec ts{};
@@ -104,23 +105,24 @@ void FlightRecorder::update(Change&& change) {
   s.version.store(v + 2, std::memory_order_release);
 }
 
-void FlightRecorder::begin(CallRecord record) {
+void FlightRecorder::begin(const CallRecord& record) {
   const CallSite site = t_next_site;
   t_next_site = CallSite{};  // a site is for one call only
   if (!slots_) return;
   const uint64_t id = last_id_.load(std::memory_order_relaxed) + 1;
-  record.id = id;
-  record.state = CallState::Entered;
-  record.start_ticks = ticks();
-  record.thread = static_cast<uint64_t>(::pthread_self());
-  record.site_code = site.code;
-  record.site_offset = site.offset;
-  record.site_cell = site.cell;
   Slot& s = slot(id);
   const uint64_t v = s.version.load(std::memory_order_relaxed);
   s.version.store(v + 1, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_release);
-  s.record = record;
+  CallRecord& r = s.record;
+  r = record;
+  r.id = id;
+  r.state = CallState::Entered;
+  r.start_ticks = ticks();
+  r.thread = static_cast<uint64_t>(::pthread_self());
+  r.site_code = site.code;
+  r.site_offset = site.offset;
+  r.site_cell = site.cell;
   s.version.store(v + 2, std::memory_order_release);
   last_id_.store(id, std::memory_order_release);
 }

@@ -97,7 +97,7 @@ class FlightRecorder {
   // A call starts: a new record in state Entered, with this thread's pending
   // call site. `record` holds what the caller knows (op, shape, peer ...);
   // id, state, start time and site are filled in here.
-  void begin(CallRecord record);
+  void begin(const CallRecord& record);
   // The current call's descriptors matched (backends call it).
   void agreed();
   // The current call ended; seq is its final number (0: keep the one begin had).

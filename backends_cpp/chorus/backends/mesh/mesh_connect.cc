@@ -95,15 +95,18 @@ void MeshGroup::connect_initial() {
     if (to_dial.empty() && lower_done) break;
     if (Clock::now() >= deadline) {
       std::string text;
+      size_t missing = 0;
       for (int p : to_dial) {
         text += (text.empty() ? "" : "; ") + who(p) + " did not accept a connection";
+        ++missing;
       }
       for (int p = 0; p < config_.rank; ++p) {
         if (!peers_[p].link.up()) {
           text += (text.empty() ? "" : "; ") + who(p) + " did not connect";
+          ++missing;
         }
       }
-      throw PeerTimeout(ctx_.prefix() + text + " within " + limit);
+      throw PeerTimeout(ctx_.prefix() + text + " within " + limit + never_joined_hint(missing));
     }
     pollfd wake{acceptor_->wake_fd(), POLLIN, 0};
     tcp::poll_slice(&wake, 1, std::min(deadline, Clock::now() + std::chrono::milliseconds(50)));

@@ -102,11 +102,11 @@ void RingGroup::connect_initial() {
     connect_right(deadline, true);
   } catch (const PeerTimeout& e) {
     throw PeerTimeout(ctx_.prefix() + who(right()) + " did not accept a connection within " +
-                      limit + " (" + e.what() + ")");
+                      limit + " (" + e.what() + ")" + never_joined_hint(1));
   } catch (const PeerError& e) {
     if (Clock::now() >= deadline) {
       throw PeerTimeout(ctx_.prefix() + who(right()) + " did not accept a connection within " +
-                        limit + " (" + e.what() + ")");
+                        limit + " (" + e.what() + ")" + never_joined_hint(1));
     }
     throw PeerError(ctx_.prefix() + "connecting to " + who(right()) + " failed: " + e.what());
   }
@@ -114,7 +114,8 @@ void RingGroup::connect_initial() {
              who(left()));
   while (!install_left()) {
     if (Clock::now() >= deadline) {
-      throw PeerTimeout(ctx_.prefix() + who(left()) + " did not connect within " + limit);
+      throw PeerTimeout(ctx_.prefix() + who(left()) + " did not connect within " + limit +
+                        never_joined_hint(1));
     }
     pollfd wake{acceptor_->wake_fd(), POLLIN, 0};
     tcp::poll_slice(&wake, 1, deadline);

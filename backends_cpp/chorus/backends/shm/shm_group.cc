@@ -253,7 +253,7 @@ void ShmGroup::rendezvous() {
         if (now_s() > deadline) {
           segment_ = Segment();
           throw PeerTimeout(prefix() + "rank 0 did not create " + name_ + " within " +
-                            seconds_text(options_.timeout_s));
+                            seconds_text(options_.timeout_s) + never_joined_hint(1));
         }
         check_interrupt();
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -397,7 +397,7 @@ void ShmGroup::wait_for_attach(double deadline) {
       }
       if (missing.empty()) return;
       throw PeerTimeout(prefix() + rank_list(missing) + " did not attach to " + name_ + " within " +
-                        seconds_text(options_.timeout_s));
+                        seconds_text(options_.timeout_s) + never_joined_hint(missing.size()));
     }
     bell_.sleep(ticket, kInterruptPollMs);
     bell_.end_wait();
