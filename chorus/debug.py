@@ -138,6 +138,7 @@ def snapshot() -> RankSnapshot:
         time=time.time(),
         threads=threads,
         calls=calls,
+        setting_up_since=groups._setting_up_since,
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import warnings
 import weakref
 from pathlib import Path
@@ -36,6 +37,8 @@ _core.set_call_site_package(str(Path(__file__).resolve().parent) + os.sep)
 _lock = threading.Lock()
 _groups: dict[str, Group] = {}
 _live: weakref.WeakSet[Group] = weakref.WeakSet()  # every group not yet collected (reports)
+# When this rank's init() began connecting, while it waits for the other ranks (reports).
+_setting_up_since: float | None = None
 _first: Group | None = None
 
 
@@ -198,7 +201,7 @@ def init(backend: str = "any", strict: bool = False) -> Group:
         A backend started but its peers did not connect (the message names
         the missing rank and address).
     """
-    global _first
+    global _first, _setting_up_since
     with _lock:
         if backend == "any" and _first is not None:
             return _first
@@ -219,7 +222,11 @@ def init(backend: str = "any", strict: bool = False) -> Group:
         for name in _candidates(backend, env):
             if not _usable(name, env):
                 continue
-            group = _connect(name, env)
+            _setting_up_since = time.time()
+            try:
+                group = _connect(name, env)
+            finally:
+                _setting_up_since = None
             _note_interrupts()
             _groups[name] = group
             if _first is None:

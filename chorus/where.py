@@ -90,6 +90,7 @@ class RankSnapshot(TypedDict):
     time: float
     threads: list[ThreadStack]
     calls: list[GroupCall]  # each group's newest record (running or not)
+    setting_up_since: float | None  # inside chorus.init(), waiting for the others, since
 
 
 def rank_list(ranks: Iterable[int]) -> str:
@@ -143,14 +144,16 @@ class RankState:
     last: dict[str, CallRecord]  # each group's newest record
     activity: str  # "idle", "waits for input at ...", "runs ... at file:line"
     stack: tuple[tuple[str, int, str, str], ...]  # main thread's (file, line, function, code)
-    since: float = 0.0  # seconds in its running call
+    since: float = 0.0  # seconds in its running call (or in chorus.init())
+    setting_up: bool = False  # inside chorus.init(), waiting for the other ranks
 
 
 @dataclass
 class Verdict:
     """The problem the report names, as data."""
 
-    kind: str  # "missing-call", "different-calls", "together", "no-call", "missing-ranks"
+    # "missing-call", "missing-init", "different-calls", "together", "no-call", "missing-ranks"
+    kind: str
     text: str
     waiting: list[int] = field(default_factory=list)  # ranks inside a call
     others: list[int] = field(default_factory=list)  # the ranks they wait for
@@ -206,6 +209,10 @@ def merge(
         )
         if running is not None:
             state.since = max(0.0, snap["time"] - running["record"]["start"])
+        elif snap.get("setting_up_since"):
+            state.setting_up = True
+            state.since = max(0.0, snap["time"] - (snap.get("setting_up_since") or 0.0))
+            state.activity = "waits in chorus.init() for the other ranks"
         states.append(state)
     expected = size if size is not None else max((s["size"] for s in snapshots), default=0)
     seen = {s.rank for s in states}
@@ -221,6 +228,17 @@ def merge(
 
 def _verdict(states: list[RankState], missing: dict[int, str]) -> Verdict:
     inside = [s for s in states if s.running is not None]
+    joining = [s.rank for s in states if s.setting_up]
+    if not inside and joining and (len(joining) < len(states) or missing):
+        others = sorted([s.rank for s in states if not s.setting_up] + list(missing))
+        doing = sorted({s.activity for s in states if not s.setting_up})
+        text = (
+            f"{_plural(joining)} {'waits' if len(joining) == 1 else 'wait'} in chorus.init() (a"
+            f" rank's first collective calls it), which {_plural(others)} never called"
+        )
+        if doing:
+            text += " (they are " + " / ".join(doing).replace("runs ", "running ") + ")"
+        return Verdict("missing-init", text, waiting=joining, others=others)
     if not inside:
         if missing:
             return Verdict(
@@ -298,7 +316,9 @@ def format_report(report: Report) -> str:
     lines = [f"chorus where: {len(report.states) + len(report.missing)} ranks"]
     rows: dict[str, list[int]] = {}
     for s in report.states:
-        if s.running is not None:
+        if s.setting_up:
+            row = f"waits in chorus.init() for the other ranks for {s.since:.1f} s"
+        elif s.running is not None:
             rec = s.running["record"]
             where = f" on {s.running['group']}" if s.running["group"] != "world" else ""
             site = _site_text(rec)

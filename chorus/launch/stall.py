@@ -27,7 +27,7 @@ from chorus.where import REPORT_SIGNAL, RankSnapshot, Report, merge
 # How long the ranks get to answer.
 ANSWER_TIMEOUT = 3.0
 # Verdicts that mean the ranks cannot all be making progress.
-STALLED = ("missing-call", "different-calls")
+STALLED = ("missing-call", "missing-init", "different-calls")
 
 
 class Asked(Protocol):
@@ -92,7 +92,7 @@ def stall_key(report: Report) -> tuple[object, ...] | None:
     """What identifies a stall (its verdict and calls), or None when the ranks may progress."""
     if report.verdict.kind not in STALLED:
         return None
-    calls = []
+    calls: list[tuple[object, ...]] = [(s.rank, "init") for s in report.states if s.setting_up]
     for state in report.states:
         if state.running is not None:
             record = state.running["record"]
@@ -102,4 +102,6 @@ def stall_key(report: Report) -> tuple[object, ...] | None:
 
 def longest_wait(report: Report) -> float:
     """Seconds the longest-waiting rank has been in its call."""
-    return max((s.since for s in report.states if s.running is not None), default=0.0)
+    return max(
+        (s.since for s in report.states if s.running is not None or s.setting_up), default=0.0
+    )

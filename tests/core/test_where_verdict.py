@@ -20,7 +20,7 @@ def _snapshot(rank: int, call: CallRecord, line: int = 12) -> RankSnapshot:
     return RankSnapshot(
         rank=rank, size=4, host="h", pid=1000 + rank, time=110.0,
         threads=[{"name": "MainThread", "main": True, "frames": [frame]}],  # type: ignore[list-item]
-        calls=[{"group": "world", "size": 4, "record": call}],
+        calls=[{"group": "world", "size": 4, "record": call}], setting_up_since=None,
     )  # fmt: skip
 
 

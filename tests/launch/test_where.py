@@ -136,3 +136,24 @@ def test_ctrl_backslash_prints_the_report_and_the_job_goes_on(tmp_path: Path) ->
     assert "verdict: rank 0 waits in all_sum #2 (float64 (3,)), which ranks 1,2 never made" in err
     for r in range(3):
         assert f"[{r}] DONE {r}" in out, out
+
+
+FIRST = """import time, numpy as np, chorus
+import os
+if os.environ["CHORUS_RANK"] == "0":
+    chorus.all_sum(np.ones(3))                 # its first collective: chorus.init() waits
+else:
+    import chorus.group                        # chorus, but no init: no answer either
+    time.sleep(60)
+"""
+
+
+def test_a_first_collective_the_others_skip_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "first.py"
+    path.write_text(FIRST)
+    done = launch("-n", "3", "--stall-timeout", "3", str(path), timeout=60)
+    err = done.stderr
+    assert done.returncode == 124, err
+    assert "[0]    waits in chorus.init() for the other ranks for" in err, err
+    assert "verdict: rank 0 waits in chorus.init() (a rank's first collective calls it)," in err
+    assert "which ranks 1,2 never called" in err, err
