@@ -62,7 +62,8 @@ QUICK_CASES = [("all_sum", 8), ("all_sum", MIB), ("all_sum", 16 * MIB)]
 
 CHORUS_PEERS = ("chorus shm", "chorus ring")
 # Columns that are not libraries: shown beside the peers, never "the best peer".
-REFERENCE_PEERS = ("tcp floor",)
+# (chorus shm without its flight recorder: the column that shows what recording costs)
+REFERENCE_PEERS = ("tcp floor", "chorus shm (no recorder)")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 
@@ -324,8 +325,10 @@ class Peer:
         if self.name.startswith("chorus"):
             backend = self.name.split()[1]
             chorus = str(venv / "bin" / "chorus")
-            argv = [chorus, "launch", "-n", str(n), "--backend", backend, "--no-prefix", worker]
-            return [(argv, env)]
+            argv = [chorus, "launch", "-n", str(n), "--backend", backend, "--no-prefix"]
+            if self.name.endswith("(no recorder)"):
+                argv += ["--env", "CHORUS_FLIGHT_RECORDS=0"]  # what the flight record costs
+            return [([*argv, worker], env)]
         if self.name == "mlx ring (mlx.launch)":
             argv = [
                 str(venv / "bin" / "mlx.launch"),
@@ -381,6 +384,11 @@ class Peer:
 PEERS = [
     Peer("chorus shm", "chorus launch --backend shm", "chorus_worker.py"),
     Peer("chorus ring", "chorus launch --backend ring", "chorus_worker.py"),
+    Peer(
+        "chorus shm (no recorder)",
+        "chorus launch --backend shm --env CHORUS_FLIGHT_RECORDS=0 (reference)",
+        "chorus_worker.py",
+    ),
     Peer("mlx ring (mlx.launch)", "mlx.launch --backend ring", "mlx_worker.py"),
     Peer("mlx ring (direct)", "N processes with MLX_RANK/MLX_HOSTFILE", "mlx_worker.py"),
     Peer("torch gloo", "torchrun --standalone", "torch_worker.py"),
@@ -670,10 +678,13 @@ def _cell(rec: dict[str, Any] | None) -> str:
 def table(n: int, peers: list[str], cases: list[dict[str, Any]], ops: list[tuple[str, int]]) -> str:
     """One markdown table for one N."""
     by = {(c["peer"], c["op"], c["bytes"]): c for c in cases if c["n"] == n}
-    floor = [p for p in peers if p in REFERENCE_PEERS]
+    with_floor = "tcp floor" in peers and "chorus ring" in peers
+    with_recorder = "chorus shm (no recorder)" in peers and "chorus shm" in peers
     head = ["op", "bytes/rank", *peers, "chorus / best peer"]
-    if floor and "chorus ring" in peers:
+    if with_floor:
         head.append("chorus ring / tcp floor")
+    if with_recorder:
+        head.append("shm with / without flight recorder")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for op, nbytes in ops:
         row = [op, _size(nbytes)] + [_cell(by.get((p, op, nbytes))) for p in peers]
@@ -690,9 +701,13 @@ def table(n: int, peers: list[str], cases: list[dict[str, Any]], ops: list[tuple
             row.append(f"{ratio:.2f} ({a['peer'].split()[1]} / {b['peer']})")
         else:
             row.append("—")
-        if len(head) > len(row):
-            ring, ref = by.get(("chorus ring", op, nbytes)), by.get((floor[0], op, nbytes))
-            row.append(f"{ring['median_us'] / ref['median_us']:.2f}" if ring and ref else "—")
+        for wanted, mine_peer, ref_peer in (
+            (with_floor, "chorus ring", "tcp floor"),
+            (with_recorder, "chorus shm", "chorus shm (no recorder)"),
+        ):
+            if wanted:
+                a, b = by.get((mine_peer, op, nbytes)), by.get((ref_peer, op, nbytes))
+                row.append(f"{a['median_us'] / b['median_us']:.2f}" if a and b else "—")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -738,7 +753,9 @@ def report(result: dict[str, Any], ops: list[tuple[str, int]]) -> str:
         "moves per rank and compute nothing (`workers/tcp_floor_worker.py`); "
         "`chorus ring / tcp floor` is how close the TCP backend is to what loopback TCP "
         "itself costs here. The floor sends its bytes in one go, not in the N-1 dependent "
-        "steps of a ring, so below 1 MiB that ratio counts hops more than bandwidth."
+        "steps of a ring, so below 1 MiB that ratio counts hops more than bandwidth. "
+        "`chorus shm (no recorder)` is chorus shm with `CHORUS_FLIGHT_RECORDS=0`: "
+        "`shm with / without flight recorder` is what recording every call costs."
     )
     launch = (
         "Trivial rank (init, one 8-byte all_sum, exit); median wall seconds from "

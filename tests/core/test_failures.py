@@ -238,3 +238,29 @@ def test_malformed_environment_is_a_clear_error(tmp_path: Path) -> None:
         )
         assert done.returncode != 0, name
         assert expected in done.stderr, (name, done.stderr)
+
+
+# Rank 2 exits after the first call; the others then wait for it in the
+# second: their error says that it never reached that call (shm reads what
+# each rank published when it entered a call).
+DIED_BEFORE = """
+import os, numpy as np, chorus
+g = chorus.init(strict=True)
+chorus.barrier()
+if g.rank() == 2:
+    os._exit(3)
+try:
+    chorus.all_sum(np.ones(2))
+except chorus.PeerError as err:
+    print("RAISED", err, flush=True)
+"""
+
+
+def test_a_dead_rank_s_last_call_explains_the_failure(ranks: RankRunner) -> None:
+    results = ranks.start(DIED_BEFORE, 3, backend="shm").wait(timeout=60)
+    everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
+    for result in (results[0], results[1]):
+        assert result.returncode == 0, everything
+        assert "died during all_sum #2 (the last call it entered was barrier #1: it never" in (
+            result.stdout
+        ), everything

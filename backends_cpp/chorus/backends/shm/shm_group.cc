@@ -493,12 +493,27 @@ void ShmGroup::check_peer_alive(int peer, WaitKind kind) {
 }
 
 void ShmGroup::peer_died(int peer, WaitKind kind) {
-  const std::string reason = "rank " + std::to_string(peer) + " (pid " +
-                             std::to_string(peers_[peer].pid()) + ") died during " + op_;
+  std::string reason = "rank " + std::to_string(peer) + " (pid " +
+                       std::to_string(peers_[peer].pid()) + ") died during " + op_;
+  if (kind == WaitKind::Collective) reason += " #" + std::to_string(seq_) + last_call_of(peer);
   if (kind == WaitKind::Collective) publish_abort(reason, Reason::Died, peer);
   broken_ = reason + "; the group cannot be used any more";
   broken_by_ = peer;
   throw PeerError(prefix() + reason, failure(Reason::Died, peer));
+}
+
+// " (it was in this call)", " (the last call it entered was barrier #40: it
+// never reached this one)": where a peer was, from what it published.
+std::string ShmGroup::last_call_of(int peer) const {
+  const RankControl& theirs = control(peer);
+  const uint64_t entered = theirs.entered.load(std::memory_order_relaxed);
+  if (entered == seq_) return " (it was in this call)";
+  if (entered == 0) return " (it had entered no collective on this group)";
+  const uint32_t op = theirs.entered_op.load(std::memory_order_relaxed);
+  const std::string name =
+      collective_name(static_cast<Collective>(op >> 8), static_cast<ReduceOp>(op & 0xff));
+  return " (the last call it entered was " + name + " #" + std::to_string(entered) +
+         (entered < seq_ ? ": it never reached this one)" : ")");
 }
 
 Failure ShmGroup::failure(Reason reason, int culprit) const {
@@ -557,6 +572,10 @@ void ShmGroup::begin_collective(const CallDesc& desc) {
   check_usable();
   ++calls_;
   ++seq_;
+  RankControl& me = control(rank_);
+  me.entered_op.store(static_cast<uint32_t>(desc.kind) << 8 | static_cast<uint32_t>(desc.op),
+                      std::memory_order_relaxed);
+  me.entered.store(seq_, std::memory_order_relaxed);
   const uint64_t interrupts = interrupt_count();
   const bool interrupted_on_the_way = interrupts != interrupts_at_last_call_;
   interrupts_at_last_call_ = interrupts;

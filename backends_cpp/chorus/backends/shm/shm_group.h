@@ -87,6 +87,7 @@ class ShmGroup final : public GroupImpl {
   void publish_abort(const std::string& reason, Reason why, int culprit);
   // This call's failure (op, number) with `reason` and `culprit`.
   Failure failure(Reason reason, int culprit) const;
+  std::string last_call_of(int peer) const;
   [[noreturn]] void throw_abort(uint32_t word);
   void check_usable() const;
 

@@ -50,6 +50,10 @@ struct RankControl {
   std::atomic<uint32_t> abort_call;    // call number (in its epoch) it aborted
   std::atomic<uint32_t> abort_why;     // and why: a Reason, as on the TCP backends' wire
   std::atomic<int32_t> abort_culprit;  // the rank it blames (itself, or a dead peer)
+  // The last collective it entered (its number on the group, and kind << 8 |
+  // op): a peer's failure message says whether it ever reached the call.
+  std::atomic<uint64_t> entered;
+  std::atomic<uint32_t> entered_op;
   alignas(kCacheLine) std::atomic<uint32_t> seq;  // barriers arrived at in this epoch
   alignas(kCacheLine) char reason[kReasonBytes];  // abort reason this rank published
 };
