@@ -151,3 +151,32 @@ def test_magics_start_ranks_on_remote_hosts(switch_hosts: EmulatedHosts) -> None
     finally:
         if saved is not None:
             os.environ["HOME"] = saved
+
+
+def test_a_stall_on_remote_ranks_is_reported_in_the_cell(remote_kernel: Frontend) -> None:
+    # The chorus kernel asks the remote rank kernels on their control channels.
+    assert remote_kernel.run("%chorus stall 3").status == "ok"
+    remote_kernel.run("chorus.init()\nchorus.barrier()")
+    cell = "if rank == 3:\n    chorus.barrier()\n"
+    msg_id = remote_kernel.client.execute(cell)
+    deadline = time.monotonic() + 30
+    text = ""
+    while "the cell goes on waiting" not in text:
+        assert time.monotonic() < deadline, text
+        for msg in remote_kernel._iopub_batch():
+            if (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["header"]["msg_type"] == "stream"
+            ):
+                text += msg["content"]["text"]
+    assert "verdict: rank 3 waits in barrier #" in text, text
+    assert "which ranks 0-2 never made" in text, text
+    remote_kernel.manager.interrupt_kernel()
+    while True:
+        reply = remote_kernel.client.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    remote_kernel._iopub_batch()
+    assert remote_kernel.run("%chorus stall off").status == "ok"
+    after = remote_kernel.run("print(chorus.all_sum(np.ones(1)).tolist())")
+    assert "[0-3] [4.0]" in after.stdout, after
