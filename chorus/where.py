@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 # A snapshot a rank writes on request, as one stderr line the launcher takes
 # out of the output (never shown): this marker, then the JSON.
@@ -27,6 +27,17 @@ SNAPSHOT_MARKER = b"\x1echorus-snapshot "
 REPORT_SIGNAL = "SIGURG"
 # Record states of a call still running.
 RUNNING = ("entered", "agreed")
+
+
+class StackFrame(NamedTuple):
+    file: str
+    line: int
+    function: str
+    code: str
+    library: bool
+
+
+Stack = tuple[StackFrame, ...]
 
 
 class CallSite(TypedDict):
@@ -143,7 +154,7 @@ class RankState:
     running: GroupCall | None  # the collective or send/recv it is inside, if any
     last: dict[str, CallRecord]  # each group's newest record
     activity: str  # "idle", "waits for input at ...", "runs ... at file:line"
-    stack: tuple[tuple[str, int, str, str], ...]  # main thread's (file, line, function, code)
+    stack: Stack  # the main thread's frames, outermost first
     since: float = 0.0  # seconds in its running call (or in chorus.init())
     setting_up: bool = False  # inside chorus.init(), waiting for the other ranks
 
@@ -164,16 +175,19 @@ class Report:
     states: list[RankState]
     missing: dict[int, str]  # ranks with no snapshot, and why
     verdict: Verdict
-    classes: list[tuple[list[int], tuple[tuple[str, int, str, str], ...]]]  # stack classes
+    classes: list[tuple[list[int], Stack]]  # stack classes
 
     def text(self) -> str:
         return format_report(self)
 
 
-def _activity(snapshot: RankSnapshot) -> tuple[str, tuple[tuple[str, int, str, str], ...]]:
+def _activity(snapshot: RankSnapshot) -> tuple[str, Stack]:
     main = next((t for t in snapshot["threads"] if t["main"]), None)
     frames: list[Frame] = main["frames"] if main else []
-    stack = tuple((f["file"], f["line"], f["function"], f.get("code", "")) for f in frames)
+    stack = tuple(
+        StackFrame(f["file"], f["line"], f["function"], f.get("code", ""), f.get("library", False))
+        for f in frames
+    )
     user = [f for f in frames if not f.get("library", False)]
     names = {f["function"] for f in frames}
     if names & {"_input_request", "raw_input", "getpass"}:
@@ -219,7 +233,7 @@ def merge(
     for r in range(expected):
         if r not in seen and r not in missing:
             missing[r] = "no answer"
-    classes: dict[tuple[tuple[str, int, str, str], ...], list[int]] = {}
+    classes: dict[Stack, list[int]] = {}
     for s in states:
         classes.setdefault(s.stack, []).append(s.rank)
     ordered = sorted(((ranks, stack) for stack, ranks in classes.items()), key=lambda c: c[0][0])
@@ -311,6 +325,20 @@ def _verdict(states: list[RankState], missing: dict[int, str]) -> Verdict:
     )
 
 
+def _frames_worth_showing(stack: Stack) -> list[StackFrame]:
+    """The user's frames, and the library frames right below the innermost one.
+
+    An interpreter's, a kernel's or an event loop's frames say nothing about
+    the program; the chorus call a user frame is blocked in does.
+    """
+    users = [i for i, f in enumerate(stack) if not f.library]
+    if not users:
+        return []
+    last = users[-1]
+    inner = [f for f in stack[last + 1 : last + 3] if f.library]
+    return [stack[i] for i in users[-8:]] + inner
+
+
 def format_report(report: Report) -> str:
     """The report as text: one line per class of ranks, the stacks, the verdict."""
     lines = [f"chorus where: {len(report.states) + len(report.missing)} ranks"]
@@ -333,10 +361,14 @@ def format_report(report: Report) -> str:
     width = max(len(rank_list(ranks)) for ranks in rows.values())
     for row, ranks in sorted(rows.items(), key=lambda x: x[1][0]):
         lines.append(f"{rank_list(ranks):<{width}}  {row}")
-    lines.append("stacks (main thread, innermost last):")
+    lines.append("stacks (main thread, innermost last; the user's frames and where chorus is):")
     for ranks, stack in report.classes:
         lines.append(f"  {rank_list(ranks)}")
-        for file, line, function, code in stack[-8:]:
-            lines.append(f"      {file}:{line} in {function}" + (f": {code}" if code else ""))
+        shown = _frames_worth_showing(stack)
+        if not shown:
+            lines.append("      (none of the user's code: idle)")
+        for frame in shown:
+            text = f"      {frame.file}:{frame.line} in {frame.function}"
+            lines.append(text + (f": {frame.code}" if frame.code else ""))
     lines.append(f"verdict: {report.verdict.text}")
     return "\n".join(lines)

@@ -209,3 +209,51 @@ def test_cells_stdin_and_labels_in_jupyterlab(lab: tuple[str, Path]) -> None:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"))
             browser.close()
+
+
+def test_stall_notice_in_jupyterlab(lab: tuple[str, Path]) -> None:
+    url, root = lab
+    _notebook(
+        root / "stall.ipynb",
+        [
+            "%chorus stall 3",
+            "chorus.all_sum(np.ones(2))",
+            "if rank == 0:\n    chorus.all_sum(np.ones(3))",
+            "print('after', chorus.all_sum(np.ones(2)).tolist())",
+        ],
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        try:
+            page.goto(url.format(name="stall.ipynb"))
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+            time.sleep(1)
+            _accept_kernel_dialog(page)
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
+                timeout=90_000
+            )
+            cells = page.locator(".jp-Notebook .jp-Cell")
+            _run_cell(page, 0)
+            first = cells.nth(0).locator(".jp-OutputArea")
+            first.get_by_text("shows where every rank is").wait_for(timeout=60_000)
+            _run_cell(page, 1)
+            cells.nth(1).locator(".jp-OutputArea").get_by_text("array").wait_for(timeout=60_000)
+            # Rank 0 alone in a collective: the cell says where every rank is, once.
+            _run_cell(page, 2)
+            hung = cells.nth(2).locator(".jp-OutputArea")
+            hung.get_by_text("the cell goes on waiting").wait_for(timeout=30_000)
+            text = hung.inner_text()
+            assert "verdict: rank 0 waits in all_sum #2 (float64 (3,))" in text, text
+            assert "which ranks 1-3 never made" in text, text
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-stall.png"))
+            page.locator(
+                ".jp-NotebookPanel-toolbar [data-command='notebook:interrupt-kernel']"
+            ).click()
+            hung.get_by_text("KeyboardInterrupt").first.wait_for(timeout=30_000)
+            _run_cell(page, 3)
+            after = cells.nth(3).locator(".jp-OutputArea")
+            after.get_by_text("[0-3] after [4.0, 4.0]").wait_for(timeout=60_000)
+        finally:
+            browser.close()
