@@ -100,6 +100,15 @@ class CallCounter {
   bool interrupted_on_the_way_ = false;
 };
 
+// " (the last call it entered was #40: it never reached this one)": where a
+// peer that is gone was, from the last call index its frames carried.
+inline std::string last_call_text(uint64_t theirs, uint64_t ours) {
+  if (theirs >= ours) return " (it was in this call)";
+  if (theirs == 0) return " (it had entered no collective on this group)";
+  return " (the last call it entered was #" + std::to_string(theirs) +
+         ": it never reached this one)";
+}
+
 // This rank came to a call that already failed on the other ranks, and left
 // before sending anything but its record: its links stay as they are (no
 // abort to forward), and its next call meets theirs.

@@ -87,6 +87,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
       if (!peer.coll.empty()) {
         tcp::Frame f = std::move(peer.coll.front());
         peer.coll.pop_front();
+        if (f.type == tcp::FrameType::Sync) peer.last_call = std::max(peer.last_call, f.aux0);
         if (f.type != tcp::FrameType::Sync) {
           const std::string text = "protocol error: " + who(p) + " sent a " +
                                    tcp::frame_type_name(f.type) + " frame at the start of " + op_ +

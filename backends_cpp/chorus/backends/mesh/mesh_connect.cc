@@ -208,6 +208,9 @@ void MeshGroup::report_gone(int p) {
   std::string text;
   if (gone.size() == 1) {
     text = who(p) + " is gone (its listener refuses connections) during " + op_;
+    if (in_call_ && kind_ == Kind::Collective) {
+      text += last_call_text(peers_[p].last_call, calls_.index());
+    }
   } else {
     for (size_t i = 0; i < gone.size(); ++i) {
       text += (i == 0 ? "" : i + 1 == gone.size() ? " and " : ", ") + who(gone[i]);
@@ -229,10 +232,13 @@ bool MeshGroup::recover(int p) {
     const auto* se = dynamic_cast<const tcp::SocketError*>(&e);
     if (se != nullptr && se->err() == ECONNREFUSED) report_gone(p);
     const bool silent = tcp_reconnect_reason(e) == Reason::Unreachable;
-    const std::string text = who(p) +
-                             (silent ? " is unreachable (no answer to a reconnection) during "
-                                     : " could not be reconnected during ") +
-                             op_ + ": " + e.what();
+    std::string text = who(p) +
+                       (silent ? " is unreachable (no answer to a reconnection) during "
+                               : " could not be reconnected during ") +
+                       op_ + ": " + e.what();
+    if (!silent && in_call_ && kind_ == Kind::Collective) {
+      text += last_call_text(peers_[p].last_call, calls_.index());
+    }
     throw LinkFailure(p, ctx_.prefix() + text,
                       text + " (seen by rank " + std::to_string(config_.rank) + ")", false,
                       tcp_reconnect_reason(e));

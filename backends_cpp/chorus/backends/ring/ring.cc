@@ -181,14 +181,18 @@ void RingGroup::probe_left() {
     tcp::Socket s = tcp::Socket::connect(address, Clock::now() + std::chrono::milliseconds(500));
   } catch (const tcp::SocketError& e) {
     if (e.err() == ECONNREFUSED) {
-      const std::string text =
-          who(left()) + " is gone (its listener refuses connections) during " + op_;
+      const std::string text = who(left()) + " is gone (its listener refuses connections) during " +
+                               op_ + where_was(Side::Left);
       throw LinkFailure(left(), ctx_.prefix() + text,
                         text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
     }
   } catch (const PeerError&) {
     // Timeouts and other errors prove nothing; keep waiting.
   }
+}
+
+std::string RingGroup::where_was(Side side) const {
+  return collective_ ? last_call_text(last_sync_[static_cast<int>(side)], calls_.index()) : "";
 }
 
 // Brings one side's link back; false while waiting for the left neighbour.
@@ -200,14 +204,15 @@ bool RingGroup::recover(Side side) {
     throw;
   } catch (const PeerError& e) {
     const bool silent = tcp_reconnect_reason(e) == Reason::Unreachable;
+    const auto* se = dynamic_cast<const tcp::SocketError*>(&e);
+    const bool gone = se != nullptr && se->err() == ECONNREFUSED;
     const std::string text = who(right()) +
                              (silent ? " is unreachable (no answer to a reconnection) during "
                                      : " could not be reconnected during ") +
-                             op_ + ": " + e.what();
-    const auto* se = dynamic_cast<const tcp::SocketError*>(&e);
+                             op_ + ": " + e.what() + (silent ? "" : where_was(Side::Right));
     throw LinkFailure(right(), ctx_.prefix() + text,
-                      text + " (seen by rank " + std::to_string(config_.rank) + ")",
-                      se != nullptr && se->err() == ECONNREFUSED, tcp_reconnect_reason(e));
+                      text + " (seen by rank " + std::to_string(config_.rank) + ")", gone,
+                      tcp_reconnect_reason(e));
   }
   return true;
 }
@@ -379,6 +384,7 @@ void RingGroup::run(const char* op, bool collective, Body&& body) {
   // receive is posted: the window of receive slots is all the memory a
   // call's incoming data takes (call records, no larger, are read at once).
   HoldSegments hold(*this, collective);
+  collective_ = collective;
   if (collective) calls_.enter();
   for (int s = 0; s < 2; ++s) rx_start_[s] = links_[s].bytes_received();
   try {
@@ -503,6 +509,7 @@ void RingGroup::start_call() {
       }
       {
         if (auto f = links_[s].take()) {
+          if (f->type == tcp::FrameType::Sync) last_sync_[s] = std::max(last_sync_[s], f->aux0);
           if (f->type != tcp::FrameType::Sync) {
             const std::string text = "protocol error: " + who(peer(side)) + " sent a " +
                                      tcp::frame_type_name(f->type) + " frame at the start of " +

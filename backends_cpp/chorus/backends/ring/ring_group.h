@@ -164,6 +164,10 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
     bool set = false;
   };
   AheadSync ahead_[2];
+  uint64_t last_sync_[2] = {0, 0};  // the latest call index each neighbour's Sync carried
+  bool collective_ = false;         // the current call is a collective (messages)
+  // " (the last call it entered was #40: ...)" for a collective, else "".
+  std::string where_was(Side side) const;
   uint64_t link_epoch(int s) const { return s == 0 ? left_epoch_ : right_epoch_; }
   bool entering_ = false;  // start_call is reading what arrived between calls
   std::vector<pollfd> fds_;
