@@ -7,6 +7,7 @@ The last screenshot is kept in build/test-artifacts/jupyterlab.png.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -152,29 +153,41 @@ def _run_cell(page: Page, index: int) -> None:
 ARTIFACTS = Path(__file__).parents[2] / "build" / "test-artifacts"
 
 
-def test_cells_stdin_and_labels_in_jupyterlab(lab: tuple[str, Path]) -> None:
+@contextlib.contextmanager
+def _notebook_page(
+    lab: tuple[str, Path], name: str, sources: list[str], height: int = 900
+) -> Iterator[Page]:
+    """A browser page on a new notebook of these cells, its kernel (and ranks) idle."""
     url, root = lab
-    _notebook(
-        root / "chorus.ipynb",
-        [
-            "print('lab', rank)\nprint('same everywhere')",
-            "who = input('who? ')\nprint('hi', who)",
-            "import time\nprint('sleeping')\ntime.sleep(120)",
-            "print('kept', who, rank)",
-        ],
-    )
+    _notebook(root / name, sources)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page = browser.new_page(viewport={"width": 1400, "height": height})
         try:
-            page.goto(url.format(name="chorus.ipynb"))
+            # A workspace per notebook: JupyterLab would restore the tabs an
+            # earlier test opened, and locators would find their cells too.
+            workspace = f"/lab/workspaces/{Path(name).stem}/tree/"
+            page.goto(url.format(name=name).replace("/lab/tree/", workspace))
             page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
             time.sleep(1)  # the kernel dialog, when it comes, comes right after
             _accept_kernel_dialog(page)
-            # The kernel (and its two rank kernels) must be idle before running.
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
                 timeout=90_000
             )
+            yield page
+        finally:
+            browser.close()
+
+
+def test_cells_stdin_and_labels_in_jupyterlab(lab: tuple[str, Path]) -> None:
+    cells = [
+        "print('lab', rank)\nprint('same everywhere')",
+        "who = input('who? ')\nprint('hi', who)",
+        "import time\nprint('sleeping')\ntime.sleep(120)",
+        "print('kept', who, rank)",
+    ]
+    with _notebook_page(lab, "chorus.ipynb", cells) as page:
+        try:
             _run_cell(page, 0)
             outputs = page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".jp-OutputArea")
             outputs.get_by_text("[0-3] same everywhere").wait_for(timeout=60_000)
@@ -208,31 +221,17 @@ def test_cells_stdin_and_labels_in_jupyterlab(lab: tuple[str, Path]) -> None:
         finally:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"))
-            browser.close()
 
 
 def test_stall_notice_in_jupyterlab(lab: tuple[str, Path]) -> None:
-    url, root = lab
-    _notebook(
-        root / "stall.ipynb",
-        [
-            "%chorus stall 3",
-            "chorus.all_sum(np.ones(2))",
-            "if rank == 0:\n    chorus.all_sum(np.ones(3))",
-            "print('after', chorus.all_sum(np.ones(2)).tolist())",
-        ],
-    )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    sources = [
+        "%chorus stall 3",
+        "chorus.all_sum(np.ones(2))",
+        "if rank == 0:\n    chorus.all_sum(np.ones(3))",
+        "print('after', chorus.all_sum(np.ones(2)).tolist())",
+    ]
+    with _notebook_page(lab, "stall.ipynb", sources, height=1100) as page:
         try:
-            page.goto(url.format(name="stall.ipynb"))
-            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-            time.sleep(1)
-            _accept_kernel_dialog(page)
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
-                timeout=90_000
-            )
             cells = page.locator(".jp-Notebook .jp-Cell")
             _run_cell(page, 0)
             first = cells.nth(0).locator(".jp-OutputArea")
@@ -256,4 +255,5 @@ def test_stall_notice_in_jupyterlab(lab: tuple[str, Path]) -> None:
             after = cells.nth(3).locator(".jp-OutputArea")
             after.get_by_text("[0-3] after [4.0, 4.0]").wait_for(timeout=60_000)
         finally:
-            browser.close()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-stall-end.png"))
