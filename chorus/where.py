@@ -265,7 +265,9 @@ def _verdict(states: list[RankState], missing: dict[int, str]) -> Verdict:
     first = max(inside, key=lambda s: s.since)
     assert first.running is not None
     group = first.running["group"]
-    members = [s for s in states if group in s.last]
+    # Every rank is in the world, also one that never made a call there; a
+    # sub-group's members are known by their calls on it.
+    members = [s for s in states if group == "world" or group in s.last]
     by_call: dict[tuple[str, int], list[int]] = {}
     idle: list[RankState] = []
     for s in members:
@@ -298,7 +300,7 @@ def _verdict(states: list[RankState], missing: dict[int, str]) -> Verdict:
     waiting = sorted(next(iter(by_call.values())))
     if idle or absent:
         others = sorted([s.rank for s in idle] + absent)
-        lasts = {_call_text(s.last[group]) if s.last.get(group) else "none" for s in idle}
+        lasts = {_call_text(s.last[group]) if s.last.get(group) else "none yet" for s in idle}
         doing = sorted({s.activity for s in idle})
         text = f"{_plural(waiting)} {'waits' if len(waiting) == 1 else 'wait'} in {call}{where}, which {_plural(others)} never made"
         detail = []

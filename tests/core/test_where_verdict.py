@@ -66,3 +66,14 @@ def test_a_missing_rank_is_among_those_that_never_made_the_call() -> None:
 def test_rank_lists_fold_runs_of_three() -> None:
     assert rank_list([3, 0, 1, 2, 7, 9, 10]) == "[0-3,7,9,10]"
     assert rank_list([]) == "[]"
+
+
+def test_ranks_that_never_called_on_the_world_are_the_ones_missing() -> None:
+    waiting = _snapshot(0, _record("all_sum", 1, "entered"))
+    others = [_snapshot(r, _record("all_sum", 1, "entered")) for r in (1, 2, 3)]
+    for snap in others:
+        snap["calls"] = []  # they never made a call on the world group
+    report = merge([waiting, *others])
+    assert report.verdict.kind == "missing-call", report.text()
+    assert report.verdict.others == [1, 2, 3]
+    assert "their last call there was none yet" in report.verdict.text
