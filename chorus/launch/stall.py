@@ -47,6 +47,8 @@ class WhereCollector:
     def __init__(self, size: int) -> None:
         self.size = size
         self._waiting: dict[int, asyncio.Future[RankSnapshot]] = {}
+        # One question at a time: Ctrl-\ during a stall watcher's poll waits for it.
+        self._asking = asyncio.Lock()
 
     def on_answer(self, rank: int) -> Callable[[bytes], None]:
         """The output pump's divert callback for ``rank``'s stderr."""
@@ -66,6 +68,10 @@ class WhereCollector:
         self, ranks: Sequence[Asked], exited: dict[int, str], timeout: float = ANSWER_TIMEOUT
     ) -> Report:
         """Ask every running rank, wait up to ``timeout`` s, merge what came back."""
+        async with self._asking:
+            return await self._ask(ranks, exited, timeout)
+
+    async def _ask(self, ranks: Sequence[Asked], exited: dict[int, str], timeout: float) -> Report:
         loop = asyncio.get_running_loop()
         running = [r for r in ranks if r.returncode is None]
         self._waiting = {r.rank: loop.create_future() for r in running}
