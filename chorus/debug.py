@@ -61,18 +61,15 @@ def flight_record(group: Group | None = None, last: int | None = None) -> list[C
 
 
 def _site_on_stack(frame: FrameType | None) -> CallSite | None:
-    """The innermost frame outside chorus's own files: the line that called in."""
+    """The innermost frame of the user's code (not a library's, not chorus's): the line that called in."""
     while frame is not None:
         file = frame.f_code.co_filename
-        if not file.startswith(_PACKAGE):
+        if not _is_library(file, frame.f_globals):
             return CallSite(
                 file=file, line=frame.f_lineno, function=frame.f_code.co_name, cell=None
             )
         frame = frame.f_back
     return None
-
-
-_PACKAGE = str(Path(__file__).resolve().parent) + os.sep
 
 
 def snapshot() -> RankSnapshot:
