@@ -93,6 +93,23 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
+def _answer_reports_early() -> None:
+    """Under ``chorus launch``, answer "where are you?" from the moment chorus is imported.
+
+    A rank that never reaches ``chorus.init()`` (a collective inside ``if
+    rank == 0:`` on the others) is the one a report most needs to show.
+    """
+    import os
+
+    if os.environ.get("CHORUS_REPORTS") == "stderr":
+        from chorus.debug import install_report_signal
+
+        install_report_signal()
+
+
+_answer_reports_early()
+
+
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext chorus``: register the chorus magics (see :mod:`chorus.magics`)."""
     from chorus.magics import load_ipython_extension as load

@@ -11,6 +11,10 @@ turns recording off), on every backend, from the moment it exists:
 A record is written before the call talks to any peer and finished when it
 returns or raises, so a rank that hangs shows its current call as
 ``entered`` (waiting for the others to arrive) or ``agreed`` (moving data).
+
+:func:`snapshot` is where this rank is (stacks and newest calls);
+:func:`where` is where every rank of the job is, asked through the launcher
+or kernel that started them.
 """
 
 from __future__ import annotations
@@ -32,10 +36,23 @@ from chorus.where import (
     Frame,
     GroupCall,
     RankSnapshot,
+    Report,
     ThreadStack,
+    WhereAnswers,
+    merge_answers,
 )
 
-__all__ = ["flight_record", "install_report_signal", "snapshot"]
+__all__ = [
+    "WhereUnavailableError",
+    "flight_record",
+    "install_report_signal",
+    "snapshot",
+    "where",
+]
+
+# Seconds where() waits for the supervisor: it gives the ranks 3 s to
+# answer, and a question already being asked may be shared.
+WHERE_TIMEOUT = 15.0
 
 
 def flight_record(group: Group | None = None, last: int | None = None) -> list[CallRecord]:
@@ -137,6 +154,85 @@ def snapshot() -> RankSnapshot:
         calls=calls,
         setting_up_since=groups._setting_up_since,
     )
+
+
+class WhereUnavailableError(RuntimeError):
+    """:func:`where` could not ask the supervisor.
+
+    ``reason``: "no-supervisor" (nothing that can ask every rank started
+    this process: plain ``python``, mpirun, Slurm, ipyparallel engines),
+    "no-forward" (the ssh server of this rank's host refused to forward the
+    launcher's port), "unreachable" (the supervisor is gone or did not
+    answer in time) or "refused" (it did not accept the question).
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def where(timeout: float = WHERE_TIMEOUT) -> Report:
+    """Where every rank of the job is now: stacks, calls and a verdict, as in ``%chorus where``.
+
+    Asks whoever started the ranks (``chorus launch``, the chorus kernel or
+    ``%chorus start``): they ask every rank, this one included, and send the
+    answers back, so it works while the other ranks hang in a collective,
+    spin in Python or wait for input. ``print(chorus.debug.where().text())``
+    shows the report; the returned :class:`~chorus.where.Report` holds it as
+    data (``.verdict.kind``, ``.states``, ``.missing``).
+
+    Raises
+    ------
+    WhereUnavailableError
+        Nothing that can ask every rank started this process, or it did not
+        answer (``reason`` says which; :func:`snapshot` still says where this
+        rank is).
+    """
+    import json
+    import socket
+    import time
+
+    from chorus.env import read_rank_env
+
+    env = read_rank_env()
+    if not env.supervisor:
+        msg = (
+            f"rank {env.rank} on {env.hostname}: chorus.debug.where() asks whoever started the"
+            " ranks (chorus launch, the chorus kernel, %chorus start), and nothing that can was"
+            " (no CHORUS_SUPERVISOR); chorus.debug.snapshot() says where this rank is"
+        )
+        raise WhereUnavailableError(msg, "no-supervisor")
+    if env.supervisor.startswith("unavailable: "):
+        why = env.supervisor.removeprefix("unavailable: ")
+        msg = f"rank {env.rank} on {env.hostname}: chorus.debug.where() cannot ask: {why}"
+        raise WhereUnavailableError(msg, "no-forward")
+    host, _, port = env.supervisor.rpartition(":")
+    question = {"token": env.token, "rank": env.rank, "question": "where"}
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.sendall(json.dumps(question).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+        answer = json.loads(data)
+    except (OSError, ValueError) as err:
+        msg = (
+            f"rank {env.rank} on {env.hostname}: chorus.debug.where() got no answer from the"
+            f" launcher or kernel at {env.supervisor} within {timeout:g} s ({err})"
+        )
+        raise WhereUnavailableError(msg, "unreachable") from None
+    if not answer.get("ok"):
+        msg = (
+            f"rank {env.rank} on {env.hostname}: chorus.debug.where() was refused:"
+            f" {answer.get('error', 'no reason given')}"
+        )
+        raise WhereUnavailableError(msg, "refused")
+    return merge_answers(cast("WhereAnswers", answer["answers"]))
 
 
 def _library_dirs() -> tuple[str, ...]:

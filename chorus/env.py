@@ -69,6 +69,10 @@ class RankEnv:
         Started by ``mpirun``/``mpiexec`` (the only way the ``mpi`` backend runs).
     local_size
         Ranks on this host according to the MPI launcher, ``None`` when unknown.
+    supervisor
+        ``CHORUS_SUPERVISOR``: the ``ip:port`` where the launcher or kernel
+        answers this rank's questions (:func:`chorus.debug.where`), or
+        ``unavailable: <why>``; empty when nothing started the job that can.
     """
 
     rank: int = 0
@@ -88,6 +92,7 @@ class RankEnv:
     hostname: str = field(default_factory=socket.gethostname)
     mpi_launched: bool = False
     local_size: int | None = None
+    supervisor: str = ""
 
     @property
     def in_job(self) -> bool:
@@ -282,4 +287,5 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         flight_sites=_flag(env, "CHORUS_FLIGHT_SITES"),
         mpi_launched=_first(env, _MPI_LAUNCHER_VARS) is not None,
         local_size=local_size,
+        supervisor=env.get("CHORUS_SUPERVISOR", ""),
     )

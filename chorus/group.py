@@ -225,6 +225,9 @@ def init(backend: str = "any", strict: bool = False) -> Group:
             _setting_up_since = time.time()
             try:
                 group = _connect(name, env)
+            except _core.PeerTimeoutError as err:
+                _explain_setup_timeout(err, env)
+                raise
             finally:
                 _setting_up_since = None
             _note_interrupts()
@@ -258,6 +261,26 @@ def init(backend: str = "any", strict: bool = False) -> Group:
         if _first is None:
             _first = group
         return group
+
+
+def _explain_setup_timeout(err: _core.PeerTimeoutError, env: RankEnv) -> None:
+    """Add where every rank is to a set-up timeout (a note, and ``err.report``).
+
+    The ranks that never came are usually somewhere the user can fix (a
+    collective inside ``if rank == 0:``, a long computation, ``input()``);
+    the message alone cannot say where. Only when a launcher or kernel can
+    ask them (``CHORUS_SUPERVISOR``); otherwise the message stands alone.
+    """
+    if not env.supervisor or env.supervisor.startswith("unavailable"):
+        return
+    from chorus.debug import WhereUnavailableError, where
+
+    try:
+        report = where()
+    except WhereUnavailableError:
+        return
+    err.report = report  # type: ignore[attr-defined]
+    err.add_note("Where every rank is now (chorus.debug.where()):\n" + report.text())
 
 
 def _note_interrupts() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, TypedDict
+from typing import NamedTuple, NotRequired, TypedDict
 
 # A snapshot a rank writes on request, as one stderr line the launcher takes
 # out of the output (never shown): this marker, then the JSON.
@@ -30,11 +30,12 @@ RUNNING = ("entered", "agreed")
 
 
 class StackFrame(NamedTuple):
-    file: str
+    file: str  # "" for a notebook cell (its file is a per-rank temporary)
     line: int
     function: str
     code: str
     library: bool
+    cell: int | None = None  # the kernel's execution count of a cell's frame
 
 
 Stack = tuple[StackFrame, ...]
@@ -77,6 +78,7 @@ class Frame(TypedDict):
     function: str
     code: str  # the source line, "" when unknown
     library: bool  # Python's own, an installed package's or chorus's (not the user's)
+    cell: NotRequired[int | None]  # a notebook cell's frame: its execution count
 
 
 class ThreadStack(TypedDict):
@@ -102,6 +104,14 @@ class RankSnapshot(TypedDict):
     threads: list[ThreadStack]
     calls: list[GroupCall]  # each group's newest record (running or not)
     setting_up_since: float | None  # inside chorus.init(), waiting for the others, since
+
+
+class WhereAnswers(TypedDict):
+    """What a supervisor collected: the snapshots that came back, and why others did not."""
+
+    size: int
+    snapshots: list[RankSnapshot]
+    missing: dict[str, str]  # rank (as text: JSON keys) -> why there is no snapshot
 
 
 def rank_list(ranks: Iterable[int]) -> str:
@@ -181,25 +191,39 @@ class Report:
         return format_report(self)
 
 
+def _place(frame: StackFrame) -> str:
+    """``file:line``, or ``cell 7, line 2`` for a notebook cell's frame."""
+    if frame.cell is not None:
+        return f"cell {frame.cell}, line {frame.line}"
+    return f"{frame.file}:{frame.line}"
+
+
+def _stack_frame(f: Frame) -> StackFrame:
+    cell = f.get("cell")
+    return StackFrame(
+        "" if cell is not None else f["file"],
+        f["line"],
+        f["function"],
+        f.get("code", ""),
+        f.get("library", False),
+        cell,
+    )
+
+
 def _activity(snapshot: RankSnapshot) -> tuple[str, Stack]:
     main = next((t for t in snapshot["threads"] if t["main"]), None)
-    frames: list[Frame] = main["frames"] if main else []
-    stack = tuple(
-        StackFrame(f["file"], f["line"], f["function"], f.get("code", ""), f.get("library", False))
-        for f in frames
-    )
-    user = [f for f in frames if not f.get("library", False)]
-    names = {f["function"] for f in frames}
+    stack = tuple(_stack_frame(f) for f in (main["frames"] if main else []))
+    user = [f for f in stack if not f.library]
+    names = {f.function for f in stack}
     if names & {"_input_request", "raw_input", "getpass"}:
-        top = user[-1] if user else None
-        where = f" at {top['file']}:{top['line']}" if top else ""
+        where = f" at {_place(user[-1])}" if user else ""
         return f"waits for input{where}", stack
-    if user and "input(" in (user[-1].get("code") or ""):
-        return f"waits for input at {user[-1]['file']}:{user[-1]['line']}", stack
+    if user and "input(" in user[-1].code:
+        return f"waits for input at {_place(user[-1])}", stack
     if not user:
         return "idle", stack
     top = user[-1]
-    return f"runs {top['function']} at {top['file']}:{top['line']}", stack
+    return f"runs {top.function} at {_place(top)}", stack
 
 
 def merge(
@@ -238,6 +262,12 @@ def merge(
         classes.setdefault(s.stack, []).append(s.rank)
     ordered = sorted(((ranks, stack) for stack, ranks in classes.items()), key=lambda c: c[0][0])
     return Report(states, missing, _verdict(states, missing), ordered)
+
+
+def merge_answers(answers: WhereAnswers) -> Report:
+    """The report for a supervisor's answers (:func:`merge` of their parts)."""
+    missing = {int(rank): why for rank, why in answers["missing"].items()}
+    return merge(answers["snapshots"], size=answers["size"], missing=missing)
 
 
 def _verdict(states: list[RankState], missing: dict[int, str]) -> Verdict:
@@ -370,7 +400,7 @@ def format_report(report: Report) -> str:
         if not shown:
             lines.append("      (none of the user's code: idle)")
         for frame in shown:
-            text = f"      {frame.file}:{frame.line} in {frame.function}"
+            text = f"      {_place(frame)} in {frame.function}"
             lines.append(text + (f": {frame.code}" if frame.code else ""))
     lines.append(f"verdict: {report.verdict.text}")
     return "\n".join(lines)

@@ -21,7 +21,10 @@ import ctypes
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chorus.where import RankSnapshot
 
 STARTUP_LINES = [
     "import sys as _chorus_sys",
@@ -72,11 +75,22 @@ def rank_kernel_class() -> type:
             from chorus.debug import snapshot
 
             try:
-                content: dict[str, Any] = {"status": "ok", "snapshot": snapshot()}
+                content: dict[str, Any] = {"status": "ok", "snapshot": self._with_cells(snapshot())}
             except Exception as err:  # noqa: BLE001 - the answer says what went wrong
                 content = {"status": "error", "evalue": repr(err)}
             assert self.session is not None
             self.session.send(stream, "chorus_where_reply", content, parent, ident)
+
+        def _with_cells(self, snap: RankSnapshot) -> RankSnapshot:
+            """Name each cell's frames by the cell's number, not its per-rank temporary file."""
+            assert self.shell is not None
+            cells: dict[str, int] = getattr(self.shell.compile, "_filename_map", {})
+            for thread in snap["threads"]:
+                for frame in thread["frames"]:
+                    number = cells.get(frame["file"])
+                    if number is not None:
+                        frame["cell"] = number
+            return snap
 
         def start(self) -> None:
             super().start()  # type: ignore[no-untyped-call]

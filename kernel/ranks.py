@@ -40,8 +40,9 @@ from chorus.launch.ports import (
     memfd_hostfile,
 )
 from chorus.launch.process import describe_exit
+from chorus.launch.questions import QuestionServer
 from chorus.launch.run import JobSpec, rank_environment
-from chorus.where import Report, merge
+from chorus.where import Report, WhereAnswers, merge_answers
 
 if TYPE_CHECKING:
     from chorus.launch.hosts import Hostfile
@@ -195,6 +196,8 @@ class RankSet:
         self.ranks: list[Rank] = []
         self.listener: Listener | None = None
         self._waiters: dict[str, asyncio.Future[Message]] = {}
+        # The ranks' questions (chorus.debug.where() in a cell); its token is the job's.
+        self._questions: QuestionServer | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -208,8 +211,10 @@ class RankSet:
             did are shut down again.
         """
         say = progress or (lambda _message: None)
+        self._questions = QuestionServer(secrets.token_hex(16), self.where_answers)
+        await self._questions.start()
         if self.hosts is not None:
-            await self._start_remote(self.hosts, say)
+            await self._start_remote(self.hosts, say, self._questions)
             return
         spec = JobSpec(
             argv=tuple(RANK_ARGV),
@@ -219,7 +224,7 @@ class RankSet:
             cwd=self.cwd,
             timeout=self.timeout,
         )
-        token = secrets.token_hex(16)
+        token = self._questions.token
         job_id = f"k{os.getpid()}-{secrets.token_hex(4)}"  # random: nothing of the token
         with contextlib.ExitStack() as stack:
             listeners = listening_sockets(self.size)
@@ -242,6 +247,7 @@ class RankSet:
                     job_id=job_id,
                     mlx_hostfile=f"/proc/self/fd/{mlx_fd}",
                     coordinator=addresses[0][0],
+                    supervisor=self._questions.address,
                 )
                 # IPC transport: rank kernels talk to this process only, over
                 # unix sockets in Jupyter's runtime dir (private, and no "TCP
@@ -262,7 +268,9 @@ class RankSet:
             raise RuntimeError(msg)
         say(f"{self.size} rank kernels ready")
 
-    async def _start_remote(self, hosts: Hostfile, say: Callable[[str], None]) -> None:
+    async def _start_remote(
+        self, hosts: Hostfile, say: Callable[[str], None], questions: QuestionServer
+    ) -> None:
         """Start rank kernels on other hosts through the launcher's agents.
 
         Each agent binds the rank's chorus sockets and reports five free ports
@@ -285,7 +293,9 @@ class RankSet:
         )
         say(f"starting {self.size} rank kernels on {', '.join(hosts.distinct_hosts)}")
         try:
-            remote = await prepare_remote_ranks(spec, hosts, _SayReporter(say), free_ports=5)
+            remote = await prepare_remote_ranks(
+                spec, hosts, _SayReporter(say), questions, free_ports=5
+            )
         except LaunchError as exc:
             raise RuntimeError(str(exc)) from exc
         self._remote = remote
@@ -500,6 +510,9 @@ class RankSet:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
         self.ranks = []
+        if self._questions is not None:
+            self._questions.close()
+            self._questions = None
 
     async def _stop_remote(self, rank: Rank) -> None:
         """A shutdown_request, then the agent's exit; SIGTERM if it does not come."""
@@ -527,12 +540,16 @@ class RankSet:
 
     async def where(self, timeout: float = 3.0) -> Report:
         """Ask every running rank where it is (control channel) and merge the answers."""
+        return merge_answers(await self.where_answers(timeout))
+
+    async def where_answers(self, timeout: float = 3.0) -> WhereAnswers:
+        """Ask every running rank where it is: the snapshots, and who did not answer."""
         asked: dict[int, asyncio.Future[Message]] = {}
-        missing: dict[int, str] = {}
+        missing: dict[str, str] = {}
         for rank in self.ranks:
             code = rank.exit_code()
             if rank.client is None or code is not None:
-                missing[rank.rank] = "not running" if code is None else describe_exit(code)
+                missing[str(rank.rank)] = "not running" if code is None else describe_exit(code)
                 continue
             request = rank.client.session.msg("chorus_where_request", {})
             asked[rank.rank] = self.expect_reply(request["header"]["msg_id"])
@@ -547,10 +564,10 @@ class RankSet:
             else:
                 if not future.done():
                     future.cancel()
-                missing[number] = (
+                missing[str(number)] = (
                     content.get("evalue", "error") if content else f"no answer within {timeout:g} s"
                 )
-        return merge(snapshots, size=len(self.ranks), missing=missing)
+        return WhereAnswers(size=len(self.ranks), snapshots=snapshots, missing=missing)
 
     def interrupt(self, ranks: Sequence[int] | None = None) -> None:
         """SIGINT to every rank (or the given ones), wherever each is blocked."""

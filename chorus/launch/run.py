@@ -46,9 +46,10 @@ from chorus.launch.ports import (
     memfd_hostfile,
 )
 from chorus.launch.process import LocalRank, RankProcess, describe_exit
+from chorus.launch.questions import QuestionServer
 from chorus.launch.stall import WhereCollector, longest_wait, stall_key
 from chorus.launch.threads import thread_limits, usable_cores
-from chorus.where import SNAPSHOT_MARKER, Report
+from chorus.where import SNAPSHOT_MARKER, Report, WhereAnswers
 
 if TYPE_CHECKING:
     from chorus.launch.remote import SshRank
@@ -330,6 +331,7 @@ def rank_environment(
     job_id: str,
     mlx_hostfile: str,
     coordinator: str,
+    supervisor: str,
 ) -> dict[str, str]:
     """The complete environment of one rank.
 
@@ -353,6 +355,9 @@ def rank_environment(
         The path the rank reads MLX's hostfile at.
     coordinator
         ``CHORUS_COORDINATOR``: rank 0's first address.
+    supervisor
+        ``CHORUS_SUPERVISOR``: where the rank asks the launcher (or kernel)
+        questions (:mod:`chorus.launch.questions`).
 
     Returns
     -------
@@ -375,6 +380,7 @@ def rank_environment(
             "CHORUS_LISTEN_FDS": ",".join(str(fd) for fd in listen_fds),
             # SIGURG asks the rank where it is; it answers on stderr (chorus.where).
             "CHORUS_REPORTS": "stderr",
+            "CHORUS_SUPERVISOR": supervisor,
             "MLX_RANK": str(rank),
             "MLX_WORLD_SIZE": str(spec.nprocs),
             "MLX_HOSTFILE": mlx_hostfile,
@@ -423,6 +429,8 @@ class Job:
         self._connections: list[Any] = []
         self._where = WhereCollector(spec.nprocs)
         self._reports: set[asyncio.Task[None]] = set()
+        # The ranks' questions (chorus.debug.where()); its token is the job's.
+        self._questions = QuestionServer(secrets.token_hex(16), self._where_answers)
 
     # -- set-up ------------------------------------------------------------
 
@@ -447,7 +455,7 @@ class Job:
 
     def _build_ranks(self, stack: contextlib.ExitStack) -> None:
         spec = self.spec
-        token = secrets.token_hex(16)
+        token = self._questions.token
         job_id = f"{os.getpid()}-{secrets.token_hex(4)}"  # random: nothing of the token
         self.reporter.progress(f"job {job_id}: {spec.nprocs} rank(s), backend {spec.backend}")
 
@@ -475,6 +483,7 @@ class Job:
                 job_id=job_id,
                 mlx_hostfile=mlx_path,
                 coordinator=addresses[0][0],
+                supervisor=self._questions.address,
             )
             self.ranks.append(
                 LocalRank(rank, spec.argv, env, cwd=spec.cwd, pass_fds=[*listen_fds, *mlx_fds])
@@ -482,7 +491,7 @@ class Job:
 
     async def _build_remote_ranks(self, hostfile: Hostfile) -> None:
         """Connect to every host and run each rank's agent (see :func:`prepare_remote_ranks`)."""
-        remote = await prepare_remote_ranks(self.spec, hostfile, self.reporter)
+        remote = await prepare_remote_ranks(self.spec, hostfile, self.reporter, self._questions)
         self._connections = remote.connections
         self.ranks.extend(remote.ranks)
         for rank, env in zip(remote.ranks, remote.envs, strict=True):
@@ -544,6 +553,9 @@ class Job:
     async def where(self) -> Report:
         """Ask every running rank where it is and merge the answers."""
         return await self._where.report(self.ranks, self._exited())
+
+    async def _where_answers(self) -> WhereAnswers:
+        return await self._where.answers(self.ranks, self._exited())
 
     def _on_quit(self) -> None:
         if not self._started:
@@ -709,6 +721,7 @@ class Job:
         loop = asyncio.get_running_loop()
         installed: list[int] = []
         try:
+            await self._questions.start()
             with contextlib.ExitStack() as inherited:
                 if self.spec.hosts is not None:
                     await self._build_remote_ranks(self.spec.hosts)
@@ -738,6 +751,7 @@ class Job:
                 loop.remove_signal_handler(installed_signum)
             if not self._started:
                 await self._abort_start()
+            self._questions.close()
             for connection in self._connections:
                 connection.close()
         return self.result
@@ -808,6 +822,7 @@ async def prepare_remote_ranks(
     spec: JobSpec,
     hostfile: Hostfile,
     reporter: Reporter,
+    questions: QuestionServer,
     *,
     free_ports: int = 0,
 ) -> RemoteRanks:
@@ -816,7 +831,9 @@ async def prepare_remote_ranks(
     Nothing runs the user's program yet: each agent has bound its rank's
     listening sockets, so the hostfile every rank gets is complete and no
     port can be taken in between. ``free_ports`` more ports per rank are
-    reported (the kernel's ZMQ ports). On failure every connection is closed.
+    reported (the kernel's ZMQ ports). ``questions`` answers the ranks (its
+    token is the job's; each connection forwards a port on its host back to
+    it). On failure every connection is closed.
 
     Raises
     ------
@@ -826,7 +843,7 @@ async def prepare_remote_ranks(
     from chorus.launch.remote import AgentError, SshRank
     from chorus.launch.ssh import SshError, connect_all
 
-    token = secrets.token_hex(16)
+    token = questions.token
     job_id = f"{os.getpid()}-{secrets.token_hex(4)}"  # random: nothing of the token
     reporter.progress(f"job {job_id}: {spec.nprocs} rank(s) on {describe(hostfile.hosts)}")
     try:
@@ -870,6 +887,7 @@ async def prepare_remote_ranks(
             prepared = await _with_status(reporter, "starting agents", steps)
         except AgentError as exc:
             raise LaunchError(str(exc)) from exc
+        supervisors = [await questions.address_over(r.connection, r.host) for r in ranks]
     except BaseException:
         for connection in connections:
             connection.close()
@@ -878,7 +896,7 @@ async def prepare_remote_ranks(
     hostfile_text = hostfile_json(addresses)
     reporter.progress(f"ranks listen on {hostfile_text}")
     envs = []
-    for rank in ranks:
+    for rank, supervisor in zip(ranks, supervisors, strict=True):
         env = rank_environment(
             spec,
             rank.rank,
@@ -889,6 +907,7 @@ async def prepare_remote_ranks(
             job_id=job_id,
             mlx_hostfile="",
             coordinator=addresses[0][0],
+            supervisor=supervisor,
         )
         env.update(hostfile.envs)
         env.update(spec.env)

@@ -22,7 +22,7 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from chorus.where import REPORT_SIGNAL, RankSnapshot, Report, merge
+from chorus.where import REPORT_SIGNAL, RankSnapshot, Report, WhereAnswers, merge_answers
 
 # How long the ranks get to answer.
 ANSWER_TIMEOUT = 3.0
@@ -68,10 +68,18 @@ class WhereCollector:
         self, ranks: Sequence[Asked], exited: dict[int, str], timeout: float = ANSWER_TIMEOUT
     ) -> Report:
         """Ask every running rank, wait up to ``timeout`` s, merge what came back."""
+        return merge_answers(await self.answers(ranks, exited, timeout))
+
+    async def answers(
+        self, ranks: Sequence[Asked], exited: dict[int, str], timeout: float = ANSWER_TIMEOUT
+    ) -> WhereAnswers:
+        """Ask every running rank, wait up to ``timeout`` s: the snapshots, and who did not answer."""
         async with self._asking:
             return await self._ask(ranks, exited, timeout)
 
-    async def _ask(self, ranks: Sequence[Asked], exited: dict[int, str], timeout: float) -> Report:
+    async def _ask(
+        self, ranks: Sequence[Asked], exited: dict[int, str], timeout: float
+    ) -> WhereAnswers:
         loop = asyncio.get_running_loop()
         running = [r for r in ranks if r.returncode is None]
         self._waiting = {r.rank: loop.create_future() for r in running}
@@ -82,16 +90,16 @@ class WhereCollector:
         if futures:
             await asyncio.wait(futures, timeout=timeout)
         snapshots = [f.result() for f in futures if f.done()]
-        missing = dict(exited)
+        missing = {str(number): why for number, why in exited.items()}
         for number, future in self._waiting.items():
             if not future.done():
                 future.cancel()
-                missing[number] = (
+                missing[str(number)] = (
                     f"no answer within {timeout:g} s (not in chorus.init yet, busy in"
                     " code that holds the GIL, or a SIGURG handler of its own)"
                 )
         self._waiting = {}
-        return merge(snapshots, size=self.size, missing=missing)
+        return WhereAnswers(size=self.size, snapshots=snapshots, missing=missing)
 
 
 def stall_key(report: Report) -> tuple[object, ...] | None:

@@ -304,3 +304,19 @@ def test_a_stalled_cell_says_where_every_rank_is_then_interrupt_works(kernel: Fr
     idle = kernel.run("%chorus where")
     assert "verdict: no rank is inside a chorus call" in idle.stdout, idle.stdout
     assert kernel.run("%chorus stall off").status == "ok"
+
+
+def test_a_rank_asks_where_every_rank_is_from_a_cell(kernel: Frontend) -> None:
+    # Ranks 1-3 wait in all_sum for rank 0, which asks the chorus kernel.
+    code = (
+        "g = chorus.init()\n"
+        "if rank == 0:\n"
+        "    report = chorus.debug.where()\n"
+        "    print('KIND', report.verdict.kind, report.verdict.waiting)\n"
+        "    print(report.text())\n"
+        "chorus.all_sum(np.ones(1))"
+    )
+    run = kernel.run(code)
+    assert run.status == "ok", run
+    assert "[0] KIND missing-call [1, 2, 3]" in run.stdout, run.stdout
+    assert "not in a chorus call: runs <module> at cell " in run.stdout, run.stdout

@@ -143,7 +143,7 @@ import os
 if os.environ["CHORUS_RANK"] == "0":
     chorus.all_sum(np.ones(3))                 # its first collective: chorus.init() waits
 else:
-    import chorus.group                        # chorus, but no init: no answer either
+    import chorus.group                        # chorus, but no init: it answers all the same
     time.sleep(60)
 """
 
@@ -157,3 +157,69 @@ def test_a_first_collective_the_others_skip_is_named_as_such(tmp_path: Path) -> 
     assert "[0]    waits in chorus.init() for the other ranks for" in err, err
     assert "verdict: rank 0 waits in chorus.init() (a rank's first collective calls it)," in err
     assert "which ranks 1,2 never called" in err, err
+
+
+ASKS = (
+    HEAD
+    + """
+if r == 0:
+    report = chorus.debug.where()              # LINE asks
+    print("KIND", report.verdict.kind, report.verdict.waiting, report.verdict.others, flush=True)
+    print(report.text(), flush=True)
+chorus.all_sum(np.ones(3))                     # LINE joined
+print("DONE", r, flush=True)
+"""
+)
+
+
+@pytest.mark.parametrize("backend", ["shm", "ring", "mesh"])
+def test_a_rank_asks_where_every_rank_is(tmp_path: Path, backend: str) -> None:
+    # Ranks 1-3 wait in all_sum #2 for rank 0, which asks (through the launcher).
+    path = tmp_path / "asks.py"
+    path.write_text(ASKS)
+    lines = {
+        line.split("# LINE ")[1].strip(): n
+        for n, line in enumerate(path.read_text().splitlines(), start=1)
+        if "# LINE " in line
+    }
+    done = launch("-n", "4", "--backend", backend, str(path), timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "[0] KIND missing-call [1, 2, 3] [0]" in out, out
+    assert f"not in a chorus call: runs <module> at {path}:{lines['asks']}" in out, out
+    assert "verdict: ranks 1-3 wait in all_sum #2 (float64 (3,)), which rank 0 never made" in out
+    assert f"at {path}:{lines['joined']}" in out, out
+    for r in range(4):
+        assert f"[{r}] DONE {r}" in out, out
+
+
+def test_a_set_up_timeout_says_where_the_missing_ranks_are(tmp_path: Path) -> None:
+    path = tmp_path / "first.py"
+    path.write_text(FIRST)
+    done = launch("-n", "3", "--timeout", "3", str(path), timeout=60)
+    err = done.stderr
+    assert done.returncode == 1, err
+    assert "PeerTimeoutError" in err, err
+    assert "ranks 1, 2 did not attach" in err, err
+    assert "[0] Where every rank is now (chorus.debug.where()):" in err, err
+    assert "[0] [1,2]  not in a chorus call: runs <module> at " in err, err
+    assert "which ranks 1,2 never called (they are running <module> at" in err, err
+
+
+def test_where_without_a_supervisor_says_so() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import chorus.debug\n"
+        "try:\n"
+        "    chorus.debug.where()\n"
+        "except chorus.debug.WhereUnavailableError as err:\n"
+        "    print(err.reason, err)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHORUS_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("no-supervisor rank 0 on "), out
+    assert "nothing that can was (no CHORUS_SUPERVISOR)" in out, out

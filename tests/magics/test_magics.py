@@ -86,3 +86,17 @@ def test_where_from_the_magic(ipython: Frontend) -> None:
     assert "chorus where: 3 ranks" in where.stdout, where.stdout
     assert "[0-2]  not in a chorus call: idle" in where.stdout, where.stdout
     assert "verdict: no rank is inside a chorus call" in where.stdout, where.stdout
+
+
+def test_a_rank_asks_where_every_rank_is_from_a_cell(ipython: Frontend) -> None:
+    # Ranks 1 and 2 wait in the barrier for rank 0, which asks the magics' rank set.
+    code = (
+        "%%all\ng = chorus.init()\n"
+        "if rank == 0:\n"
+        "    report = chorus.debug.where()\n"
+        "    print('KIND', report.verdict.kind, report.verdict.waiting)\n"
+        "chorus.barrier()"
+    )
+    run = ipython.run(code)
+    assert run.status == "ok", run
+    assert "[0] KIND missing-call [1, 2]" in run.stdout, run.stdout

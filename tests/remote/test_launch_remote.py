@@ -372,3 +372,24 @@ def test_a_stall_across_hosts_is_reported_with_each_rank_and_host(
     assert "[0,1,3]  not in a chorus call: runs <module> at <string>:9" in err, err
     assert "chorus-snapshot" not in err + result.stdout
     assert_no_orphans(switch_hosts)
+
+
+ASKS = """\
+import chorus
+group = chorus.init()
+chorus.barrier()
+if group.rank() == 3:
+    report = chorus.debug.where()
+    hosts = [(s.rank, s.host) for s in report.states]
+    print("KIND", report.verdict.kind, report.verdict.waiting, hosts, flush=True)
+chorus.barrier()
+"""
+
+
+def test_a_remote_rank_asks_where_every_rank_is(switch_hosts: EmulatedHosts) -> None:
+    # Rank 3 on h3 asks the launcher through the port its ssh connection forwards back.
+    result = launch(switch_hosts, "--hosts", "h0,h1,h2,h3", "-c", ASKS)
+    assert result.returncode == 0, result.stderr
+    hosts = [(r, f"h{r}") for r in range(4)]
+    assert f"[3] KIND missing-call [0, 1, 2] {hosts}" in result.stdout, result
+    assert_no_orphans(switch_hosts)
