@@ -209,12 +209,18 @@ class RankExit:
     def describe(self) -> str:
         """``"rank 2 exited with code 3"``, ``"rank 1 on h1 was killed by SIGKILL"``."""
         if self.lost:
-            return (
-                f"rank {self.rank}: lost contact with {self.host} (its ssh connection "
-                "dropped: host down or network cut)"
-            )
+            return f"rank {self.rank}: {self.ending()}"
         where = f" on {self.host}" if self.host else ""
-        return f"rank {self.rank}{where} {describe_exit(self.returncode)}"
+        return f"rank {self.rank}{where} {self.ending()}"
+
+    def ending(self) -> str:
+        """What happened, without naming the rank: ``"exited with code 3"``."""
+        if self.lost:
+            return (
+                f"lost contact with {self.host} (its ssh connection dropped: host down or"
+                " network cut)"
+            )
+        return describe_exit(self.returncode)
 
 
 @dataclass
@@ -548,7 +554,7 @@ class Job:
     # -- where is every rank ---------------------------------------------------
 
     def _exited(self) -> dict[int, str]:
-        return {e.rank: e.describe().split(" ", 2)[2] for e in self.result.exits}
+        return {e.rank: e.ending() for e in self.result.exits}
 
     async def where(self) -> Report:
         """Ask every running rank where it is and merge the answers."""

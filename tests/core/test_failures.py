@@ -260,9 +260,9 @@ except chorus.PeerError as err:
 def test_a_dead_rank_s_last_call_explains_the_failure(ranks: RankRunner, backend: str) -> None:
     results = ranks.start(DIED_BEFORE, 3, backend=backend).wait(timeout=60)
     everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
-    # shm names the call it was in (ranks publish it); ring and mesh its number
-    # (from the last Sync it sent).
-    last = "barrier #1" if backend == "shm" else "#1"
+    # shm reads the call it was in (ranks publish it); ring and mesh from the
+    # last Sync it sent (its number and op).
+    last = "barrier #1"
     for result in (results[0], results[1]):
         assert result.returncode == 0, everything
         assert f"(the last call it entered was {last}: it never reached this one)" in (

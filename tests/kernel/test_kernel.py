@@ -307,11 +307,17 @@ def test_a_stalled_cell_says_where_every_rank_is_then_interrupt_works(kernel: Fr
 
 
 def test_a_rank_asks_where_every_rank_is_from_a_cell(kernel: Frontend) -> None:
-    # Ranks 1-3 wait in all_sum for rank 0, which asks the chorus kernel.
+    # Ranks 1-3 wait in all_sum for rank 0, which asks the chorus kernel
+    # (again until all three are in it: they start the cell when they start it).
     code = (
+        "import time\n"
         "g = chorus.init()\n"
         "if rank == 0:\n"
-        "    report = chorus.debug.where()\n"
+        "    for _ in range(100):\n"
+        "        report = chorus.debug.where()\n"
+        "        if report.verdict.waiting == [1, 2, 3]:\n"
+        "            break\n"
+        "        time.sleep(0.1)\n"
         "    print('KIND', report.verdict.kind, report.verdict.waiting)\n"
         "    print(report.text())\n"
         "chorus.all_sum(np.ones(1))"

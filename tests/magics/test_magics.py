@@ -92,8 +92,13 @@ def test_a_rank_asks_where_every_rank_is_from_a_cell(ipython: Frontend) -> None:
     # Ranks 1 and 2 wait in the barrier for rank 0, which asks the magics' rank set.
     code = (
         "%%all\ng = chorus.init()\n"
+        "import time\n"
         "if rank == 0:\n"
-        "    report = chorus.debug.where()\n"
+        "    for _ in range(100):\n"
+        "        report = chorus.debug.where()\n"
+        "        if report.verdict.waiting == [1, 2]:\n"
+        "            break\n"
+        "        time.sleep(0.1)\n"
         "    print('KIND', report.verdict.kind, report.verdict.waiting)\n"
         "chorus.barrier()"
     )

@@ -375,11 +375,16 @@ def test_a_stall_across_hosts_is_reported_with_each_rank_and_host(
 
 
 ASKS = """\
+import time
 import chorus
 group = chorus.init()
 chorus.barrier()
 if group.rank() == 3:
-    report = chorus.debug.where()
+    for _ in range(100):  # until the others are in the barrier
+        report = chorus.debug.where()
+        if report.verdict.waiting == [0, 1, 2]:
+            break
+        time.sleep(0.1)
     hosts = [(s.rank, s.host) for s in report.states]
     print("KIND", report.verdict.kind, report.verdict.waiting, hosts, flush=True)
 chorus.barrier()

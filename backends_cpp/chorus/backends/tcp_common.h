@@ -3,6 +3,7 @@
 // set-up deadlines.
 #pragma once
 
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -100,13 +101,38 @@ class CallCounter {
   bool interrupted_on_the_way_ = false;
 };
 
-// " (the last call it entered was #40: it never reached this one)": where a
-// peer that is gone was, from the last call index its frames carried.
-inline std::string last_call_text(uint64_t theirs, uint64_t ours) {
-  if (theirs >= ours) return " (it was in this call)";
-  if (theirs == 0) return " (it had entered no collective on this group)";
-  return " (the last call it entered was #" + std::to_string(theirs) +
-         ": it never reached this one)";
+// A collective's name on the wire (a Sync frame's aux1), so that a peer can
+// say which call a rank that is gone was in: 1 + its index in kWireOps, 0
+// for an unknown name.
+inline constexpr std::array<const char*, 7> kWireOps = {
+    "all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "broadcast", "barrier"};
+inline uint64_t wire_op(const std::string& op) {
+  for (size_t i = 0; i < kWireOps.size(); ++i) {
+    if (op == kWireOps[i]) return i + 1;
+  }
+  return 0;
+}
+
+// The latest call a peer's Sync frames named: its number and its op.
+struct PeerLastCall {
+  uint64_t index = 0;
+  uint64_t op = 0;  // wire_op()
+  void saw(uint64_t sync_index, uint64_t sync_op) {
+    if (sync_index < index) return;
+    index = sync_index;
+    op = sync_op;
+  }
+};
+
+// " (the last call it entered was barrier #40: it never reached this one)":
+// where a peer that is gone was, from the last call its Sync frames named.
+inline std::string last_call_text(const PeerLastCall& theirs, uint64_t ours) {
+  if (theirs.index >= ours) return " (it was in this call)";
+  if (theirs.index == 0) return " (it had entered no collective on this group)";
+  const bool known = theirs.op >= 1 && theirs.op <= kWireOps.size();
+  return std::string(" (the last call it entered was ") +
+         (known ? std::string(kWireOps[theirs.op - 1]) + " " : "") + "#" +
+         std::to_string(theirs.index) + ": it never reached this one)";
 }
 
 // This rank came to a call that already failed on the other ranks, and left

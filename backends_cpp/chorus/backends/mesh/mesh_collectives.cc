@@ -59,7 +59,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
   // Each link owns its copy: a call that ends in UsageError returns before
   // its sends drained, and record_ is replaced by the next call.
   auto send_record = [&](int p) {
-    peers_[p].link.post_send_owned(tcp::FrameType::Sync, calls_.index(), 0, record_);
+    peers_[p].link.post_send_owned(tcp::FrameType::Sync, calls_.index(), wire_op(op_), record_);
   };
   for (int p = 0; p < n; ++p) {
     if (p == me) continue;
@@ -87,7 +87,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
       if (!peer.coll.empty()) {
         tcp::Frame f = std::move(peer.coll.front());
         peer.coll.pop_front();
-        if (f.type == tcp::FrameType::Sync) peer.last_call = std::max(peer.last_call, f.aux0);
+        if (f.type == tcp::FrameType::Sync) peer.last_call.saw(f.aux0, f.aux1);
         if (f.type != tcp::FrameType::Sync) {
           const std::string text = "protocol error: " + who(p) + " sent a " +
                                    tcp::frame_type_name(f.type) + " frame at the start of " + op_ +

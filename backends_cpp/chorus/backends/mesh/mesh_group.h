@@ -89,7 +89,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
     bool need = false;            // the link must be re-established
     bool synced = false;          // its record of this call arrived
     bool sent_all = false;        // the link was reset after all our frames left
-    uint64_t last_call = 0;       // the latest call index its records carried
+    PeerLastCall last_call;       // the latest call its records named
     std::deque<tcp::Frame> coll;  // collective frames, in arrival order
     // Accepted connections (from lower ranks) by epoch, one slot per stream.
     std::map<uint64_t, std::vector<std::optional<tcp::Socket>>> staged;

@@ -451,7 +451,7 @@ void RingGroup::start_call() {
   entering_ = false;
   install_left();  // a newer connection from the left may already wait
   auto send_sync = [&](int s) {
-    links_[s].post_send(tcp::FrameType::Sync, calls_.index(), 0, nullptr, 0);
+    links_[s].post_send(tcp::FrameType::Sync, calls_.index(), wire_op(op_), nullptr, 0);
   };
   for (int s = 0; s < 2; ++s) {
     need_[s] = !links_[s].up() && !links_[s].has_frame();
@@ -509,7 +509,7 @@ void RingGroup::start_call() {
       }
       {
         if (auto f = links_[s].take()) {
-          if (f->type == tcp::FrameType::Sync) last_sync_[s] = std::max(last_sync_[s], f->aux0);
+          if (f->type == tcp::FrameType::Sync) last_sync_[s].saw(f->aux0, f->aux1);
           if (f->type != tcp::FrameType::Sync) {
             const std::string text = "protocol error: " + who(peer(side)) + " sent a " +
                                      tcp::frame_type_name(f->type) + " frame at the start of " +

@@ -164,7 +164,7 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
     bool set = false;
   };
   AheadSync ahead_[2];
-  uint64_t last_sync_[2] = {0, 0};  // the latest call index each neighbour's Sync carried
+  PeerLastCall last_sync_[2];  // the latest call each neighbour's Sync named
   bool collective_ = false;         // the current call is a collective (messages)
   // " (the last call it entered was #40: ...)" for a collective, else "".
   std::string where_was(Side side) const;
