@@ -165,7 +165,7 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   };
   AheadSync ahead_[2];
   PeerLastCall last_sync_[2];  // the latest call each neighbour's Sync named
-  bool collective_ = false;         // the current call is a collective (messages)
+  bool collective_ = false;    // the current call is a collective (messages)
   // " (the last call it entered was #40: ...)" for a collective, else "".
   std::string where_was(Side side) const;
   uint64_t link_epoch(int s) const { return s == 0 ? left_epoch_ : right_epoch_; }
