@@ -234,7 +234,8 @@ def _launch(args: argparse.Namespace) -> int:
     # Imported here: the launcher's machinery (asyncio, sockets) is only
     # needed by this subcommand.
     from chorus.launch.hosts import HostfileError, chorus_backend
-    from chorus.launch.run import JobSpec, LaunchError, build_command, launch
+    from chorus.launch.run import launch
+    from chorus.launch.spec import JobSpec, LaunchError, build_command
 
     cwd: str | None = args.cwd
     if cwd is not None and not Path(cwd).is_dir():

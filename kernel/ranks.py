@@ -32,22 +32,15 @@ from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 
-from chorus.launch.ports import (
-    LOCALHOST,
-    free_ports,
-    hostfile_json,
-    listening_sockets,
-    memfd_hostfile,
-)
+from chorus.launch.placement import JobIdentity, Placement, new_job, place_local
 from chorus.launch.process import describe_exit
 from chorus.launch.questions import QuestionServer
-from chorus.launch.run import JobSpec, rank_environment
+from chorus.launch.spec import JobSpec, SilentReporter
 from chorus.where import Report, WhereAnswers, merge_answers
 
 if TYPE_CHECKING:
     from chorus.launch.hosts import Hostfile
     from chorus.launch.remote import SshRank
-    from chorus.launch.run import RemoteRanks
 
 Message = dict[str, Any]
 # Called with (rank, message) for every iopub or stdin message of a rank.
@@ -188,7 +181,7 @@ class RankSet:
         self.backend = backend
         self.hosts = hosts
         self.python = python
-        self._remote: RemoteRanks | None = None
+        self._remote: Placement | None = None
         self._drains: list[asyncio.Task[None]] = []
         self.extra_env = dict(env or {})
         self.cwd = cwd
@@ -211,10 +204,11 @@ class RankSet:
             did are shut down again.
         """
         say = progress or (lambda _message: None)
-        self._questions = QuestionServer(secrets.token_hex(16), self.where_answers)
+        identity = new_job("k")
+        self._questions = QuestionServer(identity.token, self.where_answers)
         await self._questions.start()
         if self.hosts is not None:
-            await self._start_remote(self.hosts, say, self._questions)
+            await self._start_remote(self.hosts, say, identity, self._questions)
             return
         spec = JobSpec(
             argv=tuple(RANK_ARGV),
@@ -224,42 +218,30 @@ class RankSet:
             cwd=self.cwd,
             timeout=self.timeout,
         )
-        token = self._questions.token
-        job_id = f"k{os.getpid()}-{secrets.token_hex(4)}"  # random: nothing of the token
-        with contextlib.ExitStack() as stack:
-            listeners = listening_sockets(self.size)
-            for sock in listeners:
-                stack.callback(sock.close)
-            addresses = [[f"{LOCALHOST}:{sock.getsockname()[1]}"] for sock in listeners]
-            hostfile = hostfile_json(addresses)
-            mlx_text = hostfile_json([[f"{LOCALHOST}:{p}"] for p in free_ports(self.size)])
-            mlx_fd = memfd_hostfile(mlx_text, "chorus-mlx-hostfile")
-            stack.callback(os.close, mlx_fd)
-            base = {k: v for k, v in os.environ.items() if not k.startswith(("CHORUS_", "MLX_"))}
-            for rank, sock in enumerate(listeners):
-                env = rank_environment(
-                    spec,
-                    rank,
-                    base=base,
-                    hostfile=hostfile,
-                    listen_fds=[sock.fileno()],
-                    token=token,
-                    job_id=job_id,
-                    mlx_hostfile=f"/proc/self/fd/{mlx_fd}",
-                    coordinator=addresses[0][0],
-                    supervisor=self._questions.address,
-                )
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("CHORUS_", "MLX_"))}
+        placement = place_local(
+            spec,
+            identity,
+            supervisor=self._questions.address,
+            base=base,
+            reporter=SilentReporter(),
+        )
+        try:
+            for rank, (env, fds) in enumerate(zip(placement.envs, placement.pass_fds, strict=True)):
                 # IPC transport: rank kernels talk to this process only, over
                 # unix sockets in Jupyter's runtime dir (private, and no "TCP
                 # without encryption" warning at every start).
                 manager = RankKernelManager(
-                    transport="ipc", ip=_ipc_path(f"chorus-{job_id}-{rank}")
+                    transport="ipc", ip=_ipc_path(f"chorus-{identity.job_id}-{rank}")
                 )
-                self.ranks.append(Rank(rank, manager, env, pass_fds=[sock.fileno(), mlx_fd]))
+                self.ranks.append(Rank(rank, manager, env, pass_fds=fds))
             say(f"starting {self.size} rank kernels (backend {self.backend})")
             results = await asyncio.gather(
                 *(self._start_one(r) for r in self.ranks), return_exceptions=True
             )
+        finally:
+            # The ranks own their sockets and MLX's hostfile now.
+            placement.close_inherited()
         failures = [(r, e) for r, e in zip(self.ranks, results, strict=True) if e is not None]
         if failures:
             await self.shutdown()
@@ -269,7 +251,11 @@ class RankSet:
         say(f"{self.size} rank kernels ready")
 
     async def _start_remote(
-        self, hosts: Hostfile, say: Callable[[str], None], questions: QuestionServer
+        self,
+        hosts: Hostfile,
+        say: Callable[[str], None],
+        identity: JobIdentity,
+        questions: QuestionServer,
     ) -> None:
         """Start rank kernels on other hosts through the launcher's agents.
 
@@ -279,7 +265,8 @@ class RankSet:
         the host. Messages are signed with the key and the sockets use
         CurveZMQ, so the traffic is encrypted.
         """
-        from chorus.launch.run import LaunchError, prepare_remote_ranks
+        from chorus.launch.placement import place_remote
+        from chorus.launch.spec import LaunchError
 
         spec = JobSpec(
             argv=tuple(RANK_ARGV[:3]),
@@ -293,13 +280,13 @@ class RankSet:
         )
         say(f"starting {self.size} rank kernels on {', '.join(hosts.distinct_hosts)}")
         try:
-            remote = await prepare_remote_ranks(
-                spec, hosts, _SayReporter(say), questions, free_ports=5
+            remote = await place_remote(
+                spec, hosts, identity, questions, _SayReporter(say), free_ports=5
             )
         except LaunchError as exc:
             raise RuntimeError(str(exc)) from exc
         self._remote = remote
-        for agent, env in zip(remote.ranks, remote.envs, strict=True):
+        for agent, env in zip(remote.remote, remote.envs, strict=True):
             assert agent.prepared is not None
             ip = agent.advertise[0]
             ports = dict(zip(_ZMQ_PORTS, agent.prepared.free_ports, strict=True))

@@ -8,16 +8,8 @@ compiled backend, so that launch-to-exit of a trivial job stays fast.
 from __future__ import annotations
 
 from chorus.launch.process import LocalRank, RankProcess
-from chorus.launch.run import (
-    Job,
-    JobResult,
-    JobSpec,
-    LaunchError,
-    RankExit,
-    Reporter,
-    build_command,
-    launch,
-)
+from chorus.launch.run import Job, JobResult, RankExit, launch
+from chorus.launch.spec import JobSpec, LaunchError, Reporter, build_command
 
 __all__ = [
     "Job",

@@ -1,13 +1,13 @@
-"""Run one job: start N local ranks, watch them, tear them down.
+"""Run one job: start its ranks, watch them, tear them down.
 
 The pieces, in the order :meth:`Job.run` uses them:
 
-1. addresses (:mod:`chorus.launch.ports`): a listening socket per rank,
-   inherited by the rank (``CHORUS_LISTEN_FDS``); MLX ports in a memfd
-   hostfile (``MLX_HOSTFILE``);
-2. the environment of each rank (:func:`rank_environment`);
-3. the ranks themselves (:class:`~chorus.launch.process.LocalRank`), started
-   concurrently;
+1. placement (:mod:`chorus.launch.placement`): each rank's addresses,
+   inherited sockets (or its agent on another host) and environment;
+2. the question port the ranks ask "where is every rank?" on
+   (:mod:`chorus.launch.questions`);
+3. the ranks themselves (:class:`~chorus.launch.process.LocalRank`, or
+   :class:`~chorus.launch.remote.SshRank` over ssh), started concurrently;
 4. stdin broadcast and labelled output (:mod:`chorus.launch.io`);
 5. supervision: the first rank that fails decides the exit code and the
    others are stopped after a grace period; SIGINT, SIGTERM and SIGHUP are
@@ -24,55 +24,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
-import shutil
 import signal
-import sys
-import tempfile
 import time
-from collections import Counter
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING
 
-from chorus.launch.hosts import Hostfile, describe
 from chorus.launch.io import OutputSink, broadcast_stdin, pump_output
-from chorus.launch.ports import (
-    LOCALHOST,
-    free_ports,
-    hostfile_json,
-    listening_sockets,
-    memfd_hostfile,
-)
+from chorus.launch.placement import Placement, new_job, place_local, place_remote
 from chorus.launch.process import LocalRank, RankProcess, describe_exit
 from chorus.launch.questions import QuestionServer
+from chorus.launch.spec import JobSpec, LaunchError, Reporter, SilentReporter
 from chorus.launch.stall import WhereCollector, longest_wait, stall_key
-from chorus.launch.threads import thread_limits, usable_cores
 from chorus.where import SNAPSHOT_MARKER, Report, WhereAnswers
 
 if TYPE_CHECKING:
-    from chorus.launch.remote import SshRank
+    from chorus.launch.hosts import Hostfile
 
-__all__ = [
-    "BACKENDS",
-    "Job",
-    "JobResult",
-    "JobSpec",
-    "LaunchError",
-    "RankExit",
-    "RemoteRanks",
-    "Reporter",
-    "build_command",
-    "launch",
-    "prepare_remote_ranks",
-    "rank_environment",
-]
+__all__ = ["STALL_EXIT_CODE", "Job", "JobResult", "RankExit", "launch"]
 
-BACKENDS = ("shm", "ring", "mesh", "any")
-T = TypeVar("T")
-# At most this many ranks share one ssh connection (sshd's MaxSessions is 10).
-RANKS_PER_CONNECTION = 8
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How long a rank's last output may take to arrive after it exited (a process
 # it started may still hold the pipe open).
@@ -83,115 +53,6 @@ KILL_TIMEOUT = 5.0
 
 # Exit status of a job stopped by --stall-timeout (as timeout(1) uses).
 STALL_EXIT_CODE = 124
-
-
-class LaunchError(Exception):
-    """The job cannot be started: bad program, bad directory, no resources."""
-
-
-class Reporter(Protocol):
-    """Where a job tells what it does; implemented by the CLI."""
-
-    def progress(self, message: str) -> None:
-        """A set-up or teardown step, shown with ``--verbose``."""
-
-    def event(self, message: str) -> None:
-        """Something the user must see: a rank failed, ranks are stopped."""
-
-    def status(self, line: str) -> None:
-        """A live status line while a slow step runs (``""`` clears it)."""
-
-
-class SilentReporter:
-    """A :class:`Reporter` that drops everything."""
-
-    def progress(self, message: str) -> None:
-        """Drop ``message``."""
-
-    def event(self, message: str) -> None:
-        """Drop ``message``."""
-
-    def status(self, line: str) -> None:
-        """Drop ``line``."""
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What to run and how.
-
-    Parameters
-    ----------
-    argv
-        The program of every rank; ``argv[0]`` is a path (see
-        :func:`build_command`).
-    nprocs
-        Number of ranks.
-    backend
-        ``CHORUS_BACKEND`` for the ranks: ``"shm"``, ``"ring"`` or ``"any"``.
-    env
-        Extra variables for every rank, applied last (they win).
-    cwd
-        Working directory of the ranks (default: the launcher's).
-    timeout
-        ``CHORUS_TIMEOUT``: seconds for set-up and for a peer to answer.
-    verbose
-        Sets ``CHORUS_VERBOSE=1`` in the ranks.
-    prefix
-        Label each output line with ``[rank] ``.
-    grace
-        Seconds the other ranks get to exit by themselves after one failed.
-    term_timeout
-        Seconds between SIGTERM and SIGKILL when stopping ranks.
-    hosts
-        Run rank ``i`` on ``hosts.hosts[i]`` over ssh (``nprocs`` must match);
-        ``None`` runs every rank here.
-    python
-        The interpreter on remote hosts (default: this one's absolute path).
-    accept_new_host_keys
-        Record unknown ssh host keys instead of refusing them.
-    stall_report
-        Print where every rank is once some ranks have waited this many
-        seconds in a call the others cannot join (``None``: never).
-    stall_timeout
-        The same, then stop the job and exit non-zero (``None``: never).
-    """
-
-    argv: tuple[str, ...]
-    nprocs: int
-    backend: str = "shm"
-    env: Mapping[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    timeout: float = 60.0
-    verbose: bool = False
-    prefix: bool = True
-    grace: float = 2.0
-    term_timeout: float = 2.0
-    hosts: Hostfile | None = None
-    python: str | None = None
-    accept_new_host_keys: bool = False
-    stall_report: float | None = None
-    stall_timeout: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.nprocs < 1:
-            msg = f"the number of ranks must be at least 1, not {self.nprocs}"
-            raise LaunchError(msg)
-        if self.backend not in BACKENDS:
-            msg = f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
-            raise LaunchError(msg)
-        if not self.argv:
-            msg = "no program to run"
-            raise LaunchError(msg)
-        for name in ("stall_report", "stall_timeout"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                msg = (
-                    f"--{name.replace('_', '-')} must be a positive number of seconds, not {value}"
-                )
-                raise LaunchError(msg)
-        if self.hosts is not None and len(self.hosts.hosts) != self.nprocs:
-            msg = f"{self.nprocs} rank(s) but {len(self.hosts.hosts)} host entries"
-            raise LaunchError(msg)
 
 
 @dataclass(frozen=True)
@@ -264,143 +125,6 @@ class JobResult:
         return 0
 
 
-def build_command(
-    *,
-    script: str | None = None,
-    module: str | None = None,
-    code: str | None = None,
-    args: Sequence[str] = (),
-    cwd: str | None = None,
-) -> tuple[str, ...]:
-    """The command line every rank runs, with ``argv[0]`` as a path.
-
-    Exactly one of ``script``, ``module`` and ``code`` is given. A ``.py``
-    script runs with this interpreter (``sys.executable``); another file runs
-    as a program if it is executable, as does a name found on ``PATH``.
-
-    Raises
-    ------
-    LaunchError
-        If the script does not exist, or none or several of the three are
-        given.
-    """
-    given = [
-        name
-        for name, value in (("script", script), ("-m", module), ("-c", code))
-        if value is not None
-    ]
-    if len(given) != 1:
-        msg = "give exactly one of: a script, -m MODULE, -c CODE"
-        raise LaunchError(msg)
-    python = sys.executable
-    if module is not None:
-        if not module:
-            msg = "-m needs a module name"
-            raise LaunchError(msg)
-        return (python, "-m", module, *args)
-    if code is not None:
-        return (python, "-c", code, *args)
-    assert script is not None
-    path = _find_script(script, cwd)
-    if path.endswith(".py") or not os.access(path, os.X_OK):
-        return (python, path, *args)
-    return (path, *args)
-
-
-def _find_script(script: str, cwd: str | None) -> str:
-    """An absolute path to ``script``: relative to our cwd, then ``cwd``, then PATH."""
-    candidates = [Path(script)]
-    if cwd is not None:
-        candidates.append(Path(cwd) / script)
-    for candidate in candidates:
-        if candidate.is_file():
-            return str(candidate.absolute())
-    if os.sep not in script and not script.endswith(".py"):
-        found = shutil.which(script)
-        if found is not None:
-            return found
-    if Path(script).is_dir():
-        msg = f"{script} is a directory, not a script"
-        raise LaunchError(msg)
-    msg = f"no such script: {script}"
-    raise LaunchError(msg)
-
-
-def rank_environment(
-    spec: JobSpec,
-    rank: int,
-    *,
-    base: Mapping[str, str],
-    hostfile: str,
-    listen_fds: Iterable[int],
-    token: str,
-    job_id: str,
-    mlx_hostfile: str,
-    coordinator: str,
-    supervisor: str,
-) -> dict[str, str]:
-    """The complete environment of one rank.
-
-    Parameters
-    ----------
-    spec
-        The job.
-    rank
-        This rank.
-    base
-        The environment to start from (the launcher's).
-    hostfile
-        ``CHORUS_HOSTFILE`` text (JSON, one list of "ip:port" per rank).
-    listen_fds
-        This rank's inherited listening sockets, as the rank sees them.
-    token
-        The job's shared secret.
-    job_id
-        The job's unique id.
-    mlx_hostfile
-        The path the rank reads MLX's hostfile at.
-    coordinator
-        ``CHORUS_COORDINATOR``: rank 0's first address.
-    supervisor
-        ``CHORUS_SUPERVISOR``: where the rank asks the launcher (or kernel)
-        questions (:mod:`chorus.launch.questions`).
-
-    Returns
-    -------
-    dict
-        ``base`` plus the ``CHORUS_*``, ``MLX_*`` and ``PYTHONUNBUFFERED``
-        variables, the BLAS/OpenMP thread counts of
-        :func:`~chorus.launch.threads.thread_limits`, then ``spec.env``.
-    """
-    env = dict(base)
-    env.update(
-        {
-            "CHORUS_RANK": str(rank),
-            "CHORUS_WORLD_SIZE": str(spec.nprocs),
-            "CHORUS_HOSTFILE": hostfile,
-            "CHORUS_BACKEND": spec.backend,
-            "CHORUS_TOKEN": token,
-            "CHORUS_JOB_ID": job_id,
-            "CHORUS_TIMEOUT": f"{spec.timeout:g}",
-            "CHORUS_COORDINATOR": coordinator,
-            "CHORUS_LISTEN_FDS": ",".join(str(fd) for fd in listen_fds),
-            # SIGURG asks the rank where it is; it answers on stderr (chorus.where).
-            "CHORUS_REPORTS": "stderr",
-            "CHORUS_SUPERVISOR": supervisor,
-            "MLX_RANK": str(rank),
-            "MLX_WORLD_SIZE": str(spec.nprocs),
-            "MLX_HOSTFILE": mlx_hostfile,
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    if spec.verbose:
-        env["CHORUS_VERBOSE"] = "1"
-    # Every rank of the job is on this host: each gets its share of the cores.
-    env.update(thread_limits(spec.nprocs, usable_cores(), {**base, **spec.env}))
-    env.update(spec.env)
-    return env
-
-
 class Job:
     """One launch: N local ranks from start to the last exit.
 
@@ -432,76 +156,40 @@ class Job:
         self.result = JobResult()
         self._started = False
         self._stopper: asyncio.Task[None] | None = None
-        self._connections: list[Any] = []
+        self.identity = new_job()
+        self._placement: Placement | None = None
         self._where = WhereCollector(spec.nprocs)
         self._reports: set[asyncio.Task[None]] = set()
         # The ranks' questions (chorus.debug.where()); its token is the job's.
-        self._questions = QuestionServer(secrets.token_hex(16), self._where_answers)
+        self._questions = QuestionServer(self.identity.token, self._where_answers)
 
     # -- set-up ------------------------------------------------------------
 
-    def _mlx_hostfile(self, stack: contextlib.ExitStack, text: str) -> tuple[str, list[int]]:
-        """MLX's hostfile as a path the ranks can open, and the fds to pass.
-
-        On Linux it is a memfd inherited by every rank under the same number,
-        so ``/proc/self/fd/N`` (read by the rank: *self* is the rank) names
-        it. Elsewhere it is a temporary file removed when the job ends.
-        """
-        if hasattr(os, "memfd_create"):
-            fd = memfd_hostfile(text, "chorus-mlx-hostfile")
-            stack.callback(os.close, fd)
-            return f"/proc/self/fd/{fd}", [fd]
-        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - removed by the stack
-            "w", prefix="chorus-mlx-hostfile-", suffix=".json", delete=False
-        )
-        stack.callback(os.unlink, handle.name)
-        with handle:
-            handle.write(text)
-        return handle.name, []
-
-    def _build_ranks(self, stack: contextlib.ExitStack) -> None:
+    def _build_ranks(self) -> None:
         spec = self.spec
-        token = self._questions.token
-        job_id = f"{os.getpid()}-{secrets.token_hex(4)}"  # random: nothing of the token
-        self.reporter.progress(f"job {job_id}: {spec.nprocs} rank(s), backend {spec.backend}")
-
-        listeners = listening_sockets(spec.nprocs)
-        for sock in listeners:
-            stack.callback(sock.close)
-        addresses = [[f"{LOCALHOST}:{sock.getsockname()[1]}"] for sock in listeners]
-        hostfile = hostfile_json(addresses)
-        self.reporter.progress(f"listening for the ranks on {hostfile}")
-
-        mlx_addresses = [[f"{LOCALHOST}:{port}"] for port in free_ports(spec.nprocs)]
-        mlx_path, mlx_fds = self._mlx_hostfile(stack, hostfile_json(mlx_addresses))
-        self.reporter.progress(f"MLX hostfile at {mlx_path}: {hostfile_json(mlx_addresses)}")
-
-        base = dict(os.environ)
-        for rank, sock in enumerate(listeners):
-            listen_fds = [sock.fileno()]
-            env = rank_environment(
-                spec,
-                rank,
-                base=base,
-                hostfile=hostfile,
-                listen_fds=listen_fds,
-                token=token,
-                job_id=job_id,
-                mlx_hostfile=mlx_path,
-                coordinator=addresses[0][0],
-                supervisor=self._questions.address,
-            )
-            self.ranks.append(
-                LocalRank(rank, spec.argv, env, cwd=spec.cwd, pass_fds=[*listen_fds, *mlx_fds])
-            )
+        self.reporter.progress(
+            f"job {self.identity.job_id}: {spec.nprocs} rank(s), backend {spec.backend}"
+        )
+        placement = place_local(
+            spec,
+            self.identity,
+            supervisor=self._questions.address,
+            base=dict(os.environ),
+            reporter=self.reporter,
+        )
+        self._placement = placement
+        for rank, (env, fds) in enumerate(zip(placement.envs, placement.pass_fds, strict=True)):
+            self.ranks.append(LocalRank(rank, spec.argv, env, cwd=spec.cwd, pass_fds=fds))
 
     async def _build_remote_ranks(self, hostfile: Hostfile) -> None:
-        """Connect to every host and run each rank's agent (see :func:`prepare_remote_ranks`)."""
-        remote = await prepare_remote_ranks(self.spec, hostfile, self.reporter, self._questions)
-        self._connections = remote.connections
-        self.ranks.extend(remote.ranks)
-        for rank, env in zip(remote.ranks, remote.envs, strict=True):
-            rank.configure(env, remote.argv, remote.mlx_hostfile)
+        """Connect to every host and run each rank's agent (see :func:`place_remote`)."""
+        placement = await place_remote(
+            self.spec, hostfile, self.identity, self._questions, self.reporter
+        )
+        self._placement = placement
+        self.ranks.extend(placement.remote)
+        for rank, env in zip(placement.remote, placement.envs, strict=True):
+            rank.configure(env, placement.argv, placement.mlx_hostfile)
 
     async def _start_all(self) -> None:
         started = time.monotonic()
@@ -728,12 +416,12 @@ class Job:
         installed: list[int] = []
         try:
             await self._questions.start()
-            with contextlib.ExitStack() as inherited:
+            try:
                 if self.spec.hosts is not None:
                     await self._build_remote_ranks(self.spec.hosts)
                 else:
                     try:
-                        self._build_ranks(inherited)
+                        self._build_ranks()
                     except OSError as exc:
                         msg = f"cannot set up the ranks' addresses: {exc}"
                         raise LaunchError(msg) from exc
@@ -747,7 +435,10 @@ class Job:
                     loop.add_signal_handler(signal.SIGQUIT, self._on_quit)
                     installed.append(signal.SIGQUIT)
                 await self._start_all()
-            # The ranks own their sockets and the hostfile memfd now.
+            finally:
+                # The ranks own their sockets and the hostfile memfd now.
+                if self._placement is not None:
+                    self._placement.close_inherited()
             for index, early in enumerate(self.result.signals[:2]):
                 # Signals that arrived while the ranks were starting.
                 self._deliver(early, first=index == 0)
@@ -758,8 +449,8 @@ class Job:
             if not self._started:
                 await self._abort_start()
             self._questions.close()
-            for connection in self._connections:
-                connection.close()
+            if self._placement is not None:
+                self._placement.close()
         return self.result
 
     async def _abort_start(self) -> None:
@@ -785,162 +476,6 @@ def _open_standard_fds() -> None:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
-
-
-@dataclass
-class RemoteRanks:
-    """Ranks whose agents run and hold their sockets, ready to be configured and started."""
-
-    ranks: list[SshRank]
-    connections: list[Any]
-    envs: list[dict[str, str]]
-    argv: list[str]
-    mlx_hostfile: str
-    addresses: list[list[str]]
-
-    def close(self) -> None:
-        """Close every ssh connection (each agent then stops its rank)."""
-        for connection in self.connections:
-            connection.close()
-
-
-async def _with_status(reporter: Reporter, what: str, steps: Sequence[Awaitable[T]]) -> list[T]:
-    """Run ``steps`` concurrently with a live "what: k/n ready" status line."""
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    try:
-        pending: set[asyncio.Future[T]] = set(tasks)
-        while pending:
-            _, pending = await asyncio.wait(
-                pending, timeout=0.5, return_when=asyncio.FIRST_EXCEPTION
-            )
-            for task in tasks:
-                if task.done() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            reporter.status(f"{what}: {len(tasks) - len(pending)}/{len(tasks)} ready")
-        return [task.result() for task in tasks]
-    finally:
-        for task in tasks:
-            task.cancel()
-        reporter.status("")
-
-
-async def prepare_remote_ranks(
-    spec: JobSpec,
-    hostfile: Hostfile,
-    reporter: Reporter,
-    questions: QuestionServer,
-    *,
-    free_ports: int = 0,
-) -> RemoteRanks:
-    """Connect to every host, run each rank's agent, learn every address.
-
-    Nothing runs the user's program yet: each agent has bound its rank's
-    listening sockets, so the hostfile every rank gets is complete and no
-    port can be taken in between. ``free_ports`` more ports per rank are
-    reported (the kernel's ZMQ ports). ``questions`` answers the ranks (its
-    token is the job's; each connection forwards a port on its host back to
-    it). On failure every connection is closed.
-
-    Raises
-    ------
-    LaunchError
-        A host cannot be reached or cannot run its rank; the message names it.
-    """
-    from chorus.launch.remote import AgentError, SshRank
-    from chorus.launch.ssh import SshError, connect_all
-
-    token = questions.token
-    job_id = f"{os.getpid()}-{secrets.token_hex(4)}"  # random: nothing of the token
-    reporter.progress(f"job {job_id}: {spec.nprocs} rank(s) on {describe(hostfile.hosts)}")
-    try:
-        connections = await connect_all(
-            _connection_slots(hostfile),
-            accept_new_host_keys=spec.accept_new_host_keys,
-            progress=reporter.status,
-        )
-    except SshError as exc:
-        raise LaunchError(str(exc)) from exc
-    finally:
-        reporter.status("")
-    try:
-        python = spec.python or sys.executable
-        argv = [python if arg == sys.executable else arg for arg in spec.argv[:1]]
-        argv += spec.argv[1:]
-        runs_python = argv[0] == python
-        script = argv[1] if runs_python and len(argv) > 1 else ""
-        check_paths = [script] if script.startswith("/") else []
-        slot_of = _slot_indices(hostfile)
-        ranks = []
-        for index, entry in enumerate(hostfile.hosts):
-            connection = connections[slot_of[index]]
-            peer = connection.get_extra_info("peername")[0]
-            bind = list(entry.ips) or ["0.0.0.0"]
-            advertise = list(entry.ips) or [peer]
-            ranks.append(
-                SshRank(index, entry.ssh, connection, python=python, bind=bind, advertise=advertise)
-            )
-        per_host = Counter(entry.ssh for entry in hostfile.hosts)
-        for rank in ranks:
-            rank.ranks_on_host = per_host[rank.host]
-        cwd = spec.cwd or str(Path.cwd())
-        steps = [
-            rank.prepare(
-                cwd=cwd, check_paths=check_paths, need_chorus=runs_python, free_ports=free_ports
-            )
-            for rank in ranks
-        ]
-        try:
-            prepared = await _with_status(reporter, "starting agents", steps)
-        except AgentError as exc:
-            raise LaunchError(str(exc)) from exc
-        supervisors = [await questions.address_over(r.connection, r.host) for r in ranks]
-    except BaseException:
-        for connection in connections:
-            connection.close()
-        raise
-    addresses = [p.addresses for p in prepared]
-    hostfile_text = hostfile_json(addresses)
-    reporter.progress(f"ranks listen on {hostfile_text}")
-    envs = []
-    for rank, supervisor in zip(ranks, supervisors, strict=True):
-        env = rank_environment(
-            spec,
-            rank.rank,
-            base={},
-            hostfile=hostfile_text,
-            listen_fds=[],
-            token=token,
-            job_id=job_id,
-            mlx_hostfile="",
-            coordinator=addresses[0][0],
-            supervisor=supervisor,
-        )
-        env.update(hostfile.envs)
-        env.update(spec.env)
-        envs.append(env)
-    mlx_text = hostfile_json([p.mlx_addresses[:1] for p in prepared])
-    return RemoteRanks(ranks, connections, envs, argv, mlx_text, addresses)
-
-
-def _slot_indices(hostfile: Hostfile) -> list[int]:
-    """For each rank, the index of its ssh connection in :func:`_connection_slots`."""
-    slots: dict[tuple[str, int], int] = {}
-    seen: dict[str, int] = {}
-    indices = []
-    for entry in hostfile.hosts:
-        nth = seen.get(entry.ssh, 0)
-        seen[entry.ssh] = nth + 1
-        key = (entry.ssh, nth // RANKS_PER_CONNECTION)
-        indices.append(slots.setdefault(key, len(slots)))
-    return indices
-
-
-def _connection_slots(hostfile: Hostfile) -> list[str]:
-    """The host of each ssh connection to open (a host with many ranks gets several)."""
-    names: dict[int, str] = {}
-    for entry, index in zip(hostfile.hosts, _slot_indices(hostfile), strict=True):
-        names[index] = entry.ssh
-    return [names[index] for index in range(len(names))]
 
 
 def _rank_list(ranks: Iterable[RankProcess]) -> str:
