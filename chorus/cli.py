@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from chorus.launch.hosts import Hostfile
@@ -234,6 +234,7 @@ def _launch(args: argparse.Namespace) -> int:
     # Imported here: the launcher's machinery (asyncio, sockets) is only
     # needed by this subcommand.
     from chorus.launch.hosts import HostfileError, chorus_backend
+    from chorus.launch.mpi_job import launch_mpirun
     from chorus.launch.run import launch
     from chorus.launch.spec import JobSpec, LaunchError, build_command
 
@@ -266,8 +267,6 @@ def _launch(args: argparse.Namespace) -> int:
         if hosts is not None:
             nprocs = len(hosts.hosts)
             backend = args.backend or chorus_backend(hosts.backend or "ring", "hostfile")
-        if backend == "mpi":
-            return _exec_mpirun(args, argv, nprocs, hosts, cwd)
         spec = JobSpec(
             argv=argv,
             nprocs=nprocs,
@@ -284,81 +283,12 @@ def _launch(args: argparse.Namespace) -> int:
             stall_report=args.stall_report,
             stall_timeout=args.stall_timeout,
         )
-        result = launch(spec, _StderrReporter(args.verbose))
+        if backend == "mpi":
+            # Only mpirun can start MPI ranks: it places them, we watch it.
+            return launch_mpirun(spec, _StderrReporter(args.verbose))
+        return launch(spec, _StderrReporter(args.verbose)).exit_code
     except (LaunchError, HostfileError) as exc:
         raise CliError(str(exc)) from exc
-    return result.exit_code
-
-
-def _exec_mpirun(
-    args: argparse.Namespace,
-    argv: Sequence[str],
-    nprocs: int,
-    hosts: Hostfile | None,
-    cwd: str | None,
-) -> int:
-    """``--backend mpi``: hand the job to Open MPI's mpirun (only it can start MPI ranks).
-
-    mpirun's exit status and its teardown (a failing rank or Ctrl-C stops
-    every rank) are the job's. Its tagged output is relabelled ``[rank]`` as
-    with chorus's own launcher; SIGINT, SIGTERM and SIGHUP are passed on to
-    mpirun. stdin goes to rank 0 only: Open MPI 4.1's ``--stdin all`` loses
-    input (measured here), so we keep its default.
-    """
-    import os
-    import signal
-    import subprocess
-    import threading
-
-    from chorus.launch.mpi_output import TagRelabeler
-    from chorus.launch.mpirun import MpirunError, mpirun_command
-
-    env = {
-        "CHORUS_BACKEND": "mpi",
-        "CHORUS_TIMEOUT": f"{args.timeout:g}",
-        "PYTHONUNBUFFERED": "1",
-        **dict(args.env),
-    }
-    if args.verbose:
-        env["CHORUS_VERBOSE"] = "1"
-    hostnames = None if hosts is None else [entry.ssh for entry in hosts.hosts]
-    try:
-        command = mpirun_command(nprocs, argv, hosts=hostnames, env=env, tag_output=True)
-    except (MpirunError, ValueError) as exc:
-        raise CliError(str(exc)) from None
-    if cwd is not None:
-        command[1:1] = ["--wdir", cwd]
-    if args.verbose:
-        _say("running " + " ".join(command))
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # our signal handler decides what reaches mpirun
-    )
-
-    def relabel(stream: Any, fd: int) -> None:
-        def write(data: bytes) -> None:
-            os.write(fd, data)
-
-        relabeler = TagRelabeler(write, prefix=args.prefix)
-        while chunk := os.read(stream.fileno(), 65536):
-            relabeler.feed(chunk)
-        relabeler.close()
-
-    pumps = [
-        threading.Thread(target=relabel, args=(process.stdout, 1), daemon=True),
-        threading.Thread(target=relabel, args=(process.stderr, 2), daemon=True),
-    ]
-    for pump in pumps:
-        pump.start()
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda signum, _frame: process.send_signal(signum))
-    code = process.wait()
-    for pump in pumps:
-        pump.join(timeout=5)
-    return code if code >= 0 else 128 - code
 
 
 def _hosts(args: argparse.Namespace) -> Hostfile | None:

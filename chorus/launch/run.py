@@ -502,4 +502,7 @@ def launch(spec: JobSpec, reporter: Reporter | None = None) -> JobResult:
     LaunchError
         If the job cannot start.
     """
+    if spec.backend == "mpi":
+        msg = "mpirun starts MPI ranks: use chorus.launch.mpi_job.launch_mpirun"
+        raise LaunchError(msg)
     return asyncio.run(Job(spec, reporter).run())

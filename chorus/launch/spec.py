@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKENDS", "JobSpec", "LaunchError", "Reporter", "SilentReporter", "build_command"]
 
-BACKENDS = ("shm", "ring", "mesh", "any")
+# "mpi" jobs are handed to mpirun (chorus.launch.mpi_job); the others are ours.
+BACKENDS = ("shm", "ring", "mesh", "mpi", "any")
 
 
 class LaunchError(Exception):

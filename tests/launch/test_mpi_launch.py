@@ -57,6 +57,41 @@ def test_missing_mpirun_is_a_clear_error() -> None:
     assert "openmpi-bin" in result.stderr
 
 
+def test_stall_watching_under_mpirun_is_refused_not_ignored() -> None:
+    result = launch("-n", "2", "--stall-timeout", "5", "-c", "print(1)")
+    assert result.returncode == 2, result.stderr
+    assert "--stall-report and --stall-timeout watch chorus's own ranks" in result.stderr
+    assert result.stdout == ""
+
+
+def test_ctrl_c_reaches_the_mpi_ranks() -> None:
+    # SIGINT to the launcher goes on to mpirun, which stops every rank.
+    import signal
+    import time
+
+    code = "import chorus, time\nchorus.init()\nprint('up', flush=True)\ntime.sleep(60)\n"
+    with subprocess.Popen(
+        [sys.executable, "-m", "chorus", "launch", "--backend", "mpi", "-n", "2", "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            seen = [proc.stdout.readline() for _ in range(2)]
+            assert sorted(seen) == ["[0] up\n", "[1] up\n"], seen
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+            assert time.monotonic() - started < 20
+            assert proc.returncode != 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
 def test_relabeler_joins_pieces_of_a_line_per_rank() -> None:
     out: list[bytes] = []
     relabel = TagRelabeler(out.append)
