@@ -1,7 +1,10 @@
-"""The environment a rank reads: CHORUS_* (set by ``chorus launch``) or a scheduler's.
+"""The environment of a rank: CHORUS_* (set by ``chorus launch``) or a scheduler's.
 
 Everything a rank learns from its environment goes through :func:`read_rank_env`,
-so the rest of the package never touches ``os.environ`` for these names.
+and everything chorus tells a rank it starts goes through
+:meth:`RankEnv.to_environ`, so the rest of the package never spells these
+names (one exception: ``import chorus`` checks ``CHORUS_REPORTS`` itself,
+as it must never raise on a malformed variable).
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ class RankEnv:
         ``CHORUS_SUPERVISOR``: the ``ip:port`` where the launcher or kernel
         answers this rank's questions (:func:`chorus.debug.where`), or
         ``unavailable: <why>``; empty when nothing started the job that can.
+    reports
+        ``CHORUS_REPORTS``: ``"stderr"`` when the launcher asks "where are
+        you?" with SIGURG and reads the answer from stderr.
     """
 
     rank: int = 0
@@ -93,6 +99,42 @@ class RankEnv:
     mpi_launched: bool = False
     local_size: int | None = None
     supervisor: str = ""
+    reports: str = ""
+
+    def to_environ(self, *, with_rank: bool = True) -> dict[str, str]:
+        """The ``CHORUS_*`` variables that make :func:`read_rank_env` read this back.
+
+        Knobs at their defaults are left out. ``with_rank=False`` leaves out
+        rank and size too, for ranks whose launcher sets its own (mpirun).
+        """
+        env: dict[str, str] = {}
+        if with_rank:
+            env["CHORUS_RANK"] = str(self.rank)
+            env["CHORUS_WORLD_SIZE"] = str(self.size)
+        if self.hosts:
+            env["CHORUS_HOSTFILE"] = json.dumps([list(entry) for entry in self.hosts])
+        env["CHORUS_BACKEND"] = self.backend
+        optional = {
+            "CHORUS_TOKEN": self.token,
+            "CHORUS_JOB_ID": self.job_id,
+            "CHORUS_COORDINATOR": self.coordinator or "",
+            "CHORUS_LISTEN_FDS": ",".join(str(fd) for fd in self.listen_fds),
+            "CHORUS_SUPERVISOR": self.supervisor,
+            "CHORUS_REPORTS": self.reports,
+        }
+        env.update({name: value for name, value in optional.items() if value})
+        env["CHORUS_TIMEOUT"] = f"{self.timeout:g}"
+        if self.peer_timeout != DEFAULT_PEER_TIMEOUT:
+            env["CHORUS_PEER_TIMEOUT"] = f"{self.peer_timeout:g}"
+        if self.verbose:
+            env["CHORUS_VERBOSE"] = "1"
+        if self.segment_bytes:
+            env["CHORUS_SEGMENT_BYTES"] = str(self.segment_bytes)
+        if self.flight_records != DEFAULT_FLIGHT_RECORDS:
+            env["CHORUS_FLIGHT_RECORDS"] = str(self.flight_records)
+        if self.flight_sites:
+            env["CHORUS_FLIGHT_SITES"] = "1"
+        return env
 
     @property
     def in_job(self) -> bool:
@@ -288,4 +330,5 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         mpi_launched=_first(env, _MPI_LAUNCHER_VARS) is not None,
         local_size=local_size,
         supervisor=env.get("CHORUS_SUPERVISOR", ""),
+        reports=env.get("CHORUS_REPORTS", ""),
     )

@@ -22,11 +22,12 @@ choosing and using it), reports its address, and receives the job's
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import socket
 from typing import Any
+
+from chorus.env import RankEnv
+from chorus.launch.placement import new_job
 
 # Listening sockets an engine keeps for chorus.init() (module state on the engine).
 _LISTENERS: list[socket.socket] = []
@@ -106,20 +107,21 @@ def setup(client: Any, backend: str | None = None, timeout: float = 60.0) -> lis
         order = sorted(ids, key=lambda e: infos[e]["mpi_rank"])
     else:
         order = ids
-    hostfile = json.dumps([[infos[e]["address"]] for e in order])
-    token = secrets.token_hex(16)
-    common = {
-        "CHORUS_WORLD_SIZE": str(len(order)),
-        "CHORUS_HOSTFILE": hostfile,
-        "CHORUS_BACKEND": backend or ("shm" if local else "ring"),
-        "CHORUS_TOKEN": token,
-        "CHORUS_JOB_ID": f"ipp-{os.getpid()}-{token[:8]}",
-        "CHORUS_TIMEOUT": f"{timeout:g}",
-        "CHORUS_COORDINATOR": infos[order[0]]["address"],
-    }
+    addresses = [[infos[e]["address"]] for e in order]
+    identity = new_job("ipp-")
     pending = []
     for rank, engine in enumerate(order):
-        env = {**common, "CHORUS_RANK": str(rank), "CHORUS_LISTEN_FDS": str(infos[engine]["fd"])}
+        env = RankEnv(
+            rank=rank,
+            size=len(order),
+            hosts=addresses,
+            backend=backend or ("shm" if local else "ring"),
+            token=identity.token,
+            job_id=identity.job_id,
+            timeout=timeout,
+            coordinator=addresses[0][0],
+            listen_fds=[infos[engine]["fd"]],
+        ).to_environ()
         pending.append((rank, engine, client[engine].apply_async(_engine_init, env)))
     for rank, engine, result in pending:
         try:

@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 
+from chorus.env import RankEnv
 from chorus.launch.io import READ_SIZE, OutputSink
 from chorus.launch.mpi_output import TagRelabeler
 from chorus.launch.mpirun import MpirunError, mpirun_command
@@ -33,15 +34,8 @@ OUTPUT_DRAIN_TIMEOUT = 5.0
 
 def mpirun_environment(spec: JobSpec) -> dict[str, str]:
     """What mpirun exports to every rank (it sets rank and size itself)."""
-    env = {
-        "CHORUS_BACKEND": "mpi",
-        "CHORUS_TIMEOUT": f"{spec.timeout:g}",
-        "PYTHONUNBUFFERED": "1",
-        **spec.env,
-    }
-    if spec.verbose:
-        env["CHORUS_VERBOSE"] = "1"
-    return env
+    rank_env = RankEnv(backend="mpi", timeout=spec.timeout, verbose=spec.verbose)
+    return {**rank_env.to_environ(with_rank=False), "PYTHONUNBUFFERED": "1", **spec.env}
 
 
 async def _relabel(stream: asyncio.StreamReader, sink: OutputSink, prefix: bool) -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from chorus.env import RankEnv
 from chorus.launch.hosts import Hostfile, describe
 from chorus.launch.ports import (
     LOCALHOST,
@@ -102,11 +103,10 @@ def rank_environment(
     rank: int,
     *,
     base: Mapping[str, str],
-    hostfile: str,
+    addresses: list[list[str]],
     listen_fds: Sequence[int],
     identity: JobIdentity,
     mlx_hostfile: str,
-    coordinator: str,
     supervisor: str,
 ) -> dict[str, str]:
     """The complete environment of one rank.
@@ -120,16 +120,15 @@ def rank_environment(
     base
         The environment to start from (the launcher's, or nothing for a rank
         on another host).
-    hostfile
-        ``CHORUS_HOSTFILE`` text (JSON, one list of "ip:port" per rank).
+    addresses
+        Every rank's "ip:port" list (``CHORUS_HOSTFILE``; rank 0's first is
+        ``CHORUS_COORDINATOR``).
     listen_fds
         This rank's inherited listening sockets, as the rank sees them.
     identity
         The job's token and id.
     mlx_hostfile
         The path the rank reads MLX's hostfile at.
-    coordinator
-        ``CHORUS_COORDINATOR``: rank 0's first address.
     supervisor
         ``CHORUS_SUPERVISOR``: where the rank asks the launcher (or kernel)
         questions (:mod:`chorus.launch.questions`).
@@ -137,33 +136,36 @@ def rank_environment(
     Returns
     -------
     dict
-        ``base`` plus the ``CHORUS_*``, ``MLX_*`` and ``PYTHONUNBUFFERED``
-        variables, the BLAS/OpenMP thread counts of
+        ``base`` plus the ``CHORUS_*`` variables (:meth:`RankEnv.to_environ`,
+        their one writer), ``MLX_*`` and ``PYTHONUNBUFFERED``, the BLAS/OpenMP
+        thread counts of
         :func:`~chorus.launch.threads.thread_limits`, then ``spec.env``.
     """
+    rank_env = RankEnv(
+        rank=rank,
+        size=spec.nprocs,
+        hosts=addresses,
+        backend=spec.backend,
+        token=identity.token,
+        job_id=identity.job_id,
+        timeout=spec.timeout,
+        coordinator=addresses[0][0],
+        verbose=spec.verbose,
+        listen_fds=list(listen_fds),
+        supervisor=supervisor,
+        # SIGURG asks the rank where it is; it answers on stderr (chorus.where).
+        reports="stderr",
+    )
     env = dict(base)
+    env.update(rank_env.to_environ())
     env.update(
         {
-            "CHORUS_RANK": str(rank),
-            "CHORUS_WORLD_SIZE": str(spec.nprocs),
-            "CHORUS_HOSTFILE": hostfile,
-            "CHORUS_BACKEND": spec.backend,
-            "CHORUS_TOKEN": identity.token,
-            "CHORUS_JOB_ID": identity.job_id,
-            "CHORUS_TIMEOUT": f"{spec.timeout:g}",
-            "CHORUS_COORDINATOR": coordinator,
-            "CHORUS_LISTEN_FDS": ",".join(str(fd) for fd in listen_fds),
-            # SIGURG asks the rank where it is; it answers on stderr (chorus.where).
-            "CHORUS_REPORTS": "stderr",
-            "CHORUS_SUPERVISOR": supervisor,
             "MLX_RANK": str(rank),
             "MLX_WORLD_SIZE": str(spec.nprocs),
             "MLX_HOSTFILE": mlx_hostfile,
             "PYTHONUNBUFFERED": "1",
         }
     )
-    if spec.verbose:
-        env["CHORUS_VERBOSE"] = "1"
     # Every rank of the job is on this host: each gets its share of the cores.
     env.update(thread_limits(spec.nprocs, usable_cores(), {**base, **spec.env}))
     env.update(spec.env)
@@ -211,11 +213,10 @@ def place_local(
                 spec,
                 rank,
                 base=base,
-                hostfile=hostfile,
+                addresses=addresses,
                 listen_fds=listen_fds,
                 identity=identity,
                 mlx_hostfile=mlx_path,
-                coordinator=addresses[0][0],
                 supervisor=supervisor,
             )
         )
@@ -324,11 +325,10 @@ async def place_remote(
             spec,
             rank.rank,
             base={},
-            hostfile=hostfile_text,
+            addresses=addresses,
             listen_fds=[],
             identity=identity,
             mlx_hostfile="",
-            coordinator=addresses[0][0],
             supervisor=supervisor,
         )
         env.update(hostfile.envs)

@@ -1,0 +1,56 @@
+"""The rank environment's one writer and one reader agree (chorus.env)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from chorus.env import DEFAULT_FLIGHT_RECORDS, DEFAULT_PEER_TIMEOUT, RankEnv, read_rank_env
+
+WRITTEN = RankEnv(
+    rank=2,
+    size=4,
+    hosts=[["127.0.0.1:5000"], ["127.0.0.1:5001"], ["10.0.0.2:5002", "10.1.0.2:5002"], ["h:1"]],
+    backend="ring",
+    token="ab" * 16,
+    job_id="123-cafe",
+    timeout=7.5,
+    peer_timeout=4.0,
+    coordinator="127.0.0.1:5000",
+    verbose=True,
+    listen_fds=[5, 6],
+    segment_bytes=1 << 20,
+    flight_records=16,
+    flight_sites=True,
+    supervisor="127.0.0.1:4711",
+    reports="stderr",
+)
+
+
+def test_what_to_environ_writes_read_rank_env_reads_back() -> None:
+    environ = WRITTEN.to_environ()
+    assert all(name.startswith("CHORUS_") for name in environ), environ
+    back = read_rank_env(environ)
+    # What the reading process finds out by itself, not from the variables.
+    local = {"hostname", "mpi_launched", "local_size"}
+    for field in dataclasses.fields(RankEnv):
+        if field.name not in local:
+            assert getattr(back, field.name) == getattr(WRITTEN, field.name), field.name
+
+
+def test_knobs_at_their_defaults_are_left_out() -> None:
+    environ = RankEnv(rank=0, size=2, backend="shm").to_environ()
+    assert set(environ) == {"CHORUS_RANK", "CHORUS_WORLD_SIZE", "CHORUS_BACKEND", "CHORUS_TIMEOUT"}
+    back = read_rank_env(environ)
+    assert back.peer_timeout == DEFAULT_PEER_TIMEOUT
+    assert back.flight_records == DEFAULT_FLIGHT_RECORDS
+
+
+@pytest.mark.parametrize("with_rank", [True, False])
+def test_a_launcher_that_numbers_ranks_itself_gets_no_rank(with_rank: bool) -> None:
+    environ = RankEnv(backend="mpi", timeout=30).to_environ(with_rank=with_rank)
+    assert ("CHORUS_RANK" in environ) is with_rank
+    assert ("CHORUS_WORLD_SIZE" in environ) is with_rank
+    assert environ["CHORUS_BACKEND"] == "mpi"
+    assert environ["CHORUS_TIMEOUT"] == "30"
