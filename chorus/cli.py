@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chorus.backends import LAUNCH_BACKENDS, NETWORK_BACKENDS, default_backend
+
 if TYPE_CHECKING:
-    from chorus.launch.hosts import Hostfile
+    from chorus.hostfile import Hostfile
 
 __all__ = ["SUBCOMMANDS", "CliError", "Subcommand", "build_parser", "main"]
 
@@ -136,7 +138,7 @@ def _launch_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=("shm", "ring", "mesh", "mpi", "any"),
+        choices=LAUNCH_BACKENDS,
         default=None,
         help="CHORUS_BACKEND for the ranks (default: shm on one host, else the hostfile's or "
         "ring); mpi hands the job to mpirun",
@@ -233,7 +235,7 @@ def _launch_arguments(parser: argparse.ArgumentParser) -> None:
 def _launch(args: argparse.Namespace) -> int:
     # Imported here: the launcher's machinery (asyncio, sockets) is only
     # needed by this subcommand.
-    from chorus.launch.hosts import HostfileError, chorus_backend
+    from chorus.hostfile import HostfileError, chorus_backend
     from chorus.launch.mpi_job import launch_mpirun
     from chorus.launch.run import launch
     from chorus.launch.spec import JobSpec, LaunchError, build_command
@@ -262,11 +264,10 @@ def _launch(args: argparse.Namespace) -> int:
                 raise CliError(msg)
             argv = build_command(script=program[0], args=program[1:], cwd=cwd)
         hosts = _hosts(args)
-        backend = args.backend or "shm"
-        nprocs = args.nprocs
-        if hosts is not None:
-            nprocs = len(hosts.hosts)
-            backend = args.backend or chorus_backend(hosts.backend or "ring", "hostfile")
+        nprocs = args.nprocs if hosts is None else len(hosts.hosts)
+        backend = default_backend(args.backend, remote=hosts is not None)
+        if hosts is not None and not args.backend and hosts.backend:
+            backend = chorus_backend(hosts.backend, "hostfile")
         spec = JobSpec(
             argv=argv,
             nprocs=nprocs,
@@ -293,19 +294,16 @@ def _launch(args: argparse.Namespace) -> int:
 
 def _hosts(args: argparse.Namespace) -> Hostfile | None:
     """The hosts of ``--hosts``/``--hostfile``; ``None`` for a local job."""
-    from chorus.launch.hosts import load_hostfile, parse_host_list
+    from chorus.hostfile import resolve_hosts
 
-    if args.hostfile:
-        if args.nprocs != 1:
-            msg = "-n cannot be combined with --hostfile: list a host once per rank"
-            raise CliError(msg)
-        return load_hostfile(args.hostfile)
-    if args.hosts:
-        return parse_host_list(args.hosts).repeated(args.nprocs)
-    if args.python or args.accept_new_host_keys:
+    if args.hostfile and args.nprocs != 1:
+        msg = "-n cannot be combined with --hostfile: list a host once per rank"
+        raise CliError(msg)
+    hosts = resolve_hosts(hosts=args.hosts, hostfile=args.hostfile, per_host=args.nprocs)
+    if hosts is None and (args.python or args.accept_new_host_keys):
         msg = "--python and --accept-new-host-keys need --hosts or --hostfile"
         raise CliError(msg)
-    return None
+    return hosts
 
 
 LAUNCH_DESCRIPTION = """\
@@ -329,7 +327,7 @@ def _kernel_arguments(parser: argparse.ArgumentParser) -> None:
     install.add_argument(
         "--backend",
         default=None,
-        choices=("shm", "ring", "mesh", "any"),
+        choices=[name for name in LAUNCH_BACKENDS if name != "mpi"],  # kernels are ours
         help="backend of the ranks",
     )
     install.add_argument("--timeout", type=_seconds, default=None, help="CHORUS_TIMEOUT")
@@ -368,11 +366,10 @@ def _kernel(args: argparse.Namespace) -> int:
             raise CliError(exc.args[0]) from None
         print(f"removed {path}")
         return 0
-    from chorus.launch.hosts import HostfileError
+    from chorus.hostfile import HostfileError
 
     placement = kernelspec.Placement(args.hosts, args.hostfile, args.python)
-    if args.backend is None:
-        args.backend = "ring" if args.hosts or args.hostfile else "shm"
+    args.backend = default_backend(args.backend, remote=bool(args.hosts or args.hostfile))
     if args.ranks is None:
         args.ranks = 1 if args.hosts or args.hostfile else 4
     if args.hosts or args.hostfile:
@@ -433,7 +430,7 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=("ring", "mesh"),
+        choices=NETWORK_BACKENDS,
         default="ring",
         help="the backend the hostfile is for (default: ring)",
     )
@@ -477,7 +474,7 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> int:
     from chorus.config.command import ConfigOptions, run_config
     from chorus.config.errors import ConfigError
-    from chorus.launch.hosts import HostfileError, parse_host_list
+    from chorus.hostfile import HostfileError, parse_host_list
     from chorus.launch.ssh import SshError
 
     try:

@@ -27,9 +27,10 @@ import weakref
 from pathlib import Path
 
 from chorus import _core, _mpi
+from chorus.backends import RANK_BACKENDS
 from chorus.env import RankEnv, read_rank_env
 
-BACKENDS = ("shm", "ring", "mesh", "mpi")
+BACKENDS = RANK_BACKENDS
 
 # The flight recorder names the caller's line: frames in chorus's own files are skipped.
 _core.set_call_site_package(str(Path(__file__).resolve().parent) + os.sep)

@@ -33,7 +33,7 @@ from ipykernel.kernelbase import Kernel
 from traitlets import Float, Integer, Unicode
 
 import chorus
-from chorus.launch.hosts import Hostfile, load_hostfile, parse_host_list
+from chorus.hostfile import Hostfile, resolve_hosts
 from chorus.launch.stall import stall_key
 from chorus.where import Report
 
@@ -91,11 +91,9 @@ class ChorusKernel(Kernel):
 
     def _hostfile(self) -> Hostfile | None:
         """The ranks' hosts from ``hostfile`` or ``hosts`` (``None``: all ranks here)."""
-        if self.hostfile:
-            return load_hostfile(self.hostfile)
-        if self.hosts:
-            return parse_host_list(self.hosts).repeated(self.ranks_count)
-        return None
+        return resolve_hosts(
+            hosts=self.hosts or None, hostfile=self.hostfile or None, per_host=self.ranks_count
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-from chorus.launch.hosts import load_hostfile, parse_host_list
+from chorus.hostfile import load_hostfile, resolve_hosts
 
 DEFAULT_NAME = "chorus"
 MARKER = "chorus.kernel"
@@ -43,11 +43,8 @@ class Placement:
 
     def total_ranks(self, ranks: int) -> int:
         """How many ranks the kernel runs (``ranks`` is per host with ``hosts``)."""
-        if self.hostfile:
-            return len(load_hostfile(self.hostfile).hosts)
-        if self.hosts:
-            return len(parse_host_list(self.hosts).repeated(ranks).hosts)
-        return ranks
+        hosts = resolve_hosts(hosts=self.hosts, hostfile=self.hostfile, per_host=ranks)
+        return ranks if hosts is None else len(hosts.hosts)
 
     def where(self) -> str:
         if self.hostfile:

@@ -39,7 +39,7 @@ from chorus.launch.spec import JobSpec, SilentReporter
 from chorus.where import Report, WhereAnswers, merge_answers
 
 if TYPE_CHECKING:
-    from chorus.launch.hosts import Hostfile
+    from chorus.hostfile import Hostfile
     from chorus.launch.remote import SshRank
 
 Message = dict[str, Any]

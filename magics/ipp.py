@@ -26,6 +26,7 @@ import os
 import socket
 from typing import Any
 
+from chorus.backends import default_backend
 from chorus.env import RankEnv
 from chorus.launch.placement import new_job
 
@@ -115,7 +116,7 @@ def setup(client: Any, backend: str | None = None, timeout: float = 60.0) -> lis
             rank=rank,
             size=len(order),
             hosts=addresses,
-            backend=backend or ("shm" if local else "ring"),
+            backend=default_backend(backend, remote=not local),
             token=identity.token,
             job_id=identity.job_id,
             timeout=timeout,

@@ -41,7 +41,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import publish_display_data
 
-from chorus.launch.hosts import Hostfile, load_hostfile, parse_host_list
+from chorus.backends import default_backend
+from chorus.hostfile import Hostfile, resolve_hosts
 
 Event = tuple[str, tuple[Any, ...]]
 
@@ -144,7 +145,7 @@ class ChorusMagics(Magics):
             hosts = _placement(args)
             backend = args.backend
             if hosts is not None and backend == "shm":
-                backend = "ring"  # shm cannot span hosts
+                backend = default_backend(None, remote=True)  # shm cannot span hosts
             return self.start_ranks(args.ranks, backend, args.timeout, hosts, args.python)
         if args.action == "stop":
             self.stop_ranks()
@@ -477,8 +478,4 @@ def _autoall_transformer(lines: list[str]) -> list[str]:
 
 def _placement(args: Any) -> Hostfile | None:
     """The hosts of ``%chorus start --hosts/--hostfile`` (``-n`` is per host with --hosts)."""
-    if args.hostfile:
-        return load_hostfile(args.hostfile)
-    if args.hosts:
-        return parse_host_list(args.hosts).repeated(args.ranks)
-    return None
+    return resolve_hosts(hosts=args.hosts, hostfile=args.hostfile, per_host=args.ranks)

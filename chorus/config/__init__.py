@@ -10,7 +10,7 @@ The steps, one module each:
   ring, full mesh, switch only, or broken (saying which cable is missing or miswired).
 * :mod:`~chorus.config.probe`: confirm candidate links with real TCP connections over ssh,
   and find unaddressed cables through IPv6 link-local addresses.
-* :mod:`~chorus.config.hostfile`: the hostfile for ``--backend ring|mesh``.
+* :mod:`~chorus.config.proposal`: the hostfile for ``--backend ring|mesh``.
 * :mod:`~chorus.config.setup`: the commands that address unaddressed cables (and route a
   mesh), printed or run.
 * :mod:`~chorus.config.dot`: the graphviz picture.

@@ -10,7 +10,7 @@ Steps, in order:
 4. with ``--auto-setup``, address the unaddressed cables and read everything again
    (:mod:`chorus.config.setup`); without it, print the commands;
 5. check the cables as a ring or mesh and propose the hostfile
-   (:mod:`chorus.config.hostfile`); a mesh over cables may also need host routes (step 4
+   (:mod:`chorus.config.proposal`); a mesh over cables may also need host routes (step 4
    again, for routes);
 6. report: a summary on stderr; on stdout the hostfile JSON (or with ``--dot`` the graphviz
    source); ``--output FILE`` and ``--dot FILE.svg`` write files instead.
@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 from chorus.config import dot, probe, setup
 from chorus.config.discover import Log, gather
 from chorus.config.errors import ConfigError
-from chorus.config.hostfile import Proposal, propose
 from chorus.config.interfaces import HostInterfaces
+from chorus.config.proposal import Proposal, propose
 from chorus.config.topology import (
     Cable,
     Topology,
@@ -44,7 +44,7 @@ from chorus.config.topology import (
     find_switch,
     loose_interfaces,
 )
-from chorus.launch.hosts import HostfileError, parse_hostfile
+from chorus.hostfile import HostfileError, parse_hostfile
 
 if TYPE_CHECKING:
     import asyncssh

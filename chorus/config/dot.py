@@ -16,7 +16,7 @@ from pathlib import Path
 import graphviz
 
 from chorus.config.errors import ConfigError
-from chorus.config.hostfile import Proposal
+from chorus.config.proposal import Proposal
 from chorus.config.topology import Cable, Topology
 
 __all__ = ["RENDER_FORMATS", "build_graph", "write"]

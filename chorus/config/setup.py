@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 from chorus.config.discover import Log, all_or_nothing, run_command
 from chorus.config.errors import ConfigError
-from chorus.config.hostfile import Route
 from chorus.config.interfaces import Address, HostInterfaces
+from chorus.config.proposal import Route
 from chorus.config.topology import Cable, End
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from chorus.env import RankEnv
-from chorus.launch.hosts import Hostfile, describe
+from chorus.hostfile import Hostfile, describe
 from chorus.launch.ports import (
     LOCALHOST,
     free_ports,

@@ -39,7 +39,7 @@ from chorus.launch.stall import WhereCollector, longest_wait, stall_key
 from chorus.where import SNAPSHOT_MARKER, Report, WhereAnswers
 
 if TYPE_CHECKING:
-    from chorus.launch.hosts import Hostfile
+    from chorus.hostfile import Hostfile
 
 __all__ = ["STALL_EXIT_CODE", "Job", "JobResult", "RankExit", "launch"]
 

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from chorus.backends import LAUNCH_BACKENDS
+
 if TYPE_CHECKING:
-    from chorus.launch.hosts import Hostfile
+    from chorus.hostfile import Hostfile
 
 __all__ = ["BACKENDS", "JobSpec", "LaunchError", "Reporter", "SilentReporter", "build_command"]
 
 # "mpi" jobs are handed to mpirun (chorus.launch.mpi_job); the others are ours.
-BACKENDS = ("shm", "ring", "mesh", "mpi", "any")
+BACKENDS = LAUNCH_BACKENDS
 
 
 class LaunchError(Exception):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from chorus.launch.hosts import load_hostfile
+from chorus.hostfile import load_hostfile
 from tests.hosts.emulated import EmulatedHosts, Host
 from tests.hosts.fixtures import EmulatedHostsFactory
 

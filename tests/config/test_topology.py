@@ -14,8 +14,8 @@ import pytest
 
 from chorus.config import dot, setup
 from chorus.config.errors import ConfigError
-from chorus.config.hostfile import propose
 from chorus.config.interfaces import Address, HostInterfaces, Interface, parse_ip_json, parse_macos
+from chorus.config.proposal import propose
 from chorus.config.topology import (
     Cable,
     End,
@@ -27,7 +27,7 @@ from chorus.config.topology import (
     loose_interfaces,
     with_probe,
 )
-from chorus.launch.hosts import parse_hostfile
+from chorus.hostfile import parse_hostfile
 
 DATA = Path(__file__).parent / "data"
 

@@ -1,4 +1,7 @@
-"""Where the ranks of a multi-host job run: ``--hosts`` lists and hostfiles.
+"""Where the ranks of a multi-host job run: ``--hosts`` lists and hostfiles, in one place.
+
+The launcher, the kernel, the magics and ``chorus config`` all read, resolve
+and write hostfiles here.
 
 A hostfile is MLX's JSON (``mlx.launch --hostfile``), loaded unchanged: either
 a list of hosts or an object with ``hosts`` and optional ``backend`` and
@@ -25,10 +28,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["HostEntry", "Hostfile", "HostfileError", "load_hostfile", "parse_host_list"]
+from chorus.backends import MLX_BACKENDS, NETWORK_BACKENDS
 
-# MLX's backend names, mapped to the chorus backend that plays the same part.
-MLX_BACKENDS = {"ring": "ring", "jaccl": "mesh", "jaccl-ring": "ring", "mpi": "mpi"}
+__all__ = [
+    "HostEntry",
+    "Hostfile",
+    "HostfileError",
+    "load_hostfile",
+    "parse_host_list",
+    "parse_hostfile",
+    "resolve_hosts",
+]
+
 _ENV_ITEM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 
@@ -70,6 +81,16 @@ class Hostfile:
         """Each entry ``per_host`` times in a row (``--hosts a,b -n 2`` is a, a, b, b)."""
         hosts = tuple(entry for entry in self.hosts for _ in range(per_host))
         return Hostfile(hosts, self.backend, self.envs)
+
+    def to_json(self) -> dict[str, object]:
+        """The hostfile in MLX's object form (what :func:`parse_hostfile` reads back)."""
+        data: dict[str, object] = {}
+        if self.backend:
+            data["backend"] = self.backend
+        if self.envs:
+            data["envs"] = [f"{name}={value}" for name, value in self.envs]
+        data["hosts"] = [{"ssh": entry.ssh, "ips": list(entry.ips)} for entry in self.hosts]
+        return data
 
 
 def _check_ip(text: object, where: str) -> str:
@@ -178,11 +199,28 @@ def load_hostfile(path: str | Path) -> Hostfile:
     return parse_hostfile(text, f"hostfile {path}")
 
 
+def resolve_hosts(*, hosts: str | None, hostfile: str | None, per_host: int) -> Hostfile | None:
+    """The ranks' hosts: ``hostfile``'s entries, or ``per_host`` ranks on each of ``hosts``.
+
+    ``None`` when neither is given: every rank runs here.
+
+    Raises
+    ------
+    HostfileError
+        The hostfile cannot be read or either is malformed.
+    """
+    if hostfile:
+        return load_hostfile(hostfile)
+    if hosts:
+        return parse_host_list(hosts).repeated(per_host)
+    return None
+
+
 def chorus_backend(hostfile_backend: str, source: str) -> str:
     """The chorus backend for a hostfile's ``backend`` (MLX's names are mapped)."""
     name = MLX_BACKENDS.get(hostfile_backend, hostfile_backend)
-    if name not in ("ring", "mesh", "mpi", "any"):
-        known = ", ".join(sorted({*MLX_BACKENDS, "mesh", "any"}))
+    if name not in (*NETWORK_BACKENDS, "mpi", "any"):
+        known = ", ".join(sorted({*MLX_BACKENDS, *NETWORK_BACKENDS, "any"}))
         msg = f'{source}: backend "{hostfile_backend}" cannot run here; use one of {known}'
         raise HostfileError(msg)
     return name

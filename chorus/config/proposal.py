@@ -34,13 +34,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from chorus.backends import NETWORK_BACKENDS
 from chorus.config.errors import ConfigError
 from chorus.config.topology import Cable, Topology
-from chorus.launch.hosts import HostEntry
+from chorus.hostfile import HostEntry, Hostfile
 
 __all__ = ["Proposal", "Route", "propose"]
 
-BACKENDS = ("ring", "mesh")
+BACKENDS = NETWORK_BACKENDS
 OVER = ("thunderbolt", "ethernet")
 
 
@@ -77,10 +78,7 @@ class Proposal:
 
     def to_json(self) -> dict[str, Any]:
         """The hostfile's JSON object (MLX's format, with ``backend``)."""
-        return {
-            "backend": self.backend,
-            "hosts": [{"ssh": e.ssh, "ips": list(e.ips)} for e in self.entries],
-        }
+        return Hostfile(self.entries, self.backend).to_json()
 
 
 def _ordered(cables: list[Cable], host: str) -> list[str]:
