@@ -475,7 +475,7 @@ def _config(args: argparse.Namespace) -> int:
     from chorus.config.command import ConfigOptions, run_config
     from chorus.config.errors import ConfigError
     from chorus.hostfile import HostfileError, parse_host_list
-    from chorus.launch.ssh import SshError
+    from chorus.ssh import SshError
 
     try:
         hosts = tuple(entry.ssh for entry in parse_host_list(args.hosts).hosts)

@@ -2,7 +2,7 @@
 
 Steps, in order:
 
-1. connect to every host over ssh (:func:`chorus.launch.ssh.connect_all`);
+1. connect to every host over ssh (:func:`chorus.ssh.connect_all`);
 2. read each host's interfaces (:mod:`chorus.config.discover`);
 3. find the switch and candidate cables (:mod:`chorus.config.topology`), confirm them with
    probes and trace loose interfaces through IPv6 link-local addresses
@@ -232,7 +232,7 @@ class _Result:
 
 
 async def _configure(options: ConfigOptions, reporter: Reporter) -> _Result:
-    from chorus.launch.ssh import connect_all
+    from chorus.ssh import connect_all
 
     names = list(options.hosts)
     connections = await connect_all(
@@ -307,7 +307,7 @@ def run_config(
     ConfigError
         When no usable hostfile can be proposed (after the summary was shown), or a host
         cannot be read.
-    chorus.launch.ssh.SshError
+    chorus.ssh.SshError
         When a host cannot be reached.
     """
     out = stdout or sys.stdout

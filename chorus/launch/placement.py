@@ -267,7 +267,7 @@ async def place_remote(
         A host cannot be reached or cannot run its rank; the message names it.
     """
     from chorus.launch.remote import AgentError, SshRank
-    from chorus.launch.ssh import SshError, connect_all
+    from chorus.ssh import SshError, connect_all
 
     reporter.progress(f"job {identity.job_id}: {spec.nprocs} rank(s) on {describe(hostfile.hosts)}")
     try:

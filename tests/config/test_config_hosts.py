@@ -228,7 +228,7 @@ def test_missing_tool_is_named(
 ) -> None:
     from chorus.config.discover import run_command
     from chorus.config.errors import ConfigError
-    from chorus.launch.ssh import connect_all
+    from chorus.ssh import connect_all
 
     monkeypatch.setenv("HOME", str(switch_hosts.home))
 
