@@ -24,7 +24,14 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any
+
+from chorus.kernel.engine import CellResult, labelled
+from chorus.kernel.labels import format_ranks
+from chorus.kernel.output import OutputMerger
+from chorus.magics.magics import RanksFailed, print_stream
+from IPython.display import publish_display_data
 
 from chorus.backends import default_backend
 from chorus.env import RankEnv
@@ -132,3 +139,97 @@ def setup(client: Any, backend: str | None = None, timeout: float = 60.0) -> lis
             msg = f"rank {rank} (engine {engine} on {host}) could not join chorus: {err}"
             raise RuntimeError(msg) from err
     return order
+
+
+class IppRanks:
+    """Ranks that are ipyparallel engines (``%chorus start --ipp``)."""
+
+    def __init__(self, cluster: Any, client: Any, order: list[int], backend: str) -> None:
+        self.cluster = cluster
+        self.client = client
+        self.order = order
+        self.backend = backend
+
+    @classmethod
+    def start(cls, n: int, engines: str, backend: str | None, timeout: float) -> IppRanks:
+        import ipyparallel as ipp
+        from chorus.magics.ipp import setup
+
+        cluster = ipp.Cluster(n=n, engines=engines, log_level=40)
+        client = cluster.start_and_connect_sync()
+        try:
+            order = setup(client, backend=backend, timeout=timeout)
+            used = client[order[0]].apply_sync(lambda: __import__("chorus").init().backend)
+        except BaseException:
+            cluster.stop_cluster_sync()
+            raise
+        return cls(cluster, client, order, used)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.cluster.stop_cluster_sync()
+
+    def execute(self, code: str, targets: list[int]) -> None:
+        """Run ``code`` on the target ranks; show output labelled and collapsed."""
+        import ipyparallel as ipp
+
+        engines = [self.order[r] for r in targets]
+        result = self.client[engines].execute(code, block=False)
+        failures: dict[tuple[str, str], list[int]] = {}
+        try:
+            result.get()
+        except ipp.CompositeError as error:
+            # elist: (ename, evalue, traceback text, engine_info) per failed engine.
+            rank_of = {engine: rank for rank, engine in enumerate(self.order)}
+            for ename, evalue, traceback, info in error.elist:
+                rank = rank_of.get(info.get("engine_id", -1), -1)
+                failures.setdefault((ename, traceback or evalue), []).append(rank)
+        # The reply can come before an engine's last output (another socket):
+        # wait for every engine's output to be in before showing it.
+        result.wait_for_output(timeout=10)
+        merger = OutputMerger(targets, print_stream)
+        for rank, out, err in zip(targets, result.stdout, result.stderr, strict=True):
+            merger.feed(rank, "stdout", out)
+            merger.feed(rank, "stderr", err)
+        merger.flush()
+        for rank, outputs in zip(targets, result.outputs, strict=True):
+            for output in outputs:
+                shown = labelled(output, [rank])
+                publish_display_data(shown["data"], shown["metadata"])
+        for (_ename, text), ranks in failures.items():
+            sys.stderr.write(f"{format_ranks(ranks)}\n{text}\n")
+        if failures:
+            ename, text = next(iter(failures))
+            raise RanksFailed(CellResult(status="error", ename=ename, evalue=text.splitlines()[-1]))
+
+    def command(self, action: str, rest: list[str], shell: Any) -> Any:
+        """``%chorus status|where|pull|push`` for engine ranks."""
+        view = self.client[self.order]
+        if action == "status":
+            infos = view.apply_sync(_host_and_pid)
+            print("rank  engine  host              pid")
+            for rank, (engine, (host, pid)) in enumerate(zip(self.order, infos, strict=True)):
+                print(f"{rank:<5} {engine:<7} {host:<17} {pid}")
+            return None
+        if action == "where":
+            # Engines run one task at a time: this answers between cells only.
+            from chorus.debug import snapshot
+            from chorus.where import merge
+
+            print(merge(view.apply_sync(snapshot), size=len(self.order)).text())
+            return None
+        if not rest:
+            msg = f"%chorus {action} needs an argument"
+            raise ValueError(msg)
+        if action == "pull":
+            return view.pull(rest[0], block=True)
+        name, _, expr = " ".join(rest).partition("=")
+        view.push({name.strip(): shell.ev(expr)}, block=True)
+        return None
+
+
+def _host_and_pid() -> tuple[str, int]:
+    import os
+    import socket
+
+    return socket.gethostname(), os.getpid()

@@ -31,11 +31,10 @@ import queue
 import sys
 import threading
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chorus.kernel.engine import CellResult, Engine, labelled
-from chorus.kernel.labels import format_ranks, parse_ranks
-from chorus.kernel.output import OutputMerger
+from chorus.kernel.engine import CellResult, Engine
+from chorus.kernel.labels import parse_ranks
 from chorus.kernel.ranks import RankSet
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -43,6 +42,9 @@ from IPython.display import publish_display_data
 
 from chorus.backends import default_backend
 from chorus.hostfile import Hostfile, resolve_hosts
+
+if TYPE_CHECKING:
+    from chorus.magics.ipp import IppRanks
 
 Event = tuple[str, tuple[Any, ...]]
 
@@ -205,6 +207,8 @@ class ChorusMagics(Magics):
         """Start ``ranks`` ipyparallel engines with ``engines``' launcher; make them ranks."""
         self.stop_ranks()
         print(f"[chorus] starting {ranks} ipyparallel engines ({engines}) ...", flush=True)
+        from chorus.magics.ipp import IppRanks
+
         self.ipp = IppRanks.start(ranks, engines, backend, timeout)
         print(
             f"[chorus] {ranks} engines joined chorus (backend {self.ipp.backend}): "
@@ -361,101 +365,8 @@ class RanksFailed(Exception):
         return [f"chorus: the cell failed on some ranks ({self})"]
 
 
-class IppRanks:
-    """Ranks that are ipyparallel engines (``%chorus start --ipp``)."""
-
-    def __init__(self, cluster: Any, client: Any, order: list[int], backend: str) -> None:
-        self.cluster = cluster
-        self.client = client
-        self.order = order
-        self.backend = backend
-
-    @classmethod
-    def start(cls, n: int, engines: str, backend: str | None, timeout: float) -> IppRanks:
-        import ipyparallel as ipp
-        from chorus.magics.ipp import setup
-
-        cluster = ipp.Cluster(n=n, engines=engines, log_level=40)
-        client = cluster.start_and_connect_sync()
-        try:
-            order = setup(client, backend=backend, timeout=timeout)
-            used = client[order[0]].apply_sync(lambda: __import__("chorus").init().backend)
-        except BaseException:
-            cluster.stop_cluster_sync()
-            raise
-        return cls(cluster, client, order, used)
-
-    def stop(self) -> None:
-        self.client.close()
-        self.cluster.stop_cluster_sync()
-
-    def execute(self, code: str, targets: list[int]) -> None:
-        """Run ``code`` on the target ranks; show output labelled and collapsed."""
-        import ipyparallel as ipp
-
-        engines = [self.order[r] for r in targets]
-        result = self.client[engines].execute(code, block=False)
-        failures: dict[tuple[str, str], list[int]] = {}
-        try:
-            result.get()
-        except ipp.CompositeError as error:
-            # elist: (ename, evalue, traceback text, engine_info) per failed engine.
-            rank_of = {engine: rank for rank, engine in enumerate(self.order)}
-            for ename, evalue, traceback, info in error.elist:
-                rank = rank_of.get(info.get("engine_id", -1), -1)
-                failures.setdefault((ename, traceback or evalue), []).append(rank)
-        # The reply can come before an engine's last output (another socket):
-        # wait for every engine's output to be in before showing it.
-        result.wait_for_output(timeout=10)
-        merger = OutputMerger(targets, _print_stream)
-        for rank, out, err in zip(targets, result.stdout, result.stderr, strict=True):
-            merger.feed(rank, "stdout", out)
-            merger.feed(rank, "stderr", err)
-        merger.flush()
-        for rank, outputs in zip(targets, result.outputs, strict=True):
-            for output in outputs:
-                shown = labelled(output, [rank])
-                publish_display_data(shown["data"], shown["metadata"])
-        for (_ename, text), ranks in failures.items():
-            sys.stderr.write(f"{format_ranks(ranks)}\n{text}\n")
-        if failures:
-            ename, text = next(iter(failures))
-            raise RanksFailed(CellResult(status="error", ename=ename, evalue=text.splitlines()[-1]))
-
-    def command(self, action: str, rest: list[str], shell: Any) -> Any:
-        """``%chorus status|where|pull|push`` for engine ranks."""
-        view = self.client[self.order]
-        if action == "status":
-            infos = view.apply_sync(_host_and_pid)
-            print("rank  engine  host              pid")
-            for rank, (engine, (host, pid)) in enumerate(zip(self.order, infos, strict=True)):
-                print(f"{rank:<5} {engine:<7} {host:<17} {pid}")
-            return None
-        if action == "where":
-            # Engines run one task at a time: this answers between cells only.
-            from chorus.debug import snapshot
-            from chorus.where import merge
-
-            print(merge(view.apply_sync(snapshot), size=len(self.order)).text())
-            return None
-        if not rest:
-            msg = f"%chorus {action} needs an argument"
-            raise ValueError(msg)
-        if action == "pull":
-            return view.pull(rest[0], block=True)
-        name, _, expr = " ".join(rest).partition("=")
-        view.push({name.strip(): shell.ev(expr)}, block=True)
-        return None
-
-
-def _host_and_pid() -> tuple[str, int]:
-    import os
-    import socket
-
-    return socket.gethostname(), os.getpid()
-
-
-def _print_stream(name: str, text: str) -> None:
+def print_stream(name: str, text: str) -> None:
+    """Write a rank's (merged) stream output to this process's stdout or stderr."""
     stream = sys.stdout if name == "stdout" else sys.stderr
     stream.write(text)
     stream.flush()
