@@ -81,7 +81,7 @@ def _reduce(
     g = default_group(group)
     array = _as_array(x)
     result = _output(out, array.shape, array.dtype, f"all_{op}")
-    if _core.all_reduce(g._impl, array, result, op) is None:
+    if _core.all_reduce(g.handle, array, result, op) is None:
         msg = "chorus: converted arguments were refused by the compiled module (a bug)"
         raise RuntimeError(msg)
     return result
@@ -117,7 +117,7 @@ def all_sum(
     chorus.PeerError
         A peer died or aborted the call.
     """
-    fast = _core.all_reduce(default_group(group)._impl, x, out, "sum")
+    fast = _core.all_reduce(default_group(group).handle, x, out, "sum")
     return fast if fast is not None else _reduce(x, "sum", group, out)
 
 
@@ -128,7 +128,7 @@ def all_max(
 
     Raises ``TypeError`` for complex arrays. See :func:`all_sum`.
     """
-    fast = _core.all_reduce(default_group(group)._impl, x, out, "max")
+    fast = _core.all_reduce(default_group(group).handle, x, out, "max")
     return fast if fast is not None else _reduce(x, "max", group, out)
 
 
@@ -139,7 +139,7 @@ def all_min(
 
     Raises ``TypeError`` for complex arrays. See :func:`all_sum`.
     """
-    fast = _core.all_reduce(default_group(group)._impl, x, out, "min")
+    fast = _core.all_reduce(default_group(group).handle, x, out, "min")
     return fast if fast is not None else _reduce(x, "min", group, out)
 
 
@@ -152,13 +152,13 @@ def all_gather(
     the same shape and dtype. ``out``: see :func:`all_sum`.
     """
     g = default_group(group)
-    fast = _core.all_gather(g._impl, x, out)
+    fast = _core.all_gather(g.handle, x, out)
     if fast is not None:
         return fast
     array = _as_array(x)
     shape = (g.size(),) if array.ndim == 0 else (g.size() * array.shape[0], *array.shape[1:])
     result = _output(out, shape, array.dtype, "all_gather")
-    if _core.all_gather(g._impl, array, result) is None:
+    if _core.all_gather(g.handle, array, result) is None:
         msg = "chorus: converted arguments were refused by the compiled module (a bug)"
         raise RuntimeError(msg)
     return result
@@ -186,7 +186,7 @@ def sum_scatter(
         raise ValueError(msg)
     shape = (array.shape[0] // size, *array.shape[1:])
     result = _output(out, shape, array.dtype, "sum_scatter")
-    _core.reduce_scatter(g._impl, array, result, "sum")
+    _core.reduce_scatter(g.handle, array, result, "sum")
     return result
 
 
@@ -208,13 +208,13 @@ def broadcast(
     else:
         result = _output(out, array.shape, array.dtype, "broadcast")
         np.copyto(result, array)
-    _core.broadcast(g._impl, result, root)
+    _core.broadcast(g.handle, result, root)
     return result
 
 
 def barrier(*, group: Group | None = None) -> None:
     """Return once every rank of the group has entered the barrier."""
-    _core.barrier(default_group(group)._impl)
+    _core.barrier(default_group(group).handle)
 
 
 def _check_tag(tag: int) -> None:
@@ -259,7 +259,7 @@ def send(
     _check_tag(tag)
     g = default_group(group)
     array = _as_array(x)
-    _core.send(g._impl, array, dst, tag=int(tag))
+    _core.send(g.handle, array, dst, tag=int(tag))
     return array
 
 
@@ -281,7 +281,7 @@ def recv(
     g = default_group(group)
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
     out = np.empty(dims, dtype=np.dtype(dtype))
-    _core.recv(g._impl, out, src, tag=int(tag))
+    _core.recv(g.handle, out, src, tag=int(tag))
     return out
 
 

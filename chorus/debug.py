@@ -61,7 +61,7 @@ def flight_record(group: Group | None = None, last: int | None = None) -> list[C
     Safe to call from any thread while another thread is inside a call on
     the group: each record is read whole.
     """
-    impl = default_group(group)._impl
+    impl = default_group(group).handle
     records = _core.flight_record(impl) if last is None else _core.flight_record(impl, last)
     frames = None
     for record in records:

@@ -50,7 +50,8 @@ class Group:
     """
 
     def __init__(self, impl: _core.Group, name: str = "world") -> None:
-        self._impl = impl
+        #: The compiled group (chorus._core.Group): what the collectives call.
+        self.handle = impl
         #: Which group this is, in reports: "world", "world.split1(color=0)", ...
         self.name = name
         self._splits = 0
@@ -58,16 +59,16 @@ class Group:
 
     def rank(self) -> int:
         """This process's rank within the group (0 .. size-1)."""
-        return self._impl.rank()
+        return self.handle.rank()
 
     def size(self) -> int:
         """Number of ranks in the group."""
-        return self._impl.size()
+        return self.handle.size()
 
     @property
     def backend(self) -> str:
         """Name of the backend moving this group's bytes."""
-        return self._impl.backend
+        return self.handle.backend
 
     def split(self, color: int, key: int = -1) -> Group:
         """Split into sub-groups, as ``MPI_Comm_split``.
@@ -88,7 +89,7 @@ class Group:
         Group
             The sub-group this rank belongs to.
         """
-        child = self._impl.split(color, key)
+        child = self.handle.split(color, key)
         self._splits += 1
         return Group(child, f"{self.name}.split{self._splits}(color={color})")
 

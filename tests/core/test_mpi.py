@@ -228,12 +228,12 @@ assert np.array_equal(chorus.recv(big.shape, big.dtype, peer), big * (peer + 1))
 # Tags: received in the opposite order to sending. (chorus.send's tag keyword
 # may not exist yet; the compiled call has it.)
 if rank % 2 == 0:
-    _core.send(world._impl, np.array([1.0]), peer, tag=7)
-    _core.send(world._impl, np.array([2.0]), peer, tag=9)
+    _core.send(world.handle, np.array([1.0]), peer, tag=7)
+    _core.send(world.handle, np.array([2.0]), peer, tag=9)
 else:
     second, first = np.zeros(1), np.zeros(1)
-    _core.recv(world._impl, second, peer, tag=9)
-    _core.recv(world._impl, first, peer, tag=7)
+    _core.recv(world.handle, second, peer, tag=9)
+    _core.recv(world.handle, first, peer, tag=7)
     assert (first[0], second[0]) == (1.0, 2.0), (first, second)
 # A mismatched recv (small, then large) is a clear error; the link still works.
 for n in (4, 100_000):
