@@ -106,7 +106,7 @@ struct InitOptions {
   // again makes port choice race-free. Empty = bind hosts[rank] ourselves.
   std::vector<int> listen_fds;
   // "ip:port" of rank 0 (CHORUS_COORDINATOR). With no hosts, backends that
-  // support it exchange listen addresses through rank 0 there (rendezvous.h).
+  // support it exchange listen addresses through rank 0 there (tcp/rendezvous.h).
   std::string coordinator;
 };
 

@@ -6,7 +6,7 @@
 #include "chorus/algorithms/reduce.h"
 #include "chorus/backends/mesh/mesh_group.h"
 #include "chorus/backends/mesh/wire.h"
-#include "chorus/backends/tcp_split.h"
+#include "chorus/backends/tcp/split.h"
 #include "chorus/common/logging.h"
 
 namespace chorus::mesh {

@@ -4,10 +4,10 @@
 #include <cstring>
 
 #include "chorus/algorithms/reduce.h"
-#include "chorus/backends/rendezvous.h"
 #include "chorus/backends/ring/ring_group.h"
-#include "chorus/backends/tcp_common.h"
-#include "chorus/backends/tcp_split.h"
+#include "chorus/backends/tcp/common.h"
+#include "chorus/backends/tcp/rendezvous.h"
+#include "chorus/backends/tcp/split.h"
 #include "chorus/common/cpu.h"
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"

@@ -23,7 +23,7 @@
 // Call identity: a rank that enters a call a neighbour already aborted (its
 // Abort, or its Sync of a later call index, says so) raises at once (reason
 // late) unless it was interrupted since its previous call; then its call is
-// the neighbours' next one (CallCounter in ../tcp_common.h). A Sync of a call
+// the neighbours' next one (CallCounter in ../tcp/common.h). A Sync of a call
 // this rank has left is dropped: the neighbour sends its next one.
 //
 // Unreachable: a neighbour whose host acknowledges nothing in flight for
@@ -47,8 +47,8 @@
 
 #include "chorus/algorithms/ring.h"
 #include "chorus/backends/group_impl.h"
-#include "chorus/backends/tcp_common.h"
-#include "chorus/backends/tcp_group_config.h"
+#include "chorus/backends/tcp/common.h"
+#include "chorus/backends/tcp/group_config.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/transport/tcp/handshake.h"
 #include "chorus/transport/tcp/link.h"
