@@ -4,8 +4,10 @@
 #include <cstring>
 
 #include "chorus/algorithms/reduce.h"
+#include "chorus/backends/call_wire.h"
 #include "chorus/backends/mesh/mesh_group.h"
 #include "chorus/backends/mesh/wire.h"
+#include "chorus/backends/tcp/call_record.h"
 #include "chorus/backends/tcp/split.h"
 #include "chorus/common/logging.h"
 

@@ -3,6 +3,7 @@
 // the dialer) tell a re-established link from a stale attempt.
 #include <cerrno>
 
+#include "chorus/backends/call_wire.h"
 #include "chorus/backends/mesh/mesh_group.h"
 #include "chorus/backends/mesh/wire.h"
 #include "chorus/common/logging.h"

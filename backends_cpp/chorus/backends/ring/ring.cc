@@ -4,7 +4,9 @@
 #include <cstring>
 
 #include "chorus/algorithms/reduce.h"
+#include "chorus/backends/call_wire.h"
 #include "chorus/backends/ring/ring_group.h"
+#include "chorus/backends/tcp/call_record.h"
 #include "chorus/backends/tcp/common.h"
 #include "chorus/backends/tcp/rendezvous.h"
 #include "chorus/backends/tcp/split.h"

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "chorus/algorithms/reduce.h"
+#include "chorus/backends/call_wire.h"
 #include "chorus/backends/group_impl.h"
 #include "chorus/backends/shm/shm_layout.h"
 #include "chorus/common/error.h"

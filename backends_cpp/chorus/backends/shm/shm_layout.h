@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "chorus/backends/call_wire.h"
 #include "chorus/backends/group_impl.h"
 
 namespace chorus::shm {
