@@ -39,7 +39,6 @@
 #pragma once
 
 #include <chrono>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -49,6 +48,7 @@
 #include "chorus/backends/group_impl.h"
 #include "chorus/backends/tcp/common.h"
 #include "chorus/backends/tcp/group_config.h"
+#include "chorus/backends/tcp/link_setup.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/transport/tcp/handshake.h"
 #include "chorus/transport/tcp/link.h"
@@ -150,8 +150,8 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   tcp::Link links_[2];
   uint64_t right_epoch_ = 0;
   uint64_t left_epoch_ = 0;
-  std::map<uint64_t, std::vector<std::optional<tcp::Socket>>> staged_;  // left links by epoch
-  CallCounter calls_;  // collectives entered: the call index frames carry
+  StagedLinks staged_;  // left links by epoch
+  CallCounter calls_;   // collectives entered: the call index frames carry
   std::string op_ = "set-up";
   bool tolerant_[2] = {false, false};  // a dead link here means "reconnecting", not death
   bool need_[2] = {false, false};      // this side must be re-established

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "chorus/backends/tcp/common.h"
 #include "chorus/common/error.h"
 
 namespace chorus {
@@ -40,6 +41,19 @@ void check_call_records(const std::vector<std::vector<uint8_t>>& records, const 
       fail(k, "record of " + std::to_string(records[k].size()) + " bytes");
     }
   }
+}
+
+void agree_on_records(const std::vector<std::vector<uint8_t>>& records, const CallDesc& desc,
+                      size_t small_bytes, const TcpGroupConfig& config, const ErrorContext& ctx,
+                      const std::string& op, FlightRecorder& recorder) {
+  // Agreeing ranks make the same inline choice: any other size is corruption.
+  check_call_records(records, desc, desc.nbytes() <= small_bytes ? desc.nbytes() : 0,
+                     ctx.prefix() + op, [&](int p, const std::string& what) {
+                       const std::string text = "protocol error: " + what + " from " +
+                                                rank_and_address(config, p) + " in " + op;
+                       throw LinkFailure(p, ctx.prefix() + text, text, false, Reason::Protocol);
+                     });
+  recorder.agreed();
 }
 
 }  // namespace chorus
