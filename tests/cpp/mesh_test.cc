@@ -16,8 +16,8 @@
 
 #include "chorus/algorithms/mesh.h"
 #include "chorus/backends/mesh/mailbox.h"
-#include "chorus/backends/rendezvous.h"
 #include "chorus/backends/ring/ring.h"
+#include "chorus/backends/tcp/rendezvous.h"
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/ops.h"

@@ -54,32 +54,6 @@ std::string CallDesc::describe() const {
   return out.str();
 }
 
-WireDesc to_wire(const CallDesc& desc) {
-  WireDesc wire{};
-  wire.kind = static_cast<uint8_t>(desc.kind);
-  wire.op = static_cast<uint8_t>(desc.op);
-  wire.dtype = static_cast<uint8_t>(desc.dtype);
-  wire.root = desc.root;
-  wire.count = desc.count;
-  wire.shape_hash = desc.shape_hash;
-  wire.ndim = desc.ndim;
-  for (int i = 0; i < kShownDims; ++i) wire.dims[i] = desc.dims[i];
-  return wire;
-}
-
-CallDesc from_wire(const WireDesc& wire) {
-  CallDesc desc;
-  desc.kind = static_cast<Collective>(wire.kind);
-  desc.op = static_cast<ReduceOp>(wire.op);
-  desc.dtype = static_cast<Dtype>(wire.dtype);
-  desc.root = wire.root;
-  desc.count = wire.count;
-  desc.shape_hash = wire.shape_hash;
-  desc.ndim = wire.ndim;
-  for (int i = 0; i < kShownDims; ++i) desc.dims[i] = wire.dims[i];
-  return desc;
-}
-
 std::string ErrorContext::prefix() const {
   std::ostringstream out;
   out << "[chorus " << backend << "] rank " << rank << "/" << size;
@@ -157,42 +131,6 @@ SplitPlan plan_split(GroupImpl& parent, int color, int key, uint64_t split_index
     plan.members.push_back(r);
   }
   return plan;
-}
-
-std::vector<uint8_t> call_record(const CallDesc& desc, const void* data, size_t n) {
-  const WireDesc wire = to_wire(desc);
-  std::vector<uint8_t> record(sizeof wire + n);
-  std::memcpy(record.data(), &wire, sizeof wire);
-  if (n > 0) std::memcpy(record.data() + sizeof wire, data, n);
-  return record;
-}
-
-void check_call_records(const std::vector<std::vector<uint8_t>>& records, const CallDesc& desc,
-                        size_t inline_bytes, const std::string& context,
-                        const std::function<void(int, const std::string&)>& corrupt) {
-  const auto fail = [&](size_t k, const std::string& what) {
-    corrupt(static_cast<int>(k), what);
-    throw PeerError(context + ": protocol error: " + what);  // corrupt() should have thrown
-  };
-  std::vector<CallDesc> descs(records.size());
-  for (size_t k = 0; k < records.size(); ++k) {
-    if (records[k].size() < sizeof(WireDesc)) fail(k, "short descriptor");
-    WireDesc wire;
-    std::memcpy(&wire, records[k].data(), sizeof wire);
-    descs[k] = from_wire(wire);
-  }
-  for (const auto& d : descs) {
-    // Every rank holds the same records, so every rank raises this same text.
-    if (!(d == descs[0])) {
-      throw UsageError(context + ": ranks disagree on the call: " + disagreement(descs));
-    }
-  }
-  for (size_t k = 0; k < records.size(); ++k) {
-    const bool carries = desc.kind != Collective::Broadcast || static_cast<int>(k) == desc.root;
-    if (records[k].size() != sizeof(WireDesc) + (carries ? inline_bytes : 0)) {
-      fail(k, "record of " + std::to_string(records[k].size()) + " bytes");
-    }
-  }
 }
 
 std::string disagreement(const std::vector<CallDesc>& descs,

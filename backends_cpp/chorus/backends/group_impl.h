@@ -9,7 +9,6 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,32 +57,6 @@ struct CallDesc {
 std::string disagreement(const std::vector<CallDesc>& descs,
                          std::string (*describe)(const CallDesc&) = nullptr);
 
-// Fixed-size wire form of CallDesc (little-endian host order; all ranks of a
-// job run the same build).
-struct WireDesc {
-  uint8_t kind, op, dtype, ndim;
-  int32_t root;
-  uint64_t count;
-  uint64_t shape_hash;
-  int64_t dims[kShownDims];
-};
-static_assert(sizeof(WireDesc) == 56, "WireDesc is sent as raw bytes");
-WireDesc to_wire(const CallDesc& desc);
-CallDesc from_wire(const WireDesc& wire);
-
-// A rank's record of a call in the TCP backends' descriptor round: its
-// WireDesc, then n bytes of its input (small calls carry it inline).
-std::vector<uint8_t> call_record(const CallDesc& desc, const void* data, size_t n);
-
-// Checks every rank's record of one call (rank k's is records[k]). Throws
-// UsageError "<context>: ranks disagree on the call: ..." when the
-// descriptors differ. A record too short for a WireDesc, or not as long as
-// agreeing ranks send (WireDesc + inline_bytes; for a broadcast only the
-// root's carries bytes), is corruption: corrupt(k, what) must throw.
-void check_call_records(const std::vector<std::vector<uint8_t>>& records, const CallDesc& desc,
-                        size_t inline_bytes, const std::string& context,
-                        const std::function<void(int, const std::string&)>& corrupt);
-
 // Everything a backend needs to build the world group; filled from the
 // environment by the Python layer (chorus/env.py).
 struct InitOptions {
@@ -106,7 +79,7 @@ struct InitOptions {
   // again makes port choice race-free. Empty = bind hosts[rank] ourselves.
   std::vector<int> listen_fds;
   // "ip:port" of rank 0 (CHORUS_COORDINATOR). With no hosts, backends that
-  // support it exchange listen addresses through rank 0 there (rendezvous.h).
+  // support it exchange listen addresses through rank 0 there (tcp/rendezvous.h).
   std::string coordinator;
 };
 

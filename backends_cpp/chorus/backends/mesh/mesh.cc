@@ -1,7 +1,7 @@
 #include "chorus/backends/mesh/mesh.h"
 
 #include "chorus/backends/mesh/mesh_group.h"
-#include "chorus/backends/rendezvous.h"
+#include "chorus/backends/tcp/rendezvous.h"
 
 namespace chorus::mesh {
 

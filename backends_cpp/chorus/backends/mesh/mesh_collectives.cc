@@ -4,9 +4,11 @@
 #include <cstring>
 
 #include "chorus/algorithms/reduce.h"
+#include "chorus/backends/call_wire.h"
 #include "chorus/backends/mesh/mesh_group.h"
 #include "chorus/backends/mesh/wire.h"
-#include "chorus/backends/tcp_split.h"
+#include "chorus/backends/tcp/call_record.h"
+#include "chorus/backends/tcp/split.h"
 #include "chorus/common/logging.h"
 
 namespace chorus::mesh {
@@ -138,14 +140,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
 std::vector<std::vector<uint8_t>> MeshGroup::agree(const CallDesc& desc, const void* data,
                                                    size_t n) {
   auto records = start_call(call_record(desc, data, n));
-  // Agreeing ranks make the same inline choice: any other size is corruption.
-  check_call_records(records, desc, small(desc.nbytes()) ? desc.nbytes() : 0, ctx_.prefix() + op_,
-                     [&](int p, const std::string& what) {
-                       const std::string text =
-                           "protocol error: " + what + " from " + who(p) + " in " + op_;
-                       throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
-                     });
-  recorder().agreed();
+  agree_on_records(records, desc, small_bytes_, config_, ctx_, op_, recorder());
   return records;
 }
 

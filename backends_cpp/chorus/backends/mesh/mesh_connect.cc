@@ -3,8 +3,10 @@
 // the dialer) tell a re-established link from a stale attempt.
 #include <cerrno>
 
+#include "chorus/backends/call_wire.h"
 #include "chorus/backends/mesh/mesh_group.h"
 #include "chorus/backends/mesh/wire.h"
+#include "chorus/backends/tcp/link_setup.h"
 #include "chorus/common/logging.h"
 
 namespace chorus::mesh {
@@ -39,16 +41,9 @@ MeshGroup::MeshGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   frame_limits_.p2p = sizeof(P2PHeader);
   frame_limits_.early_data = std::max<size_t>(segment_bytes_, 1);
   peers_.resize(config_.size);
-  tcp::AcceptorConfig ac;
-  ac.id = id_;
-  ac.my_rank = config_.rank;
+  tcp::AcceptorConfig ac = acceptor_config(config_, id_, "mesh");
   ac.expected_rank = 0;  // every lower rank dials us
   ac.expected_ranks = config_.rank;
-  ac.streams = static_cast<uint32_t>(config_.hosts[config_.rank].size());
-  ac.timeout_s = config_.timeout_s;
-  ac.verbose = config_.verbose;
-  ac.log_prefix = "[chorus mesh] rank " + std::to_string(config_.rank) +
-                  (config_.group_path.empty() ? "" : " (group " + config_.group_path + ")");
   acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
   last_interrupt_check_ = Clock::now();
   connect_initial();
@@ -56,10 +51,7 @@ MeshGroup::MeshGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
 
 MeshGroup::~MeshGroup() = default;
 
-std::string MeshGroup::who(int rank) const {
-  const auto& addrs = config_.hosts[rank];
-  return "rank " + std::to_string(rank) + " (" + (addrs.empty() ? "?" : addrs.front()) + ")";
-}
+std::string MeshGroup::who(int rank) const { return rank_and_address(config_, rank); }
 
 void MeshGroup::connect_initial() {
   const auto deadline = deadline_after(config_.timeout_s);
@@ -148,9 +140,7 @@ void MeshGroup::take_accepted() {
     if (a.rank < 0 || a.rank >= config_.rank) continue;  // the acceptor refuses these
     Peer& peer = peers_[a.rank];
     if (a.epoch <= peer.epoch) continue;  // stale: a newer link is installed
-    auto& slots = peer.staged[a.epoch];
-    slots.resize(streams);
-    slots[a.stream] = std::move(a.socket);
+    stage(peer.staged, a, streams);
   }
 }
 
@@ -159,37 +149,22 @@ void MeshGroup::take_accepted() {
 bool MeshGroup::install(int p) {
   take_accepted();
   Peer& peer = peers_[p];
-  for (auto it = peer.staged.rbegin(); it != peer.staged.rend(); ++it) {
-    bool complete = true;
-    for (const auto& s : it->second) complete = complete && s.has_value();
-    if (!complete) continue;
-    std::vector<tcp::Socket> sockets;
-    for (auto& s : it->second) sockets.push_back(std::move(*s));
-    peer.epoch = it->first;
-    peer.link = tcp::Link(std::move(sockets), frame_limits_);
-    peer.link.set_keepalive_after(config_.peer_timeout_s);
-    peer.staged.erase(peer.staged.begin(), peer.staged.upper_bound(peer.epoch));
-    peer.coll.clear();
-    mailbox_.drop_partial(p);
-    peer.need = false;
-    CHORUS_LOG(config_.verbose, ctx_.prefix(), "link from ", who(p), " up (epoch ", peer.epoch,
-               ")");
-    return true;
-  }
-  return false;
+  std::optional<CompleteLink> newest = newest_complete(peer.staged);
+  if (!newest) return false;
+  peer.epoch = newest->epoch;
+  peer.link = tcp::Link(std::move(newest->sockets), frame_limits_);
+  peer.link.set_keepalive_after(config_.peer_timeout_s);
+  peer.staged.erase(peer.staged.begin(), peer.staged.upper_bound(peer.epoch));
+  peer.coll.clear();
+  mailbox_.drop_partial(p);
+  peer.need = false;
+  CHORUS_LOG(config_.verbose, ctx_.prefix(), "link from ", who(p), " up (epoch ", peer.epoch, ")");
+  return true;
 }
 
 // A dead process's listener refuses connections: that tells "slow" from "gone".
 bool MeshGroup::refuses(int p, std::chrono::milliseconds patience) const {
-  const auto address = tcp::Address::parse(config_.hosts[p].front());
-  try {
-    tcp::Socket s = tcp::Socket::connect(address, Clock::now() + patience);
-  } catch (const tcp::SocketError& e) {
-    return e.err() == ECONNREFUSED;
-  } catch (const PeerError&) {
-    // Timeouts and other errors prove nothing.
-  }
-  return false;
+  return listener_refuses(config_.hosts[p].front(), patience);
 }
 
 void MeshGroup::probe(int p) {

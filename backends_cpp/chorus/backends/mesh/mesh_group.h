@@ -37,7 +37,6 @@
 #include <chrono>
 #include <deque>
 #include <functional>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -46,8 +45,9 @@
 #include "chorus/algorithms/mesh.h"
 #include "chorus/backends/group_impl.h"
 #include "chorus/backends/mesh/mailbox.h"
-#include "chorus/backends/tcp_common.h"
-#include "chorus/backends/tcp_group_config.h"
+#include "chorus/backends/tcp/common.h"
+#include "chorus/backends/tcp/group_config.h"
+#include "chorus/backends/tcp/link_setup.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/transport/tcp/handshake.h"
 #include "chorus/transport/tcp/link.h"
@@ -92,7 +92,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
     PeerLastCall last_call;       // the latest call its records named
     std::deque<tcp::Frame> coll;  // collective frames, in arrival order
     // Accepted connections (from lower ranks) by epoch, one slot per stream.
-    std::map<uint64_t, std::vector<std::optional<tcp::Socket>>> staged;
+    StagedLinks staged;
   };
   struct PendingAbort {
     int culprit;

@@ -5,6 +5,7 @@
 
 #include "chorus/backends/mesh/mesh_group.h"
 #include "chorus/backends/mesh/wire.h"
+#include "chorus/backends/tcp/call_failure.h"
 #include "chorus/common/logging.h"
 
 namespace chorus::mesh {
@@ -202,12 +203,7 @@ void MeshGroup::check_links() {
 }
 
 void MeshGroup::name_call(Failure& failure) const {
-  failure.op = op_;
-  failure.call = kind_ == Kind::Collective ? calls_.index() : 0;
-  const int c = failure.culprit;
-  if (c >= 0 && c < config_.size && !config_.hosts[c].empty()) {
-    failure.culprit_where = config_.hosts[c].front();
-  }
+  name_failed_call(failure, config_, op_, kind_ == Kind::Collective ? calls_.index() : 0);
 }
 
 void MeshGroup::fail_links(int culprit, const std::string& text, bool fatal, Reason reason) {
@@ -242,43 +238,23 @@ void MeshGroup::run(const char* op, Kind kind, int peer, const std::function<voi
       group->waiting_ = -1;
     }
   } leave{this};
-  const std::string me = who(config_.rank);
-  // What a failure leaves dirty: every link in a collective; in a send, the
-  // peer's link while our frames are still queued (they point into the
-  // caller's buffer). A recv only reads the Mailbox: nothing to undo.
-  auto clean_up = [&](int culprit, const std::string& text, bool fatal,
-                      Reason reason = Reason::Aborted) {
-    if (kind == Kind::Collective) {
-      fail_links(culprit, text, fatal, reason);
-    } else if (kind == Kind::Send && !peers_[peer].link.sends_done()) {
-      abort_link(peer, text);
-    }
-  };
   try {
     body();
     wait_sends();
-  } catch (const UsageError&) {
-    // Raised after a complete exchange (descriptor round, drained message):
-    // the links are clean and the next call works as is.
-    throw;
-  } catch (LateEntrant& e) {
-    name_call(e.failure());
-    throw;
-  } catch (LinkFailure& f) {
-    clean_up(f.culprit(), f.forward(), f.fatal(), f.reason());
-    name_call(f.failure());
-    throw;
-  } catch (const Interrupted& e) {
-    clean_up(config_.rank, me + " " + e.what_happened() + " during " + op_, false, e.reason());
-    throw;
-  } catch (const PeerError& e) {
-    clean_up(config_.rank, me + " failed during " + op_ + ": " + e.what(), false);
-    Failure failure = e.failure();
-    name_call(failure);
-    throw PeerError(ctx_.prefix() + op_ + " failed: " + e.what(), failure);
   } catch (...) {
-    clean_up(config_.rank, me + " failed during " + op_, false);
-    throw;
+    // What a failure leaves dirty: every link in a collective; in a send, the
+    // peer's link while our frames are still queued (they point into the
+    // caller's buffer). A recv only reads the Mailbox: nothing to undo.
+    rethrow_call_failure(
+        config_, ctx_, op_,
+        [&](int culprit, const std::string& text, bool fatal, Reason reason) {
+          if (kind == Kind::Collective) {
+            fail_links(culprit, text, fatal, reason);
+          } else if (kind == Kind::Send && !peers_[peer].link.sends_done()) {
+            abort_link(peer, text);
+          }
+        },
+        [&](Failure& failure) { name_call(failure); });
   }
 }
 

@@ -6,7 +6,7 @@
 //   Data   aux0 = 0: collective data (one segment)
 //          aux0 = kP2PData, aux1 = tag: one segment of a point-to-point message
 //   P2P    aux0 = tag; payload = P2PHeader (starts a point-to-point message)
-//   Abort  aux0 = encode_abort (tcp_common.h), aux1 = call index;
+//   Abort  aux0 = encode_abort (../tcp/common.h), aux1 = call index;
 //          payload = the reason, naming the culprit
 #pragma once
 
@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <string>
 
-#include "chorus/backends/tcp_common.h"
+#include "chorus/backends/tcp/common.h"
 
 namespace chorus::mesh {
 

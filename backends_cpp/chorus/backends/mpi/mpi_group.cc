@@ -5,6 +5,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "chorus/backends/call_wire.h"
 #include "chorus/backends/mpi/mpi_runtime.h"
 #include "chorus/common/error.h"
 #include "chorus/common/logging.h"

@@ -4,10 +4,14 @@
 #include <cstring>
 
 #include "chorus/algorithms/reduce.h"
-#include "chorus/backends/rendezvous.h"
+#include "chorus/backends/call_wire.h"
 #include "chorus/backends/ring/ring_group.h"
-#include "chorus/backends/tcp_common.h"
-#include "chorus/backends/tcp_split.h"
+#include "chorus/backends/tcp/call_failure.h"
+#include "chorus/backends/tcp/call_record.h"
+#include "chorus/backends/tcp/common.h"
+#include "chorus/backends/tcp/link_setup.h"
+#include "chorus/backends/tcp/rendezvous.h"
+#include "chorus/backends/tcp/split.h"
 #include "chorus/common/cpu.h"
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"
@@ -67,15 +71,8 @@ RingGroup::RingGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   frame_limits_.sync = 0;
   frame_limits_.p2p = sizeof(P2PHeader);
   frame_limits_.early_data = std::max(segment_bytes_, sizeof(WireDesc) + small_bytes_);
-  tcp::AcceptorConfig ac;
-  ac.id = id_;
-  ac.my_rank = config_.rank;
+  tcp::AcceptorConfig ac = acceptor_config(config_, id_, "ring");
   ac.expected_rank = left();
-  ac.streams = static_cast<uint32_t>(config_.hosts[config_.rank].size());
-  ac.timeout_s = config_.timeout_s;
-  ac.verbose = config_.verbose;
-  ac.log_prefix = "[chorus ring] rank " + std::to_string(config_.rank) +
-                  (config_.group_path.empty() ? "" : " (group " + config_.group_path + ")");
   acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
   last_interrupt_check_ = Clock::now();
   spin_ =
@@ -85,10 +82,7 @@ RingGroup::RingGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
 
 RingGroup::~RingGroup() = default;
 
-std::string RingGroup::who(int rank) const {
-  const auto& addrs = config_.hosts[rank];
-  return "rank " + std::to_string(rank) + " (" + (addrs.empty() ? "?" : addrs.front()) + ")";
-}
+std::string RingGroup::who(int rank) const { return rank_and_address(config_, rank); }
 
 // ---------------------------------------------------------------- set-up
 
@@ -152,43 +146,28 @@ bool RingGroup::install_left() {
   const size_t streams = config_.hosts[config_.rank].size();
   for (auto& a : acceptor_->take()) {
     if (a.epoch <= left_epoch_) continue;  // stale: a newer link is installed
-    auto& slots = staged_[a.epoch];
-    slots.resize(streams);
-    slots[a.stream] = std::move(a.socket);
+    stage(staged_, a, streams);
   }
-  for (auto it = staged_.rbegin(); it != staged_.rend(); ++it) {
-    bool complete = true;
-    for (const auto& s : it->second) complete = complete && s.has_value();
-    if (!complete) continue;
-    std::vector<tcp::Socket> sockets;
-    for (auto& s : it->second) sockets.push_back(std::move(*s));
-    left_epoch_ = it->first;
-    acceptor_->set_min_epoch(left_epoch_);
-    link(Side::Left) = Link(std::move(sockets), frame_limits_);
-    link(Side::Left).set_keepalive_after(config_.peer_timeout_s);
-    staged_.erase(staged_.begin(), staged_.upper_bound(left_epoch_));
-    CHORUS_LOG(config_.verbose, ctx_.prefix(), "link from ", who(left()), " up (epoch ",
-               left_epoch_, ")");
-    return true;
-  }
-  return false;
+  std::optional<CompleteLink> newest = newest_complete(staged_);
+  if (!newest) return false;
+  left_epoch_ = newest->epoch;
+  acceptor_->set_min_epoch(left_epoch_);
+  link(Side::Left) = Link(std::move(newest->sockets), frame_limits_);
+  link(Side::Left).set_keepalive_after(config_.peer_timeout_s);
+  staged_.erase(staged_.begin(), staged_.upper_bound(left_epoch_));
+  CHORUS_LOG(config_.verbose, ctx_.prefix(), "link from ", who(left()), " up (epoch ", left_epoch_,
+             ")");
+  return true;
 }
 
 // A dead process's listener refuses connections: that tells "slow" from "gone".
 void RingGroup::probe_left() {
-  const auto address = tcp::Address::parse(config_.hosts[left()].front());
-  try {
-    tcp::Socket s = tcp::Socket::connect(address, Clock::now() + std::chrono::milliseconds(500));
-  } catch (const tcp::SocketError& e) {
-    if (e.err() == ECONNREFUSED) {
-      const std::string text = who(left()) + " is gone (its listener refuses connections) during " +
-                               op_ + where_was(Side::Left);
-      throw LinkFailure(left(), ctx_.prefix() + text,
-                        text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
-    }
-  } catch (const PeerError&) {
-    // Timeouts and other errors prove nothing; keep waiting.
-  }
+  // Anything but a refusal proves nothing: keep waiting.
+  if (!listener_refuses(config_.hosts[left()].front(), std::chrono::milliseconds(500))) return;
+  const std::string text = who(left()) + " is gone (its listener refuses connections) during " +
+                           op_ + where_was(Side::Left);
+  throw LinkFailure(left(), ctx_.prefix() + text,
+                    text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
 }
 
 std::string RingGroup::where_was(Side side) const {
@@ -347,12 +326,7 @@ void RingGroup::check_links() {
 }
 
 void RingGroup::name_call(Failure& failure, bool collective) const {
-  failure.op = op_;
-  failure.call = collective ? calls_.index() : 0;
-  const int c = failure.culprit;
-  if (c >= 0 && c < config_.size && !config_.hosts[c].empty()) {
-    failure.culprit_where = config_.hosts[c].front();
-  }
+  name_failed_call(failure, config_, op_, collective ? calls_.index() : 0);
 }
 
 void RingGroup::fail_links(int culprit, const std::string& text, bool fatal, Reason reason) {
@@ -391,29 +365,14 @@ void RingGroup::run(const char* op, bool collective, Body&& body) {
     if (collective) start_call();
     body();
     wait_sends();
-  } catch (const UsageError&) {
-    // Raised after a complete exchange (descriptor round, drained message):
-    // the links are clean and the next call works as is.
-    throw;
-  } catch (LateEntrant& e) {
-    name_call(e.failure(), collective);
-    throw;
-  } catch (LinkFailure& f) {
-    fail_links(f.culprit(), f.forward(), f.fatal(), f.reason());
-    name_call(f.failure(), collective);
-    throw;
-  } catch (const Interrupted& e) {
-    fail_links(config_.rank, who(config_.rank) + " " + e.what_happened() + " during " + op_, false,
-               e.reason());
-    throw;
-  } catch (const PeerError& e) {
-    fail_links(config_.rank, who(config_.rank) + " failed during " + op_ + ": " + e.what());
-    Failure failure = e.failure();
-    name_call(failure, collective);
-    throw PeerError(ctx_.prefix() + op_ + " failed: " + e.what(), failure);
   } catch (...) {
-    fail_links(config_.rank, who(config_.rank) + " failed during " + op_);
-    throw;
+    // Abort both links (what a failure leaves dirty) and name the call.
+    rethrow_call_failure(
+        config_, ctx_, op_,
+        [&](int culprit, const std::string& text, bool fatal, Reason reason) {
+          fail_links(culprit, text, fatal, reason);
+        },
+        [&](Failure& failure) { name_call(failure, collective); });
   }
 }
 
@@ -598,14 +557,7 @@ void RingGroup::wait_sends() {
 std::vector<std::vector<uint8_t>> RingGroup::agree(const CallDesc& desc, const void* data,
                                                    size_t n) {
   auto records = algo::ring_gather_records(*this, call_record(desc, data, n));
-  // Agreeing ranks make the same inline choice: any other size is corruption.
-  check_call_records(records, desc, small(desc.nbytes()) ? desc.nbytes() : 0, ctx_.prefix() + op_,
-                     [&](int p, const std::string& what) {
-                       const std::string text =
-                           "protocol error: " + what + " from " + who(p) + " in " + op_;
-                       throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
-                     });
-  recorder().agreed();
+  agree_on_records(records, desc, small_bytes_, config_, ctx_, op_, recorder());
   return records;
 }
 

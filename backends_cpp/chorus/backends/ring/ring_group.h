@@ -23,7 +23,7 @@
 // Call identity: a rank that enters a call a neighbour already aborted (its
 // Abort, or its Sync of a later call index, says so) raises at once (reason
 // late) unless it was interrupted since its previous call; then its call is
-// the neighbours' next one (CallCounter in ../tcp_common.h). A Sync of a call
+// the neighbours' next one (CallCounter in ../tcp/common.h). A Sync of a call
 // this rank has left is dropped: the neighbour sends its next one.
 //
 // Unreachable: a neighbour whose host acknowledges nothing in flight for
@@ -39,7 +39,6 @@
 #pragma once
 
 #include <chrono>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -47,8 +46,9 @@
 
 #include "chorus/algorithms/ring.h"
 #include "chorus/backends/group_impl.h"
-#include "chorus/backends/tcp_common.h"
-#include "chorus/backends/tcp_group_config.h"
+#include "chorus/backends/tcp/common.h"
+#include "chorus/backends/tcp/group_config.h"
+#include "chorus/backends/tcp/link_setup.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/transport/tcp/handshake.h"
 #include "chorus/transport/tcp/link.h"
@@ -150,8 +150,8 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   tcp::Link links_[2];
   uint64_t right_epoch_ = 0;
   uint64_t left_epoch_ = 0;
-  std::map<uint64_t, std::vector<std::optional<tcp::Socket>>> staged_;  // left links by epoch
-  CallCounter calls_;  // collectives entered: the call index frames carry
+  StagedLinks staged_;  // left links by epoch
+  CallCounter calls_;   // collectives entered: the call index frames carry
   std::string op_ = "set-up";
   bool tolerant_[2] = {false, false};  // a dead link here means "reconnecting", not death
   bool need_[2] = {false, false};      // this side must be re-established

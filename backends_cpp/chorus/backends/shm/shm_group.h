@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "chorus/algorithms/reduce.h"
+#include "chorus/backends/call_wire.h"
 #include "chorus/backends/group_impl.h"
 #include "chorus/backends/shm/shm_layout.h"
 #include "chorus/common/error.h"
@@ -51,11 +52,15 @@ class ShmGroup final : public GroupImpl {
   RingControl& ring(int src, int dst) const;
   char* ring_data(int src, int dst) const;
 
+  // Set-up (shm_setup.cc).
   void rendezvous();
   void init_segment();
   void validate_segment();
   void wait_for_attach(double deadline_s);
+  // Whether every peer's memory can be read with cross-memory attach.
+  bool probe_cross_memory();
 
+  // Collectives (shm_collectives.cc).
   template <typename Body>
   void run_collective(const CallDesc& desc, Body&& body);
   void begin_collective(const CallDesc& desc);
@@ -66,8 +71,6 @@ class ShmGroup final : public GroupImpl {
   void arrive_and_wait();
   void reduce_slots(ReduceKernel kernel, void* dst, uint64_t phase, size_t offset,
                     size_t count) const;
-  // Whether every peer's memory can be read with cross-memory attach.
-  bool probe_cross_memory();
   // First phase of a single-copy call: publish `address` and the descriptor;
   // returns every rank's address, or nothing when some rank cannot read peers.
   std::vector<uint64_t> publish_address(const CallDesc& desc, const void* address);
@@ -77,6 +80,7 @@ class ShmGroup final : public GroupImpl {
   // Reads peer `r`'s n bytes at `remote` into `local`, or aborts the call.
   void read_from_peer(int r, uint64_t remote, void* local, size_t n);
 
+  // Waiting and failure (shm_wait.cc; wait() is in shm_group_inl.h).
   template <typename Ready, typename Blockers>
   void wait(Ready&& ready, Blockers&& blockers, WaitKind kind);
   void check_peer_alive(int peer, WaitKind kind);
@@ -91,6 +95,7 @@ class ShmGroup final : public GroupImpl {
   [[noreturn]] void throw_abort(uint32_t word);
   void check_usable() const;
 
+  // Point to point (shm_p2p.cc).
   void stream_write(int dst, const void* data, size_t nbytes, size_t& done);
   void stream_read(int src, void* data, size_t nbytes, size_t& done);
   size_t available(int src);

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "chorus/backends/call_wire.h"
 #include "chorus/backends/group_impl.h"
 
 namespace chorus::shm {
@@ -37,7 +38,7 @@ struct SegmentHeader {
   // Doorbell: bumped after every change of shared state, futex word.
   alignas(kCacheLine) std::atomic<uint32_t> bell;
   std::atomic<uint32_t> waiters;
-  // epoch << 16 | reporter rank << 1 | aborted (see abort_word_* in shm_group.cc).
+  // epoch << 16 | reporter rank << 1 | aborted (see abort_word() in shm_group_inl.h).
   alignas(kCacheLine) std::atomic<uint32_t> abort_word;
   std::atomic<int32_t> setup_failed_by;  // rank + 1 of a rank that gave up during set-up
   std::atomic<int32_t> bad_token_by;     // rank + 1 of a rank whose token differs

@@ -1,4 +1,4 @@
-#include "chorus/backends/tcp_split.h"
+#include "chorus/backends/tcp/split.h"
 
 #include <cstdio>
 #include <cstring>

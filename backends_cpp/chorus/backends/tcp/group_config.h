@@ -42,4 +42,11 @@ inline TcpGroupConfig world_config(const InitOptions& options,
   return config;
 }
 
+// "rank 2 (10.0.0.2:29500)": a rank and its first address, as the TCP
+// backends' messages name it.
+inline std::string rank_and_address(const TcpGroupConfig& config, int rank) {
+  const auto& addrs = config.hosts[rank];
+  return "rank " + std::to_string(rank) + " (" + (addrs.empty() ? "?" : addrs.front()) + ")";
+}
+
 }  // namespace chorus

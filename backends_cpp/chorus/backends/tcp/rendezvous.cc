@@ -1,4 +1,4 @@
-#include "chorus/backends/rendezvous.h"
+#include "chorus/backends/tcp/rendezvous.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "chorus/backends/group_impl.h"
-#include "chorus/backends/tcp_group_config.h"
+#include "chorus/backends/tcp/group_config.h"
 #include "chorus/transport/tcp/listener.h"
 
 namespace chorus::tcp_split {
