@@ -1,11 +1,14 @@
-"""Running one cell on N ranks: the engine shared by the kernel and the magics.
+"""N ranks behind one door: the engine shared by the kernel and the magics.
 
-:class:`Engine` sends a cell to the target ranks, merges their output
-(:mod:`chorus.kernel.output`), answers their input requests with one prompt
-(:mod:`chorus.kernel.stdin`), notices ranks that die, and combines the
-replies. What it shows and asks goes through a :class:`Frontend`: the chorus
-kernel publishes on its iopub socket and asks its frontend; the ``%%all``
-magic prints and calls ``input()``. One engine, two front ends.
+:class:`Engine` owns the rank kernels (:class:`~chorus.kernel.ranks.RankSet`)
+and is the only way to them: it starts and stops them, sends a cell to the
+target ranks, merges their output (:mod:`chorus.kernel.output`), answers
+their input requests with one prompt (:mod:`chorus.kernel.stdin`), notices
+ranks that die, combines the replies, and answers single-rank requests
+(completion, inspection), status and "where is every rank". What it shows
+and asks goes through a :class:`Frontend`: the chorus kernel publishes on
+its iopub socket and asks its frontend; the ``%%all`` magic prints and calls
+``input()``. One engine, two front ends.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import copy
 import re
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +29,7 @@ from chorus.kernel.ranks import Message, RankSet
 from chorus.kernel.stdin import InputBroker
 
 from chorus.launch.process import describe_exit
+from chorus.where import Report
 
 _CELL_NUMBER = re.compile(r"In ?\[\d+\]")
 # How long a rank may stay idle before its missing reply counts as lost. The
@@ -94,32 +98,79 @@ class _Cell:
 
 
 class Engine:
-    """Execute cells on a :class:`RankSet` and show the merged result.
+    """The rank kernels, and cells executed on them with the merged result shown.
 
     Parameters
     ----------
-    ranks
-        The running rank kernels.
     frontend
         Where output goes and input comes from.
     output_mode
         ``"collapse"`` (identical lines once, labelled ``[0-3]``) or
         ``"byrank"`` (one block per rank when the cell ends).
+    ranks
+        How many rank kernels and how to start them: the arguments of
+        :class:`~chorus.kernel.ranks.RankSet` (``size``, ``backend``,
+        ``timeout``, ``hosts``, ``python``, ...).
     """
 
-    def __init__(self, ranks: RankSet, frontend: Frontend, output_mode: str = "collapse") -> None:
-        self.ranks = ranks
+    def __init__(self, frontend: Frontend, output_mode: str = "collapse", **ranks: Any) -> None:
         self.frontend = frontend
         self.output_mode = output_mode
         self._cell: _Cell | None = None
         self._broker: InputBroker | None = None
-        ranks.listener = self._on_message
+        self.ranks = RankSet(**ranks, listener=self._on_message)
 
-    # -- public ------------------------------------------------------------------
+    # -- the ranks -----------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """How many ranks."""
+        return self.ranks.size
 
     @property
     def busy(self) -> bool:
         return self._cell is not None
+
+    async def start(self, progress: Callable[[str], None] | None = None) -> None:
+        """Start every rank kernel and wait until all answer (see :meth:`RankSet.start`)."""
+        await self.ranks.start(progress)
+
+    async def shutdown(self) -> None:
+        """Stop every rank kernel (request, SIGTERM, SIGKILL)."""
+        await self.ranks.shutdown()
+
+    async def where(self) -> Report:
+        """Where every rank is, with a verdict (asked on the ranks' control channels)."""
+        return await self.ranks.where()
+
+    def status(self) -> str:
+        """The ranks as a table: rank, host, pid and whether it runs."""
+        lines = ["rank  host             pid      state"]
+        for rank in self.ranks.ranks:
+            code = rank.exit_code()
+            state = "running" if code is None else f"exited ({code})"
+            lines.append(f"{rank.rank:<5} {rank.host:<16} {rank.pid or '-':<8} {state}")
+        return "\n".join(lines) + "\n"
+
+    async def request(self, rank: int, send: str, **kwargs: Any) -> dict[str, Any] | None:
+        """One rank's reply to a shell request (``"complete"``, ``"inspect"``, ...).
+
+        ``None`` when the rank is not running or does not answer within 10 s.
+        """
+        try:
+            client = self.ranks.client(rank)
+        except RuntimeError:
+            return None
+        msg_id = getattr(client, send)(**kwargs)
+        try:
+            reply = await asyncio.wait_for(self.ranks.expect_reply(msg_id), 10)
+        except asyncio.TimeoutError:
+            self.ranks.forget_reply(msg_id)
+            return None
+        content: dict[str, Any] = reply["content"]
+        return content
+
+    # -- cells ---------------------------------------------------------------------
 
     async def execute(
         self,
@@ -170,7 +221,7 @@ class Engine:
         replies: dict[int, asyncio.Future[Message]] = {}
         cell = _Cell(list(targets), msg_ids, merger)
         self._cell = cell
-        broker = InputBroker(self.ranks, self.frontend, merger, set(targets))
+        broker = InputBroker(self.size, self._answer, self.frontend, merger, set(targets))
         self._broker = broker
         try:
             for rank in targets:
@@ -208,6 +259,10 @@ class Engine:
             self._broker.cancel_prompt()
 
     # -- internals -----------------------------------------------------------------
+
+    def _answer(self, rank: int, text: str) -> None:
+        """Deliver the broker's answer to ``rank``'s input request."""
+        self.ranks.client(rank).input(text)
 
     async def _wait(self, cell: _Cell, broker: InputBroker) -> None:
         interrupted_for_death = False

@@ -27,7 +27,6 @@ from typing import Any
 import zmq
 from chorus.kernel.engine import CellResult, Engine
 from chorus.kernel.labels import parse_ranks
-from chorus.kernel.ranks import RankSet
 from ipykernel.jsonutil import json_clean
 from ipykernel.kernelbase import Kernel
 from traitlets import Float, Integer, Unicode
@@ -72,14 +71,14 @@ class ChorusKernel(Kernel):
         hostfile = self._hostfile()
         if hostfile is not None:
             self.ranks_count = len(hostfile.hosts)
-        self.rank_set = RankSet(
-            self.ranks_count,
+        self.engine = Engine(
+            _KernelFrontend(self),
+            size=self.ranks_count,
             backend=self.backend,
             timeout=self.rank_timeout,
             hosts=hostfile,
             python=self.python or None,
         )
-        self.engine = Engine(self.rank_set, _KernelFrontend(self))
         self.targets: list[int] = list(range(self.ranks_count))
         self.banner = (
             f"chorus {chorus.__version__}: every cell runs on {self.ranks_count} ranks "
@@ -107,7 +106,7 @@ class ChorusKernel(Kernel):
     def _ensure_started(self) -> asyncio.Task[None]:
         self._main_loop = asyncio.get_running_loop()
         if self._ready is None:
-            self._ready = asyncio.ensure_future(self.rank_set.start(self.log.info))
+            self._ready = asyncio.ensure_future(self.engine.start(self.log.info))
         return self._ready
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
@@ -126,7 +125,7 @@ class ChorusKernel(Kernel):
         """Stop every rank kernel (request, SIGTERM, SIGKILL), then reply."""
         if self._ready is not None and not self._ready.done():
             self._ready.cancel()
-        await self.rank_set.shutdown()
+        await self.engine.shutdown()
         return {"status": "ok", "restart": restart}
 
     # -- execution -------------------------------------------------------------------
@@ -197,9 +196,9 @@ class ChorusKernel(Kernel):
         """The merged report, asked for on the main loop whichever thread asks."""
         main = self._main_loop
         if main is None or main is asyncio.get_running_loop():
-            return await self.rank_set.where()
+            return await self.engine.where()
         return await asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(self.rank_set.where(), main)
+            asyncio.run_coroutine_threadsafe(self.engine.where(), main)
         )
 
     async def _where_directive(self, words: list[str]) -> dict[str, Any]:
@@ -236,7 +235,7 @@ class ChorusKernel(Kernel):
         await asyncio.sleep(self.stall_after)
         reported: set[tuple[object, ...]] = set()
         while True:
-            report = await self.rank_set.where()
+            report = await self.engine.where()
             key = stall_key(report)
             if key is not None and key not in reported:
                 reported.add(key)
@@ -305,12 +304,7 @@ class ChorusKernel(Kernel):
             self.engine.output_mode = mode
             self._say(f"[chorus] output mode: {mode}\n")
         elif words[1:2] == ["status"]:
-            lines = ["rank  host             pid      state"]
-            for rank in self.rank_set.ranks:
-                code_ = rank.exit_code()
-                state = "running" if code_ is None else f"exited ({code_})"
-                lines.append(f"{rank.rank:<5} {rank.host:<16} {rank.pid or '-':<8} {state}")
-            self._say("\n".join(lines) + "\n")
+            self._say(self.engine.status())
         else:
             return self._error(
                 "UsageError", "the chorus kernel knows: %chorus status, where, stall"
@@ -330,17 +324,9 @@ class ChorusKernel(Kernel):
     async def _ask_rank0(self, send: str, **kwargs: Any) -> dict[str, Any] | None:
         try:
             await asyncio.wait_for(asyncio.shield(self._ensure_started()), 30)
-            client = self.rank_set.client(0)
         except Exception:  # noqa: BLE001 - ranks not up: answer "nothing found"
             return None
-        msg_id = getattr(client, send)(**kwargs)
-        try:
-            reply = await asyncio.wait_for(self.rank_set.expect_reply(msg_id), 10)
-        except asyncio.TimeoutError:
-            self.rank_set.forget_reply(msg_id)
-            return None
-        content: dict[str, Any] = reply["content"]
-        return content
+        return await self.engine.request(0, send, **kwargs)
 
     async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
         content = await self._ask_rank0("complete", code=code, cursor_pos=cursor_pos)

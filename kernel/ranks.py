@@ -163,6 +163,8 @@ class RankSet:
         ``size`` is then the number of entries.
     python
         The interpreter on remote hosts (default: this one's path).
+    listener
+        Called with ``(rank, message)`` for every iopub and stdin message.
     """
 
     def __init__(
@@ -174,6 +176,7 @@ class RankSet:
         timeout: float = 60.0,
         hosts: Hostfile | None = None,
         python: str | None = None,
+        listener: Listener | None = None,
     ) -> None:
         if hosts is not None:
             size = len(hosts.hosts)
@@ -187,7 +190,8 @@ class RankSet:
         self.cwd = cwd
         self.timeout = timeout
         self.ranks: list[Rank] = []
-        self.listener: Listener | None = None
+        # Every iopub and stdin message of a rank goes here (the Engine's).
+        self.listener = listener
         self._waiters: dict[str, asyncio.Future[Message]] = {}
         # The ranks' questions (chorus.debug.where() in a cell); its token is the job's.
         self._questions: QuestionServer | None = None

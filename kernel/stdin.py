@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 from chorus.kernel.labels import format_ranks, parse_ranks
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from chorus.kernel.engine import Frontend
     from chorus.kernel.output import OutputMerger
-    from chorus.kernel.ranks import RankSet
 
 # Seconds without a new input request before prompting for the ranks that wait.
 SETTLE = 0.25
@@ -42,12 +43,23 @@ def split_targets(reply: str, size: int) -> tuple[list[int] | None, str]:
 
 
 class InputBroker:
-    """Collects input requests of one cell's ranks and answers them together."""
+    """Collects input requests of one cell's ranks and answers them together.
+
+    The broker decides who gets which answer; ``answer(rank, text)`` (the
+    engine's) delivers it. ``size`` is how many ranks there are (an answer
+    may name some: ``[0,2] text``).
+    """
 
     def __init__(
-        self, ranks: RankSet, frontend: Frontend, merger: OutputMerger, targets: set[int]
+        self,
+        size: int,
+        answer: Callable[[int, str], None],
+        frontend: Frontend,
+        merger: OutputMerger,
+        targets: set[int],
     ) -> None:
-        self.ranks = ranks
+        self.size = size
+        self.answer = answer
         self.frontend = frontend
         self.merger = merger
         self.targets = targets
@@ -107,7 +119,7 @@ class InputBroker:
             except EOFError:
                 reply = "\x04"  # ipykernel turns this into EOFError in the rank
             try:
-                chosen, text = split_targets(reply, self.ranks.size)
+                chosen, text = split_targets(reply, self.size)
             except ValueError as err:
                 self.frontend.stream("stderr", f"[chorus] {err}\n")
                 return
@@ -117,7 +129,7 @@ class InputBroker:
                     "stderr", f"[chorus] {format_ranks(chosen)} not waiting for input\n"
                 )
             for rank in recipients:
-                self.ranks.client(rank).input(text)
+                self.answer(rank, text)
                 del self.waiting[rank]
         finally:
             self._task = None

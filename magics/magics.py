@@ -1,7 +1,7 @@
 """``%chorus``, ``%%all`` and ``%autoall``: chorus ranks behind a plain IPython.
 
-The magics drive the same :class:`~chorus.kernel.engine.Engine` and
-:class:`~chorus.kernel.ranks.RankSet` as the chorus kernel, so output
+The magics drive the same :class:`~chorus.kernel.engine.Engine` (and, through
+it, the same rank kernels) as the chorus kernel, so output
 labelling, the one prompt for all ranks (``input()``, pdb) and interrupts
 behave exactly as there. The engine runs on an asyncio loop in a background
 thread (IPython's own loop may be running, e.g. inside ipykernel); whatever it
@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 from chorus.kernel.engine import CellResult, Engine
 from chorus.kernel.labels import parse_ranks
-from chorus.kernel.ranks import RankSet
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import publish_display_data
@@ -93,7 +92,6 @@ class ChorusMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.runner: _EngineThread | None = None
-        self.ranks: RankSet | None = None
         self.engine: Engine | None = None
         self.frontend = _ThreadFrontend()
         # Not `self.autoall`: that is the %autoall magic method itself.
@@ -156,16 +154,11 @@ class ChorusMagics(Magics):
             return self.ipp.command(args.action, args.rest, self.shell)
         engine = self._engine()
         if args.action == "status":
-            print("rank  host             pid      state")
-            for rank in engine.ranks.ranks:
-                code = rank.exit_code()
-                state = "running" if code is None else f"exited ({code})"
-                print(f"{rank.rank:<5} {rank.host:<16} {rank.pid or '-':<8} {state}")
+            print(engine.status(), end="")
             return None
         if args.action == "where":
-            runner, ranks = self.runner, engine.ranks
-            assert runner is not None
-            print(runner.submit(ranks.where()).result().text())
+            assert self.runner is not None
+            print(self.runner.submit(engine.where()).result().text())
             return None
         if not args.rest:
             msg = f"%chorus {args.action} needs an argument"
@@ -191,13 +184,14 @@ class ChorusMagics(Magics):
         """Start ``ranks`` rank kernels, here or on ``hosts`` (stopping running ones first)."""
         self.stop_ranks()
         self.runner = _EngineThread()
-        self.ranks = RankSet(ranks, backend=backend, timeout=timeout, hosts=hosts, python=python)
-        self.engine = Engine(self.ranks, self.frontend)
+        self.engine = Engine(
+            self.frontend, size=ranks, backend=backend, timeout=timeout, hosts=hosts, python=python
+        )
         where = "" if hosts is None else f" on {', '.join(hosts.distinct_hosts)}"
-        count = self.ranks.size
+        count = self.engine.size
         print(f"[chorus] starting {count} ranks{where} (backend {backend}) ...", flush=True)
         try:
-            self.runner.submit(self.ranks.start()).result()
+            self.runner.submit(self.engine.start()).result()
         except RuntimeError:
             self.stop_ranks()
             raise
@@ -221,11 +215,11 @@ class ChorusMagics(Magics):
         if self.ipp is not None:
             self.ipp.stop()
             self.ipp = None
-        if self.runner is not None and self.ranks is not None:
-            self.runner.submit(self.ranks.shutdown()).result(timeout=30)
+        if self.runner is not None and self.engine is not None:
+            self.runner.submit(self.engine.shutdown()).result(timeout=30)
         if self.runner is not None:
             self.runner.close()
-        self.runner = self.ranks = self.engine = None
+        self.runner = self.engine = None
 
     def _engine(self) -> Engine:
         if self.engine is None:
@@ -245,7 +239,7 @@ class ChorusMagics(Magics):
             self.ipp.execute(cell, parse_ranks(args.ranks, len(self.ipp.order)))
             return
         engine = self._engine()
-        targets = parse_ranks(args.ranks, engine.ranks.size)
+        targets = parse_ranks(args.ranks, engine.size)
         result = self.run_on_ranks(cell, targets)
         if result.result is not None:
             publish_display_data(result.result["data"], result.result.get("metadata", {}))
@@ -328,7 +322,7 @@ class ChorusMagics(Magics):
         """Each rank's value of ``name`` (pickled over the wire), in rank order."""
         engine = self._engine()
         expression = f"__import__('base64').b64encode(__import__('pickle').dumps({name})).decode()"
-        ranks = list(range(engine.ranks.size))
+        ranks = list(range(engine.size))
         result = self.run_on_ranks(
             "", ranks, {"v": expression}, show=False, expressions_everywhere=True
         )
@@ -347,7 +341,7 @@ class ChorusMagics(Magics):
         engine = self._engine()
         blob = base64.b64encode(pickle.dumps(value)).decode()
         code = f"{name} = __import__('pickle').loads(__import__('base64').b64decode('{blob}'))"
-        result = self.run_on_ranks(code, list(range(engine.ranks.size)), show=False)
+        result = self.run_on_ranks(code, list(range(engine.size)), show=False)
         if result.status != "ok":
             msg = f"push failed: {result.ename}: {result.evalue}"
             raise RuntimeError(msg)

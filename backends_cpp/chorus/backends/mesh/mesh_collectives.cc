@@ -155,7 +155,7 @@ void MeshGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
     if (inline_data) {
       // Every rank reduces every input in rank order: the same bits everywhere.
       std::vector<const uint8_t*> parts;
-      for (const auto& r : records) parts.push_back(r.data() + sizeof(WireDesc));
+      for (const auto& r : records) parts.push_back(record_payload(r));
       algo::reduce_in_rank_order(kernel, parts, desc.count, elem, dst);
       return;
     }
@@ -176,7 +176,7 @@ void MeshGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) 
     if (inline_data) {
       const size_t at = static_cast<size_t>(config_.rank) * block_count * elem;
       std::vector<const uint8_t*> parts;
-      for (const auto& r : records) parts.push_back(r.data() + sizeof(WireDesc) + at);
+      for (const auto& r : records) parts.push_back(record_payload(r) + at);
       algo::reduce_in_rank_order(kernel, parts, block_count, elem, dst);
       return;
     }
@@ -193,9 +193,7 @@ void MeshGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
     auto records = agree(desc, in, inline_data ? nbytes : 0);
     auto* dst = static_cast<uint8_t*>(out);
     if (inline_data) {
-      for (size_t k = 0; k < records.size(); ++k) {
-        if (nbytes) std::memcpy(dst + k * nbytes, records[k].data() + sizeof(WireDesc), nbytes);
-      }
+      gather_from_records(records, nbytes, dst);
       return;
     }
     std::memmove(dst + static_cast<size_t>(config_.rank) * nbytes, in, nbytes);
@@ -211,7 +209,7 @@ void MeshGroup::broadcast(const CallDesc& desc, void* buf) {
     const bool root = desc.root == config_.rank;
     auto records = agree(desc, buf, inline_data && root ? nbytes : 0);
     if (inline_data) {
-      if (!root && nbytes) std::memcpy(buf, records[desc.root].data() + sizeof(WireDesc), nbytes);
+      if (!root && nbytes) std::memcpy(buf, record_payload(records[desc.root]), nbytes);
       return;
     }
     algo::mesh_broadcast(*this, desc.root, dtype_size(desc.dtype), desc.count, segment_bytes_,

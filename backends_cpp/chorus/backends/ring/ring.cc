@@ -571,9 +571,9 @@ void RingGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
     if (inline_data) {
       // Reduce in rank order: the same operations, in the same order, everywhere.
       if (nbytes == 0) return;
-      std::memcpy(dst, records[0].data() + sizeof(WireDesc), nbytes);
+      std::memcpy(dst, record_payload(records[0]), nbytes);
       for (size_t k = 1; k < records.size(); ++k) {
-        kernel(dst, dst, records[k].data() + sizeof(WireDesc), desc.count);
+        kernel(dst, dst, record_payload(records[k]), desc.count);
       }
       return;
     }
@@ -601,9 +601,9 @@ void RingGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) 
     const size_t at = static_cast<size_t>(config_.rank) * block;
     if (inline_data) {
       if (block == 0) return;
-      std::memcpy(dst, records[0].data() + sizeof(WireDesc) + at, block);
+      std::memcpy(dst, record_payload(records[0]) + at, block);
       for (size_t k = 1; k < records.size(); ++k) {
-        kernel(dst, dst, records[k].data() + sizeof(WireDesc) + at, block_count);
+        kernel(dst, dst, record_payload(records[k]) + at, block_count);
       }
       return;
     }
@@ -622,9 +622,7 @@ void RingGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
     auto records = agree(desc, in, inline_data ? nbytes : 0);
     auto* dst = static_cast<uint8_t*>(out);
     if (inline_data) {
-      for (size_t k = 0; k < records.size(); ++k) {
-        if (nbytes) std::memcpy(dst + k * nbytes, records[k].data() + sizeof(WireDesc), nbytes);
-      }
+      gather_from_records(records, nbytes, dst);
       return;
     }
     std::memmove(dst + static_cast<size_t>(config_.rank) * nbytes, in, nbytes);
@@ -646,7 +644,7 @@ void RingGroup::broadcast(const CallDesc& desc, void* buf) {
                                  std::to_string(r.size()) + " bytes";
         throw LinkFailure(desc.root, ctx_.prefix() + text, text, false, Reason::Protocol);
       }
-      if (!root && nbytes) std::memcpy(buf, r.data() + sizeof(WireDesc), nbytes);
+      if (!root && nbytes) std::memcpy(buf, record_payload(r), nbytes);
       return;
     }
     algo::ring_broadcast(*this, desc.root, dtype_size(desc.dtype), desc.count, segment_bytes_,

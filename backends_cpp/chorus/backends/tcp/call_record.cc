@@ -56,4 +56,12 @@ void agree_on_records(const std::vector<std::vector<uint8_t>>& records, const Ca
   recorder.agreed();
 }
 
+void gather_from_records(const std::vector<std::vector<uint8_t>>& records, size_t nbytes,
+                         uint8_t* dst) {
+  if (nbytes == 0) return;
+  for (size_t k = 0; k < records.size(); ++k) {
+    std::memcpy(dst + k * nbytes, record_payload(records[k]), nbytes);
+  }
+}
+
 }  // namespace chorus

@@ -34,6 +34,16 @@ void check_call_records(const std::vector<std::vector<uint8_t>>& records, const 
 // small_bytes, a malformed record raised as a protocol error of its sender
 // (LinkFailure, forwarded to the other ranks); then `recorder` learns that
 // the call agreed. `ctx` and `op` prefix the errors, `config` names ranks.
+// The input a record carries inline (after its WireDesc).
+inline const uint8_t* record_payload(const std::vector<uint8_t>& record) {
+  return record.data() + sizeof(WireDesc);
+}
+
+// A small all_gather's result straight from the records: rank k's
+// `nbytes` of input land at dst + k * nbytes.
+void gather_from_records(const std::vector<std::vector<uint8_t>>& records, size_t nbytes,
+                         uint8_t* dst);
+
 void agree_on_records(const std::vector<std::vector<uint8_t>>& records, const CallDesc& desc,
                       size_t small_bytes, const TcpGroupConfig& config, const ErrorContext& ctx,
                       const std::string& op, FlightRecorder& recorder);
