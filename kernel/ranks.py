@@ -36,6 +36,7 @@ from chorus.launch.placement import JobIdentity, Placement, new_job, place_local
 from chorus.launch.process import describe_exit
 from chorus.launch.questions import QuestionServer
 from chorus.launch.spec import JobSpec, SilentReporter
+from chorus.together import run_together
 from chorus.where import Report, WhereAnswers, merge_answers
 
 if TYPE_CHECKING:
@@ -240,18 +241,10 @@ class RankSet:
                 )
                 self.ranks.append(Rank(rank, manager, env, pass_fds=fds))
             say(f"starting {self.size} rank kernels (backend {self.backend})")
-            results = await asyncio.gather(
-                *(self._start_one(r) for r in self.ranks), return_exceptions=True
-            )
+            await self._start_all()
         finally:
             # The ranks own their sockets and MLX's hostfile now.
             placement.close_inherited()
-        failures = [(r, e) for r, e in zip(self.ranks, results, strict=True) if e is not None]
-        if failures:
-            await self.shutdown()
-            failed, error = failures[0]
-            msg = f"rank {failed.rank} kernel did not start: {error}"
-            raise RuntimeError(msg)
         say(f"{self.size} rank kernels ready")
 
     async def _start_remote(
@@ -305,16 +298,26 @@ class RankSet:
             rank = Rank(agent.rank, None, env, [], remote=agent, host=agent.host)
             rank.connection_info = info
             self.ranks.append(rank)
-        results = await asyncio.gather(
-            *(self._start_one(r) for r in self.ranks), return_exceptions=True
-        )
-        failures = [(r, e) for r, e in zip(self.ranks, results, strict=True) if e is not None]
-        if failures:
-            await self.shutdown()
-            failed, error = failures[0]
-            msg = f"rank {failed.rank} kernel on {failed.host} did not start: {error}"
-            raise RuntimeError(msg)
+        await self._start_all()
         say(f"{self.size} rank kernels ready")
+
+    async def _start_all(self) -> None:
+        """Start every rank kernel; if one fails, all are stopped and its failure raised."""
+
+        async def start(rank: Rank) -> None:
+            try:
+                await self._start_one(rank)
+            except Exception as exc:
+                where = f" on {rank.host}" if rank.remote is not None else ""
+                msg = f"rank {rank.rank} kernel{where} did not start: {exc}"
+                raise RuntimeError(msg) from exc
+
+        try:
+            # Every start settles first: each kernel started must be known to be stopped.
+            await run_together([start(rank) for rank in self.ranks], settle=True)
+        except BaseException:
+            await self.shutdown()
+            raise
 
     async def _drain(self, rank: Rank, stream: asyncio.StreamReader, forward: bool) -> None:
         """Read a remote rank kernel's own stdout/stderr; copy stderr to ours.

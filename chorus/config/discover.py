@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from chorus.config.errors import ConfigError
 from chorus.config.interfaces import (
@@ -22,11 +22,12 @@ from chorus.config.interfaces import (
     parse_ip_routes,
     parse_macos,
 )
+from chorus.together import run_together
 
 if TYPE_CHECKING:
     import asyncssh
 
-__all__ = ["COMMAND_TIMEOUT", "Log", "all_or_nothing", "gather", "read_host", "run_command"]
+__all__ = ["COMMAND_TIMEOUT", "Log", "gather", "read_host", "run_command"]
 
 T = TypeVar("T")
 COMMAND_TIMEOUT = 30.0
@@ -186,20 +187,4 @@ async def gather(
             progress(done, len(hosts))
         return found
 
-    return await all_or_nothing([one(conn, host) for conn, host in zip(conns, hosts, strict=True)])
-
-
-async def all_or_nothing(coroutines: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run the coroutines concurrently; on the first failure cancel the rest and raise it.
-
-    Unlike a TaskGroup this raises the failure itself, not an ExceptionGroup, so the one
-    message that names the host reaches the user as it is.
-    """
-    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    return await run_together([one(conn, host) for conn, host in zip(conns, hosts, strict=True)])

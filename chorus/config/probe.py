@@ -30,9 +30,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from chorus.config.discover import Log, all_or_nothing, run_command
+from chorus.config.discover import Log, run_command
 from chorus.config.interfaces import Interface
 from chorus.config.topology import Cable, End, Switch, with_probe
+from chorus.together import run_together
 
 if TYPE_CHECKING:
     import asyncssh
@@ -199,7 +200,7 @@ async def probe(
         for i in indices:
             outcomes[i] = str(results.get(str(i), "no result from the probe"))
 
-    await all_or_nothing([run_on(host, indices) for host, indices in by_host.items()])
+    await run_together([run_on(host, indices) for host, indices in by_host.items()])
     return outcomes
 
 

@@ -19,11 +19,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from chorus.config.discover import Log, all_or_nothing, run_command
+from chorus.config.discover import Log, run_command
 from chorus.config.errors import ConfigError
 from chorus.config.interfaces import Address, HostInterfaces
 from chorus.config.proposal import Route
 from chorus.config.topology import Cable, End
+from chorus.together import run_together
 
 if TYPE_CHECKING:
     import asyncssh
@@ -211,4 +212,4 @@ async def apply(
                 text += " (--auto-setup needs root or passwordless sudo there)"
             raise ConfigError(text) from exc
 
-    await all_or_nothing([on(step) for step in plan])
+    await run_together([on(step) for step in plan])

@@ -21,14 +21,13 @@ kernel starts rank kernels.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import secrets
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,6 +43,7 @@ from chorus.launch.ports import (
 )
 from chorus.launch.spec import JobSpec, LaunchError, Reporter
 from chorus.launch.threads import thread_limits, usable_cores
+from chorus.together import run_together
 
 if TYPE_CHECKING:
     from chorus.launch.questions import QuestionServer
@@ -308,9 +308,16 @@ async def place_remote(
             for rank in ranks
         ]
         try:
-            prepared = await _with_status(reporter, "starting agents", steps)
+            prepared = await run_together(
+                steps,
+                progress=lambda done, total: reporter.status(
+                    f"starting agents: {done}/{total} ready"
+                ),
+            )
         except AgentError as exc:
             raise LaunchError(str(exc)) from exc
+        finally:
+            reporter.status("")
         supervisors = [await questions.address_over(r.connection, r.host) for r in ranks]
     except BaseException:
         for connection in connections:
@@ -343,26 +350,6 @@ async def place_remote(
         argv=argv,
         mlx_hostfile=hostfile_json([p.mlx_addresses[:1] for p in prepared]),
     )
-
-
-async def _with_status(reporter: Reporter, what: str, steps: Sequence[Awaitable[T]]) -> list[T]:
-    """Run ``steps`` concurrently with a live "what: k/n ready" status line."""
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    try:
-        pending: set[asyncio.Future[T]] = set(tasks)
-        while pending:
-            _, pending = await asyncio.wait(
-                pending, timeout=0.5, return_when=asyncio.FIRST_EXCEPTION
-            )
-            for task in tasks:
-                if task.done() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            reporter.status(f"{what}: {len(tasks) - len(pending)}/{len(tasks)} ready")
-        return [task.result() for task in tasks]
-    finally:
-        for task in tasks:
-            task.cancel()
-        reporter.status("")
 
 
 def _slot_indices(hostfile: Hostfile) -> list[int]:

@@ -36,6 +36,7 @@ from chorus.launch.process import LocalRank, RankProcess, describe_exit
 from chorus.launch.questions import QuestionServer
 from chorus.launch.spec import JobSpec, LaunchError, Reporter, SilentReporter
 from chorus.launch.stall import WhereCollector, longest_wait, stall_key
+from chorus.together import run_together
 from chorus.where import SNAPSHOT_MARKER, Report, WhereAnswers
 
 if TYPE_CHECKING:
@@ -194,16 +195,16 @@ class Job:
     async def _start_all(self) -> None:
         started = time.monotonic()
         self.reporter.progress(f"starting {self.spec.nprocs} rank(s): {' '.join(self.spec.argv)}")
-        outcomes = await asyncio.gather(
-            *(rank.start() for rank in self.ranks), return_exceptions=True
-        )
-        errors = [
-            (rank, exc) for rank, exc in zip(self.ranks, outcomes, strict=True) if exc is not None
-        ]
-        if errors:
-            rank, exc = errors[0]
-            msg = f"cannot start rank {rank.rank} ({' '.join(self.spec.argv)}): {exc}"
-            raise LaunchError(msg) from exc
+
+        async def start(rank: RankProcess) -> None:
+            try:
+                await rank.start()
+            except Exception as exc:
+                msg = f"cannot start rank {rank.rank} ({' '.join(self.spec.argv)}): {exc}"
+                raise LaunchError(msg) from exc
+
+        # Every start settles first: each process started must be known to be stopped.
+        await run_together([start(rank) for rank in self.ranks], settle=True)
         self._started = True
         where = ", ".join(rank.where for rank in self.ranks)
         self.reporter.progress(f"started in {time.monotonic() - started:.3f} s ({where})")
