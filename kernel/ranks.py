@@ -35,7 +35,8 @@ from jupyter_core.paths import jupyter_runtime_dir
 from chorus.launch.placement import JobIdentity, Placement, new_job, place_local
 from chorus.launch.process import describe_exit
 from chorus.launch.questions import QuestionServer
-from chorus.launch.spec import JobSpec, SilentReporter
+from chorus.launch.spec import JobSpec
+from chorus.reporter import SilentReporter
 from chorus.together import run_together
 from chorus.where import Report, WhereAnswers, merge_answers
 

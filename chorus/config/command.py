@@ -29,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from chorus.config import dot, probe, setup
 from chorus.config.discover import Log, gather
@@ -45,21 +45,12 @@ from chorus.config.topology import (
     loose_interfaces,
 )
 from chorus.hostfile import HostfileError, parse_hostfile
+from chorus.reporter import Reporter
 
 if TYPE_CHECKING:
     import asyncssh
 
 __all__ = ["ConfigOptions", "Discovery", "Reporter", "run_config", "summary"]
-
-
-class Reporter(Protocol):
-    """Where progress goes (``chorus.cli`` shows it on stderr)."""
-
-    def progress(self, message: str) -> None:
-        """A detail shown with ``--verbose`` (each command run on each host)."""
-
-    def status(self, line: str) -> None:
-        """The live one-line status (``connecting: 3/4 up``); ``""`` clears it."""
 
 
 @dataclass(frozen=True)

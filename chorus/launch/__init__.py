@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from chorus.launch.process import LocalRank, RankProcess
 from chorus.launch.run import Job, JobResult, RankExit, launch
-from chorus.launch.spec import JobSpec, LaunchError, Reporter, build_command
+from chorus.launch.spec import JobSpec, LaunchError, build_command
+from chorus.reporter import Reporter
 
 __all__ = [
     "Job",

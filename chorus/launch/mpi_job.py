@@ -23,7 +23,8 @@ from chorus.env import RankEnv
 from chorus.launch.io import READ_SIZE, OutputSink
 from chorus.launch.mpi_output import TagRelabeler
 from chorus.launch.mpirun import MpirunError, mpirun_command
-from chorus.launch.spec import JobSpec, LaunchError, Reporter
+from chorus.launch.spec import JobSpec, LaunchError
+from chorus.reporter import Reporter
 
 __all__ = ["launch_mpirun", "mpirun_environment"]
 

@@ -41,8 +41,9 @@ from chorus.launch.ports import (
     listening_sockets,
     memfd_hostfile,
 )
-from chorus.launch.spec import JobSpec, LaunchError, Reporter
+from chorus.launch.spec import JobSpec, LaunchError
 from chorus.launch.threads import thread_limits, usable_cores
+from chorus.reporter import Reporter
 from chorus.together import run_together
 
 if TYPE_CHECKING:

@@ -34,8 +34,9 @@ from chorus.launch.io import OutputSink, broadcast_stdin, pump_output
 from chorus.launch.placement import Placement, new_job, place_local, place_remote
 from chorus.launch.process import LocalRank, RankProcess, describe_exit
 from chorus.launch.questions import QuestionServer
-from chorus.launch.spec import JobSpec, LaunchError, Reporter, SilentReporter
+from chorus.launch.spec import JobSpec, LaunchError
 from chorus.launch.stall import WhereCollector, longest_wait, stall_key
+from chorus.reporter import Reporter, SilentReporter
 from chorus.together import run_together
 from chorus.where import SNAPSHOT_MARKER, Report, WhereAnswers
 

@@ -3,7 +3,7 @@
 :class:`JobSpec` is what the CLI, the kernel and the magics hand to
 placement (:mod:`chorus.launch.placement`) and supervision
 (:mod:`chorus.launch.run`); :func:`build_command` turns what the user typed
-into the command every rank runs; a :class:`Reporter` receives what a job
+into the command every rank runs; a :class:`~chorus.reporter.Reporter` receives what a job
 has to say.
 """
 
@@ -15,14 +15,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from chorus.backends import LAUNCH_BACKENDS
 
 if TYPE_CHECKING:
     from chorus.hostfile import Hostfile
 
-__all__ = ["BACKENDS", "JobSpec", "LaunchError", "Reporter", "SilentReporter", "build_command"]
+__all__ = ["BACKENDS", "JobSpec", "LaunchError", "build_command"]
 
 # "mpi" jobs are handed to mpirun (chorus.launch.mpi_job); the others are ours.
 BACKENDS = LAUNCH_BACKENDS
@@ -30,32 +30,6 @@ BACKENDS = LAUNCH_BACKENDS
 
 class LaunchError(Exception):
     """The job cannot be started: bad program, bad directory, no resources."""
-
-
-class Reporter(Protocol):
-    """Where a job tells what it does; implemented by the CLI."""
-
-    def progress(self, message: str) -> None:
-        """A set-up or teardown step, shown with ``--verbose``."""
-
-    def event(self, message: str) -> None:
-        """Something the user must see: a rank failed, ranks are stopped."""
-
-    def status(self, line: str) -> None:
-        """A live status line while a slow step runs (``""`` clears it)."""
-
-
-class SilentReporter:
-    """A :class:`Reporter` that drops everything."""
-
-    def progress(self, message: str) -> None:
-        """Drop ``message``."""
-
-    def event(self, message: str) -> None:
-        """Drop ``message``."""
-
-    def status(self, line: str) -> None:
-        """Drop ``line``."""
 
 
 @dataclass(frozen=True)
