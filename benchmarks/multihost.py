@@ -4,7 +4,7 @@ Run ``python benchmarks/multihost.py [--quick] [--out DIR]`` as root (it creates
 network namespaces). Like ``collectives.py`` it re-executes itself with the
 Python of the benchmark's virtual environment (``build/bench-venv``, made by
 ``benchmarks/setup_peers.sh`` when missing). For each layout of
-``tests/hosts/emulated.py`` (``switch``: every host on one bridge;
+``testbed/emulated_hosts.py`` (``switch``: every host on one bridge;
 ``ring``: point-to-point cables h0-h1, h1-h2, h2-h3, h3-h0 beside an unshaped
 management bridge) it starts 4 emulated hosts whose data links are shaped with
 ``tc tbf`` to ``--rate`` Mbit/s, and runs one rank per host of:
@@ -56,7 +56,7 @@ sys.path.insert(1, str(REPO))
 
 import collectives as bench
 
-from tests.hosts.emulated import EmulatedHosts
+from testbed.emulated_hosts import EmulatedHosts
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from chorus.hostfile import load_hostfile
-from tests.hosts.emulated import EmulatedHosts, Host
+from testbed.emulated_hosts import EmulatedHosts, Host
 from tests.hosts.fixtures import EmulatedHostsFactory
 
 # 2 MiB per rank: enough that the ring's traffic stands out in the interface counters.

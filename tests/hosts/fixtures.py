@@ -1,4 +1,4 @@
-"""pytest fixtures for emulated hosts (see tests/hosts/emulated.py).
+"""pytest fixtures for emulated hosts (see testbed/emulated_hosts.py).
 
 Loaded from tests/conftest.py with ``pytest_plugins``. When hosts cannot be created (not
 root, no sshd, ...) the fixtures fail with the reason: a skipped test would hide it.
@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from tests.hosts.emulated import EmulatedHosts
+from testbed.emulated_hosts import EmulatedHosts
 
 
 class EmulatedHostsFactory(Protocol):

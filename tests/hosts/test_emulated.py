@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from chorus.sshlib import asyncssh
-from tests.hosts import emulated
-from tests.hosts.emulated import EmulatedHosts, Host
+from testbed import emulated_hosts as emulated
+from testbed.emulated_hosts import EmulatedHosts, Host
 from tests.hosts.fixtures import EmulatedHostsFactory
 
 
@@ -197,7 +197,7 @@ def test_killed_run_is_reclaimed() -> None:
     script = textwrap.dedent(
         """
         import time
-        from tests.hosts.emulated import EmulatedHosts
+        from testbed.emulated_hosts import EmulatedHosts
         hosts = EmulatedHosts(2, "ring").start()
         print(hosts.tag, *(h.netns for h in hosts.hosts), flush=True)
         time.sleep(60)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import KernelManager
 
-from tests.hosts.emulated import EmulatedHosts
+from testbed.emulated_hosts import EmulatedHosts
 from tests.kernel.conftest import _KERNELS, _PREFIX, Frontend, running_kernel
 from tests.remote.test_launch_remote import assert_no_orphans, job_processes
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from chorus.launch.threads import usable_cores
-from tests.hosts.emulated import EmulatedHosts
+from testbed.emulated_hosts import EmulatedHosts
 from tests.hosts.fixtures import EmulatedHostsFactory
 
 ALLSUM = """\

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.hosts.emulated import EmulatedHosts
+from testbed.emulated_hosts import EmulatedHosts
 from tests.remote.test_launch_remote import assert_no_orphans
 
 SCRIPT = """\
