@@ -45,6 +45,12 @@ def unavailable_reason(backend: str) -> str:
 def shutdown_backend(backend: str, abort: bool = False) -> None:
     """Release a backend's process-wide state at exit (mpi: communicators, then MPI_Finalize)."""
 
+def set_stream_bytes(nbytes: int) -> None:
+    """Results of at least this many bytes are copied with streaming stores (0: always)."""
+
+def set_mpi_library(name: str) -> None:
+    """The libmpi the mpi backend loads (``""``: the default names); once only."""
+
 def single_group(backend: str = "single") -> Group: ...
 def flight_record(group: Group, last: int = ...) -> list[dict[str, Any]]:
     """The group's recorded calls, oldest first (see chorus.debug.CallRecord)."""
@@ -67,6 +73,11 @@ def init(
     segment_bytes: int = 0,
     listen_fds: list[int] = ...,
     coordinator: str = "",
+    shm_spin_us: int | None = None,
+    shm_yield_us: int | None = None,
+    shm_cma: bool = True,
+    shm_cma_bytes: int | None = None,
+    ring_spin_us: int | None = None,
 ) -> Group: ...
 def all_reduce(group: Group, x: object, out: object, op: str) -> np.ndarray[Any, Any] | None: ...
 def all_gather(group: Group, x: object, out: object) -> np.ndarray[Any, Any] | None: ...

@@ -33,6 +33,10 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_PEER_TIMEOUT = 15.0
 # Calls each group keeps in its flight record (chorus.debug.flight_record).
 DEFAULT_FLIGHT_RECORDS = 4096
+# Upper bounds of the tuning knobs: what the C++ side holds without overflow
+# (microseconds are added to a nanosecond clock; byte counts are size_t).
+_MAX_MICROS = 10**12
+_MAX_BYTES = 2**63 - 1
 
 
 class EnvError(ValueError):
@@ -79,6 +83,31 @@ class RankEnv:
     reports
         ``CHORUS_REPORTS``: ``"stderr"`` when the launcher asks "where are
         you?" with SIGURG and reads the answer from stderr.
+    shm_spin_us, shm_yield_us
+        How long a shm wait spins, then yields the core, before it sleeps on
+        the futex (``CHORUS_SHM_SPIN_US``, ``CHORUS_SHM_YIELD_US``; ``None``:
+        50 us of spinning when every rank has a core, else 100 us of
+        yielding). For measurements, and tests that need every wait to reach
+        the futex and its interrupt check.
+    shm_cma
+        Whether shm ``all_gather``/``broadcast`` may read peers' buffers
+        directly with cross-memory attach (``CHORUS_SHM_CMA=0`` turns it off).
+    shm_cma_bytes
+        Bytes per rank from which they do (``CHORUS_SHM_CMA_BYTES``; ``None``:
+        64 KiB).
+    ring_spin_us
+        How long the ring looks for traffic before it sleeps in ``poll()``
+        (``CHORUS_RING_SPIN_US``; ``None``: 50 us when the ranks on this host
+        have a core each, else 0).
+    stream_bytes
+        Results of at least this many bytes are copied out with streaming
+        stores (``CHORUS_STREAM_BYTES``; ``None``: 4 MiB; 0 streams always).
+        Process-wide: one value for every group.
+    mpi_libname
+        The libmpi the ``mpi`` backend loads (``CHORUS_MPI_LIBNAME``, a name
+        for the dynamic linker or a path; ``""``: ``libmpi.so.40``,
+        ``libmpi.so``, ``libmpi.so.12``). Process-wide: the library is loaded
+        once.
     """
 
     rank: int = 0
@@ -100,6 +129,13 @@ class RankEnv:
     local_size: int | None = None
     supervisor: str = ""
     reports: str = ""
+    shm_spin_us: int | None = None
+    shm_yield_us: int | None = None
+    shm_cma: bool = True
+    shm_cma_bytes: int | None = None
+    ring_spin_us: int | None = None
+    stream_bytes: int | None = None
+    mpi_libname: str = ""
 
     def to_environ(self, *, with_rank: bool = True) -> dict[str, str]:
         """The ``CHORUS_*`` variables that make :func:`read_rank_env` read this back.
@@ -121,6 +157,7 @@ class RankEnv:
             "CHORUS_LISTEN_FDS": ",".join(str(fd) for fd in self.listen_fds),
             "CHORUS_SUPERVISOR": self.supervisor,
             "CHORUS_REPORTS": self.reports,
+            "CHORUS_MPI_LIBNAME": self.mpi_libname,
         }
         env.update({name: value for name, value in optional.items() if value})
         env["CHORUS_TIMEOUT"] = f"{self.timeout:g}"
@@ -134,6 +171,16 @@ class RankEnv:
             env["CHORUS_FLIGHT_RECORDS"] = str(self.flight_records)
         if self.flight_sites:
             env["CHORUS_FLIGHT_SITES"] = "1"
+        if not self.shm_cma:
+            env["CHORUS_SHM_CMA"] = "0"
+        tuning = {
+            "CHORUS_SHM_SPIN_US": self.shm_spin_us,
+            "CHORUS_SHM_YIELD_US": self.shm_yield_us,
+            "CHORUS_SHM_CMA_BYTES": self.shm_cma_bytes,
+            "CHORUS_RING_SPIN_US": self.ring_spin_us,
+            "CHORUS_STREAM_BYTES": self.stream_bytes,
+        }
+        env.update({name: str(value) for name, value in tuning.items() if value is not None})
         return env
 
     @property
@@ -171,12 +218,12 @@ def _int_var(name: str, value: str) -> int:
         raise EnvError(msg) from None
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     value = env.get(name, "")
-    if value in ("", "0"):
-        return False
-    if value == "1":
-        return True
+    if value == "":
+        return default
+    if value in ("0", "1"):
+        return value == "1"
     msg = f"{name}={value!r} must be 0 or 1"
     raise EnvError(msg)
 
@@ -189,6 +236,17 @@ def _flight_records(env: Mapping[str, str]) -> int:
         msg = f"CHORUS_FLIGHT_RECORDS={count} must be 0 (off) or a number of calls to keep"
         raise EnvError(msg)
     return count
+
+
+def _bounded_var(env: Mapping[str, str], name: str, unit: str, limit: int) -> int | None:
+    """A tuning knob: a whole number of ``unit`` from 0 to ``limit``, ``None`` when unset."""
+    if not env.get(name):
+        return None
+    value = _int_var(name, env[name])
+    if not 0 <= value <= limit:
+        msg = f"{name}={env[name]!r} must be a number of {unit} from 0 to {limit}"
+        raise EnvError(msg)
+    return value
 
 
 def _seconds_var(env: Mapping[str, str], name: str, default: float) -> float:
@@ -331,4 +389,11 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         local_size=local_size,
         supervisor=env.get("CHORUS_SUPERVISOR", ""),
         reports=env.get("CHORUS_REPORTS", ""),
+        shm_spin_us=_bounded_var(env, "CHORUS_SHM_SPIN_US", "microseconds", _MAX_MICROS),
+        shm_yield_us=_bounded_var(env, "CHORUS_SHM_YIELD_US", "microseconds", _MAX_MICROS),
+        shm_cma=_flag(env, "CHORUS_SHM_CMA", default=True),
+        shm_cma_bytes=_bounded_var(env, "CHORUS_SHM_CMA_BYTES", "bytes", _MAX_BYTES),
+        ring_spin_us=_bounded_var(env, "CHORUS_RING_SPIN_US", "microseconds", _MAX_MICROS),
+        stream_bytes=_bounded_var(env, "CHORUS_STREAM_BYTES", "bytes", _MAX_BYTES),
+        mpi_libname=env.get("CHORUS_MPI_LIBNAME", ""),
     )

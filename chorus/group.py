@@ -134,6 +134,17 @@ def _why_unusable(name: str, env: RankEnv) -> str:
     return f"{name}: not usable with this environment"
 
 
+def _set_process_knobs(env: RankEnv) -> None:
+    """Hand the process-wide knobs to the core before any backend needs them.
+
+    Not through ``_core.init``: the mpi backend loads libmpi in
+    ``_core.is_available("mpi")`` already, before any group is created.
+    """
+    _core.set_mpi_library(env.mpi_libname)
+    if env.stream_bytes is not None:
+        _core.set_stream_bytes(env.stream_bytes)
+
+
 def _connect(name: str, env: RankEnv) -> Group:
     impl = _core.init(
         name,
@@ -149,6 +160,11 @@ def _connect(name: str, env: RankEnv) -> Group:
         segment_bytes=env.segment_bytes,
         listen_fds=env.listen_fds,
         coordinator=env.coordinator or "",
+        shm_spin_us=env.shm_spin_us,
+        shm_yield_us=env.shm_yield_us,
+        shm_cma=env.shm_cma,
+        shm_cma_bytes=env.shm_cma_bytes,
+        ring_spin_us=env.ring_spin_us,
     )
     if name == "mpi":
         _mpi.register_exit()
@@ -214,6 +230,7 @@ def init(backend: str = "any", strict: bool = False) -> Group:
             msg = f"unknown backend {backend!r}; chorus has: any, {', '.join(BACKENDS)}"
             raise ValueError(msg)
         _core.set_flight_records(env.flight_records)
+        _set_process_knobs(env)
         if env.flight_sites:
             _core.set_call_sites(True)
         if os.environ.get("CHORUS_REPORTS") == "stderr":
@@ -309,6 +326,7 @@ def is_available(backend: str | None = None) -> bool:
     default names); ``chorus._core.unavailable_reason("mpi")`` says why not.
     """
     env = read_rank_env()
+    _set_process_knobs(env)
     names = BACKENDS if backend in (None, "any") else (backend,)
     return any(name in _core.compiled_backends() and _usable(name, env) for name in names)
 

@@ -1,12 +1,26 @@
 // Group handles and backend initialisation.
 #include <pybind11/stl.h>
 
+#include <chrono>
+#include <cstdint>
+#include <optional>
+
 #include "call_site.h"
+#include "chorus/algorithms/copy.h"
+#include "chorus/backends/mpi/mpi.h"
 #include "chorus/backends/registry.h"
 #include "chorus/ops.h"
 #include "convert.h"
 
 namespace chorus::bindings {
+namespace {
+
+std::optional<std::chrono::microseconds> micros(std::optional<int64_t> us) {
+  if (!us) return std::nullopt;
+  return std::chrono::microseconds(*us);
+}
+
+}  // namespace
 
 void register_group(py::module_& m) {
   py::class_<GroupImpl, GroupPtr>(m, "Group", "A set of ranks that run collectives together.")
@@ -40,6 +54,14 @@ void register_group(py::module_& m) {
       py::arg("backend"), py::arg("abort") = false,
       "Release a backend's process-wide state at exit (mpi: free communicators, then "
       "MPI_Finalize, or MPI_Abort when abort is true).");
+  // Process-wide knobs that chorus.init() and chorus.is_available() hand over
+  // from chorus/env.py before any backend needs them.
+  m.def("set_stream_bytes", &set_streaming_threshold, py::arg("nbytes"),
+        "Results of at least this many bytes are copied with streaming stores "
+        "(CHORUS_STREAM_BYTES; 0 streams always).");
+  m.def("set_mpi_library", &mpi::set_library, py::arg("name"),
+        "The libmpi the mpi backend loads (CHORUS_MPI_LIBNAME; \"\" for the default names); "
+        "no effect once it has tried to load one.");
   m.def("single_group", &make_single_group, py::arg("backend") = "single",
         "A size-1 group whose collectives return their input.");
   m.def(
@@ -47,7 +69,9 @@ void register_group(py::module_& m) {
       [](const std::string& backend, int rank, int size,
          std::vector<std::vector<std::string>> hosts, std::string token, std::string job_id,
          std::string hostname, double timeout, double peer_timeout, bool verbose,
-         size_t segment_bytes, std::vector<int> listen_fds, std::string coordinator) {
+         size_t segment_bytes, std::vector<int> listen_fds, std::string coordinator,
+         std::optional<int64_t> shm_spin_us, std::optional<int64_t> shm_yield_us, bool shm_cma,
+         std::optional<size_t> shm_cma_bytes, std::optional<int64_t> ring_spin_us) {
         InitOptions options;
         options.rank = rank;
         options.size = size;
@@ -61,6 +85,11 @@ void register_group(py::module_& m) {
         options.segment_bytes = segment_bytes;
         options.listen_fds = std::move(listen_fds);
         options.coordinator = std::move(coordinator);
+        options.tuning.shm_spin = micros(shm_spin_us);
+        options.tuning.shm_yield = micros(shm_yield_us);
+        options.tuning.shm_cma = shm_cma;
+        options.tuning.shm_cma_bytes = shm_cma_bytes;
+        options.tuning.ring_spin = micros(ring_spin_us);
         py::gil_scoped_release release;
         return init_backend(backend, options);
       },
@@ -68,6 +97,10 @@ void register_group(py::module_& m) {
       py::arg("job_id"), py::arg("hostname"), py::arg("timeout"), py::arg("peer_timeout") = 15.0,
       py::arg("verbose") = false, py::arg("segment_bytes") = 0,
       py::arg("listen_fds") = std::vector<int>{}, py::arg("coordinator") = "",
+      // Tuning (group_impl.h); None keeps the backend's default.
+      py::arg("shm_spin_us") = py::none(), py::arg("shm_yield_us") = py::none(),
+      py::arg("shm_cma") = true, py::arg("shm_cma_bytes") = py::none(),
+      py::arg("ring_spin_us") = py::none(),
       "Connect this rank to its peers with the named backend.");
 }
 

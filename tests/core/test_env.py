@@ -6,7 +6,13 @@ import dataclasses
 
 import pytest
 
-from chorus.env import DEFAULT_FLIGHT_RECORDS, DEFAULT_PEER_TIMEOUT, RankEnv, read_rank_env
+from chorus.env import (
+    DEFAULT_FLIGHT_RECORDS,
+    DEFAULT_PEER_TIMEOUT,
+    EnvError,
+    RankEnv,
+    read_rank_env,
+)
 
 WRITTEN = RankEnv(
     rank=2,
@@ -25,6 +31,14 @@ WRITTEN = RankEnv(
     flight_sites=True,
     supervisor="127.0.0.1:4711",
     reports="stderr",
+    # 0 is a setting of its own for each knob (no spin, always stream, ...).
+    shm_spin_us=0,
+    shm_yield_us=25,
+    shm_cma=False,
+    shm_cma_bytes=0,
+    ring_spin_us=7,
+    stream_bytes=0,
+    mpi_libname="/opt/openmpi/lib/libmpi.so.40",
 )
 
 
@@ -45,6 +59,31 @@ def test_knobs_at_their_defaults_are_left_out() -> None:
     back = read_rank_env(environ)
     assert back.peer_timeout == DEFAULT_PEER_TIMEOUT
     assert back.flight_records == DEFAULT_FLIGHT_RECORDS
+    assert back.shm_cma
+    assert back.mpi_libname == ""
+    knobs = (back.shm_spin_us, back.shm_yield_us, back.shm_cma_bytes, back.ring_spin_us)
+    assert knobs == (None, None, None, None)
+    assert back.stream_bytes is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("CHORUS_SHM_SPIN_US", "abc", "CHORUS_SHM_SPIN_US='abc' is not an integer"),
+        ("CHORUS_SHM_YIELD_US", "1.5", "CHORUS_SHM_YIELD_US='1.5' is not an integer"),
+        ("CHORUS_SHM_YIELD_US", "-1", "CHORUS_SHM_YIELD_US='-1' must be a number of microseconds"),
+        ("CHORUS_RING_SPIN_US", "10**13", "CHORUS_RING_SPIN_US='10**13' is not an integer"),
+        ("CHORUS_RING_SPIN_US", str(10**13), f"CHORUS_RING_SPIN_US='{10**13}' must be"),
+        ("CHORUS_SHM_CMA", "yes", "CHORUS_SHM_CMA='yes' must be 0 or 1"),
+        ("CHORUS_SHM_CMA_BYTES", "64k", "CHORUS_SHM_CMA_BYTES='64k' is not an integer"),
+        ("CHORUS_STREAM_BYTES", "-4", "CHORUS_STREAM_BYTES='-4' must be a number of bytes"),
+        ("CHORUS_STREAM_BYTES", str(2**64), f"CHORUS_STREAM_BYTES='{2**64}' must be"),
+    ],
+)
+def test_a_malformed_tuning_knob_is_named(name: str, value: str, expected: str) -> None:
+    with pytest.raises(EnvError) as err:
+        read_rank_env({"CHORUS_RANK": "0", "CHORUS_WORLD_SIZE": "2", name: value})
+    assert expected in str(err.value)
 
 
 @pytest.mark.parametrize("with_rank", [True, False])

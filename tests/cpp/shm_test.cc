@@ -57,9 +57,14 @@ std::vector<std::string> leftovers() {
   return found;
 }
 
+// What make_options() passes as InitOptions::tuning (the tests' knobs); reset
+// after every test.
+Tuning g_tuning;
+
 InitOptions make_options(const std::string& job, int rank, int size, size_t segment_bytes = 0,
                          double timeout_s = 20.0) {
   InitOptions options;
+  options.tuning = g_tuning;
   options.rank = rank;
   options.size = size;
   options.job_id = job;
@@ -94,12 +99,11 @@ class ShmTest : public ::testing::Test {
   // the futex, which is where the interrupt hook runs; a spin or yield that
   // ends the wait first would let the call finish before the "interrupt".
   void sleep_at_once() {
-    ::setenv("CHORUS_SHM_SPIN_US", "0", 1);
-    ::setenv("CHORUS_SHM_YIELD_US", "0", 1);
+    g_tuning.shm_spin = std::chrono::microseconds(0);
+    g_tuning.shm_yield = std::chrono::microseconds(0);
   }
   void TearDown() override {
-    ::unsetenv("CHORUS_SHM_SPIN_US");
-    ::unsetenv("CHORUS_SHM_YIELD_US");
+    g_tuning = Tuning{};
     set_interrupt_hook(nullptr);
     EXPECT_EQ(leftovers(), std::vector<std::string>{}) << "segments left in /dev/shm";
   }
@@ -830,11 +834,11 @@ bool broadcast_matches(GroupImpl& g, size_t count) {
 TEST_F(ShmTest, SingleCopyAndThroughTheSegment) {
   // Below, at and above the single-copy threshold (64 KiB per rank), with
   // cross-memory reads on and turned off: the same results either way.
-  for (const char* cma : {"1", "0"}) {
-    ::setenv("CHORUS_SHM_CMA", cma, 1);
+  for (const bool cma : {true, false}) {
+    g_tuning.shm_cma = cma;
     for (int n : {2, 3, 4}) {
       run_ranks(n, 0, [&](int rank, GroupImpl& g) {
-        EXPECT_EQ(single_copy(g), std::strcmp(cma, "1") == 0) << "rank " << rank;
+        EXPECT_EQ(single_copy(g), cma) << "rank " << rank;
         for (size_t count : {size_t{1000}, size_t{16384}, size_t{16384 * 3 + 5}, size_t{300001}}) {
           EXPECT_TRUE(all_gather_matches(g, count))
               << "rank " << rank << " n " << n << " count " << count << " cma " << cma;
@@ -855,7 +859,6 @@ TEST_F(ShmTest, SingleCopyAndThroughTheSegment) {
       });
     }
   }
-  ::unsetenv("CHORUS_SHM_CMA");
 }
 
 TEST_F(ShmTest, SingleCopyFallsBackWhenOneRankCannotReadPeers) {
@@ -873,7 +876,7 @@ TEST_F(ShmTest, SingleCopyFallsBackWhenOneRankCannotReadPeers) {
         return 0;
       },
       [](int rank) {
-        if (rank == 1) ::setenv("CHORUS_SHM_CMA", "0", 1);
+        if (rank == 1) g_tuning.shm_cma = false;  // in the forked child only
       });
   const auto deadline = Clock::now() + std::chrono::seconds(30);
   for (size_t r = 0; r < pids.size(); ++r) {

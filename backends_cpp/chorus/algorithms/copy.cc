@@ -1,8 +1,8 @@
 #include "chorus/algorithms/copy.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #if defined(__x86_64__)
@@ -11,15 +11,17 @@
 
 namespace chorus {
 
-size_t streaming_threshold() {
-  static const size_t threshold = [] {
-    // CHORUS_STREAM_BYTES overrides it (0 streams always), for measurements.
-    if (const char* text = std::getenv("CHORUS_STREAM_BYTES")) {
-      return static_cast<size_t>(std::strtoull(text, nullptr, 10));
-    }
-    return static_cast<size_t>(4) << 20;
-  }();
-  return threshold;
+namespace {
+
+// Atomic: a group's collective may read it while another thread's init() sets it.
+std::atomic<size_t> g_streaming_threshold{size_t{4} << 20};
+
+}  // namespace
+
+size_t streaming_threshold() { return g_streaming_threshold.load(std::memory_order_relaxed); }
+
+void set_streaming_threshold(size_t bytes) {
+  g_streaming_threshold.store(bytes, std::memory_order_relaxed);
 }
 
 void copy_streaming(void* dst, const void* src, size_t nbytes) {

@@ -13,7 +13,13 @@ namespace chorus {
 
 // Results at least this large (per rank, per call) are copied with streaming
 // stores. Below it, a result and its inputs fit in a shared last-level cache.
+// 4 MiB unless set_streaming_threshold() chose another.
 size_t streaming_threshold();
+
+// Process-wide, like the cache it is about: CHORUS_STREAM_BYTES, which
+// chorus/env.py reads and chorus.init() passes here (0 streams always), for
+// measurements.
+void set_streaming_threshold(size_t bytes);
 
 // memcpy semantics (no overlap); streaming stores where the CPU has them.
 void copy_streaming(void* dst, const void* src, size_t nbytes);

@@ -7,9 +7,11 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,6 +59,25 @@ struct CallDesc {
 std::string disagreement(const std::vector<CallDesc>& descs,
                          std::string (*describe)(const CallDesc&) = nullptr);
 
+// Knobs for measurements and tests (CHORUS_SHM_*, CHORUS_RING_SPIN_US), read
+// and checked by chorus/env.py. Unset, each backend keeps its own default.
+struct Tuning {
+  // How long a shm wait spins, then yields, before it sleeps on the futex
+  // (CHORUS_SHM_SPIN_US / CHORUS_SHM_YIELD_US): for measurements, and for
+  // tests that need every wait to reach the futex and its interrupt check.
+  // Unset: see spin_budget() and the shm backend's yield_budget().
+  std::optional<std::chrono::microseconds> shm_spin;
+  std::optional<std::chrono::microseconds> shm_yield;
+  // Whether shm all_gather and broadcast may read peers' buffers directly
+  // (CHORUS_SHM_CMA=0 turns reads off), and from how many bytes per rank
+  // (CHORUS_SHM_CMA_BYTES; unset: 64 KiB).
+  bool shm_cma = true;
+  std::optional<size_t> shm_cma_bytes;
+  // How long the ring looks for traffic before it sleeps in poll()
+  // (CHORUS_RING_SPIN_US). Unset: see spin_budget().
+  std::optional<std::chrono::microseconds> ring_spin;
+};
+
 // Everything a backend needs to build the world group; filled from the
 // environment by the Python layer (chorus/env.py).
 struct InitOptions {
@@ -81,6 +102,7 @@ struct InitOptions {
   // "ip:port" of rank 0 (CHORUS_COORDINATOR). With no hosts, backends that
   // support it exchange listen addresses through rank 0 there (tcp/rendezvous.h).
   std::string coordinator;
+  Tuning tuning;  // sub-groups inherit it
 };
 
 // Prefix every error message of a group with "[chorus ring] rank 2/4 (hostb): ".

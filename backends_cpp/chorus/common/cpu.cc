@@ -3,7 +3,6 @@
 #include <sched.h>
 
 #include <algorithm>
-#include <cstdlib>
 
 namespace chorus {
 
@@ -14,14 +13,10 @@ int usable_cores() {
   return std::max(1, CPU_COUNT(&set));
 }
 
-std::chrono::microseconds env_micros(const char* name, std::chrono::microseconds fallback) {
-  const char* text = std::getenv(name);
-  return text ? std::chrono::microseconds(std::strtol(text, nullptr, 10)) : fallback;
-}
-
 std::chrono::microseconds spin_budget(int local_ranks, std::chrono::microseconds spin,
-                                      const char* env_name) {
-  return env_micros(env_name, local_ranks > usable_cores() ? std::chrono::microseconds(0) : spin);
+                                      std::optional<std::chrono::microseconds> chosen) {
+  if (chosen) return *chosen;
+  return local_ranks > usable_cores() ? std::chrono::microseconds(0) : spin;
 }
 
 }  // namespace chorus

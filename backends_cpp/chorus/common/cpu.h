@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <optional>
 
 namespace chorus {
 
@@ -10,12 +11,9 @@ int usable_cores();
 
 // How long a wait may spin before it sleeps: `spin` when the ranks on this
 // host have a core each, none when they outnumber the cores (a spinning rank
-// would take the core from the rank it waits for). The environment variable
-// `env_name`, when set, overrides it in microseconds (measurements, tests).
+// would take the core from the rank it waits for). `chosen`, when set (a
+// Tuning knob: measurements, tests), overrides it.
 std::chrono::microseconds spin_budget(int local_ranks, std::chrono::microseconds spin,
-                                      const char* env_name);
-
-// The environment variable `name` in microseconds, or `fallback` when unset.
-std::chrono::microseconds env_micros(const char* name, std::chrono::microseconds fallback);
+                                      std::optional<std::chrono::microseconds> chosen);
 
 }  // namespace chorus

@@ -7,6 +7,8 @@
 
 namespace chorus::mpi {
 
+void set_library(const std::string& name) { Runtime::instance().set_library(name); }
+
 bool is_available() { return Runtime::instance().available(); }
 
 std::string unavailable_reason() { return Runtime::instance().unavailable_reason(); }

@@ -11,8 +11,16 @@
 
 namespace chorus::mpi {
 
-// Whether an MPI library loads (CHORUS_MPI_LIBNAME or the defaults) and MPI
-// was not finalised yet. Loads the library on first call.
+// The library to load instead of kDefaultLibraries (CHORUS_MPI_LIBNAME, which
+// chorus/env.py reads): a name for the dynamic linker's search or a path; ""
+// for the defaults. A process-wide setting rather than an InitOptions field,
+// since is_available() loads the library too and has no options. The library
+// is loaded once per process: a name set after the first is_available(),
+// unavailable_reason() or init() changes nothing.
+void set_library(const std::string& name);
+
+// Whether an MPI library loads (set_library() or the defaults) and MPI was
+// not finalised yet. Loads the library on first call.
 bool is_available();
 // "" when is_available(); otherwise the libraries tried and why each failed.
 std::string unavailable_reason();

@@ -2,7 +2,6 @@
 
 #include <dlfcn.h>
 
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -358,11 +357,10 @@ std::string foreign_version(void* lib) {
 
 }  // namespace
 
-std::unique_ptr<Api> load_api() {
-  // Read here rather than passed down from InitOptions: is_available() must
-  // answer too, and it has no options.
-  const char* chosen = std::getenv("CHORUS_MPI_LIBNAME");
-  const bool from_env = chosen != nullptr && *chosen != '\0';
+std::unique_ptr<Api> load_api(const std::string& chosen) {
+  // `chosen` comes from mpi::set_library() rather than InitOptions:
+  // is_available() must answer too, and it has no options.
+  const bool from_env = !chosen.empty();
   std::vector<std::string> names;
   if (from_env) {
     names.emplace_back(chosen);

@@ -136,11 +136,11 @@ class Api {
 // The default libraries tried, in order, when CHORUS_MPI_LIBNAME is unset.
 constexpr const char* kDefaultLibraries[] = {"libmpi.so.40", "libmpi.so", "libmpi.so.12"};
 
-// Loads the library named by CHORUS_MPI_LIBNAME (a name for the dynamic
-// linker's search or a path), or else the first of kDefaultLibraries that
-// loads and has a supported ABI. Throws BackendUnavailable listing every
-// library tried and why each failed. The library is never unloaded (see
-// mpi_api.cc).
-std::unique_ptr<Api> load_api();
+// Loads `chosen`, the library named by CHORUS_MPI_LIBNAME (a name for the
+// dynamic linker's search or a path; mpi::set_library), or when it is empty
+// the first of kDefaultLibraries that loads and has a supported ABI. Throws
+// BackendUnavailable listing every library tried and why each failed. The
+// library is never unloaded (see mpi_api.cc).
+std::unique_ptr<Api> load_api(const std::string& chosen);
 
 }  // namespace chorus::mpi

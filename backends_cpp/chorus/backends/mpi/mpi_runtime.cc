@@ -22,12 +22,17 @@ Runtime& Runtime::instance() {
   return *runtime;
 }
 
+void Runtime::set_library(std::string name) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!api_ && load_error_.empty()) library_ = std::move(name);
+}
+
 const Api& Runtime::api() {
   std::lock_guard<std::mutex> lock(mutex_);
   if (api_) return *api_;
   if (!load_error_.empty()) throw BackendUnavailable(load_error_);
   try {
-    api_ = load_api();
+    api_ = load_api(library_);
   } catch (const BackendUnavailable& error) {
     load_error_ = error.what();
     throw;

@@ -48,6 +48,10 @@ class Runtime {
  public:
   static Runtime& instance();
 
+  // The library load_api() tries ("" = its defaults); ignored once a load
+  // was tried (see mpi::set_library).
+  void set_library(std::string name);
+
   // The loaded library. Throws BackendUnavailable; a failed load is
   // remembered (dlopen would fail the same way again).
   const Api& api();
@@ -85,6 +89,7 @@ class Runtime {
 
   std::mutex mutex_;  // guards everything below
   std::unique_ptr<Api> api_;
+  std::string library_;  // set_library()
   std::string load_error_;
   bool started_ = false;
   bool we_initialised_ = false;

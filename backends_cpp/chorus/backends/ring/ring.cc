@@ -76,7 +76,7 @@ RingGroup::RingGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
   last_interrupt_check_ = Clock::now();
   spin_ =
-      spin_budget(ranks_sharing_host(config_.hosts, config_.rank), kSpin, "CHORUS_RING_SPIN_US");
+      spin_budget(ranks_sharing_host(config_.hosts, config_.rank), kSpin, config_.tuning.ring_spin);
   connect_initial();
 }
 

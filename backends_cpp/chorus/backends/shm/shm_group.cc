@@ -58,7 +58,7 @@
 
 #include <cctype>
 #include <chrono>
-#include <cstdlib>
+#include <optional>
 #include <sstream>
 
 #include "chorus/backends/shm/shm_group_inl.h"
@@ -88,23 +88,17 @@ std::string make_segment_name(const std::string& job_id, const std::string& tag)
   return "/chorus-" + job + "-" + tag;
 }
 
-// How long a wait spins, then yields, before it sleeps on the futex.
-// CHORUS_SHM_SPIN_US / CHORUS_SHM_YIELD_US override them (measurements, and
-// tests that need every wait to reach the futex and its interrupt check).
-// When ranks outnumber cores the yield phase replaces the spin.
-std::chrono::microseconds yield_budget(int ranks) {
-  return env_micros("CHORUS_SHM_YIELD_US", ranks > usable_cores() ? std::chrono::microseconds(100)
-                                                                  : std::chrono::microseconds(0));
+// How long a wait yields after its spin, before it sleeps on the futex
+// (Tuning::shm_yield overrides it). When ranks outnumber cores the yield
+// phase replaces the spin.
+std::chrono::microseconds yield_budget(int ranks, std::optional<std::chrono::microseconds> chosen) {
+  if (chosen) return *chosen;
+  return ranks > usable_cores() ? std::chrono::microseconds(100) : std::chrono::microseconds(0);
 }
 
-// From this many bytes per rank, all_gather and broadcast read peers' buffers directly
-// (CHORUS_SHM_CMA_BYTES overrides it; CHORUS_SHM_CMA=0 turns reads off).
+// From this many bytes per rank, all_gather and broadcast read peers' buffers
+// directly (Tuning::shm_cma_bytes overrides it; Tuning::shm_cma turns reads off).
 constexpr size_t kCrossMemoryMinBytes = 64 * 1024;
-
-size_t cross_memory_min_bytes() {
-  const char* text = std::getenv("CHORUS_SHM_CMA_BYTES");
-  return text ? static_cast<size_t>(std::strtoull(text, nullptr, 10)) : kCrossMemoryMinBytes;
-}
 
 }  // namespace
 
@@ -118,9 +112,9 @@ ShmGroup::ShmGroup(const InitOptions& options, std::string tag)
   pending_.resize(size_);
   pending_off_.assign(size_, 0);
   skip_.assign(size_, 0);
-  spin_budget_ = spin_budget(size_, kSpin, "CHORUS_SHM_SPIN_US");
-  yield_budget_ = yield_budget(size_);
-  cross_memory_min_bytes_ = cross_memory_min_bytes();
+  spin_budget_ = spin_budget(size_, kSpin, options.tuning.shm_spin);
+  yield_budget_ = yield_budget(size_, options.tuning.shm_yield);
+  cross_memory_min_bytes_ = options.tuning.shm_cma_bytes.value_or(kCrossMemoryMinBytes);
   rendezvous();
 }
 

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <iomanip>
 #include <new>
@@ -32,11 +31,6 @@ std::string rank_list(const std::vector<int>& ranks) {
   std::string out = ranks.size() == 1 ? "rank " : "ranks ";
   for (size_t i = 0; i < ranks.size(); ++i) out += (i ? ", " : "") + std::to_string(ranks[i]);
   return out;
-}
-
-bool cross_memory_enabled() {
-  const char* text = std::getenv("CHORUS_SHM_CMA");
-  return text == nullptr || std::strcmp(text, "0") != 0;
 }
 
 double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
@@ -72,7 +66,7 @@ void ShmGroup::rendezvous() {
     bell_ = Doorbell(&header().bell, &header().waiters);
     // Before the pid publishes this rank: a peer that sees the pid may probe.
     control(rank_).base.store(reinterpret_cast<uint64_t>(segment_.data()));
-    if (size_ > 1 && cross_memory_enabled()) allow_peer_memory_reads();
+    if (size_ > 1 && options_.tuning.shm_cma) allow_peer_memory_reads();
     int32_t expected = 0;
     if (!control(rank_).pid.compare_exchange_strong(expected, static_cast<int32_t>(::getpid()))) {
       throw UsageError(prefix() + "rank " + std::to_string(rank_) + " attached to " + name_ +
@@ -106,7 +100,7 @@ void ShmGroup::rendezvous() {
 }
 
 bool ShmGroup::probe_cross_memory() {
-  if (size_ < 2 || !cross_memory_enabled()) return false;
+  if (size_ < 2 || !options_.tuning.shm_cma) return false;
   // Every peer's mapping starts with the segment magic: read it from there.
   for (int r = 0; r < size_; ++r) {
     if (r == rank_) continue;

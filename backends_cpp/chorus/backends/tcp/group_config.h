@@ -22,6 +22,7 @@ struct TcpGroupConfig {
   double peer_timeout_s = 15;  // InitOptions::peer_timeout_s
   bool verbose = false;
   size_t segment_bytes = 0;
+  Tuning tuning;  // InitOptions::tuning (the ring's spin)
 };
 
 // The world group's config: everything from `options` but the addresses,
@@ -39,6 +40,7 @@ inline TcpGroupConfig world_config(const InitOptions& options,
   config.peer_timeout_s = options.peer_timeout_s;
   config.verbose = options.verbose;
   config.segment_bytes = options.segment_bytes;
+  config.tuning = options.tuning;
   return config;
 }
 
