@@ -98,10 +98,14 @@ def _answer_reports_early() -> None:
 
     A rank that never reaches ``chorus.init()`` (a collective inside ``if
     rank == 0:`` on the others) is the one a report most needs to show.
+    Only the rank process itself, which leads its process group: the
+    launcher signals the whole group, and a worker the rank started (and
+    that imports chorus) must not answer in its place. A rank started
+    through a wrapper (a shell script) answers from ``chorus.init()`` on.
     """
     import os
 
-    if os.environ.get("CHORUS_REPORTS") == "stderr":
+    if os.environ.get("CHORUS_REPORTS") == "stderr" and os.getpid() == os.getpgrp():
         from chorus.debug import install_report_signal
 
         install_report_signal()

@@ -31,6 +31,7 @@ from chorus.where import (
     REPORT_SIGNAL,
     RUNNING,
     SNAPSHOT_MARKER,
+    SUPERVISOR_UNAVAILABLE,
     CallRecord,
     CallSite,
     Frame,
@@ -202,8 +203,8 @@ def where(timeout: float = WHERE_TIMEOUT) -> Report:
             " (no CHORUS_SUPERVISOR); chorus.debug.snapshot() says where this rank is"
         )
         raise WhereUnavailableError(msg, "no-supervisor")
-    if env.supervisor.startswith("unavailable: "):
-        why = env.supervisor.removeprefix("unavailable: ")
+    if env.supervisor.startswith(SUPERVISOR_UNAVAILABLE):
+        why = env.supervisor.removeprefix(SUPERVISOR_UNAVAILABLE)
         msg = f"rank {env.rank} on {env.hostname}: chorus.debug.where() cannot ask: {why}"
         raise WhereUnavailableError(msg, "no-forward")
     host, _, port = env.supervisor.rpartition(":")

@@ -245,7 +245,7 @@ def init(backend: str = "any", strict: bool = False) -> Group:
             try:
                 group = _connect(name, env)
             except _core.PeerTimeoutError as err:
-                _explain_setup_timeout(err, env)
+                _explain_setup_timeout(err)
                 raise
             finally:
                 _setting_up_since = None
@@ -282,7 +282,7 @@ def init(backend: str = "any", strict: bool = False) -> Group:
         return group
 
 
-def _explain_setup_timeout(err: _core.PeerTimeoutError, env: RankEnv) -> None:
+def _explain_setup_timeout(err: _core.PeerTimeoutError) -> None:
     """Add where every rank is to a set-up timeout (a note, and ``err.report``).
 
     The ranks that never came are usually somewhere the user can fix (a
@@ -290,14 +290,12 @@ def _explain_setup_timeout(err: _core.PeerTimeoutError, env: RankEnv) -> None:
     the message alone cannot say where. Only when a launcher or kernel can
     ask them (``CHORUS_SUPERVISOR``); otherwise the message stands alone.
     """
-    if not env.supervisor or env.supervisor.startswith("unavailable"):
-        return
     from chorus.debug import WhereUnavailableError, where
 
     try:
         report = where()
     except WhereUnavailableError:
-        return
+        return  # nothing can ask the others: the message stands alone
     err.report = report  # type: ignore[attr-defined]
     err.add_note("Where every rank is now (chorus.debug.where()):\n" + report.text())
 

@@ -25,6 +25,9 @@ SNAPSHOT_MARKER = b"\x1echorus-snapshot "
 # The request: a signal whose default action is to do nothing, so a rank
 # that never imported chorus is not harmed by it.
 REPORT_SIGNAL = "SIGURG"
+# CHORUS_SUPERVISOR's prefix when a rank has no way to ask where every rank
+# is (then: why); chorus.launch.questions writes it, chorus.debug.where reads it.
+SUPERVISOR_UNAVAILABLE = "unavailable: "
 # Record states of a call still running.
 RUNNING = ("entered", "agreed")
 

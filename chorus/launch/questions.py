@@ -29,16 +29,14 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from chorus.where import WhereAnswers
+from chorus.where import SUPERVISOR_UNAVAILABLE, WhereAnswers
 
 if TYPE_CHECKING:
     import asyncssh
 
-__all__ = ["UNAVAILABLE", "QuestionServer"]
+__all__ = ["QuestionServer"]
 
 LOCALHOST = "127.0.0.1"
-# CHORUS_SUPERVISOR's value when a rank has no way to ask (then: why).
-UNAVAILABLE = "unavailable: "
 # A question is one short line; a client that sends nothing is dropped.
 REQUEST_TIMEOUT = 10.0
 REQUEST_LIMIT = 4096
@@ -97,7 +95,7 @@ class QuestionServer:
                 why = "the ssh server refused"
             if listener is None:
                 self._forwards[key] = (
-                    f"{UNAVAILABLE}the ssh server of {host} does not forward a port back to"
+                    f"{SUPERVISOR_UNAVAILABLE}the ssh server of {host} does not forward a port back to"
                     f" the launcher ({why}; its sshd_config needs AllowTcpForwarding yes)"
                 )
             else:

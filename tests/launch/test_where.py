@@ -227,3 +227,33 @@ def test_where_without_a_supervisor_says_so() -> None:
     ).stdout
     assert out.startswith("no-supervisor rank 0 on "), out
     assert "nothing that can was (no CHORUS_SUPERVISOR)" in out, out
+
+
+WORKER = """import multiprocessing, os, time
+import numpy as np, chorus
+
+def work():
+    import chorus  # a worker of the rank imports chorus too (and gets the signal)
+    time.sleep(30)
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method("spawn")
+    worker = multiprocessing.Process(target=work)
+    worker.start()
+    r = int(os.environ["CHORUS_RANK"])
+    if r == 0:
+        chorus.all_sum(np.ones(3))             # the others never come
+    else:
+        time.sleep(30)                         # LINE others
+"""
+
+
+def test_a_worker_of_a_rank_does_not_answer_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "workers.py"
+    path.write_text(WORKER)
+    done = launch("-n", "2", "--stall-timeout", "4", str(path), timeout=90)
+    err = done.stderr
+    assert done.returncode == 124, err
+    # Rank 1's own stack (in its main module), not its worker's (in work()).
+    assert "[1]  not in a chorus call: runs <module> at " in err, err
+    assert "in work" not in err, err
