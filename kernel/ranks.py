@@ -211,11 +211,25 @@ class RankSet:
         """
         say = progress or (lambda _message: None)
         identity = new_job("k")
-        self._questions = QuestionServer(identity.token, self.where_answers)
-        await self._questions.start()
-        if self.hosts is not None:
-            await self._start_remote(self.hosts, say, identity, self._questions)
-            return
+        questions = QuestionServer(identity.token, self.where_answers)
+        self._questions = questions
+        try:
+            await questions.start()
+            if self.hosts is not None:
+                await self._start_remote(self.hosts, say, identity, questions)
+            else:
+                await self._start_local(say, identity, questions)
+        except BaseException:
+            # Placement failed before any rank ran (a failed rank start has
+            # shut down already): the question port must not outlive it.
+            questions.close()
+            self._questions = None
+            raise
+
+    async def _start_local(
+        self, say: Callable[[str], None], identity: JobIdentity, questions: QuestionServer
+    ) -> None:
+        """Rank kernels on this host, placed by :func:`~chorus.launch.placement.place_local`."""
         spec = JobSpec(
             argv=tuple(RANK_ARGV),
             nprocs=self.size,
@@ -228,7 +242,7 @@ class RankSet:
         placement = place_local(
             spec,
             identity,
-            supervisor=self._questions.address,
+            supervisor=questions.address,
             base=base,
             reporter=SilentReporter(),
         )
