@@ -4,8 +4,10 @@
 a fork of the running kernel: a forked child's ``input()`` hangs), each in its
 own session so that the frontend's interrupt reaches only the chorus kernel,
 which forwards it deliberately. Every rank gets the environment
-``chorus launch`` gives its ranks (the same ``chorus.launch`` code), so
-``chorus.init()`` in a cell connects them.
+``chorus launch`` gives its ranks (placed by :mod:`chorus.launch.placement`),
+so ``chorus.init()`` in a cell connects them. Each rank is an ordinary
+jupyter_client kernel manager; where it runs, here or on another host, is
+its provisioner's business (:mod:`chorus.kernel.provisioning`).
 
 Each rank's iopub and stdin channels are read by one task that hands messages
 to whoever runs the current request (:class:`RankListener`).
@@ -15,21 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import secrets
 import signal
-import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import zmq
+from chorus.kernel.provisioning import (
+    RANK_ARGV,
+    RankKernelManager,
+    local_rank_manager,
+    remote_rank_manager,
+)
 from jupyter_client.asynchronous.client import AsyncKernelClient
-from jupyter_client.kernelspec import KernelSpec
-from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 
 from chorus.launch.placement import JobIdentity, Placement, new_job, place_local
@@ -42,14 +44,11 @@ from chorus.where import Report, WhereAnswers, merge_answers
 
 if TYPE_CHECKING:
     from chorus.hostfile import Hostfile
-    from chorus.launch.remote import SshRank
 
 Message = dict[str, Any]
 # Called with (rank, message) for every iopub or stdin message of a rank.
 Listener = Callable[[int, Message], None]
 
-RANK_ARGV = [sys.executable, "-m", "chorus.kernel.rank", "-f", "{connection_file}"]
-_ZMQ_PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 # Seconds a rank kernel may take to start and answer kernel_info.
 START_TIMEOUT = 60.0
 
@@ -84,65 +83,36 @@ class _SayReporter:
             self.say(line)
 
 
-class RankKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernel is a chorus rank (no kernelspec on disk)."""
-
-    @property
-    def kernel_spec(self) -> KernelSpec:
-        return KernelSpec(
-            argv=RANK_ARGV,
-            display_name="chorus rank",
-            language="python",
-            interrupt_mode="signal",
-        )
-
-
 @dataclass
 class Rank:
-    """One rank kernel: how it runs (a local manager or a remote agent), its client, readers."""
+    """One rank kernel: its manager (whose provisioner knows where it runs), client, readers."""
 
     rank: int
-    manager: RankKernelManager | None
+    manager: RankKernelManager
     env: dict[str, str]
-    pass_fds: list[int]
+    pass_fds: list[int] = field(default_factory=list)
     client: AsyncKernelClient | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     exit_reported: bool = False
-    remote: SshRank | None = None
-    host: str = "localhost"
-    connection_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        return self.manager.rank_provisioner.host
 
     @property
     def pid(self) -> int | None:
         """The local kernel's pid, or the pid of the rank's agent on its host."""
-        if self.remote is not None:
-            return None if self.remote.prepared is None else self.remote.prepared.pid
-        process = (
-            None if self.manager is None else getattr(self.manager.provisioner, "process", None)
-        )
-        return None if process is None else int(process.pid)
+        return self.manager.rank_provisioner.rank_pid
 
     def alive(self) -> bool:
-        return self.remote.returncode is None if self.remote is not None else self._poll() is None
+        return self.exit_code() is None
 
     def exit_code(self) -> int | None:
-        return self.remote.returncode if self.remote is not None else self._poll()
-
-    def _poll(self) -> int | None:
-        process = (
-            None if self.manager is None else getattr(self.manager.provisioner, "process", None)
-        )
-        return -int(signal.SIGKILL) if process is None else process.poll()
+        return self.manager.rank_provisioner.exit_code()
 
     def interrupt(self) -> None:
         """SIGINT to the rank's process group (it leads its own session), here or remote."""
-        if self.remote is not None:
-            self.remote.send_signal(signal.SIGINT)
-            return
-        pid = self.pid
-        if pid is not None and self.alive():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGINT)
+        self.manager.rank_provisioner.signal_now(signal.SIGINT)
 
 
 class RankSet:
@@ -187,7 +157,6 @@ class RankSet:
         self.hosts = hosts
         self.python = python
         self._remote: Placement | None = None
-        self._drains: list[asyncio.Task[None]] = []
         self.extra_env = dict(env or {})
         self.cwd = cwd
         self.timeout = timeout
@@ -251,9 +220,7 @@ class RankSet:
                 # IPC transport: rank kernels talk to this process only, over
                 # unix sockets in Jupyter's runtime dir (private, and no "TCP
                 # without encryption" warning at every start).
-                manager = RankKernelManager(
-                    transport="ipc", ip=_ipc_path(f"chorus-{identity.job_id}-{rank}")
-                )
+                manager = local_rank_manager(_ipc_path(f"chorus-{identity.job_id}-{rank}"))
                 self.ranks.append(Rank(rank, manager, env, pass_fds=fds))
             say(f"starting {self.size} rank kernels (backend {self.backend})")
             await self._start_all()
@@ -269,13 +236,10 @@ class RankSet:
         identity: JobIdentity,
         questions: QuestionServer,
     ) -> None:
-        """Start rank kernels on other hosts through the launcher's agents.
+        """Rank kernels on other hosts, each run by its agent (:class:`SshRankProvisioner`).
 
-        Each agent binds the rank's chorus sockets and reports five free ports
-        on the rank's address for ZMQ; the rank kernel reads its connection
-        file (ports, a fresh HMAC key) from a memfd, so nothing is written on
-        the host. Messages are signed with the key and the sockets use
-        CurveZMQ, so the traffic is encrypted.
+        :func:`~chorus.launch.placement.place_remote` has each agent bind the
+        rank's chorus sockets and report five free ports for ZMQ there.
         """
         from chorus.launch.placement import place_remote
         from chorus.launch.spec import LaunchError
@@ -299,20 +263,8 @@ class RankSet:
             raise RuntimeError(str(exc)) from exc
         self._remote = remote
         for agent, env in zip(remote.remote, remote.envs, strict=True):
-            assert agent.prepared is not None
-            ip = agent.advertise[0]
-            ports = dict(zip(_ZMQ_PORTS, agent.prepared.free_ports, strict=True))
-            info = {**ports, "ip": ip, "transport": "tcp", "key": secrets.token_hex(32)}
-            info |= {"signature_scheme": "hmac-sha256", "kernel_name": ""}
-            # CurveZMQ: the traffic between hosts is encrypted and only holders
-            # of the key pair (this process and the rank) can connect.
-            public, secret = zmq.curve_keypair()
-            info |= {"curve_publickey": public.decode(), "curve_secretkey": secret.decode()}
-            argv = [*remote.argv, "-f", "{memfd:connection}", f"--ip={ip}"]
-            agent.configure(env, argv, remote.mlx_hostfile, {"connection": json.dumps(info)})
-            rank = Rank(agent.rank, None, env, [], remote=agent, host=agent.host)
-            rank.connection_info = info
-            self.ranks.append(rank)
+            manager = remote_rank_manager(agent, remote.argv, remote.mlx_hostfile)
+            self.ranks.append(Rank(agent.rank, manager, env))
         await self._start_all()
         say(f"{self.size} rank kernels ready")
 
@@ -323,7 +275,7 @@ class RankSet:
             try:
                 await self._start_one(rank)
             except Exception as exc:
-                where = f" on {rank.host}" if rank.remote is not None else ""
+                where = "" if self._remote is None else f" on {rank.host}"
                 msg = f"rank {rank.rank} kernel{where} did not start: {exc}"
                 raise RuntimeError(msg) from exc
 
@@ -334,36 +286,11 @@ class RankSet:
             await self.shutdown()
             raise
 
-    async def _drain(self, rank: Rank, stream: asyncio.StreamReader, forward: bool) -> None:
-        """Read a remote rank kernel's own stdout/stderr; copy stderr to ours.
-
-        Unread, the ssh channel's window would fill and block the rank. Its
-        stdout holds only ipykernel's start-up banner (cell output travels
-        over iopub); its stderr has warnings and crashes worth seeing.
-        """
-        label = f"[rank {rank.rank} on {rank.host}] ".encode()
-        while chunk := await stream.read(65536):
-            if forward:
-                with contextlib.suppress(OSError):
-                    os.write(2, b"".join(label + line for line in chunk.splitlines(keepends=True)))
-
     async def _start_one(self, rank: Rank) -> None:
-        if rank.remote is not None:
-            await rank.remote.start()
-            self._drains += [
-                asyncio.create_task(self._drain(rank, rank.remote.stdout, forward=False)),
-                asyncio.create_task(self._drain(rank, rank.remote.stderr, forward=True)),
-            ]
-            client = AsyncKernelClient()
-            client.load_connection_info(cast(Any, rank.connection_info))
-            client.start_channels()
-            await self._wait_remote_ready(rank, client)
-        else:
-            assert rank.manager is not None
-            await rank.manager.start_kernel(env=rank.env, cwd=self.cwd, pass_fds=rank.pass_fds)
-            client = rank.manager.client()
-            client.start_channels()
-            await asyncio.wait_for(client.wait_for_ready(timeout=START_TIMEOUT), START_TIMEOUT + 5)
+        await rank.manager.start_kernel(env=rank.env, cwd=self.cwd, pass_fds=rank.pass_fds)
+        client = rank.manager.client()
+        client.start_channels()
+        await asyncio.wait_for(client.wait_for_ready(timeout=START_TIMEOUT), START_TIMEOUT + 5)
         await self._wait_iopub_subscribed(rank, client)
         rank.client = client
         rank.tasks = [
@@ -372,29 +299,6 @@ class RankSet:
             asyncio.create_task(self._pump(rank, client.get_shell_msg, self._to_waiter)),
             asyncio.create_task(self._pump(rank, client.get_control_msg, self._to_waiter)),
         ]
-
-    async def _wait_remote_ready(self, rank: Rank, client: AsyncKernelClient) -> None:
-        """Ask for kernel_info until a remote rank answers (or exits, or time runs out).
-
-        jupyter_client's wait_for_ready judges liveness by a heartbeat that
-        has not beaten yet when the kernel is still starting, without a manager.
-        """
-        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
-        while True:
-            if not rank.alive():
-                msg = f"it exited ({rank.exit_code()}) before answering"
-                raise RuntimeError(msg)
-            if asyncio.get_running_loop().time() > deadline:
-                msg = f"no answer within {START_TIMEOUT:g} s"
-                raise RuntimeError(msg)
-            msg_id = client.kernel_info()
-            try:
-                while True:
-                    reply = await asyncio.wait_for(client.get_shell_msg(), 1.0)
-                    if reply.get("parent_header", {}).get("msg_id") == msg_id:
-                        return
-            except TimeoutError:
-                continue
 
     async def _wait_iopub_subscribed(self, rank: Rank, client: AsyncKernelClient) -> None:
         """Return once this rank's iopub messages reach us, with the kernel idle again.
@@ -414,7 +318,7 @@ class RankSet:
         asked: list[str] = []
         answered = ""
         while not answered:
-            if rank.remote is not None and not rank.alive():
+            if not rank.alive():
                 msg = f"it exited ({rank.exit_code()}) before its output could be read"
                 raise RuntimeError(msg)
             if loop.time() > deadline:
@@ -485,58 +389,34 @@ class RankSet:
 
         1. cancel the channel readers;
         2. ``shutdown_kernel(now=False)``: a shutdown_request, then jupyter_client's
-           own wait / SIGTERM / SIGKILL escalation, under a deadline;
-        3. SIGKILL whatever is left of each rank's process group.
+           own wait / SIGTERM / SIGKILL escalation, under a deadline; the
+           provisioner's clean-up kills what is left of the rank's group;
+        3. close the ssh connections of remote ranks.
         """
         for rank in self.ranks:
             for task in rank.tasks:
                 task.cancel()
-            if rank.client is not None and rank.remote is None:
+            if rank.client is not None:
                 rank.client.stop_channels()
                 rank.client = None
 
         async def stop(rank: Rank) -> None:
-            with contextlib.suppress(Exception):
-                if rank.manager is not None:
-                    await asyncio.wait_for(rank.manager.shutdown_kernel(now=False), 10)
-                elif rank.remote is not None:
-                    await asyncio.wait_for(self._stop_remote(rank), 10)
+            try:
+                await asyncio.wait_for(rank.manager.shutdown_kernel(now=False), 10)
+            except Exception:  # noqa: BLE001 - stopping what is left, whatever state it is in
+                rank.manager.rank_provisioner.signal_now(signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    await rank.manager.cleanup_resources()
 
         await asyncio.gather(*(stop(r) for r in self.ranks))
         if self._remote is not None:
-            for rank in self.ranks:
-                if rank.remote is not None:
-                    rank.remote.cleanup()
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the agents' last kill requests go out first
             self._remote.close()
             self._remote = None
-        for task in self._drains:
-            task.cancel()
-        self._drains = []
-        for rank in self.ranks:
-            pid = rank.pid
-            if pid is not None and rank.remote is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
         self.ranks = []
         if self._questions is not None:
             self._questions.close()
             self._questions = None
-
-    async def _stop_remote(self, rank: Rank) -> None:
-        """A shutdown_request, then the agent's exit; SIGTERM if it does not come."""
-        assert rank.remote is not None
-        client = rank.client
-        rank.client = None
-        if client is not None and rank.alive():
-            client.shutdown()
-            try:
-                await asyncio.wait_for(rank.remote.wait(), 3)
-            except TimeoutError:
-                rank.remote.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(rank.remote.wait(), 3)
-        if client is not None:
-            client.stop_channels()
 
     # -- requests --------------------------------------------------------------
 
