@@ -7,8 +7,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     """Start the chorus kernel; ``--ranks``, ``--backend``, ``--hosts``... are shorthands."""
+    from chorus.kernel.app import KernelApp
     from chorus.kernel.kernel import ChorusKernel
-    from ipykernel.kernelapp import IPKernelApp
 
     args = list(sys.argv[1:] if argv is None else argv)
     aliases = {
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
             translated.append(f"{aliases[name]}={value if eq else next(iterator)}")
         else:
             translated.append(arg)
-    IPKernelApp.launch_instance(argv=translated, kernel_class=ChorusKernel)
+    KernelApp.launch_instance(argv=translated, kernel_class=ChorusKernel)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,16 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 from abc import abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import zmq
@@ -35,6 +40,7 @@ from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from jupyter_core.paths import jupyter_runtime_dir
 
 if TYPE_CHECKING:
     from jupyter_client.connect import KernelConnectionInfo
@@ -46,6 +52,7 @@ __all__ = [
     "LocalRankProvisioner",
     "RankKernelManager",
     "RankProvisioner",
+    "SocketDir",
     "SshRankProvisioner",
     "local_rank_manager",
     "remote_rank_manager",
@@ -263,9 +270,69 @@ class SshRankProvisioner(RankProvisioner):
         return recommended
 
 
-def local_rank_manager(ipc_path: str) -> RankKernelManager:
-    """A manager for a rank kernel on this host, talking over unix sockets at ``ipc_path``."""
-    manager = RankKernelManager(transport="ipc", ip=ipc_path)
+class SocketDir:
+    """The private directory of a job's local rank kernels' unix sockets.
+
+    ZMQ removes a socket file when its kernel closes it, and jupyter_client
+    when it cleans up; a kernel killed outright leaves them behind. So each
+    job's sockets share one directory, removed with the job, and the next
+    job on this host removes those of jobs whose chorus kernel is gone.
+    Names carry the host: a runtime directory on a shared home is seen by
+    other hosts, whose pids mean nothing here.
+    """
+
+    def __init__(self, job_id: str) -> None:
+        base = Path(jupyter_runtime_dir())
+        prefix = f"chorus-{socket.gethostname()}-"
+        # Unix socket paths are limited to 107 bytes; "/rank-NN-N" follows.
+        if len(str(base / (prefix + job_id))) > _MAX_SOCKET_DIR:
+            base = Path(tempfile.gettempdir())
+        base.mkdir(parents=True, exist_ok=True)
+        _remove_stale(base, prefix)
+        self.path = base / (prefix + job_id)
+        self.path.mkdir(mode=0o700)
+
+    def socket_base(self, rank: int) -> str:
+        """The path jupyter_client appends ``-<port>`` to for ``rank``'s sockets."""
+        return str(self.path / f"rank-{rank}")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+_MAX_SOCKET_DIR = 96
+_JOB_PID = re.compile(r"k(\d+)-[0-9a-f]+$")
+
+
+def _remove_stale(base: Path, prefix: str) -> None:
+    """Remove the socket directories of this host's jobs whose kernel has exited."""
+    with contextlib.suppress(OSError):
+        for entry in base.iterdir():
+            if not entry.name.startswith(prefix):
+                continue
+            match = _JOB_PID.match(entry.name[len(prefix) :])
+            if match is None or _alive(int(match.group(1))):
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def local_rank_manager(sockets: SocketDir, rank: int) -> RankKernelManager:
+    """A manager for ``rank``'s kernel on this host, talking over unix sockets in ``sockets``.
+
+    IPC transport: rank kernels talk to this process only, over private unix
+    sockets (and no "TCP without encryption" warning at every start).
+    """
+    manager = RankKernelManager(transport="ipc", ip=sockets.socket_base(rank))
     manager.provisioner = LocalRankProvisioner(
         kernel_id="", kernel_spec=manager.kernel_spec, parent=manager
     )

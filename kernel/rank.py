@@ -141,7 +141,7 @@ def rank_kernel_class() -> type:
 def main() -> None:
     """Start an IPython kernel configured as a chorus rank."""
     die_with_parent()
-    from ipykernel.kernelapp import IPKernelApp
+    from chorus.kernel.app import KernelApp
 
     lines = "[" + ", ".join(repr(line) for line in STARTUP_LINES) + "]"
     argv = [
@@ -152,7 +152,7 @@ def main() -> None:
         # the frontend keeps the history of what the user typed.
         "--HistoryManager.enabled=False",
     ]
-    IPKernelApp.launch_instance(argv=argv, kernel_class=rank_kernel_class())
+    KernelApp.launch_instance(argv=argv, kernel_class=rank_kernel_class())
 
 
 if __name__ == "__main__":

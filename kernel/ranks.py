@@ -19,20 +19,18 @@ import asyncio
 import contextlib
 import os
 import signal
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chorus.kernel.provisioning import (
     RANK_ARGV,
     RankKernelManager,
+    SocketDir,
     local_rank_manager,
     remote_rank_manager,
 )
 from jupyter_client.asynchronous.client import AsyncKernelClient
-from jupyter_core.paths import jupyter_runtime_dir
 
 from chorus.launch.placement import JobIdentity, Placement, new_job, place_local
 from chorus.launch.process import describe_exit
@@ -51,19 +49,6 @@ Listener = Callable[[int, Message], None]
 
 # Seconds a rank kernel may take to start and answer kernel_info.
 START_TIMEOUT = 60.0
-
-
-# Unix socket paths are limited to 107 bytes; jupyter_client appends "-N".
-_MAX_SOCKET_PATH = 100
-
-
-def _ipc_path(name: str) -> str:
-    """Where a rank kernel's IPC sockets live: Jupyter's runtime dir, or /tmp if too long."""
-    path = Path(jupyter_runtime_dir()) / name
-    if len(str(path)) > _MAX_SOCKET_PATH:
-        path = Path(tempfile.gettempdir()) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return str(path)
 
 
 class _SayReporter:
@@ -166,6 +151,8 @@ class RankSet:
         self._waiters: dict[str, asyncio.Future[Message]] = {}
         # The ranks' questions (chorus.debug.where() in a cell); its token is the job's.
         self._questions: QuestionServer | None = None
+        # Where local rank kernels' unix sockets live.
+        self._sockets: SocketDir | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -193,6 +180,7 @@ class RankSet:
             # shut down already): the question port must not outlive it.
             questions.close()
             self._questions = None
+            self._remove_sockets()
             raise
 
     async def _start_local(
@@ -216,11 +204,9 @@ class RankSet:
             reporter=SilentReporter(),
         )
         try:
+            sockets = self._sockets = SocketDir(identity.job_id)
             for rank, (env, fds) in enumerate(zip(placement.envs, placement.pass_fds, strict=True)):
-                # IPC transport: rank kernels talk to this process only, over
-                # unix sockets in Jupyter's runtime dir (private, and no "TCP
-                # without encryption" warning at every start).
-                manager = local_rank_manager(_ipc_path(f"chorus-{identity.job_id}-{rank}"))
+                manager = local_rank_manager(sockets, rank)
                 self.ranks.append(Rank(rank, manager, env, pass_fds=fds))
             say(f"starting {self.size} rank kernels (backend {self.backend})")
             await self._start_all()
@@ -417,6 +403,12 @@ class RankSet:
         if self._questions is not None:
             self._questions.close()
             self._questions = None
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        if self._sockets is not None:
+            self._sockets.remove()
+            self._sockets = None
 
     # -- requests --------------------------------------------------------------
 

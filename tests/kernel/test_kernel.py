@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
+from pathlib import Path
 
 import psutil
+from jupyter_core.paths import jupyter_runtime_dir
 
 from tests.kernel.conftest import Frontend, chorus_kernel_manager, running_kernel
 
@@ -154,6 +157,31 @@ def test_sigkill_of_the_kernel_takes_the_ranks_with_it() -> None:
         while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
             time.sleep(0.1)
         assert not any(psutil.pid_exists(p) for p in pids)
+
+
+def _socket_dirs(kernel_pid: int) -> list[Path]:
+    """The directories of local rank kernels' unix sockets made by chorus kernel ``kernel_pid``."""
+    base = Path(jupyter_runtime_dir())
+    return sorted(base.glob(f"chorus-{socket.gethostname()}-k{kernel_pid}-*"))
+
+
+def test_rank_sockets_go_with_the_kernel_and_a_killed_kernels_with_the_next() -> None:
+    manager = chorus_kernel_manager(ranks=2)
+    with running_kernel(manager, now=True) as frontend:
+        assert frontend.run("print(rank)").status == "ok"
+        killed = manager.provisioner.process.pid
+        (left,) = _socket_dirs(killed)
+        assert any(left.iterdir())  # the ranks' sockets
+        os.kill(killed, signal.SIGKILL)
+    # Killed outright, the kernel could not remove them; the next one does.
+    assert left.exists()
+    manager = chorus_kernel_manager(ranks=2)
+    with running_kernel(manager) as frontend:
+        assert frontend.run("print(rank)").status == "ok"
+        assert not left.exists()
+        clean = manager.provisioner.process.pid
+        assert len(_socket_dirs(clean)) == 1
+    assert _socket_dirs(clean) == []
 
 
 def test_mlx_distributed_in_a_cell(kernel: Frontend) -> None:
