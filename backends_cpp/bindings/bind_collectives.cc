@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -46,14 +48,22 @@ CallDesc describe(const py::array& x, Collective kind, ReduceOp op = ReduceOp::S
   return desc;
 }
 
-void check_out(const py::array& x, const py::array& out, size_t expected_bytes) {
-  require_c_contiguous(out, "out");
-  require_writable(out, "out");
-  if (dtype_of(out) != dtype_of(x)) throw py::value_error("out must have the input's dtype");
-  if (static_cast<size_t>(out.nbytes()) != expected_bytes) {
-    throw py::value_error("out has " + std::to_string(out.nbytes()) + " bytes, expected " +
-                          std::to_string(expected_bytes));
+// A tag as Python gives it: an int (bool is refused: tag=True is a slip, not
+// tag 1). Its value (>= 0, and != 0 only where the backend has tags) is
+// ops::send's and ops::recv's to check.
+int tag_of(py::handle tag) {
+  if (PyBool_Check(tag.ptr()) || !PyIndex_Check(tag.ptr())) {
+    throw py::value_error("tag must be a non-negative integer, got " +
+                          py::repr(tag).cast<std::string>());
   }
+  const auto value = py::reinterpret_steal<py::object>(PyNumber_Index(tag.ptr()));
+  int overflow = 0;
+  const long long number = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
+  if (overflow != 0 || number > std::numeric_limits<int>::max() ||
+      number < std::numeric_limits<int>::min()) {
+    throw py::value_error("tag " + py::repr(tag).cast<std::string>() + " is out of range");
+  }
+  return static_cast<int>(number);
 }
 
 // The input to send: `x` itself, or a private copy in `keep` when `out`
@@ -230,14 +240,22 @@ void register_collectives(py::module_& m) {
       py::arg("group"), py::arg("x"), py::arg("out"));
   m.def(
       "reduce_scatter",
-      [](GroupImpl& g, const py::array& x, py::array& out, const std::string& op) {
+      [](GroupImpl& g, py::handle xh, py::handle outh, const std::string& op) -> py::object {
+        if (!plain_input(xh)) return py::none();
+        const auto x = py::reinterpret_borrow<py::array>(xh);
         CallDesc desc = describe(x, Collective::ReduceScatter, parse_op(op));
-        const size_t size = static_cast<size_t>(g.size());
-        if (desc.count % size == 0) check_out(x, out, desc.nbytes() / size);
+        // Before sizing the result: a bad shape is the error, not its out.
+        ops::check_reduce_scatter(g, desc);
+        std::vector<py::ssize_t> shape = shape_of(x);
+        shape[0] /= g.size();
+        py::object result = fitting_out(outh, x, shape);
+        if (!result) return py::none();
+        auto out = py::reinterpret_borrow<py::array>(result);
         std::vector<char> keep;
         const void* in = input_for(x, out, keep);
         void* dst = out.mutable_data();
         communicate([&] { ops::reduce_scatter(g, desc, in, dst); });
+        return result;
       },
       py::arg("group"), py::arg("x"), py::arg("out"), py::arg("op") = "sum");
   m.def(
@@ -253,7 +271,8 @@ void register_collectives(py::module_& m) {
   m.def("barrier", [](GroupImpl& g) { communicate([&] { ops::barrier(g); }); }, py::arg("group"));
   m.def(
       "send",
-      [](GroupImpl& g, const py::array& x, int dst, int tag) {
+      [](GroupImpl& g, const py::array& x, int dst, py::handle tag_object) {
+        const int tag = tag_of(tag_object);
         require_c_contiguous(x, "input");
         const Dtype dtype = dtype_of(x);
         const void* data = x.data();
@@ -263,7 +282,8 @@ void register_collectives(py::module_& m) {
       py::arg("group"), py::arg("x"), py::arg("dst"), py::kw_only(), py::arg("tag") = 0);
   m.def(
       "recv",
-      [](GroupImpl& g, py::array& out, int src, int tag) {
+      [](GroupImpl& g, py::array& out, int src, py::handle tag_object) {
+        const int tag = tag_of(tag_object);
         require_c_contiguous(out, "out");
         require_writable(out, "out");
         const Dtype dtype = dtype_of(out);

@@ -136,13 +136,25 @@ void all_gather(GroupImpl& group, const CallDesc& desc, const void* in, void* ou
   call.run([&] { group.all_gather(desc, in, out); });
 }
 
+void check_reduce_scatter(GroupImpl& group, const CallDesc& desc) {
+  const auto size = static_cast<uint64_t>(group.size());
+  if (desc.ndim == 0) {
+    throw UsageError(where(group) + "sum_scatter needs an array with at least one axis");
+  }
+  const bool first_axis_known = desc.ndim != kUnknownDims;
+  if (desc.count % size != 0 ||
+      (first_axis_known && static_cast<uint64_t>(desc.dims[0]) % size != 0)) {
+    const std::string axis = first_axis_known
+                                 ? "the first axis (" + std::to_string(desc.dims[0]) + ")"
+                                 : "the element count (" + std::to_string(desc.count) + ")";
+    throw UsageError(where(group) + "sum_scatter: " + axis +
+                     " is not divisible by the group size " + std::to_string(size));
+  }
+}
+
 void reduce_scatter(GroupImpl& group, const CallDesc& desc, const void* in, void* out) {
   reduce_kernel(desc.dtype, desc.op);
-  if (desc.count % static_cast<uint64_t>(group.size()) != 0) {
-    throw UsageError(where(group) +
-                     "sum_scatter needs the first axis divisible by the group size " +
-                     std::to_string(group.size()));
-  }
+  check_reduce_scatter(group, desc);
   if (group.size() == 1) {
     std::memmove(out, in, desc.nbytes());
     return;

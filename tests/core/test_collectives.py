@@ -113,6 +113,21 @@ except ValueError as exc:
     assert f"out has shape ({4 * size + 1},)" in str(exc), exc
 else:
     raise AssertionError("all_gather accepted an out one element too long")
+# sum_scatter's shape is checked where it is used (the compiled ops), naming
+# the rank, before out and before any communication.
+misfits = [(np.float32(1.0), "needs an array with at least one axis")]
+if size > 1:
+    misfits += [(np.ones((size + 1, 2)), "is not divisible by the group size"),
+                ([1.0] * (size + 1), "is not divisible by the group size")]
+for bad, words in misfits:
+    try:
+        chorus.sum_scatter(bad, out=np.empty(7))
+    except ValueError as exc:
+        assert words in str(exc) and f"rank {rank}/{size}" in str(exc), exc
+    else:
+        raise AssertionError(f"sum_scatter accepted {bad!r}")
+check_out("sum_scatter of a list", lambda o: chorus.sum_scatter([float(rank)] * size, out=o),
+          np.asarray([float(sum(range(size)))]), same_everywhere=True)
 
 # A big float32 array with non-integer values: compare with tolerance, then
 # bit-identity across ranks through the digest.
