@@ -180,6 +180,7 @@ class EmulatedHosts:
         pairs: list[tuple[int, int]] | None = None,
         address_links: bool = True,
         rate_mbit: int | None = None,
+        sshd_options: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
@@ -199,6 +200,8 @@ class EmulatedHosts:
         self.layout = layout
         self.address_links = address_links
         self.rate_mbit = rate_mbit
+        # Per host name, sshd_config keywords to set (AllowTcpForwarding: "no").
+        self.sshd_options = {name: dict(options) for name, options in (sshd_options or {}).items()}
         self.tag = secrets.token_hex(3)
         self.names = [f"h{i}" for i in range(count)]
         # Interface names in the root namespace must be unique there and <= 15 chars.
@@ -507,6 +510,7 @@ class EmulatedHosts:
             "X11Forwarding no\n"
             "AcceptEnv LANG LC_*\n"  # as Debian's stock sshd_config
             "Subsystem sftp internal-sftp\n"
+            + "".join(f"{k} {v}\n" for k, v in self.sshd_options.get(host.name, {}).items())
         )
         return path
 

@@ -88,7 +88,8 @@ class QuestionServer:
         if key not in self._forwards:
             try:
                 listener = await connection.forward_remote_port(LOCALHOST, 0, LOCALHOST, self._port)
-            except (asyncssh.Error, OSError) as exc:
+            # ChannelListenError (the server refused) is not an asyncssh.Error.
+            except (asyncssh.Error, asyncssh.ChannelListenError, OSError) as exc:
                 listener = None
                 why = str(exc) or type(exc).__name__
             else:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -123,9 +126,27 @@ def test_shape_and_dtype_mismatch_raise_everywhere_then_group_works(
         ), result.stdout
 
 
-def test_stranger_connection_is_dropped_and_job_carries_on(
-    ranks: RankRunner, tmp_path: Path
+def _wrong_token_handshake(address: str) -> int:
+    """Dial like a chorus rank that holds the wrong token; returns the verdict status."""
+    host, port = address.rsplit(":", 1)
+    hello = struct.pack("<IHHiIQQ16s", 0x48524843, 1, 0, 0, 0, 1, 0, os.urandom(16))
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(hello)
+        challenge = b""
+        while len(challenge) < 56:
+            challenge += sock.recv(56 - len(challenge))
+        nonce = challenge[8:24]
+        proof = hmac.new(b"not-the-token", b"chorus-connector" + hello + nonce, hashlib.sha256)
+        sock.sendall(proof.digest())
+        verdict = sock.recv(8)
+    return int(struct.unpack("<II", verdict)[1])
+
+
+@pytest.mark.parametrize("backend", ["ring", "mesh"])
+def test_strangers_are_dropped_and_the_job_carries_on(
+    ranks: RankRunner, tmp_path: Path, backend: str
 ) -> None:
+    """Garbage and a wrong token at a rank's listener: refused, logged, the job unaffected."""
     marker = str(tmp_path / "ready")
     code = f"""
     import time, numpy as np, chorus
@@ -138,10 +159,11 @@ def test_stranger_connection_is_dropped_and_job_carries_on(
         time.sleep(0.05)
     print("OK")
     """
-    job = ranks.start(code, 3, backend="ring")
+    job = ranks.start(code, 3, backend=backend)
     _wait_for(job.procs, marker, 3)
+    assert _wrong_token_handshake(job.hosts[2][0]) == 1  # Verdict::BadProof
     host, port = job.hosts[1][0].rsplit(":", 1)
-    for payload in (b"GET / HTTP/1.0\r\n\r\n", b"\x00" * 64, b""):
+    for payload in (b"GET / HTTP/1.0\r\n\r\n" + b"\x00" * 64, b"\x00" * 64, b""):
         with socket.create_connection((host, int(port)), timeout=5) as stranger:
             stranger.sendall(payload)
             time.sleep(0.2)
@@ -149,7 +171,9 @@ def test_stranger_connection_is_dropped_and_job_carries_on(
     for result in results:
         assert result.returncode == 0, result.stderr
         assert "OK" in result.stdout
-    assert "rejected" in results[1].stderr, results[1].stderr
+    assert "rejected connection" in results[2].stderr, results[2].stderr
+    assert "token proof failed" in results[2].stderr, results[2].stderr
+    assert "not a chorus handshake" in results[1].stderr, results[1].stderr
 
 
 @pytest.mark.parametrize("backend", [*BACKENDS, "mesh"])

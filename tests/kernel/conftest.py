@@ -59,6 +59,20 @@ class Frontend:
         self.manager = manager
         self.client = client
 
+    def run_interrupted(self, code: str, within: float = 10.0) -> CellRun:
+        """Run ``code``, interrupt it 2 s in (the frontend's button); it must stop promptly."""
+        sent: list[float] = []
+
+        def interrupt() -> None:
+            sent.append(time.monotonic())
+            self.manager.interrupt_kernel()
+
+        run = self.run(code, timeout=60, on_start=interrupt)
+        assert run.status == "error", run
+        assert time.monotonic() - sent[0] < within
+        assert any(e["ename"] == "KeyboardInterrupt" for e in run.errors), run.errors
+        return run
+
     def run(
         self,
         code: str,

@@ -398,3 +398,32 @@ def test_a_remote_rank_asks_where_every_rank_is(switch_hosts: EmulatedHosts) -> 
     hosts = [(r, f"h{r}") for r in range(4)]
     assert f"[3] KIND missing-call [0, 1, 2] {hosts}" in result.stdout, result
     assert_no_orphans(switch_hosts)
+
+
+NO_FORWARD = """\
+import chorus
+group = chorus.init()
+try:
+    report = chorus.debug.where()
+except chorus.debug.WhereUnavailableError as err:
+    print("UNAVAILABLE", err.reason, "|", err, flush=True)
+else:
+    print("ANSWERED", report.verdict.kind, len(report.states), flush=True)
+chorus.barrier()
+"""
+
+
+def test_where_names_a_host_whose_sshd_does_not_forward(
+    emulated_hosts: EmulatedHostsFactory,
+) -> None:
+    # h1's sshd refuses port forwarding: its rank cannot reach the launcher's
+    # question port, and says why; the job itself runs as ever.
+    hosts = emulated_hosts(2, sshd_options={"h1": {"AllowTcpForwarding": "no"}})
+    result = launch(hosts, "--hosts", "h0,h1", "-c", NO_FORWARD)
+    assert result.returncode == 0, result.stderr
+    assert "[0] ANSWERED" in result.stdout, result.stdout
+    (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("[1] ")]
+    assert line.startswith("[1] UNAVAILABLE no-forward | "), line
+    assert "the ssh server of h1 does not forward a port back" in line, line
+    assert "AllowTcpForwarding yes" in line, line
+    assert_no_orphans(hosts)

@@ -45,7 +45,6 @@ MeshGroup::MeshGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   ac.expected_rank = 0;  // every lower rank dials us
   ac.expected_ranks = config_.rank;
   acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
-  last_interrupt_check_ = Clock::now();
   connect_initial();
 }
 

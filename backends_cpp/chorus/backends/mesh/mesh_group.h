@@ -48,6 +48,7 @@
 #include "chorus/backends/tcp/common.h"
 #include "chorus/backends/tcp/group_config.h"
 #include "chorus/backends/tcp/link_setup.h"
+#include "chorus/backends/tcp/poll_checks.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/transport/tcp/handshake.h"
 #include "chorus/transport/tcp/link.h"
@@ -168,8 +169,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   std::vector<size_t> poll_starts_;  // first entry of each peer in fds_
   bool accepted_ready_ = true;       // the acceptor's wake fd fired since take_accepted()
   uint64_t split_count_ = 0;
-  tcp::Clock::time_point last_interrupt_check_;
-  tcp::Clock::time_point last_reach_check_;
+  tcp::PollChecks poll_checks_;
 };
 
 }  // namespace chorus::mesh

@@ -32,30 +32,17 @@ void MeshGroup::progress(int timeout_ms) {
     if (p == config_.rank) continue;
     while (auto frame = peers_[p].link.take()) route(p, std::move(*frame));
   }
-  // Interrupt checks cost a GIL round trip in Python: once per idle slice or
-  // per kInterruptPollMs of traffic (not per call: small calls are the
-  // latency path, and Python checks signals between calls anyway).
   const auto now = Clock::now();
-  const bool idle_slice = rc == 0 && timeout_ms > 0;
-  if (idle_slice || now - last_interrupt_check_ >= std::chrono::milliseconds(kInterruptPollMs)) {
-    last_interrupt_check_ = now;
-    check_interrupt();
-  }
-  if (now - last_reach_check_ >= tcp::kReachCheckEvery) {
-    last_reach_check_ = now;
-    check_reachable();
-  }
+  if (poll_checks_.interrupt_due(rc == 0 && timeout_ms > 0, now)) check_interrupt();
+  if (poll_checks_.reach_due(now)) check_reachable();
   check_links();
 }
 
 void MeshGroup::check_reachable() {
-  const auto bound = static_cast<uint32_t>(config_.peer_timeout_s * 1000);
   for (int p = 0; p < config_.size; ++p) {
     if (p == config_.rank || !peers_[p].link.up()) continue;
-    const uint32_t silent = peers_[p].link.unacknowledged_ms();
-    if (silent < bound) continue;
-    const std::string text = tcp::unreachable_text(who(p), silent, op_);
-    throw LinkFailure(p, ctx_.prefix() + text, text, true, Reason::Unreachable);
+    tcp::check_silence(ctx_, config_.peer_timeout_s, p, who(p), peers_[p].link.unacknowledged_ms(),
+                       op_);
   }
 }
 

@@ -10,6 +10,7 @@
 #include "chorus/backends/tcp/call_record.h"
 #include "chorus/backends/tcp/common.h"
 #include "chorus/backends/tcp/link_setup.h"
+#include "chorus/backends/tcp/poll_checks.h"
 #include "chorus/backends/tcp/rendezvous.h"
 #include "chorus/backends/tcp/split.h"
 #include "chorus/common/cpu.h"
@@ -74,7 +75,6 @@ RingGroup::RingGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   tcp::AcceptorConfig ac = acceptor_config(config_, id_, "ring");
   ac.expected_rank = left();
   acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
-  last_interrupt_check_ = Clock::now();
   spin_ =
       spin_budget(ranks_sharing_host(config_.hosts, config_.rank), kSpin, config_.tuning.ring_spin);
   connect_initial();
@@ -207,28 +207,17 @@ void RingGroup::progress(int timeout_ms) {
   const int rc = tcp::poll_spinning(fds_.data(), fds_.size(), timeout_ms, spin_);
   links_[0].handle(fds_.data());
   links_[1].handle(fds_.data() + n0);
-  // Interrupt checks cost a GIL round trip in Python: once per idle slice or
-  // per kInterruptPollMs of traffic.
   const auto now = Clock::now();
-  if (rc == 0 || now - last_interrupt_check_ >= std::chrono::milliseconds(kInterruptPollMs)) {
-    last_interrupt_check_ = now;
-    check_interrupt();
-  }
-  if (now - last_reach_check_ >= tcp::kReachCheckEvery) {
-    last_reach_check_ = now;
-    check_reachable();
-  }
+  if (poll_checks_.interrupt_due(rc == 0, now)) check_interrupt();
+  if (poll_checks_.reach_due(now)) check_reachable();
   check_links();
 }
 
 void RingGroup::check_reachable() {
-  const auto bound = static_cast<uint32_t>(config_.peer_timeout_s * 1000);
   for (int s = 0; s < 2; ++s) {
-    const uint32_t silent = links_[s].up() ? links_[s].unacknowledged_ms() : 0;
-    if (silent < bound) continue;
+    if (!links_[s].up()) continue;
     const int p = peer(static_cast<Side>(s));
-    const std::string text = tcp::unreachable_text(who(p), silent, op_);
-    throw LinkFailure(p, ctx_.prefix() + text, text, true, Reason::Unreachable);
+    tcp::check_silence(ctx_, config_.peer_timeout_s, p, who(p), links_[s].unacknowledged_ms(), op_);
   }
 }
 

@@ -49,6 +49,7 @@
 #include "chorus/backends/tcp/common.h"
 #include "chorus/backends/tcp/group_config.h"
 #include "chorus/backends/tcp/link_setup.h"
+#include "chorus/backends/tcp/poll_checks.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/transport/tcp/handshake.h"
 #include "chorus/transport/tcp/link.h"
@@ -177,8 +178,7 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   static constexpr size_t kKeptBufferBytes = size_t{64} << 20;
   void trim_buffers();
   uint64_t split_count_ = 0;
-  tcp::Clock::time_point last_interrupt_check_;
-  tcp::Clock::time_point last_reach_check_;
+  tcp::PollChecks poll_checks_;
   // How long progress() looks for traffic before poll() sleeps (cpu.h).
   std::chrono::microseconds spin_{0};
 };

@@ -15,6 +15,14 @@ void ShmGroup::check_peer_alive(int peer, WaitKind kind) {
 }
 
 void ShmGroup::peer_died(int peer, WaitKind kind) {
+  if (kind == WaitKind::Collective) {
+    // A peer that raised in this call published why before it exited, and
+    // may be gone before we look: its abort names the real culprit.
+    const uint32_t word = header().abort_word.load();
+    if (abort_flag(word) && control(abort_reporter(word)).abort_call.load() == calls_) {
+      throw_abort(word);
+    }
+  }
   std::string reason = "rank " + std::to_string(peer) + " (pid " +
                        std::to_string(peers_[peer].pid()) + ") died during " + op_;
   if (kind == WaitKind::Collective) reason += " #" + std::to_string(seq_) + last_call_of(peer);
