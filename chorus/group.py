@@ -30,8 +30,6 @@ from chorus import _core, _mpi
 from chorus.backends import RANK_BACKENDS
 from chorus.env import RankEnv, read_rank_env
 
-BACKENDS = RANK_BACKENDS
-
 # The flight recorder names the caller's line: frames in chorus's own files are skipped.
 _core.set_call_site_package(str(Path(__file__).resolve().parent) + os.sep)
 
@@ -227,7 +225,7 @@ def init(backend: str = "any", strict: bool = False) -> Group:
             return _groups[backend]
         env = read_rank_env()
         if backend != "any" and backend not in _core.compiled_backends():
-            msg = f"unknown backend {backend!r}; chorus has: any, {', '.join(BACKENDS)}"
+            msg = f"unknown backend {backend!r}; chorus has: any, {', '.join(RANK_BACKENDS)}"
             raise ValueError(msg)
         _core.set_flight_records(env.flight_records)
         _set_process_knobs(env)
@@ -269,7 +267,7 @@ def init(backend: str = "any", strict: bool = False) -> Group:
             unusable = "; ".join(_why_unusable(n, env) for n in _candidates(backend, env))
             warnings.warn(
                 f"[chorus] rank {env.rank} of {env.size}: no backend of "
-                f"{_candidates(backend, env) or list(BACKENDS)} can run here"
+                f"{_candidates(backend, env) or list(RANK_BACKENDS)} can run here"
                 + (f" ({unusable})" if unusable else "")
                 + "; continuing as a group of size 1 (init(strict=True) raises instead)",
                 RuntimeWarning,
@@ -325,7 +323,7 @@ def is_available(backend: str | None = None) -> bool:
     """
     env = read_rank_env()
     _set_process_knobs(env)
-    names = BACKENDS if backend in (None, "any") else (backend,)
+    names = RANK_BACKENDS if backend in (None, "any") else (backend,)
     return any(name in _core.compiled_backends() and _usable(name, env) for name in names)
 
 

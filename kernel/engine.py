@@ -72,6 +72,8 @@ class CellResult:
     # Every target rank's user_expressions (``expressions_everywhere=True``).
     user_expressions_by_rank: dict[int, dict[str, Any]] = field(default_factory=dict)
     died: dict[int, int] = field(default_factory=dict)
+    # The reply's payloads (the pager's help text): the lowest target rank's.
+    payload: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -182,6 +184,7 @@ class Engine:
         user_expressions: dict[str, Any] | None = None,
         allow_stdin: bool = True,
         expressions_everywhere: bool = False,
+        execution_count: int | None = None,
     ) -> CellResult:
         """Run ``code`` on ``targets`` and wait until every one has finished.
 
@@ -197,6 +200,9 @@ class Engine:
             Evaluate ``user_expressions`` on every target (see
             ``CellResult.user_expressions_by_rank``), not only on the lowest
             target rank.
+        execution_count
+            The cell's number as the frontend shows it: every rank runs the
+            cell under it (tracebacks, ``In``/``Out``, ``%history`` agree).
 
         Returns
         -------
@@ -227,12 +233,14 @@ class Engine:
             for rank in targets:
                 evaluate_here = expressions_everywhere or rank == min(targets)
                 expressions = user_expressions if evaluate_here else {}
-                msg_id = self.ranks.client(rank).execute(
+                msg_id = self.ranks.execute(
+                    rank,
                     code,
                     silent=silent,
                     store_history=store_history,
                     user_expressions=expressions or {},
                     allow_stdin=allow_stdin,
+                    execution_count=execution_count,
                 )
                 msg_ids[rank] = msg_id
                 replies[rank] = self.ranks.expect_reply(msg_id)
@@ -370,6 +378,7 @@ class Engine:
             result.user_expressions_by_rank[rank] = content.get("user_expressions", {})
             if rank == min(cell.targets):
                 result.user_expressions = content.get("user_expressions", {})
+                result.payload = list(content.get("payload", []))
         for rank, code in cell.died.items():
             errors[("RankDied", f"rank {rank} {describe_exit(code)}", ())].append(rank)
         for rank in sorted(cell.lost):
@@ -402,8 +411,15 @@ class Engine:
             plain = cell.results[rank]["data"].get("text/plain", "")
             groups[plain].append(rank)
         if len(groups) == 1:
+            # One value: the data stays the value itself (nbconvert, papermill
+            # and Out[n] read it); the ranks are in the metadata and in a
+            # label shown just before it.
             (ranks,) = groups.values()
-            return labelled(cell.results[ranks[0]], ranks)
+            result = copy.deepcopy(cell.results[ranks[0]])
+            label = format_ranks(ranks)
+            result.setdefault("metadata", {})["chorus"] = {"ranks": ranks, "label": label}
+            self.frontend.publish("display_data", rank_label(ranks))
+            return result
         # Several distinct results: rich ones as labelled displays, and one
         # text/plain execute_result listing every rank's value.
         for ranks in groups.values():
@@ -415,6 +431,19 @@ class Engine:
             "data": {"text/plain": text},
             "metadata": {"chorus": {"ranks": sorted(cell.results)}},
         }
+
+
+def rank_label(ranks: Sequence[int]) -> dict[str, Any]:
+    """A display of the label ``[0-3]`` alone, to stand before the output it labels."""
+    label = format_ranks(ranks)
+    return {
+        "data": {"text/plain": label, "text/html": _label_html(label)},
+        "metadata": {"chorus": {"ranks": list(ranks), "label": label, "role": "label"}},
+    }
+
+
+def _label_html(label: str) -> str:
+    return f'<div class="chorus-rank-label" style="font-size:smaller;opacity:0.7">{label}</div>'
 
 
 def labelled(content: dict[str, Any], ranks: Sequence[int]) -> dict[str, Any]:

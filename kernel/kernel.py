@@ -26,6 +26,7 @@ from typing import Any
 
 import zmq
 from chorus.kernel.engine import CellResult, Engine
+from chorus.kernel.history import CellHistory
 from chorus.kernel.labels import parse_ranks
 from ipykernel.jsonutil import json_clean
 from ipykernel.kernelbase import Kernel
@@ -87,6 +88,9 @@ class ChorusKernel(Kernel):
         self._ready: asyncio.Task[None] | None = None
         self._prompt_parent: tuple[Any, Any] | None = None
         self._main_loop: asyncio.AbstractEventLoop | None = None  # where the ranks' clients live
+        # Every cell, once (the ranks keep only their session's, in memory).
+        self.history = CellHistory()
+        self._last_output: str | None = None
 
     def _hostfile(self) -> Hostfile | None:
         """The ranks' hosts from ``hostfile`` or ``hosts`` (``None``: all ranks here)."""
@@ -126,6 +130,7 @@ class ChorusKernel(Kernel):
         if self._ready is not None and not self._ready.done():
             self._ready.cancel()
         await self.engine.shutdown()
+        self.history.close()
         return {"status": "ok", "restart": restart}
 
     # -- execution -------------------------------------------------------------------
@@ -140,6 +145,45 @@ class ChorusKernel(Kernel):
         *,
         cell_meta: dict[str, Any] | None = None,
         cell_id: str | None = None,
+    ) -> dict[str, Any]:
+        reply = await self._execute(code, silent, store_history, user_expressions, allow_stdin)
+        if store_history and not silent:
+            self.history.store(self.execution_count, code, self._last_output)
+        self._last_output = None
+        return reply
+
+    async def do_history(
+        self,
+        hist_access_type: str,
+        output: bool,
+        raw: bool,
+        session: int = 0,
+        start: int = 0,
+        stop: int | None = None,
+        n: int | None = None,
+        pattern: str | None = None,
+        unique: bool = False,
+    ) -> dict[str, Any]:
+        """Answered from this kernel's own record of the cells (kernel/history.py)."""
+        return self.history.reply(
+            hist_access_type,
+            output=output,
+            raw=raw,
+            session=session,
+            start=start,
+            stop=stop,
+            n=n,
+            pattern=pattern,
+            unique=unique,
+        )
+
+    async def _execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool,
+        user_expressions: dict[str, Any] | None,
+        allow_stdin: bool,
     ) -> dict[str, Any]:
         words = code.strip().split()
         if words[:2] in (["%chorus", "where"], ["%chorus", "stall"]):
@@ -185,6 +229,7 @@ class ChorusKernel(Kernel):
                 store_history=store_history,
                 user_expressions=user_expressions,
                 allow_stdin=allow_stdin,
+                execution_count=None if silent else self.execution_count,
             )
         finally:
             watch.cancel()
@@ -258,6 +303,7 @@ class ChorusKernel(Kernel):
         if result.result is not None and not silent:
             content = {**result.result, "execution_count": self.execution_count}
             self.send_response(self.iopub_socket, "execute_result", content)
+            self._last_output = result.result.get("data", {}).get("text/plain")
         if result.status != "ok":
             return {
                 "status": "error",
@@ -269,7 +315,7 @@ class ChorusKernel(Kernel):
         return {
             "status": "ok",
             "execution_count": self.execution_count,
-            "payload": [],
+            "payload": result.payload,
             "user_expressions": result.user_expressions,
         }
 

@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from chorus.where import RankSnapshot
 
+# The execute_request metadata with the chorus kernel's cell number (kernel/ranks.py).
+EXECUTION_COUNT_KEY = "chorus_execution_count"
+
 STARTUP_LINES = [
     "import sys as _chorus_sys",
     "_chorus_sys.breakpointhook = _chorus_sys.__breakpointhook__",
@@ -52,6 +55,22 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def _interrupt_traceback(
+    shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None
+) -> Any:
+    """Show a KeyboardInterrupt as ipykernel does: without the SIGINT handler's frame.
+
+    The rank's handler raises it (:func:`rank_kernel_class`), so its frame is
+    the last; IPython never hides the last frame.
+    """
+    last, before = tb, None
+    while last is not None and last.tb_next is not None:
+        before, last = last, last.tb_next
+    if before is not None and last.tb_frame.f_code.co_name == "_on_sigint":
+        before.tb_next = None
+    return shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+
+
 def rank_kernel_class() -> type:
     """ipykernel's IPythonKernel, but SIGINT interrupts only a running cell.
 
@@ -70,6 +89,15 @@ def rank_kernel_class() -> type:
         # "Where are you?" from the chorus kernel, answered on the control
         # thread while a cell runs (chorus.where).
         control_msg_types = [*IPythonKernel.control_msg_types, "chorus_where_request"]  # noqa: RUF012 - ipykernel reads the class attribute
+
+        async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:
+            # The chorus kernel numbers the cells the frontend shows; a rank
+            # may have skipped some (%%ranks, the kernel's own directives), so
+            # it takes the number given rather than counting its own.
+            count = parent.get("metadata", {}).get(EXECUTION_COUNT_KEY)
+            if isinstance(count, int) and count > 0 and self.shell is not None:
+                self.shell.execution_count = count
+            await super().execute_request(stream, ident, parent)  # type: ignore[no-untyped-call]
 
         def chorus_where_request(self, stream: Any, ident: Any, parent: Any) -> None:
             from chorus.debug import snapshot
@@ -103,6 +131,7 @@ def rank_kernel_class() -> type:
             # record (the 0.1 us it costs a call does not matter here).
             _core.set_call_sites(True)
             signal.signal(signal.SIGINT, self._on_sigint)
+            self.shell.set_custom_exc((KeyboardInterrupt,), _interrupt_traceback)
 
         def _cell_starts(self, *_args: object) -> None:
             self._in_cell = True
@@ -148,9 +177,10 @@ def main() -> None:
         *sys.argv[1:],
         f"--IPKernelApp.exec_lines={lines}",
         "--IPKernelApp.quiet=True",
-        # N ranks writing one history.sqlite contend on its lock at every cell;
-        # the frontend keeps the history of what the user typed.
-        "--HistoryManager.enabled=False",
+        # N ranks writing one history.sqlite contended on its lock at every
+        # cell: each keeps its session's (%history, In, _i) in memory, and the
+        # chorus kernel writes every cell once (kernel/history.py).
+        "--HistoryManager.hist_file=:memory:",
     ]
     KernelApp.launch_instance(argv=argv, kernel_class=rank_kernel_class())
 

@@ -30,6 +30,7 @@ from chorus.kernel.provisioning import (
     local_rank_manager,
     remote_rank_manager,
 )
+from chorus.kernel.rank import EXECUTION_COUNT_KEY
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
 from chorus.launch.placement import JobIdentity, Placement, new_job, place_local
@@ -418,6 +419,36 @@ class RankSet:
             msg = f"rank {rank} is not running"
             raise RuntimeError(msg)
         return client
+
+    def execute(
+        self,
+        rank: int,
+        code: str,
+        *,
+        silent: bool,
+        store_history: bool,
+        user_expressions: dict[str, Any],
+        allow_stdin: bool,
+        execution_count: int | None = None,
+    ) -> str:
+        """Send an execute_request to ``rank``; returns its msg_id.
+
+        ``execution_count`` travels in the request's metadata: the rank runs
+        the cell under the number the frontend shows (``kernel/rank.py``).
+        """
+        client = self.client(rank)
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": store_history,
+            "user_expressions": user_expressions,
+            "allow_stdin": allow_stdin,
+            "stop_on_error": True,
+        }
+        metadata = {} if execution_count is None else {EXECUTION_COUNT_KEY: execution_count}
+        message = client.session.msg("execute_request", content, metadata=metadata)
+        client.shell_channel.send(message)
+        return str(message["header"]["msg_id"])
 
     async def where(self, timeout: float = 3.0) -> Report:
         """Ask every running rank where it is (control channel) and merge the answers."""

@@ -71,6 +71,9 @@ class Frontend:
         assert run.status == "error", run
         assert time.monotonic() - sent[0] < within
         assert any(e["ename"] == "KeyboardInterrupt" for e in run.errors), run.errors
+        # As in ipykernel: the user's frames only, not the rank's signal handler.
+        lines = [line for e in run.errors for line in e["traceback"]]
+        assert not any("_on_sigint" in line for line in lines), lines
         return run
 
     def run(

@@ -27,8 +27,13 @@ def test_collective_in_a_cell_and_collapsed_result(kernel: Frontend) -> None:
     run = kernel.run("g = chorus.init()\nx = chorus.all_sum(np.ones(3) * rank)\nx")
     assert run.status == "ok", run
     (result,) = run.results
-    assert result["data"]["text/plain"] == "[0-3] array([6., 6., 6.])"
+    # The data is the value itself (Out[n], nbconvert); the ranks are in the
+    # metadata and in a label displayed just before it.
+    assert result["data"]["text/plain"] == "array([6., 6., 6.])"
     assert result["metadata"]["chorus"]["ranks"] == [0, 1, 2, 3]
+    (label,) = run.displays
+    assert label["data"]["text/plain"] == "[0-3]", label
+    assert label["metadata"]["chorus"]["role"] == "label"
     differing = kernel.run("rank * 10")
     assert differing.results[0]["data"]["text/plain"] == "[0] 0\n[1] 10\n[2] 20\n[3] 30"
 
@@ -256,6 +261,42 @@ def test_restart_replaces_every_rank() -> None:
         assert not set(old) & set(new)
         for pid in old:
             assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_history_survives_a_restart_and_ranks_keep_the_session() -> None:
+    marker = f"history_marker_{os.getpid()}_{time.monotonic_ns()}"
+    manager = chorus_kernel_manager(ranks=2)
+    with running_kernel(manager) as frontend:
+        assert frontend.run(f"{marker} = rank").status == "ok"
+        # %history on the ranks: this session's cells, numbered as the frontend numbers them.
+        run = frontend.run("%history -n -l 1")
+        reply = frontend.client.history(hist_access_type="tail", n=2, output=False, raw=True)
+        shown = frontend.client.get_shell_msg(timeout=30)
+        assert shown["parent_header"]["msg_id"] == reply
+        (session, line, source) = shown["content"]["history"][-2]
+        assert source == f"{marker} = rank", shown
+        assert re.search(rf"\[0,1\]\s+{line}: {marker} = rank", run.stdout), run
+        manager.restart_kernel(now=False)
+        frontend.client.wait_for_ready(timeout=60)
+        asked = frontend.client.history(
+            hist_access_type="search", pattern=f"{marker}*", output=False, raw=True
+        )
+        found = frontend.client.get_shell_msg(timeout=30)
+        assert found["parent_header"]["msg_id"] == asked
+        assert [h[:2] for h in found["content"]["history"]] == [[session, line]], found
+
+
+def test_tracebacks_and_in_name_the_cell_the_frontend_shows(kernel: Frontend) -> None:
+    # Only rank 0 runs this one: the ranks' own counts would drift apart.
+    assert kernel.run("%%ranks 0\nskipped_by_others = 1").status == "ok"
+    run = kernel.run("x_undefined_here")
+    count = run.reply["content"]["execution_count"]
+    assert run.status == "error"
+    (error,) = run.errors
+    assert any(f"In[{count}]" in line for line in error["traceback"]), error["traceback"]
+    # Inside a cell IPython's count is already the next one (as with ipykernel).
+    same = kernel.run("print(get_ipython().execution_count)")
+    assert same.stdout == f"[0-3] {same.reply['content']['execution_count'] + 1}\n", same
 
 
 def test_flight_record_names_the_cell_and_line(kernel: Frontend) -> None:

@@ -1,0 +1,123 @@
+"""The chorus kernel's cell history: one writer for every rank, read the way IPython reads its own.
+
+Rank kernels keep only the running session's history, in memory (N ranks
+writing one ``history.sqlite`` contended on its lock at every cell). The
+chorus kernel writes each cell once, to the same database and in the same
+tables IPython uses (``~/.ipython/profile_default/history.sqlite``), so
+``history_request`` (jupyter console's up-arrow and search, JupyterLab's
+console) and later IPython sessions see it, and
+:class:`~IPython.core.history.HistoryAccessor` answers tail, range and search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import sqlite3
+import threading
+from typing import Any
+
+from IPython.core.history import HistoryAccessor
+
+
+class CellHistory:
+    """This kernel's session in IPython's history database.
+
+    Parameters
+    ----------
+    hist_file
+        The database (default: IPython's, of the default profile).
+    """
+
+    def __init__(self, hist_file: str = "") -> None:
+        # Cells also arrive on the control thread (%chorus where from a
+        # second console): one connection, shared under a lock.
+        self.accessor = HistoryAccessor(
+            hist_file=hist_file, connection_options={"check_same_thread": False}
+        )
+        self._lock = threading.Lock()
+        self.session = 0
+        self._cells = 0
+        if self.accessor.enabled:
+            with self._lock, contextlib.suppress(sqlite3.Error), self.accessor.db:
+                started = datetime.datetime.now().isoformat(" ")
+                cursor = self.accessor.db.execute(
+                    "INSERT INTO sessions VALUES (NULL, ?, NULL, NULL, '')", (started,)
+                )
+                self.session = int(cursor.lastrowid or 0)
+
+    def store(self, line: int, source: str, output: str | None = None) -> None:
+        """Record cell ``line`` of this session (and its result's text, if any)."""
+        if not self.session:
+            return
+        with self._lock, contextlib.suppress(sqlite3.Error), self.accessor.db:
+            db = self.accessor.db
+            db.execute(
+                "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?)",
+                (self.session, line, source, source),
+            )
+            if output is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO output_history VALUES (?, ?, ?)",
+                    (self.session, line, output),
+                )
+        self._cells += 1
+
+    def reply(
+        self,
+        hist_access_type: str,
+        output: bool = False,
+        raw: bool = True,
+        session: int = 0,
+        start: int = 0,
+        stop: int | None = None,
+        n: int | None = None,
+        pattern: str | None = None,
+        unique: bool = False,
+        **_ignored: Any,
+    ) -> dict[str, Any]:
+        """The content of a ``history_reply`` (as ipykernel answers for IPython)."""
+        with self._lock:
+            return {
+                "status": "ok",
+                "history": self._find(
+                    hist_access_type, output, raw, session, start, stop, n, pattern, unique
+                ),
+            }
+
+    def _find(
+        self,
+        hist_access_type: str,
+        output: bool,
+        raw: bool,
+        session: int,
+        start: int,
+        stop: int | None,
+        n: int | None,
+        pattern: str | None,
+        unique: bool,
+    ) -> list[Any]:
+        accessor = self.accessor
+        if hist_access_type == "tail":
+            found = accessor.get_tail(n, raw=raw, output=output, include_latest=True)
+        elif hist_access_type == "range":
+            if session <= 0:  # 0: this session, -1: the one before, ...
+                session += self.session
+            found = accessor.get_range(session, start, stop, raw=raw, output=output)
+        elif hist_access_type == "search":
+            found = accessor.search(pattern or "*", raw=raw, output=output, n=n, unique=unique)
+        else:
+            found = []
+        return list(found)
+
+    def close(self) -> None:
+        """Mark the session ended, as IPython does."""
+        if not self.session:
+            return
+        with self._lock, contextlib.suppress(sqlite3.Error), self.accessor.db:
+            ended = datetime.datetime.now().isoformat(" ")
+            self.accessor.db.execute(
+                "UPDATE sessions SET end=?, num_cmds=? WHERE session==?",
+                (ended, self._cells, self.session),
+            )
+        self.session = 0
