@@ -18,6 +18,7 @@ import contextlib
 import copy
 import re
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ TICK = 0.05
 
 class Frontend(Protocol):
     """Where the engine shows output and asks for input."""
+
+    # Whether an output can be updated in place (display ids): a Jupyter
+    # frontend can, a terminal cannot (live partial lines need it).
+    live_updates: bool
 
     def stream(self, name: str, text: str) -> None:
         """Show ``text`` on ``name`` (``stdout`` or ``stderr``)."""
@@ -74,6 +79,46 @@ class CellResult:
     died: dict[int, int] = field(default_factory=dict)
     # The reply's payloads (the pager's help text): the lowest target rank's.
     payload: list[dict[str, Any]] = field(default_factory=list)
+
+
+class LiveLines:
+    """Each rank's open partial line as one output that updates in place.
+
+    A progress bar or a ``print(..., end=" ")`` loop is one labelled output
+    per rank and stream (a display with a ``display_id``, updated with
+    ``update_display_data``, as ipyparallel shows its engines' streams).
+    Withdrawn (emptied) when the line completes: the merger then shows it
+    like any line. The next open line of that rank gets a new output.
+    """
+
+    def __init__(self, frontend: Frontend, prefix: str) -> None:
+        self.frontend = frontend
+        self.prefix = prefix
+        self._current: dict[tuple[int, str], str] = {}  # (rank, stream) -> display id
+        self._made = 0
+
+    def __call__(self, rank: int, name: str, text: str | None) -> None:
+        key = (rank, name)
+        display_id = self._current.get(key)
+        if display_id is None:
+            if text is None:
+                return
+            self._made += 1
+            display_id = self._current[key] = f"{self.prefix}-{self._made}"
+            kind = "display_data"
+        else:
+            kind = "update_display_data"
+        shown = "" if text is None else f"[{rank}] {text}"
+        self.frontend.publish(
+            kind,
+            {
+                "data": {"text/plain": shown},
+                "metadata": {"chorus": {"ranks": [rank], "role": "live", "stream": name}},
+                "transient": {"display_id": display_id},
+            },
+        )
+        if text is None:
+            del self._current[key]
 
 
 @dataclass
@@ -222,7 +267,10 @@ class Engine:
             targets = [r for r in targets if r not in gone]
         if not targets:
             return CellResult(status="error", ename="RankDied", evalue="no rank is running")
-        merger = OutputMerger(targets, self.frontend.stream, mode=self.output_mode)
+        live = None
+        if self.frontend.live_updates:
+            live = LiveLines(self.frontend, f"chorus-live-{uuid.uuid4().hex[:12]}")
+        merger = OutputMerger(targets, self.frontend.stream, mode=self.output_mode, live=live)
         msg_ids: dict[int, str] = {}
         replies: dict[int, asyncio.Future[Message]] = {}
         cell = _Cell(list(targets), msg_ids, merger)

@@ -434,6 +434,8 @@ class ChorusKernel(Kernel):
 class _KernelFrontend:
     """The engine's :class:`~chorus.kernel.engine.Frontend` for ChorusKernel."""
 
+    live_updates = True
+
     def __init__(self, kernel: ChorusKernel) -> None:
         self.kernel = kernel
 

@@ -5,8 +5,16 @@ everywhere), so the merger holds each rank's complete lines briefly and, when
 every rank still running has produced its next line, emits identical lines
 once as ``[0-3] text`` and differing ones grouped by text (``[0,2] a``,
 ``[1,3] b``). A line nobody matches within ``hold`` seconds is emitted on
-its own, so a rank that prints alone still streams. Partial lines (a prompt
-without newline) are emitted by :meth:`OutputMerger.flush`.
+its own, so a rank that prints alone still streams.
+
+A partial line (``print(i, end=" ")``, a progress bar redrawn with ``\r``)
+that stays incomplete for ``live_after`` seconds is shown live, per rank,
+through the ``live`` callback: the Engine shows it as one output that
+updates in place. A carriage return means what it means on a terminal: only
+the text after the last one is shown, live and once the line is complete.
+When the line completes, the live output is withdrawn and the line goes
+through the merger like any other (identical final lines still collapse).
+Partial lines still open at the end are emitted by :meth:`OutputMerger.flush`.
 
 In ``byrank`` mode nothing is collapsed: output is kept until the cell ends,
 then shown as one block per rank.
@@ -24,13 +32,25 @@ from chorus.kernel.labels import format_ranks
 # Seconds a complete line waits for the same line from the other ranks (ranks
 # sharing 2 cores can lag each other by a few hundred ms).
 DEFAULT_HOLD = 0.5
+# Seconds a partial line stays incomplete before it is shown live.
+DEFAULT_LIVE_AFTER = 0.2
 
 Emit = Callable[[str, str], None]  # (stream name, text)
+# (rank, stream name, the line as a terminal would show it; None: withdraw it)
+Live = Callable[[int, str, "str | None"], None]
+
+
+def on_terminal(line: str) -> str:
+    """What a terminal shows of ``line``: the text after its last carriage return."""
+    body = line.removesuffix("\r")  # "\r\n" ends a line too
+    return body.rsplit("\r", 1)[-1]
 
 
 @dataclass
 class _RankStream:
     partial: str = ""
+    partial_since: float = 0.0  # when the open partial line began
+    shown: str | None = None  # what its live output shows, if it has one
     lines: deque[str] = field(default_factory=deque)  # complete, without the newline
     # When the oldest held line arrived: what ``hold`` is measured from.
     arrivals: deque[tuple[int, float]] = field(default_factory=deque)  # (lines in batch, time)
@@ -71,6 +91,11 @@ class OutputMerger:
         ``"collapse"`` (default) or ``"byrank"``.
     hold
         Seconds a line waits for its twins on other ranks.
+    live
+        Shows a rank's open partial line live (see the module's docstring);
+        without it partial lines wait for :meth:`flush`.
+    live_after
+        Seconds a partial line stays open before it is shown live.
     """
 
     def __init__(
@@ -80,12 +105,16 @@ class OutputMerger:
         mode: str = "collapse",
         hold: float = DEFAULT_HOLD,
         clock: Callable[[], float] = time.monotonic,
+        live: Live | None = None,
+        live_after: float = DEFAULT_LIVE_AFTER,
     ) -> None:
         self.active = set(ranks)
         self.emit = emit
         self.mode = mode
         self.hold = hold
         self.clock = clock
+        self.live = live
+        self.live_after = live_after
         self._streams: dict[str, dict[int, _RankStream]] = defaultdict(
             lambda: defaultdict(_RankStream)
         )
@@ -93,11 +122,18 @@ class OutputMerger:
     def feed(self, rank: int, name: str, text: str) -> None:
         """Add ``text`` printed by ``rank`` on stream ``name``; emit what is ready."""
         stream = self._streams[name][rank]
+        was_open = bool(stream.partial)
         data = stream.partial + text
         *complete, stream.partial = data.split("\n")
         if complete:
-            stream.lines.extend(complete)
+            stream.lines.extend(on_terminal(line) for line in complete)
             stream.arrivals.append((len(complete), self.clock()))
+            if stream.shown is not None and self.live is not None:
+                # The live line is complete: it goes out with the others now.
+                self.live(rank, name, None)
+                stream.shown = None
+        if stream.partial and (complete or not was_open):
+            stream.partial_since = self.clock()
         if self.mode == "collapse":
             self._match(name, final=False)
 
@@ -109,10 +145,24 @@ class OutputMerger:
                 self._match(name, final=False)
 
     def tick(self) -> None:
-        """Emit lines that waited longer than ``hold`` (call periodically)."""
+        """Emit lines that waited longer than ``hold``; show open lines live (call periodically)."""
         if self.mode == "collapse":
             for name in list(self._streams):
                 self._match(name, final=False)
+            self._show_live()
+
+    def _show_live(self) -> None:
+        if self.live is None:
+            return
+        now = self.clock()
+        for name, streams in self._streams.items():
+            for rank, stream in streams.items():
+                if not stream.partial or now - stream.partial_since < self.live_after:
+                    continue
+                visible = on_terminal(stream.partial)
+                if visible != stream.shown:
+                    stream.shown = visible
+                    self.live(rank, name, visible)
 
     def pending(self) -> bool:
         """Whether any text is held back (complete or partial lines)."""
@@ -183,8 +233,16 @@ class OutputMerger:
     def _emit_partials(self, name: str) -> None:
         groups: dict[str, list[int]] = defaultdict(list)
         for rank, stream in sorted(self._streams[name].items()):
-            if stream.partial:
-                groups[stream.partial].append(rank)
-                stream.partial = ""
+            if not stream.partial:
+                continue
+            if stream.shown is not None and self.live is not None:
+                # Already on screen, live: its last state stays there.
+                final = on_terminal(stream.partial)
+                if final != stream.shown:
+                    self.live(rank, name, final)
+                stream.shown = None
+            else:
+                groups[on_terminal(stream.partial)].append(rank)
+            stream.partial = ""
         for text, ranks in groups.items():
             self.emit(name, f"{format_ranks(ranks)} {text}")

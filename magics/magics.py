@@ -51,8 +51,10 @@ Event = tuple[str, tuple[Any, ...]]
 class _ThreadFrontend:
     """The engine's Frontend: queues everything for the magic's thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, live_updates: bool = False) -> None:
         self.events: queue.Queue[Event] = queue.Queue()
+        # In a notebook (ipykernel) outputs update in place; in a terminal not.
+        self.live_updates = live_updates
 
     def stream(self, name: str, text: str) -> None:
         self.events.put(("stream", (name, text)))
@@ -93,7 +95,8 @@ class ChorusMagics(Magics):
         super().__init__(shell)
         self.runner: _EngineThread | None = None
         self.engine: Engine | None = None
-        self.frontend = _ThreadFrontend()
+        # ipykernel's shell shows display updates in place; a terminal prints each.
+        self.frontend = _ThreadFrontend(live_updates=type(shell).__name__ == "ZMQInteractiveShell")
         # Not `self.autoall`: that is the %autoall magic method itself.
         self.autoall_on = False
         self.ipp: IppRanks | None = None
@@ -308,7 +311,11 @@ class ChorusMagics(Magics):
             if msg_type == "error":
                 sys.stderr.write("\n".join(content.get("traceback", [])) + "\n")
             elif msg_type in ("display_data", "update_display_data"):
-                publish_display_data(content.get("data", {}), content.get("metadata", {}))
+                publish_display_data(
+                    content.get("data", {}),
+                    content.get("metadata", {}),
+                    **_display_extras(msg_type, content),
+                )
         elif kind == "ask":
             prompt, password, answer = payload
             assert self.runner is not None
@@ -364,6 +371,14 @@ def print_stream(name: str, text: str) -> None:
     stream = sys.stdout if name == "stdout" else sys.stderr
     stream.write(text)
     stream.flush()
+
+
+def _display_extras(msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+    """publish_display_data's arguments for a display id and an update, if any."""
+    transient = content.get("transient")
+    if not transient:
+        return {}
+    return {"transient": transient, "update": msg_type == "update_display_data"}
 
 
 def _resolve(future: asyncio.Future[str], value: str) -> None:

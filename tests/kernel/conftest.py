@@ -46,6 +46,8 @@ class CellRun:
     displays: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
+    # (when it arrived, content) of every update_display_data
+    updates: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -117,6 +119,8 @@ class Frontend:
                         run.results.append(content)
                     elif kind == "display_data":
                         run.displays.append(content)
+                    elif kind == "update_display_data":
+                        run.updates.append((time.monotonic(), content))
                     elif kind == "error":
                         run.errors.append(content)
                     elif kind == "status" and content["execution_state"] == "idle":

@@ -38,6 +38,42 @@ def test_collective_in_a_cell_and_collapsed_result(kernel: Frontend) -> None:
     assert differing.results[0]["data"]["text/plain"] == "[0] 0\n[1] 10\n[2] 20\n[3] 30"
 
 
+def test_progress_lines_are_live_per_rank_and_keep_their_labels(kernel: Frontend) -> None:
+    # A progress bar as tqdm draws it: \r-redrawn on stderr, a newline at the end.
+    code = (
+        "import sys, time\n"
+        "for i in range(6):\n"
+        "    sys.stderr.write(f'\\rstep {i}/5 on rank {rank}'); sys.stderr.flush()\n"
+        "    time.sleep(0.4)\n"
+        "sys.stderr.write('\\rdone\\n')\n"
+        "print('after')\n"
+    )
+    started = time.monotonic()
+    run = kernel.run(code)
+    ended = time.monotonic()
+    assert run.status == "ok", run
+    live = [d for d in run.displays if d["metadata"].get("chorus", {}).get("role") == "live"]
+    # One live output per rank, labelled, updated in place while the cell ran.
+    assert sorted(d["metadata"]["chorus"]["ranks"][0] for d in live) == [0, 1, 2, 3], live
+    for display in live:
+        (rank,) = display["metadata"]["chorus"]["ranks"]
+        assert display["data"]["text/plain"].startswith(f"[{rank}] step "), display
+    ids = {d["transient"]["display_id"] for d in live}
+    steps = [
+        u for _, u in run.updates if u["data"]["text/plain"].split(" ", 1)[-1].startswith("step")
+    ]
+    assert {u["transient"]["display_id"] for u in steps} == ids, run.updates
+    assert any("step 4/5" in u["data"]["text/plain"] for u in steps), run.updates
+    # Live: updates came well before the cell ended (it ran for 2.4 s).
+    first = min(when for when, _ in run.updates)
+    assert first - started < ended - started - 1.0, (started, first, ended)
+    # Withdrawn at the end; the final line is shown once for all, label intact.
+    last = {u["transient"]["display_id"]: u["data"]["text/plain"] for _, u in run.updates}
+    assert last == dict.fromkeys(ids, ""), last
+    assert run.stderr == "[0-3] done\n", run.stderr
+    assert run.stdout == "[0-3] after\n", run.stdout
+
+
 def test_identical_errors_shown_once(kernel: Frontend) -> None:
     run = kernel.run("1 / 0")
     assert run.status == "error"

@@ -125,3 +125,71 @@ def test_format_ranks() -> None:
     assert format_ranks([0, 2, 5, 6, 7]) == "[0,2,5-7]"
     assert format_ranks([4, 5]) == "[4,5]"
     assert format_ranks(iter([1])) == "[1]"
+
+
+def live_merger(
+    ranks: range,
+) -> tuple[OutputMerger, list[str], list[tuple[int, str, str | None]], Clock]:
+    shown: list[str] = []
+    lives: list[tuple[int, str, str | None]] = []
+    clock = Clock()
+    merged = OutputMerger(
+        ranks,
+        lambda name, text: shown.append(f"{name}:{text}"),
+        "collapse",
+        0.5,
+        clock,
+        live=lambda rank, name, text: lives.append((rank, name, text)),
+        live_after=0.2,
+    )
+    return merged, shown, lives, clock
+
+
+def test_a_progress_bar_is_live_per_rank_and_its_final_line_merges() -> None:
+    merged, shown, lives, clock = live_merger(range(2))
+    for rank in range(2):
+        merged.feed(rank, "stderr", "\r  0%|     |")
+    merged.tick()
+    assert lives == []  # not yet: it may complete at once
+    clock.now += 0.3
+    merged.tick()
+    assert lives == [(0, "stderr", "  0%|     |"), (1, "stderr", "  0%|     |")]
+    merged.feed(0, "stderr", "\r 50%|##   |")
+    merged.tick()
+    merged.tick()  # unchanged: no second update
+    assert lives[2:] == [(0, "stderr", " 50%|##   |")]
+    assert shown == []
+    for rank in range(2):
+        merged.feed(rank, "stderr", "\r100%|#####|\n")
+    # Each live line withdrawn, then the final lines, labels intact, collapsed.
+    assert lives[3:] == [(0, "stderr", None), (1, "stderr", None)]
+    assert shown == ["stderr:[0,1] 100%|#####|\n"]
+
+
+def test_carriage_returns_keep_only_what_a_terminal_shows() -> None:
+    merged, shown, _ = merger(range(2))
+    merged.feed(0, "stdout", "step 1\rstep 2\rdone\n")
+    merged.feed(1, "stdout", "done\r\n")
+    assert shown == ["stdout:[0,1] done\n"]
+
+
+def test_a_line_still_open_at_the_end_stays_where_it_is_shown_live() -> None:
+    merged, shown, lives, clock = live_merger(range(2))
+    merged.feed(0, "stdout", "0 1 ")
+    merged.feed(1, "stdout", "x")
+    clock.now += 0.3
+    merged.tick()
+    merged.feed(0, "stdout", "2 ")
+    merged.flush()
+    # Rank 0's live line gets its last state; rank 1's was shown live as is.
+    assert lives == [(0, "stdout", "0 1 "), (1, "stdout", "x"), (0, "stdout", "0 1 2 ")]
+    assert shown == []
+
+
+def test_partial_lines_without_live_outputs_wait_for_the_end() -> None:
+    merged, shown, _ = merger(range(2))
+    merged.feed(0, "stdout", "a\rb")
+    merged.tick()
+    assert shown == []
+    merged.flush()
+    assert shown == ["stdout:[0] b"]
