@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from chorus.kernel.areas import RankAreas
 from chorus.kernel.labels import format_ranks
 from chorus.kernel.output import OutputMerger
 from chorus.kernel.ranks import Message, RankSet
@@ -81,6 +82,26 @@ class CellResult:
     payload: list[dict[str, Any]] = field(default_factory=list)
 
 
+class _Shown:
+    """A cell's view of the Frontend that notes whether it has shown anything yet."""
+
+    def __init__(self, frontend: Frontend) -> None:
+        self.frontend = frontend
+        self.live_updates = frontend.live_updates
+        self.anything = False
+
+    def stream(self, name: str, text: str) -> None:
+        self.anything = True
+        self.frontend.stream(name, text)
+
+    def publish(self, msg_type: str, content: dict[str, Any]) -> None:
+        self.anything = True
+        self.frontend.publish(msg_type, content)
+
+    async def ask(self, prompt: str, password: bool) -> str:
+        return await self.frontend.ask(prompt, password)
+
+
 class LiveLines:
     """Each rank's open partial line as one output that updates in place.
 
@@ -126,6 +147,9 @@ class _Cell:
     targets: list[int]
     msg_ids: dict[int, str]
     merger: OutputMerger
+    frontend: _Shown
+    # Ranks' own output areas once they clear_output (None: a terminal).
+    areas: RankAreas | None = None
     replies: dict[int, Message] = field(default_factory=dict)
     idle: set[int] = field(default_factory=set)
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -267,13 +291,16 @@ class Engine:
             targets = [r for r in targets if r not in gone]
         if not targets:
             return CellResult(status="error", ename="RankDied", evalue="no rank is running")
-        live = None
+        shown = _Shown(self.frontend)
+        live = areas = None
         if self.frontend.live_updates:
-            live = LiveLines(self.frontend, f"chorus-live-{uuid.uuid4().hex[:12]}")
-        merger = OutputMerger(targets, self.frontend.stream, mode=self.output_mode, live=live)
+            tag = uuid.uuid4().hex[:12]
+            live = LiveLines(shown, f"chorus-live-{tag}")
+            areas = RankAreas(shown.publish, labelled, f"chorus-area-{tag}")
+        merger = OutputMerger(targets, shown.stream, mode=self.output_mode, live=live)
         msg_ids: dict[int, str] = {}
         replies: dict[int, asyncio.Future[Message]] = {}
-        cell = _Cell(list(targets), msg_ids, merger)
+        cell = _Cell(list(targets), msg_ids, merger, shown, areas)
         self._cell = cell
         broker = InputBroker(self.size, self._answer, self.frontend, merger, set(targets))
         self._broker = broker
@@ -298,6 +325,8 @@ class Engine:
             await self._wait(cell, broker)
             for rank, message in cell.inbox:
                 self._handle(cell, rank, message)
+            if areas is not None:
+                areas.tick()
         finally:
             broker.close()
             self._cell = None
@@ -330,6 +359,8 @@ class Engine:
             for rank, message in inbox:
                 self._handle(cell, rank, message)
             cell.merger.tick()
+            if cell.areas is not None:
+                cell.areas.tick()
             self._give_up_on_lost_replies(cell)
             busy = {r for r in cell.targets if not cell.finished(r)}
             broker.update(busy)
@@ -384,8 +415,19 @@ class Engine:
     def _handle(self, cell: _Cell, rank: int, message: Message) -> None:
         kind = message["header"]["msg_type"]
         content = message["content"]
+        areas = cell.areas
+        if "transient" in content and "display_id" in content["transient"]:
+            # Display ids are the rank's own: rank 2's update of "progress"
+            # must not update every rank's "progress".
+            content = {**content, "transient": {**content["transient"]}}
+            content["transient"]["display_id"] = (
+                f"chorus-r{rank}-{content['transient']['display_id']}"
+            )
         if kind == "stream":
-            cell.merger.feed(rank, content["name"], content["text"])
+            if areas is not None and rank in areas:
+                areas.write(rank, content["text"])
+            else:
+                cell.merger.feed(rank, content["name"], content["text"])
             if self._broker is not None:
                 self._broker.output_seen()
         elif kind == "status":
@@ -395,12 +437,21 @@ class Engine:
                 cell.merger.rank_done(rank)
         elif kind == "execute_result":
             cell.results[rank] = content
+        elif kind == "display_data" and areas is not None and rank in areas:
+            areas.show(rank, content)
         elif kind in ("display_data", "update_display_data"):
             cell.merger.flush(partial=False)
-            self.frontend.publish(kind, labelled(content, [rank]))
+            cell.frontend.publish(kind, labelled(content, [rank]))
+        elif kind == "clear_output" and areas is not None:
+            if not cell.frontend.anything:
+                # Nothing is shown yet: the frontend's own clear loses nothing.
+                self.frontend.publish(kind, content)
+            if rank not in areas:
+                cell.merger.discard(rank)
+            areas.clear(rank, bool(content.get("wait")))
         elif kind == "clear_output":
             cell.merger.flush(partial=False)
-            self.frontend.publish(kind, content)
+            cell.frontend.publish(kind, content)
         elif kind == "input_request" and self._broker is not None:
             self._broker.request(rank, content["prompt"], bool(content.get("password")))
         # "error" is taken from the execute_reply, where identical ones are merged.

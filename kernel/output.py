@@ -144,6 +144,14 @@ class OutputMerger:
             for name in list(self._streams):
                 self._match(name, final=False)
 
+    def discard(self, rank: int) -> None:
+        """Drop what ``rank`` printed that is still held (it cleared its output)."""
+        for name, streams in self._streams.items():
+            stream = streams.pop(rank, None)
+            if stream is not None and stream.shown is not None and self.live is not None:
+                self.live(rank, name, None)
+        self.active.discard(rank)
+
     def tick(self) -> None:
         """Emit lines that waited longer than ``hold``; show open lines live (call periodically)."""
         if self.mode == "collapse":

@@ -8,11 +8,12 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 from jupyter_core.paths import jupyter_runtime_dir
 
-from tests.kernel.conftest import Frontend, chorus_kernel_manager, running_kernel
+from tests.kernel.conftest import CellRun, Frontend, chorus_kernel_manager, running_kernel
 
 
 def test_labelled_and_collapsed_output(kernel: Frontend) -> None:
@@ -72,6 +73,48 @@ def test_progress_lines_are_live_per_rank_and_keep_their_labels(kernel: Frontend
     assert last == dict.fromkeys(ids, ""), last
     assert run.stderr == "[0-3] done\n", run.stderr
     assert run.stdout == "[0-3] after\n", run.stdout
+
+
+def _final_areas(run: CellRun) -> dict[int, str]:
+    """Each rank's own output area (made by its clear_output) as it ends the cell."""
+    areas: dict[str, dict[str, Any]] = {}
+    for content in [*run.displays, *(u for _, u in run.updates)]:
+        if content["metadata"].get("chorus", {}).get("role") == "area":
+            areas[content["transient"]["display_id"]] = content
+    return {a["metadata"]["chorus"]["ranks"][0]: a["data"]["text/plain"] for a in areas.values()}
+
+
+def test_clear_output_on_one_rank_clears_that_ranks_output_only(kernel: Frontend) -> None:
+    code = (
+        "from IPython.display import clear_output\n"
+        "import time\n"
+        "print('before', rank)\n"
+        "for i in range(3):\n"
+        "    clear_output(wait=True)\n"
+        "    print(f'step {i} on rank {rank}')\n"
+        "    time.sleep(0.2)\n"
+    )
+    run = kernel.run(code)
+    assert run.status == "ok", run
+    # Every rank keeps its own last line; nothing cleared anyone else's.
+    assert _final_areas(run) == {r: f"[{r}] step 2 on rank {r}" for r in range(4)}, run
+    assert "step" not in run.stdout, run.stdout
+
+
+def test_display_ids_are_each_ranks_own(kernel: Frontend) -> None:
+    code = (
+        "from IPython.display import display\n"
+        "h = display(f'start {rank}', display_id='progress')\n"
+        "h.update(f'end {rank}')\n"
+    )
+    run = kernel.run(code)
+    assert run.status == "ok", run
+    ids = {d["metadata"]["chorus"]["ranks"][0]: d["transient"]["display_id"] for d in run.displays}
+    assert len(set(ids.values())) == 4, ids
+    for _, update in run.updates:
+        (rank,) = update["metadata"]["chorus"]["ranks"]
+        assert update["transient"]["display_id"] == ids[rank], update
+        assert f"end {rank}" in update["data"]["text/plain"], update
 
 
 def test_identical_errors_shown_once(kernel: Frontend) -> None:

@@ -1,0 +1,114 @@
+"""Per-rank output areas: ``clear_output`` from one rank clears that rank's output only.
+
+A Jupyter cell has one output area, and ``clear_output`` empties all of it:
+forwarded as it is, one rank's ``clear_output(wait=True)`` loop would wipe
+every other rank's output. So the first ``clear_output`` of a rank gives it
+an area of its own, an output with a display id placed where that happens;
+from then on that rank's text and displays go there, and its clears empty it
+(``wait=True``: when its next output arrives, as in Jupyter). What the rank
+printed before its first clear was already shown with everyone's; lines
+still held for merging are dropped, as the clear would have removed them.
+Updates are sent at most once per :meth:`RankAreas.tick`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chorus.kernel.output import on_terminal
+
+# (msg_type, content) to show: display_data, then update_display_data.
+Publish = Callable[[str, dict[str, Any]], None]
+# A display's content labelled with its ranks (engine.labelled).
+Label = Callable[[dict[str, Any], list[int]], dict[str, Any]]
+
+
+@dataclass
+class _Area:
+    display_id: str
+    lines: list[str] = field(default_factory=list)  # complete lines as a terminal shows them
+    partial: str = ""
+    rich: dict[str, Any] | None = None  # the last display shown in the area
+    clear_on_next: bool = False  # clear_output(wait=True): empty it when output comes
+    dirty: bool = True
+
+    def reset(self) -> None:
+        self.lines.clear()
+        self.partial = ""
+        self.rich = None
+        self.clear_on_next = False
+        self.dirty = True
+
+
+class RankAreas:
+    """The output areas of the ranks that cleared their output in this cell."""
+
+    def __init__(self, publish: Publish, label: Label, prefix: str) -> None:
+        self.publish = publish
+        self.label = label
+        self.prefix = prefix
+        self._areas: dict[int, _Area] = {}
+        self._shown: set[int] = set()
+
+    def __contains__(self, rank: int) -> bool:
+        return rank in self._areas
+
+    def clear(self, rank: int, wait: bool) -> None:
+        """``rank`` sent ``clear_output(wait=wait)``."""
+        area = self._areas.get(rank)
+        if area is None:
+            area = self._areas[rank] = _Area(f"{self.prefix}-{rank}")
+            self._send(rank, area)  # the area's place: where the first clear came
+        if wait:
+            area.clear_on_next = True
+        else:
+            area.reset()
+
+    def write(self, rank: int, text: str) -> None:
+        """Text ``rank`` printed (stdout or stderr) into its area."""
+        area = self._areas[rank]
+        self._before_output(area)
+        data = area.partial + text
+        *complete, area.partial = data.split("\n")
+        area.lines.extend(on_terminal(line) for line in complete)
+        area.dirty = True
+
+    def show(self, rank: int, content: dict[str, Any]) -> None:
+        """A display ``rank`` made: it replaces the area's previous one."""
+        area = self._areas[rank]
+        self._before_output(area)
+        area.rich = copy.deepcopy(content)
+        area.dirty = True
+
+    def tick(self) -> None:
+        """Send the areas that changed."""
+        for rank, area in self._areas.items():
+            if area.dirty:
+                self._send(rank, area)
+
+    @staticmethod
+    def _before_output(area: _Area) -> None:
+        if area.clear_on_next:
+            area.reset()
+
+    def _send(self, rank: int, area: _Area) -> None:
+        area.dirty = False
+        lines = [*area.lines, *([on_terminal(area.partial)] if area.partial else [])]
+        if area.rich is not None:
+            content = self.label(area.rich, [rank])
+            if lines:  # text printed after the display: shown in its plain text
+                plain = content["data"].get("text/plain", "")
+                content["data"]["text/plain"] = "\n".join([plain, *lines])
+        else:
+            content = {
+                "data": {"text/plain": "\n".join(f"[{rank}] {line}" for line in lines)},
+                "metadata": {"chorus": {"ranks": [rank], "label": f"[{rank}]"}},
+            }
+        content.setdefault("metadata", {}).setdefault("chorus", {})["role"] = "area"
+        content["transient"] = {"display_id": area.display_id}
+        kind = "update_display_data" if rank in self._shown else "display_data"
+        self._shown.add(rank)
+        self.publish(kind, content)
