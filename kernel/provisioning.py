@@ -296,6 +296,10 @@ class SocketDir:
         """The path jupyter_client appends ``-<port>`` to for ``rank``'s sockets."""
         return str(self.path / f"rank-{rank}")
 
+    def connection_file(self, rank: int) -> str:
+        """Where ``rank``'s connection file goes (jupyter_client's default is /tmp)."""
+        return str(self.path / f"rank-{rank}.json")
+
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
@@ -332,7 +336,9 @@ def local_rank_manager(sockets: SocketDir, rank: int) -> RankKernelManager:
     IPC transport: rank kernels talk to this process only, over private unix
     sockets (and no "TCP without encryption" warning at every start).
     """
-    manager = RankKernelManager(transport="ipc", ip=sockets.socket_base(rank))
+    manager = RankKernelManager(
+        transport="ipc", ip=sockets.socket_base(rank), connection_file=sockets.connection_file(rank)
+    )
     manager.provisioner = LocalRankProvisioner(
         kernel_id="", kernel_spec=manager.kernel_spec, parent=manager
     )
@@ -340,10 +346,16 @@ def local_rank_manager(sockets: SocketDir, rank: int) -> RankKernelManager:
 
 
 def remote_rank_manager(
-    agent: SshRank, argv: Sequence[str], mlx_hostfile: str
+    agent: SshRank, argv: Sequence[str], mlx_hostfile: str, connection_file: str
 ) -> RankKernelManager:
-    """A manager for a rank kernel that ``agent`` runs on its host with ``argv``."""
-    manager = RankKernelManager(transport="tcp", ip=agent.advertise[0])
+    """A manager for a rank kernel that ``agent`` runs on its host with ``argv``.
+
+    ``connection_file`` is where this side keeps the rank's connection info
+    (the rank reads its own copy from a memfd there).
+    """
+    manager = RankKernelManager(
+        transport="tcp", ip=agent.advertise[0], connection_file=connection_file
+    )
     manager.provisioner = SshRankProvisioner(
         agent, argv, mlx_hostfile, kernel_id="", kernel_spec=manager.kernel_spec, parent=manager
     )

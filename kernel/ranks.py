@@ -21,6 +21,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chorus.kernel.provisioning import (
@@ -32,6 +33,7 @@ from chorus.kernel.provisioning import (
 )
 from chorus.kernel.rank import EXECUTION_COUNT_KEY
 from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_core.paths import jupyter_runtime_dir
 
 from chorus.launch.placement import JobIdentity, Placement, new_job, place_local
 from chorus.launch.process import describe_exit
@@ -249,8 +251,11 @@ class RankSet:
         except LaunchError as exc:
             raise RuntimeError(str(exc)) from exc
         self._remote = remote
+        runtime = Path(jupyter_runtime_dir())
+        runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
         for agent, env in zip(remote.remote, remote.envs, strict=True):
-            manager = remote_rank_manager(agent, remote.argv, remote.mlx_hostfile)
+            connection_file = str(runtime / f"chorus-{identity.job_id}-rank-{agent.rank}.json")
+            manager = remote_rank_manager(agent, remote.argv, remote.mlx_hostfile, connection_file)
             self.ranks.append(Rank(agent.rank, manager, env))
         await self._start_all()
         say(f"{self.size} rank kernels ready")

@@ -26,6 +26,10 @@ def test_rank_kernels_exit_when_asked() -> None:
         ranks = RankSet(2)
         await ranks.start()
         started = list(ranks.ranks)
+        # Connection files in the job's private directory, not jupyter_client's /tmp default.
+        for rank in started:
+            assert Path(rank.manager.connection_file).is_file()
+            assert Path(rank.manager.connection_file).parent.name.startswith("chorus-")
         await ranks.shutdown()
         return [rank.exit_code() for rank in started]
 
