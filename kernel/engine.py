@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chorus.kernel.areas import RankAreas
+from chorus.kernel.displays import DisplayMerger
 from chorus.kernel.labels import format_ranks
 from chorus.kernel.output import OutputMerger
 from chorus.kernel.ranks import Message, RankSet
@@ -50,6 +51,8 @@ class Frontend(Protocol):
     # Whether an output can be updated in place (display ids): a Jupyter
     # frontend can, a terminal cannot (live partial lines need it).
     live_updates: bool
+    # How the user gets every rank back after one died ("restart the kernel").
+    restart_hint: str
 
     def stream(self, name: str, text: str) -> None:
         """Show ``text`` on ``name`` (``stdout`` or ``stderr``)."""
@@ -88,6 +91,7 @@ class _Shown:
     def __init__(self, frontend: Frontend) -> None:
         self.frontend = frontend
         self.live_updates = frontend.live_updates
+        self.restart_hint = frontend.restart_hint
         self.anything = False
 
     def stream(self, name: str, text: str) -> None:
@@ -148,6 +152,7 @@ class _Cell:
     msg_ids: dict[int, str]
     merger: OutputMerger
     frontend: _Shown
+    displays: DisplayMerger
     # Ranks' own output areas once they clear_output (None: a terminal).
     areas: RankAreas | None = None
     replies: dict[int, Message] = field(default_factory=dict)
@@ -286,7 +291,7 @@ class Engine:
                 self.frontend.stream(
                     "stderr",
                     f"[chorus] rank {rank} is not running ({describe_exit(codes[rank] or 0)}); "
-                    "restart the kernel to get every rank back\n",
+                    f"{self.frontend.restart_hint} to get every rank back\n",
                 )
             targets = [r for r in targets if r not in gone]
         if not targets:
@@ -300,7 +305,10 @@ class Engine:
         merger = OutputMerger(targets, shown.stream, mode=self.output_mode, live=live)
         msg_ids: dict[int, str] = {}
         replies: dict[int, asyncio.Future[Message]] = {}
-        cell = _Cell(list(targets), msg_ids, merger, shown, areas)
+        displays = DisplayMerger(
+            targets, lambda content: shown.publish("display_data", content), labelled
+        )
+        cell = _Cell(list(targets), msg_ids, merger, shown, displays, areas)
         self._cell = cell
         broker = InputBroker(self.size, self._answer, self.frontend, merger, set(targets))
         self._broker = broker
@@ -333,6 +341,8 @@ class Engine:
             self._broker = None
             for msg_id in msg_ids.values():
                 self.ranks.forget_reply(msg_id)
+        displays.flush()
+        merger.blocked.clear()
         merger.flush()
         return self._combine(cell)
 
@@ -358,6 +368,7 @@ class Engine:
             inbox, cell.inbox = cell.inbox, []
             for rank, message in inbox:
                 self._handle(cell, rank, message)
+            self._tick_displays(cell)
             cell.merger.tick()
             if cell.areas is not None:
                 cell.areas.tick()
@@ -369,11 +380,12 @@ class Engine:
                     code = dead.exit_code()
                     cell.died[dead.rank] = -1 if code is None else code
                     cell.merger.rank_done(dead.rank)
+                    cell.displays.rank_done(dead.rank)
                     how = describe_exit(cell.died[dead.rank])
                     self.frontend.stream(
                         "stderr",
                         f"[chorus] rank {dead.rank} {how} while running this cell; "
-                        "interrupting the other ranks. Restart the kernel to get it back.\n",
+                        f"interrupting the other ranks; {self.frontend.restart_hint} to get it back\n",
                     )
                     if not interrupted_for_death:
                         interrupted_for_death = True
@@ -392,6 +404,7 @@ class Engine:
                 continue
             cell.lost.add(rank)
             cell.merger.rank_done(rank)
+            cell.displays.rank_done(rank)
             self.frontend.stream(
                 "stderr", f"[chorus] rank {rank} finished this cell without a reply\n"
             )
@@ -435,10 +448,18 @@ class Engine:
                 cell.idle.add(rank)
                 cell.idle_since.setdefault(rank, time.monotonic())
                 cell.merger.rank_done(rank)
+                cell.displays.rank_done(rank)
         elif kind == "execute_result":
             cell.results[rank] = content
         elif kind == "display_data" and areas is not None and rank in areas:
             areas.show(rank, content)
+        elif kind == "display_data" and "display_id" not in content.get("transient", {}):
+            # Held to be shown in rank order, merged with the other ranks'.
+            # What the rank printed before it goes out first; after it, waits.
+            cell.merger.flush(partial=False)
+            cell.merger.blocked.add(rank)
+            cell.displays.feed(rank, content)
+            self._tick_displays(cell)
         elif kind in ("display_data", "update_display_data"):
             cell.merger.flush(partial=False)
             cell.frontend.publish(kind, labelled(content, [rank]))
@@ -456,22 +477,30 @@ class Engine:
             self._broker.request(rank, content["prompt"], bool(content.get("password")))
         # "error" is taken from the execute_reply, where identical ones are merged.
 
+    @staticmethod
+    def _tick_displays(cell: _Cell) -> None:
+        """Show the display rows that are due; let the text of ranks with none held go."""
+        cell.displays.tick()
+        cell.merger.blocked = {r for r in cell.merger.blocked if cell.displays.holds(r)}
+
     def _combine(self, cell: _Cell) -> CellResult:
         result = CellResult(died=dict(cell.died))
         errors: dict[tuple[str, str, tuple[str, ...]], list[int]] = defaultdict(list)
         first_traceback: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+        # Errors that differ only in numbers of their message (a rank's number,
+        # chorus's "rank 2/4") merge; each rank's message is listed under them.
+        messages: dict[tuple[str, str, tuple[str, ...]], dict[int, str]] = defaultdict(dict)
         for rank in cell.targets:
             reply = cell.replies.get(rank)
             if reply is None:
                 continue
             content = reply["content"]
             if content.get("status") == "error":
-                # Ranks may have run different numbers of cells: ignore "In [N]".
-                traceback = tuple(_CELL_NUMBER.sub("In[*]", line) for line in content["traceback"])
-                key = (content["ename"], content["evalue"], traceback)
+                key = _error_key(content)
                 if key not in first_traceback:
                     first_traceback[key] = content.get("traceback", [])
                 errors[key].append(rank)
+                messages[key][rank] = content["evalue"]
             elif content.get("status") == "aborted":
                 errors[("Aborted", "execution aborted", ())].append(rank)
             result.user_expressions_by_rank[rank] = content.get("user_expressions", {})
@@ -487,12 +516,23 @@ class Engine:
             first = True
             for key, ranks in errors.items():
                 ename, evalue, _ = key
+                said = messages.get(key, {})
+                if said:
+                    evalue = said[ranks[0]]
                 shown = first_traceback.get(key, [])
                 label = format_ranks(ranks)
                 if shown:
                     lines = [f"\x1b[1;31m{label}\x1b[0m", *shown]
                 else:
                     lines = [f"\x1b[1;31m{label} {ename}\x1b[0m: {evalue}"]
+                if len(set(said.values())) > 1:
+                    by_message: dict[str, list[int]] = defaultdict(list)
+                    for rank in ranks:
+                        by_message[said[rank]].append(rank)
+                    lines += [
+                        f"\x1b[1;31m{format_ranks(who)} {ename}\x1b[0m: {text}"
+                        for text, who in by_message.items()
+                    ]
                 self.frontend.publish(
                     "error", {"ename": ename, "evalue": f"{label} {evalue}", "traceback": lines}
                 )
@@ -530,6 +570,21 @@ class Engine:
             "data": {"text/plain": text},
             "metadata": {"chorus": {"ranks": sorted(cell.results)}},
         }
+
+
+_NUMBER = re.compile(r"\d+")
+
+
+def _error_key(content: dict[str, Any]) -> tuple[str, str, tuple[str, ...]]:
+    """What makes two ranks' errors "the same": numbers in the message do not count.
+
+    Ranks may have run different numbers of cells (``In [N]``), and a message
+    often holds the rank's own number; the frames must match otherwise (the
+    last traceback entry is the message itself).
+    """
+    *frames, message = content["traceback"] or [""]
+    traceback = (*(_CELL_NUMBER.sub("In[*]", line) for line in frames), _NUMBER.sub("#", message))
+    return (content["ename"], _NUMBER.sub("#", content["evalue"]), traceback)
 
 
 def rank_label(ranks: Sequence[int]) -> dict[str, Any]:

@@ -435,6 +435,7 @@ class _KernelFrontend:
     """The engine's :class:`~chorus.kernel.engine.Frontend` for ChorusKernel."""
 
     live_updates = True
+    restart_hint = "restart the kernel"
 
     def __init__(self, kernel: ChorusKernel) -> None:
         self.kernel = kernel

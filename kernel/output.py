@@ -22,6 +22,7 @@ then shown as one block per rank.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
@@ -38,6 +39,17 @@ DEFAULT_LIVE_AFTER = 0.2
 Emit = Callable[[str, str], None]  # (stream name, text)
 # (rank, stream name, the line as a terminal would show it; None: withdraw it)
 Live = Callable[[int, str, "str | None"], None]
+
+
+# A rank kernel's cell files live in a directory named after its pid
+# (ipykernel_<pid>): pdb's "> .../ipykernel_4242/123.py(3)<module>()" is the
+# same place on every rank.
+_CELL_DIR = re.compile(r"ipykernel_\d+")
+
+
+def same_line(line: str) -> str:
+    """What two ranks' lines are compared by: cell-file paths made rank-neutral."""
+    return _CELL_DIR.sub("ipykernel_*", line)
 
 
 def on_terminal(line: str) -> str:
@@ -115,6 +127,8 @@ class OutputMerger:
         self.clock = clock
         self.live = live
         self.live_after = live_after
+        # Ranks whose lines must wait (a display of theirs is held before them).
+        self.blocked: set[int] = set()
         self._streams: dict[str, dict[int, _RankStream]] = defaultdict(
             lambda: defaultdict(_RankStream)
         )
@@ -196,7 +210,7 @@ class OutputMerger:
         streams = self._streams[name]
         out: list[str] = []  # one message for everything ready now, not one per line
         while True:
-            ready = sorted(r for r, s in streams.items() if s.lines)
+            ready = sorted(r for r, s in streams.items() if s.lines and r not in self.blocked)
             if not ready:
                 break
             held = [streams[r] for r in ready]
@@ -213,14 +227,15 @@ class OutputMerger:
             label = format_ranks(ready)
             alone = [f"[{rank}] " for rank in ready]
             for texts in zip(*(h.take(rows) for h in held), strict=True):
-                first = texts[0]
-                if texts.count(first) == len(texts):
-                    out.append(f"{label} {first}\n")
+                keys = [same_line(text) for text in texts]
+                if keys.count(keys[0]) == len(keys):
+                    out.append(f"{label} {texts[0]}\n")
                     continue
                 groups: dict[str, list[int]] = {}
-                for i, text in enumerate(texts):
-                    groups.setdefault(text, []).append(i)
-                for text, members in groups.items():
+                for i, key in enumerate(keys):
+                    groups.setdefault(key, []).append(i)
+                for members in groups.values():
+                    text = texts[members[0]]
                     if len(members) == 1:
                         out.append(f"{alone[members[0]]}{text}\n")
                     else:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from chorus.kernel.engine import CellResult, Engine
 from chorus.kernel.labels import parse_ranks
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import publish_display_data
@@ -55,6 +56,7 @@ class _ThreadFrontend:
         self.events: queue.Queue[Event] = queue.Queue()
         # In a notebook (ipykernel) outputs update in place; in a terminal not.
         self.live_updates = live_updates
+        self.restart_hint = "%chorus stop, then %chorus start,"
 
     def stream(self, name: str, text: str) -> None:
         self.events.put(("stream", (name, text)))
@@ -173,8 +175,19 @@ class ChorusMagics(Magics):
             msg = "usage: %chorus push NAME=EXPRESSION"
             raise ValueError(msg)
         assert self.shell is not None
-        self.push(name.strip(), self.shell.ev(expr))
+        self.push(name.strip(), self._evaluate(expr))
         return None
+
+    def _evaluate(self, expression: str) -> Any:
+        """``expression`` in the user's namespace, where ``np`` and ``chorus`` mean
+        what they mean on the ranks unless the user defined them otherwise."""
+        import numpy
+
+        import chorus
+
+        assert self.shell is not None
+        names = {"np": numpy, "chorus": chorus, **self.shell.user_ns}
+        return eval(expression, names)
 
     def start_ranks(
         self,
@@ -226,8 +239,9 @@ class ChorusMagics(Magics):
 
     def _engine(self) -> Engine:
         if self.engine is None:
+            # UsageError: IPython shows the message alone, not the magic's traceback.
             msg = "no chorus ranks: run %chorus start -n 4 first"
-            raise RuntimeError(msg)
+            raise UsageError(msg)
         return self.engine
 
     # -- %%all and %autoall ----------------------------------------------------------------
@@ -394,6 +408,12 @@ def _autoall_transformer(lines: list[str]) -> list[str]:
     if first.startswith(("%chorus", "%autoall", "%%all", "%load_ext", "%unload_ext")):
         return lines
     return ["%%all\n", *lines]
+
+
+# IPython's "is this input complete?" skips transformers marked so: it judges
+# the code as typed, and a terminal runs a line on one Enter (a %%all cell
+# would wait for an empty line).
+_autoall_transformer.has_side_effects = True  # type: ignore[attr-defined]
 
 
 def _placement(args: Any) -> Hostfile | None:

@@ -117,6 +117,21 @@ def test_display_ids_are_each_ranks_own(kernel: Frontend) -> None:
         assert f"end {rank}" in update["data"]["text/plain"], update
 
 
+def test_errors_differing_only_in_a_rank_number_merge(kernel: Frontend) -> None:
+    run = kernel.run("raise ValueError(f'bad value on rank {rank} of {size}')")
+    assert run.status == "error"
+    (error,) = run.errors
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["traceback"]))
+    assert text.startswith("[0-3]\n"), text
+    for r in range(4):
+        assert f"[{r}] ValueError: bad value on rank {r} of 4" in text, text
+    # Different frames are different errors, whatever the numbers.
+    split = kernel.run(
+        "def f():\n    raise KeyError(rank)\nif rank == 1:\n    f()\nraise KeyError(rank)"
+    )
+    assert len(split.errors) == 2, split.errors
+
+
 def test_identical_errors_shown_once(kernel: Frontend) -> None:
     run = kernel.run("1 / 0")
     assert run.status == "error"
@@ -215,6 +230,7 @@ def test_crashed_rank_is_reported_and_shutdown_leaves_no_orphans() -> None:
         assert "[0] alive 0" in still.stdout, still.stdout
         assert "[1] alive 1" in still.stdout, still.stdout
         assert "rank 2 is not running" in still.stderr, still.stderr
+        assert "restart the kernel to get every rank back" in still.stderr, still.stderr
     time.sleep(0.5)
     assert not psutil.pid_exists(kernel_pid) or psutil.Process(kernel_pid).status() == "zombie"
     leftovers = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
@@ -283,6 +299,34 @@ def test_rich_display_carries_rank_label_and_metadata(kernel: Frontend) -> None:
         html = display["data"]["text/html"]
         assert f"[{rank}]" in html
         assert f"<b>r{rank}</b>" in html
+
+
+def test_rich_outputs_in_rank_order_identical_once_images_in_a_grid(kernel: Frontend) -> None:
+    code = (
+        "import time\n"
+        "from IPython.display import HTML, display\n"
+        "time.sleep(0.15 * (3 - rank))  # rank 3 displays first\n"
+        "display(HTML('<b>the same everywhere</b>'))\n"
+        "display(HTML(f'<i>rank {rank}</i>'))\n"
+        "print('after', rank)\n"
+    )
+    run = kernel.run(code)
+    assert run.status == "ok", run
+    labels = [d["metadata"]["chorus"]["label"] for d in run.displays]
+    assert labels == ["[0-3]", "[0]", "[1]", "[2]", "[3]"], labels
+    figures = kernel.run(
+        "import matplotlib.pyplot as plt\n"
+        "from IPython.display import display\n"
+        "fig = plt.figure(figsize=(2, 2))\n"
+        "plt.plot([0, rank % 2])\n"
+        "display(fig)\n"
+        "plt.close(fig)\n"
+    )
+    assert figures.status == "ok", figures
+    (grid,) = figures.displays
+    assert grid["metadata"]["chorus"]["role"] == "grid", grid["metadata"]
+    assert grid["metadata"]["chorus"]["groups"] == [[0, 2], [1, 3]]
+    assert grid["data"]["text/html"].count("data:image/png;base64,") == 2
 
 
 def test_output_grouped_by_rank(kernel: Frontend) -> None:

@@ -193,3 +193,10 @@ def test_partial_lines_without_live_outputs_wait_for_the_end() -> None:
     assert shown == []
     merged.flush()
     assert shown == ["stdout:[0] b"]
+
+
+def test_pdb_locations_in_each_ranks_cell_files_collapse() -> None:
+    merged, shown, _ = merger(range(3))
+    for rank in range(3):
+        merged.feed(rank, "stdout", f"> /tmp/ipykernel_{4000 + rank}/2251.py(2)<module>()\n")
+    assert shown == ["stdout:[0-2] > /tmp/ipykernel_4000/2251.py(2)<module>()\n"]

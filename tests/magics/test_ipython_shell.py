@@ -28,7 +28,15 @@ def test_magics_in_terminal_ipython() -> None:
         tmux.type("ada")
         tmux.wait_for(r"\[0,1\] hello ada \[1\.\]")
         tmux.wait_for(r"In \[4\]: ")
-        tmux.type("%chorus stop")
+        tmux.type("%autoall")
         tmux.wait_for(r"In \[5\]: ")
+        # One Enter runs a line on the ranks, as any line at this prompt.
+        tmux.type("print('auto', rank)")
+        tmux.wait_for(r"\[0\] auto 0")
+        tmux.wait_for(r"In \[6\]: ")
+        tmux.type("%autoall off")
+        tmux.wait_for(r"In \[7\]: ")
+        tmux.type("%chorus stop")
+        tmux.wait_for(r"In \[8\]: ")
     finally:
         tmux.close()

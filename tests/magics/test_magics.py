@@ -50,6 +50,10 @@ def test_pull_push_status_and_autoall(ipython: Frontend) -> None:
     ipython.run("%chorus push base=[10, 20]")
     run = ipython.run("values = %chorus pull base\nprint(values)")
     assert "[[10, 20], [10, 20], [10, 20]]" in run.stdout, run
+    # As magics/README.md has it: np means numpy here too, as on the ranks.
+    ipython.run("%chorus push y=np.arange(3)")
+    run = ipython.run("%%all\nprint(type(y).__name__, y.tolist())")
+    assert "[0-2] ndarray [0, 1, 2]" in run.stdout, run
     run = ipython.run("%%all\nmine = base[0] + rank")
     run = ipython.run(
         "print(%chorus pull mine)".replace(
@@ -105,3 +109,24 @@ def test_a_rank_asks_where_every_rank_is_from_a_cell(ipython: Frontend) -> None:
     run = ipython.run(code)
     assert run.status == "ok", run
     assert "[0] KIND missing-call [1, 2]" in run.stdout, run.stdout
+
+
+def test_a_dead_rank_is_reported_with_what_brings_it_back(ipython: Frontend) -> None:
+    # The last test of the module: it leaves rank 2 dead.
+    run = ipython.run(
+        "%%all\nimport os\nif rank == 2:\n    os._exit(3)\nimport time\ntime.sleep(2)"
+    )
+    assert run.status == "error", run
+    assert "rank 2 exited with code 3" in run.stderr, run.stderr
+    assert "%chorus stop, then %chorus start, to get it back" in run.stderr, run.stderr
+    assert "restart the kernel" not in run.stderr, run.stderr
+
+
+def test_status_after_stop_says_so_without_a_traceback(ipython: Frontend) -> None:
+    assert ipython.run("%chorus stop").status == "ok"
+    run = ipython.run("%chorus status")
+    assert run.status == "error", run
+    assert run.reply["content"]["ename"] == "UsageError", run.reply
+    assert "no chorus ranks: run %chorus start -n 4 first" in run.stderr, run
+    shown = run.stderr + "".join(line for e in run.errors for line in e["traceback"])
+    assert "magics.py" not in shown, shown
