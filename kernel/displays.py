@@ -8,7 +8,8 @@ pass), then shows that row in rank order:
 
 - identical mime bundles once, labelled with all their ranks (``[0-3]``);
 - different images as one labelled grid, side by side;
-- anything else one display per group of identical ones, labelled.
+- anything else one display per group of identical ones, labelled; a
+  widget (whose view shows no label of its own) after a label of its own.
 
 A display with a ``display_id`` is shown at once (it may be updated later,
 so it cannot be merged with others); the Engine does that itself.
@@ -27,11 +28,14 @@ from chorus.kernel.labels import format_ranks
 
 DEFAULT_HOLD = 0.5
 _IMAGES = ("image/png", "image/jpeg")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 # Shows one display_data content.
 Publish = Callable[[dict[str, Any]], None]
 # A display's content with a visible label and its ranks in metadata (engine.labelled).
 Label = Callable[[dict[str, Any], list[int]], dict[str, Any]]
+# A display of the label alone (engine.rank_label), shown before a widget.
+Caption = Callable[[list[int]], dict[str, Any]]
 
 
 class DisplayMerger:
@@ -54,10 +58,12 @@ class DisplayMerger:
         label: Label,
         hold: float = DEFAULT_HOLD,
         clock: Callable[[], float] = time.monotonic,
+        caption: Caption | None = None,
     ) -> None:
         self.active = set(ranks)
         self.publish = publish
         self.label = label
+        self.caption = caption
         self.hold = hold
         self.clock = clock
         self._held: dict[int, deque[tuple[float, dict[str, Any]]]] = defaultdict(deque)
@@ -107,6 +113,8 @@ class DisplayMerger:
             self.publish(_grid([(ranks, contents[key]) for key, ranks in groups.items()]))
             return
         for key, ranks in groups.items():
+            if self.caption is not None and WIDGET_VIEW in contents[key].get("data", {}):
+                self.publish(self.caption(ranks))
             self.publish(self.label(contents[key], ranks))
 
 

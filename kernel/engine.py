@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chorus.kernel.areas import RankAreas
+from chorus.kernel.comms import COMM_TYPES, CommRouter
 from chorus.kernel.displays import DisplayMerger
 from chorus.kernel.labels import format_ranks
 from chorus.kernel.output import OutputMerger
@@ -62,6 +63,16 @@ class Frontend(Protocol):
 
     async def ask(self, prompt: str, password: bool) -> str:
         """Ask the user for one line; cancellable; ``EOFError`` for end of input."""
+
+    def comm(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        metadata: dict[str, Any],
+        buffers: Sequence[Any],
+        parent: dict[str, Any] | None,
+    ) -> None:
+        """Send a rank's comm message on (``parent``: None for the running cell's request)."""
 
 
 @dataclass
@@ -104,6 +115,16 @@ class _Shown:
 
     async def ask(self, prompt: str, password: bool) -> str:
         return await self.frontend.ask(prompt, password)
+
+    def comm(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        metadata: dict[str, Any],
+        buffers: Sequence[Any],
+        parent: dict[str, Any] | None,
+    ) -> None:
+        self.frontend.comm(msg_type, content, metadata, buffers, parent)
 
 
 class LiveLines:
@@ -195,6 +216,7 @@ class Engine:
         self._cell: _Cell | None = None
         self._broker: InputBroker | None = None
         self.ranks = RankSet(**ranks, listener=self._on_message)
+        self.comms = CommRouter(self.ranks.size, self.ranks.send_shell, frontend.comm)
 
     # -- the ranks -----------------------------------------------------------------
 
@@ -306,7 +328,10 @@ class Engine:
         msg_ids: dict[int, str] = {}
         replies: dict[int, asyncio.Future[Message]] = {}
         displays = DisplayMerger(
-            targets, lambda content: shown.publish("display_data", content), labelled
+            targets,
+            lambda content: shown.publish("display_data", content),
+            labelled,
+            caption=rank_label,
         )
         cell = _Cell(list(targets), msg_ids, merger, shown, displays, areas)
         self._cell = cell
@@ -416,6 +441,11 @@ class Engine:
         cell.changed.set()
 
     def _on_message(self, rank: int, message: Message) -> None:
+        if message["header"]["msg_type"] in COMM_TYPES:
+            # At once, whatever cell is running: a widget's model must reach
+            # the frontend before its view, and widgets talk between cells.
+            self.comms.from_rank(rank, message)
+            return
         cell = self._cell
         if cell is None:
             return

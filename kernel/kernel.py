@@ -22,9 +22,11 @@ import asyncio
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
+from chorus.kernel.comms import COMM_TYPES
 from chorus.kernel.engine import CellResult, Engine
 from chorus.kernel.history import CellHistory
 from chorus.kernel.labels import parse_ranks
@@ -88,6 +90,9 @@ class ChorusKernel(Kernel):
         self._ready: asyncio.Task[None] | None = None
         self._prompt_parent: tuple[Any, Any] | None = None
         self._main_loop: asyncio.AbstractEventLoop | None = None  # where the ranks' clients live
+        # The frontend's comm messages (widgets) go to the rank owning the comm.
+        for msg_type in COMM_TYPES:
+            self.shell_handlers[msg_type] = self._comm_from_frontend
         # Every cell, once (the ranks keep only their session's, in memory).
         self.history = CellHistory()
         self._last_output: str | None = None
@@ -365,6 +370,17 @@ class ChorusKernel(Kernel):
     def _say(self, text: str) -> None:
         self.send_response(self.iopub_socket, "stream", {"name": "stdout", "text": text})
 
+    # -- comms (widgets) -----------------------------------------------------------------
+
+    def _comm_from_frontend(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        self.engine.comms.from_frontend(parent)
+
+    async def comm_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        target = parent["content"].get("target_name")
+        content = self.engine.comms.info(target)
+        assert self.session is not None
+        self.session.send(stream, "comm_info_reply", content, parent, ident)
+
     # -- requests answered by rank 0 -------------------------------------------------------
 
     async def _ask_rank0(self, send: str, **kwargs: Any) -> dict[str, Any] | None:
@@ -445,6 +461,28 @@ class _KernelFrontend:
 
     def publish(self, msg_type: str, content: dict[str, Any]) -> None:
         self.kernel.send_response(self.kernel.iopub_socket, msg_type, content)
+
+    def comm(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        metadata: dict[str, Any],
+        buffers: Sequence[Any],
+        parent: dict[str, Any] | None,
+    ) -> None:
+        kernel = self.kernel
+        if parent is None and kernel._prompt_parent is not None:
+            parent = kernel._prompt_parent[1]  # the running (or last) cell's request
+        assert kernel.session is not None
+        kernel.session.send(
+            kernel.iopub_socket,
+            msg_type,
+            content,
+            parent=parent,
+            ident=kernel._topic(msg_type),
+            buffers=list(buffers),
+            metadata=metadata,
+        )
 
     async def ask(self, prompt: str, password: bool) -> str:
         cancel = threading.Event()

@@ -455,6 +455,20 @@ class RankSet:
         client.shell_channel.send(message)
         return str(message["header"]["msg_id"])
 
+    def send_shell(
+        self,
+        rank: int,
+        msg_type: str,
+        content: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
+        buffers: Sequence[Any] = (),
+    ) -> str:
+        """Send a shell message (a comm's, with its binary buffers) to ``rank``; its msg_id."""
+        client = self.client(rank)
+        message = client.session.msg(msg_type, content, metadata=metadata or {})
+        client.session.send(client.shell_channel.socket, message, buffers=list(buffers))
+        return str(message["header"]["msg_id"])
+
     async def where(self, timeout: float = 3.0) -> Report:
         """Ask every running rank where it is (control channel) and merge the answers."""
         return merge_answers(await self.where_answers(timeout))

@@ -30,6 +30,7 @@ import pickle
 import queue
 import sys
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,16 @@ class _ThreadFrontend:
 
     def publish(self, msg_type: str, content: dict[str, Any]) -> None:
         self.events.put(("publish", (msg_type, content)))
+
+    def comm(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        metadata: dict[str, Any],
+        buffers: Sequence[Any],
+        parent: dict[str, Any] | None,
+    ) -> None:
+        """Ranks' widgets are not shown through the magics (the chorus kernel shows them)."""
 
     async def ask(self, prompt: str, password: bool) -> str:
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -257,3 +258,53 @@ def test_stall_notice_in_jupyterlab(lab: tuple[str, Path]) -> None:
         finally:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "jupyterlab-stall-end.png"))
+
+
+def test_widgets_and_progress_bars_from_every_rank_in_jupyterlab(lab: tuple[str, Path]) -> None:
+    sources = [
+        (
+            "import ipywidgets as w\n"
+            "from IPython.display import display\n"
+            "slider = w.IntSlider(value=10 * rank, description=f'rank {rank}')\n"
+            "display(slider)"
+        ),
+        (
+            "from tqdm.auto import tqdm\nimport time\n"
+            "for i in tqdm(range(24), desc=f'rank {rank}'):\n    time.sleep(0.25)"
+        ),
+        "print('value', slider.value)",
+    ]
+    with _notebook_page(lab, "widgets.ipynb", sources, height=1200) as page:
+        try:
+            cells = page.locator(".jp-Notebook .jp-Cell")
+            _run_cell(page, 0)
+            first = cells.nth(0).locator(".jp-OutputArea")
+            sliders = first.locator(".widget-slider")
+            sliders.nth(3).wait_for(timeout=60_000)
+            assert sliders.count() == 4
+            text = first.inner_text()
+            assert "Error displaying widget" not in text, text
+            for rank in range(4):
+                assert f"[{rank}]" in text, text
+            # Rank 2's slider, moved in the browser: only rank 2's value changes.
+            handle = sliders.nth(2).locator(".noUi-handle")
+            handle.click()
+            handle.press("ArrowRight")
+            _run_cell(page, 1)
+            second = cells.nth(1).locator(".jp-OutputArea")
+            bars = second.locator(".widget-hprogress, .progress")
+            bars.nth(3).wait_for(timeout=60_000)
+            # Live: the bars move while the cell runs.
+            second.get_by_text(re.compile(r"\b1\d/24")).first.wait_for(timeout=60_000)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-widgets-running.png"))
+            second.get_by_text("24/24").nth(3).wait_for(timeout=60_000)
+            _run_cell(page, 2)
+            third = cells.nth(2).locator(".jp-OutputArea")
+            third.get_by_text("[2] value 21").wait_for(timeout=60_000)
+            rest = third.inner_text()
+            for rank in (0, 1, 3):
+                assert f"[{rank}] value {10 * rank}" in rest, rest
+        finally:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-widgets.png"))

@@ -48,6 +48,8 @@ class CellRun:
     prompts: list[str] = field(default_factory=list)
     # (when it arrived, content) of every update_display_data
     updates: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    # Every comm message (whole), in order.
+    comms: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -121,6 +123,8 @@ class Frontend:
                         run.displays.append(content)
                     elif kind == "update_display_data":
                         run.updates.append((time.monotonic(), content))
+                    elif kind in ("comm_open", "comm_msg", "comm_close"):
+                        run.comms.append(msg)
                     elif kind == "error":
                         run.errors.append(content)
                     elif kind == "status" and content["execution_state"] == "idle":
