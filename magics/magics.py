@@ -28,6 +28,7 @@ import base64
 import getpass
 import pickle
 import queue
+import shlex
 import sys
 import threading
 from collections.abc import Sequence
@@ -149,7 +150,7 @@ class ChorusMagics(Magics):
         ``%chorus push x=np.arange(3)``         set ``x`` on every rank
         ``%chorus stop``                        stop the ranks
         """
-        args = parse_argstring(self.chorus, line)
+        args = parse_argstring(self.chorus, _without_comment(line))
         if args.action == "start":
             if args.ranks is None:
                 args.ranks = 1 if args.hosts or args.hostfile else 4
@@ -181,7 +182,8 @@ class ChorusMagics(Magics):
             raise ValueError(msg)
         if args.action == "pull":
             return self.pull(args.rest[0])
-        name, _, expr = " ".join(args.rest).partition("=")
+        # The expression as typed: quotes and all (the parsed words lost them).
+        name, _, expr = line.strip().split(None, 1)[1].partition("=")
         if not name.strip().isidentifier() or not expr.strip():
             msg = "usage: %chorus push NAME=EXPRESSION"
             raise ValueError(msg)
@@ -262,7 +264,7 @@ class ChorusMagics(Magics):
     @cell_magic
     def all(self, line: str, cell: str) -> None:
         """Run the cell on every rank (or ``--ranks 0,2``), as the chorus kernel does."""
-        args = parse_argstring(self.all, line)
+        args = parse_argstring(self.all, _without_comment(line))
         if self.ipp is not None:
             self.ipp.execute(cell, parse_ranks(args.ranks, len(self.ipp.order)))
             return
@@ -396,6 +398,17 @@ def print_stream(name: str, text: str) -> None:
     stream = sys.stdout if name == "stdout" else sys.stderr
     stream.write(text)
     stream.flush()
+
+
+def _without_comment(line: str) -> str:
+    """A magic's arguments without a trailing ``# comment`` (as READMEs write them)."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=False)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    try:
+        return shlex.join(lexer)
+    except ValueError:  # unbalanced quotes: the argument parser says what is wrong
+        return line
 
 
 def _display_extras(msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
