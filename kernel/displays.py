@@ -119,7 +119,14 @@ class DisplayMerger:
 
 
 def _image(content: dict[str, Any]) -> str | None:
+    """The image mime type of a static image; None for anything else.
+
+    A widget (an ipympl figure) may carry a PNG for viewers without widgets:
+    it is a widget, not an image.
+    """
     data = content.get("data", {})
+    if WIDGET_VIEW in data:
+        return None
     return next((mime for mime in _IMAGES if mime in data), None)
 
 

@@ -273,8 +273,15 @@ def test_widgets_and_progress_bars_from_every_rank_in_jupyterlab(lab: tuple[str,
             "for i in tqdm(range(24), desc=f'rank {rank}'):\n    time.sleep(0.25)"
         ),
         "print('value', slider.value)",
+        (
+            "%matplotlib widget\n"
+            "import matplotlib.pyplot as plt\n"
+            "fig = plt.figure(figsize=(3, 2))\n"
+            "plt.plot([0, rank])\n"
+            "plt.show()"
+        ),
     ]
-    with _notebook_page(lab, "widgets.ipynb", sources, height=1200) as page:
+    with _notebook_page(lab, "widgets.ipynb", sources, height=1600) as page:
         try:
             cells = page.locator(".jp-Notebook .jp-Cell")
             _run_cell(page, 0)
@@ -305,6 +312,13 @@ def test_widgets_and_progress_bars_from_every_rank_in_jupyterlab(lab: tuple[str,
             rest = third.inner_text()
             for rank in (0, 1, 3):
                 assert f"[{rank}] value {10 * rank}" in rest, rest
+            # ipympl: each rank's interactive figure.
+            _run_cell(page, 3)
+            fourth = cells.nth(3).locator(".jp-OutputArea")
+            figures = fourth.locator(".jupyter-matplotlib")
+            figures.nth(3).wait_for(timeout=60_000)
+            assert figures.count() == 4
+            assert "Error displaying widget" not in fourth.inner_text()
         finally:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "jupyterlab-widgets.png"))

@@ -85,3 +85,15 @@ def test_a_finished_rank_is_not_waited_for_and_flush_shows_the_rest() -> None:
     merged.feed(0, html("c"))
     merged.flush()
     assert [s["data"]["text/plain"] for s in shown] == ["a", "b", "c"]
+
+
+def test_widgets_with_a_png_fallback_stay_widgets_each_after_its_label() -> None:
+    shown: list[dict[str, Any]] = []
+    merged = DisplayMerger(
+        range(2), shown.append, label, 0.5, Clock(), caption=lambda ranks: {"caption": ranks}
+    )
+    for rank in range(2):
+        view = {"model_id": f"m{rank}", "version_major": 2, "version_minor": 0}
+        data = {"application/vnd.jupyter.widget-view+json": view, "image/png": f"P{rank}"}
+        merged.feed(rank, {"data": data, "metadata": {}})
+    assert [s.get("caption", s.get("label")) for s in shown] == [[0], "[0]", [1], "[1]"]
