@@ -22,7 +22,9 @@ choosing and using it), reports its address, and receives the job's
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -41,6 +43,8 @@ from chorus.launch.placement import new_job
 _LISTENERS: list[socket.socket] = []
 
 _MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
+# Seconds the interrupted engines get to finish the cell.
+INTERRUPT_WAIT = 10.0
 
 
 def _engine_listen(local: bool) -> dict[str, Any]:
@@ -138,7 +142,43 @@ def setup(client: Any, backend: str | None = None, timeout: float = 60.0) -> lis
             host = infos[engine]["hostname"]
             msg = f"rank {rank} (engine {engine} on {host}) could not join chorus: {err}"
             raise RuntimeError(msg) from err
+    client[order].apply_sync(_note_interrupts)
     return order
+
+
+def _note_interrupts() -> None:
+    """On an engine: tell the backends of every SIGINT, as a chorus rank kernel does.
+
+    A rank interrupted before it reached the call its peers were interrupted
+    in must know it (``note_interrupt``): its next call then meets their next
+    one. Without it, the first collective after an interrupt waited for ever.
+    The engine's kernel raises KeyboardInterrupt only while it runs a request,
+    as ipykernel does; between requests the signal is noted and nothing else.
+    """
+    import signal as signals
+
+    from IPython import get_ipython
+
+    from chorus import _core
+
+    kernel = get_ipython().kernel
+    running = [False]
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        _core.note_interrupt()
+        if running[0]:
+            raise KeyboardInterrupt
+
+    def before_request() -> None:
+        running[0] = True
+        signals.signal(signals.SIGINT, on_sigint)
+
+    def after_request() -> None:
+        running[0] = False
+
+    kernel.pre_handler_hook = before_request
+    kernel.post_handler_hook = after_request
+    signals.signal(signals.SIGINT, on_sigint)
 
 
 class IppRanks:
@@ -178,6 +218,14 @@ class IppRanks:
         failures: dict[tuple[str, str], list[int]] = {}
         try:
             result.get()
+        except KeyboardInterrupt:
+            # This kernel was interrupted; ipyparallel cannot abort a task
+            # that runs, so the engines must be interrupted too, or the next
+            # cell would queue behind this one for ever.
+            self.cluster.signal_engines_sync(signal.SIGINT)
+            with contextlib.suppress(Exception):
+                result.wait(timeout=INTERRUPT_WAIT)
+            raise
         except ipp.CompositeError as error:
             # elist: (ename, evalue, traceback text, engine_info) per failed engine.
             rank_of = {engine: rank for rank, engine in enumerate(self.order)}

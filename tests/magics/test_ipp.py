@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import ipyparallel as ipp
+import psutil
 import pytest
 from chorus.magics.ipp import setup
 
@@ -63,8 +65,23 @@ def test_ipp_magic(ipython_plain: Frontend) -> None:
         assert "only one" in bad.stderr
         pulled = ipython_plain.run("v = %chorus pull rank\nprint(v)")
         assert "[0, 1]" in pulled.stdout, pulled
+        # The interrupt reaches the engines, also inside a collective; the
+        # next cell, status and stop work.
+        status = ipython_plain.run("%chorus status")
+        engine_pids = [int(line.split()[-1]) for line in status.stdout.splitlines()[1:]]
+        assert len(engine_pids) == 2, status.stdout
+        ipython_plain.run_interrupted(
+            "%%all\nimport time\nif rank == 0:\n    time.sleep(60)\nchorus.barrier()"
+        )
+        after = ipython_plain.run("%%all\nprint('after', chorus.all_sum(np.ones(1)))", timeout=60)
+        assert "[0,1] after [2.]" in after.stdout, after
+        assert ipython_plain.run("%chorus status", timeout=60).status == "ok"
     finally:
         ipython_plain.run("%chorus stop", timeout=60)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in engine_pids):
+        time.sleep(0.2)
+    assert not [p for p in engine_pids if psutil.pid_exists(p)], "engines outlived %chorus stop"
 
 
 @pytest.fixture
