@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 COMM_TYPES = ("comm_open", "comm_msg", "comm_close")
@@ -24,8 +25,21 @@ _PARENTS_KEPT = 4096
 Message = dict[str, Any]
 # (rank, msg_type, content, metadata, buffers) -> the msg_id it was sent under.
 SendToRank = Callable[[int, str, dict[str, Any], dict[str, Any], Sequence[Any]], str]
-# (msg_type, content, metadata, buffers, parent header or None for the running cell's).
-Publish = Callable[[str, dict[str, Any], dict[str, Any], Sequence[Any], "Message | None"], None]
+
+
+@dataclass
+class CommMessage:
+    """A rank's comm message on its way to the frontend."""
+
+    msg_type: str
+    content: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    buffers: Sequence[Any] = ()
+    # The frontend's message that caused it; None: the running cell's request.
+    parent: Message | None = None
+
+
+Publish = Callable[[CommMessage], None]
 
 
 class CommRouter:
@@ -51,11 +65,13 @@ class CommRouter:
             self._forget(comm_id, rank)
         parent_id = message.get("parent_header", {}).get("msg_id", "")
         self.publish(
-            kind,
-            content,
-            message.get("metadata") or {},
-            message.get("buffers") or [],
-            self._parents.get(parent_id),
+            CommMessage(
+                kind,
+                content,
+                message.get("metadata") or {},
+                message.get("buffers") or [],
+                self._parents.get(parent_id),
+            )
         )
 
     def from_frontend(self, parent: Message) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chorus.kernel.areas import RankAreas
-from chorus.kernel.comms import COMM_TYPES, CommRouter
+from chorus.kernel.comms import COMM_TYPES, CommMessage, CommRouter
 from chorus.kernel.displays import DisplayMerger
 from chorus.kernel.labels import format_ranks
 from chorus.kernel.output import OutputMerger
@@ -64,15 +64,8 @@ class Frontend(Protocol):
     async def ask(self, prompt: str, password: bool) -> str:
         """Ask the user for one line; cancellable; ``EOFError`` for end of input."""
 
-    def comm(
-        self,
-        msg_type: str,
-        content: dict[str, Any],
-        metadata: dict[str, Any],
-        buffers: Sequence[Any],
-        parent: dict[str, Any] | None,
-    ) -> None:
-        """Send a rank's comm message on (``parent``: None for the running cell's request)."""
+    def comm(self, message: CommMessage) -> None:
+        """Send a rank's comm message on to the frontend."""
 
 
 @dataclass
@@ -116,15 +109,8 @@ class _Shown:
     async def ask(self, prompt: str, password: bool) -> str:
         return await self.frontend.ask(prompt, password)
 
-    def comm(
-        self,
-        msg_type: str,
-        content: dict[str, Any],
-        metadata: dict[str, Any],
-        buffers: Sequence[Any],
-        parent: dict[str, Any] | None,
-    ) -> None:
-        self.frontend.comm(msg_type, content, metadata, buffers, parent)
+    def comm(self, message: CommMessage) -> None:
+        self.frontend.comm(message)
 
 
 class LiveLines:

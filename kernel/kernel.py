@@ -22,11 +22,10 @@ import asyncio
 import signal
 import sys
 import threading
-from collections.abc import Sequence
 from typing import Any
 
 import zmq
-from chorus.kernel.comms import COMM_TYPES
+from chorus.kernel.comms import COMM_TYPES, CommMessage
 from chorus.kernel.engine import CellResult, Engine
 from chorus.kernel.history import CellHistory
 from chorus.kernel.labels import parse_ranks
@@ -462,26 +461,20 @@ class _KernelFrontend:
     def publish(self, msg_type: str, content: dict[str, Any]) -> None:
         self.kernel.send_response(self.kernel.iopub_socket, msg_type, content)
 
-    def comm(
-        self,
-        msg_type: str,
-        content: dict[str, Any],
-        metadata: dict[str, Any],
-        buffers: Sequence[Any],
-        parent: dict[str, Any] | None,
-    ) -> None:
+    def comm(self, message: CommMessage) -> None:
         kernel = self.kernel
+        parent = message.parent
         if parent is None and kernel._prompt_parent is not None:
             parent = kernel._prompt_parent[1]  # the running (or last) cell's request
         assert kernel.session is not None
         kernel.session.send(
             kernel.iopub_socket,
-            msg_type,
-            content,
+            message.msg_type,
+            message.content,
             parent=parent,
-            ident=kernel._topic(msg_type),
-            buffers=list(buffers),
-            metadata=metadata,
+            ident=kernel._topic(message.msg_type),
+            buffers=list(message.buffers),
+            metadata=message.metadata,
         )
 
     async def ask(self, prompt: str, password: bool) -> str:

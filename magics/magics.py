@@ -31,10 +31,10 @@ import queue
 import shlex
 import sys
 import threading
-from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from chorus.kernel.comms import CommMessage
 from chorus.kernel.engine import CellResult, Engine
 from chorus.kernel.labels import parse_ranks
 from IPython.core.error import UsageError
@@ -66,14 +66,7 @@ class _ThreadFrontend:
     def publish(self, msg_type: str, content: dict[str, Any]) -> None:
         self.events.put(("publish", (msg_type, content)))
 
-    def comm(
-        self,
-        msg_type: str,
-        content: dict[str, Any],
-        metadata: dict[str, Any],
-        buffers: Sequence[Any],
-        parent: dict[str, Any] | None,
-    ) -> None:
+    def comm(self, message: CommMessage) -> None:
         """Ranks' widgets are not shown through the magics (the chorus kernel shows them)."""
 
     async def ask(self, prompt: str, password: bool) -> str:
