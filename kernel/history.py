@@ -15,9 +15,26 @@ import contextlib
 import datetime
 import sqlite3
 import threading
+from pathlib import Path
 from typing import Any
 
 from IPython.core.history import HistoryAccessor
+from IPython.core.profiledir import ProfileDir, ProfileDirError
+from IPython.paths import get_ipython_dir
+
+
+def _default_file() -> str:
+    """IPython's history database of the default profile, the profile made if need be.
+
+    On a new machine nothing has made ``~/.ipython/profile_default`` yet (IPython
+    makes it at its first start); without a profile there is no history, not a
+    kernel that fails to start.
+    """
+    try:
+        profile = ProfileDir.create_profile_dir_by_name(get_ipython_dir(), "default")  # type: ignore[no-untyped-call]
+    except (OSError, ProfileDirError):
+        return ":memory:"
+    return str(Path(profile.location) / "history.sqlite")
 
 
 class CellHistory:
@@ -33,7 +50,7 @@ class CellHistory:
         # Cells also arrive on the control thread (%chorus where from a
         # second console): one connection, shared under a lock.
         self.accessor = HistoryAccessor(
-            hist_file=hist_file, connection_options={"check_same_thread": False}
+            hist_file=hist_file or _default_file(), connection_options={"check_same_thread": False}
         )
         self._lock = threading.Lock()
         self.session = 0

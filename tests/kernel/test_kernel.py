@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from jupyter_core.paths import jupyter_runtime_dir
 
 from tests.kernel.conftest import CellRun, Frontend, chorus_kernel_manager, running_kernel
@@ -407,6 +408,23 @@ def test_history_survives_a_restart_and_ranks_keep_the_session() -> None:
         found = frontend.client.get_shell_msg(timeout=30)
         assert found["parent_header"]["msg_id"] == asked
         assert [h[:2] for h in found["content"]["history"]] == [[session, line]], found
+
+
+def test_a_new_machine_without_an_ipython_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing has made ~/.ipython/profile_default yet: the kernel starts and
+    # keeps the history there.
+    ipython_dir = tmp_path / "ipython"
+    monkeypatch.setenv("IPYTHONDIR", str(ipython_dir))
+    manager = chorus_kernel_manager(ranks=2)
+    with running_kernel(manager) as frontend:
+        assert frontend.run("first_cell_here = 1").status == "ok"
+        asked = frontend.client.history(hist_access_type="tail", n=1, output=False, raw=True)
+        reply = frontend.client.get_shell_msg(timeout=30)
+        assert reply["parent_header"]["msg_id"] == asked
+        assert reply["content"]["history"][-1][2] == "first_cell_here = 1", reply
+    assert (ipython_dir / "profile_default" / "history.sqlite").is_file()
 
 
 def test_tracebacks_and_in_name_the_cell_the_frontend_shows(kernel: Frontend) -> None:
