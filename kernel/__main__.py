@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> None:
     """Start the chorus kernel; ``--ranks``, ``--backend``, ``--hosts``... are shorthands."""
+    # debugpy's "frozen modules may hide breakpoints" warning would land over
+    # a terminal's first prompt, for a debugger nobody attached (the ranks
+    # inherit this too).
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     from chorus.kernel.app import KernelApp
     from chorus.kernel.kernel import ChorusKernel
 

@@ -170,6 +170,10 @@ def rank_kernel_class() -> type:
 def main() -> None:
     """Start an IPython kernel configured as a chorus rank."""
     die_with_parent()
+    # debugpy (imported by ipykernel) warns on every rank, at the first cell,
+    # that frozen modules may hide breakpoints: N copies of it over a
+    # terminal's first prompt, for a debugger nobody attached.
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     from chorus.kernel.app import KernelApp
 
     lines = "[" + ", ".join(repr(line) for line in STARTUP_LINES) + "]"

@@ -45,6 +45,14 @@ def test_pdb_typed_in_jupyter_console(tmp_path: Path) -> None:
         tmux.type("print('y', y)")
         screen = tmux.wait_for(r"\[1\] y 4")
         assert "[0] y 1" in screen, screen
+        # Help through the pager payload, and each rank's history of this session.
+        tmux.wait_for(r"In \[4\]: ")
+        tmux.type("zip?")
+        tmux.wait_for(r"Docstring:")
+        tmux.wait_for(r"In \[5\]: ")
+        tmux.type("%history -n -l 2")
+        screen = tmux.wait_for(r"\[0,1\]\s+4: zip\?")
+        assert "frozen modules" not in screen, screen
         tmux.type("exit")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
