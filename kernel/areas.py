@@ -2,13 +2,18 @@
 
 A Jupyter cell has one output area, and ``clear_output`` empties all of it:
 forwarded as it is, one rank's ``clear_output(wait=True)`` loop would wipe
-every other rank's output. So the first ``clear_output`` of a rank gives it
-an area of its own, an output with a display id placed where that happens;
-from then on that rank's text and displays go there, and its clears empty it
-(``wait=True``: when its next output arrives, as in Jupyter). What the rank
+every other rank's output. So the first ``clear_output`` of any rank places
+an area for every rank of the cell, in rank order (outputs with display ids,
+empty until used); from then on a rank that cleared has its text and
+displays go to its area, and its clears empty it (``wait=True``: when its
+next output arrives, as in Jupyter). What the rank
 printed before its first clear was already shown with everyone's; lines
 still held for merging are dropped, as the clear would have removed them.
 Updates are sent at most once per :meth:`RankAreas.tick`.
+
+An area is one output (one display id) that chorus composes from the
+rank's text and its last display, so its label is inside it: a label
+display of its own would stay behind when the area moves on.
 """
 
 from __future__ import annotations
@@ -18,17 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from chorus.kernel.labels import label_html, tagged
 from chorus.kernel.output import on_terminal
 
 # (msg_type, content) to show: display_data, then update_display_data.
 Publish = Callable[[str, dict[str, Any]], None]
-# A display's content labelled with its ranks (engine.labelled).
-Label = Callable[[dict[str, Any], list[int]], dict[str, Any]]
 
 
 @dataclass
 class _Area:
     display_id: str
+    used: bool = False  # the rank cleared its output: its output goes here
     lines: list[str] = field(default_factory=list)  # complete lines as a terminal shows them
     partial: str = ""
     rich: dict[str, Any] | None = None  # the last display shown in the area
@@ -46,22 +51,26 @@ class _Area:
 class RankAreas:
     """The output areas of the ranks that cleared their output in this cell."""
 
-    def __init__(self, publish: Publish, label: Label, prefix: str) -> None:
+    def __init__(self, publish: Publish, prefix: str, ranks: list[int]) -> None:
         self.publish = publish
-        self.label = label
         self.prefix = prefix
+        self.ranks = sorted(ranks)
         self._areas: dict[int, _Area] = {}
         self._shown: set[int] = set()
 
     def __contains__(self, rank: int) -> bool:
-        return rank in self._areas
+        area = self._areas.get(rank)
+        return area is not None and area.used
 
     def clear(self, rank: int, wait: bool) -> None:
         """``rank`` sent ``clear_output(wait=wait)``."""
-        area = self._areas.get(rank)
-        if area is None:
-            area = self._areas[rank] = _Area(f"{self.prefix}-{rank}")
-            self._send(rank, area)  # the area's place: where the first clear came
+        if not self._areas:
+            # The areas' place: where the first clear came, in rank order.
+            for each in self.ranks:
+                self._areas[each] = _Area(f"{self.prefix}-{each}")
+                self._send(each, self._areas[each])
+        area = self._areas[rank]
+        area.used = True
         if wait:
             area.clear_on_next = True
         else:
@@ -86,7 +95,7 @@ class RankAreas:
     def tick(self) -> None:
         """Send the areas that changed."""
         for rank, area in self._areas.items():
-            if area.dirty:
+            if area.dirty and area.used:
                 self._send(rank, area)
 
     @staticmethod
@@ -98,7 +107,7 @@ class RankAreas:
         area.dirty = False
         lines = [*area.lines, *([on_terminal(area.partial)] if area.partial else [])]
         if area.rich is not None:
-            content = self.label(area.rich, [rank])
+            content = _label_inside(area.rich, rank)
             if lines:  # text printed after the display: shown in its plain text
                 plain = content["data"].get("text/plain", "")
                 content["data"]["text/plain"] = "\n".join([plain, *lines])
@@ -112,3 +121,22 @@ class RankAreas:
         kind = "update_display_data" if rank in self._shown else "display_data"
         self._shown.add(rank)
         self.publish(kind, content)
+
+
+def _label_inside(content: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The area's display with the label ``[rank]`` in its text and HTML."""
+    out = tagged(content, [rank])
+    data = out["data"]
+    label = f"[{rank}]"
+    if "text/plain" in data:
+        plain = data["text/plain"]
+        data["text/plain"] = f"{label} {plain}" if "\n" not in plain else f"{label}\n{plain}"
+    if "text/html" in data:
+        data["text/html"] = label_html(label) + data["text/html"]
+    else:
+        for mime in ("image/png", "image/jpeg"):
+            if mime in data:
+                image = data[mime].strip()
+                data["text/html"] = f'{label_html(label)}<img src="data:{mime};base64,{image}"/>'
+                break
+    return out

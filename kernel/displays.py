@@ -6,10 +6,12 @@ order the ranks happen to finish. The merger holds each rank's displays
 until every rank still running has made its next one (or ``hold`` seconds
 pass), then shows that row in rank order:
 
-- identical mime bundles once, labelled with all their ranks (``[0-3]``);
+- identical mime bundles once, after a label with all their ranks (``[0-3]``);
 - different images as one labelled grid, side by side;
-- anything else one display per group of identical ones, labelled; a
-  widget (whose view shows no label of its own) after a label of its own.
+- anything else one display per group of identical ones, after its label.
+
+The ranks' data is shown as they made it: the label is a line of its own
+(``labels.label_line``), the ranks are in the metadata.
 
 A display with a ``display_id`` is shown at once (it may be updated later,
 so it cannot be merged with others); the Engine does that itself.
@@ -24,7 +26,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from chorus.kernel.labels import format_ranks
+from chorus.kernel.labels import format_ranks, label_html, tagged
 
 DEFAULT_HOLD = 0.5
 _IMAGES = ("image/png", "image/jpeg")
@@ -32,10 +34,8 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 # Shows one display_data content.
 Publish = Callable[[dict[str, Any]], None]
-# A display's content with a visible label and its ranks in metadata (engine.labelled).
-Label = Callable[[dict[str, Any], list[int]], dict[str, Any]]
-# A display of the label alone (engine.rank_label), shown before a widget.
-Caption = Callable[[list[int]], dict[str, Any]]
+# Shows the label of these ranks, before their display.
+ShowLabel = Callable[[list[int]], None]
 
 
 class DisplayMerger:
@@ -45,8 +45,8 @@ class DisplayMerger:
     ----------
     ranks
         The ranks expected to display (the cell's targets).
-    publish, label
-        Where merged displays go, and how one is labelled.
+    publish, show_label
+        Where merged displays go, and how the label before each is shown.
     hold
         Seconds a display waits for the other ranks' next one.
     """
@@ -55,15 +55,13 @@ class DisplayMerger:
         self,
         ranks: Iterable[int],
         publish: Publish,
-        label: Label,
+        show_label: ShowLabel,
         hold: float = DEFAULT_HOLD,
         clock: Callable[[], float] = time.monotonic,
-        caption: Caption | None = None,
     ) -> None:
         self.active = set(ranks)
         self.publish = publish
-        self.label = label
-        self.caption = caption
+        self.show_label = show_label
         self.hold = hold
         self.clock = clock
         self._held: dict[int, deque[tuple[float, dict[str, Any]]]] = defaultdict(deque)
@@ -113,9 +111,8 @@ class DisplayMerger:
             self.publish(_grid([(ranks, contents[key]) for key, ranks in groups.items()]))
             return
         for key, ranks in groups.items():
-            if self.caption is not None and WIDGET_VIEW in contents[key].get("data", {}):
-                self.publish(self.caption(ranks))
-            self.publish(self.label(contents[key], ranks))
+            self.show_label(ranks)
+            self.publish(tagged(contents[key], ranks))
 
 
 def _image(content: dict[str, Any]) -> str | None:
@@ -143,8 +140,7 @@ def _grid(groups: list[tuple[list[int], dict[str, Any]]]) -> dict[str, Any]:
             image = base64.b64encode(image).decode()
         cells.append(
             '<figure style="margin:0">'
-            f'<figcaption class="chorus-rank-label" style="font-size:smaller;opacity:0.7">'
-            f"{label}</figcaption>"
+            f"<figcaption>{label_html(label)}</figcaption>"
             f'<img src="data:{mime};base64,{image.strip()}" style="max-width:100%"/></figure>'
         )
         plain.append(f"{label} {content['data'].get('text/plain', '')}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import re
 import time
 import uuid
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 from chorus.kernel.areas import RankAreas
 from chorus.kernel.comms import COMM_TYPES, CommMessage, CommRouter
 from chorus.kernel.displays import DisplayMerger
-from chorus.kernel.labels import format_ranks
+from chorus.kernel.labels import format_ranks, label_line, tagged
 from chorus.kernel.output import OutputMerger
 from chorus.kernel.ranks import Message, RankSet
 from chorus.kernel.stdin import InputBroker
@@ -309,15 +310,14 @@ class Engine:
         if self.frontend.live_updates:
             tag = uuid.uuid4().hex[:12]
             live = LiveLines(shown, f"chorus-live-{tag}")
-            areas = RankAreas(shown.publish, labelled, f"chorus-area-{tag}")
+            areas = RankAreas(shown.publish, f"chorus-area-{tag}", list(targets))
         merger = OutputMerger(targets, shown.stream, mode=self.output_mode, live=live)
         msg_ids: dict[int, str] = {}
         replies: dict[int, asyncio.Future[Message]] = {}
         displays = DisplayMerger(
             targets,
             lambda content: shown.publish("display_data", content),
-            labelled,
-            caption=rank_label,
+            lambda ranks: shown.stream("stdout", label_line(ranks)),
         )
         cell = _Cell(list(targets), msg_ids, merger, shown, displays, areas)
         self._cell = cell
@@ -478,7 +478,9 @@ class Engine:
             self._tick_displays(cell)
         elif kind in ("display_data", "update_display_data"):
             cell.merger.flush(partial=False)
-            cell.frontend.publish(kind, labelled(content, [rank]))
+            if kind == "display_data":
+                cell.frontend.stream("stdout", label_line([rank]))
+            cell.frontend.publish(kind, tagged(content, [rank]))
         elif kind == "clear_output" and areas is not None:
             if not cell.frontend.anything:
                 # Nothing is shown yet: the frontend's own clear loses nothing.
@@ -561,10 +563,11 @@ class Engine:
     def _merge_results(self, cell: _Cell) -> dict[str, Any] | None:
         if not cell.results:
             return None
+        # Ranks agree when their whole bundles do: an HTML object's text/plain
+        # is the same on every rank whatever its HTML.
         groups: dict[str, list[int]] = defaultdict(list)
         for rank in sorted(cell.results):
-            plain = cell.results[rank]["data"].get("text/plain", "")
-            groups[plain].append(rank)
+            groups[json.dumps(cell.results[rank]["data"], sort_keys=True)].append(rank)
         if len(groups) == 1:
             # One value: the data stays the value itself (nbconvert, papermill
             # and Out[n] read it); the ranks are in the metadata and in a
@@ -573,15 +576,19 @@ class Engine:
             result = copy.deepcopy(cell.results[ranks[0]])
             label = format_ranks(ranks)
             result.setdefault("metadata", {})["chorus"] = {"ranks": ranks, "label": label}
-            self.frontend.publish("display_data", rank_label(ranks))
+            self.frontend.stream("stdout", label_line(ranks))
             return result
-        # Several distinct results: rich ones as labelled displays, and one
-        # text/plain execute_result listing every rank's value.
+        # Several distinct results: rich ones as they are, each after its
+        # label, and one text/plain execute_result listing every rank's value.
         for ranks in groups.values():
             data = cell.results[ranks[0]]["data"]
             if set(data) - {"text/plain"}:
-                self.frontend.publish("display_data", labelled(cell.results[ranks[0]], ranks))
-        text = "\n".join(f"{format_ranks(ranks)} {plain}" for plain, ranks in groups.items())
+                self.frontend.stream("stdout", label_line(ranks))
+                self.frontend.publish("display_data", tagged(cell.results[ranks[0]], ranks))
+        text = "\n".join(
+            f"{format_ranks(ranks)} {cell.results[ranks[0]]['data'].get('text/plain', '')}"
+            for ranks in groups.values()
+        )
         return {
             "data": {"text/plain": text},
             "metadata": {"chorus": {"ranks": sorted(cell.results)}},
@@ -601,43 +608,3 @@ def _error_key(content: dict[str, Any]) -> tuple[str, str, tuple[str, ...]]:
     *frames, message = content["traceback"] or [""]
     traceback = (*(_CELL_NUMBER.sub("In[*]", line) for line in frames), _NUMBER.sub("#", message))
     return (content["ename"], _NUMBER.sub("#", content["evalue"]), traceback)
-
-
-def rank_label(ranks: Sequence[int]) -> dict[str, Any]:
-    """A display of the label ``[0-3]`` alone, to stand before the output it labels."""
-    label = format_ranks(ranks)
-    return {
-        "data": {"text/plain": label, "text/html": _label_html(label)},
-        "metadata": {"chorus": {"ranks": list(ranks), "label": label, "role": "label"}},
-    }
-
-
-def _label_html(label: str) -> str:
-    return f'<div class="chorus-rank-label" style="font-size:smaller;opacity:0.7">{label}</div>'
-
-
-def labelled(content: dict[str, Any], ranks: Sequence[int]) -> dict[str, Any]:
-    """A display message's content with a visible rank label and the ranks in metadata."""
-    label = format_ranks(ranks)
-    out = copy.deepcopy(content)
-    data = out.setdefault("data", {})
-    metadata = out.setdefault("metadata", {})
-    metadata["chorus"] = {"ranks": list(ranks), "label": label}
-    if "text/plain" in data:
-        plain = data["text/plain"]
-        data["text/plain"] = f"{label} {plain}" if "\n" not in plain else f"{label}\n{plain}"
-    if "text/html" in data:
-        data["text/html"] = (
-            f'<div class="chorus-rank-label" style="font-size:smaller;opacity:0.7">'
-            f"{label}</div>{data['text/html']}"
-        )
-    elif set(data) - {"text/plain"}:
-        # An image or other rich bundle: add an HTML label the frontend shows above it.
-        for mime in ("image/png", "image/jpeg"):
-            if mime in data:
-                data["text/html"] = (
-                    f'<div class="chorus-rank-label" style="font-size:smaller;opacity:0.7">'
-                    f'{label}</div><img src="data:{mime};base64,{data[mime].strip()}"/>'
-                )
-                break
-    return out

@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import sqlite3
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,21 @@ def _default_file() -> str:
     except (OSError, ProfileDirError):
         return ":memory:"
     return str(Path(profile.location) / "history.sqlite")
+
+
+@dataclass
+class HistoryQuery:
+    """A ``history_request``'s content (jupyter_client's messaging spec)."""
+
+    hist_access_type: str  # "tail", "range" or "search"
+    output: bool = False
+    raw: bool = True
+    session: int = 0
+    start: int = 0
+    stop: int | None = None
+    n: int | None = None
+    pattern: str | None = None
+    unique: bool = False
 
 
 class CellHistory:
@@ -80,49 +96,25 @@ class CellHistory:
                 )
         self._cells += 1
 
-    def reply(
-        self,
-        hist_access_type: str,
-        output: bool = False,
-        raw: bool = True,
-        session: int = 0,
-        start: int = 0,
-        stop: int | None = None,
-        n: int | None = None,
-        pattern: str | None = None,
-        unique: bool = False,
-        **_ignored: Any,
-    ) -> dict[str, Any]:
+    def reply(self, query: HistoryQuery) -> dict[str, Any]:
         """The content of a ``history_reply`` (as ipykernel answers for IPython)."""
         with self._lock:
-            return {
-                "status": "ok",
-                "history": self._find(
-                    hist_access_type, output, raw, session, start, stop, n, pattern, unique
-                ),
-            }
+            return {"status": "ok", "history": self._find(query)}
 
-    def _find(
-        self,
-        hist_access_type: str,
-        output: bool,
-        raw: bool,
-        session: int,
-        start: int,
-        stop: int | None,
-        n: int | None,
-        pattern: str | None,
-        unique: bool,
-    ) -> list[Any]:
+    def _find(self, query: HistoryQuery) -> list[Any]:
         accessor = self.accessor
-        if hist_access_type == "tail":
-            found = accessor.get_tail(n, raw=raw, output=output, include_latest=True)
-        elif hist_access_type == "range":
+        raw, output = query.raw, query.output
+        if query.hist_access_type == "tail":
+            found = accessor.get_tail(query.n, raw=raw, output=output, include_latest=True)
+        elif query.hist_access_type == "range":
+            session = query.session
             if session <= 0:  # 0: this session, -1: the one before, ...
                 session += self.session
-            found = accessor.get_range(session, start, stop, raw=raw, output=output)
-        elif hist_access_type == "search":
-            found = accessor.search(pattern or "*", raw=raw, output=output, n=n, unique=unique)
+            found = accessor.get_range(session, query.start, query.stop, raw=raw, output=output)
+        elif query.hist_access_type == "search":
+            found = accessor.search(
+                query.pattern or "*", raw=raw, output=output, n=query.n, unique=query.unique
+            )
         else:
             found = []
         return list(found)

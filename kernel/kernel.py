@@ -27,7 +27,7 @@ from typing import Any
 import zmq
 from chorus.kernel.comms import COMM_TYPES, CommMessage
 from chorus.kernel.engine import CellResult, Engine
-from chorus.kernel.history import CellHistory
+from chorus.kernel.history import CellHistory, HistoryQuery
 from chorus.kernel.labels import parse_ranks
 from ipykernel.jsonutil import json_clean
 from ipykernel.kernelbase import Kernel
@@ -94,7 +94,6 @@ class ChorusKernel(Kernel):
             self.shell_handlers[msg_type] = self._comm_from_frontend
         # Every cell, once (the ranks keep only their session's, in memory).
         self.history = CellHistory()
-        self._last_output: str | None = None
 
     def _hostfile(self) -> Hostfile | None:
         """The ranks' hosts from ``hostfile`` or ``hosts`` (``None``: all ranks here)."""
@@ -150,10 +149,14 @@ class ChorusKernel(Kernel):
         cell_meta: dict[str, Any] | None = None,
         cell_id: str | None = None,
     ) -> dict[str, Any]:
-        reply = await self._execute(code, silent, store_history, user_expressions, allow_stdin)
-        if store_history and not silent:
-            self.history.store(self.execution_count, code, self._last_output)
-        self._last_output = None
+        reply, output = await self._execute(
+            code, silent, store_history, user_expressions, allow_stdin
+        )
+        # A directive sent on the control channel (another console's
+        # "%chorus where" while a cell runs) is not a cell of this session.
+        on_shell = self._main_loop in (None, asyncio.get_running_loop())
+        if store_history and not silent and on_shell:
+            self.history.store(self.execution_count, code, output)
         return reply
 
     async def do_history(
@@ -169,17 +172,10 @@ class ChorusKernel(Kernel):
         unique: bool = False,
     ) -> dict[str, Any]:
         """Answered from this kernel's own record of the cells (kernel/history.py)."""
-        return self.history.reply(
-            hist_access_type,
-            output=output,
-            raw=raw,
-            session=session,
-            start=start,
-            stop=stop,
-            n=n,
-            pattern=pattern,
-            unique=unique,
+        query = HistoryQuery(
+            hist_access_type, output, raw, session, start, stop, n, pattern, unique
         )
+        return self.history.reply(query)
 
     async def _execute(
         self,
@@ -188,36 +184,38 @@ class ChorusKernel(Kernel):
         store_history: bool,
         user_expressions: dict[str, Any] | None,
         allow_stdin: bool,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], str | None]:
+        """The execute_reply, and the result's text for the history (None: no result)."""
         words = code.strip().split()
         if words[:2] in (["%chorus", "where"], ["%chorus", "stall"]):
             # Also sent on the control channel while a cell runs (another
             # console on this kernel): handled on that thread, asking on ours.
-            return await self._where_directive(words[1:])
+            return await self._where_directive(words[1:]), None
         try:
             await self._ensure_started()
         except Exception as err:  # noqa: BLE001 - shown to the user, then retried
             self._ready = None  # let the next cell try again
-            return self._error("RanksNotStarted", str(err))
+            return self._error("RanksNotStarted", str(err)), None
 
         if code.strip() in ("exit", "quit", "exit()", "quit()"):
             # As IPython's exit: ask the frontend to shut the kernel down.
-            return {
+            exit_reply = {
                 "status": "ok",
                 "execution_count": self.execution_count,
                 "payload": [{"source": "ask_exit", "keepkernel": False}],
                 "user_expressions": {},
             }
+            return exit_reply, None
         directive = self._directive(code)
         if directive is not None:
-            return directive
+            return directive, None
         targets = self.targets
         first, _, rest = code.partition("\n")
         if first.startswith("%%ranks"):
             try:
                 targets = parse_ranks(first[len("%%ranks") :], self.ranks_count)
             except ValueError as err:
-                return self._error("ValueError", str(err))
+                return self._error("ValueError", str(err)), None
             code = rest
 
         self._prompt_parent = (
@@ -237,7 +235,8 @@ class ChorusKernel(Kernel):
             )
         finally:
             watch.cancel()
-        return self._reply(result, silent)
+        output = None if result.result is None else result.result["data"].get("text/plain")
+        return self._reply(result, silent), output
 
     # -- where is every rank ----------------------------------------------------------
 
@@ -307,7 +306,6 @@ class ChorusKernel(Kernel):
         if result.result is not None and not silent:
             content = {**result.result, "execution_count": self.execution_count}
             self.send_response(self.iopub_socket, "execute_result", content)
-            self._last_output = result.result.get("data", {}).get("text/plain")
         if result.status != "ok":
             return {
                 "status": "error",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 def format_ranks(ranks: Iterable[int]) -> str:
@@ -34,6 +36,35 @@ def _run(start: int, end: int | None) -> str:
     if end == start + 1:
         return f"{start},{end}"
     return f"{start}-{end}"
+
+
+def label_line(ranks: Sequence[int]) -> str:
+    """The label ``[0-3]`` as a line of text, shown (on stdout) before the output it labels.
+
+    A rank's rich output is shown as it is, after its label: the label
+    inside the data would change what nbconvert, papermill and widget views
+    read, and Markdown, LaTeX and SVG have no place to put it. A line of
+    text rather than a display of its own: every display_data of a cell
+    should carry what the cell displayed (Jupyter's kernel conformance tests
+    check that), and the text labels of the same cell are lines too.
+    """
+    return format_ranks(ranks) + "\n"
+
+
+def label_html(label: str) -> str:
+    """The label as HTML, for outputs chorus composes itself (image grids, rank areas)."""
+    return f'<div class="chorus-rank-label" style="font-size:smaller;opacity:0.7">{label}</div>'
+
+
+def tagged(content: dict[str, Any], ranks: Sequence[int]) -> dict[str, Any]:
+    """A display message's content with its ranks in the metadata, its data untouched."""
+    out = copy.deepcopy(content)
+    out.setdefault("data", {})
+    out.setdefault("metadata", {})["chorus"] = {
+        "ranks": list(ranks),
+        "label": format_ranks(ranks),
+    }
+    return out
 
 
 def parse_ranks(text: str, size: int) -> list[int]:

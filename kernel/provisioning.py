@@ -266,9 +266,6 @@ class SshRankProvisioner(RankProvisioner):
         # ends; this covers a rank still running when we give up on it.
         self.agent.cleanup()
 
-    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
-        return recommended
-
 
 class SocketDir:
     """The private directory of a job's local rank kernels' unix sockets.

@@ -29,8 +29,8 @@ import socket
 import sys
 from typing import Any
 
-from chorus.kernel.engine import CellResult, labelled
-from chorus.kernel.labels import format_ranks
+from chorus.kernel.engine import CellResult
+from chorus.kernel.labels import format_ranks, label_line, tagged
 from chorus.kernel.output import OutputMerger
 from chorus.magics.magics import RanksFailed, print_stream
 from IPython.display import publish_display_data
@@ -242,7 +242,8 @@ class IppRanks:
         merger.flush()
         for rank, outputs in zip(targets, result.outputs, strict=True):
             for output in outputs:
-                shown = labelled(output, [rank])
+                print_stream("stdout", label_line([rank]))
+                shown = tagged(output, [rank])
                 publish_display_data(shown["data"], shown["metadata"])
         for (_ename, text), ranks in failures.items():
             sys.stderr.write(f"{format_ranks(ranks)}\n{text}\n")

@@ -33,6 +33,10 @@ class Tmux:
         self._tmux("send-keys", "-t", self.target, "-l", line)
         self._tmux("send-keys", "-t", self.target, "Enter")
 
+    def keys(self, *names: str) -> None:
+        """Press keys by tmux's names ("Up", "Enter", "C-c")."""
+        self._tmux("send-keys", "-t", self.target, *names)
+
     def screen(self) -> str:
         return self._tmux("capture-pane", "-p", "-J", "-t", self.target, "-S", "-2000")
 

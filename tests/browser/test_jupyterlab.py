@@ -322,3 +322,75 @@ def test_widgets_and_progress_bars_from_every_rank_in_jupyterlab(lab: tuple[str,
         finally:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "jupyterlab-widgets.png"))
+
+
+def test_live_text_rank_areas_figures_and_help_in_jupyterlab(lab: tuple[str, Path]) -> None:
+    sources = [
+        (
+            "from tqdm import tqdm\nimport time\n"
+            "for i in tqdm(range(16), desc=f'rank {rank}'):\n    time.sleep(0.3)"
+        ),
+        (
+            "from IPython.display import clear_output\nimport time\n"
+            "for step in range(3):\n"
+            "    clear_output(wait=True)\n"
+            "    print(f'step {step} on rank {rank}')\n"
+            "    time.sleep(0.3)"
+        ),
+        (
+            "%matplotlib inline\nimport matplotlib.pyplot as plt\n"
+            "fig = plt.figure(figsize=(2, 1.5))\nplt.plot([0, rank])\nplt.show()"
+        ),
+        "fig = plt.figure(figsize=(2, 1.5))\nplt.plot([0, 1])\nplt.show()",
+        "np.sum?",
+        "2 * 3",
+    ]
+    with _notebook_page(lab, "rich.ipynb", sources, height=2400) as page:
+        try:
+            cells = page.locator(".jp-Notebook .jp-Cell")
+            # Plain tqdm (\r-redrawn on stderr): one live labelled bar per rank.
+            _run_cell(page, 0)
+            bars = cells.nth(0).locator(".jp-OutputArea")
+            bars.get_by_text(re.compile(r"^\[2\] rank 2: +\d+%.* [4-9]/16")).wait_for(
+                timeout=60_000
+            )
+            running = bars.inner_text()
+            assert "16/16" not in running, running
+            bars.get_by_text(re.compile(r"\[3\] rank 3: 100%")).wait_for(timeout=60_000)
+            # Each rank's clear_output(wait=True) loop keeps its own last line.
+            _run_cell(page, 1)
+            areas = cells.nth(1).locator(".jp-OutputArea")
+            areas.get_by_text("[3] step 2 on rank 3").wait_for(timeout=60_000)
+            cells.nth(1).locator(".jp-InputPrompt").get_by_text(re.compile(r"\d")).wait_for()
+            text = areas.inner_text()
+            for rank in range(4):
+                assert f"[{rank}] step 2 on rank {rank}" in text, text
+            assert "step 1" not in text, text
+            # Different figures: one grid, in rank order.
+            _run_cell(page, 2)
+            grid = cells.nth(2).locator(".chorus-rank-grid figure")
+            grid.nth(3).wait_for(timeout=60_000)
+            captions = [grid.nth(i).locator("figcaption").inner_text() for i in range(4)]
+            assert captions == ["[0]", "[1]", "[2]", "[3]"], captions
+            # The same figure everywhere: shown once, after its label.
+            _run_cell(page, 3)
+            same = cells.nth(3).locator(".jp-OutputArea")
+            same.locator("img").first.wait_for(timeout=60_000)
+            assert same.locator("img").count() == 1
+            assert same.inner_text().strip().startswith("[0-3]"), same.inner_text()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-rich-outputs.png"))
+            # Help from the pager.
+            _run_cell(page, 4)
+            help_text = cells.nth(4).locator(".jp-OutputArea")
+            help_text.get_by_text("Sum of array elements").first.wait_for(timeout=60_000)
+            # A result every rank agrees on is the value, after its label.
+            _run_cell(page, 5)
+            result = cells.nth(5).locator(".jp-OutputArea")
+            result.locator(".jp-OutputArea-executeResult").get_by_text("6", exact=True).wait_for(
+                timeout=60_000
+            )
+            assert result.inner_text().split() == ["[0-3]", "[6]:", "6"], result.inner_text()
+        finally:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-rich.png"), full_page=True)

@@ -50,6 +50,8 @@ class CellRun:
     updates: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     # Every comm message (whole), in order.
     comms: list[dict[str, Any]] = field(default_factory=list)
+    # (msg_type, content) of every stream, display and result, in order.
+    outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -112,6 +114,8 @@ class Frontend:
             for msg in self._iopub_batch():
                 if msg["parent_header"].get("msg_id") == msg_id:
                     kind, content = msg["header"]["msg_type"], msg["content"]
+                    if kind in ("stream", "display_data", "execute_result"):
+                        run.outputs.append((kind, content))
                     if kind == "stream":
                         if content["name"] == "stdout":
                             run.stdout += content["text"]

@@ -53,15 +53,55 @@ def test_pdb_typed_in_jupyter_console(tmp_path: Path) -> None:
         tmux.type("%history -n -l 2")
         screen = tmux.wait_for(r"\[0,1\]\s+4: zip\?")
         assert "frozen modules" not in screen, screen
-        tmux.type("exit")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                tmux.screen()
-            except subprocess.CalledProcessError:
-                break  # the console exited and took the session with it
-            time.sleep(0.2)
-        else:
-            raise AssertionError("jupyter console did not exit")
+        _exit(tmux)
     finally:
         tmux.close()
+
+
+def _exit(tmux: Tmux) -> None:
+    """Type exit; the console must end (taking its tmux session with it)."""
+    tmux.type("exit")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            tmux.screen()
+        except subprocess.CalledProcessError:
+            return
+        time.sleep(0.2)
+    raise AssertionError("jupyter console did not exit")
+
+
+def test_up_arrow_recalls_the_last_session_in_jupyter_console(tmp_path: Path) -> None:
+    """jupyter console's own prompt (prompt_toolkit) loads the kernel's history at start."""
+    install(name="chorus-history", ranks=2, backend="shm", timeout=30, prefix=str(tmp_path))
+    jupyter_path = str(tmp_path / "share" / "jupyter")
+    env = {**os.environ, "JUPYTER_PATH": jupyter_path, "IPYTHONDIR": str(tmp_path / "ipython")}
+    command = shlex.join([sys.executable, "-m", "jupyter_console", "--kernel", "chorus-history"])
+    first = Tmux(
+        f"env JUPYTER_PATH={shlex.quote(jupyter_path)} IPYTHONDIR={env['IPYTHONDIR']} {command}",
+        env,
+    )
+    try:
+        first.wait_for(r"In \[1\]: ")
+        first.type("marker = 'from the last session'")
+        first.wait_for(r"In \[2\]: ")
+        _exit(first)
+    finally:
+        first.close()
+    second = Tmux(
+        f"env JUPYTER_PATH={shlex.quote(jupyter_path)} IPYTHONDIR={env['IPYTHONDIR']} {command}",
+        env,
+    )
+    try:
+        second.wait_for(r"In \[1\]: ")
+        second.keys("Up")  # the last line of the last session: its exit, as in IPython
+        second.wait_for(r"In \[1\]: exit")
+        second.keys("Up")
+        second.wait_for(r"In \[1\]: marker = 'from the last session'")
+        second.keys("Enter")
+        second.wait_for(r"In \[2\]: ")
+        second.type("print(marker)")
+        second.wait_for(r"\[0,1\] from the last session")
+        _exit(second)
+    finally:
+        second.close()

@@ -1,4 +1,7 @@
-"""DisplayMerger alone, on a fake clock: rank order, identical displays once, images in a grid."""
+"""DisplayMerger alone, on a fake clock: rank order, identical displays once, images in a grid.
+
+Each display goes out after its label, its data untouched.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +19,30 @@ class Clock:
         return self.now
 
 
-def label(content: dict[str, Any], ranks: list[int]) -> dict[str, Any]:
-    return {**content, "label": format_ranks(ranks)}
+class Shown(list[dict[str, Any]]):
+    """What the merger showed: labels as {"label": ...}, then each display."""
+
+    def show_label(self, ranks: list[int]) -> None:
+        self.append({"label": format_ranks(ranks)})
+
+    def append(self, content: dict[str, Any]) -> None:
+        meta = content.get("metadata", {}).get("chorus", {})
+        if "data" in content and meta.get("role") != "grid":
+            before = self[-1] if self else {}
+            assert "data" not in before, "a display without its label before it"
+            assert before["label"] == meta["label"]
+        super().append(content)
+
+    @property
+    def displays(self) -> list[dict[str, Any]]:
+        """The displays themselves, with their label as "label"."""
+        return [{**s, "label": s["metadata"]["chorus"]["label"]} for s in self if "data" in s]
 
 
-def merger(ranks: range) -> tuple[DisplayMerger, list[dict[str, Any]], Clock]:
-    shown: list[dict[str, Any]] = []
+def merger(ranks: range) -> tuple[DisplayMerger, Shown, Clock]:
+    shown = Shown()
     clock = Clock()
-    return DisplayMerger(ranks, shown.append, label, 0.5, clock), shown, clock
+    return DisplayMerger(ranks, shown.append, shown.show_label, 0.5, clock), shown, clock
 
 
 def html(text: str) -> dict[str, Any]:
@@ -38,7 +57,9 @@ def test_identical_displays_show_once_labelled_with_every_rank() -> None:
     merged, shown, _ = merger(range(4))
     for rank in (3, 1, 0, 2):  # completion order
         merged.feed(rank, html("<b>table</b>"))
-    assert [s["label"] for s in shown] == ["[0-3]"]
+    assert [s["label"] for s in shown.displays] == ["[0-3]"]
+    # The data is the rank's own: no label inside it.
+    assert shown.displays[0]["data"] == html("<b>table</b>")["data"]
 
 
 def test_a_row_waits_for_every_running_rank_then_goes_in_rank_order() -> None:
@@ -47,7 +68,7 @@ def test_a_row_waits_for_every_running_rank_then_goes_in_rank_order() -> None:
     merged.feed(0, html("zero"))
     assert shown == []
     merged.feed(1, html("one"))
-    assert [(s["label"], s["data"]["text/plain"]) for s in shown] == [
+    assert [(s["label"], s["data"]["text/plain"]) for s in shown.displays] == [
         ("[0]", "zero"),
         ("[1]", "one"),
         ("[2]", "two"),
@@ -56,11 +77,11 @@ def test_a_row_waits_for_every_running_rank_then_goes_in_rank_order() -> None:
     # A rank that never displays: the others' go out after the hold.
     merged.feed(0, html("late"))
     merged.tick()
-    assert len(shown) == 3
+    assert len(shown.displays) == 3
     assert merged.holds(0)
     clock.now += 0.6
     merged.tick()
-    assert shown[-1]["label"] == "[0]"
+    assert shown.displays[-1]["label"] == "[0]"
 
 
 def test_different_images_are_one_grid_in_rank_order() -> None:
@@ -80,20 +101,18 @@ def test_a_finished_rank_is_not_waited_for_and_flush_shows_the_rest() -> None:
     merged, shown, _ = merger(range(2))
     merged.feed(0, html("a"))
     merged.rank_done(1)
-    assert [s["label"] for s in shown] == ["[0]"]
+    assert [s["label"] for s in shown.displays] == ["[0]"]
     merged.feed(0, html("b"))
     merged.feed(0, html("c"))
     merged.flush()
-    assert [s["data"]["text/plain"] for s in shown] == ["a", "b", "c"]
+    assert [s["data"]["text/plain"] for s in shown.displays] == ["a", "b", "c"]
 
 
 def test_widgets_with_a_png_fallback_stay_widgets_each_after_its_label() -> None:
-    shown: list[dict[str, Any]] = []
-    merged = DisplayMerger(
-        range(2), shown.append, label, 0.5, Clock(), caption=lambda ranks: {"caption": ranks}
-    )
+    merged, shown, _ = merger(range(2))
     for rank in range(2):
         view = {"model_id": f"m{rank}", "version_major": 2, "version_minor": 0}
         data = {"application/vnd.jupyter.widget-view+json": view, "image/png": f"P{rank}"}
         merged.feed(rank, {"data": data, "metadata": {}})
-    assert [s.get("caption", s.get("label")) for s in shown] == [[0], "[0]", [1], "[1]"]
+    assert [s["label"] for s in shown.displays] == ["[0]", "[1]"]
+    assert len(shown) == 4

@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,14 @@ def test_collective_in_a_cell_and_collapsed_result(kernel: Frontend) -> None:
     assert run.status == "ok", run
     (result,) = run.results
     # The data is the value itself (Out[n], nbconvert); the ranks are in the
-    # metadata and in a label displayed just before it.
+    # metadata and in a label line just before it.
     assert result["data"]["text/plain"] == "array([6., 6., 6.])"
     assert result["metadata"]["chorus"]["ranks"] == [0, 1, 2, 3]
-    (label,) = run.displays
-    assert label["data"]["text/plain"] == "[0-3]", label
-    assert label["metadata"]["chorus"]["role"] == "label"
+    assert run.outputs[-2:] == [
+        ("stream", {"name": "stdout", "text": "[0-3]\n"}),
+        ("execute_result", result),
+    ]
+    assert run.displays == []
     differing = kernel.run("rank * 10")
     assert differing.results[0]["data"]["text/plain"] == "[0] 0\n[1] 10\n[2] 20\n[3] 30"
 
@@ -100,6 +103,24 @@ def test_clear_output_on_one_rank_clears_that_ranks_output_only(kernel: Frontend
     # Every rank keeps its own last line; nothing cleared anyone else's.
     assert _final_areas(run) == {r: f"[{r}] step 2 on rank {r}" for r in range(4)}, run
     assert "step" not in run.stdout, run.stdout
+    # The areas stand in rank order, whichever rank cleared first.
+    placed = [
+        d["metadata"]["chorus"]["ranks"][0]
+        for d in run.displays
+        if d["metadata"].get("chorus", {}).get("role") == "area"
+    ]
+    assert placed == [0, 1, 2, 3], placed
+    # One rank clears: the others' output is where it was; their areas stay empty.
+    one = kernel.run(
+        "import time\nfrom IPython.display import clear_output\nprint('kept', rank)\n"
+        "time.sleep(0.3)\nif rank == 1:\n    clear_output()\n    print('cleared')\n"
+        "time.sleep(0.3)\nprint('end', rank)"
+    )
+    assert one.status == "ok", one
+    assert _final_areas(one) == {0: "", 1: "[1] cleared\n[1] end 1", 2: "", 3: ""}, one
+    for rank in (0, 2, 3):
+        assert f"[{rank}] end {rank}" in one.stdout, one.stdout
+    assert "end 1" not in one.stdout, one.stdout
 
 
 def test_display_ids_are_each_ranks_own(kernel: Frontend) -> None:
@@ -112,6 +133,12 @@ def test_display_ids_are_each_ranks_own(kernel: Frontend) -> None:
     assert run.status == "ok", run
     ids = {d["metadata"]["chorus"]["ranks"][0]: d["transient"]["display_id"] for d in run.displays}
     assert len(set(ids.values())) == 4, ids
+    # Each rank's display after its label line, its data the rank's own.
+    for (kind, label), (_, display) in pairwise(run.outputs):
+        if kind == "stream" and "transient" in display:
+            (rank,) = display["metadata"]["chorus"]["ranks"]
+            assert label["text"] == f"[{rank}]\n"
+            assert display["data"]["text/plain"] == f"'start {rank}'", display
     for _, update in run.updates:
         (rank,) = update["metadata"]["chorus"]["ranks"]
         assert update["transient"]["display_id"] == ids[rank], update
@@ -291,15 +318,45 @@ def test_mlx_distributed_in_a_cell(kernel: Frontend) -> None:
         assert f"[{r}] mlx {r} 4 [6.0, 4.0]" in run.stdout, run.stdout
 
 
-def test_rich_display_carries_rank_label_and_metadata(kernel: Frontend) -> None:
-    run = kernel.run("from IPython.display import HTML, display\ndisplay(HTML(f'<b>r{rank}</b>'))")
+def test_rich_outputs_keep_their_data_after_a_label_of_their_own(kernel: Frontend) -> None:
+    code = (
+        "from IPython.display import HTML, Markdown, display\n"
+        "display(HTML(f'<b>r{rank}</b>'))\n"
+        "display(Markdown(f'*m{rank}*'), display_id=f'md{rank}')\n"
+        "HTML(f'<i>result {rank}</i>')"
+    )
+    run = kernel.run(code)
     assert run.status == "ok", run
-    assert len(run.displays) == 4, run.displays
-    for display in run.displays:
+    # Each rank's display after its label line: HTML merged in rank order,
+    # Markdown (a display id: shown at once) and the differing results' HTML.
+    shown = [(k, c) for k, c in run.outputs if k != "execute_result"]
+    assert [k for k, _ in shown] == ["stream", "display_data"] * 12, shown
+    pairs = [
+        (label["text"], display)
+        for (_, label), (_, display) in zip(shown[::2], shown[1::2], strict=True)
+    ]
+    for label, display in pairs:
+        assert label == display["metadata"]["chorus"]["label"] + "\n"
         (rank,) = display["metadata"]["chorus"]["ranks"]
-        html = display["data"]["text/html"]
-        assert f"[{rank}]" in html
-        assert f"<b>r{rank}</b>" in html
+        assert label == f"[{rank}]\n"
+        # The data is the rank's own, untouched.
+        assert display["data"]["text/plain"].startswith("<IPython.core.display"), display
+        assert display["data"].get("text/html") in (
+            f"<b>r{rank}</b>",
+            f"<i>result {rank}</i>",
+            None,
+        )
+        assert display["data"].get("text/markdown") in (f"*m{rank}*", None)
+    # The merged HTML in rank order (the display-id Markdown may come first).
+    bold = [d["data"]["text/html"] for _, d in pairs if "<b>" in d["data"].get("text/html", "")]
+    assert bold == [f"<b>r{rank}</b>" for rank in range(4)]
+    markdown = sorted(d["data"]["text/markdown"] for _, d in pairs if "text/markdown" in d["data"])
+    assert markdown == [f"*m{rank}*" for rank in range(4)]
+    results = [d["data"]["text/html"] for _, d in pairs[-4:]]
+    assert results == [f"<i>result {rank}</i>" for rank in range(4)]
+    # The execute_result lists every rank's value, its text plain.
+    (result,) = run.results
+    assert result["data"]["text/plain"].splitlines()[0].startswith("[0] <IPython.core.display")
 
 
 def test_rich_outputs_in_rank_order_identical_once_images_in_a_grid(kernel: Frontend) -> None:

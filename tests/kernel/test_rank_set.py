@@ -97,13 +97,13 @@ def test_socket_dir_falls_back_to_tmp_when_the_runtime_dir_is_too_deep(
 def test_cell_history_makes_the_profile_it_needs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chorus.kernel.history import CellHistory
+    from chorus.kernel.history import CellHistory, HistoryQuery
 
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     history = CellHistory()
     history.store(1, "a = 1")
     history.store(2, "b = 2", output="2")
-    assert history.reply("tail", n=2)["history"] == [
+    assert history.reply(HistoryQuery("tail", n=2))["history"] == [
         (history.session, 1, "a = 1"),
         (history.session, 2, "b = 2"),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
+from itertools import pairwise
 from typing import Any
 
 from tests.kernel.conftest import Frontend
@@ -39,8 +40,12 @@ def test_a_widget_on_every_rank_is_one_labelled_widget_each_and_talks_to_its_ran
     views = [d for d in run.displays if "application/vnd.jupyter.widget-view+json" in d["data"]]
     models = [d["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for d in views]
     assert models == [sliders[r] for r in range(4)], (models, sliders)
-    labels = [d["data"]["text/plain"] for d in run.displays if "chorus" in d["metadata"]]
-    assert labels[::2] == ["[0]", "[1]", "[2]", "[3]"], labels
+    labels = [
+        label["text"]
+        for (kind, label), (_, view) in pairwise(run.outputs)
+        if kind == "stream" and "application/vnd.jupyter.widget-view+json" in view.get("data", {})
+    ]
+    assert labels == ["[0]\n", "[1]\n", "[2]\n", "[3]\n"], labels
 
     # The frontend moves rank 2's slider: only rank 2's value changes.
     client = kernel.client

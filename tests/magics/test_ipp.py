@@ -70,11 +70,14 @@ def test_ipp_magic(ipython_plain: Frontend) -> None:
         status = ipython_plain.run("%chorus status")
         engine_pids = [int(line.split()[-1]) for line in status.stdout.splitlines()[1:]]
         assert len(engine_pids) == 2, status.stdout
-        ipython_plain.run_interrupted(
-            "%%all\nimport time\nif rank == 0:\n    time.sleep(60)\nchorus.barrier()"
-        )
-        after = ipython_plain.run("%%all\nprint('after', chorus.all_sum(np.ones(1)))", timeout=60)
-        assert "[0,1] after [2.]" in after.stdout, after
+        for trial in range(3):  # rank 0 asleep, rank 1 in the barrier; then the reverse
+            ipython_plain.run_interrupted(
+                f"%%all\nimport time\nif rank == {trial % 2}:\n    time.sleep(60)\nchorus.barrier()"
+            )
+            after = ipython_plain.run(
+                "%%all\nprint('after', chorus.all_sum(np.ones(1)))", timeout=60
+            )
+            assert "[0,1] after [2.]" in after.stdout, (trial, after)
         assert ipython_plain.run("%chorus status", timeout=60).status == "ok"
     finally:
         ipython_plain.run("%chorus stop", timeout=60)
