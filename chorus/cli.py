@@ -127,6 +127,17 @@ def _env_pair(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _gpus(text: str) -> tuple[str, ...]:
+    """``--gpus 4`` (devices 0-3) or ``--gpus 0,2,5`` (those ids)."""
+    if text.isdigit():
+        return tuple(str(i) for i in range(int(text)))
+    ids = tuple(part.strip() for part in text.split(","))
+    if not all(ids):
+        msg = f"expected a count or a list of GPU ids such as 0,1,2, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return ids
+
+
 def _launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-n",
@@ -173,6 +184,14 @@ def _launch_arguments(parser: argparse.ArgumentParser) -> None:
         help="set a variable in every rank (repeatable; wins over chorus's own)",
     )
     parser.add_argument("--cwd", metavar="DIR", help="working directory of the ranks")
+    parser.add_argument(
+        "--gpus",
+        type=_gpus,
+        default=None,
+        metavar="N|IDS",
+        help="one GPU per rank of each host: CUDA_VISIBLE_DEVICES of the k-th rank on a host"
+        " is the k-th id (N: ids 0 to N-1)",
+    )
     parser.add_argument(
         "--timeout",
         type=_seconds,
@@ -283,7 +302,11 @@ def _launch(args: argparse.Namespace) -> int:
             grace=args.grace,
             stall_report=args.stall_report,
             stall_timeout=args.stall_timeout,
+            gpus=args.gpus,
         )
+        if backend == "mpi" and args.gpus is not None:
+            msg = "--gpus needs chorus's own launcher: under --backend mpi, mpirun places the ranks"
+            raise CliError(msg)
         if backend == "mpi":
             # Only mpirun can start MPI ranks: it places them, we watch it.
             return launch_mpirun(spec, _StderrReporter(args.verbose))

@@ -15,6 +15,10 @@ converts or explains, and calls again.
 ``out=`` writes the result into an existing array, as numpy's ufuncs do: in
 a loop this skips allocating, page-faulting and zeroing a fresh result every
 call, which costs as much as the communication for arrays of tens of MiB.
+
+torch tensors, MLX and JAX arrays go in and come back as themselves
+(:mod:`chorus.arrays`): the fast path refuses them, and the careful one
+reads them as numpy arrays over the same memory.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ import numpy as np
 import numpy.typing as npt
 
 from chorus import _core
+from chorus.arrays import Kind, empty, from_framework, writable_view
 from chorus.group import Group, default_group
 
 ArrayLike = npt.ArrayLike
+# Also a torch tensor, an MLX or a JAX array (given back as the same kind).
+Array = Any
 
 
 def _as_array(x: ArrayLike) -> np.ndarray[Any, Any]:
@@ -48,8 +55,9 @@ def _output(
     shape: tuple[int, ...],
     dtype: np.dtype[Any],
     name: str,
+    kind: Kind | None = None,
 ) -> np.ndarray[Any, Any]:
-    """The result array: fresh, or the checked ``out``.
+    """The result array: fresh (as ``kind`` can share it), or a view of the checked ``out``.
 
     ``out`` must match exactly: no casting, no reshaping, C-contiguous and
     writeable, since the backend writes raw bytes into it. An ``out`` that
@@ -58,56 +66,62 @@ def _output(
     while they write the result.
     """
     if out is None:
-        return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray):
-        msg = f"{name}: out must be a numpy.ndarray, not {type(out).__name__}"
-        raise TypeError(msg)
-    if out.shape != shape or out.dtype != dtype:
+        return empty(shape, dtype, kind)
+    view = writable_view(out, name)
+    if view.shape != shape or view.dtype != dtype:
         msg = (
-            f"{name}: out has shape {out.shape} and dtype {out.dtype}; "
+            f"{name}: out has shape {view.shape} and dtype {view.dtype}; "
             f"the result has shape {shape} and dtype {dtype}"
         )
         raise ValueError(msg)
-    if not out.flags.c_contiguous or not out.flags.writeable:
+    if not view.flags.c_contiguous or not view.flags.writeable:
         msg = f"{name}: out must be C-contiguous and writeable"
         raise ValueError(msg)
-    return out
+    return view
 
 
-def _reduce(
-    x: ArrayLike, op: str, group: Group | None, out: np.ndarray[Any, Any] | None
-) -> np.ndarray[Any, Any]:
+def _given(out: object, result: np.ndarray[Any, Any], kind: Kind | None) -> Array:
+    """What a collective returns: ``out`` itself, or the result as the input's kind."""
+    if out is not None:
+        return out
+    return result if kind is None else kind.wrap(result)
+
+
+def _reduce(x: Array, op: str, group: Group | None, out: Array | None) -> Array:
     """The careful path of all_sum & co: convert the input, check ``out``."""
     g = default_group(group)
-    array = _as_array(x)
-    result = _output(out, array.shape, array.dtype, f"all_{op}")
+    name = f"all_{op}"
+    source, kind = from_framework(x, name)
+    array = _as_array(source)
+    result = _output(out, array.shape, array.dtype, name, kind)
     if _core.all_reduce(g.handle, array, result, op) is None:
         msg = "chorus: converted arguments were refused by the compiled module (a bug)"
         raise RuntimeError(msg)
-    return result
+    return _given(out, result, kind)
 
 
-def all_sum(
-    x: ArrayLike, *, group: Group | None = None, out: np.ndarray[Any, Any] | None = None
-) -> np.ndarray[Any, Any]:
+def all_sum(x: Array, *, group: Group | None = None, out: Array | None = None) -> Array:
     """Elementwise sum over all ranks; every rank gets the result.
 
     Parameters
     ----------
     x
-        This rank's array. All ranks must pass the same shape and dtype.
+        This rank's array: numpy or anything numpy reads, a torch tensor, an
+        MLX or a JAX array (on the CPU). All ranks must pass the same shape
+        and dtype.
     group
         The group to reduce over (default: the world group).
     out
         Where to write the result (default: a new array): a C-contiguous,
-        writeable array of exactly the result's shape and dtype. It may be
-        ``x`` itself.
+        writeable numpy array, torch tensor or MLX array of exactly the
+        result's shape and dtype. It may be ``x`` itself.
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray, or the kind of ``x``
         Same shape and dtype as ``x`` (``out`` when given); bit-identical
-        on every rank.
+        on every rank. A torch tensor or JAX array shares the result's
+        memory; an MLX array is a copy (see :mod:`chorus.arrays`).
 
     Raises
     ------
@@ -121,9 +135,7 @@ def all_sum(
     return fast if fast is not None else _reduce(x, "sum", group, out)
 
 
-def all_max(
-    x: ArrayLike, *, group: Group | None = None, out: np.ndarray[Any, Any] | None = None
-) -> np.ndarray[Any, Any]:
+def all_max(x: Array, *, group: Group | None = None, out: Array | None = None) -> Array:
     """Elementwise maximum over all ranks (NaN propagates, as ``np.maximum``).
 
     Raises ``TypeError`` for complex arrays. See :func:`all_sum`.
@@ -132,9 +144,7 @@ def all_max(
     return fast if fast is not None else _reduce(x, "max", group, out)
 
 
-def all_min(
-    x: ArrayLike, *, group: Group | None = None, out: np.ndarray[Any, Any] | None = None
-) -> np.ndarray[Any, Any]:
+def all_min(x: Array, *, group: Group | None = None, out: Array | None = None) -> Array:
     """Elementwise minimum over all ranks (NaN propagates, as ``np.minimum``).
 
     Raises ``TypeError`` for complex arrays. See :func:`all_sum`.
@@ -143,9 +153,7 @@ def all_min(
     return fast if fast is not None else _reduce(x, "min", group, out)
 
 
-def all_gather(
-    x: ArrayLike, *, group: Group | None = None, out: np.ndarray[Any, Any] | None = None
-) -> np.ndarray[Any, Any]:
+def all_gather(x: Array, *, group: Group | None = None, out: Array | None = None) -> Array:
     """Concatenate every rank's array along axis 0, in rank order.
 
     A 0-d input gives a 1-d result of length ``size``. All ranks must pass
@@ -155,18 +163,17 @@ def all_gather(
     fast = _core.all_gather(g.handle, x, out)
     if fast is not None:
         return fast
-    array = _as_array(x)
+    source, kind = from_framework(x, "all_gather")
+    array = _as_array(source)
     shape = (g.size(),) if array.ndim == 0 else (g.size() * array.shape[0], *array.shape[1:])
-    result = _output(out, shape, array.dtype, "all_gather")
+    result = _output(out, shape, array.dtype, "all_gather", kind)
     if _core.all_gather(g.handle, array, result) is None:
         msg = "chorus: converted arguments were refused by the compiled module (a bug)"
         raise RuntimeError(msg)
-    return result
+    return _given(out, result, kind)
 
 
-def sum_scatter(
-    x: ArrayLike, *, group: Group | None = None, out: np.ndarray[Any, Any] | None = None
-) -> np.ndarray[Any, Any]:
+def sum_scatter(x: Array, *, group: Group | None = None, out: Array | None = None) -> Array:
     """Sum over ranks, then give rank ``r`` the ``r``-th block along axis 0.
 
     ``x.shape[0]`` must be divisible by the group size; the result has
@@ -178,36 +185,35 @@ def sum_scatter(
         return fast
     # The compiled module checks the shape (raising on every misfit); None
     # means the input needed converting or out does not fit.
-    array = _as_array(x)
-    result = _core.reduce_scatter(g.handle, array, out, "sum")
+    source, kind = from_framework(x, "sum_scatter")
+    array = _as_array(source)
+    target = None if out is None else writable_view(out, "sum_scatter")
+    if kind is not None and kind.alignment and target is None and array.ndim:
+        target = empty((array.shape[0] // g.size(), *array.shape[1:]), array.dtype, kind)
+    result = _core.reduce_scatter(g.handle, array, target, "sum")
     if result is None:
         shape = (array.shape[0] // g.size(), *array.shape[1:])
         _output(out, shape, array.dtype, "sum_scatter")  # raises: says how out misfits
         msg = "chorus: converted arguments were refused by the compiled module (a bug)"
         raise RuntimeError(msg)
-    return result
+    return _given(out, result, kind)
 
 
 def broadcast(
-    x: ArrayLike,
-    root: int = 0,
-    *,
-    group: Group | None = None,
-    out: np.ndarray[Any, Any] | None = None,
-) -> np.ndarray[Any, Any]:
+    x: Array, root: int = 0, *, group: Group | None = None, out: Array | None = None
+) -> Array:
     """Every rank gets ``root``'s array. All ranks pass the same shape and dtype.
 
     ``out``: see :func:`all_sum`.
     """
     g = default_group(group)
-    array = _as_array(x)
-    if out is None:
-        result = np.array(array, copy=True)
-    else:
-        result = _output(out, array.shape, array.dtype, "broadcast")
+    source, kind = from_framework(x, "broadcast")
+    array = _as_array(source)
+    result = _output(out, array.shape, array.dtype, "broadcast", kind)
+    if result is not array:
         np.copyto(result, array)
     _core.broadcast(g.handle, result, root)
-    return result
+    return _given(out, result, kind)
 
 
 def barrier(*, group: Group | None = None) -> None:
@@ -215,10 +221,8 @@ def barrier(*, group: Group | None = None) -> None:
     _core.barrier(default_group(group).handle)
 
 
-def send(
-    x: ArrayLike, dst: int, *, tag: int = 0, group: Group | None = None
-) -> np.ndarray[Any, Any]:
-    """Send ``x`` to rank ``dst``; returns ``x`` as an array (as MLX does).
+def send(x: Array, dst: int, *, tag: int = 0, group: Group | None = None) -> Array:
+    """Send ``x`` to rank ``dst``; returns ``x`` (as MLX does; numpy's view of an array-like).
 
     The receiver must call :func:`recv` (or :func:`recv_like`) with the same
     shape, dtype and tag. Returns once the bytes have left this rank; it does
@@ -249,9 +253,9 @@ def send(
         ``dst`` died or the connection failed.
     """
     g = default_group(group)
-    array = _as_array(x)
-    _core.send(g.handle, array, dst, tag=tag)
-    return array
+    source, kind = from_framework(x, "send")
+    _core.send(g.handle, _as_array(source), dst, tag=tag)
+    return x if kind is not None else _as_array(source)
 
 
 def recv(
@@ -275,12 +279,14 @@ def recv(
     return out
 
 
-def recv_like(
-    x: ArrayLike, src: int, *, tag: int = 0, group: Group | None = None
-) -> np.ndarray[Any, Any]:
-    """Receive from ``src`` an array shaped and typed like ``x`` (see :func:`recv`)."""
-    array = np.asarray(x)
-    return recv(array.shape, array.dtype, src, tag=tag, group=group)
+def recv_like(x: Array, src: int, *, tag: int = 0, group: Group | None = None) -> Array:
+    """Receive from ``src`` an array shaped and typed like ``x``, of ``x``'s kind (see :func:`recv`)."""
+    source, kind = from_framework(x, "recv_like")
+    array = np.asarray(source)
+    g = default_group(group)
+    out = empty(array.shape, array.dtype, kind)
+    _core.recv(g.handle, out, src, tag=tag)
+    return _given(None, out, kind)
 
 
 Tree = Any
@@ -314,6 +320,9 @@ def average_gradients(
 ) -> Tree:
     """Average a tree (dicts, lists, tuples) of arrays over all ranks.
 
+    Leaves may be numpy arrays or any framework's (:mod:`chorus.arrays`);
+    each comes back as its own kind.
+
     Small arrays are packed into flat buffers of at most ``all_reduce_size``
     bytes per dtype, so a model with hundreds of parameters costs a few
     large :func:`all_sum` calls instead of hundreds of small ones. An array
@@ -327,10 +336,19 @@ def average_gradients(
     """
     g = default_group(group)
     size = g.size()
-    leaves = [(path, _as_array(leaf)) for path, leaf in _leaves(gradients)]
+    leaves = []
+    kinds: dict[tuple[Any, ...], Kind | None] = {}
+    for path, leaf in _leaves(gradients):
+        source, kinds[path] = from_framework(leaf, "average_gradients")
+        leaves.append((path, _as_array(source)))
+
+    def given(path: tuple[Any, ...], array: np.ndarray[Any, Any]) -> Array:
+        kind = kinds[path]
+        return array if kind is None else kind.wrap(np.ascontiguousarray(array))
+
     if size == 1:
         copies = {path: array.copy() for path, array in leaves}
-        return _rebuild(gradients, (), copies.__getitem__)
+        return _rebuild(gradients, (), lambda path: given(path, copies[path]))
 
     averaged: dict[tuple[Any, ...], np.ndarray[Any, Any]] = {}
 
@@ -358,7 +376,7 @@ def average_gradients(
             batch.append((path, array))
             batch_bytes += array.nbytes
         flush(batch)
-    return _rebuild(gradients, (), averaged.__getitem__)
+    return _rebuild(gradients, (), lambda path: given(path, averaged[path]))
 
 
 def _divide(array: np.ndarray[Any, Any], size: int) -> np.ndarray[Any, Any]:

@@ -38,9 +38,19 @@ from IPython.display import publish_display_data
 from chorus.backends import default_backend
 from chorus.env import RankEnv
 from chorus.launch.placement import new_job
+from chorus.launch.ports import reserved_ports
+from chorus.rendezvous import (
+    NodePosition,
+    Rendezvous,
+    framework_environment,
+    host_of,
+    node_positions,
+)
 
 # Listening sockets an engine keeps for chorus.init() (module state on the engine).
 _LISTENERS: list[socket.socket] = []
+# The environment variables chorus set on this engine (module state on the engine).
+_SET_BY_CHORUS: set[str] = set()
 
 _MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
 # Seconds the interrupted engines get to finish the cell.
@@ -62,15 +72,29 @@ def _engine_listen(local: bool) -> dict[str, Any]:
         "hostname": hostname,
         "pid": os.getpid(),
         "mpi_rank": None if mpi_rank is None else int(mpi_rank),
+        # For torch's and JAX's rank-0 services (rank 0's are used).
+        "rendezvous_ports": reserved_ports(2, host),
     }
 
 
-def _engine_init(env: dict[str, str]) -> tuple[int, int, str]:
-    """On an engine: join the chorus job and predefine chorus, np, rank, size."""
+def _engine_init(
+    env: dict[str, str], node: NodePosition, rendezvous: Rendezvous
+) -> tuple[int, int, str]:
+    """On an engine: join the chorus job (and the frameworks'); predefine chorus, np, rank, size."""
+    # What the engine had before chorus (a second setup must not keep the first's ports).
+    inherited = {k: v for k, v in os.environ.items() if k not in _SET_BY_CHORUS}
+    rank, size = int(env["CHORUS_RANK"]), int(env["CHORUS_WORLD_SIZE"])
+    env = {**env, **framework_environment(rank, size, node, rendezvous, inherited)}
+    for name in _SET_BY_CHORUS - set(env):
+        os.environ.pop(name, None)
+    _SET_BY_CHORUS.update(env)
     os.environ.update(env)
     import numpy as np
 
     import chorus
+    import chorus.startup
+
+    chorus.startup.run()
 
     group = chorus.init(strict=True)
     try:
@@ -120,6 +144,8 @@ def setup(client: Any, backend: str | None = None, timeout: float = 60.0) -> lis
     else:
         order = ids
     addresses = [[infos[e]["address"]] for e in order]
+    nodes = node_positions([infos[e]["hostname"] for e in order])
+    rendezvous = Rendezvous(host_of(addresses[0][0]), *infos[order[0]]["rendezvous_ports"])
     identity = new_job("ipp-")
     pending = []
     for rank, engine in enumerate(order):
@@ -134,7 +160,8 @@ def setup(client: Any, backend: str | None = None, timeout: float = 60.0) -> lis
             coordinator=addresses[0][0],
             listen_fds=[infos[engine]["fd"]],
         ).to_environ()
-        pending.append((rank, engine, client[engine].apply_async(_engine_init, env)))
+        init = client[engine].apply_async(_engine_init, env, nodes[rank], rendezvous)
+        pending.append((rank, engine, init))
     for rank, engine, result in pending:
         try:
             result.get(timeout=timeout + 10)

@@ -14,5 +14,10 @@ if [ -z "$uv" ]; then
   [ -x "$tool_venv/bin/uv" ] || { python3 -m venv "$tool_venv" && "$tool_venv/bin/pip" install -q uv; }
   uv="$tool_venv/bin/uv"
 fi
+# torch's CPU build is not on PyPI: PyTorch's index has it, and this machine's disk
+# (/opt/wheels) a copy; the lock pins that file by its hash.
+find_links=()
+[ -d /opt/wheels ] && find_links=(--find-links /opt/wheels)
 "$uv" pip compile pyproject.toml --extra test --universal --python-version 3.10 --generate-hashes \
+  "${find_links[@]}" \
   --custom-compile-command "bash tools/lock.sh" -o tests/requirements.lock "$@"

@@ -126,6 +126,45 @@ def _free_ports(ip: str, count: int) -> list[int]:
             sock.close()
 
 
+def _reserved_ports(ip: str, count: int) -> list[int]:
+    """Ports in TIME_WAIT, bindable only with SO_REUSEADDR (as chorus.launch.ports's)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    loopback = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    ports = []
+    for _ in range(count):
+        with socket.socket(family, socket.SOCK_STREAM) as server, socket.socket(family) as client:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind((ip, 0))
+            server.listen(1)
+            port = server.getsockname()[1]
+            client.connect((loopback if ip in ("0.0.0.0", "::") else ip, port))
+            accepted, _ = server.accept()
+            accepted.close()  # this side closes first: the port's end goes to TIME_WAIT
+            ports.append(port)
+    return ports
+
+
+def _interface_of(ip: str) -> str | None:
+    """The network interface that holds IPv4 address ``ip`` (for gloo's GLOO_SOCKET_IFNAME)."""
+    if ":" in ip or not hasattr(socket, "if_nameindex"):
+        return None
+    import fcntl
+    import struct
+
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(
+                    probe.fileno(), siocgifaddr, struct.pack("256s", name[:15].encode())
+                )
+            except OSError:
+                continue  # no IPv4 address on it
+            if socket.inet_ntoa(raw[20:24]) == ip:
+                return name
+    return None
+
+
 def prepare(request: dict[str, Any]) -> tuple[dict[str, Any], list[socket.socket]]:
     """Step 1: check the host and bind the rank's sockets."""
     host = socket.gethostname()
@@ -159,6 +198,8 @@ def prepare(request: dict[str, Any]) -> tuple[dict[str, Any], list[socket.socket
         "ports": ports,
         "mlx_ports": mlx_ports,
         "free_ports": _free_ports(free_ip, request.get("free_ports", 0)),
+        "rendezvous_ports": _reserved_ports(free_ip, 2),
+        "interface": _interface_of(request["advertise"][0]) if request.get("advertise") else None,
         "cores": _usable_cores(),
         "cwd": cwd,
         "python": sys.version.split()[0],

@@ -11,6 +11,8 @@ sets (``kernel/ranks.py``) all prepare their ranks here:
   (:mod:`chorus.launch.remote`) before any rank starts, so every rank gets
   the complete list;
 - MLX's hostfile: a memfd here, the agent's memfd there (no file written);
+- the other frameworks' rendezvous (:mod:`chorus.rendezvous`): torchrun's
+  variables and JAX's coordinator, on ports reserved on rank 0's host;
 - the environment of every rank (:func:`rank_environment`), with where the
   rank asks its supervisor questions (``CHORUS_SUPERVISOR``,
   :mod:`chorus.launch.questions`).
@@ -40,9 +42,17 @@ from chorus.launch.ports import (
     hostfile_json,
     listening_sockets,
     memfd_hostfile,
+    reserved_ports,
 )
 from chorus.launch.spec import JobSpec, LaunchError
 from chorus.launch.threads import thread_limits, usable_cores
+from chorus.rendezvous import (
+    NodePosition,
+    Rendezvous,
+    framework_environment,
+    host_of,
+    node_positions,
+)
 from chorus.reporter import Reporter
 from chorus.together import run_together
 
@@ -109,6 +119,9 @@ def rank_environment(
     identity: JobIdentity,
     mlx_hostfile: str,
     supervisor: str,
+    node: NodePosition,
+    rendezvous: Rendezvous,
+    interface: str | None = None,
 ) -> dict[str, str]:
     """The complete environment of one rank.
 
@@ -133,13 +146,17 @@ def rank_environment(
     supervisor
         ``CHORUS_SUPERVISOR``: where the rank asks the launcher (or kernel)
         questions (:mod:`chorus.launch.questions`).
+    node, rendezvous, interface
+        The rank's place on its host, where the frameworks meet, and the
+        network interface of the rank's address (ranks on other hosts).
 
     Returns
     -------
     dict
         ``base`` plus the ``CHORUS_*`` variables (:meth:`RankEnv.to_environ`,
-        their one writer), ``MLX_*`` and ``PYTHONUNBUFFERED``, the BLAS/OpenMP
-        thread counts of
+        their one writer), ``MLX_*``, torchrun's and JAX's
+        (:func:`~chorus.rendezvous.framework_environment`),
+        ``PYTHONUNBUFFERED``, the BLAS/OpenMP thread counts of
         :func:`~chorus.launch.threads.thread_limits`, then ``spec.env``.
     """
     rank_env = RankEnv(
@@ -167,6 +184,9 @@ def rank_environment(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(framework_environment(rank, spec.nprocs, node, rendezvous, base, interface))
+    if spec.gpus is not None:  # one device per rank of a host (checked by JobSpec)
+        env["CUDA_VISIBLE_DEVICES"] = spec.gpus[node.local_rank]
     # Every rank of the job is on this host: each gets its share of the cores.
     env.update(thread_limits(spec.nprocs, usable_cores(), {**base, **spec.env}))
     env.update(spec.env)
@@ -203,10 +223,12 @@ def place_local(
         mlx_text = hostfile_json([[f"{LOCALHOST}:{port}"] for port in free_ports(spec.nprocs)])
         mlx_path, mlx_fds = _mlx_hostfile(placement._inherited, mlx_text)
         reporter.progress(f"MLX hostfile at {mlx_path}: {mlx_text}")
+        rendezvous = Rendezvous(LOCALHOST, *reserved_ports(2))
     except BaseException:
         placement.close()
         raise
     placement.addresses = addresses
+    nodes = node_positions([LOCALHOST] * spec.nprocs)
     for rank, sock in enumerate(listeners):
         listen_fds = [sock.fileno()]
         placement.envs.append(
@@ -219,6 +241,8 @@ def place_local(
                 identity=identity,
                 mlx_hostfile=mlx_path,
                 supervisor=supervisor,
+                node=nodes[rank],
+                rendezvous=rendezvous,
             )
         )
         placement.pass_fds.append([*listen_fds, *mlx_fds])
@@ -327,6 +351,8 @@ async def place_remote(
     addresses = [p.addresses for p in prepared]
     hostfile_text = hostfile_json(addresses)
     reporter.progress(f"ranks listen on {hostfile_text}")
+    rendezvous = Rendezvous(host_of(addresses[0][0]), *prepared[0].rendezvous_ports)
+    nodes = node_positions([entry.ssh for entry in hostfile.hosts])
     envs = []
     for rank, supervisor in zip(ranks, supervisors, strict=True):
         env = rank_environment(
@@ -338,6 +364,9 @@ async def place_remote(
             identity=identity,
             mlx_hostfile="",
             supervisor=supervisor,
+            node=nodes[rank.rank],
+            rendezvous=rendezvous,
+            interface=rank.prepared.interface if rank.prepared is not None else None,
         )
         env.update(hostfile.envs)
         env.update(spec.env)

@@ -8,7 +8,9 @@ as is (``CHORUS_LISTEN_FDS``).
 Programs that bind their own ports (MLX) can only be given ports that were
 free a moment ago (``free_ports``), and a hostfile that names them is passed
 in an anonymous memory file (``memfd_hostfile``) so that no temporary file is
-ever left behind, even if the launcher is killed.
+ever left behind, even if the launcher is killed. Programs that bind with
+``SO_REUSEADDR`` (torch's TCPStore, JAX's coordinator) get ports held in
+TIME_WAIT (``reserved_ports``): no one else is given them for a minute.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ import os
 import socket
 from collections.abc import Sequence
 
-__all__ = ["free_ports", "hostfile_json", "listening_sockets", "memfd_hostfile"]
+__all__ = [
+    "free_ports",
+    "hostfile_json",
+    "listening_sockets",
+    "memfd_hostfile",
+    "reserved_ports",
+]
 
 LOCALHOST = "127.0.0.1"
 
@@ -67,6 +75,30 @@ def free_ports(count: int, host: str = LOCALHOST) -> list[int]:
             sock.bind((host, 0))
             ports.append(sock.getsockname()[1])
         return ports
+
+
+def reserved_ports(count: int, host: str = LOCALHOST) -> list[int]:
+    """Ports kept from everyone but programs that bind with ``SO_REUSEADDR``.
+
+    Each port had a connection closed by its own side, so it stays in
+    TIME_WAIT for about a minute: the kernel gives it to no ``bind(0)`` and
+    refuses a plain ``bind`` to it, while a server that sets
+    ``SO_REUSEADDR`` (as torch's TCPStore and gRPC do) binds it at once.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    ports = []
+    with contextlib.ExitStack() as stack:
+        for _ in range(count):
+            server = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind((host, 0))
+            server.listen(1)
+            client = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            client.connect(server.getsockname()[:2])
+            accepted, _ = server.accept()
+            accepted.close()  # this side closes first: the port's end goes to TIME_WAIT
+            ports.append(server.getsockname()[1])
+    return ports
 
 
 def hostfile_json(addresses: Sequence[Sequence[str]]) -> str:

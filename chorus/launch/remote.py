@@ -58,6 +58,10 @@ class Prepared:
     cwd: str | None
     free_ports: list[int]
     cores: int
+    # Reserved for torch's and JAX's rank-0 services (rank 0's are used).
+    rendezvous_ports: list[int]
+    # The interface of the rank's (first) address, for gloo; None if not found.
+    interface: str | None
 
 
 def agent_command(python: str) -> str:
@@ -144,6 +148,7 @@ class SshRank(RankProcess):
             raise AgentError(msg) from exc
         request = {
             "bind": self.bind,
+            "advertise": self.advertise,
             "cwd": cwd,
             "check_paths": list(check_paths),
             "need_chorus": need_chorus,
@@ -182,6 +187,8 @@ class SshRank(RankProcess):
             answer["cwd"],
             answer["free_ports"],
             answer["cores"],
+            answer["rendezvous_ports"],
+            answer["interface"],
         )
         return self.prepared
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,9 @@ class JobSpec:
         seconds in a call the others cannot join (``None``: never).
     stall_timeout
         The same, then stop the job and exit non-zero (``None``: never).
+    gpus
+        The GPU ids of each host, one per rank on it: the ``k``-th rank of a
+        host gets ``CUDA_VISIBLE_DEVICES=gpus[k]`` (``None``: not set).
     """
 
     argv: tuple[str, ...]
@@ -88,6 +92,7 @@ class JobSpec:
     accept_new_host_keys: bool = False
     stall_report: float | None = None
     stall_timeout: float | None = None
+    gpus: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.nprocs < 1:
@@ -109,6 +114,19 @@ class JobSpec:
         if self.hosts is not None and len(self.hosts.hosts) != self.nprocs:
             msg = f"{self.nprocs} rank(s) but {len(self.hosts.hosts)} host entries"
             raise LaunchError(msg)
+        if self.gpus is not None:
+            per_host = (
+                Counter(entry.ssh for entry in self.hosts.hosts)
+                if self.hosts is not None
+                else Counter({"this host": self.nprocs})
+            )
+            host, most = per_host.most_common(1)[0]
+            if most > len(self.gpus):
+                msg = (
+                    f"{most} ranks on {host} but --gpus names {len(self.gpus)} device(s)"
+                    f" ({','.join(self.gpus)}): one device per rank"
+                )
+                raise LaunchError(msg)
 
 
 def build_command(

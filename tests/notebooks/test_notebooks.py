@@ -29,8 +29,8 @@ def _texts(notebook: nbformat.NotebookNode) -> str:
     return "\n".join(parts)
 
 
-def test_there_are_four_notebooks() -> None:
-    assert len(NOTEBOOKS) == 4, NOTEBOOKS
+def test_there_are_five_notebooks() -> None:
+    assert len(NOTEBOOKS) == 5, NOTEBOOKS
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -46,6 +46,9 @@ def test_notebook_runs_without_errors(
         # The label, then the value itself.
         assert re.search(r"\[0-3\]\s+array\(\[6\., 6\., 6\.\]\)", text), text
         assert "[0] hello from rank 0 of 4" in text
+    if path.stem.startswith("05"):
+        assert "[0] rank 0 of 4 local rank 0" in text, text
+        assert "[0-3] Tensor largest difference between ranks: 0.0" in text, text
     if path.stem.startswith("03"):
         assert "[2] ipdb> np.float64(0.0)" in text, text
     if path.stem.startswith("04"):

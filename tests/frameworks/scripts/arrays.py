@@ -1,0 +1,113 @@
+"""Every framework's arrays through chorus's collectives, checked on each rank.
+
+Prints "ok <check>" for each check that passed; an assertion ends the rank.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import mlx.core as mx
+import numpy as np
+import torch
+
+import chorus
+from chorus.arrays import from_framework
+
+group = chorus.init()
+rank, size = group.rank(), group.size()
+everyone = sum(range(1, size + 1))  # sum of (rank + 1) over ranks
+
+
+def ok(name):
+    print("ok", name, flush=True)
+
+
+def refused(call, *needles):
+    """``call()`` raises TypeError whose message holds every needle."""
+    try:
+        call()
+    except TypeError as err:
+        missing = [needle for needle in needles if needle not in str(err)]
+        if missing:
+            raise AssertionError(f"{missing} not in {err}") from err
+    else:
+        raise AssertionError("no TypeError")
+
+
+# torch: a tensor in, a tensor out, sharing the result's memory.
+total = chorus.all_sum(torch.arange(4, dtype=torch.float32) * (rank + 1))
+assert isinstance(total, torch.Tensor), total
+assert total.dtype == torch.float32, total
+assert total.tolist() == [0.0, everyone, 2.0 * everyone, 3.0 * everyone], total
+ok("torch all_sum")
+
+weights = torch.ones(3, requires_grad=True)
+view, _ = from_framework(weights, "check")
+assert view.ctypes.data == weights.data_ptr(), "a tensor that requires grad was copied"
+summed = chorus.all_sum(weights * 1)  # a non-leaf with a grad_fn
+assert not summed.requires_grad
+assert summed.tolist() == [float(size)] * 3
+ok("torch requires_grad")
+
+out = torch.zeros(2, 3)
+address = out.data_ptr()
+returned = chorus.all_max(torch.full((2, 3), float(rank)), out=out)
+assert returned is out
+assert out.data_ptr() == address
+assert out.eq(size - 1).all()
+ok("torch out")
+
+inplace = torch.ones(5) * (rank + 1)
+address = inplace.data_ptr()
+chorus.all_sum(inplace, out=inplace)
+assert inplace.data_ptr() == address
+assert inplace.eq(everyone).all()
+ok("torch in place")
+
+gathered = chorus.all_gather(torch.tensor([rank, rank], dtype=torch.int64))
+assert isinstance(gathered, torch.Tensor)
+assert gathered.tolist() == [r for r in range(size) for _ in range(2)]
+part = chorus.sum_scatter(torch.ones(size * 2, dtype=torch.float64))
+assert isinstance(part, torch.Tensor)
+assert part.tolist() == [float(size)] * 2
+root = chorus.broadcast(torch.full((2,), float(rank)), root=size - 1)
+assert isinstance(root, torch.Tensor)
+assert root.tolist() == [size - 1.0] * 2
+ok("torch gather scatter broadcast")
+
+if size > 1:
+    peer = (rank + 1) % size
+    sent = torch.full((3,), 7.0 + rank)
+    assert chorus.send(sent, peer) is sent
+    came = chorus.recv_like(torch.zeros(3), (rank - 1) % size)
+    assert isinstance(came, torch.Tensor)
+    assert came.tolist() == [7.0 + (rank - 1) % size] * 3
+    ok("torch send recv")
+
+meta = torch.ones(2, device="meta")
+refused(lambda: chorus.all_sum(meta), "host memory", "meta")
+ok("torch device refused")
+
+grads = chorus.average_gradients({"w": torch.ones(2) * rank, "b": [np.ones(1) * rank]})
+assert isinstance(grads["w"], torch.Tensor)
+assert isinstance(grads["b"][0], np.ndarray)
+assert grads["w"].tolist() == [(size - 1) / 2] * 2
+ok("torch average_gradients")
+
+# MLX: an mx.array out (a copy: MLX owns its memory); out= written in place.
+summed = chorus.all_sum(mx.arange(3, dtype=mx.float32) * (rank + 1))
+assert isinstance(summed, mx.array)
+assert summed.tolist() == [0.0, everyone, 2.0 * everyone]
+target = mx.zeros((3,), dtype=mx.int32)
+assert chorus.all_sum(mx.ones((3,), dtype=mx.int32), out=target) is target
+assert target.tolist() == [size] * 3
+ok("mlx")
+
+# JAX: a jax.Array out, over the result's memory.
+summed = chorus.all_sum(jnp.arange(3, dtype=jnp.float32) * (rank + 1))
+assert isinstance(summed, jax.Array)
+assert summed.tolist() == [0.0, everyone, 2.0 * everyone]
+refused(lambda: chorus.all_sum(jnp.ones(3), out=jnp.zeros(3)), "immutable")
+ok("jax out refused")
+ok("jax")

@@ -1,0 +1,70 @@
+"""torch tensors, MLX and JAX arrays in chorus's collectives: the input's kind comes back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from chorus.arrays import JAX_ALIGNMENT, Kind, empty, from_framework, writable_view
+from tests.frameworks.test_torch import SCRIPTS
+from tests.launch.helpers import launch
+
+CHECKS = [
+    "torch all_sum",
+    "torch requires_grad",
+    "torch out",
+    "torch in place",
+    "torch gather scatter broadcast",
+    "torch send recv",
+    "torch device refused",
+    "torch average_gradients",
+    "mlx",
+    "jax out refused",
+    "jax",
+]
+
+
+@pytest.mark.parametrize("backend", ["shm", "mesh"])
+def test_every_frameworks_arrays_through_the_collectives(backend: str) -> None:
+    result = launch("-n", "3", "--backend", backend, str(SCRIPTS / "arrays.py"), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for check in CHECKS:
+        for rank in range(3):
+            assert f"[{rank}] ok {check}\n" in result.stdout, (check, result.stdout)
+
+
+def test_results_share_memory_where_promised() -> None:
+    import jax.numpy as jnp
+    import torch
+
+    result = np.arange(6, dtype=np.float32)
+    _, torch_kind = from_framework(torch.ones(1), "check")
+    assert torch_kind is not None
+    tensor = torch_kind.wrap(result)
+    assert tensor.data_ptr() == result.ctypes.data
+    _, jax_kind = from_framework(jnp.ones(1), "check")
+    assert jax_kind is not None
+    assert jax_kind.alignment == JAX_ALIGNMENT
+    aligned = empty((6,), np.dtype(np.float32), jax_kind)
+    assert aligned.ctypes.data % JAX_ALIGNMENT == 0
+    aligned[:] = result
+    array = jax_kind.wrap(aligned)
+    assert array.unsafe_buffer_pointer() == aligned.ctypes.data
+    assert array.tolist() == result.tolist()
+
+
+def test_out_views_are_the_arrays_own_memory() -> None:
+    import mlx.core as mx
+    import torch
+
+    tensor = torch.zeros(4)
+    view = writable_view(tensor, "check")
+    view[:] = 3
+    assert tensor.tolist() == [3.0] * 4
+    array = mx.zeros((3,))
+    mlx_view = writable_view(array, "check")
+    mlx_view[:] = 2
+    assert array.tolist() == [2.0] * 3
+    with pytest.raises(TypeError, match=r"numpy\.ndarray, a torch tensor or an mlx array"):
+        writable_view([1, 2], "check")
+    assert isinstance(Kind("x", lambda r: r).wrap(view), np.ndarray)
