@@ -95,7 +95,10 @@ def all_sum(
     Parameters
     ----------
     x
-        This rank's array. All ranks must pass the same shape and dtype.
+        This rank's array. All ranks must pass the same shape and dtype:
+        bool, an integer, float16/32/64, ``ml_dtypes.bfloat16`` or complex.
+        float16 and bfloat16 are added in float32 and rounded after every
+        step, as numpy does.
     group
         The group to reduce over (default: the world group).
     out
