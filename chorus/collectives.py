@@ -108,7 +108,9 @@ def all_sum(x: Array, *, group: Group | None = None, out: Array | None = None) -
     x
         This rank's array: numpy or anything numpy reads, a torch tensor, an
         MLX or a JAX array (on the CPU). All ranks must pass the same shape
-        and dtype.
+        and dtype: bool, an integer, float16/32/64, bfloat16
+        (``ml_dtypes.bfloat16`` for numpy) or complex. float16 and bfloat16
+        are added in float32 and rounded after every step, as numpy does.
     group
         The group to reduce over (default: the world group).
     out

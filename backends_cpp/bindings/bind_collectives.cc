@@ -146,6 +146,27 @@ std::vector<py::ssize_t> shape_of(const py::array& a) {
   return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
 }
 
+// ml_dtypes' bfloat16 (the one JAX's arrays convert to): a numpy dtype of
+// kind 'V' today, with a type number given at registration, so it is known
+// by name and size (importing ml_dtypes here would make it a dependency).
+// Kind 'f' is checked too, should a later ml_dtypes declare it a float:
+// numpy's own float16 is the one with type char 'e'.
+//
+// dtype.name is computed on every lookup, which costs more than a small
+// collective: the scalar type it was last found on is kept (a reference, so
+// its address is not reused) and compared first. Touched with the GIL held.
+bool is_bfloat16(const py::dtype& dt) {
+  if (dt.itemsize() != 2 || dt.has_fields()) return false;
+  static PyObject* known_type = nullptr;
+  PyObject* type = py::detail::array_descriptor_proxy(dt.ptr())->typeobj;
+  if (type == known_type) return true;
+  if (py::str(dt.attr("name")).cast<std::string>() != "bfloat16") return false;
+  Py_XINCREF(type);
+  Py_XDECREF(known_type);
+  known_type = type;
+  return true;
+}
+
 }  // namespace
 
 Dtype dtype_of(const py::array& array) {
@@ -172,13 +193,16 @@ Dtype dtype_of(const py::array& array) {
       if (size == 8) return Dtype::UInt64;
       break;
     case 'f':
-      if (size == 2) return Dtype::Float16;
+      if (size == 2) return dt.char_() != 'e' && is_bfloat16(dt) ? Dtype::BFloat16 : Dtype::Float16;
       if (size == 4) return Dtype::Float32;
       if (size == 8) return Dtype::Float64;
       break;
     case 'c':
       if (size == 8) return Dtype::Complex64;
       if (size == 16) return Dtype::Complex128;
+      break;
+    case 'V':
+      if (is_bfloat16(dt)) return Dtype::BFloat16;
       break;
     default: break;
   }

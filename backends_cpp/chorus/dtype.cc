@@ -9,7 +9,8 @@ size_t dtype_size(Dtype dtype) {
     case Dtype::UInt8: return 1;
     case Dtype::Int16:
     case Dtype::UInt16:
-    case Dtype::Float16: return 2;
+    case Dtype::Float16:
+    case Dtype::BFloat16: return 2;
     case Dtype::Int32:
     case Dtype::UInt32:
     case Dtype::Float32: return 4;
@@ -38,6 +39,7 @@ const char* dtype_name(Dtype dtype) {
     case Dtype::Float64: return "float64";
     case Dtype::Complex64: return "complex64";
     case Dtype::Complex128: return "complex128";
+    case Dtype::BFloat16: return "bfloat16";
   }
   return "?";
 }

@@ -7,6 +7,8 @@
 
 namespace chorus {
 
+// The numeric values travel on the wire and in flight records: append new
+// dtypes at the end (and move kLastDtype), never reorder.
 enum class Dtype : uint8_t {
   Bool,
   Int8,
@@ -22,7 +24,11 @@ enum class Dtype : uint8_t {
   Float64,
   Complex64,
   Complex128,
+  BFloat16,  // numpy's ml_dtypes.bfloat16: the top 16 bits of a float32
 };
+
+// The highest Dtype value: a byte from a peer above it names no dtype.
+constexpr Dtype kLastDtype = Dtype::BFloat16;
 
 enum class ReduceOp : uint8_t { Sum, Max, Min };
 

@@ -205,10 +205,10 @@ TEST_F(ShmTest, AllReduceLargeMultiChunk) {
 
 // Every dtype, reference = the kernel applied in rank order.
 TEST_F(ShmTest, AllReduceEveryDtype) {
-  const Dtype dtypes[] = {Dtype::Bool,      Dtype::Int8,      Dtype::Int16,   Dtype::Int32,
-                          Dtype::Int64,     Dtype::UInt8,     Dtype::UInt16,  Dtype::UInt32,
-                          Dtype::UInt64,    Dtype::Float16,   Dtype::Float32, Dtype::Float64,
-                          Dtype::Complex64, Dtype::Complex128};
+  const Dtype dtypes[] = {Dtype::Bool,      Dtype::Int8,       Dtype::Int16,   Dtype::Int32,
+                          Dtype::Int64,     Dtype::UInt8,      Dtype::UInt16,  Dtype::UInt32,
+                          Dtype::UInt64,    Dtype::Float16,    Dtype::Float32, Dtype::Float64,
+                          Dtype::Complex64, Dtype::Complex128, Dtype::BFloat16};
   auto fill = [](Dtype dtype, int rank, size_t count) {
     const size_t es = dtype_size(dtype);
     std::vector<unsigned char> bytes(count * es);
@@ -220,6 +220,11 @@ TEST_F(ShmTest, AllReduceEveryDtype) {
         case Dtype::Float16: {
           const uint16_t half = static_cast<uint16_t>(0x3c00 + k * 17);  // 1.0 .. ~1.4
           std::memcpy(p, &half, 2);
+          break;
+        }
+        case Dtype::BFloat16: {
+          const uint16_t bf = static_cast<uint16_t>(0x3f80 + k * 17);  // 1.0 .. ~7.7
+          std::memcpy(p, &bf, 2);
           break;
         }
         case Dtype::Float32: {

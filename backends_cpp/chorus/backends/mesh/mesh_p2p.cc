@@ -67,7 +67,7 @@ void MeshGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int tag) {
     peer.tolerant = false;
     if (msg->nbytes != nbytes || msg->dtype != static_cast<uint8_t>(dtype)) {
       std::string sent_type = "?";
-      if (msg->dtype <= static_cast<uint8_t>(Dtype::Complex128)) {
+      if (msg->dtype <= static_cast<uint8_t>(kLastDtype)) {
         sent_type = dtype_name(static_cast<Dtype>(msg->dtype));
       }
       throw UsageError(ctx_.prefix() + "recv from " + who(src) + " (tag " + std::to_string(tag) +

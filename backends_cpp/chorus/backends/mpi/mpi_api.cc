@@ -244,6 +244,7 @@ class AbiApi final : public Api {
   static UserFunction* user_function(Dtype dtype, ReduceOp op) {
     switch (dtype) {
       case Dtype::Float16: return for_op<Dtype::Float16>(op);
+      case Dtype::BFloat16: return for_op<Dtype::BFloat16>(op);
       case Dtype::Float32: return for_op<Dtype::Float32>(op);
       case Dtype::Float64: return for_op<Dtype::Float64>(op);
       default: return nullptr;

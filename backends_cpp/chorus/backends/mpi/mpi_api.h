@@ -117,9 +117,10 @@ class Api {
   virtual int request_free(Request* request) const = 0;
 
   // A commutative user-defined op that runs chorus's own reduce kernel
-  // (algorithms/reduce.h) for dtype: float16 (no MPI type) and float max/min
-  // (MPI_MAX does not propagate NaN as np.maximum does). Only Float16,
-  // Float32 and Float64 have one; other dtypes return a non-zero code.
+  // (algorithms/reduce.h) for dtype: float16 and bfloat16 (no MPI type) and
+  // float max/min (MPI_MAX does not propagate NaN as np.maximum does). Only
+  // Float16, BFloat16, Float32 and Float64 have one; other dtypes return a
+  // non-zero code.
   virtual int op_create(Dtype dtype, ReduceOp op, Op* out) const = 0;
   virtual int op_free(Op* op) const = 0;
 

@@ -41,8 +41,7 @@ std::string describe(const CallDesc& desc) {
 }
 
 std::string dtype_text(uint8_t code) {
-  return code <= static_cast<uint8_t>(Dtype::Complex128) ? dtype_name(static_cast<Dtype>(code))
-                                                         : "?";
+  return code <= static_cast<uint8_t>(kLastDtype) ? dtype_name(static_cast<Dtype>(code)) : "?";
 }
 
 }  // namespace

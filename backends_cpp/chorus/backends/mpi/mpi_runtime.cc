@@ -10,7 +10,7 @@ namespace {
 int index_of(Dtype dtype) { return static_cast<int>(dtype); }
 int index_of(ReduceOp op) { return static_cast<int>(op); }
 
-constexpr Dtype kUserOpDtypes[] = {Dtype::Float16, Dtype::Float32, Dtype::Float64};
+constexpr Dtype kUserOpDtypes[] = {Dtype::Float16, Dtype::BFloat16, Dtype::Float32, Dtype::Float64};
 constexpr ReduceOp kOps[] = {ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min};
 
 }  // namespace
@@ -117,8 +117,10 @@ Reduction Runtime::reduction(Dtype dtype, ReduceOp op) const {
     case Dtype::UInt16: return {k.uint16, builtin};
     case Dtype::UInt32: return {k.uint32, builtin};
     case Dtype::UInt64: return {k.uint64, builtin};
-    // float16 has no MPI type: 2-byte elements with chorus's own kernel.
-    case Dtype::Float16: return {k.uint16, user};
+    // float16 and bfloat16 have no MPI type: 2-byte elements with chorus's
+    // own kernel.
+    case Dtype::Float16:
+    case Dtype::BFloat16: return {k.uint16, user};
     // MPI_MAX/MIN keep whichever operand compares greater, so a NaN may be
     // dropped; np.maximum (and every other backend) propagates it.
     case Dtype::Float32: return {k.float32, op == ReduceOp::Sum ? k.sum : user};

@@ -101,7 +101,7 @@ class Runtime {
   // read them until the message is delivered, so they live until exit.
   std::vector<std::vector<uint8_t>> orphaned_sends_;
   // User-defined ops by [dtype][op] (only float dtypes have them).
-  Op user_ops_[static_cast<int>(Dtype::Complex128) + 1][3] = {};
+  Op user_ops_[static_cast<int>(kLastDtype) + 1][3] = {};
 };
 
 }  // namespace chorus::mpi

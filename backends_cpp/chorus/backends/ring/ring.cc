@@ -743,7 +743,7 @@ void RingGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int /*tag: 
     for (uint64_t t : tickets) wait_recv(side, t);
     if (!match) {
       std::string sent_type = "?";
-      if (h.dtype <= static_cast<uint8_t>(Dtype::Complex128)) {
+      if (h.dtype <= static_cast<uint8_t>(kLastDtype)) {
         sent_type = dtype_name(static_cast<Dtype>(h.dtype));
       }
       throw UsageError(ctx_.prefix() + "recv from " + who(src) + ": it sent " +
