@@ -18,6 +18,7 @@ CHECKS = [
     "torch send recv",
     "torch device refused",
     "torch average_gradients",
+    "bfloat16",
     "mlx",
     "jax out refused",
     "jax",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import mlx.core as mx
 import numpy as np
 import torch
@@ -94,6 +95,34 @@ assert isinstance(grads["w"], torch.Tensor)
 assert isinstance(grads["b"][0], np.ndarray)
 assert grads["w"].tolist() == [(size - 1) / 2] * 2
 ok("torch average_gradients")
+
+# bfloat16, end to end: every framework's, against a float32 sum rounded once.
+values = np.linspace(-3.7, 5.3, 64, dtype=np.float32) * (rank + 1) / 3
+mine = values.astype(ml_dtypes.bfloat16)
+exact = sum(
+    (np.linspace(-3.7, 5.3, 64, dtype=np.float32) * (r + 1) / 3)
+    .astype(ml_dtypes.bfloat16)
+    .astype(np.float32)
+    for r in range(size)
+)
+# Each partial sum rounds to bfloat16: at most one rounding (2**-8 relative) per step.
+bound = np.abs(exact) * (size * 2.0**-8) + 1e-6
+numpy_sum = chorus.all_sum(mine)
+assert numpy_sum.dtype == mine.dtype
+assert (np.abs(numpy_sum.astype(np.float32) - exact) <= bound).all()
+torch_sum = chorus.all_sum(torch.from_numpy(mine.view(np.uint16)).view(torch.bfloat16))
+assert torch_sum.dtype == torch.bfloat16
+assert torch.equal(torch_sum.view(torch.uint16), torch.from_numpy(numpy_sum.view(np.uint16)))
+mlx_sum = chorus.all_sum(mx.array(mine.astype(np.float32)).astype(mx.bfloat16))
+assert mlx_sum.dtype == mx.bfloat16
+assert np.array_equal(np.asarray(mlx_sum.astype(mx.float32)), numpy_sum.astype(np.float32))
+jax_sum = chorus.all_sum(jnp.asarray(mine))
+assert jax_sum.dtype == jnp.bfloat16
+assert np.array_equal(np.asarray(jax_sum).view(np.uint16), numpy_sum.view(np.uint16))
+torch_out = torch.zeros(64, dtype=torch.bfloat16)
+chorus.all_sum(torch.from_numpy(mine.view(np.uint16)).view(torch.bfloat16), out=torch_out)
+assert torch.equal(torch_out, torch_sum)
+ok("bfloat16")
 
 # MLX: an mx.array out (a copy: MLX owns its memory); out= written in place.
 summed = chorus.all_sum(mx.arange(3, dtype=mx.float32) * (rank + 1))
