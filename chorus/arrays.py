@@ -12,6 +12,9 @@ result comes back as the input's kind:
   64-byte alignment JAX needs to share it); bfloat16 results are copied;
 - MLX: a copy (an ``mx.array`` always owns its memory).
 
+Another library's array that speaks only DLPack (``__dlpack__``) is read in
+place too, and its result is a numpy array.
+
 bfloat16 travels as numpy's ``ml_dtypes.bfloat16``, which is also how numpy
 users pass it. ``out=`` takes a numpy array, a torch tensor or an MLX array
 (written in place); JAX arrays are immutable and are refused. Arrays chorus
@@ -68,6 +71,13 @@ def from_framework(x: object, name: str) -> tuple[Any, Kind | None]:
         return _mlx_view(x), Kind("mlx", _to_mlx)
     if framework == "jax":
         return _jax_view(x, name), Kind("jax", _to_jax, JAX_ALIGNMENT)
+    if hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray) and not hasattr(x, "__array__"):
+        # Another library's array that only speaks DLPack: read in place, a numpy result.
+        try:
+            return np.from_dlpack(x), None
+        except (BufferError, RuntimeError, TypeError) as err:
+            msg = f"{name}: chorus cannot read this {type(x).__name__} through DLPack: {err}"
+            raise TypeError(msg) from None
     return x, None
 
 

@@ -7,9 +7,15 @@ chorus rank, this module tells JAX about chorus's ranks, as one more such
 environment, first in its list. It does so when JAX's cluster module is
 imported, so a rank that never imports JAX pays nothing but this module.
 
-The ``.pth`` file installed beside chorus imports this module only when
-``CHORUS_RANK`` is set (a rank), and nothing here may fail the process: a
-JAX whose internals moved keeps its own behaviour.
+Ranks that mpirun started (``chorus launch --backend mpi``) learn their
+rank from Open MPI's variables; torch's ``env://`` rendezvous reads
+torchrun's, so they are written here from Open MPI's (``chorus launch``
+gives the job ``MASTER_ADDR``/``MASTER_PORT``). JAX recognises Open MPI by
+itself.
+
+The ``.pth`` file installed beside chorus imports this module only in a
+chorus rank (``CHORUS_RANK`` or ``CHORUS_BACKEND`` set), and nothing here
+may fail the process: a JAX whose internals moved keeps its own behaviour.
 """
 
 from __future__ import annotations
@@ -26,9 +32,25 @@ from typing import Any
 JAX_CLUSTERS = "jax._src.clusters"
 
 
+# torchrun's variables from Open MPI's, for ranks mpirun started.
+_FROM_OPEN_MPI = {
+    "RANK": "OMPI_COMM_WORLD_RANK",
+    "WORLD_SIZE": "OMPI_COMM_WORLD_SIZE",
+    "LOCAL_RANK": "OMPI_COMM_WORLD_LOCAL_RANK",
+    "LOCAL_WORLD_SIZE": "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "ROLE_RANK": "OMPI_COMM_WORLD_RANK",
+    "ROLE_WORLD_SIZE": "OMPI_COMM_WORLD_SIZE",
+}
+
+
 def run() -> None:
     """Set up this rank's process for the frameworks (called from the .pth file)."""
-    if "CHORUS_RANK" not in os.environ:
+    environ = os.environ
+    if "CHORUS_RANK" not in environ:
+        if environ.get("CHORUS_BACKEND") == "mpi" and "OMPI_COMM_WORLD_RANK" in environ:
+            for name, source in _FROM_OPEN_MPI.items():
+                if source in environ:
+                    environ[name] = environ[source]
         return
     if JAX_CLUSTERS in sys.modules:
         _register_jax_cluster(sys.modules[JAX_CLUSTERS])

@@ -23,6 +23,7 @@ from chorus.env import RankEnv
 from chorus.launch.io import READ_SIZE, OutputSink
 from chorus.launch.mpi_output import TagRelabeler
 from chorus.launch.mpirun import MpirunError, mpirun_command
+from chorus.launch.ports import LOCALHOST, reserved_ports
 from chorus.launch.spec import JobSpec, LaunchError
 from chorus.reporter import Reporter
 
@@ -34,9 +35,18 @@ OUTPUT_DRAIN_TIMEOUT = 5.0
 
 
 def mpirun_environment(spec: JobSpec) -> dict[str, str]:
-    """What mpirun exports to every rank (it sets rank and size itself)."""
+    """What mpirun exports to every rank (it sets rank and size itself).
+
+    A job on this host also gets torch's ``MASTER_ADDR``/``MASTER_PORT`` (a
+    port reserved here; the ranks write the rest of torchrun's variables
+    from Open MPI's, :mod:`chorus.startup`), unless they are set already.
+    """
     rank_env = RankEnv(backend="mpi", timeout=spec.timeout, verbose=spec.verbose)
-    return {**rank_env.to_environ(with_rank=False), "PYTHONUNBUFFERED": "1", **spec.env}
+    env = {**rank_env.to_environ(with_rank=False), "PYTHONUNBUFFERED": "1"}
+    if spec.hosts is None and "MASTER_ADDR" not in os.environ and "MASTER_PORT" not in os.environ:
+        (port,) = reserved_ports(1)
+        env.update({"MASTER_ADDR": LOCALHOST, "MASTER_PORT": str(port)})
+    return {**env, **spec.env}
 
 
 async def _relabel(stream: asyncio.StreamReader, sink: OutputSink, prefix: bool) -> None:

@@ -69,3 +69,23 @@ def test_out_views_are_the_arrays_own_memory() -> None:
     with pytest.raises(TypeError, match=r"numpy\.ndarray, a torch tensor or an mlx array"):
         writable_view([1, 2], "check")
     assert isinstance(Kind("x", lambda r: r).wrap(view), np.ndarray)
+
+
+def test_an_array_that_only_speaks_dlpack_is_read_in_place() -> None:
+    class OnlyDLPack:
+        """An array of a library numpy knows nothing of, but for DLPack."""
+
+        def __init__(self, array: np.ndarray) -> None:
+            self.array = array
+
+        def __dlpack__(self, **kwargs: object) -> object:
+            return self.array.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self) -> tuple[int, int]:
+            return self.array.__dlpack_device__()
+
+    backing = np.arange(5.0)
+    view, kind = from_framework(OnlyDLPack(backing), "check")
+    assert kind is None
+    assert view.ctypes.data == backing.ctypes.data
+    assert view.tolist() == backing.tolist()

@@ -67,6 +67,13 @@ def test_a_torchrun_script_runs_unchanged_under_chorus_launch(tmp_path: Path) ->
     assert _weights(chorus_run.stdout) == _weights(reference.stdout)
 
 
+def test_torch_distributed_under_chorus_launch_with_mpirun() -> None:
+    result = launch("--backend", "mpi", "-n", "2", "-c", TORCH_CELL, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[0] torch 0 2 0 [3.0, 3.0]" in result.stdout, result.stdout
+    assert "[1] torch 1 2 1 [3.0, 3.0]" in result.stdout, result.stdout
+
+
 def test_rendezvous_the_user_set_is_kept() -> None:
     code = (
         "import os\nprint(os.environ['MASTER_ADDR'], os.environ['MASTER_PORT'], os.environ['RANK'])"
