@@ -81,6 +81,22 @@ def from_framework(x: object, name: str) -> tuple[Any, Kind | None]:
     return x, None
 
 
+def numpy_dtype(dtype: object, name: str) -> tuple[np.dtype[Any], Kind | None]:
+    """numpy's dtype for a numpy, torch or MLX dtype, and the kind to give results back as."""
+    root = type(dtype).__module__.partition(".")[0]
+    if root == "torch":
+        import torch
+
+        view, kind = from_framework(torch.empty(0, dtype=dtype), name)  # type: ignore[call-overload]
+        return view.dtype, kind
+    if root == "mlx":
+        import mlx.core as mx
+
+        view, kind = from_framework(mx.zeros((0,), dtype=dtype), name)  # type: ignore[arg-type]
+        return view.dtype, kind
+    return np.dtype(dtype), None  # type: ignore[call-overload]
+
+
 def writable_view(out: object, name: str) -> np.ndarray[Any, Any]:
     """A numpy array over ``out``'s memory, for chorus to write a result into.
 

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from chorus import _core
-from chorus.arrays import Kind, empty, from_framework, writable_view
+from chorus.arrays import Kind, empty, from_framework, numpy_dtype, writable_view
 from chorus.group import Group, default_group
 
 ArrayLike = npt.ArrayLike
@@ -262,13 +262,16 @@ def send(x: Array, dst: int, *, tag: int = 0, group: Group | None = None) -> Arr
 
 def recv(
     shape: int | Iterable[int],
-    dtype: npt.DTypeLike,
+    dtype: npt.DTypeLike | Any,
     src: int,
     *,
     tag: int = 0,
     group: Group | None = None,
-) -> np.ndarray[Any, Any]:
+) -> Array:
     """Receive an array of ``shape`` and ``dtype`` sent by rank ``src`` with ``tag``.
+
+    ``dtype`` may be a torch or MLX dtype: the array comes back as that
+    framework's.
 
     Raises ``ValueError`` naming the sender when its message has another
     size or dtype (the message is consumed), and ``chorus.PeerError`` when
@@ -276,9 +279,10 @@ def recv(
     """
     g = default_group(group)
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
-    out = np.empty(dims, dtype=np.dtype(dtype))
+    numpy_type, kind = numpy_dtype(dtype, "recv")
+    out = empty(dims, numpy_type, kind)
     _core.recv(g.handle, out, src, tag=tag)
-    return out
+    return _given(None, out, kind)
 
 
 def recv_like(x: Array, src: int, *, tag: int = 0, group: Group | None = None) -> Array:

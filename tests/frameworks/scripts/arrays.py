@@ -84,6 +84,14 @@ if size > 1:
     came = chorus.recv_like(torch.zeros(3), (rank - 1) % size)
     assert isinstance(came, torch.Tensor)
     assert came.tolist() == [7.0 + (rank - 1) % size] * 3
+    chorus.send(torch.full((2,), 1.5 + rank, dtype=torch.bfloat16), peer, tag=0)
+    typed = chorus.recv((2,), torch.bfloat16, (rank - 1) % size)
+    assert typed.dtype == torch.bfloat16
+    assert typed.tolist() == [1.5 + (rank - 1) % size] * 2
+    chorus.send(mx.arange(3, dtype=mx.int16), peer)
+    mlx_typed = chorus.recv(3, mx.int16, (rank - 1) % size)
+    assert isinstance(mlx_typed, mx.array)
+    assert mlx_typed.tolist() == [0, 1, 2]
     ok("torch send recv")
 
 meta = torch.ones(2, device="meta")
