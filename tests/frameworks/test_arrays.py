@@ -1,11 +1,15 @@
-"""torch tensors, MLX and JAX arrays in chorus's collectives: the input's kind comes back."""
+"""torch tensors, MLX and JAX arrays in chorus's collectives: the input's kind comes back.
+
+JAX runs in the ranks only: once its backend is up in a process, every fork
+there warns (an error under pytest's settings) and pexpect's tests fork.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from chorus.arrays import JAX_ALIGNMENT, Kind, empty, from_framework, writable_view
+from chorus.arrays import Kind, from_framework, writable_view
 from tests.frameworks.test_torch import SCRIPTS
 from tests.launch.helpers import launch
 
@@ -22,6 +26,7 @@ CHECKS = [
     "mlx",
     "jax out refused",
     "jax",
+    "results share memory",
 ]
 
 
@@ -32,26 +37,6 @@ def test_every_frameworks_arrays_through_the_collectives(backend: str) -> None:
     for check in CHECKS:
         for rank in range(3):
             assert f"[{rank}] ok {check}\n" in result.stdout, (check, result.stdout)
-
-
-def test_results_share_memory_where_promised() -> None:
-    import jax.numpy as jnp
-    import torch
-
-    result = np.arange(6, dtype=np.float32)
-    _, torch_kind = from_framework(torch.ones(1), "check")
-    assert torch_kind is not None
-    tensor = torch_kind.wrap(result)
-    assert tensor.data_ptr() == result.ctypes.data
-    _, jax_kind = from_framework(jnp.ones(1), "check")
-    assert jax_kind is not None
-    assert jax_kind.alignment == JAX_ALIGNMENT
-    aligned = empty((6,), np.dtype(np.float32), jax_kind)
-    assert aligned.ctypes.data % JAX_ALIGNMENT == 0
-    aligned[:] = result
-    array = jax_kind.wrap(aligned)
-    assert array.unsafe_buffer_pointer() == aligned.ctypes.data
-    assert array.tolist() == result.tolist()
 
 
 def test_out_views_are_the_arrays_own_memory() -> None:

@@ -62,16 +62,6 @@ inline uint16_t float_to_half(float f) {
   return bits;
 }
 
-template <template <typename> class Op>
-void reduce_half(void* dst, const void* a, const void* b, size_t count) {
-  auto* d = static_cast<uint16_t*>(dst);
-  const auto* x = static_cast<const uint16_t*>(a);
-  const auto* y = static_cast<const uint16_t*>(b);
-  for (size_t i = 0; i < count; ++i) {
-    d[i] = float_to_half(Op<float>::apply(half_to_float(x[i]), half_to_float(y[i])));
-  }
-}
-
 // bfloat16 (ml_dtypes') is the top half of a float32: widening is a shift,
 // narrowing rounds to nearest even with integer ops, so the loop stays
 // vectorisable without a compiler bf16 type. Same results, bit for bit, as
@@ -93,14 +83,15 @@ inline uint16_t float_to_bfloat16(float f) {
   return static_cast<uint16_t>(nan ? quiet_nan : rounded);
 }
 
-template <template <typename> class Op>
-void reduce_bfloat16(void* dst, const void* a, const void* b, size_t count) {
+// The 2-byte floats: widened to float for the op, rounded back after it.
+// The conversions are template arguments, so they inline and the loop
+// vectorises as a plain float loop would.
+template <float (*widen)(uint16_t), uint16_t (*narrow)(float), template <typename> class Op>
+void reduce_16bit_float(void* dst, const void* a, const void* b, size_t count) {
   auto* d = static_cast<uint16_t*>(dst);
   const auto* x = static_cast<const uint16_t*>(a);
   const auto* y = static_cast<const uint16_t*>(b);
-  for (size_t i = 0; i < count; ++i) {
-    d[i] = float_to_bfloat16(Op<float>::apply(bfloat16_to_float(x[i]), bfloat16_to_float(y[i])));
-  }
+  for (size_t i = 0; i < count; ++i) d[i] = narrow(Op<float>::apply(widen(x[i]), widen(y[i])));
 }
 
 template <typename T, template <typename> class Op>
@@ -124,8 +115,8 @@ ReduceKernel pick(Dtype dtype) {
     case Dtype::UInt16: return reduce_loop<uint16_t, Op>;
     case Dtype::UInt32: return reduce_loop<uint32_t, Op>;
     case Dtype::UInt64: return reduce_loop<uint64_t, Op>;
-    case Dtype::Float16: return reduce_half<Op>;
-    case Dtype::BFloat16: return reduce_bfloat16<Op>;
+    case Dtype::Float16: return reduce_16bit_float<half_to_float, float_to_half, Op>;
+    case Dtype::BFloat16: return reduce_16bit_float<bfloat16_to_float, float_to_bfloat16, Op>;
     case Dtype::Float32: return reduce_loop<float, Op>;
     case Dtype::Float64: return reduce_loop<double, Op>;
     default: return nullptr;

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import chorus
-from chorus.arrays import from_framework
+from chorus.arrays import JAX_ALIGNMENT, empty, from_framework
 
 group = chorus.init()
 rank, size = group.rank(), group.size()
@@ -148,3 +148,16 @@ assert summed.tolist() == [0.0, everyone, 2.0 * everyone]
 refused(lambda: chorus.all_sum(jnp.ones(3), out=jnp.zeros(3)), "immutable")
 ok("jax out refused")
 ok("jax")
+
+# Results share chorus's buffer where promised: torch always, JAX when aligned.
+result = np.arange(6, dtype=np.float32)
+_, torch_kind = from_framework(torch.ones(1), "check")
+assert torch_kind.wrap(result).data_ptr() == result.ctypes.data
+_, jax_kind = from_framework(jnp.ones(1), "check")
+aligned = empty((6,), np.dtype(np.float32), jax_kind)
+assert aligned.ctypes.data % JAX_ALIGNMENT == 0
+aligned[:] = result
+shared = jax_kind.wrap(aligned)
+assert shared.unsafe_buffer_pointer() == aligned.ctypes.data
+assert shared.tolist() == result.tolist()
+ok("results share memory")
