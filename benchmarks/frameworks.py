@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -38,7 +39,7 @@ import torch, torch.distributed as dist
 dist.init_process_group("gloo")
 t = torch.ones(1)
 dist.all_reduce(t)
-print("READY", time.time(), flush=True)
+print(f"READY {time.time()}", flush=True)  # one write: lines from ranks may share a pipe
 dist.barrier()
 dist.destroy_process_group()
 import os
@@ -51,7 +52,7 @@ import jax, jax.numpy as jnp
 jax.distributed.initialize()
 x = jax.pmap(lambda v: jax.lax.psum(v, "i"), axis_name="i")(jnp.ones(jax.local_device_count()))
 x.block_until_ready()
-print("READY", time.time(), flush=True)
+print(f"READY {time.time()}", flush=True)  # one write: lines from ranks may share a pipe
 jax.distributed.shutdown()
 """
 
@@ -72,9 +73,8 @@ def _run(command: list[str], ranks: int) -> tuple[float, float]:
     if done.returncode != 0:
         msg = f"{command} failed:\n{done.stdout}\n{done.stderr}"
         raise SystemExit(msg)
-    ready = [
-        float(line.split("READY", 1)[1]) for line in done.stdout.splitlines() if "READY" in line
-    ]
+    # Ranks' lines may interleave (mpirun does not keep them whole): find every stamp.
+    ready = [float(stamp) for stamp in re.findall(r"READY (\d+\.\d+)", done.stdout)]
     if len(ready) != ranks:
         msg = f"{command}: {len(ready)} of {ranks} ranks ready:\n{done.stdout}"
         raise SystemExit(msg)
