@@ -378,6 +378,27 @@ class ChorusKernel(Kernel):
         assert self.session is not None
         self.session.send(stream, "comm_info_reply", content, parent, ident)
 
+    # -- the debug protocol ---------------------------------------------------------------
+
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        """ipykernel's, without "debugger": the ranks' debuggers are not proxied yet."""
+        info: dict[str, Any] = super().kernel_info
+        info["supported_features"] = [f for f in info["supported_features"] if f != "debugger"]
+        return info
+
+    async def do_debug_request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Refuse every DAP request at once (a frontend that asks anyway must not wait)."""
+        return {
+            "type": "response",
+            "seq": 0,
+            "request_seq": msg.get("seq", 0),
+            "command": msg.get("command", ""),
+            "success": False,
+            "message": "the chorus kernel has no visual debugger yet: breakpoint() in a cell"
+            " stops every rank at one ipdb prompt",
+        }
+
     # -- requests answered by rank 0 -------------------------------------------------------
 
     async def _ask_rank0(self, send: str, **kwargs: Any) -> dict[str, Any] | None:

@@ -584,3 +584,25 @@ def test_a_rank_asks_where_every_rank_is_from_a_cell(kernel: Frontend) -> None:
     assert run.status == "ok", run
     assert "[0] KIND missing-call [1, 2, 3]" in run.stdout, run.stdout
     assert "not in a chorus call: runs <module> at cell " in run.stdout, run.stdout
+
+
+def test_no_debugger_is_claimed_and_a_debug_request_is_refused_at_once(kernel: Frontend) -> None:
+    client = kernel.client
+    msg_id = client.kernel_info()
+    info = client.get_shell_msg(timeout=30)
+    assert info["parent_header"]["msg_id"] == msg_id
+    assert "debugger" not in info["content"]["supported_features"], info["content"]
+    request = client.session.msg(
+        "debug_request", {"type": "request", "seq": 7, "command": "initialize", "arguments": {}}
+    )
+    client.control_channel.send(request)
+    reply = client.get_control_msg(timeout=10)
+    assert reply["parent_header"]["msg_id"] == request["header"]["msg_id"]
+    assert reply["header"]["msg_type"] == "debug_reply"
+    content = reply["content"]
+    assert (content["success"], content["request_seq"], content["command"]) == (
+        False,
+        7,
+        "initialize",
+    )
+    assert "breakpoint()" in content["message"]
