@@ -23,6 +23,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from chorus.kernel.areas import RankAreas
@@ -34,7 +35,7 @@ from chorus.kernel.ranks import Message, RankSet
 from chorus.kernel.stdin import InputBroker
 
 from chorus.launch.process import describe_exit
-from chorus.where import Report
+from chorus.where import RankSnapshot, Report
 
 _CELL_NUMBER = re.compile(r"In ?\[\d+\]")
 # How long a rank may stay idle before its missing reply counts as lost. The
@@ -204,6 +205,8 @@ class Engine:
         self._broker: InputBroker | None = None
         self.ranks = RankSet(**ranks, listener=self._on_message)
         self.comms = CommRouter(self.ranks.size, self.ranks.send_shell, frontend.comm)
+        # Where the ranks' debug_events go (the kernel's DebugProxy), at once.
+        self.debug_events: Callable[[int, dict[str, Any]], None] | None = None
 
     # -- the ranks -----------------------------------------------------------------
 
@@ -254,6 +257,49 @@ class Engine:
             return None
         content: dict[str, Any] = reply["content"]
         return content
+
+    async def debug_request(
+        self, rank: int, request: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """``rank``'s debugger's response to one DAP request (its control channel).
+
+        Raises
+        ------
+        RuntimeError
+            The rank is not running.
+        TimeoutError
+            No response within ``timeout`` s.
+        """
+        client = self.ranks.client(rank)
+        message = client.session.msg("debug_request", request)
+        msg_id = message["header"]["msg_id"]
+        reply = self.ranks.expect_reply(msg_id)
+        client.control_channel.send(message)
+        try:
+            answer = await asyncio.wait_for(reply, timeout)
+        except asyncio.TimeoutError:
+            self.ranks.forget_reply(msg_id)
+            raise TimeoutError from None
+        content: dict[str, Any] = answer["content"]
+        return content
+
+    async def activity(self, ranks: list[int]) -> dict[int, str]:
+        """What each of ``ranks`` does now, in a few words (asked as ``where`` is)."""
+        answers = await self.ranks.where_answers(timeout=2.0)
+        doing = {int(rank): f"not answering ({why})" for rank, why in answers["missing"].items()}
+        for snapshot in answers["snapshots"]:
+            doing[snapshot["rank"]] = _activity(snapshot)
+        return {rank: doing[rank] for rank in ranks if rank in doing}
+
+    def running(self) -> list[int]:
+        """The ranks whose process runs."""
+        return [r.rank for r in self.ranks.ranks if r.alive() and r.client is not None]
+
+    def describe(self, rank: int) -> str:
+        """``rank 2``, or ``rank 2 on host-b`` when ranks run on other hosts."""
+        if self.ranks.hosts is None or rank >= len(self.ranks.ranks):
+            return f"rank {rank}"
+        return f"rank {rank} on {self.ranks.ranks[rank].host}"
 
     # -- cells ---------------------------------------------------------------------
 
@@ -427,6 +473,10 @@ class Engine:
         cell.changed.set()
 
     def _on_message(self, rank: int, message: Message) -> None:
+        if message["header"]["msg_type"] == "debug_event":
+            if self.debug_events is not None:
+                self.debug_events(rank, message["content"])
+            return
         if message["header"]["msg_type"] in COMM_TYPES:
             # At once, whatever cell is running: a widget's model must reach
             # the frontend before its view, and widgets talk between cells.
@@ -596,6 +646,21 @@ class Engine:
 
 
 _NUMBER = re.compile(r"\d+")
+
+
+def _activity(snapshot: RankSnapshot) -> str:
+    """``in all_sum on world`` (inside a collective) or ``running line 3 in f (cell 2)``."""
+    for call in snapshot["calls"]:
+        if call["record"]["state"] in ("entered", "agreed"):
+            return f"running: inside {call['record']['op']} on {call['group']}"
+    main = next((t for t in snapshot["threads"] if t["main"]), None)
+    frames = [f for f in (main or {"frames": []})["frames"] if not f["library"]]
+    if not frames:
+        return "running"
+    frame = frames[-1]
+    cell = frame.get("cell")
+    where = f"cell [{cell}]" if cell is not None else Path(frame["file"]).name
+    return f"running: line {frame['line']} in {frame['function']} ({where})"
 
 
 def _error_key(content: dict[str, Any]) -> tuple[str, str, tuple[str, ...]]:

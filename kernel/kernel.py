@@ -26,6 +26,7 @@ from typing import Any
 
 import zmq
 from chorus.kernel.comms import COMM_TYPES, CommMessage
+from chorus.kernel.debugger import DebugProxy
 from chorus.kernel.engine import CellResult, Engine
 from chorus.kernel.history import CellHistory, HistoryQuery
 from chorus.kernel.labels import parse_ranks
@@ -82,6 +83,16 @@ class ChorusKernel(Kernel):
             python=self.python or None,
         )
         self.targets: list[int] = list(range(self.ranks_count))
+        # JupyterLab's debugger, across the ranks' own debuggers.
+        self.debugger = DebugProxy(
+            self.ranks_count,
+            ask=self.engine.debug_request,
+            emit=self._publish_debug_event,
+            running=self.engine.running,
+            describe=self.engine.describe,
+            where_running=self.engine.activity,
+        )
+        self.engine.debug_events = self.debugger.on_event
         self.banner = (
             f"chorus {chorus.__version__}: every cell runs on {self.ranks_count} ranks "
             f"(backend {self.backend}); %%ranks 0,2, %target, %output byrank, %chorus status"
@@ -235,6 +246,7 @@ class ChorusKernel(Kernel):
             )
         finally:
             watch.cancel()
+            self.debugger.cell_finished()
         output = None if result.result is None else result.result["data"].get("text/plain")
         return self._reply(result, silent), output
 
@@ -380,24 +392,27 @@ class ChorusKernel(Kernel):
 
     # -- the debug protocol ---------------------------------------------------------------
 
-    @property
-    def kernel_info(self) -> dict[str, Any]:
-        """ipykernel's, without "debugger": the ranks' debuggers are not proxied yet."""
-        info: dict[str, Any] = super().kernel_info
-        info["supported_features"] = [f for f in info["supported_features"] if f != "debugger"]
-        return info
-
     async def do_debug_request(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Refuse every DAP request at once (a frontend that asks anyway must not wait)."""
-        return {
-            "type": "response",
-            "seq": 0,
-            "request_seq": msg.get("seq", 0),
-            "command": msg.get("command", ""),
-            "success": False,
-            "message": "the chorus kernel has no visual debugger yet: breakpoint() in a cell"
-            " stops every rank at one ipdb prompt",
-        }
+        """Answered by the DebugProxy, on the main loop where the rank clients live."""
+        deadline = asyncio.get_running_loop().time() + 30
+        while self._main_loop is None and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)  # the kernel's first moments: its main loop starts
+        main = self._main_loop
+        if main is None:
+            return self.debugger.refusal(msg, "the chorus kernel has not started yet")
+        if main is asyncio.get_running_loop():
+            return await self._debug_on_main(msg)
+        return await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._debug_on_main(msg), main)
+        )
+
+    async def _debug_on_main(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if msg.get("command") != "debugInfo":
+            try:
+                await asyncio.wait_for(asyncio.shield(self._ensure_started()), 120)
+            except Exception as err:  # noqa: BLE001 - the response says it
+                return self.debugger.refusal(msg, f"the ranks did not start: {err}")
+        return await self.debugger.handle(msg)
 
     # -- requests answered by rank 0 -------------------------------------------------------
 

@@ -85,7 +85,7 @@ def get_kernel_dict(
         "display_name": f"Chorus ({total} ranks{placement.where()})",
         "language": "python",
         "interrupt_mode": "signal",
-        "metadata": {"debugger": False, "chorus": {"ranks": total, "backend": backend}},
+        "metadata": {"debugger": True, "chorus": {"ranks": total, "backend": backend}},
     }
 
 

@@ -584,32 +584,3 @@ def test_a_rank_asks_where_every_rank_is_from_a_cell(kernel: Frontend) -> None:
     assert run.status == "ok", run
     assert "[0] KIND missing-call [1, 2, 3]" in run.stdout, run.stdout
     assert "not in a chorus call: runs <module> at cell " in run.stdout, run.stdout
-
-
-def test_no_debugger_is_claimed_and_a_debug_request_is_refused_at_once(kernel: Frontend) -> None:
-    client = kernel.client
-
-    def reply_to(msg_id: str, get: Any) -> dict[str, Any]:
-        """The reply to ``msg_id`` (earlier tests' late replies are passed over)."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            msg: dict[str, Any] = get(timeout=max(0.01, deadline - time.monotonic()))
-            if msg["parent_header"].get("msg_id") == msg_id:
-                return msg
-        raise AssertionError(f"no reply to {msg_id} within 10 s")
-
-    info = reply_to(client.kernel_info(), client.get_shell_msg)
-    assert "debugger" not in info["content"]["supported_features"], info["content"]
-    request = client.session.msg(
-        "debug_request", {"type": "request", "seq": 7, "command": "initialize", "arguments": {}}
-    )
-    client.control_channel.send(request)
-    reply = reply_to(request["header"]["msg_id"], client.get_control_msg)
-    assert reply["header"]["msg_type"] == "debug_reply"
-    content = reply["content"]
-    assert (content["success"], content["request_seq"], content["command"]) == (
-        False,
-        7,
-        "initialize",
-    )
-    assert "breakpoint()" in content["message"]
