@@ -156,7 +156,7 @@ class DebugProxy:
         self._describe = describe
         self._where_running = where_running
         # The chorus kernel's own cell folder: the one the frontend is told.
-        self.prefix = get_tmp_directory() + os.sep
+        self.prefix = str(get_tmp_directory()) + os.sep  # type: ignore[no-untyped-call]
         self._rank_prefix: dict[int, str] = {}
         # Ranks whose debugger is initialized / attached (they stay so: see _on_initialize).
         self._initialized: set[int] = set()
@@ -263,7 +263,7 @@ class DebugProxy:
         body = {
             "isStarted": self.started,
             "hashMethod": "Murmur2",
-            "hashSeed": get_tmp_hash_seed(),
+            "hashSeed": get_tmp_hash_seed(),  # type: ignore[no-untyped-call]
             "tmpFilePrefix": self.prefix,
             "tmpFileSuffix": ".py",
             "breakpoints": [
@@ -340,10 +340,12 @@ class DebugProxy:
             ranks = sorted(self.stopped, key=lambda r: (r != focus, r))
         frames: list[Dap] = []
         for rank in ranks:
-            ask = {"command": "stackTrace", "arguments": {**args, "threadId": self.stopped[rank]}}
+            arguments = {**args, "threadId": self.stopped[rank]}
             if not self.per_thread:
-                ask["arguments"].pop("startFrame", None)
-                ask["arguments"].pop("levels", None)
+                # Every frame of every rank: paging would cut ranks off.
+                arguments.pop("startFrame", None)
+                arguments.pop("levels", None)
+            ask = {"command": "stackTrace", "arguments": arguments}
             try:
                 answer = self._to_frontend(rank, await self._ask_rank(rank, ask, ANSWER))
             except Exception:  # noqa: BLE001, S112 - its frames are missing; the Ranks scope says why
@@ -560,7 +562,7 @@ class DebugProxy:
             "threadId": self.threads.ours(rank, self.stopped[rank]),
             "allThreadsStopped": False,
             "preserveFocusHint": False,
-            "description": f"ranks {format_ranks(ranks)} stopped",
+            "description": f"stopped: ranks {format_ranks(ranks)}",
         }
         if "text" in reason:
             body["text"] = reason["text"]

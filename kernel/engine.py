@@ -289,6 +289,12 @@ class Engine:
         doing = {int(rank): f"not answering ({why})" for rank, why in answers["missing"].items()}
         for snapshot in answers["snapshots"]:
             doing[snapshot["rank"]] = _activity(snapshot)
+        cell = self._cell
+        for rank in ranks:
+            if cell is not None and rank in cell.targets and cell.finished(rank):
+                doing[rank] = "finished this cell"
+            elif cell is not None and rank not in cell.targets:
+                doing[rank] = "not running this cell"
         return {rank: doing[rank] for rank in ranks if rank in doing}
 
     def running(self) -> list[int]:

@@ -71,6 +71,29 @@ def _interrupt_traceback(
     return shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
 
+def _mend_debugger_tracing() -> None:
+    """Let the debugger stop this thread again after an interrupt hit it while stopped.
+
+    SIGINT while the debugger holds the thread at a breakpoint raises inside
+    debugpy's wait loop: Python drops a trace function that raises, and
+    debugpy still counts the thread as suspended, so no breakpoint would
+    stop it again (ipykernel#821 in a plain ipykernel). Put both right.
+    """
+    if sys.gettrace() is not None:
+        return
+    debugpy = sys.modules.get("debugpy")
+    if debugpy is None or not debugpy.is_client_connected():
+        return
+    import threading
+
+    info = getattr(threading.current_thread(), "additional_info", None)
+    if info is not None:
+        info.pydev_state = 1  # pydevd's STATE_RUN
+        info.pydev_step_cmd = info.pydev_original_step_cmd = -1
+        info.pydev_step_stop = None
+    debugpy.trace_this_thread(True)
+
+
 def rank_kernel_class() -> type:
     """ipykernel's IPythonKernel, but SIGINT interrupts only a running cell.
 
@@ -142,6 +165,7 @@ def rank_kernel_class() -> type:
 
         def _cell_ends(self, *_args: object) -> None:
             self._in_cell = False
+            _mend_debugger_tracing()
 
         def _on_sigint(self, _signum: int, _frame: object) -> None:
             from chorus import _core

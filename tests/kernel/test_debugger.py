@@ -8,6 +8,7 @@ variables, richInspectVariables, copyToGlobals, continue), adapted to ranks.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,195 @@ def test_a_breakpoint_stops_every_rank_and_each_ranks_frames_and_variables_show(
     assert finished.reply["content"]["status"] == "ok", finished
     run = kernel.run("print(rank, globals().get('c_copy'))")
     assert run.stdout.splitlines() == ["[0] 0 None", "[1] 1 None", "[2] 2 8", "[3] 3 None"], run
+
+
+def test_a_breakpoint_that_one_rank_reaches_stops_that_rank_only(debug: DebugClient) -> None:
+    code = "x = rank * 10\nif rank == 2:\n    y = x + 1\nz = x\n"
+    debug.break_at(code, 3)
+    seen = len(debug.events)
+    cell = debug.execute(code)
+    stopped = debug.wait_event("stopped", seen)
+    frames = debug.frames(stopped["body"]["threadId"], 1)
+    assert set(top_frames(frames)) == {2}, frames
+    deadline = time.monotonic() + 30
+    while True:
+        ranks = {v["name"]: v["value"] for v in debug.scope(frames[0]["id"], "Ranks")}
+        if ranks["rank 0"] == "finished this cell" or time.monotonic() > deadline:
+            break
+        debug.pump(0.2)
+    assert ranks["rank 2"].startswith("stopped (breakpoint) at line 3"), ranks
+    for rank in (0, 1, 3):
+        assert ranks[f"rank {rank}"] == "finished this cell", ranks
+    debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
+    finished = debug.wait_cell(cell)
+    assert finished.reply is not None
+    assert finished.reply["content"]["status"] == "ok", finished
+
+
+def test_ranks_wait_in_a_collective_while_one_is_paused_for_30_s(debug: DebugClient) -> None:
+    # The kernelspec's CHORUS_TIMEOUT is 20 s: a paused rank must not count as lost.
+    code = (
+        "g = chorus.init()\n"
+        "if rank == 0:\n"
+        "    hold = 1\n"
+        "total = chorus.all_sum(np.full(2, rank + 1.0))\n"
+        "print(total)\n"
+    )
+    debug.break_at(code, 3)
+    seen = len(debug.events)
+    cell = debug.execute(code)
+    stopped = debug.wait_event("stopped", seen)
+    frames = debug.frames(stopped["body"]["threadId"], 1)
+    assert set(top_frames(frames)) == {0}, frames
+    paused_at = time.monotonic()
+    ranks: dict[str, str] = {}
+    while time.monotonic() - paused_at < 30:
+        ranks = {v["name"]: v["value"] for v in debug.scope(frames[0]["id"], "Ranks")}
+        debug.pump(1.0)
+    for rank in (1, 2, 3):
+        assert ranks[f"rank {rank}"] == "running: inside all_sum on world", ranks
+    assert not cell.done, cell
+    debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
+    finished = debug.wait_cell(cell)
+    assert finished.reply is not None
+    assert finished.reply["content"]["status"] == "ok", finished
+    assert "[0-3] [10. 10.]" in finished.stdout, finished
+
+
+def test_one_rank_steps_alone_when_lockstep_is_off_and_rank_2_is_in_focus(
+    debug: DebugClient,
+) -> None:
+    code = "a = rank\nb = a + 1\nc = b + 1\n"
+    debug.break_at(code, 1)
+    seen = len(debug.events)
+    cell = debug.execute(code)
+    stopped = debug.wait_event("stopped", seen)
+    debug.frames(stopped["body"]["threadId"], 4)
+
+    seen = len(debug.events)
+    focus = debug.ok("evaluate", {"expression": "%rank 2", "context": "repl"})
+    assert focus["body"]["result"] == "rank 2 is in focus"
+    focused = debug.wait_event("stopped", seen)
+    frames = debug.frames(focused["body"]["threadId"], 4)
+    assert frames[0]["name"].startswith("[rank 2]"), frames
+
+    debug.ok("evaluate", {"expression": "%lockstep off", "context": "repl"})
+    seen = len(debug.events)
+    debug.ok("next", {"threadId": focused["body"]["threadId"]})
+    stepped = debug.wait_event("stopped", seen)
+    lines = {
+        r: f["line"] for r, f in top_frames(debug.frames(stepped["body"]["threadId"], 4)).items()
+    }
+    assert lines == {0: 1, 1: 1, 2: 2, 3: 1}, lines
+
+    debug.ok("evaluate", {"expression": "%lockstep on", "context": "repl"})
+    seen = len(debug.events)
+    debug.ok("next", {"threadId": stepped["body"]["threadId"]})
+    stepped = debug.wait_event("stopped", seen)
+    lines = {
+        r: f["line"] for r, f in top_frames(debug.frames(stepped["body"]["threadId"], 4)).items()
+    }
+    assert lines == {0: 2, 1: 2, 2: 3, 3: 2}, lines
+    debug.ok("continue", {"threadId": stepped["body"]["threadId"]})
+    assert debug.wait_cell(cell).reply is not None
+
+
+def test_a_client_that_asks_for_threads_gets_one_thread_per_rank(debug: DebugClient) -> None:
+    code = "def f():\n    here = rank\n    return here\n\nf()\n"
+    debug.break_at(code, 2)
+    seen = len(debug.events)
+    cell = debug.execute(code)
+    debug.wait_event("stopped", seen)
+    threads = debug.ok("threads")["body"]["threads"]
+    names = sorted(t["name"] for t in threads)
+    assert names == [f"[rank {r}] MainThread" for r in range(4)], threads
+    by_rank = {int(t["name"][6]): t["id"] for t in threads}
+    frames = debug.ok("stackTrace", {"threadId": by_rank[3]})["body"]["stackFrames"]
+    assert {f["name"] for f in frames} == {"[rank 3] f", "[rank 3] <module>"}, frames
+    # Continuing one thread moves its rank only.
+    debug.ok("continue", {"threadId": by_rank[3], "singleThread": True})
+    assert debug.ok("stackTrace", {"threadId": by_rank[0]})["body"]["stackFrames"]
+    assert not debug.ok("stackTrace", {"threadId": by_rank[3]})["body"]["stackFrames"]
+    debug.ok("continue", {"threadId": by_rank[0]})
+    assert debug.wait_cell(cell).reply is not None
+
+
+def test_pause_stops_a_running_rank_and_its_variables_can_be_set(debug: DebugClient) -> None:
+    code = "import time\nspin = rank == 3\nwhile spin:\n    time.sleep(0.01)\ndone = rank\n"
+    debug.break_at(code, 5)
+    seen = len(debug.events)
+    cell = debug.execute(code)
+    stopped = debug.wait_event("stopped", seen)
+    frames = debug.frames(stopped["body"]["threadId"], 3)
+    assert set(top_frames(frames)) == {0, 1, 2}, frames
+    ranks = {v["name"]: v["value"] for v in debug.scope(frames[0]["id"], "Ranks")}
+    assert ranks["rank 3"].startswith("running: line "), ranks
+
+    seen = len(debug.events)
+    debug.ok("pause", {"threadId": stopped["body"]["threadId"]})
+    debug.wait_event("stopped", seen)
+    tops = top_frames(debug.frames(stopped["body"]["threadId"], 4))
+    assert tops[3]["line"] in (3, 4), tops
+    debug.ok("setExpression", {"expression": "spin", "value": "False", "frameId": tops[3]["id"]})
+    # Out of its loop, rank 3 reaches the breakpoint the others are at.
+    seen = len(debug.events)
+    debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
+    again = debug.wait_event("stopped", seen)
+    tops = top_frames(debug.frames(again["body"]["threadId"], 1))
+    assert {r: f["line"] for r, f in tops.items()} == {3: 5}, tops
+    debug.ok("continue", {"threadId": again["body"]["threadId"]})
+    finished = debug.wait_cell(cell)
+    assert finished.reply is not None
+    assert finished.reply["content"]["status"] == "ok", finished
+
+
+def test_an_interrupt_while_paused_ends_the_cell_and_the_debugger_stops_again_after(
+    debug: DebugClient, kernel: Frontend
+) -> None:
+    code = "def g():\n    v = rank\n    return v\n\ng()\n"
+    debug.break_at(code, 2)
+    for _trial in range(3):
+        seen = len(debug.events)
+        cell = debug.execute(code)
+        stopped = debug.wait_event("stopped", seen)
+        debug.frames(stopped["body"]["threadId"], 4)
+        kernel.manager.interrupt_kernel()
+        finished = debug.wait_cell(cell, timeout=30)
+        assert finished.reply is not None
+        assert finished.reply["content"]["status"] == "error", finished
+        assert any(e["ename"] == "KeyboardInterrupt" for e in finished.errors), finished.errors
+        run = kernel.run("print(rank * 2)")
+        assert run.stdout.splitlines() == ["[0] 0", "[1] 2", "[2] 4", "[3] 6"], run
+    # The ranks' debuggers still stop them (a plain ipykernel's would not: ipykernel#821).
+    seen = len(debug.events)
+    cell = debug.execute(code)
+    stopped = debug.wait_event("stopped", seen)
+    debug.frames(stopped["body"]["threadId"], 4)
+    debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
+    finished = debug.wait_cell(cell)
+    assert finished.reply is not None
+    assert finished.reply["content"]["status"] == "ok", finished
+
+
+def test_a_frontend_that_leaves_and_comes_back_finds_the_debugger_working(
+    debug: DebugClient, kernel: Frontend
+) -> None:
+    code = "p = rank\nq = p * 3\n"
+    debug.break_at(code, 2)
+    debug.stop()
+    # Left: the breakpoint is gone, the cell runs through.
+    seen = len(debug.events)
+    cell = debug.wait_cell(debug.execute(code))
+    assert cell.reply is not None
+    assert cell.reply["content"]["status"] == "ok"
+    assert not [e for e in debug.events[seen:] if e["event"] == "stopped"]
+    assert debug.ok("debugInfo")["body"]["isStarted"] is False
+    # Back (JupyterLab's debugger switched on again): it stops again.
+    debug.start()
+    debug.break_at(code, 2)
+    seen = len(debug.events)
+    cell = debug.execute(code)
+    stopped = debug.wait_event("stopped", seen)
+    debug.frames(stopped["body"]["threadId"], 4)
+    debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
+    assert debug.wait_cell(cell).reply is not None
