@@ -478,6 +478,14 @@ class DebugProxy:
         answer = await self._ask_rank(rank, request, ANSWER)
         return self._relabel(request, rank, answer)
 
+    def held(self) -> dict[int, str]:
+        """The ranks stopped in the debugger, each with where (as far as known)."""
+        return {
+            rank: "stopped in the debugger"
+            + (f": {self._where[rank]}" if rank in self._where else "")
+            for rank in self.stopped
+        }
+
     def refusal(self, request: Dap, why: str) -> Dap:
         """A failed response to ``request`` that says ``why``."""
         return self._response(request, success=False, message=why)
@@ -628,14 +636,14 @@ class DebugProxy:
         for rank in range(self.size):
             if rank in self.stopped:
                 where = self._where.get(rank, "")
-                value = f"stopped ({self._reasons.get(rank, {}).get('reason', 'pause')})"
-                value += f" {where}" if where else ""
+                reason = self._reasons.get(rank, {}).get("reason", "pause")
+                value = f"stopped: {where} ({reason})" if where else f"stopped ({reason})"
             elif rank in running:
                 value = doing.get(rank, "running")
             else:
                 value = "not running"
             lines.append(
-                {"name": f"rank {rank}", "value": value, "type": "", "variablesReference": 0}
+                {"name": f"rank {rank}", "value": value, "type": "str", "variablesReference": 0}
             )
         return lines
 
@@ -776,4 +784,4 @@ def _internal_thread(name: str) -> bool:
 
 
 def _frame_text(frame: Dap) -> str:
-    return f"at line {frame.get('line', '?')} in {frame.get('name', '?')}"
+    return f"{frame.get('name', '?')}, line {frame.get('line', '?')}"

@@ -93,6 +93,7 @@ class ChorusKernel(Kernel):
             where_running=self.engine.activity,
         )
         self.engine.debug_events = self.debugger.on_event
+        self.engine.ranks.held = self.debugger.held
         self.banner = (
             f"chorus {chorus.__version__}: every cell runs on {self.ranks_count} ranks "
             f"(backend {self.backend}); %%ranks 0,2, %target, %output byrank, %chorus status"
@@ -295,6 +296,10 @@ class ChorusKernel(Kernel):
         await asyncio.sleep(self.stall_after)
         reported: set[tuple[object, ...]] = set()
         while True:
+            if self.debugger.stopped:
+                # Ranks stopped in the debugger hold the others up: no stall.
+                await asyncio.sleep(2.0)
+                continue
             report = await self.engine.where()
             key = stall_key(report)
             if key is not None and key not in reported:

@@ -156,6 +156,8 @@ class RankSet:
         self._questions: QuestionServer | None = None
         # Where local rank kernels' unix sockets live.
         self._sockets: SocketDir | None = None
+        # Ranks held by a debugger, with where they are: not asked where they are.
+        self.held: Callable[[], dict[int, str]] = dict
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -477,10 +479,17 @@ class RankSet:
         """Ask every running rank where it is: the snapshots, and who did not answer."""
         asked: dict[int, asyncio.Future[Message]] = {}
         missing: dict[str, str] = {}
+        # A rank stopped in the debugger is where the debugger says. Asking it
+        # too was harmful: ipykernel's debugger lost a response now and then
+        # when these requests came between its own, and waited for it for ever.
+        held = self.held()
         for rank in self.ranks:
             code = rank.exit_code()
             if rank.client is None or code is not None:
                 missing[str(rank.rank)] = "not running" if code is None else describe_exit(code)
+                continue
+            if rank.rank in held:
+                missing[str(rank.rank)] = held[rank.rank]
                 continue
             request = rank.client.session.msg("chorus_where_request", {})
             asked[rank.rank] = self.expect_reply(request["header"]["msg_id"])

@@ -394,3 +394,90 @@ def test_live_text_rank_areas_figures_and_help_in_jupyterlab(lab: tuple[str, Pat
         finally:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "jupyterlab-rich.png"), full_page=True)
+
+
+def _click_gutter(page: Page, cell_index: int, line: int) -> None:
+    """Click the breakpoint gutter beside ``line`` (1-based) of a cell's editor."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(cell_index)
+    row = cell.locator(".cm-content .cm-line").nth(line - 1).bounding_box()
+    gutter = cell.locator("div.cm-breakpoint-gutter").bounding_box()
+    assert row is not None, "no such line"
+    assert gutter is not None, "no breakpoint gutter: is the debugger on?"
+    page.mouse.click(gutter["x"] + gutter["width"] / 2, row["y"] + row["height"] / 2)
+
+
+def test_debugger_stops_every_rank_and_shows_each_ranks_variables_in_jupyterlab(
+    lab: tuple[str, Path],
+) -> None:
+    sources = [
+        "def step(x):\n    y = x * 10 + rank\n    return y\n\nout = step(rank)\nprint('done', out)",
+    ]
+    with _notebook_page(lab, "debugger.ipynb", sources, height=1000) as page:
+        try:
+            bug = page.locator(".jp-NotebookPanel-toolbar .jp-DebuggerBugButton")
+            bug.wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => !document.querySelector('.jp-NotebookPanel-toolbar .jp-DebuggerBugButton')"
+                ".closest('button, jp-button').disabled",
+                timeout=60_000,
+            )
+            bug.click()
+            page.locator(".jp-DebuggerCallstack").wait_for(timeout=60_000)
+            page.locator(".jp-Notebook .jp-Cell").first.locator(".cm-content").click()
+            _click_gutter(page, 0, 2)
+            page.locator(".jp-DebuggerBreakpoint").first.wait_for(timeout=30_000)
+            _run_cell(page, 0)
+            frames = page.locator(".jp-DebuggerCallstackFrame")
+            for rank in range(4):
+                frames.filter(has_text=f"[rank {rank}] step").first.wait_for(timeout=60_000)
+            # Rank 2's frame: its variables.
+            frames.filter(has_text="[rank 2] step").first.click()
+            variables = page.locator(".jp-DebuggerVariables-body:visible")
+            scope = page.locator(".jp-DebuggerVariables-toolbar select[aria-label='Scope']")
+
+            def shown() -> dict[str, str]:
+                names = variables.locator(".jp-DebuggerVariables-name").all_inner_texts()
+                values = variables.locator(".jp-DebuggerVariables-detail").all_inner_texts()
+                return dict(zip(names, values, strict=False))
+
+            def wait_shown(name: str, value: str) -> dict[str, str]:
+                deadline = time.monotonic() + 30
+                while shown().get(name) != value and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                return shown()
+
+            assert wait_shown("x", "2").get("x") == "2", shown()
+            scope.select_option("Globals")
+            assert wait_shown("rank", "2").get("rank") == "2", shown()
+            # Where every rank is, in the "Ranks" scope.
+            scope.select_option("Ranks")
+            ranks = wait_shown("rank 3", "stopped: step, line 2 (breakpoint)")
+            assert ranks == {f"rank {r}": "stopped: step, line 2 (breakpoint)" for r in range(4)}, (
+                ranks
+            )
+            # A wider sidebar for the screenshots: drag the split before it to the left.
+            handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle:visible").last
+            box = handle.bounding_box()
+            if box is not None:
+                page.mouse.move(box["x"] + box["width"] / 2, box["y"] + 200)
+                page.mouse.down()
+                page.mouse.move(box["x"] - 220, box["y"] + 200, steps=5)
+                page.mouse.up()
+            news = page.get_by_role("button", name="No", exact=True)
+            if news.count() and news.first.is_visible():
+                news.first.click()  # JupyterLab's news question, out of the screenshots
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-debugger-ranks.png"))
+            scope.select_option("Locals")
+            wait_shown("x", "2")
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-debugger.png"))
+            # Continue: every rank runs on and the cell ends.
+            page.locator("jp-button[title^='Continue']").first.click()
+            output = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-OutputArea")
+            output.get_by_text("[3] done 33").wait_for(timeout=60_000)
+            text = output.inner_text()
+            for rank in range(4):
+                assert f"[{rank}] done {11 * rank}" in text, text
+            assert page.locator(".jp-DebuggerCallstackFrame").count() == 0
+        finally:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-debugger-end.png"))

@@ -105,6 +105,17 @@ class DebugClient:
         self.cells[cell.msg_id] = cell
         return cell
 
+    def execute_on_control(self, code: str) -> RunningCell:
+        """A directive sent as another console sends it while a cell runs (its output only)."""
+        msg = self.client.session.msg(
+            "execute_request",
+            {"code": code, "silent": False, "store_history": False, "user_expressions": {}},
+        )
+        self.client.control_channel.send(msg)
+        cell = RunningCell(msg["header"]["msg_id"])
+        self.cells[cell.msg_id] = cell
+        return cell
+
     def pump(self, timeout: float = 0.02) -> None:
         """Take everything waiting on iopub and shell (at most ``timeout`` s for the first)."""
         while True:

@@ -88,7 +88,7 @@ def test_a_breakpoint_stops_every_rank_and_each_ranks_frames_and_variables_show(
 
     ranks = {v["name"]: v["value"] for v in debug.scope(tops[1]["id"], "Ranks")}
     assert list(ranks) == ["rank 0", "rank 1", "rank 2", "rank 3"]
-    assert all(v.startswith("stopped (breakpoint) at line 2 in") for v in ranks.values()), ranks
+    assert all(v == "stopped: f, line 2 (breakpoint)" for v in ranks.values()), ranks
 
     # Next moves every rank (lockstep): all stop again on line 3.
     seen = len(debug.events)
@@ -131,7 +131,7 @@ def test_a_breakpoint_that_one_rank_reaches_stops_that_rank_only(debug: DebugCli
         if ranks["rank 0"] == "finished this cell" or time.monotonic() > deadline:
             break
         debug.pump(0.2)
-    assert ranks["rank 2"].startswith("stopped (breakpoint) at line 3"), ranks
+    assert ranks["rank 2"] == "stopped: <module>, line 3 (breakpoint)", ranks
     for rank in (0, 1, 3):
         assert ranks[f"rank {rank}"] == "finished this cell", ranks
     debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
@@ -163,6 +163,13 @@ def test_ranks_wait_in_a_collective_while_one_is_paused_for_30_s(debug: DebugCli
     for rank in (1, 2, 3):
         assert ranks[f"rank {rank}"] == "running: inside all_sum on world", ranks
     assert not cell.done, cell
+    # Nor does the kernel call it a stall; "where" names the rank held in the debugger.
+    assert "cannot all be making progress" not in cell.stderr, cell.stderr
+    where = debug.execute_on_control("%chorus where")
+    deadline = time.monotonic() + 30
+    while "stopped in the debugger" not in where.stdout and time.monotonic() < deadline:
+        debug.pump(0.2)
+    assert "stopped in the debugger: <module>, line 3" in where.stdout, where.stdout
     debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
     finished = debug.wait_cell(cell)
     assert finished.reply is not None
