@@ -19,6 +19,7 @@ from jupyter_client.manager import KernelManager
 
 from testbed.emulated_hosts import EmulatedHosts
 from tests.kernel.conftest import _KERNELS, _PREFIX, Frontend, running_kernel
+from tests.kernel.debug_client import DebugClient, top_frames
 from tests.remote.test_launch_remote import assert_no_orphans, job_processes
 
 
@@ -171,3 +172,26 @@ def test_a_stall_on_remote_ranks_is_reported_in_the_cell(remote_kernel: Frontend
     assert remote_kernel.run("%chorus stall off").status == "ok"
     after = remote_kernel.run("print(chorus.all_sum(np.ones(1)).tolist())")
     assert "[0-3] [4.0]" in after.stdout, after
+
+
+def test_the_debugger_stops_remote_ranks(remote_kernel: Frontend) -> None:
+    debug = DebugClient(remote_kernel.client)
+    debug.start()
+    try:
+        code = "import socket\ndef where_am_i():\n    host = socket.gethostname()\n    return host\n\nwhere_am_i()\n"
+        path = debug.break_at(code, 4)
+        seen = len(debug.events)
+        cell = debug.execute(code)
+        stopped = debug.wait_event("stopped", seen)
+        tops = top_frames(debug.frames(stopped["body"]["threadId"], 4))
+        assert sorted(tops) == [0, 1, 2, 3], tops
+        for rank, frame in tops.items():
+            assert frame["source"]["path"] == path, frame
+            local = {v["name"]: v["value"] for v in debug.scope(frame["id"], "Locals")}
+            assert local["host"] == repr("h1" if rank < 2 else "h2"), (rank, local)
+        debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
+        finished = debug.wait_cell(cell)
+        assert finished.reply is not None
+        assert finished.reply["content"]["status"] == "ok", finished
+    finally:
+        debug.stop()
