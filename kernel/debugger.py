@@ -248,6 +248,8 @@ class DebugProxy:
         self.threads.clear()
         self.refs.clear()
         self.per_thread = False
+        self.focus = 0
+        self.lockstep = True
         if failed:
             return self._failed(request, failed)
         return self._response(request)
@@ -478,6 +480,23 @@ class DebugProxy:
         answer = await self._ask_rank(rank, request, ANSWER)
         return self._relabel(request, rank, answer)
 
+    def set_focus(self, rank: int) -> None:
+        """Show ``rank``: its frames first, its variables between cells, what one-rank steps move.
+
+        Raises
+        ------
+        ValueError
+            There is no such rank.
+        """
+        if not 0 <= rank < self.size:
+            msg = f"there are ranks 0-{self.size - 1}, not {rank}"
+            raise ValueError(msg)
+        self.focus = rank
+        if rank in self.stopped:
+            # JupyterLab shows the thread of the last stopped event: make it this rank's.
+            self._told.add(rank)
+            self._send_stopped(rank, sorted(self.stopped))
+
     def held(self) -> dict[int, str]:
         """The ranks stopped in the debugger, each with where (as far as known)."""
         return {
@@ -522,10 +541,6 @@ class DebugProxy:
         """The cell ended on every rank: none can be stopped any more."""
         if self.stopped:
             self._continued(list(self.stopped))
-
-    def rank_died(self, rank: int) -> None:
-        if rank in self.stopped:
-            self._continued([rank])
 
     def _continued(self, ranks: Iterable[int]) -> None:
         told = []
@@ -604,14 +619,10 @@ class DebugProxy:
         words = expression.split()
         if words[0] == "%rank" and len(words) == 2 and words[1].isdigit():
             rank = int(words[1])
-            if rank >= self.size:
-                return self._response(
-                    request, success=False, message=f"there are ranks 0-{self.size - 1}"
-                )
-            self.focus = rank
-            if rank in self.stopped:
-                self._told.add(rank)
-                self._send_stopped(rank, sorted(self.stopped))
+            try:
+                self.set_focus(rank)
+            except ValueError as err:
+                return self._response(request, success=False, message=str(err))
             result = f"rank {rank} is in focus"
         elif words[0] == "%lockstep" and words[1:] in (["on"], ["off"]):
             self.lockstep = words[1] == "on"

@@ -14,6 +14,8 @@ Directives the chorus kernel handles itself (not sent to the ranks):
 ``%chorus where``   where every rank is: stacks, calls, and a verdict (chorus.where)
 ``%chorus stall 30`` print that report once in a cell that has run 30 s while the
                     ranks cannot all be making progress (default 10; ``off``)
+``%chorus focus 2`` JupyterLab's debugger shows rank 2 (variables between cells,
+                    its frames first when stopped; kernel/debugger.py)
 """
 
 from __future__ import annotations
@@ -370,9 +372,18 @@ class ChorusKernel(Kernel):
             self._say(f"[chorus] output mode: {mode}\n")
         elif words[1:2] == ["status"]:
             self._say(self.engine.status())
+        elif words[1:2] == ["focus"] and len(words) == 3 and words[2].isdigit():
+            try:
+                self.debugger.set_focus(int(words[2]))
+            except ValueError as err:
+                return self._error("ValueError", str(err))
+            self._say(
+                f"[chorus] the debugger shows rank {words[2]}: its variables between cells,"
+                " its frames first when stopped\n"
+            )
         else:
             return self._error(
-                "UsageError", "the chorus kernel knows: %chorus status, where, stall"
+                "UsageError", "the chorus kernel knows: %chorus status, where, stall, focus R"
             )
         return {
             "status": "ok",

@@ -314,3 +314,25 @@ def test_a_frontend_that_leaves_and_comes_back_finds_the_debugger_working(
     debug.frames(stopped["body"]["threadId"], 4)
     debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
     assert debug.wait_cell(cell).reply is not None
+
+
+def test_between_cells_the_variables_are_rank_0s_or_the_focused_ranks(
+    debug: DebugClient, kernel: Frontend
+) -> None:
+    assert kernel.run("marker = rank * 7").status == "ok"
+    variables = {v["name"]: v["value"] for v in debug.ok("inspectVariables")["body"]["variables"]}
+    assert variables["marker"] == "0", variables
+    run = kernel.run("%chorus focus 2")
+    assert "the debugger shows rank 2" in run.stdout, run
+    try:
+        variables = {
+            v["name"]: v["value"] for v in debug.ok("inspectVariables")["body"]["variables"]
+        }
+        assert variables["marker"] == "14", variables
+        rich = debug.ok("richInspectVariables", {"variableName": "marker"})
+        assert rich["body"]["data"] == {"text/plain": "14"}, rich
+        bad = kernel.run("%chorus focus 9")
+        assert bad.status == "error", bad
+        assert "there are ranks 0-3, not 9" in bad.errors[0]["evalue"], bad.errors
+    finally:
+        kernel.run("%chorus focus 0")
