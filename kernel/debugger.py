@@ -228,14 +228,15 @@ class DebugProxy:
     async def _on_disconnect(self, request: Dap) -> Dap:
         """The frontend leaves: no breakpoint stays, every stopped rank runs on."""
         failed: dict[int, str] = {}
+        attached = [r for r in self._running() if r in self._attached]
         for path in list(self.breakpoints):
             clear = {
                 "command": "setBreakpoints",
                 "arguments": {"source": {"path": path}, "breakpoints": []},
             }
-            failed.update((await self._everywhere(clear, ANSWER))[1])
+            failed.update((await self._everywhere(clear, ANSWER, attached))[1])
         no_filters = {"command": "setExceptionBreakpoints", "arguments": {"filters": []}}
-        failed.update((await self._everywhere(no_filters, ANSWER))[1])
+        failed.update((await self._everywhere(no_filters, ANSWER, attached))[1])
         stopped = dict(self.stopped)
         self.stopped.clear()
         for rank, thread in stopped.items():

@@ -167,6 +167,29 @@ class DebugClient:
             self.pump()
         return cell
 
+    def run_to_stop(self, code: str, ranks: int) -> tuple[RunningCell, int, list[Dap]]:
+        """Run ``code`` until it stops: the cell, the stopped thread, ``ranks`` ranks' frames."""
+        seen = len(self.events)
+        cell = self.execute(code)
+        thread: int = self.wait_event("stopped", seen)["body"]["threadId"]
+        return cell, thread, self.frames(thread, ranks)
+
+    def next_line(self, thread: int, ranks: int) -> tuple[int, dict[int, int]]:
+        """Step (``next``): the stopped thread after it, and each rank's line."""
+        seen = len(self.events)
+        self.ok("next", {"threadId": thread})
+        thread = self.wait_event("stopped", seen)["body"]["threadId"]
+        tops = top_frames(self.frames(thread, ranks))
+        return thread, {rank: frame["line"] for rank, frame in tops.items()}
+
+    def continue_to_end(self, thread: int, cell: RunningCell) -> RunningCell:
+        """Continue every stopped rank; the cell, finished ok."""
+        self.ok("continue", {"threadId": thread})
+        self.wait_cell(cell)
+        assert cell.reply is not None
+        assert cell.reply["content"]["status"] == "ok", cell
+        return cell
+
     def frames(self, thread: int, ranks: int) -> list[Dap]:
         """The call stack once it holds frames of ``ranks`` ranks (stops arrive one by one)."""
         deadline = time.monotonic() + 30

@@ -91,11 +91,9 @@ def test_a_breakpoint_stops_every_rank_and_each_ranks_frames_and_variables_show(
     assert all(v == "stopped: f, line 2 (breakpoint)" for v in ranks.values()), ranks
 
     # Next moves every rank (lockstep): all stop again on line 3.
-    seen = len(debug.events)
-    debug.ok("next", {"threadId": thread})
-    stepped = debug.wait_event("stopped", seen)
-    tops = top_frames(debug.frames(stepped["body"]["threadId"], 4))
-    assert {r: f["line"] for r, f in tops.items()} == {0: 3, 1: 3, 2: 3, 3: 3}
+    thread, lines = debug.next_line(thread, 4)
+    assert lines == {0: 3, 1: 3, 2: 3, 3: 3}, lines
+    tops = top_frames(debug.frames(thread, 4))
     local = {v["name"]: v["value"] for v in debug.scope(tops[2]["id"], "Locals")}
     assert local["c"] == str(2 + 3 * 2), local
 
@@ -109,10 +107,7 @@ def test_a_breakpoint_stops_every_rank_and_each_ranks_frames_and_variables_show(
         "copyToGlobals",
         {"srcVariableName": "c", "dstVariableName": "c_copy", "srcFrameId": tops[2]["id"]},
     )
-    debug.ok("continue", {"threadId": stepped["body"]["threadId"]})
-    finished = debug.wait_cell(cell)
-    assert finished.reply is not None
-    assert finished.reply["content"]["status"] == "ok", finished
+    debug.continue_to_end(thread, cell)
     run = kernel.run("print(rank, globals().get('c_copy'))")
     assert run.stdout.splitlines() == ["[0] 0 None", "[1] 1 None", "[2] 2 8", "[3] 3 None"], run
 
@@ -120,10 +115,7 @@ def test_a_breakpoint_stops_every_rank_and_each_ranks_frames_and_variables_show(
 def test_a_breakpoint_that_one_rank_reaches_stops_that_rank_only(debug: DebugClient) -> None:
     code = "x = rank * 10\nif rank == 2:\n    y = x + 1\nz = x\n"
     debug.break_at(code, 3)
-    seen = len(debug.events)
-    cell = debug.execute(code)
-    stopped = debug.wait_event("stopped", seen)
-    frames = debug.frames(stopped["body"]["threadId"], 1)
+    cell, thread, frames = debug.run_to_stop(code, 1)
     assert set(top_frames(frames)) == {2}, frames
     deadline = time.monotonic() + 30
     while True:
@@ -134,10 +126,7 @@ def test_a_breakpoint_that_one_rank_reaches_stops_that_rank_only(debug: DebugCli
     assert ranks["rank 2"] == "stopped: <module>, line 3 (breakpoint)", ranks
     for rank in (0, 1, 3):
         assert ranks[f"rank {rank}"] == "finished this cell", ranks
-    debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
-    finished = debug.wait_cell(cell)
-    assert finished.reply is not None
-    assert finished.reply["content"]["status"] == "ok", finished
+    debug.continue_to_end(thread, cell)
 
 
 def test_ranks_wait_in_a_collective_while_one_is_paused_for_30_s(debug: DebugClient) -> None:
@@ -150,10 +139,7 @@ def test_ranks_wait_in_a_collective_while_one_is_paused_for_30_s(debug: DebugCli
         "print(total)\n"
     )
     debug.break_at(code, 3)
-    seen = len(debug.events)
-    cell = debug.execute(code)
-    stopped = debug.wait_event("stopped", seen)
-    frames = debug.frames(stopped["body"]["threadId"], 1)
+    cell, thread, frames = debug.run_to_stop(code, 1)
     assert set(top_frames(frames)) == {0}, frames
     paused_at = time.monotonic()
     ranks: dict[str, str] = {}
@@ -170,10 +156,7 @@ def test_ranks_wait_in_a_collective_while_one_is_paused_for_30_s(debug: DebugCli
     while "stopped in the debugger" not in where.stdout and time.monotonic() < deadline:
         debug.pump(0.2)
     assert "stopped in the debugger: <module>, line 3" in where.stdout, where.stdout
-    debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
-    finished = debug.wait_cell(cell)
-    assert finished.reply is not None
-    assert finished.reply["content"]["status"] == "ok", finished
+    finished = debug.continue_to_end(thread, cell)
     assert "[0-3] [10. 10.]" in finished.stdout, finished
 
 
@@ -182,10 +165,7 @@ def test_one_rank_steps_alone_when_lockstep_is_off_and_rank_2_is_in_focus(
 ) -> None:
     code = "a = rank\nb = a + 1\nc = b + 1\n"
     debug.break_at(code, 1)
-    seen = len(debug.events)
-    cell = debug.execute(code)
-    stopped = debug.wait_event("stopped", seen)
-    debug.frames(stopped["body"]["threadId"], 4)
+    cell, _thread, _frames = debug.run_to_stop(code, 4)
 
     seen = len(debug.events)
     focus = debug.ok("evaluate", {"expression": "%rank 2", "context": "repl"})
@@ -195,24 +175,12 @@ def test_one_rank_steps_alone_when_lockstep_is_off_and_rank_2_is_in_focus(
     assert frames[0]["name"].startswith("[rank 2]"), frames
 
     debug.ok("evaluate", {"expression": "%lockstep off", "context": "repl"})
-    seen = len(debug.events)
-    debug.ok("next", {"threadId": focused["body"]["threadId"]})
-    stepped = debug.wait_event("stopped", seen)
-    lines = {
-        r: f["line"] for r, f in top_frames(debug.frames(stepped["body"]["threadId"], 4)).items()
-    }
+    thread, lines = debug.next_line(focused["body"]["threadId"], 4)
     assert lines == {0: 1, 1: 1, 2: 2, 3: 1}, lines
-
     debug.ok("evaluate", {"expression": "%lockstep on", "context": "repl"})
-    seen = len(debug.events)
-    debug.ok("next", {"threadId": stepped["body"]["threadId"]})
-    stepped = debug.wait_event("stopped", seen)
-    lines = {
-        r: f["line"] for r, f in top_frames(debug.frames(stepped["body"]["threadId"], 4)).items()
-    }
+    thread, lines = debug.next_line(thread, 4)
     assert lines == {0: 2, 1: 2, 2: 3, 3: 2}, lines
-    debug.ok("continue", {"threadId": stepped["body"]["threadId"]})
-    assert debug.wait_cell(cell).reply is not None
+    debug.continue_to_end(thread, cell)
 
 
 def test_a_client_that_asks_for_threads_gets_one_thread_per_rank(debug: DebugClient) -> None:
@@ -238,30 +206,24 @@ def test_a_client_that_asks_for_threads_gets_one_thread_per_rank(debug: DebugCli
 def test_pause_stops_a_running_rank_and_its_variables_can_be_set(debug: DebugClient) -> None:
     code = "import time\nspin = rank == 3\nwhile spin:\n    time.sleep(0.01)\ndone = rank\n"
     debug.break_at(code, 5)
-    seen = len(debug.events)
-    cell = debug.execute(code)
-    stopped = debug.wait_event("stopped", seen)
-    frames = debug.frames(stopped["body"]["threadId"], 3)
+    cell, thread, frames = debug.run_to_stop(code, 3)
     assert set(top_frames(frames)) == {0, 1, 2}, frames
     ranks = {v["name"]: v["value"] for v in debug.scope(frames[0]["id"], "Ranks")}
     assert ranks["rank 3"].startswith("running: line "), ranks
 
     seen = len(debug.events)
-    debug.ok("pause", {"threadId": stopped["body"]["threadId"]})
+    debug.ok("pause", {"threadId": thread})
     debug.wait_event("stopped", seen)
-    tops = top_frames(debug.frames(stopped["body"]["threadId"], 4))
+    tops = top_frames(debug.frames(thread, 4))
     assert tops[3]["line"] in (3, 4), tops
     debug.ok("setExpression", {"expression": "spin", "value": "False", "frameId": tops[3]["id"]})
     # Out of its loop, rank 3 reaches the breakpoint the others are at.
     seen = len(debug.events)
-    debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
+    debug.ok("continue", {"threadId": thread})
     again = debug.wait_event("stopped", seen)
     tops = top_frames(debug.frames(again["body"]["threadId"], 1))
     assert {r: f["line"] for r, f in tops.items()} == {3: 5}, tops
-    debug.ok("continue", {"threadId": again["body"]["threadId"]})
-    finished = debug.wait_cell(cell)
-    assert finished.reply is not None
-    assert finished.reply["content"]["status"] == "ok", finished
+    debug.continue_to_end(again["body"]["threadId"], cell)
 
 
 def test_an_interrupt_while_paused_ends_the_cell_and_the_debugger_stops_again_after(
@@ -270,10 +232,7 @@ def test_an_interrupt_while_paused_ends_the_cell_and_the_debugger_stops_again_af
     code = "def g():\n    v = rank\n    return v\n\ng()\n"
     debug.break_at(code, 2)
     for _trial in range(3):
-        seen = len(debug.events)
-        cell = debug.execute(code)
-        stopped = debug.wait_event("stopped", seen)
-        debug.frames(stopped["body"]["threadId"], 4)
+        cell, thread, _frames = debug.run_to_stop(code, 4)
         kernel.manager.interrupt_kernel()
         finished = debug.wait_cell(cell, timeout=30)
         assert finished.reply is not None
@@ -282,14 +241,8 @@ def test_an_interrupt_while_paused_ends_the_cell_and_the_debugger_stops_again_af
         run = kernel.run("print(rank * 2)")
         assert run.stdout.splitlines() == ["[0] 0", "[1] 2", "[2] 4", "[3] 6"], run
     # The ranks' debuggers still stop them (a plain ipykernel's would not: ipykernel#821).
-    seen = len(debug.events)
-    cell = debug.execute(code)
-    stopped = debug.wait_event("stopped", seen)
-    debug.frames(stopped["body"]["threadId"], 4)
-    debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
-    finished = debug.wait_cell(cell)
-    assert finished.reply is not None
-    assert finished.reply["content"]["status"] == "ok", finished
+    cell, thread, _frames = debug.run_to_stop(code, 4)
+    debug.continue_to_end(thread, cell)
 
 
 def test_a_frontend_that_leaves_and_comes_back_finds_the_debugger_working(
@@ -308,12 +261,8 @@ def test_a_frontend_that_leaves_and_comes_back_finds_the_debugger_working(
     # Back (JupyterLab's debugger switched on again): it stops again.
     debug.start()
     debug.break_at(code, 2)
-    seen = len(debug.events)
-    cell = debug.execute(code)
-    stopped = debug.wait_event("stopped", seen)
-    debug.frames(stopped["body"]["threadId"], 4)
-    debug.ok("continue", {"threadId": stopped["body"]["threadId"]})
-    assert debug.wait_cell(cell).reply is not None
+    cell, thread, _frames = debug.run_to_stop(code, 4)
+    debug.continue_to_end(thread, cell)
 
 
 def test_between_cells_the_variables_are_rank_0s_or_the_focused_ranks(
