@@ -63,7 +63,8 @@ QUICK_CASES = [("all_sum", 8), ("all_sum", MIB), ("all_sum", 16 * MIB)]
 CHORUS_PEERS = ("chorus shm", "chorus ring")
 # Columns that are not libraries: shown beside the peers, never "the best peer".
 # (chorus shm without its flight recorder: the column that shows what recording costs)
-REFERENCE_PEERS = ("tcp floor", "chorus shm (no recorder)")
+# (chorus shm with y = all_sum(x): what a fresh result costs against out=)
+REFERENCE_PEERS = ("tcp floor", "chorus shm (no recorder)", "chorus shm (y = all_sum(x))")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 
@@ -328,6 +329,8 @@ class Peer:
             argv = [chorus, "launch", "-n", str(n), "--backend", backend, "--no-prefix"]
             if self.name.endswith("(no recorder)"):
                 argv += ["--env", "CHORUS_FLIGHT_RECORDS=0"]  # what the flight record costs
+            if self.name.endswith("(y = all_sum(x))"):
+                argv += ["--env", "CHORUS_BENCH_FRESH_RESULT=1"]  # the call most users write
             return [([*argv, worker], env)]
         if self.name == "mlx ring (mlx.launch)":
             argv = [
@@ -387,6 +390,11 @@ PEERS = [
     Peer(
         "chorus shm (no recorder)",
         "chorus launch --backend shm --env CHORUS_FLIGHT_RECORDS=0 (reference)",
+        "chorus_worker.py",
+    ),
+    Peer(
+        "chorus shm (y = all_sum(x))",
+        "chorus launch --backend shm, a fresh result per call (reference)",
         "chorus_worker.py",
     ),
     Peer("mlx ring (mlx.launch)", "mlx.launch --backend ring", "mlx_worker.py"),
@@ -680,11 +688,14 @@ def table(n: int, peers: list[str], cases: list[dict[str, Any]], ops: list[tuple
     by = {(c["peer"], c["op"], c["bytes"]): c for c in cases if c["n"] == n}
     with_floor = "tcp floor" in peers and "chorus ring" in peers
     with_recorder = "chorus shm (no recorder)" in peers and "chorus shm" in peers
+    with_fresh = "chorus shm (y = all_sum(x))" in peers and "chorus shm" in peers
     head = ["op", "bytes/rank", *peers, "chorus / best peer"]
     if with_floor:
         head.append("chorus ring / tcp floor")
     if with_recorder:
         head.append("shm with / without flight recorder")
+    if with_fresh:
+        head.append("shm y = op(x) / out=")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for op, nbytes in ops:
         row = [op, _size(nbytes)] + [_cell(by.get((p, op, nbytes))) for p in peers]
@@ -704,6 +715,7 @@ def table(n: int, peers: list[str], cases: list[dict[str, Any]], ops: list[tuple
         for wanted, mine_peer, ref_peer in (
             (with_floor, "chorus ring", "tcp floor"),
             (with_recorder, "chorus shm", "chorus shm (no recorder)"),
+            (with_fresh, "chorus shm (y = all_sum(x))", "chorus shm"),
         ):
             if wanted:
                 a, b = by.get((mine_peer, op, nbytes)), by.get((ref_peer, op, nbytes))

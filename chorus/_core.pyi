@@ -1,5 +1,6 @@
 """Typed stubs for the compiled extension ``chorus._core``."""
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,9 @@ def init(
     shm_cma_bytes: int | None = None,
     ring_spin_us: int | None = None,
 ) -> Group: ...
+def set_result_allocator(
+    allocator: Callable[[tuple[int, ...], np.dtype[Any]], np.ndarray[Any, Any]], min_bytes: int
+) -> None: ...
 def all_reduce(group: Group, x: object, out: object, op: str) -> np.ndarray[Any, Any] | None: ...
 def all_gather(group: Group, x: object, out: object) -> np.ndarray[Any, Any] | None: ...
 def reduce_scatter(

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from chorus.pool import MIN_BYTES, RESULTS
+
 # JAX shares a buffer with numpy only at this alignment (XLA's minimum).
 JAX_ALIGNMENT = 64
 
@@ -123,10 +125,16 @@ def writable_view(out: object, name: str) -> np.ndarray[Any, Any]:
 
 
 def empty(shape: tuple[int, ...], dtype: np.dtype[Any], kind: Kind | None) -> np.ndarray[Any, Any]:
-    """A fresh result array, aligned as ``kind`` needs to share it."""
+    """A fresh result array, aligned as ``kind`` needs to share it.
+
+    Large ones come from recycled memory (:mod:`chorus.pool`): page-aligned,
+    so aligned for every kind, and with no page faults once warm.
+    """
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes >= MIN_BYTES:
+        return RESULTS.take(nbytes).view(dtype).reshape(shape)
     if kind is None or not kind.alignment:
         return np.empty(shape, dtype=dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(nbytes + kind.alignment, dtype=np.uint8)
     start = -raw.ctypes.data % kind.alignment
     return raw[start : start + nbytes].view(dtype).reshape(shape)

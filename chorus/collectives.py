@@ -32,10 +32,19 @@ import numpy.typing as npt
 from chorus import _core
 from chorus.arrays import Kind, empty, from_framework, numpy_dtype, writable_view
 from chorus.group import Group, default_group
+from chorus.pool import MIN_BYTES
 
 ArrayLike = npt.ArrayLike
 # Also a torch tensor, an MLX or a JAX array (given back as the same kind).
 Array = Any
+
+
+def _fresh(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    return empty(shape, dtype, None)
+
+
+# The compiled fast path makes its large results here too (recycled memory).
+_core.set_result_allocator(_fresh, MIN_BYTES)
 
 
 def _as_array(x: ArrayLike) -> np.ndarray[Any, Any]:

@@ -128,9 +128,32 @@ bool plain_input(py::handle x) {
   return order == '=' || order == '|' || order == native;
 }
 
+// Large fresh results come from chorus.pool (recycled memory: no page faults
+// once warm), which Python registers with set_result_allocator. Leaked on
+// purpose: no Python object may be destroyed after the interpreter finalized.
+py::object* result_allocator = nullptr;
+py::ssize_t result_allocator_min_bytes = 0;
+
+py::object fresh_result(const py::array& x, const std::vector<py::ssize_t>& shape) {
+  if (result_allocator != nullptr) {
+    py::ssize_t nbytes = x.itemsize();
+    for (const auto d : shape) nbytes *= d;
+    if (nbytes >= result_allocator_min_bytes) {
+      py::tuple dims(shape.size());
+      for (size_t i = 0; i < shape.size(); ++i) dims[i] = py::int_(shape[i]);
+      py::object made = (*result_allocator)(dims, x.dtype());
+      if (!py::isinstance<py::array>(made)) {
+        throw py::type_error("chorus: the result allocator returned something else than an array");
+      }
+      return made;
+    }
+  }
+  return py::array(x.dtype(), shape);
+}
+
 // out as given when it fits exactly, a new array when it is None, else null.
 py::object fitting_out(py::handle out, const py::array& x, const std::vector<py::ssize_t>& shape) {
-  if (out.is_none()) return py::array(x.dtype(), shape);
+  if (out.is_none()) return fresh_result(x, shape);
   if (!py::isinstance<py::array>(out)) return py::object();
   const auto o = py::reinterpret_borrow<py::array>(out);
   if (!(o.flags() & py::array::c_style) || !o.writeable()) return py::object();
@@ -224,6 +247,18 @@ uint64_t shape_hash(const py::array& array) {
 }
 
 void register_collectives(py::module_& m) {
+  m.def(
+      "set_result_allocator",
+      [](py::object allocator, py::ssize_t min_bytes) {
+        if (result_allocator == nullptr) {
+          result_allocator = new py::object(std::move(allocator));
+        } else {
+          *result_allocator = std::move(allocator);
+        }
+        result_allocator_min_bytes = min_bytes;
+      },
+      py::arg("allocator"), py::arg("min_bytes"),
+      "Fresh results of at least min_bytes come from allocator(shape, dtype).");
   m.def(
       "all_reduce",
       [](GroupImpl& g, py::handle xh, py::handle outh, const std::string& op) -> py::object {

@@ -5,6 +5,7 @@ See ``_harness.py`` for what a rank does and how the driver configures it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,9 +25,17 @@ class ChorusComm:
         self.peer = "chorus"
 
     def prepare(self, op: str, x: np.ndarray) -> tuple[Callable[[], None], Callable[[], Any]]:
-        # Into a preallocated result (out=), as the mpi4py worker does: a
-        # fresh result per call would time numpy's allocator and the kernel's
-        # page faults, not the collective.
+        # Into a preallocated result (out=), as the mpi4py worker does; with
+        # CHORUS_BENCH_FRESH_RESULT=1, a fresh result per call, the previous
+        # one dropped (y = chorus.all_sum(x)): what the result's memory costs.
+        if os.environ.get("CHORUS_BENCH_FRESH_RESULT") == "1":
+            call = chorus.all_sum if op == "all_sum" else chorus.all_gather
+            last: list[Any] = [None]
+
+            def fresh() -> None:
+                last[0] = call(x)
+
+            return fresh, lambda: last[0]
         if op == "all_sum":
             out = np.empty_like(x)
             return (lambda: chorus.all_sum(x, out=out)), lambda: out
