@@ -116,6 +116,161 @@ def test_ring_hostfile_carries_the_ring_over_the_cables(
     assert_nothing_left(ring_hosts)
 
 
+# Sub-groups on the ring of cables (no routing between non-neighbours): the
+# world ring, neighbour pairs in both orders, non-neighbours (parity), and
+# uneven groups. Each child reports how long its split took; only the
+# neighbour pairs' all_sum is large, so their cables' counters show where it went.
+SPLITS = """\
+import socket, time
+import numpy as np
+import chorus
+g = chorus.init()
+r, n = g.rank(), g.size()
+host = socket.gethostname()
+def check(name, child, members, big=False):
+    size = 1 << 18 if big else 8
+    got = chorus.all_sum(np.full(size, float(r + 1)), group=child)
+    assert np.all(got == float(sum(m + 1 for m in members))), (name, got[:3])
+    gathered = chorus.all_gather(np.array([r]), group=child)
+    assert gathered.tolist() == members, (name, gathered)
+for name, color, key in [
+    ("pairs", r // 2, -1),
+    ("pairs-reversed", r // 2, n - r),
+    ("parity", r % 2, -1),
+    ("three-and-one", int(r == 3), -1),
+]:
+    start = time.monotonic()
+    child = g.split(color, key)
+    took = time.monotonic() - start
+    members = sorted((m for m in range(n) if {"pairs": m // 2, "pairs-reversed": m // 2,
+                      "parity": m % 2, "three-and-one": int(m == 3)}[name] == color),
+                     key=lambda m: (n - m) if key >= 0 else m)
+    check(name, child, members, big=name == "pairs")
+    print(name, r, child.rank(), child.size(), f"{took:.1f}", flush=True)
+"""
+
+
+def test_split_on_the_ring_of_cables_reaches_every_pair(
+    ring_hosts: EmulatedHosts, tmp_path: Path
+) -> None:
+    hostfile = tmp_path / "hosts.json"
+    result = config(ring_hosts, "--output", str(hostfile))
+    assert result.returncode == 0, result.stderr
+    cables = {
+        frozenset((link.a, link.b)): [
+            (host, link.peer(host.name)[1])
+            for host in ring_hosts.hosts
+            if host.name in (link.a, link.b)
+        ]
+        for link in ring_hosts.links
+    }
+    before = {pair: sum(rx_bytes(h, name) for h, name in ends) for pair, ends in cables.items()}
+    launched = run_chorus(ring_hosts, "launch", "--hostfile", str(hostfile), "-c", SPLITS)
+    assert launched.returncode == 0, launched.stderr
+    lines = [line.split() for line in launched.stdout.splitlines()]
+    assert len(lines) == 16, launched.stdout
+    for _label, name, _rank, _child_rank, _size, took in lines:
+        # Unreachable addresses used to cost the 60 s set-up timeout.
+        assert float(took) < 10, (name, launched.stdout)
+    carried = {
+        pair: sum(rx_bytes(h, name) for h, name in ends) - before[pair]
+        for pair, ends in cables.items()
+    }
+    # The pairs' 2 MiB all_sums crossed their own cables, nothing else did.
+    assert carried[frozenset(("h0", "h1"))] > 1 << 20, carried
+    assert carried[frozenset(("h2", "h3"))] > 1 << 20, carried
+    assert carried[frozenset(("h1", "h2"))] < 1 << 19, carried
+    assert_nothing_left(ring_hosts)
+
+
+# The world ring over the cables, then a parity split once h0 has lost its
+# management address: h0 and h2 share no network, h1 and h3 still share the switch.
+NO_PATH = """\
+import os, sys, time
+import numpy as np
+import chorus
+g = chorus.init()
+r = g.rank()
+assert chorus.all_sum(np.ones(4))[0] == 4
+open(sys.argv[1] + f".{r}", "w").close()
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+start = time.monotonic()
+try:
+    child = g.split(r % 2)
+    total = chorus.all_sum(np.ones(2), group=child)[0]
+    print("OK", r, total, flush=True)
+except chorus.PeerError as err:
+    print("RAISED", r, f"{time.monotonic() - start:.1f}", str(err).replace("\\n", " "), flush=True)
+"""
+
+
+def test_split_names_a_pair_that_shares_no_network(
+    emulated_hosts: EmulatedHostsFactory, tmp_path: Path
+) -> None:
+    hosts = emulated_hosts(4, "ring")
+    written = config(hosts)
+    assert written.returncode == 0, written.stderr
+    entries = json.loads(written.stdout)["hosts"]
+    hostfile = json.dumps([[f"{entry['ips'][0]}:29500"] for entry in entries])
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    ranks = []
+    for rank, host in enumerate(hosts.hosts):
+        env = {
+            **hosts.env(),
+            "CHORUS_RANK": str(rank),
+            "CHORUS_WORLD_SIZE": "4",
+            "CHORUS_HOSTFILE": hostfile,
+            "CHORUS_BACKEND": "ring",
+            "CHORUS_TOKEN": "split-no-path",
+            "CHORUS_TIMEOUT": "60",
+        }
+        ranks.append(
+            subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    host.netns,
+                    sys.executable,
+                    "-c",
+                    NO_PATH,
+                    str(ready),
+                    str(go),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not all(Path(f"{ready}.{r}").exists() for r in range(4)):
+            assert time.monotonic() < deadline, [p.poll() for p in ranks]
+            time.sleep(0.05)
+        hosts[0].exec(["ip", "-4", "addr", "flush", "dev", hosts[0].mgmt_if])
+        go.touch()
+        outs = [p.communicate(timeout=60) for p in ranks]
+    finally:
+        for p in ranks:
+            p.kill()
+    lines = {}
+    for rank, (out, err) in enumerate(outs):
+        assert out.startswith(("OK", "RAISED")), (rank, out, err)
+        lines[rank] = out.split(maxsplit=3)
+    # h1 and h3 meet over the switch; h0 and h2 raise within seconds, naming the pair.
+    assert lines[1][:3] == ["OK", "1", "2.0"], lines
+    assert lines[3][:3] == ["OK", "3", "2.0"], lines
+    for rank in (0, 2):
+        word, _, took, text = lines[rank]
+        assert word == "RAISED", lines
+        assert float(took) < 15, lines
+        assert "share no network and the parent group never connected them" in text, text
+        assert "parent rank 0) and rank 1 (" in text, text
+        assert "parent rank 2) share" in text, text
+
+
 def test_switch_only(switch_hosts: EmulatedHosts) -> None:
     result = config(switch_hosts)
     assert result.returncode == 0, result.stderr

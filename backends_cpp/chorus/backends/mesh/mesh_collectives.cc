@@ -224,7 +224,9 @@ void MeshGroup::barrier() {
 }
 
 GroupPtr MeshGroup::split(int color, int key) {
-  tcp_split::Child child = tcp_split::split_child(*this, config_, color, key, split_count_++);
+  // Every pair of a mesh is connected (reachability taken as symmetric).
+  tcp_split::Child child = tcp_split::split_child(*this, config_, color, key, split_count_++,
+                                                  [](int, int) { return true; });
   if (child.config.size == 1) return make_single_group("mesh");
   CHORUS_LOG(config_.verbose, ctx_.prefix(), "split color ", color, ": rank ", child.config.rank,
              "/", child.config.size, " of group ", child.config.group_path);

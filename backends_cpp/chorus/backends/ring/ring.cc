@@ -87,32 +87,44 @@ std::string RingGroup::who(int rank) const { return rank_and_address(config_, ra
 // ---------------------------------------------------------------- set-up
 
 void RingGroup::connect_initial() {
-  const auto deadline = deadline_after(config_.timeout_s);
-  const std::string limit = tcp::seconds_text(config_.timeout_s);
+  // A neighbour this rank may not be able to reach (a split child's pair
+  // that shares no network, tcp/reach.h) gets kUnroutedPatience, and the
+  // error says why instead of blaming a rank that never joined.
+  const auto patience = [&](int peer) {
+    return unrouted_reason(config_, peer).empty() ? config_.timeout_s
+                                                  : std::min(config_.timeout_s, kUnroutedPatience);
+  };
+  const auto hint = [&](int peer) {
+    const std::string& why = unrouted_reason(config_, peer);
+    return why.empty() ? never_joined_hint(1) : ": " + why;
+  };
+  const auto right_deadline = deadline_after(patience(right()));
+  const std::string right_limit = tcp::seconds_text(patience(right()));
   CHORUS_LOG(config_.verbose, ctx_.prefix(), "listening on ", acceptor_->addresses().front(),
              ", connecting to ", who(right()), " over ", config_.hosts[right()].size(),
              " socket(s)");
   try {
-    connect_right(deadline, true);
+    connect_right(right_deadline, true);
   } catch (const PeerTimeout& e) {
     throw PeerTimeout(ctx_.prefix() + who(right()) + " did not accept a connection within " +
-                      limit + " (" + e.what() + ")" + never_joined_hint(1));
+                      right_limit + " (" + e.what() + ")" + hint(right()));
   } catch (const PeerError& e) {
-    if (Clock::now() >= deadline) {
+    if (Clock::now() >= right_deadline) {
       throw PeerTimeout(ctx_.prefix() + who(right()) + " did not accept a connection within " +
-                        limit + " (" + e.what() + ")" + never_joined_hint(1));
+                        right_limit + " (" + e.what() + ")" + hint(right()));
     }
     throw PeerError(ctx_.prefix() + "connecting to " + who(right()) + " failed: " + e.what());
   }
   CHORUS_LOG(config_.verbose, ctx_.prefix(), "connected to ", who(right()), "; waiting for ",
              who(left()));
+  const auto left_deadline = deadline_after(patience(left()));
   while (!install_left()) {
-    if (Clock::now() >= deadline) {
-      throw PeerTimeout(ctx_.prefix() + who(left()) + " did not connect within " + limit +
-                        never_joined_hint(1));
+    if (Clock::now() >= left_deadline) {
+      throw PeerTimeout(ctx_.prefix() + who(left()) + " did not connect within " +
+                        tcp::seconds_text(patience(left())) + hint(left()));
     }
     pollfd wake{acceptor_->wake_fd(), POLLIN, 0};
-    tcp::poll_slice(&wake, 1, deadline);
+    tcp::poll_slice(&wake, 1, left_deadline);
   }
   CHORUS_LOG(config_.verbose, ctx_.prefix(), "ring ready: ", who(left()), " -> me -> ",
              who(right()));
@@ -757,7 +769,9 @@ void RingGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int /*tag: 
 // ---------------------------------------------------------------- split
 
 GroupPtr RingGroup::split(int color, int key) {
-  tcp_split::Child child = tcp_split::split_child(*this, config_, color, key, split_count_++);
+  const int n = config_.size;
+  tcp_split::Child child = tcp_split::split_child(*this, config_, color, key, split_count_++,
+                                                  [n](int a, int b) { return b == (a + 1) % n; });
   if (child.config.size == 1) return make_single_group("ring");
   CHORUS_LOG(config_.verbose, ctx_.prefix(), "split color ", color, ": rank ", child.config.rank,
              "/", child.config.size, " of group ", child.config.group_path);

@@ -13,7 +13,16 @@ namespace chorus {
 struct TcpGroupConfig {
   int rank = 0;
   int size = 1;
+  // Per rank, the addresses this rank dials to reach it (its own entry: the
+  // addresses it listens on). The same on every rank, except in a split
+  // child whose pairs each use an address of their own (per_pair_routes).
   std::vector<std::vector<std::string>> hosts;
+  // Split children of a ring only (a mesh connected every pair already): per
+  // rank, why this rank and that one may not reach each other ("" for most):
+  // the ring's set-up gives up on such a neighbour after kUnroutedPatience,
+  // with this text, instead of waiting out timeout_s.
+  std::vector<std::string> unrouted;
+  bool per_pair_routes = false;  // hosts holds one address per peer, chosen for the pair
   std::string token;
   std::string job_id;
   std::string group_path;  // "" for the world group, "/0.1" for split 0, color 1
@@ -42,6 +51,16 @@ inline TcpGroupConfig world_config(const InitOptions& options,
   config.segment_bytes = options.segment_bytes;
   config.tuning = options.tuning;
   return config;
+}
+
+// How long a split child's member waits for a peer it may not be able to
+// reach (TcpGroupConfig::unrouted) before it gives up naming the pair.
+inline constexpr double kUnroutedPatience = 5.0;
+
+// Why `rank` may be unreachable from this one, or "".
+inline const std::string& unrouted_reason(const TcpGroupConfig& config, int rank) {
+  static const std::string none;
+  return rank < static_cast<int>(config.unrouted.size()) ? config.unrouted[rank] : none;
 }
 
 // "rank 2 (10.0.0.2:29500)": a rank and its first address, as the TCP

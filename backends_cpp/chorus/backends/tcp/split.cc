@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "chorus/transport/tcp/interfaces.h"
 #include "chorus/transport/tcp/socket.h"
 
 namespace chorus::tcp_split {
@@ -10,26 +11,38 @@ namespace {
 
 constexpr size_t kMaxAddrs = 8;
 constexpr size_t kAddrChars = 64;
+constexpr size_t kMaxNets = 16;
+constexpr size_t kHostChars = 64;
 
-// Fixed size, so one all_gather of bytes carries every rank's addresses.
+// Fixed size, so one all_gather of bytes carries every rank's report.
 struct Record {
-  uint32_t count;
+  uint32_t count;  // entries in addrs
+  uint32_t nets;   // entries in net_address / net_prefix
+  uint32_t any_port;
   char addrs[kMaxAddrs][kAddrChars];
+  uint32_t net_address[kMaxNets];
+  uint8_t net_prefix[kMaxNets];
+  char hostname[kHostChars];
 };
 
 struct ChildEndpoints {
-  std::vector<std::vector<std::string>> hosts;  // the child's hostfile, in child rank order
-  std::vector<tcp::Listener> listeners;         // this rank's, one per address
+  tcp_split::Reach reach;                // the child's addresses, this rank's view
+  std::vector<tcp::Listener> listeners;  // this rank's
 };
+
+std::string text_of(const char* chars, size_t limit) { return {chars, strnlen(chars, limit)}; }
 
 // A collective on `parent` (every parent rank calls it). `own` is this rank's
 // parent addresses ("ip:port"); `members` the parent ranks of this rank's
-// child, in child rank order (SplitPlan::members).
-ChildEndpoints exchange(GroupImpl& parent, const std::vector<std::string>& own,
-                        const std::vector<int>& members) {
+// child, in child rank order (SplitPlan::members); `me` this rank's place
+// there; proven(a, b) whether the parent connected parent ranks a and b over
+// b's addresses.
+ChildEndpoints exchange(GroupImpl& parent, const TcpGroupConfig& config,
+                        const std::vector<int>& members, int me,
+                        const std::function<bool(int, int)>& proven) {
   ChildEndpoints out;
   Record mine{};
-  for (const auto& addr : own) {
+  for (const auto& addr : config.hosts[config.rank]) {
     if (out.listeners.size() == kMaxAddrs) break;
     const std::string host = tcp::Address::parse(addr).host();
     const bool v6 = host.find(':') != std::string::npos;
@@ -37,21 +50,45 @@ ChildEndpoints exchange(GroupImpl& parent, const std::vector<std::string>& own,
     std::snprintf(mine.addrs[mine.count++], kAddrChars, "%s",
                   out.listeners.back().address().c_str());
   }
+  for (const auto& net : tcp::local_ipv4_networks()) {
+    if (mine.nets == kMaxNets) break;
+    mine.net_address[mine.nets] = net.address;
+    mine.net_prefix[mine.nets++] = net.prefix;
+  }
+  if (mine.nets > 0) {
+    // Where a pair shares no listed address's network (see reach.h).
+    out.listeners.push_back(tcp::Listener::bind("0.0.0.0:0"));
+    mine.any_port = static_cast<uint32_t>(std::stoul(
+        out.listeners.back().address().substr(out.listeners.back().address().rfind(':') + 1)));
+  }
+  std::snprintf(mine.hostname, kHostChars, "%s", config.hostname.c_str());
   std::vector<Record> all(static_cast<size_t>(parent.size()));
   CallDesc desc;
   desc.kind = Collective::AllGather;
   desc.dtype = Dtype::UInt8;
   desc.count = sizeof(Record);
-  desc.shape_hash = 0x5b11a;
+  desc.shape_hash = 0x5b12a;
   parent.all_gather(desc, &mine, all.data());
+  std::vector<tcp_split::Endpoint> endpoints;
   for (int m : members) {
-    std::vector<std::string> addrs;
     const Record& r = all[static_cast<size_t>(m)];
+    tcp_split::Endpoint e;
     for (uint32_t i = 0; i < r.count && i < kMaxAddrs; ++i) {
-      addrs.emplace_back(r.addrs[i], strnlen(r.addrs[i], kAddrChars));
+      e.listed.push_back(text_of(r.addrs[i], kAddrChars));
     }
-    out.hosts.push_back(std::move(addrs));
+    for (uint32_t i = 0; i < r.nets && i < kMaxNets; ++i) {
+      e.nets.push_back(tcp::Ipv4Net{r.net_address[i], r.net_prefix[i]});
+    }
+    e.any_port = static_cast<uint16_t>(r.any_port);
+    e.hostname = text_of(r.hostname, kHostChars);
+    e.parent_rank = m;
+    endpoints.push_back(std::move(e));
   }
+  out.reach = tcp_split::plan_reach(endpoints, me, [&](int a, int b) {
+    return proven(members[static_cast<size_t>(a)], members[static_cast<size_t>(b)]);
+  });
+  // The listener on every interface serves only pairs that dial it.
+  if (!out.reach.per_pair && mine.any_port != 0) out.listeners.pop_back();
   return out;
 }
 
@@ -64,14 +101,18 @@ std::string child_path(const std::string& parent_path, uint64_t split_index, int
 }  // namespace
 
 Child split_child(GroupImpl& parent, const TcpGroupConfig& config, int color, int key,
-                  uint64_t split_index) {
+                  uint64_t split_index, const std::function<bool(int, int)>& parent_dialed) {
   const SplitPlan plan = plan_split(parent, color, key, split_index);
-  ChildEndpoints endpoints = exchange(parent, config.hosts[config.rank], plan.members);
+  // A parent that chose addresses per pair proves nothing of the listed ones.
+  const auto proven = [&](int a, int b) { return !config.per_pair_routes && parent_dialed(a, b); };
+  ChildEndpoints endpoints = exchange(parent, config, plan.members, plan.new_rank, proven);
   Child child{config, std::move(endpoints.listeners)};
   child.config.rank = plan.new_rank;
   child.config.size = static_cast<int>(plan.members.size());
   child.config.group_path = child_path(config.group_path, plan.split_index, color);
-  child.config.hosts = std::move(endpoints.hosts);
+  child.config.hosts = std::move(endpoints.reach.hosts);
+  child.config.unrouted = std::move(endpoints.reach.unrouted);
+  child.config.per_pair_routes = endpoints.reach.per_pair;
   return child;
 }
 

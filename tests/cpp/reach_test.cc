@@ -1,0 +1,120 @@
+// Which address each member of a split child dials (backends/tcp/reach.h):
+// the parent's addresses where they work, a shared network where they do
+// not, and a named pair where the two share none.
+#include "chorus/backends/tcp/reach.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace chorus::tcp_split {
+namespace {
+
+tcp::Ipv4Net net(const std::string& ip, uint8_t prefix) {
+  return tcp::Ipv4Net{*tcp::parse_ipv4(ip), prefix};
+}
+
+// Host h of 4 on a ring of cables h0-h1-h2-h3-h0 (10.0.<cable>.1 or .2 / 30)
+// beside a management switch 192.168.7.<10+h>/24, listed (as `chorus config`
+// writes a ring) at its address on the cable to its left neighbour.
+Endpoint ring_host(int h) {
+  const int left_cable = (h + 3) % 4;  // cable c joins hc and h(c+1)
+  const int right_cable = h;
+  Endpoint e;
+  e.listed = {"10.0." + std::to_string(left_cable) + ".2:" + std::to_string(5000 + h)};
+  e.nets = {net("10.0." + std::to_string(left_cable) + ".2", 30),
+            net("10.0." + std::to_string(right_cable) + ".1", 30),
+            net("192.168.7." + std::to_string(10 + h), 24)};
+  e.any_port = static_cast<uint16_t>(6000 + h);
+  e.hostname = "h" + std::to_string(h);
+  e.parent_rank = h;
+  return e;
+}
+
+std::vector<Endpoint> members_of(const std::vector<int>& hosts) {
+  std::vector<Endpoint> out;
+  for (int h : hosts) out.push_back(ring_host(h));
+  return out;
+}
+
+TEST(SplitReach, ParentAddressesAreKeptWhereEveryPairCanUseThem) {
+  // One host: loopback addresses, three streams each (striping kept).
+  std::vector<Endpoint> members(3);
+  for (int r = 0; r < 3; ++r) {
+    for (int s = 0; s < 3; ++s) {
+      members[r].listed.push_back("127.0.0.1:" + std::to_string(7000 + 10 * r + s));
+    }
+  }
+  const Reach reach = plan_reach(members, 1, [](int, int) { return false; });
+  EXPECT_FALSE(reach.per_pair);
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(reach.hosts[r], members[r].listed);
+  for (const auto& why : reach.unrouted) EXPECT_EQ(why, "");
+}
+
+TEST(SplitReach, NeighboursUseTheirCableBothWays) {
+  // h0 and h1 as a child: h1 dials h0's listed address (on the h3-h0 cable)
+  // in the parent never; it must use the h0-h1 cable instead.
+  const auto members = members_of({0, 1});
+  const auto proven = [](int a, int b) { return b == a + 1; };  // the parent ring's h0 -> h1
+  const Reach at0 = plan_reach(members, 0, proven);
+  const Reach at1 = plan_reach(members, 1, proven);
+  ASSERT_TRUE(at0.per_pair);
+  ASSERT_TRUE(at1.per_pair);
+  EXPECT_EQ(at0.hosts[1], std::vector<std::string>{"10.0.0.2:5001"});  // h1's listed: our cable
+  EXPECT_EQ(at1.hosts[0], std::vector<std::string>{"10.0.0.1:6000"});  // h0 on our cable
+  EXPECT_EQ(at0.unrouted[1], "");
+  EXPECT_EQ(at1.unrouted[0], "");
+  // One socket per pair on both sides, so the acceptor expects what the dialer opens.
+  EXPECT_EQ(at0.hosts[0].size(), 1U);
+  EXPECT_EQ(at1.hosts[1].size(), 1U);
+}
+
+TEST(SplitReach, NonNeighboursUseTheSwitch) {
+  const auto members = members_of({0, 2});
+  const Reach at0 = plan_reach(members, 0, [](int, int) { return false; });
+  const Reach at1 = plan_reach(members, 1, [](int, int) { return false; });
+  EXPECT_EQ(at0.hosts[1], std::vector<std::string>{"192.168.7.12:6002"});
+  EXPECT_EQ(at1.hosts[0], std::vector<std::string>{"192.168.7.10:6000"});
+}
+
+TEST(SplitReach, PairsWithNoCommonNetworkAreNamedOnBothSides) {
+  auto members = members_of({0, 2});
+  for (auto& m : members) m.nets.pop_back();  // no management switch: cables only
+  const Reach at0 = plan_reach(members, 0, [](int, int) { return false; });
+  const Reach at1 = plan_reach(members, 1, [](int, int) { return false; });
+  EXPECT_EQ(at0.hosts[1], members[1].listed);  // a route may still exist
+  ASSERT_NE(at0.unrouted[1], "");
+  EXPECT_EQ(at0.unrouted[1], at1.unrouted[0]);  // the same text on both sides
+  EXPECT_NE(at0.unrouted[1].find(
+                "rank 0 (h0, parent rank 0) and rank 1 (h2, parent rank 2) share no network"),
+            std::string::npos)
+      << at0.unrouted[1];
+  EXPECT_NE(at0.unrouted[1].find("h2: 10.0.1.2/30, 10.0.2.1/30"), std::string::npos)
+      << at0.unrouted[1];
+}
+
+TEST(SplitReach, APairProvenByTheParentKeepsItsAddressEvenWithoutASharedNetwork) {
+  // Hosts on different routed subnets: the parent reached each other's addresses.
+  std::vector<Endpoint> members(2);
+  members[0].listed = {"10.1.0.5:4000"};
+  members[0].nets = {net("10.1.0.5", 24)};
+  members[1].listed = {"10.2.0.7:4001"};
+  members[1].nets = {net("10.2.0.7", 24)};
+  const Reach reach = plan_reach(members, 0, [](int, int) { return true; });
+  EXPECT_FALSE(reach.per_pair);
+  EXPECT_EQ(reach.hosts[1], members[1].listed);
+  EXPECT_EQ(reach.unrouted[1], "");
+}
+
+TEST(SplitReach, NetworksContainTheirAddressesOnly) {
+  const tcp::Ipv4Net cable = net("10.0.3.1", 30);
+  EXPECT_TRUE(cable.contains(*tcp::parse_ipv4("10.0.3.2")));
+  EXPECT_FALSE(cable.contains(*tcp::parse_ipv4("10.0.3.5")));
+  EXPECT_EQ(cable.text(), "10.0.3.1/30");
+  EXPECT_TRUE(net("0.0.0.0", 0).contains(*tcp::parse_ipv4("8.8.8.8")));
+  EXPECT_FALSE(tcp::parse_ipv4("::1").has_value());
+}
+
+}  // namespace
+}  // namespace chorus::tcp_split
