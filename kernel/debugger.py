@@ -695,12 +695,12 @@ class DebugProxy:
         response = self._response(
             request, success=bool(answer.get("success", False)), message=answer.get("message")
         )
-        if "body" in answer:
-            response["body"] = answer["body"]
-        for key in ("variablesReference",):
-            body = response.get("body")
-            if isinstance(body, dict) and body.get(key):
-                body[key] = self._ref(rank, body[key])
+        body = answer.get("body")
+        if body is not None:
+            response["body"] = body
+        # evaluate / setVariable / setExpression answer with a rank's variable reference.
+        if isinstance(body, dict) and body.get("variablesReference"):
+            body["variablesReference"] = self._ref(rank, body["variablesReference"])
         return response
 
     async def _ask_rank(self, rank: int, request: Dap, timeout: float) -> Dap:

@@ -250,10 +250,8 @@ class Engine:
         except RuntimeError:
             return None
         msg_id = getattr(client, send)(**kwargs)
-        try:
-            reply = await asyncio.wait_for(self.ranks.expect_reply(msg_id), 10)
-        except asyncio.TimeoutError:
-            self.ranks.forget_reply(msg_id)
+        reply = await self.ranks.reply_within(msg_id, 10)
+        if reply is None:
             return None
         content: dict[str, Any] = reply["content"]
         return content
@@ -273,28 +271,30 @@ class Engine:
         client = self.ranks.client(rank)
         message = client.session.msg("debug_request", request)
         msg_id = message["header"]["msg_id"]
-        reply = self.ranks.expect_reply(msg_id)
         client.control_channel.send(message)
-        try:
-            answer = await asyncio.wait_for(reply, timeout)
-        except asyncio.TimeoutError:
-            self.ranks.forget_reply(msg_id)
-            raise TimeoutError from None
+        answer = await self.ranks.reply_within(msg_id, timeout)
+        if answer is None:
+            raise TimeoutError
         content: dict[str, Any] = answer["content"]
         return content
 
     async def activity(self, ranks: list[int]) -> dict[int, str]:
         """What each of ``ranks`` does now, in a few words (asked as ``where`` is)."""
-        answers = await self.ranks.where_answers(timeout=2.0)
-        doing = {int(rank): f"not answering ({why})" for rank, why in answers["missing"].items()}
-        for snapshot in answers["snapshots"]:
-            doing[snapshot["rank"]] = _activity(snapshot)
         cell = self._cell
+        doing: dict[int, str] = {}
         for rank in ranks:
-            if cell is not None and rank in cell.targets and cell.finished(rank):
-                doing[rank] = "finished this cell"
-            elif cell is not None and rank not in cell.targets:
+            if cell is not None and rank not in cell.targets:
                 doing[rank] = "not running this cell"
+            elif cell is not None and cell.finished(rank):
+                doing[rank] = "finished this cell"
+        # Only the ranks still in the cell are asked (their control channels).
+        ask = [rank for rank in ranks if rank not in doing]
+        if ask:
+            answers = await self.ranks.where_answers(timeout=2.0, only=ask)
+            for number, why in answers["missing"].items():
+                doing[int(number)] = f"not answering ({why})"
+            for snapshot in answers["snapshots"]:
+                doing[snapshot["rank"]] = _activity(snapshot)
         return {rank: doing[rank] for rank in ranks if rank in doing}
 
     def running(self) -> list[int]:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -475,8 +475,18 @@ class RankSet:
         """Ask every running rank where it is (control channel) and merge the answers."""
         return merge_answers(await self.where_answers(timeout))
 
-    async def where_answers(self, timeout: float = 3.0) -> WhereAnswers:
-        """Ask every running rank where it is: the snapshots, and who did not answer."""
+    async def reply_within(self, msg_id: str, timeout: float) -> Message | None:
+        """The reply to the request ``msg_id`` (sent or about to be), or None after ``timeout`` s."""
+        try:
+            return await asyncio.wait_for(self.expect_reply(msg_id), timeout)
+        except asyncio.TimeoutError:
+            self.forget_reply(msg_id)
+            return None
+
+    async def where_answers(
+        self, timeout: float = 3.0, only: Collection[int] | None = None
+    ) -> WhereAnswers:
+        """Ask every running rank (or those in ``only``) where it is: the snapshots, and who did not answer."""
         asked: dict[int, asyncio.Future[Message]] = {}
         missing: dict[str, str] = {}
         # A rank stopped in the debugger is where the debugger says. Asking it
@@ -484,6 +494,8 @@ class RankSet:
         # when these requests came between its own, and waited for it for ever.
         held = self.held()
         for rank in self.ranks:
+            if only is not None and rank.rank not in only:
+                continue
             code = rank.exit_code()
             if rank.client is None or code is not None:
                 missing[str(rank.rank)] = "not running" if code is None else describe_exit(code)
