@@ -265,8 +265,9 @@ def send(x: Array, dst: int, *, tag: int = 0, group: Group | None = None) -> Arr
     """
     g = default_group(group)
     source, kind = from_framework(x, "send")
-    _core.send(g.handle, _as_array(source), dst, tag=tag)
-    return x if kind is not None else _as_array(source)
+    array = _as_array(source)
+    _core.send(g.handle, array, dst, tag=tag)
+    return x if kind is not None else array
 
 
 def recv(

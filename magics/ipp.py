@@ -37,6 +37,7 @@ from IPython.display import publish_display_data
 
 from chorus.backends import default_backend
 from chorus.env import RankEnv
+from chorus.launch.agent import interface_of
 from chorus.launch.placement import new_job
 from chorus.launch.ports import reserved_ports
 from chorus.rendezvous import (
@@ -72,19 +73,24 @@ def _engine_listen(local: bool) -> dict[str, Any]:
         "hostname": hostname,
         "pid": os.getpid(),
         "mpi_rank": None if mpi_rank is None else int(mpi_rank),
+        # gloo resolves the host name unless told its interface (loopback, on some hosts).
+        "interface": None if local else interface_of(host),
         # For torch's and JAX's rank-0 services (rank 0's are used).
         "rendezvous_ports": reserved_ports(2, host),
     }
 
 
 def _engine_init(
-    env: dict[str, str], node: NodePosition, rendezvous: Rendezvous
+    env: dict[str, str], node: NodePosition, rendezvous: Rendezvous, interface: str | None
 ) -> tuple[int, int, str]:
-    """On an engine: join the chorus job (and the frameworks'); predefine chorus, np, rank, size."""
+    """On an engine: join the chorus job (and the frameworks'); predefine chorus, np, rank, size.
+
+    ``interface``: the engine's network interface, for gloo (``GLOO_SOCKET_IFNAME``).
+    """
     # What the engine had before chorus (a second setup must not keep the first's ports).
     inherited = {k: v for k, v in os.environ.items() if k not in _SET_BY_CHORUS}
     rank, size = int(env["CHORUS_RANK"]), int(env["CHORUS_WORLD_SIZE"])
-    env = {**env, **framework_environment(rank, size, node, rendezvous, inherited)}
+    env = {**env, **framework_environment(rank, size, node, rendezvous, inherited, interface)}
     for name in _SET_BY_CHORUS - set(env):
         os.environ.pop(name, None)
     _SET_BY_CHORUS.update(env)
@@ -160,7 +166,9 @@ def setup(client: Any, backend: str | None = None, timeout: float = 60.0) -> lis
             coordinator=addresses[0][0],
             listen_fds=[infos[engine]["fd"]],
         ).to_environ()
-        init = client[engine].apply_async(_engine_init, env, nodes[rank], rendezvous)
+        init = client[engine].apply_async(
+            _engine_init, env, nodes[rank], rendezvous, infos[engine]["interface"]
+        )
         pending.append((rank, engine, init))
     for rank, engine, result in pending:
         try:

@@ -144,7 +144,7 @@ def _reserved_ports(ip: str, count: int) -> list[int]:
     return ports
 
 
-def _interface_of(ip: str) -> str | None:
+def interface_of(ip: str) -> str | None:
     """The network interface that holds IPv4 address ``ip`` (for gloo's GLOO_SOCKET_IFNAME)."""
     if ":" in ip or not hasattr(socket, "if_nameindex"):
         return None
@@ -199,7 +199,7 @@ def prepare(request: dict[str, Any]) -> tuple[dict[str, Any], list[socket.socket
         "mlx_ports": mlx_ports,
         "free_ports": _free_ports(free_ip, request.get("free_ports", 0)),
         "rendezvous_ports": _reserved_ports(free_ip, 2),
-        "interface": _interface_of(request["advertise"][0]) if request.get("advertise") else None,
+        "interface": interface_of(request["advertise"][0]) if request.get("advertise") else None,
         "cores": _usable_cores(),
         "cwd": cwd,
         "python": sys.version.split()[0],

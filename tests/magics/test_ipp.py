@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 
 import ipyparallel as ipp
 import psutil
 import pytest
-from chorus.magics.ipp import setup
+from chorus.magics.ipp import _engine_listen, setup
 
 from tests.kernel.conftest import Frontend
 
@@ -104,3 +106,20 @@ def test_setup_needs_engines() -> None:
 
     with pytest.raises(RuntimeError, match="no engines"):
         setup(NoEngines())
+
+
+def test_an_engine_on_another_host_names_its_interface_for_gloo() -> None:
+    # What _engine_listen reports becomes GLOO_SOCKET_IFNAME: the interface
+    # that holds the address the engine listens on.
+    info = _engine_listen(local=False)
+    host = info["address"].rsplit(":", 1)[0]
+    assert info["interface"], info
+    shown = subprocess.run(
+        ["ip", "-j", "-4", "addr", "show", "dev", info["interface"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    held = [a["local"] for entry in json.loads(shown.stdout) for a in entry["addr_info"]]
+    assert host in held, (info, held)
+    assert _engine_listen(local=True)["interface"] is None
