@@ -66,7 +66,9 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
   for (int p = 0; p < n; ++p) {
     if (p == me) continue;
     Peer& peer = peers_[p];
-    if (!dialer_of(p)) install(p);  // a newer connection from p may already wait
+    // A newer connection from p may already wait. Nothing of this call came
+    // on it yet: until p's record does, its death means reconnecting.
+    if (!dialer_of(p) && install(p)) peer.tolerant = true;
     peer.need = !peer.link.up() && peer.coll.empty();
     if (!peer.need) send_record(p);
   }
@@ -79,10 +81,14 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
       Peer& peer = peers_[p];
       if (peer.synced) continue;
       // Dial first: connecting never needs the peer's main thread.
-      if (!dialer_of(p) && install(p)) {
-        // p re-established the link: what we sent on the old one is lost.
-        send_record(p);
-      } else if (peer.need && recover(p)) {
+      if ((!dialer_of(p) && install(p)) || (peer.need && recover(p))) {
+        // A new link: what we sent on the old one is lost, and what p sent
+        // on it was dropped (reset, install) before its record was taken.
+        // p's record must come on this link, so until it does, the link
+        // dying means reconnecting again: left intolerant, this rank would
+        // ignore the dead link (check_links) and wait for that record
+        // forever while p, which reset its end too, waits to be dialed.
+        peer.tolerant = true;
         send_record(p);
       }
       if (peer.need && probe_now) probe(p);

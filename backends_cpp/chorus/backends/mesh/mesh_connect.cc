@@ -221,12 +221,12 @@ bool MeshGroup::recover(int p) {
   return true;
 }
 
-void MeshGroup::reset(int p) {
+void MeshGroup::reset(int p, bool keep_frames) {
   Peer& peer = peers_[p];
   peer.sent_all = peer.link.sends_done();
   peer.link = tcp::Link();
   peer.need = true;
-  peer.coll.clear();
+  if (!keep_frames) peer.coll.clear();
   mailbox_.drop_partial(p);
 }
 

@@ -123,7 +123,9 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   // p refused a connection: throw a fatal LinkFailure naming every rank gone.
   [[noreturn]] void report_gone(int p);
   bool recover(int p);
-  void reset(int p);
+  // Drops p's link (it comes back at the next need); its queued frames too,
+  // unless keep_frames (complete frames that arrived before the link went).
+  void reset(int p, bool keep_frames = false);
 
   // Progress and failure (mesh_progress.cc).
   void progress(int timeout_ms = kInterruptPollMs);

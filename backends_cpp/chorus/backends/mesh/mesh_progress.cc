@@ -154,8 +154,11 @@ void MeshGroup::check_links() {
         } else if (call > calls_.index()) {
           // It failed in a call we have not reached yet (this rank skipped
           // calls it was interrupted before): raise if it is needed here.
+          // It finished ours first, so what it sent for ours (its record, its
+          // data) arrived before the abort and is still ours to take: it will
+          // never send it again.
           pending_abort_ = PendingAbort{culprit, call, text, fatal, w.reason};
-          reset(p);
+          reset(p, /*keep_frames=*/true);
         } else {
           throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal,
                             w.reason);
