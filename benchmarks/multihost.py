@@ -18,6 +18,32 @@ management bridge) it starts 4 emulated hosts whose data links are shaped with
 - Open MPI through mpi4py, ``mpirun --host h0,h1,h2,h3`` over ssh, with its
   default algorithm choice and with the ring all-reduce forced.
 
+Several ranks per host (``--layouts switch-2x2 switch-2x4 switch-4x2``, or
+``packed`` for all three; not run by default): H hosts on the switch layout
+with k ranks each, packed (ranks 0..k-1 on h0), N = H x k, every all_sum size
+of ``collectives.py`` (8 B to 64 MiB; ``--quick``: 8 B and 16 MiB). Peers:
+
+- chorus ring and chorus mesh, flat: chorus's hostfile lists each host k
+  times in a row (a host named twice runs two ranks, ``chorus/hostfile.py``),
+  so every pair of ranks talks TCP, over loopback inside a host,
+- chorus hierarchical: a placeholder row for a backend that uses shared
+  memory inside a host; it runs once ``HIERARCHICAL_BACKEND`` names a backend
+  the venv's chorus has, and is listed as unavailable until then,
+- PyTorch gloo (ranks started as above),
+- Open MPI, ``mpirun --host h0:k,h1:k,... --map-by slot`` with
+  ``btl vader,tcp,self`` (shared memory inside a host): its default
+  algorithms, the ring all-reduce forced, and HAN (``coll_han_priority 100``,
+  Open MPI's own hierarchical collectives),
+- MLX's ring only when ``--peers`` names it.
+
+Before the measurement each peer's ranks record their host name (each host's
+sshd has a UTS namespace of its own), and a peer placed other than asked is
+not measured. Unless ``--no-reference``, the same H hosts first run chorus
+ring, chorus mesh and Open MPI with one rank per host (layout ``switch-Hx1``):
+the network's cost alone, which a hierarchical all_sum should approach. The
+table has a row per size and the time ratios chorus / Open MPI (target: <= 1
+at every size) and chorus / one rank per host (target: <= 1.1 at 16 MiB).
+
 Before the peers, plain bulk TCP streams between h0 and h1
 (``workers/tcp_stream.py``) measure what one shaped hop carries: tbf counts
 whole Ethernet frames, so TCP's payload cannot pass ~0.956 of the rate.
@@ -30,7 +56,8 @@ neighbours crosses their own cable. Cases, warm-up, trials, the load sampling
 and the noisy-case retry are those of ``collectives.py`` (``workers/``).
 
 Results: ``multihost.md`` (a table per layout) and ``multihost.json`` (every
-trial, the hostfiles, routes, qdiscs, load samples and versions) in ``--out``.
+trial, the hostfiles, routes, qdiscs, placements, load samples and versions)
+in ``--out``.
 """
 
 from __future__ import annotations
@@ -45,7 +72,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +89,27 @@ KIB = 1024
 MIB = 1024 * KIB
 NRANKS = 4
 LAYOUTS = ("switch", "ring")
+# Several ranks per host, packed (h0's ranks first): name -> (hosts, ranks per host). All
+# on the switch layout; each is compared with the same hosts at one rank per host.
+PACKED_LAYOUTS = {"switch-2x2": (2, 2), "switch-2x4": (2, 4), "switch-4x2": (4, 2)}
 FULL_CASES = [("all_sum", 8), ("all_sum", MIB), ("all_sum", 16 * MIB)]
 QUICK_CASES = [("all_sum", 8), ("all_sum", 16 * MIB)]
+# The packed layouts report every all_sum size of collectives.py (8 B to 64 MiB).
+PACKED_FULL_CASES = [c for c in bench.FULL_CASES if c[0] == "all_sum"]
 TARGETS = {"switch": 0.97, "ring": 1.8}  # 16 MiB busbw / link rate, from the issue
-CHORUS_PEERS = ("chorus ring", "chorus mesh")
+# Packed layouts (issue 19): chorus's time <= Open MPI's at every size, and at 16 MiB
+# within this factor of chorus's own time with one rank per host.
+PACKED_REFERENCE_FACTOR = 1.1
+# The backend a hierarchical chorus (shared memory inside a host, the network between
+# hosts) will be selected by. None while no such backend exists: its peer is then listed
+# as unavailable rather than stood in for by a flat backend.
+HIERARCHICAL_BACKEND: str | None = None
+CHORUS_PEERS = ("chorus ring", "chorus mesh", "chorus hierarchical")
+# What runs at one rank per host as the packed layouts' reference.
+REFERENCE_PEERS = ("chorus ring", "chorus mesh", "openmpi")
 OMPI_RING = ["--mca", "coll_tuned_use_dynamic_rules", "1"]
 OMPI_RING += ["--mca", "coll_tuned_allreduce_algorithm", "4"]
+OMPI_HAN = ["--mca", "coll_han_priority", "100"]
 TCP_COUNTERS = ("OutSegs", "InSegs", "RetransSegs")
 log = bench.log
 
@@ -80,8 +122,9 @@ class Site:
     """One layout's started hosts and the addresses every peer is given there.
 
     ``hostfile`` is chorus's (and MLX's) hostfile: one entry per rank, rank i
-    on host hi. ``btl_subnets`` are the subnets Open MPI's TCP transport may
-    use, ``gloo_ifnames`` the interface gloo binds on each host.
+    on host hi, or with ``ranks_per_host`` k > 1 (see :meth:`packed`) ranks
+    ik..ik+k-1 on host hi. ``btl_subnets`` are the subnets Open MPI's TCP
+    transport may use, ``gloo_ifnames`` the interface gloo binds, per rank.
     """
 
     layout: str
@@ -91,6 +134,31 @@ class Site:
     gloo_ifnames: list[str]
     routes: dict[str, list[str]] = field(default_factory=dict)
     qdiscs: dict[str, str] = field(default_factory=dict)
+    ranks_per_host: int = 1
+
+    @property
+    def topology(self) -> str:
+        """``switch`` or ``ring``: how the hosts are wired (a packed layout's name adds HxK)."""
+        return self.layout.split("-")[0]
+
+    @property
+    def nranks(self) -> int:
+        return len(self.hostfile)
+
+    def packed(self, ranks_per_host: int) -> Site:
+        """The same hosts with ``ranks_per_host`` ranks on each, h0's first.
+
+        A host listed k times in a row in chorus's hostfile runs k ranks
+        (``chorus/hostfile.py``), as ``mpirun --host h0:k,... --map-by slot`` places them.
+        """
+        name = f"{self.topology}-{len(self.hosts.hosts)}x{ranks_per_host}"
+        return replace(
+            self,
+            layout=name,
+            hostfile=[dict(e) for e in self.hostfile for _ in range(ranks_per_host)],
+            gloo_ifnames=[n for n in self.gloo_ifnames for _ in range(ranks_per_host)],
+            ranks_per_host=ranks_per_host,
+        )
 
     @property
     def mgmt_subnet(self) -> str:
@@ -103,7 +171,10 @@ class Site:
             "layout": self.layout,
             "rate_mbit": self.hosts.rate_mbit,
             "mgmt_subnet": self.mgmt_subnet,
-            "cable_subnet": str(self.hosts.cable_net) if self.layout == "ring" else None,
+            "cable_subnet": str(self.hosts.cable_net) if self.topology == "ring" else None,
+            "hosts": len(self.hosts.hosts),
+            "ranks_per_host": self.ranks_per_host,
+            "nranks": self.nranks,
             "host_addresses": {h.name: h.address for h in self.hosts.hosts},
             "links": [vars(link) for link in self.hosts.links],
             "hostfile": self.hostfile,
@@ -215,23 +286,23 @@ def _route_cables(hosts: EmulatedHosts) -> dict[str, list[str]]:
     return routes
 
 
-def make_site(layout: str, rate_mbit: int) -> Site:
-    """Start 4 emulated hosts in ``layout`` with shaped links; pick every peer's addresses.
+def make_site(layout: str, rate_mbit: int, count: int = NRANKS) -> Site:
+    """Start ``count`` emulated hosts in ``layout`` with shaped links; pick every peer's addresses.
 
     switch: each rank's ip is its host's management address (the shaped veth).
     ring: rank i's ip is its own end of the cable from rank i-1, the address
     rank i-1 dials (chorus ring and MLX connect to the right neighbour), so
     the ring's sockets each sit on one cable and carry both directions.
     """
-    hosts = EmulatedHosts(NRANKS, layout, rate_mbit=rate_mbit).start()
+    hosts = EmulatedHosts(count, layout, rate_mbit=rate_mbit).start()
     try:
         if layout == "switch":
             hostfile = [{"ssh": h.name, "ips": [h.address]} for h in hosts.hosts]
-            site = Site(layout, hosts, hostfile, [str(hosts.mgmt_net)], ["eth0"] * NRANKS)
+            site = Site(layout, hosts, hostfile, [str(hosts.mgmt_net)], ["eth0"] * count)
         else:
             hostfile, ifnames = [], []
             for i, host in enumerate(hosts.hosts):
-                left = hosts.names[(i - 1) % NRANKS]
+                left = hosts.names[(i - 1) % count]
                 link = next(c for c in host.links if left in (c.a, c.b) and host.name in (c.a, c.b))
                 ifname, ip = _own_end(link, host.name)
                 hostfile.append({"ssh": host.name, "ips": [ip]})
@@ -249,7 +320,7 @@ def make_site(layout: str, rate_mbit: int) -> Site:
 def _stream_ends(site: Site) -> tuple[str, str]:
     """The addresses of h0 and h1 that a stream between them uses (the shaped path)."""
     h0, h1 = site.hosts.hosts[0], site.hosts.hosts[1]
-    if site.layout == "switch":
+    if site.topology == "switch":
         return h0.address, h1.address
     link = next(c for c in h0.links if "h1" in (c.a, c.b))
     return _own_end(link, "h0")[1], _own_end(link, "h1")[1]
@@ -330,11 +401,20 @@ class HostsSampler(bench.LoadSampler):
 
 @dataclass(frozen=True)
 class Peer:
-    """A row of the table: a library, a backend and how its ranks start on the hosts."""
+    """A row of the table: a library, a backend and how its ranks start on the hosts.
+
+    ``backend`` is what ``chorus launch --backend`` gets (the other libraries'
+    ranks only use the launcher; None: the backend does not exist yet).
+    ``one_per_host``: runs on the one-rank-per-host layouts; ``packed``: runs
+    on the several-ranks-per-host layouts unless ``--peers`` names a subset.
+    """
 
     name: str
     launcher: str
     worker: str
+    backend: str | None = "ring"
+    one_per_host: bool = True
+    packed: bool = True
 
     def commands(
         self,
@@ -344,11 +424,16 @@ class Peer:
         tmp: Path,
         port: int,
         chorus_env: list[str] | None = None,
+        script: Path | None = None,
     ) -> list[tuple[list[str], dict[str, str]]]:
-        """The launcher's command line and environment (HOME = the hosts' ssh config)."""
+        """The launcher's command line and environment (HOME = the hosts' ssh config).
+
+        ``script`` replaces the worker (the placement probe).
+        """
         py = str(venv / "bin" / "python")
-        worker = str(bench.WORKERS / self.worker)
+        worker = str(script or bench.WORKERS / self.worker)
         env = site.hosts.env(bench._base_env())
+        k = site.ranks_per_host
         if self.name.startswith("openmpi"):
             env.update(
                 {
@@ -359,9 +444,16 @@ class Peer:
                     "BENCH_CONFIG": config,
                 }
             )
-            argv = ["mpirun", "--host", ",".join(site.hosts.names), "-n", str(NRANKS)]
+            if k == 1:
+                argv = ["mpirun", "--host", ",".join(site.hosts.names)]
+            else:
+                # k slots per host, filled host by host: ranks 0..k-1 on h0, as chorus's hostfile.
+                argv = ["mpirun", "--host", ",".join(f"{h}:{k}" for h in site.hosts.names)]
+                argv += ["--map-by", "slot"]
+            argv += ["-n", str(site.nranks)]
             argv += ["--bind-to", "none", "--wdir", str(tmp)]
-            argv += ["--mca", "btl", "tcp,self"]
+            # Ranks on one host talk through shared memory (vader), as on a real cluster.
+            argv += ["--mca", "btl", "tcp,self" if k == 1 else "vader,tcp,self"]
             argv += ["--mca", "btl_tcp_if_include", ",".join(site.btl_subnets)]
             argv += ["--mca", "oob_tcp_if_include", site.mgmt_subnet]
             # 4 ranks share this machine's cores: waiting ranks must give them away.
@@ -369,12 +461,16 @@ class Peer:
             argv += ["-x", "BENCH_CONFIG", "-x", "PYTHONUNBUFFERED"]
             if self.name == "openmpi (ring forced)":
                 argv += OMPI_RING
+            if self.name == "openmpi (han)":
+                argv += OMPI_HAN
             return [([*argv, py, worker], env)]
+        if self.backend is None:
+            msg = f"{self.name}: no chorus backend selects it yet"
+            raise RuntimeError(msg)
         hostfile = tmp / f"hosts-{site.layout}.json"
         hostfile.write_text(json.dumps(site.hostfile))
-        backend = "mesh" if self.name == "chorus mesh" else "ring"
         argv = [str(venv / "bin" / "chorus"), "launch", "--hostfile", str(hostfile)]
-        argv += ["--backend", backend, "--python", py, "--cwd", str(tmp), "--no-prefix"]
+        argv += ["--backend", self.backend, "--python", py, "--cwd", str(tmp), "--no-prefix"]
         argv += ["--env", f"BENCH_CONFIG={config}"]
         if self.name in CHORUS_PEERS:
             for setting in chorus_env or []:
@@ -385,15 +481,53 @@ class Peer:
             argv += ["--env", f"BENCH_GLOO_IFNAMES={json.dumps(site.gloo_ifnames)}"]
         return [([*argv, worker], env)]
 
+    def started_by(self, host_names: list[str], k: int) -> str:
+        """How the ranks start with ``k`` ranks per host, for the packed layouts' table."""
+        if self.name.startswith("openmpi"):
+            hosts = ",".join(f"{h}:{k}" for h in host_names)
+            extra = {"openmpi (ring forced)": ", ring all-reduce forced", "openmpi (han)": ", HAN"}
+            return (
+                f"mpirun --host {hosts} --map-by slot, btl vader,tcp,self{extra.get(self.name, '')}"
+            )
+        how = f"chorus launch --hostfile (each host {k}x) --backend {self.backend}"
+        return how + (", MASTER_ADDR=h0" if self.name == "torch gloo" else "")
+
 
 PEERS = [
     Peer("chorus ring", "chorus launch --hostfile --backend ring", "chorus_worker.py"),
-    Peer("chorus mesh", "chorus launch --hostfile --backend mesh", "chorus_worker.py"),
-    Peer("mlx ring", "chorus launch --hostfile (MLX_RANK, MLX_HOSTFILE)", "mlx_worker.py"),
+    Peer("chorus mesh", "chorus launch --hostfile --backend mesh", "chorus_worker.py", "mesh"),
+    # Shared memory inside a host, TCP between hosts: only meaningful with several ranks per
+    # host. Available once HIERARCHICAL_BACKEND names a backend the venv's chorus compiled.
+    Peer(
+        "chorus hierarchical",
+        f"chorus launch --hostfile --backend {HIERARCHICAL_BACKEND or '(not yet)'}",
+        "chorus_worker.py",
+        HIERARCHICAL_BACKEND,
+        one_per_host=False,
+    ),
+    # Optional on the packed layouts (--peers): 30-45 ms per 8-byte all_sum here.
+    Peer(
+        "mlx ring",
+        "chorus launch --hostfile (MLX_RANK, MLX_HOSTFILE)",
+        "mlx_worker.py",
+        packed=False,
+    ),
     Peer("torch gloo", "chorus launch --hostfile (RANK, MASTER_ADDR=h0)", "torch_worker.py"),
     Peer("openmpi", "mpirun --host h0,h1,h2,h3", "mpi_worker.py"),
     Peer("openmpi (ring forced)", "mpirun ... coll_tuned_allreduce_algorithm 4", "mpi_worker.py"),
+    # Open MPI's own hierarchical collectives (HAN: shared memory inside a host, then the
+    # network), which Open MPI 4.1 leaves off unless asked; only on the packed layouts.
+    Peer("openmpi (han)", "mpirun ... coll_han_priority 100", "mpi_worker.py", one_per_host=False),
 ]
+
+
+def peers_for(layout: str, chosen: list[str] | None) -> list[Peer]:
+    """The peers that run on ``layout``: ``--peers`` if given (those that fit it), else the defaults."""
+    packed = layout in PACKED_LAYOUTS
+    fits = [p for p in PEERS if (p.one_per_host or packed)]
+    if chosen is not None:
+        return [p for p in fits if p.name in chosen]
+    return [p for p in fits if p.packed or not packed]
 
 
 # --------------------------------------------------------------------------- measuring
@@ -466,6 +600,48 @@ def measure_peer(
     return jobs, [best[k] for k in sorted(best, key=lambda k: k[1])]
 
 
+# Says where each rank runs, in a file per rank (the hosts share this machine's filesystem):
+# printed lines went missing here now and then under mpirun (ranks that exit at once). The
+# rank comes from mpirun's or chorus launch's variables.
+PLACEMENT_PROBE = """import os, socket
+rank = os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("CHORUS_RANK", "?"))
+with open(os.path.join({folder!r}, rank), "w") as f:
+    f.write(socket.gethostname() + " " + os.readlink("/proc/self/ns/net"))
+"""
+
+
+def check_placement(
+    peer: Peer, site: Site, args: argparse.Namespace, tmp: Path, port: int
+) -> dict[str, Any]:
+    """Start ``peer``'s ranks on ``site`` with a probe that records each rank's host name.
+
+    Every host's sshd has its own UTS namespace named after the host, so the
+    name says where a rank really runs. ``ok`` when ranks ik..ik+k-1 are on hi.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="placement-", dir=tmp))
+    script = folder / "probe.py"
+    script.write_text(PLACEMENT_PROBE.format(folder=str(folder)))
+    commands = peer.commands(site, args.venv, "{}", tmp, port, args.chorus_env, script=script)
+    job = bench.Job(f"{peer.name} placement", commands, 90).run(sample=False)
+    site.clean()
+    found: dict[int, list[str]] = {}
+    for rank in range(site.nranks):
+        try:
+            found[rank] = (folder / str(rank)).read_text().split()
+        except OSError:
+            continue
+    hosts = [found.get(r, ["?"])[0] for r in range(site.nranks)]
+    want = [str(e["ssh"]) for e in site.hostfile]
+    ok = job.ok and hosts == want
+    return {
+        "hosts": hosts,
+        "expected": want,
+        "netns": [found.get(r, ["?", "?"])[-1] for r in range(site.nranks)],
+        "ok": ok,
+        "output_tail": "" if ok else job.tail(20),
+    }
+
+
 def compiled_backends(venv: Path, cwd: Path) -> list[str]:
     """The chorus backends compiled into the venv's chorus (``[]`` when it cannot import)."""
     probe = "import json; from chorus import _core; print(json.dumps(_core.compiled_backends()))"
@@ -509,8 +685,9 @@ def layout_table(result: dict[str, Any], layout: str) -> str:
     head += ["TCP retransmits / segments"]
     jobs = {(j["peer"], j["attempt"]): j for j in result["jobs"] if j["layout"] == layout}
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    shown = meta.get("layout_peers", {}).get(layout, meta["peers"])
     for peer in PEERS:
-        if peer.name not in meta["peers"]:
+        if peer.name not in shown:
             continue
         missing = meta["unavailable"].get(peer.name)
         row = [peer.name, f"`{peer.launcher}`"]
@@ -618,6 +795,177 @@ def ceiling_text(ceiling: dict[str, Any] | None, layout: str) -> str:
     )
 
 
+def _cell(rec: dict[str, Any] | None) -> str:
+    """``time · busbw`` as in collectives.md."""
+    if rec is None:
+        return "—"
+    return f"{bench._us(rec['median_us'])} us · {rec['busbw_gbs']:.3f}{_marks(rec)}"
+
+
+def _fastest(recs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return min(recs, key=lambda r: r["median_us"]) if recs else None
+
+
+def packed_rows(result: dict[str, Any], layout: str) -> list[dict[str, Any]]:
+    """Per size: the best chorus, the best Open MPI, and chorus's best at one rank per host."""
+    meta = result["meta"]
+    ref = meta["sites"][layout].get("reference_layout", "")
+    sizes = sorted({b for _, b in meta.get("packed_cases", meta["cases"])})
+    rows = []
+    for b in sizes:
+        here = [c for c in result["cases"] if c["layout"] == layout and c["bytes"] == b]
+        there = [c for c in result["cases"] if c["layout"] == ref and c["bytes"] == b]
+        rows.append(
+            {
+                "bytes": b,
+                "by_peer": {c["peer"]: c for c in here},
+                "chorus": _fastest([c for c in here if c["peer"] in CHORUS_PEERS]),
+                "openmpi": _fastest([c for c in here if c["peer"].startswith("openmpi")]),
+                "ref_chorus": _fastest([c for c in there if c["peer"] in CHORUS_PEERS]),
+                "ref_openmpi": _fastest([c for c in there if c["peer"].startswith("openmpi")]),
+            }
+        )
+    return rows
+
+
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
+    if a is None or b is None:
+        return "—"
+    return f"{a['median_us'] / b['median_us']:.2f} ({_short(a)} / {_short(b)})"
+
+
+def packed_table(result: dict[str, Any], layout: str) -> str:
+    """Rows are sizes; a column per peer (``time · busbw``), the one-rank-per-host
+    reference on the same hosts, and the time ratios the targets are about."""
+    meta = result["meta"]
+    site = meta["sites"][layout]
+    count = site["hosts"]
+    shown = [p for p in PEERS if p.name in meta.get("layout_peers", {}).get(layout, [])]
+    head = ["bytes per rank", *[p.name for p in shown]]
+    head += [f"1 rank/host: chorus best ({count}x1)", f"1 rank/host: openmpi ({count}x1)"]
+    head += ["**chorus / openmpi**", "**chorus / 1 rank/host**"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in packed_rows(result, layout):
+        cells = [bench._size(row["bytes"])]
+        for peer in shown:
+            missing = meta["unavailable"].get(peer.name)
+            cells.append(missing or _cell(row["by_peer"].get(peer.name)))
+        cells += [_cell(row["ref_chorus"]), _cell(row["ref_openmpi"])]
+        cells += [_ratio(row["chorus"], row["openmpi"]), _ratio(row["chorus"], row["ref_chorus"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def packed_peers_table(result: dict[str, Any], layout: str) -> str:
+    """How each peer started, where its ranks ran, its CPU and TCP retransmits."""
+    meta = result["meta"]
+    site = meta["sites"][layout]
+    big = max(b for _, b in meta.get("packed_cases", meta["cases"]))
+    placed = site.get("placement", {})
+    by = {c["peer"]: c for c in result["cases"] if c["layout"] == layout and c["bytes"] == big}
+    jobs = {(j["peer"], j["attempt"]): j for j in result["jobs"] if j["layout"] == layout}
+    head = ["peer", "started by", "ranks 0.. on (as each rank saw it)"]
+    head += [f"{bench._size(big)} CPU (cores)", "TCP retransmits / segments"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in meta.get("layout_peers", {}).get(layout, []):
+        peer = next(p for p in PEERS if p.name == name)
+        where = placed.get(name)
+        hosts = "—" if where is None else " ".join(where["hosts"]) + ("" if where["ok"] else " ✗")
+        rec = by.get(name)
+        job = None if rec is None else jobs.get((name, rec["attempt"]))
+        how = meta["unavailable"].get(name) or peer.started_by(
+            list(site["host_addresses"]), site["ranks_per_host"]
+        )
+        lines.append(f"| {name} | {how} | {hosts} | {_cpu(rec)} | {_retransmits(job)} |")
+    return "\n".join(lines)
+
+
+def packed_targets(result: dict[str, Any], layout: str) -> str:
+    """The issue's two targets for a packed layout, and what a flat ring can reach at best."""
+    site = result["meta"]["sites"][layout]
+    count, k = site["hosts"], site["ranks_per_host"]
+    n = count * k
+    rows = packed_rows(result, layout)
+    slower = [
+        f"{bench._size(r['bytes'])} ({r['chorus']['median_us'] / r['openmpi']['median_us']:.2f}x)"
+        for r in rows
+        if r["chorus"] and r["openmpi"] and r["chorus"]["median_us"] > r["openmpi"]["median_us"]
+    ]
+    both = [r for r in rows if r["chorus"] and r["openmpi"]]
+    if not both:
+        first = "Target chorus <= Open MPI's time at every size: no result to compare."
+    elif slower:
+        first = (
+            "Target chorus <= Open MPI's time at every size: **not met**, slower at "
+            + ", ".join(slower)
+            + "."
+        )
+    else:
+        first = "Target chorus <= Open MPI's time at every size: **met**."
+    big = [r for r in rows if r["bytes"] == 16 * MIB]
+    factor = result["meta"].get("packed_reference_factor", PACKED_REFERENCE_FACTOR)
+    if big and big[0]["chorus"] and big[0]["ref_chorus"]:
+        r = big[0]
+        ratio = r["chorus"]["median_us"] / r["ref_chorus"]["median_us"]
+        verdict = "met" if ratio <= factor else "not met"
+        second = (
+            f"Target 16 MiB within {factor}x of one rank per host: {_short(r['chorus'])} "
+            f"{bench._us(r['chorus']['median_us'])} us against {_short(r['ref_chorus'])} "
+            f"{bench._us(r['ref_chorus']['median_us'])} us on {count}x1: {ratio:.2f}x, **{verdict}**."
+        )
+    else:
+        second = f"Target 16 MiB within {factor}x of one rank per host: no result to compare."
+    # A flat ring (ranks packed per host) sends 2(N-1)/N of the bytes through each host's
+    # link each way; one rank per host (or a hierarchical all_sum) sends 2(H-1)/H.
+    floor = (n - 1) / n * count / (count - 1) if count > 1 else float("nan")
+    third = (
+        f"With {k} ranks on each of {count} hosts a flat ring moves 2(N-1)/N = {2 * (n - 1) / n:.2f}x "
+        f"the bytes per rank through each host's link each way, against 2(H-1)/H = "
+        f"{2 * (count - 1) / count:.2f}x with one rank per host: at 16 MiB it cannot come "
+        f"closer than {floor:.2f}x the reference; only a hierarchical all_sum (shared memory "
+        "inside a host, one rank per host on the network) can."
+    )
+    return f"{first}\n\n{second}\n\n{third}"
+
+
+def packed_section(result: dict[str, Any], layout: str) -> str:
+    """A packed layout's heading, set-up, tables and targets."""
+    meta = result["meta"]
+    site = meta["sites"].get(layout)
+    if site is None:
+        return f"## {layout} layout\n\nNot run (see Failed jobs)."
+    count, k = site["hosts"], site["ranks_per_host"]
+    ref = site.get("reference_layout") or ""
+    ips = ", ".join(f"{h} {ip}" for h, ip in site["host_addresses"].items())
+    text = [
+        f"## {layout} layout: {count} hosts x {k} ranks (N = {count * k})",
+        "",
+        f"{count} hosts on one bridge, each host's veth shaped both ways ({ips}); ranks "
+        f"0-{k - 1} on h0, {k}-{2 * k - 1} on h1, and so on. chorus's hostfile lists each host "
+        f"{k} times in a row, so chorus ring and mesh run flat: TCP between every pair of "
+        "ranks, over loopback inside a host. Open MPI: `--host "
+        + ",".join(f"{h}:{k}" for h in site["host_addresses"])
+        + " --map-by slot`, `btl vader,tcp,self` (shared memory inside a host), "
+        f"`btl_tcp_if_include {','.join(site['btl_tcp_if_include'])}`. "
+        + (
+            f"The one-rank-per-host columns are the same {count} hosts with one rank each "
+            f"(N = {count}, layout `{ref}`), the cost of the network alone."
+            if ref
+            else "No one-rank-per-host reference was run (`--no-reference`)."
+        )
+        + " Cells: `time per op · busbw (GB/s)`; ratios are time ratios (below 1: chorus faster).",
+        "",
+        ceiling_text(site.get("tcp_ceiling"), "switch"),
+        "",
+        packed_table(result, layout),
+        "",
+        packed_peers_table(result, layout),
+        "",
+        packed_targets(result, layout),
+    ]
+    return "\n".join(text)
+
+
 def report(result: dict[str, Any]) -> str:
     """The markdown report."""
     meta = result["meta"]
@@ -629,8 +977,13 @@ def report(result: dict[str, Any]) -> str:
         f"mlx {v.get('mlx')}, mpi4py {v.get('mpi4py')} on {v.get('mpirun')}; "
         f"python {v.get('python')}, numpy {v.get('numpy')}."
     )
+    any_packed = any(lay in PACKED_LAYOUTS for lay in meta["layouts"])
+    packed_note = (
+        " (the packed layouts below: several hosts and ranks per host)" if any_packed else ""
+    )
     how = (
-        f"{NRANKS} emulated hosts (network namespaces, one sshd each), one rank per host; "
+        f"{NRANKS} emulated hosts (network namespaces, one sshd each), one rank per host"
+        f"{packed_note}; "
         f"data links shaped with `tc tbf` to {meta['rate_mbit']} Mbit/s "
         f"(link rate {meta['link_gbs']} GB/s) in both directions. float32 all_sum; "
         f"mode {'quick' if meta['quick'] else 'full'}: {meta['trials']} trials of "
@@ -663,6 +1016,11 @@ def report(result: dict[str, Any]) -> str:
         ),
     }
     for layout in meta["layouts"]:
+        if layout in PACKED_LAYOUTS:
+            out += ["", packed_section(result, layout)]
+            continue
+        if layout not in meta["sites"]:
+            continue
         site = meta["sites"][layout]
         ips = ", ".join(f"{e['ssh']} {e['ips'][0]}" for e in site["hostfile"])
         out += ["", f"## {layout} layout", ""]
@@ -691,7 +1049,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
     parser.add_argument("--venv", type=Path, default=bench.DEFAULT_VENV, help="the peers' venv")
     parser.add_argument("--setup", action="store_true", help="(re)run setup_peers.sh first")
-    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    parser.add_argument(
+        "--layouts",
+        nargs="+",
+        choices=[*LAYOUTS, *PACKED_LAYOUTS, "packed"],
+        default=list(LAYOUTS),
+        metavar="LAYOUT",
+        help=f"of {', '.join(LAYOUTS)} (one rank per host, the default) and "
+        f"{', '.join(PACKED_LAYOUTS)} (hosts x ranks per host); packed = all three",
+    )
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the packed layouts' one-rank-per-host reference runs",
+    )
     parser.add_argument(
         "--peers",
         nargs="+",
@@ -729,6 +1101,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--report-only", action="store_true", help="rebuild multihost.md from multihost.json"
     )
     args = parser.parse_args(argv)
+    # "packed" stands for every packed layout; keep the order given, each once.
+    named = [lay for x in args.layouts for lay in (PACKED_LAYOUTS if x == "packed" else [x])]
+    args.layouts = list(dict.fromkeys(named))
     args.trials = args.trials or (2 if args.quick else 5)
     args.target = args.target or (0.5 if args.quick else 1.0)
     args.timeout = args.timeout or (120 if args.quick else 240)
@@ -736,6 +1111,71 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.out = args.out.resolve()
     args.venv = args.venv.absolute()
     return args
+
+
+def run_peers(
+    site: Site,
+    peers: list[Peer],
+    cases: list[tuple[str, int]],
+    sampler: HostsSampler,
+    args: argparse.Namespace,
+    tmp: Path,
+    port: int,
+    result: dict[str, Any],
+) -> int:
+    """Measure every peer on ``site`` into ``result``; returns the next free port base.
+
+    On a packed site each peer first proves its placement (:func:`check_placement`);
+    a peer whose ranks land elsewhere is not measured.
+    """
+    unavailable = result["meta"]["unavailable"]
+    placements = result["meta"]["sites"][site.layout].setdefault("placement", {})
+    for peer in peers:
+        if peer.name in unavailable:
+            log(f"  {site.layout:10s} {peer.name:22s} {unavailable[peer.name]}")
+            continue
+        port += 10
+        try:
+            if site.ranks_per_host > 1:
+                placed = check_placement(peer, site, args, tmp, port)
+                placements[peer.name] = placed
+                log(f"  {site.layout:10s} {peer.name:22s} ranks on {' '.join(placed['hosts'])}")
+                if not placed["ok"]:
+                    msg = f"ranks on {placed['hosts']}, expected {placed['expected']}"
+                    log(f"    placement wrong: {msg}\n    {placed['output_tail']}")
+                    result["errors"].append(f"{site.layout} {peer.name}: {msg}")
+                    continue
+            jobs, recs = measure_peer(peer, site, sampler, cases, args, tmp, port)
+        except (OSError, RuntimeError) as e:
+            log(f"  {site.layout} {peer.name}: could not run: {e}")
+            result["errors"].append(f"{site.layout} {peer.name}: {e}")
+            continue
+        result["jobs"] += jobs
+        result["cases"] += recs
+        for rec in recs:
+            log(
+                f"    {bench._size(rec['bytes']):>7s}: {rec['median_us']:,.0f} us, "
+                f"busbw {rec['busbw_gbs']:.3f} GB/s = {rec['link_fraction']:.2f} "
+                f"x link, {rec['check']}, background {rec['background_cores']}"
+            )
+    return port
+
+
+def site_runs(layouts: list[str], reference: bool) -> list[tuple[str, int, list[int], bool]]:
+    """(topology, hosts, ranks per host in run order, packed) per set of hosts to start.
+
+    The one-rank-per-host layouts run as before (4 hosts, 1 rank each). Packed
+    layouts with the same number of hosts share one set of hosts, whose
+    one-rank-per-host reference (k = 1) runs first.
+    """
+    runs = [(lay, NRANKS, [1], False) for lay in layouts if lay in LAYOUTS]
+    packed: dict[int, list[int]] = {}
+    for lay in layouts:
+        if lay in PACKED_LAYOUTS:
+            count, k = PACKED_LAYOUTS[lay]
+            packed.setdefault(count, [1] if reference else []).append(k)
+    runs += [("switch", count, ks, True) for count, ks in packed.items()]
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -753,14 +1193,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     cases = QUICK_CASES if args.quick else FULL_CASES
-    peers = [p for p in PEERS if args.peers is None or p.name in args.peers]
+    packed_cases = QUICK_CASES if args.quick else PACKED_FULL_CASES
+    every = {p.name for lay in args.layouts for p in peers_for(lay, args.peers)}
+    peers = [p for p in PEERS if p.name in every]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="chorus-multihost-") as tmp_name:
         tmp = Path(tmp_name)
         os.chdir(tmp)  # never import the checkout's (unbuilt) chorus package by accident
         unavailable: dict[str, str] = {}
-        if "mesh" not in compiled_backends(args.venv, tmp):
+        compiled = compiled_backends(args.venv, tmp)
+        if "mesh" not in compiled:
             unavailable["chorus mesh"] = "not available"
+        if HIERARCHICAL_BACKEND is None:
+            unavailable["chorus hierarchical"] = "no such backend yet"
+        elif HIERARCHICAL_BACKEND not in compiled:
+            unavailable["chorus hierarchical"] = f"backend {HIERARCHICAL_BACKEND!r} not compiled"
         result: dict[str, Any] = {
             "meta": {
                 "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -769,17 +1216,23 @@ def main(argv: list[str] | None = None) -> int:
                 "n": NRANKS,
                 "layouts": args.layouts,
                 "peers": [p.name for p in peers],
+                "layout_peers": {
+                    lay: [p.name for p in peers_for(lay, args.peers)] for lay in args.layouts
+                },
                 "launchers": {p.name: p.launcher for p in peers},
                 "unavailable": unavailable,
                 "rate_mbit": args.rate,
                 "chorus_env": args.chorus_env,
                 "link_gbs": args.link_gbs,
                 "targets_link_fraction": TARGETS,
+                "packed_reference_factor": PACKED_REFERENCE_FACTOR,
+                "hierarchical_backend": HIERARCHICAL_BACKEND,
                 "trials": args.trials,
                 "target_s": args.target,
                 "noise_cores": args.noise,
                 "timeout_s": args.timeout,
                 "cases": cases,
+                "packed_cases": packed_cases,
                 "versions": bench.versions(args.venv),
                 "loadavg_start": bench._loadavg(),
                 "sites": {},
@@ -791,47 +1244,44 @@ def main(argv: list[str] | None = None) -> int:
             "errors": [],
         }
         log(
-            f"multihost: {len(peers)} peers x {args.layouts} x {len(cases)} cases, "
-            f"{NRANKS} hosts at {args.rate} Mbit/s, results in {args.out}"
+            f"multihost: {len(peers)} peers x {args.layouts}, "
+            f"links at {args.rate} Mbit/s, results in {args.out}"
         )
         port = 29500
-        for layout in args.layouts:
+        for topology, count, per_host, packed in site_runs(args.layouts, args.reference):
+            name = f"{topology}-{count}x{'/'.join(map(str, per_host))}" if packed else topology
             try:
-                site = make_site(layout, args.rate)
-            except Exception as e:  # noqa: BLE001 - reported, the other layout still runs
-                log(f"multihost: could not create the {layout} hosts: {e}")
-                result["errors"].append(f"{layout}: hosts: {e}")
+                base = make_site(topology, args.rate, count)
+            except Exception as e:  # noqa: BLE001 - reported, the other layouts still run
+                log(f"multihost: could not create the {name} hosts: {e}")
+                result["errors"].append(f"{name}: hosts: {e}")
                 continue
-            sampler = HostsSampler(site.hosts).start()
+            sampler = HostsSampler(base.hosts).start()
             try:
-                result["meta"]["sites"][layout] = site.describe()
-                ceiling = tcp_ceiling(site, args.stream_seconds, args.timeout)
-                site.clean()
-                result["meta"]["sites"][layout]["tcp_ceiling"] = ceiling
-                log(f"{layout}: bulk TCP h0<->h1 as a fraction of the link rate: {ceiling}")
-                log(f"{layout}: {site.hosts!r}, ranks at {[e['ips'] for e in site.hostfile]}")
-                for peer in peers:
-                    if peer.name in unavailable:
-                        log(f"  {layout:6s} {peer.name:22s} {unavailable[peer.name]}")
-                        continue
-                    port += 10
-                    try:
-                        jobs, recs = measure_peer(peer, site, sampler, cases, args, tmp, port)
-                    except (OSError, RuntimeError) as e:
-                        log(f"  {layout} {peer.name}: could not run: {e}")
-                        result["errors"].append(f"{layout} {peer.name}: {e}")
-                        continue
-                    result["jobs"] += jobs
-                    result["cases"] += recs
-                    for rec in recs:
-                        log(
-                            f"    {bench._size(rec['bytes']):>7s}: {rec['median_us']:,.0f} us, "
-                            f"busbw {rec['busbw_gbs']:.3f} GB/s = {rec['link_fraction']:.2f} "
-                            f"x link, {rec['check']}, background {rec['background_cores']}"
-                        )
+                ceiling = tcp_ceiling(base, args.stream_seconds, args.timeout)
+                base.clean()
+                log(f"{name}: bulk TCP h0<->h1 as a fraction of the link rate: {ceiling}")
+                for k in per_host:
+                    site = base.packed(k) if packed else base
+                    result["meta"]["sites"][site.layout] = site.describe()
+                    result["meta"]["sites"][site.layout]["tcp_ceiling"] = ceiling
+                    if packed and k > 1:
+                        ref = f"{topology}-{count}x1" if args.reference else ""
+                        result["meta"]["sites"][site.layout]["reference_layout"] = ref
+                    if packed and k == 1:  # the reference of the packed layouts on these hosts
+                        on = [p for p in PEERS if p.name in REFERENCE_PEERS]
+                        on = [p for p in on if args.peers is None or p.name in args.peers]
+                        run_cases = packed_cases
+                    else:
+                        on = peers_for(site.layout, args.peers)
+                        run_cases = packed_cases if packed else cases
+                    log(
+                        f"{site.layout}: {site.hosts!r}, ranks at {[e['ips'] for e in site.hostfile]}"
+                    )
+                    port = run_peers(site, on, run_cases, sampler, args, tmp, port, result)
             finally:
-                result["load_samples"][layout] = sampler.stop()
-                site.hosts.close()
+                result["load_samples"][name] = sampler.stop()
+                base.hosts.close()
     result["meta"]["loadavg_end"] = bench._loadavg()
     result["meta"]["duration_s"] = round(time.perf_counter() - t0, 1)
     text = report(result)
