@@ -32,11 +32,12 @@ struct ChildEndpoints {
 
 std::string text_of(const char* chars, size_t limit) { return {chars, strnlen(chars, limit)}; }
 
-// A collective on `parent` (every parent rank calls it). `own` is this rank's
-// parent addresses ("ip:port"); `members` the parent ranks of this rank's
-// child, in child rank order (SplitPlan::members); `me` this rank's place
-// there; proven(a, b) whether the parent connected parent ranks a and b over
-// b's addresses.
+// A collective on `parent` (every parent rank calls it): fresh listeners on
+// this rank's parent addresses (config.hosts[config.rank]) and on every
+// interface, reported with its networks. `members` are the parent ranks of
+// this rank's child, in child rank order (SplitPlan::members); `me` this
+// rank's place there; proven(a, b) whether the parent connected parent ranks
+// a and b over b's addresses.
 ChildEndpoints exchange(GroupImpl& parent, const TcpGroupConfig& config,
                         const std::vector<int>& members, int me,
                         const std::function<bool(int, int)>& proven) {
