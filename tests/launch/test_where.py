@@ -165,7 +165,8 @@ ASKS = (
 if r == 0:
     for _ in range(100):                       # until the others are in all_sum #2
         report = chorus.debug.where()          # LINE asks
-        if report.verdict.waiting == [1, 2, 3]:
+        # Not just waiting: a ring's last rank may still be leaving all_sum #1.
+        if report.verdict.waiting == [1, 2, 3] and report.verdict.kind == "missing-call":
             break
         time.sleep(0.1)
     print("KIND", report.verdict.kind, report.verdict.waiting, report.verdict.others, flush=True)
