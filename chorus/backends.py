@@ -15,7 +15,7 @@ __all__ = [
 ]
 
 # What chorus.init() can connect, in the order backend="any" tries them.
-RANK_BACKENDS = ("shm", "ring", "mesh", "mpi")
+RANK_BACKENDS = ("shm", "ring", "mesh", "mpi", "hier")
 # What joins ranks on several hosts over TCP (and what `chorus config` proposes).
 NETWORK_BACKENDS = ("ring", "mesh")
 # What `chorus launch` and the kernel take: "any" lets each rank choose; "mpi"

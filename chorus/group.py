@@ -115,7 +115,7 @@ def _usable(name: str, env: RankEnv) -> bool:
         return False  # before is_available(), which loads libmpi
     if not env.in_job or not _core.is_available(name):
         return False
-    if name in ("ring", "mesh"):
+    if name in ("ring", "mesh", "hier"):
         # The hostfile, or a rendezvous through rank 0 at the coordinator.
         return bool(env.hosts) or env.coordinator is not None
     if name == "shm":

@@ -219,8 +219,8 @@ def resolve_hosts(*, hosts: str | None, hostfile: str | None, per_host: int) -> 
 def chorus_backend(hostfile_backend: str, source: str) -> str:
     """The chorus backend for a hostfile's ``backend`` (MLX's names are mapped)."""
     name = MLX_BACKENDS.get(hostfile_backend, hostfile_backend)
-    if name not in (*NETWORK_BACKENDS, "mpi", "any"):
-        known = ", ".join(sorted({*MLX_BACKENDS, *NETWORK_BACKENDS, "any"}))
+    if name not in (*NETWORK_BACKENDS, "hier", "mpi", "any"):
+        known = ", ".join(sorted({*MLX_BACKENDS, *NETWORK_BACKENDS, "hier", "any"}))
         msg = f'{source}: backend "{hostfile_backend}" cannot run here; use one of {known}'
         raise HostfileError(msg)
     return name

@@ -98,12 +98,18 @@ class RankRunner:
         env: dict[str, str] | None = None,
         ranks: Sequence[int] | None = None,
         addresses_per_rank: int = 1,
+        hosts_of: Sequence[int] | None = None,
     ) -> Job:
+        """Start `size` ranks; hosts_of[r] puts rank r on loopback host 127.0.0.(1 + n),
+        which a hierarchical group takes for a host of its own."""
         script = self.tmp_path / f"rank_{len(self.jobs)}.py"
         script.write_text(textwrap.dedent(code))
         ports = free_ports(size * addresses_per_rank)
         hosts = [
-            [f"127.0.0.1:{ports[r * addresses_per_rank + i]}" for i in range(addresses_per_rank)]
+            [
+                f"127.0.0.{1 + (hosts_of[r] if hosts_of else 0)}:{ports[r * addresses_per_rank + i]}"
+                for i in range(addresses_per_rank)
+            ]
             for r in range(size)
         ]
         base = {

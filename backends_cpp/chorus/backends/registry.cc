@@ -1,5 +1,6 @@
 #include "chorus/backends/registry.h"
 
+#include "chorus/backends/hier/hier.h"
 #include "chorus/backends/mesh/mesh.h"
 #include "chorus/backends/mpi/mpi.h"
 #include "chorus/backends/ring/ring.h"
@@ -10,13 +11,14 @@ namespace chorus {
 
 // "mesh" last: "any" never picks it on its own (chorus/group.py).
 // "mpi" too: chorus/group.py tries it only for ranks that mpirun started.
-std::vector<std::string> compiled_backends() { return {"shm", "ring", "mesh", "mpi"}; }
+std::vector<std::string> compiled_backends() { return {"shm", "ring", "mesh", "mpi", "hier"}; }
 
 bool backend_is_available(const std::string& name) {
   if (name == "ring") return ring::is_available();
   if (name == "shm") return shm::is_available();
   if (name == "mesh") return mesh::is_available();
   if (name == "mpi") return mpi::is_available();
+  if (name == "hier") return hier::is_available();
   return false;
 }
 
@@ -38,8 +40,9 @@ GroupPtr init_backend(const std::string& name, const InitOptions& options) {
   if (name == "shm") return shm::init(options);
   if (name == "mesh") return mesh::init(options);
   if (name == "mpi") return mpi::init(options);
+  if (name == "hier") return hier::init(options);
   throw BackendUnavailable("[chorus] unknown backend '" + name +
-                           "' (compiled: shm, ring, mesh, mpi)");
+                           "' (compiled: shm, ring, mesh, mpi, hier)");
 }
 
 }  // namespace chorus

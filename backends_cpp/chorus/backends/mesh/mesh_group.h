@@ -81,6 +81,20 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
 
   const std::vector<std::string>& listen_addresses() const { return acceptor_->addresses(); }
 
+  // A hierarchical group (backends/hier) runs this group as one phase of its
+  // calls, exactly once per call of its own. The next collective takes
+  // whether this rank was interrupted on its way from the hierarchical call's
+  // entry: an interrupt during an earlier phase is not "on the way" to this one.
+  void enter_next_as_phase(bool interrupted_on_the_way) {
+    next_on_the_way_ = interrupted_on_the_way;
+  }
+  // Enters the next collective (`op`) and aborts it on every peer without
+  // waiting for any: its peers raise PeerError with `culprit` (a rank of this
+  // group, or a number the hierarchical group gave it), `reason` and `text`.
+  // A hierarchical call that failed before this phase calls it, so that the
+  // peers waiting here raise and the call counts stay in step (mesh_phase.cc).
+  void abandon(const char* op, int culprit, Reason reason, const std::string& text);
+
  private:
   // Everything about one other rank.
   struct Peer {
@@ -166,7 +180,8 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   int op_peer_ = -1;       // the peer of the current send/recv
   int waiting_ = -1;       // the peer a frame is awaited from
   std::optional<PendingAbort> pending_abort_;
-  std::vector<uint8_t> record_;  // this call's record, resent after a reconnect
+  std::optional<bool> next_on_the_way_;  // enter_next_as_phase()
+  std::vector<uint8_t> record_;          // this call's record, resent after a reconnect
   std::vector<pollfd> fds_;
   std::vector<size_t> poll_starts_;  // first entry of each peer in fds_
   bool accepted_ready_ = true;       // the acceptor's wake fd fired since take_accepted()

@@ -219,7 +219,14 @@ void MeshGroup::run(const char* op, Kind kind, int peer, const std::function<voi
   kind_ = kind;
   op_peer_ = peer;
   in_call_ = true;
-  if (kind == Kind::Collective) calls_.enter();
+  if (kind == Kind::Collective) {
+    if (next_on_the_way_) {
+      calls_.enter(*next_on_the_way_);
+      next_on_the_way_.reset();
+    } else {
+      calls_.enter();
+    }
+  }
   struct Leave {
     MeshGroup* group;
     ~Leave() {

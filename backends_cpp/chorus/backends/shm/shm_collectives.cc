@@ -40,7 +40,7 @@ void ShmGroup::run_collective(const CallDesc& desc, Body&& body) {
   }
 }
 
-void ShmGroup::begin_collective(const CallDesc& desc) {
+void ShmGroup::begin_collective(const CallDesc& desc, std::optional<bool> on_the_way) {
   op_ = collective_name(desc.kind, desc.op);
   check_usable();
   ++calls_;
@@ -50,7 +50,7 @@ void ShmGroup::begin_collective(const CallDesc& desc) {
                       std::memory_order_relaxed);
   me.entered.store(seq_, std::memory_order_relaxed);
   const uint64_t interrupts = interrupt_count();
-  const bool interrupted_on_the_way = interrupts != interrupts_at_last_call_;
+  const bool interrupted_on_the_way = on_the_way.value_or(interrupts != interrupts_at_last_call_);
   interrupts_at_last_call_ = interrupts;
   const uint32_t word = header().abort_word.load();
   // An epoch ahead of ours: the others finished a recovery this rank had
@@ -175,78 +175,80 @@ void ShmGroup::reduce_slots(ReduceKernel kernel, void* dst, uint64_t phase, size
 }
 
 void ShmGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
-  run_collective(desc, [&] {
-    const ReduceKernel kernel = reduce_kernel(desc.dtype, desc.op);
-    const size_t es = dtype_size(desc.dtype);
-    const size_t count = static_cast<size_t>(desc.count);
-    const size_t nbytes = count * es;
-    const char* src = static_cast<const char*>(in);
-    char* dst = static_cast<char*>(out);
-    const uint64_t p0 = arrivals_;
+  run_collective(desc, [&] { all_reduce_phase(desc, in, out); });
+}
 
-    if (nbytes <= std::min(layout_.chunk_bytes, kSmallAllReduceBytes)) {
-      // One barrier: everyone publishes its whole input, then reduces all of it.
-      write_desc(p0, desc);
-      if (nbytes != 0) std::memcpy(slot(rank_, p0), src, nbytes);
+void ShmGroup::all_reduce_phase(const CallDesc& desc, const void* in, void* out) {
+  const ReduceKernel kernel = reduce_kernel(desc.dtype, desc.op);
+  const size_t es = dtype_size(desc.dtype);
+  const size_t count = static_cast<size_t>(desc.count);
+  const size_t nbytes = count * es;
+  const char* src = static_cast<const char*>(in);
+  char* dst = static_cast<char*>(out);
+  const uint64_t p0 = arrivals_;
+
+  if (nbytes <= std::min(layout_.chunk_bytes, kSmallAllReduceBytes)) {
+    // One barrier: everyone publishes its whole input, then reduces all of it.
+    write_desc(p0, desc);
+    if (nbytes != 0) std::memcpy(slot(rank_, p0), src, nbytes);
+    arrive_and_wait();
+    check_descs(p0);
+    if (count != 0) reduce_slots(kernel, dst, p0, 0, count);
+    return;
+  }
+
+  // Pipeline, in phase p0 + j: copy out chunk j - 2 (reduced in slot 0),
+  // reduce this rank's slice of chunk j - 1 into slot 0, stage chunk j.
+  const size_t per_chunk = layout_.chunk_bytes / es;
+  const size_t nchunks = (count + per_chunk - 1) / per_chunk;
+  auto chunk_count = [&](size_t j) { return std::min(per_chunk, count - j * per_chunk); };
+  for (size_t j = 0; j <= nchunks + 1; ++j) {
+    const uint64_t phase = p0 + j;
+    if (j >= 2) {
+      copy_result(dst + (j - 2) * per_chunk * es, slot(0, phase - 2), chunk_count(j - 2) * es,
+                  nbytes);
+    }
+    if (j >= 1 && j <= nchunks) {
+      const size_t n = chunk_count(j - 1);
+      const size_t lo = n * rank_ / size_;
+      const size_t hi = n * (rank_ + 1) / size_;
+      if (hi > lo) reduce_slots(kernel, slot(0, phase - 1) + lo * es, phase - 1, lo * es, hi - lo);
+    }
+    if (j < nchunks) std::memcpy(slot(rank_, phase), src + j * per_chunk * es, chunk_count(j) * es);
+    if (j == 0) write_desc(phase, desc);
+    if (j <= nchunks) {
       arrive_and_wait();
-      check_descs(p0);
-      if (count != 0) reduce_slots(kernel, dst, p0, 0, count);
-      return;
+      if (j == 0) check_descs(p0);
     }
-
-    // Pipeline, in phase p0 + j: copy out chunk j - 2 (reduced in slot 0),
-    // reduce this rank's slice of chunk j - 1 into slot 0, stage chunk j.
-    const size_t per_chunk = layout_.chunk_bytes / es;
-    const size_t nchunks = (count + per_chunk - 1) / per_chunk;
-    auto chunk_count = [&](size_t j) { return std::min(per_chunk, count - j * per_chunk); };
-    for (size_t j = 0; j <= nchunks + 1; ++j) {
-      const uint64_t phase = p0 + j;
-      if (j >= 2) {
-        copy_result(dst + (j - 2) * per_chunk * es, slot(0, phase - 2), chunk_count(j - 2) * es,
-                    nbytes);
-      }
-      if (j >= 1 && j <= nchunks) {
-        const size_t n = chunk_count(j - 1);
-        const size_t lo = n * rank_ / size_;
-        const size_t hi = n * (rank_ + 1) / size_;
-        if (hi > lo)
-          reduce_slots(kernel, slot(0, phase - 1) + lo * es, phase - 1, lo * es, hi - lo);
-      }
-      if (j < nchunks)
-        std::memcpy(slot(rank_, phase), src + j * per_chunk * es, chunk_count(j) * es);
-      if (j == 0) write_desc(phase, desc);
-      if (j <= nchunks) {
-        arrive_and_wait();
-        if (j == 0) check_descs(p0);
-      }
-    }
-  });
+  }
 }
 
 void ShmGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
-  run_collective(desc, [&] {
-    const size_t nbytes = desc.nbytes();
-    const char* src = static_cast<const char*>(in);
-    char* dst = static_cast<char*>(out);
-    if (nbytes < cross_memory_min_bytes_ || size_ < 2) {
-      all_gather_chunked(desc, src, dst);
-      return;
-    }
-    const std::vector<uint64_t> inputs = publish_address(desc, src);
-    if (inputs.empty()) {
-      all_gather_chunked(desc, src, dst);
-      return;
-    }
-    // Only now that every rank's call matched: a mismatch leaves `out` untouched.
-    copy_result(dst + static_cast<size_t>(rank_) * nbytes, src, nbytes, nbytes * size_);
-    // Start at the next rank, so that not every rank reads rank 0 first.
-    for (int k = 1; k < size_; ++k) {
-      const int r = (rank_ + k) % size_;
-      read_from_peer(r, inputs[r], dst + static_cast<size_t>(r) * nbytes, nbytes);
-    }
-    // Nobody returns (and may overwrite its input) before every reader is done.
-    arrive_and_wait();
-  });
+  run_collective(desc, [&] { all_gather_phase(desc, in, out); });
+}
+
+void ShmGroup::all_gather_phase(const CallDesc& desc, const void* in, void* out) {
+  const size_t nbytes = desc.nbytes();
+  const char* src = static_cast<const char*>(in);
+  char* dst = static_cast<char*>(out);
+  if (nbytes < cross_memory_min_bytes_ || size_ < 2) {
+    all_gather_chunked(desc, src, dst);
+    return;
+  }
+  const std::vector<uint64_t> inputs = publish_address(desc, src);
+  if (inputs.empty()) {
+    all_gather_chunked(desc, src, dst);
+    return;
+  }
+  // Only now that every rank's call matched: a mismatch leaves `out` untouched.
+  copy_result(dst + static_cast<size_t>(rank_) * nbytes, src, nbytes, nbytes * size_);
+  // Start at the next rank, so that not every rank reads rank 0 first.
+  for (int k = 1; k < size_; ++k) {
+    const int r = (rank_ + k) % size_;
+    read_from_peer(r, inputs[r], dst + static_cast<size_t>(r) * nbytes, nbytes);
+  }
+  // Nobody returns (and may overwrite its input) before every reader is done.
+  arrive_and_wait();
 }
 
 std::vector<uint64_t> ShmGroup::publish_address(const CallDesc& desc, const void* address) {
@@ -306,22 +308,24 @@ void ShmGroup::all_gather_chunked(const CallDesc& desc, const char* src, char* d
 }
 
 void ShmGroup::broadcast(const CallDesc& desc, void* buf) {
-  run_collective(desc, [&] {
-    const size_t nbytes = desc.nbytes();
-    char* data = static_cast<char*>(buf);
-    if (nbytes < cross_memory_min_bytes_ || size_ < 2) {
-      broadcast_chunked(desc, data);
-      return;
-    }
-    // Every other rank reads the root's buffer straight into its own.
-    const std::vector<uint64_t> buffers = publish_address(desc, data);
-    if (buffers.empty()) {
-      broadcast_chunked(desc, data);
-      return;
-    }
-    if (desc.root != rank_) read_from_peer(desc.root, buffers[desc.root], data, nbytes);
-    arrive_and_wait();  // the root keeps its buffer until every reader is done
-  });
+  run_collective(desc, [&] { broadcast_phase(desc, buf); });
+}
+
+void ShmGroup::broadcast_phase(const CallDesc& desc, void* buf) {
+  const size_t nbytes = desc.nbytes();
+  char* data = static_cast<char*>(buf);
+  if (nbytes < cross_memory_min_bytes_ || size_ < 2) {
+    broadcast_chunked(desc, data);
+    return;
+  }
+  // Every other rank reads the root's buffer straight into its own.
+  const std::vector<uint64_t> buffers = publish_address(desc, data);
+  if (buffers.empty()) {
+    broadcast_chunked(desc, data);
+    return;
+  }
+  if (desc.root != rank_) read_from_peer(desc.root, buffers[desc.root], data, nbytes);
+  arrive_and_wait();  // the root keeps its buffer until every reader is done
 }
 
 void ShmGroup::broadcast_chunked(const CallDesc& desc, char* data) {

@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +44,33 @@ class ShmGroup final : public GroupImpl {
   void send(const void* buf, size_t nbytes, Dtype dtype, int dst, int tag) override;
   void recv(void* buf, size_t nbytes, Dtype dtype, int src, int tag) override;
 
+  // A hierarchical group (backends/hier) runs each of its calls as one
+  // collective of this group (shm_phased.cc): `local` (one of the *_phase
+  // functions below) among this host's ranks, then `away` outside the
+  // segment (the phase between hosts; the other ranks may already wait in the
+  // next phase), then every rank copies each Block from its owner's `buffer`
+  // into its own. A failure of `away` must be published with abort_call()
+  // before it propagates, or the others wait for this rank for ever.
+  // interrupted_on_the_way comes from the hierarchical call's entry.
+  struct Block {
+    int owner;      // the rank whose buffer holds it after `away`
+    size_t offset;  // where it is in every rank's buffer
+    size_t bytes;
+  };
+  void run_phased(const CallDesc& desc, bool interrupted_on_the_way,
+                  const std::function<void()>& local, const std::function<void()>& away,
+                  char* buffer, const std::vector<Block>& blocks);
+  void all_reduce_phase(const CallDesc& desc, const void* in, void* out);
+  void all_gather_phase(const CallDesc& desc, const void* in, void* out);
+  void broadcast_phase(const CallDesc& desc, void* buf);  // desc.root: a rank of this group
+  // Only the descriptors' agreement (hosts that have no part in a phase).
+  void agree_phase(const CallDesc& desc);
+  // Aborts the current call for the other ranks: they raise PeerError with
+  // `text`, `why` and `culprit` (any number the caller gives meaning to).
+  void abort_call(const std::string& text, Reason why, int culprit) {
+    publish_abort(text, why, culprit);
+  }
+
  private:
   enum class WaitKind { Collective, Recovery, PointToPoint };
 
@@ -63,7 +92,9 @@ class ShmGroup final : public GroupImpl {
   // Collectives (shm_collectives.cc).
   template <typename Body>
   void run_collective(const CallDesc& desc, Body&& body);
-  void begin_collective(const CallDesc& desc);
+  // on_the_way: whether this rank was interrupted on its way to the call, when
+  // a hierarchical call decided it at its own entry (run_phased).
+  void begin_collective(const CallDesc& desc, std::optional<bool> on_the_way = std::nullopt);
   void recover(uint32_t word);
   void write_desc(uint64_t phase, const CallDesc& desc);
   // Raises UsageError on every rank when the WireDescs of `phase` differ.
@@ -77,6 +108,8 @@ class ShmGroup final : public GroupImpl {
   // all_gather / broadcast through the segment, chunk by chunk (two copies per byte).
   void all_gather_chunked(const CallDesc& desc, const char* src, char* dst);
   void broadcast_chunked(const CallDesc& desc, char* data);
+  // run_phased's last phase: blocks through the slots, chunk by chunk.
+  void gather_blocks(char* buffer, const std::vector<Block>& blocks);
   // Reads peer `r`'s n bytes at `remote` into `local`, or aborts the call.
   void read_from_peer(int r, uint64_t remote, void* local, size_t n);
 

@@ -65,10 +65,16 @@ class CallCounter {
  public:
   // A collective begins.
   void enter() {
-    ++index_;
     const uint64_t interrupts = interrupt_count();
-    interrupted_on_the_way_ = interrupts != interrupts_at_last_call_;
-    interrupts_at_last_call_ = interrupts;
+    enter(interrupts != interrupts_at_last_call_);
+  }
+  // A collective begins as a phase of a hierarchical call, which decided at
+  // its own entry whether this rank was interrupted on its way: an interrupt
+  // during an earlier phase is not "on the way" to this one.
+  void enter(bool interrupted_on_the_way) {
+    ++index_;
+    interrupted_on_the_way_ = interrupted_on_the_way;
+    interrupts_at_last_call_ = interrupt_count();
   }
   uint64_t index() const { return index_; }
 

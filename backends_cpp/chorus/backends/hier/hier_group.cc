@@ -1,0 +1,349 @@
+// HierGroup: the three phases of every call, the failures that cross them,
+// and split.
+#include "chorus/backends/hier/hier_group.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "chorus/common/error.h"
+#include "chorus/common/interrupt.h"
+
+namespace chorus::hier {
+namespace {
+
+// How a sub-group carries a culprit outside it (any rank of this group):
+// its own ranks are >= 0, -1 is "unknown".
+int foreign(int rank) { return rank < 0 ? -1 : -2 - rank; }
+
+// "died or left during all_sum" and the like: what `reason` says of its culprit.
+std::string what_it_did(Reason reason, const std::string& op) {
+  switch (reason) {
+    case Reason::Died: return "died or left during " + op;
+    case Reason::Unreachable: return "is unreachable during " + op;
+    case Reason::Interrupted: return "was interrupted during " + op;
+    case Reason::Overlap: return "made overlapping calls from two threads during " + op;
+    case Reason::Timeout: return "did not arrive for " + op;
+    case Reason::Protocol: return "sent what " + op + " cannot carry";
+    default: return "failed during " + op;
+  }
+}
+
+}  // namespace
+
+HierGroup::HierGroup(const InitOptions& options, std::shared_ptr<mesh::MeshGroup> world,
+                     std::shared_ptr<shm::ShmGroup> local, std::vector<std::string> keys,
+                     std::vector<std::string> names)
+    : options_(options),
+      ctx_{"hier", options.rank, options.size, options.hostname},
+      world_(std::move(world)),
+      local_(std::move(local)),
+      keys_(std::move(keys)),
+      names_(std::move(names)),
+      layout_(layout_hosts(keys_)) {
+  host_ = layout_.host_of[options_.rank];
+  local_index_ = layout_.local_index[options_.rank];
+  const int m = layout_.cross_groups;
+  CHORUS_CHECK(local_ == nullptr || local_->size() == static_cast<int>(layout_.hosts[host_].size()),
+               "the shm group holds this host's ranks");
+  // Ranks beyond the fewest a host has join no cross group (color m).
+  GroupPtr cross = world_->split(local_index_ < m ? local_index_ : m, host_);
+  if (local_index_ < m && layout_.hosts.size() > 1) {
+    cross_ = std::dynamic_pointer_cast<mesh::MeshGroup>(cross);
+    CHORUS_CHECK(cross_ != nullptr && cross_->size() == static_cast<int>(layout_.hosts.size()),
+                 "cross group j is a mesh over every host, ranked by host");
+  }
+}
+
+std::string HierGroup::who(int rank) const {
+  if (rank < 0 || rank >= size()) return "a rank";
+  return "rank " + std::to_string(rank) + " (" + names_[rank] + ")";
+}
+
+CallDesc HierGroup::phase_desc(const CallDesc& desc, Collective kind, Dtype dtype, uint64_t count) {
+  CallDesc part = desc;
+  part.kind = kind;
+  part.dtype = dtype;
+  part.count = count;
+  // The whole call in the hash: hosts that disagree on it disagree here.
+  uint64_t h = desc.shape_hash;
+  for (uint64_t v : {desc.count, static_cast<uint64_t>(desc.kind), static_cast<uint64_t>(desc.op),
+                     static_cast<uint64_t>(desc.dtype), static_cast<uint64_t>(desc.root)}) {
+    h = (h ^ v) * 0x100000001b3ULL;
+  }
+  part.shape_hash = h;
+  return part;
+}
+
+std::vector<shm::ShmGroup::Block> HierGroup::blocks(size_t total, size_t unit,
+                                                    size_t copies) const {
+  std::vector<shm::ShmGroup::Block> out;
+  const int m = layout_.cross_groups;
+  for (int j = 0; j < m; ++j) {
+    const size_t lo = block_begin(total, j, m), hi = block_begin(total, j + 1, m);
+    out.push_back({j, lo * unit * copies, (hi - lo) * unit * copies});
+  }
+  return out;
+}
+
+HierGroup::Caught HierGroup::caught(Phase phase) const {
+  auto to_rank = [&](int culprit) {
+    if (culprit <= -2) return -2 - culprit;
+    if (culprit < 0) return -1;
+    if (phase == Phase::Cross) {  // cross groups rank their members by host
+      const auto& hosts = layout_.hosts;
+      return culprit < static_cast<int>(hosts.size()) ? hosts[culprit][local_index_] : -1;
+    }
+    const auto& mine = layout_.hosts[host_];
+    return culprit < static_cast<int>(mine.size()) ? mine[culprit] : -1;
+  };
+  Caught c;
+  try {
+    throw;
+  } catch (const Interrupted& e) {
+    c.failure = Failure{e.reason(), rank()};
+    c.detail = e.what();
+    c.cause = who(rank()) + " " + e.what_happened() + " during " + op_;
+    return c;
+  } catch (const UsageError& e) {
+    c.failure = Failure{Reason::Aborted, -1};
+    c.detail = e.what();
+    c.cause = std::string(phase == Phase::Cross ? "hosts" : "the ranks of " + names_[rank()]) +
+              " disagree on " + op_;
+  } catch (const PeerError& e) {
+    c.failure = e.failure();
+    c.failure.culprit = to_rank(e.failure().culprit);
+    c.detail = e.what();
+    c.cause = who(c.failure.culprit) + " " + what_it_did(c.failure.reason, op_);
+  } catch (const std::exception& e) {
+    c.failure = Failure{Reason::Aborted, rank()};
+    c.detail = e.what();
+    c.cause = who(rank()) + " failed during " + op_ + ": " + e.what();
+  }
+  c.failure.op = op_;
+  c.failure.call = calls_;
+  c.failure.culprit_where = c.failure.culprit >= 0 ? names_[c.failure.culprit] : "";
+  return c;
+}
+
+void HierGroup::rethrow(const Caught& c) const {
+  const std::string call = op_ + " #" + std::to_string(calls_);
+  const std::string text =
+      c.failure.reason == Reason::Late
+          ? ctx_.prefix() + call + " was aborted before this rank arrived (" + c.detail +
+                "); the other ranks have moved on, so the next call works"
+          : ctx_.prefix() + call + " failed: " + c.cause + " (" + c.detail + ")";
+  try {
+    throw;
+  } catch (const Interrupted&) {
+    throw;  // the bindings raise the handler's exception (KeyboardInterrupt)
+  } catch (const DtypeError&) {
+    throw DtypeError(ctx_.prefix() + c.cause + ": " + c.detail);
+  } catch (const UsageError&) {
+    throw UsageError(ctx_.prefix() + c.cause + ": " + c.detail);
+  } catch (const PeerTimeout&) {
+    throw PeerTimeout(text, c.failure);
+  } catch (const PeerError&) {
+    throw PeerError(text, c.failure);
+  }
+}
+
+void HierGroup::run(const CallDesc& desc, const std::function<void()>& local,
+                    const std::function<void()>& cross, char* buffer,
+                    const std::vector<shm::ShmGroup::Block>& blocks) {
+  op_ = collective_name(desc.kind, desc.op);
+  ++calls_;
+  // Decided once for both sub-calls (see hier_group.h).
+  const uint64_t interrupts = interrupt_count();
+  const bool on_the_way = interrupts != interrupts_at_last_call_;
+  interrupts_at_last_call_ = interrupts;
+  Phase phase = Phase::Local;
+  bool crossed = cross_ == nullptr;
+  auto away = [&] {
+    phase = Phase::Cross;
+    crossed = true;
+    if (cross_ != nullptr) {
+      cross_->enter_next_as_phase(on_the_way);
+      try {
+        cross();
+      } catch (...) {
+        // This host's other ranks wait for this rank's block.
+        if (local_ != nullptr) {
+          const Caught c = caught(Phase::Cross);
+          local_->abort_call(c.cause, c.failure.reason, foreign(c.failure.culprit));
+        }
+        throw;
+      }
+    }
+    phase = Phase::Gather;
+  };
+  try {
+    if (local_ != nullptr) {
+      local_->run_phased(desc, on_the_way, local, away, buffer, blocks);
+    } else {
+      local();
+      away();
+    }
+  } catch (...) {
+    const Caught c = caught(phase);
+    // The other hosts wait for this rank in its cross group.
+    if (!crossed)
+      cross_->abandon(op_.c_str(), foreign(c.failure.culprit), c.failure.reason, c.cause);
+    rethrow(c);
+  }
+  recorder().agreed();
+}
+
+void HierGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
+  const size_t es = dtype_size(desc.dtype);
+  const size_t count = static_cast<size_t>(desc.count);
+  const int m = layout_.cross_groups;
+  char* dst = static_cast<char*>(out);
+  run(
+      desc,
+      [&] {
+        if (local_ != nullptr) {
+          local_->all_reduce_phase(desc, in, out);
+        } else if (in != out && count != 0) {
+          std::memcpy(out, in, count * es);
+        }
+      },
+      [&] {
+        const size_t lo = block_begin(count, local_index_, m);
+        const size_t hi = block_begin(count, local_index_ + 1, m);
+        const CallDesc part = phase_desc(desc, Collective::AllReduce, desc.dtype, hi - lo);
+        cross_->all_reduce(part, dst + lo * es, dst + lo * es);
+      },
+      dst, blocks(count, es, 1));
+}
+
+void HierGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) {
+  // The whole sum on every rank, then this rank's block of it.
+  const size_t block_bytes = desc.nbytes() / static_cast<size_t>(size());
+  std::vector<char> all(desc.nbytes());
+  all_reduce(desc, in, all.data());
+  if (block_bytes != 0) {
+    std::memcpy(out, all.data() + static_cast<size_t>(rank()) * block_bytes, block_bytes);
+  }
+}
+
+void HierGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
+  const size_t es = dtype_size(desc.dtype);
+  const size_t per_rank = desc.nbytes();
+  const size_t hosts = layout_.hosts.size();
+  size_t widest = 0;  // ranks on the fullest host: every host's part is padded to it
+  for (const auto& h : layout_.hosts) widest = std::max(widest, h.size());
+  const size_t units = widest * static_cast<size_t>(desc.count);  // of one host's part
+  const int m = layout_.cross_groups;
+  // This host's ranks' inputs, then every host's part, slice j of all hosts
+  // after slice j - 1 (what cross group j gathers).
+  std::vector<char> part(widest * per_rank);
+  std::vector<char> parts(hosts * widest * per_rank);
+  run(
+      desc,
+      [&] {
+        if (local_ != nullptr) {
+          local_->all_gather_phase(desc, in, part.data());
+        } else if (per_rank != 0) {
+          std::memcpy(part.data(), in, per_rank);
+        }
+      },
+      [&] {
+        const size_t lo = block_begin(units, local_index_, m);
+        const size_t hi = block_begin(units, local_index_ + 1, m);
+        const CallDesc slice = phase_desc(desc, Collective::AllGather, desc.dtype, hi - lo);
+        cross_->all_gather(slice, part.data() + lo * es, parts.data() + hosts * lo * es);
+      },
+      parts.data(), blocks(units, es, hosts));
+  // Host g's slice j sits at hosts * lo_j + g * (hi_j - lo_j) units; its
+  // byte x of the host's part is rank hosts[g][x / per_rank]'s byte x % per_rank.
+  char* dst = static_cast<char*>(out);
+  for (size_t g = 0; g < hosts; ++g) {
+    const auto& members = layout_.hosts[g];
+    const size_t filled = members.size() * per_rank;
+    for (int j = 0; j < m; ++j) {
+      const size_t lo = block_begin(units, j, m) * es, hi = block_begin(units, j + 1, m) * es;
+      const char* src = parts.data() + hosts * lo + g * (hi - lo);
+      for (size_t x = lo; x < std::min(hi, filled);) {
+        const size_t r = x / per_rank, off = x % per_rank;
+        const size_t n = std::min(per_rank - off, std::min(hi, filled) - x);
+        std::memcpy(dst + static_cast<size_t>(members[r]) * per_rank + off, src + (x - lo), n);
+        x += n;
+      }
+    }
+  }
+}
+
+void HierGroup::broadcast(const CallDesc& desc, void* buf) {
+  const size_t es = dtype_size(desc.dtype);
+  const size_t count = static_cast<size_t>(desc.count);
+  const int m = layout_.cross_groups;
+  const int root_host = layout_.host_of[desc.root];
+  char* data = static_cast<char*>(buf);
+  run(
+      desc,
+      [&] {
+        if (local_ == nullptr) return;
+        if (host_ != root_host) {
+          local_->agree_phase(desc);
+          return;
+        }
+        CallDesc here = desc;
+        here.root = layout_.local_index[desc.root];
+        local_->broadcast_phase(here, buf);
+      },
+      [&] {
+        const size_t lo = block_begin(count, local_index_, m);
+        const size_t hi = block_begin(count, local_index_ + 1, m);
+        CallDesc slice = phase_desc(desc, Collective::Broadcast, desc.dtype, hi - lo);
+        slice.root = root_host;  // cross groups rank their members by host
+        cross_->broadcast(slice, data + lo * es);
+      },
+      data, host_ == root_host ? std::vector<shm::ShmGroup::Block>{} : blocks(count, es, 1));
+}
+
+void HierGroup::barrier() {
+  CallDesc desc;
+  desc.kind = Collective::Barrier;
+  // The last phase's barrier waits for this host's cross calls, which waited
+  // for every host's ranks: nobody leaves before everyone arrived.
+  run(
+      desc,
+      [&] {
+        if (local_ != nullptr) local_->agree_phase(desc);
+      },
+      [&] { cross_->barrier(); }, nullptr, {});
+}
+
+void HierGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst, int tag) {
+  world_->send(buf, nbytes, dtype, dst, tag);
+}
+
+void HierGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int tag) {
+  world_->recv(buf, nbytes, dtype, src, tag);
+}
+
+GroupPtr HierGroup::split(int color, int key) {
+  const SplitPlan plan = plan_split(*this, color, key, splits_++);
+  // Every rank splits each sub-group, in this order, whatever it keeps.
+  GroupPtr world = world_->split(color, key);
+  GroupPtr local = local_ != nullptr ? local_->split(color, key) : nullptr;
+  if (plan.members.size() == 1) return make_single_group("hier");
+  InitOptions sub = options_;
+  sub.rank = plan.new_rank;
+  sub.size = static_cast<int>(plan.members.size());
+  sub.hosts.clear();
+  std::vector<std::string> keys, names;
+  for (int r : plan.members) {
+    if (!options_.hosts.empty()) sub.hosts.push_back(options_.hosts[r]);
+    keys.push_back(keys_[r]);
+    names.push_back(names_[r]);
+  }
+  const HostLayout child = layout_hosts(keys);
+  if (child.hosts.size() == 1) return local;  // one host: its shm group
+  if (!child.mixed()) return world;           // one rank per host: the mesh
+  return std::make_shared<HierGroup>(sub, std::dynamic_pointer_cast<mesh::MeshGroup>(world),
+                                     std::dynamic_pointer_cast<shm::ShmGroup>(local),
+                                     std::move(keys), std::move(names));
+}
+
+}  // namespace chorus::hier

@@ -1,0 +1,75 @@
+// A hierarchical group's call as one collective of this host's shm group:
+// a local phase, the phase between hosts (away from the segment), and the
+// blocks that phase produced copied from their owners to everyone.
+#include <algorithm>
+#include <cstring>
+
+#include "chorus/algorithms/copy.h"
+#include "chorus/backends/shm/shm_group.h"
+#include "chorus/backends/shm/shm_group_inl.h"
+
+namespace chorus::shm {
+
+void ShmGroup::run_phased(const CallDesc& desc, bool interrupted_on_the_way,
+                          const std::function<void()>& local, const std::function<void()>& away,
+                          char* buffer, const std::vector<Block>& blocks) {
+  begin_collective(desc, interrupted_on_the_way);
+  for (;;) {
+    try {
+      local();
+      break;
+    } catch (const RestartCall& restart) {
+      // An abort of an earlier call can only be seen before every rank
+      // passed this call's first barrier, so `away` has not run yet.
+      recover(restart.word);
+    }
+  }
+  away();
+  try {
+    gather_blocks(buffer, blocks);
+  } catch (const RestartCall&) {
+    CHORUS_CHECK(false, "an earlier call's abort after this call's first barrier");
+  }
+}
+
+void ShmGroup::agree_phase(const CallDesc& desc) {
+  const uint64_t p0 = arrivals_;
+  write_desc(p0, desc);
+  arrive_and_wait();
+  check_descs(p0);
+}
+
+void ShmGroup::gather_blocks(char* buffer, const std::vector<Block>& blocks) {
+  size_t longest = 0;
+  const Block* mine = nullptr;
+  size_t total = 0;
+  for (const Block& b : blocks) {
+    longest = std::max(longest, b.bytes);
+    total += b.bytes;
+    if (b.owner == rank_) mine = &b;
+  }
+  const size_t chunk = layout_.chunk_bytes;
+  const size_t nchunks = (longest + chunk - 1) / chunk;
+  const size_t nbarriers = std::max<size_t>(nchunks, 1);
+  const uint64_t p0 = arrivals_;
+  // Phase p0 + j: copy out chunk j - 1 of every other owner's block, stage
+  // chunk j of ours (the slots rotate over three buffers, see shm_group.cc).
+  for (size_t j = 0; j <= nbarriers; ++j) {
+    const uint64_t phase = p0 + j;
+    if (j >= 1 && j - 1 < nchunks) {
+      const size_t off = (j - 1) * chunk;
+      for (const Block& b : blocks) {
+        if (b.owner == rank_ || off >= b.bytes) continue;
+        copy_result(buffer + b.offset + off, slot(b.owner, phase - 1),
+                    std::min(chunk, b.bytes - off), total);
+      }
+    }
+    if (mine != nullptr && j < nchunks && j * chunk < mine->bytes) {
+      std::memcpy(slot(rank_, phase), buffer + mine->offset + j * chunk,
+                  std::min(chunk, mine->bytes - j * chunk));
+    }
+    if (j < nbarriers) arrive_and_wait();
+  }
+}
+
+}  // namespace chorus::shm
