@@ -100,8 +100,12 @@ class RankRunner:
         addresses_per_rank: int = 1,
         hosts_of: Sequence[int] | None = None,
     ) -> Job:
-        """Start `size` ranks; hosts_of[r] puts rank r on loopback host 127.0.0.(1 + n),
-        which a hierarchical group takes for a host of its own."""
+        """Start `size` ranks. hosts_of[r] = n lists rank r at 127.0.0.(1 + n): a
+        hierarchical group (backend "hier") takes each such address for a host
+        of its own, and puts the first half of the ranks on one, the rest on
+        another, unless told."""
+        if backend == "hier" and hosts_of is None:
+            hosts_of = [r * 2 // size for r in range(size)]  # two hosts
         script = self.tmp_path / f"rank_{len(self.jobs)}.py"
         script.write_text(textwrap.dedent(code))
         ports = free_ports(size * addresses_per_rank)

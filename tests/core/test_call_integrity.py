@@ -97,7 +97,7 @@ print("WRONG", wrong, "OUTCOMES", outcomes, flush=True)
 """
 
 
-@pytest.mark.parametrize("backend", ["shm", "ring", "mesh"])
+@pytest.mark.parametrize("backend", ["shm", "ring", "mesh", "hier"])
 @pytest.mark.parametrize("when", ["after", "during"])
 @pytest.mark.parametrize("interrupted", [(0, 2, 3), (0,)], ids=["ranks-0-2-3", "rank-0"])
 def test_late_entrant_raises_and_the_next_calls_are_right(
@@ -169,7 +169,7 @@ print("WRONG", wrong, flush=True)
 """
 
 
-@pytest.mark.parametrize("backend", ["shm", "ring", "mesh"])
+@pytest.mark.parametrize("backend", ["shm", "ring", "mesh", "hier"])
 def test_overlapping_calls_from_two_threads_raise_everywhere(
     ranks: RankRunner, backend: str
 ) -> None:
@@ -212,7 +212,7 @@ print("WRONG", len(wrong), wrong[:3], flush=True)
 """
 
 
-@pytest.mark.parametrize("backend", ["shm", "ring", "mesh"])
+@pytest.mark.parametrize("backend", ["shm", "ring", "mesh", "hier"])
 def test_one_group_per_thread_and_sequential_threads_are_right(
     ranks: RankRunner, backend: str
 ) -> None:
@@ -320,7 +320,7 @@ print("WRONG", wrong, flush=True)
 """
 
 
-@pytest.mark.parametrize("backend", ["shm", "ring", "mesh"])
+@pytest.mark.parametrize("backend", ["shm", "ring", "mesh", "hier"])
 def test_a_program_with_its_own_sigint_handler_notes_interrupts(
     ranks: RankRunner, tmp_path: Path, backend: str
 ) -> None:
@@ -379,7 +379,7 @@ while len(open(marks + ".done").read().split()) < 3 and time.monotonic() < deadl
 """
 
 
-@pytest.mark.parametrize("backend", ["shm", "ring", "mesh"])
+@pytest.mark.parametrize("backend", ["shm", "ring", "mesh", "hier"])
 def test_a_rank_dying_during_late_entrant_recovery_fails_the_next_call_everywhere(
     ranks: RankRunner, tmp_path: Path, backend: str
 ) -> None:

@@ -32,7 +32,7 @@ def _wait_for(job_procs: list[subprocess.Popen[str]], marker_file: str, count: i
     pytest.fail("ranks never reached the marker")
 
 
-@pytest.mark.parametrize("backend", [*BACKENDS, "mesh"])
+@pytest.mark.parametrize("backend", [*BACKENDS, "mesh", "hier"])
 def test_killed_rank_makes_every_other_rank_raise_naming_it(
     ranks: RankRunner, backend: str, tmp_path: Path
 ) -> None:
@@ -76,7 +76,7 @@ def test_killed_rank_makes_every_other_rank_raise_naming_it(
         assert raised_at - killed_at < 5.0, f"rank {result.rank} took {raised_at - killed_at} s"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, "hier"])
 def test_rank_that_never_starts_is_named_on_every_rank(ranks: RankRunner, backend: str) -> None:
     code = """
     import time, chorus
@@ -93,7 +93,7 @@ def test_rank_that_never_starts_is_named_on_every_rank(ranks: RankRunner, backen
         assert "rank 2" in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, "hier"])
 def test_shape_and_dtype_mismatch_raise_everywhere_then_group_works(
     ranks: RankRunner, backend: str
 ) -> None:
@@ -114,16 +114,27 @@ def test_shape_and_dtype_mismatch_raise_everywhere_then_group_works(
     print("OK")
     """
     results = ranks.run(code, 4, backend=backend)
+    # A hierarchical group compares the calls inside each host (and hosts
+    # with each other): it names the ranks of the host that disagreed.
+    expected = (
+        [
+            "ranks 0,1 on host 127.0.0.1 disagree on the call: rank 0 has all_sum of (10,) float64,"
+            " rank 1 has all_sum of (11,) float64",
+            "ranks 2,3 on host 127.0.0.2 disagree on the call: rank 2 has all_sum of (10,) float32",
+            "rank 0 has all_sum of (2, 5) float64, rank 1 has all_sum of (5, 2) float64",
+        ]
+        if backend == "hier"
+        else [
+            "ranks 0,2,3 have all_sum of (10,) float64, rank 1 has all_sum of (11,) float64",
+            "rank 0 has all_sum of (2, 5) float64, ranks 1,2,3 have all_sum of (5, 2)",
+        ]
+    )
     for result in results:
         assert result.stdout.count("MISMATCH") == 4, result.stdout
         assert "OK" in result.stdout
         # Every rank, grouped, and shapes as shapes.
-        assert "ranks 0,2,3 have all_sum of (10,) float64, rank 1 has all_sum of (11,) float64" in (
-            result.stdout
-        ), result.stdout
-        assert "rank 0 has all_sum of (2, 5) float64, ranks 1,2,3 have all_sum of (5, 2)" in (
-            result.stdout
-        ), result.stdout
+        for text in expected:
+            assert text in result.stdout, result.stdout
 
 
 def _wrong_token_handshake(address: str) -> int:
@@ -176,7 +187,7 @@ def test_strangers_are_dropped_and_the_job_carries_on(
     assert "not a chorus handshake" in results[1].stderr, results[1].stderr
 
 
-@pytest.mark.parametrize("backend", [*BACKENDS, "mesh"])
+@pytest.mark.parametrize("backend", [*BACKENDS, "mesh", "hier"])
 def test_ctrl_c_inside_a_collective_then_a_working_collective(
     ranks: RankRunner, backend: str, tmp_path: Path
 ) -> None:
@@ -286,7 +297,7 @@ except chorus.PeerError as err:
 """
 
 
-@pytest.mark.parametrize("backend", [*BACKENDS, "mesh"])
+@pytest.mark.parametrize("backend", [*BACKENDS, "mesh", "hier"])
 def test_a_dead_rank_s_last_call_explains_the_failure(ranks: RankRunner, backend: str) -> None:
     results = ranks.start(DIED_BEFORE, 3, backend=backend).wait(timeout=60)
     everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)

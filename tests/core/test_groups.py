@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import BACKENDS, RankRunner
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, "hier"])
 def test_split_pairs_and_parity_used_alternately(ranks: RankRunner, backend: str) -> None:
     code = """
     import numpy as np, chorus
@@ -32,7 +32,7 @@ def test_split_pairs_and_parity_used_alternately(ranks: RankRunner, backend: str
     assert all("OK" in r.stdout for r in results)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, "hier"])
 def test_send_recv_ping_pong(ranks: RankRunner, backend: str) -> None:
     code = """
     import numpy as np, chorus

@@ -134,7 +134,7 @@ SplitPlan plan_split(GroupImpl& parent, int color, int key, uint64_t split_index
 }
 
 std::string disagreement(const std::vector<CallDesc>& descs,
-                         std::string (*describe)(const CallDesc&)) {
+                         std::string (*describe)(const CallDesc&), const std::vector<int>& shown) {
   std::vector<size_t> firsts;
   std::ostringstream out;
   for (size_t k = 0; k < descs.size(); ++k) {
@@ -148,7 +148,9 @@ std::string disagreement(const std::vector<CallDesc>& descs,
     }
     if (firsts.size() > 1) out << ", ";
     out << (ranks.size() == 1 ? "rank " : "ranks ");
-    for (size_t i = 0; i < ranks.size(); ++i) out << (i ? "," : "") << ranks[i];
+    for (size_t i = 0; i < ranks.size(); ++i) {
+      out << (i ? "," : "") << (shown.empty() ? static_cast<int>(ranks[i]) : shown[ranks[i]]);
+    }
     out << (ranks.size() == 1 ? " has " : " have ")
         << (describe != nullptr ? describe(descs[k]) : descs[k].describe());
   }

@@ -56,8 +56,11 @@ struct CallDesc {
 // i's call is descs[i]. Every rank holds every descriptor, so every rank
 // builds the same text. `describe` names a call (CallDesc::describe by
 // default; the mpi backend also names its split).
+// shown[k], when given, is how the text numbers rank k (a hierarchical
+// group's sub-groups show its ranks).
 std::string disagreement(const std::vector<CallDesc>& descs,
-                         std::string (*describe)(const CallDesc&) = nullptr);
+                         std::string (*describe)(const CallDesc&) = nullptr,
+                         const std::vector<int>& shown = {});
 
 // Knobs for measurements and tests (CHORUS_SHM_*, CHORUS_RING_SPIN_US), read
 // and checked by chorus/env.py. Unset, each backend keeps its own default.

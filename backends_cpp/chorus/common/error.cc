@@ -16,13 +16,14 @@ const char* reason_name(Reason reason) {
     case Reason::Timeout: return "timeout";
     case Reason::Overlap: return "overlap";
     case Reason::Late: return "late";
+    case Reason::Mismatch: return "mismatch";
   }
   return "unknown";
 }
 
 Reason reason_from_wire(uint64_t value) {
-  return value <= static_cast<uint64_t>(Reason::Late) ? static_cast<Reason>(value)
-                                                      : Reason::Unknown;
+  return value <= static_cast<uint64_t>(Reason::Mismatch) ? static_cast<Reason>(value)
+                                                          : Reason::Unknown;
 }
 
 }  // namespace chorus

@@ -28,6 +28,8 @@ enum class Reason : uint8_t {
   Timeout = 6,      // the culprit did not arrive before the set-up deadline
   Overlap = 7,      // the culprit made overlapping calls from two threads
   Late = 8,         // this rank came to a call the others had already left
+  Mismatch = 9,     // ranks disagreed on the call (between a hierarchical group's
+                    // sub-groups only: the hierarchical group raises UsageError)
 };
 // "died", "unreachable", ...: PeerError.reason in Python.
 const char* reason_name(Reason reason);

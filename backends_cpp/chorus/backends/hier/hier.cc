@@ -22,17 +22,19 @@ std::string host_part(const std::string& address) {
 }
 
 // Every rank's host key (the address it is listed or listens at: ranks of
-// one host share it) and the name messages give its host.
+// one host share it) and how messages name it (its first address, as the
+// TCP backends name ranks).
 void gather_hosts(mesh::MeshGroup& world, const InitOptions& options,
                   std::vector<std::string>& keys, std::vector<std::string>& names) {
-  std::string key;
+  std::string name;
   if (!options.hosts.empty() && !options.hosts[options.rank].empty()) {
-    key = host_part(options.hosts[options.rank].front());
+    name = options.hosts[options.rank].front();
   } else if (!world.listen_addresses().empty()) {
-    key = host_part(world.listen_addresses().front());
+    name = world.listen_addresses().front();
   }
+  std::string key = host_part(name);
   if (key.empty() || key == "0.0.0.0" || key == "::") key = options.hostname;
-  std::string name = options.hostname.empty() ? key : options.hostname;
+  if (name.empty()) name = options.hostname;
   std::array<char, 2 * kFieldBytes> mine{};
   std::memcpy(mine.data(), key.data(), std::min(key.size(), kFieldBytes - 1));
   std::memcpy(mine.data() + kFieldBytes, name.data(), std::min(name.size(), kFieldBytes - 1));

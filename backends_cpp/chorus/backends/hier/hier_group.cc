@@ -51,7 +51,11 @@ HierGroup::HierGroup(const InitOptions& options, std::shared_ptr<mesh::MeshGroup
     cross_ = std::dynamic_pointer_cast<mesh::MeshGroup>(cross);
     CHORUS_CHECK(cross_ != nullptr && cross_->size() == static_cast<int>(layout_.hosts.size()),
                  "cross group j is a mesh over every host, ranked by host");
+    std::vector<int> shown;
+    for (const auto& h : layout_.hosts) shown.push_back(h[local_index_]);
+    cross_->show_ranks(std::move(shown));
   }
+  if (local_ != nullptr) local_->show_ranks(layout_.hosts[host_]);
 }
 
 std::string HierGroup::who(int rank) const {
@@ -85,6 +89,23 @@ std::vector<shm::ShmGroup::Block> HierGroup::blocks(size_t total, size_t unit,
   return out;
 }
 
+std::string HierGroup::without_prefix(const std::string& text, Phase phase) const {
+  // What a sub-group prefixes its messages with (ErrorContext::prefix()),
+  // then the "all_sum aborted: " of a forwarded failure or the words the
+  // cause below says again.
+  const bool cross = phase == Phase::Cross;
+  const int rank = cross ? host_ : local_index_;
+  const int size = cross ? static_cast<int>(layout_.hosts.size())
+                         : static_cast<int>(layout_.hosts[host_].size());
+  const ErrorContext sub{cross ? "mesh" : "shm", rank, size, options_.hostname};
+  std::string rest = text;
+  for (const std::string& head :
+       {sub.prefix(), op_ + " aborted: ", op_ + ": ranks disagree on the call: "}) {
+    if (rest.rfind(head, 0) == 0) rest = rest.substr(head.size());
+  }
+  return rest;
+}
+
 HierGroup::Caught HierGroup::caught(Phase phase) const {
   auto to_rank = [&](int culprit) {
     if (culprit <= -2) return -2 - culprit;
@@ -103,17 +124,27 @@ HierGroup::Caught HierGroup::caught(Phase phase) const {
     c.failure = Failure{e.reason(), rank()};
     c.detail = e.what();
     c.cause = who(rank()) + " " + e.what_happened() + " during " + op_;
-    return c;
   } catch (const UsageError& e) {
-    c.failure = Failure{Reason::Aborted, -1};
+    // Every rank of the sub-group raised it; the others hear it as Mismatch.
+    c.failure = Failure{Reason::Mismatch, -1};
     c.detail = e.what();
-    c.cause = std::string(phase == Phase::Cross ? "hosts" : "the ranks of " + names_[rank()]) +
-              " disagree on " + op_;
+    std::string ranks;
+    for (int r : layout_.hosts[host_]) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);
+    c.cause = op_ + ": " +
+              (phase == Phase::Cross
+                   ? "the hosts disagree on the call: "
+                   : "ranks " + ranks + " on host " + keys_[rank()] + " disagree on the call: ") +
+              without_prefix(e.what(), phase);
   } catch (const PeerError& e) {
     c.failure = e.failure();
     c.failure.culprit = to_rank(e.failure().culprit);
     c.detail = e.what();
-    c.cause = who(c.failure.culprit) + " " + what_it_did(c.failure.reason, op_);
+    // The sub-group's words name ranks as this group does (show_ranks);
+    // they lead with the culprit's address and what it did.
+    const std::string said = without_prefix(e.what(), phase);
+    const std::string lead = who(c.failure.culprit) + " " + what_it_did(c.failure.reason, op_);
+    const bool plain = c.failure.reason == Reason::Late || c.failure.reason == Reason::Mismatch;
+    c.cause = plain || said.rfind(lead, 0) == 0 ? said : lead + " (" + said + ")";
   } catch (const std::exception& e) {
     c.failure = Failure{Reason::Aborted, rank()};
     c.detail = e.what();
@@ -127,22 +158,22 @@ HierGroup::Caught HierGroup::caught(Phase phase) const {
 
 void HierGroup::rethrow(const Caught& c) const {
   const std::string call = op_ + " #" + std::to_string(calls_);
-  const std::string text =
-      c.failure.reason == Reason::Late
-          ? ctx_.prefix() + call + " was aborted before this rank arrived (" + c.detail +
-                "); the other ranks have moved on, so the next call works"
-          : ctx_.prefix() + call + " failed: " + c.cause + " (" + c.detail + ")";
+  const std::string text = c.failure.reason == Reason::Late
+                               ? ctx_.prefix() + c.cause
+                               : ctx_.prefix() + call + " failed: " + c.cause;
   try {
     throw;
   } catch (const Interrupted&) {
     throw;  // the bindings raise the handler's exception (KeyboardInterrupt)
   } catch (const DtypeError&) {
-    throw DtypeError(ctx_.prefix() + c.cause + ": " + c.detail);
+    throw DtypeError(ctx_.prefix() + c.cause);
   } catch (const UsageError&) {
-    throw UsageError(ctx_.prefix() + c.cause + ": " + c.detail);
+    throw UsageError(ctx_.prefix() + c.cause);
   } catch (const PeerTimeout&) {
     throw PeerTimeout(text, c.failure);
   } catch (const PeerError&) {
+    // Another host's ranks disagreed on the call: as they do, a usage error.
+    if (c.failure.reason == Reason::Mismatch) throw UsageError(ctx_.prefix() + c.cause);
     throw PeerError(text, c.failure);
   }
 }
@@ -152,12 +183,17 @@ void HierGroup::run(const CallDesc& desc, const std::function<void()>& local,
                     const std::vector<shm::ShmGroup::Block>& blocks) {
   op_ = collective_name(desc.kind, desc.op);
   ++calls_;
-  // Decided once for both sub-calls (see hier_group.h).
-  const uint64_t interrupts = interrupt_count();
-  const bool on_the_way = interrupts != interrupts_at_last_call_;
-  interrupts_at_last_call_ = interrupts;
+  // Decided once for both sub-calls (see hier_group.h): an interrupt since
+  // the last call ended. One during the last call was that call's (it
+  // failed on every rank, or this rank finished it): not on the way here.
+  const bool on_the_way = interrupt_count() != interrupts_at_last_call_;
+  struct Ended {
+    uint64_t& snapshot;
+    ~Ended() { snapshot = interrupt_count(); }
+  } ended{interrupts_at_last_call_};
   Phase phase = Phase::Local;
-  bool crossed = cross_ == nullptr;
+  bool crossed = cross_ == nullptr || next_cross_abandoned_;
+  next_cross_abandoned_ = false;
   auto away = [&] {
     phase = Phase::Cross;
     crossed = true;
@@ -185,9 +221,15 @@ void HierGroup::run(const CallDesc& desc, const std::function<void()>& local,
     }
   } catch (...) {
     const Caught c = caught(phase);
-    // The other hosts wait for this rank in its cross group.
-    if (!crossed)
+    // The other hosts wait for this rank in its cross group: in this call
+    // if it never got there; when this host's shm group broke, also in the
+    // next one, which cannot work (a program often exits on the error, and
+    // the other hosts should still hear why rather than find it gone).
+    const bool broken = local_ != nullptr && !local_->usable();
+    if (cross_ != nullptr && (!crossed || broken)) {
       cross_->abandon(op_.c_str(), foreign(c.failure.culprit), c.failure.reason, c.cause);
+      next_cross_abandoned_ = crossed;
+    }
     rethrow(c);
   }
   recorder().agreed();

@@ -75,7 +75,9 @@ class HierGroup final : public GroupImpl {
   struct Caught {
     Failure failure;     // culprit: a rank of this group, or -1
     std::string detail;  // the sub-group's message
-    std::string cause;   // "rank 3 (h1) died during all_sum": what other groups are told
+    // "rank 3 (h1) died or left during all_sum (...)": what this rank raises
+    // after its prefix and the call, and what other sub-groups are told.
+    std::string cause;
   };
 
   // One call: `local` (a ShmGroup::*_phase, or this rank's own part when it
@@ -86,6 +88,9 @@ class HierGroup final : public GroupImpl {
            const std::vector<shm::ShmGroup::Block>& blocks);
   // The exception being handled, thrown in `phase`, as data.
   Caught caught(Phase phase) const;
+  // `text` of a sub-group's error without its prefix (which numbers ranks
+  // its own way) and without "<op> aborted: ".
+  std::string without_prefix(const std::string& text, Phase phase) const;
   // Throws the exception being handled again in this group's terms.
   [[noreturn]] void rethrow(const Caught& c) const;
   // A cross-phase descriptor: block `count` of `desc`'s data, `dtype` units;
@@ -108,8 +113,11 @@ class HierGroup final : public GroupImpl {
   int local_index_ = 0;  // its index on the host
   std::string op_ = "set-up";
   uint64_t calls_ = 0;
-  uint64_t interrupts_at_last_call_ = 0;
+  uint64_t interrupts_at_last_call_ = 0;  // interrupt_count() when the last call ended
   uint64_t splits_ = 0;
+  // This host's shm group broke after this rank's cross call: the next
+  // cross call is already abandoned (run()).
+  bool next_cross_abandoned_ = false;
 };
 
 }  // namespace chorus::hier

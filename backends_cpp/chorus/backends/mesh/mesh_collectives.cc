@@ -26,6 +26,10 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
     if (a.call == calls_.index() && !calls_.skip_aborted()) {
+      if (a.abandoned) {
+        throw LinkFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, false,
+                          a.reason);
+      }
       throw calls_.late(a.culprit, op_, ctx_.prefix(), a.text);
     }
   }
@@ -37,6 +41,11 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
   }
   record_ = std::move(record);
   const int n = config_.size, me = config_.rank;
+  if (owes_) {
+    // A peer still in an abandoned call learns from this call's record.
+    acceptor_->forget_owed();
+    owes_ = false;
+  }
   for (int p = 0; p < n; ++p) {
     // Records of calls this rank has left (p was behind): p sends again.
     auto& coll = peers_[p].coll;

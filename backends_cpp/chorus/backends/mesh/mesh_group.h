@@ -94,6 +94,8 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   // A hierarchical call that failed before this phase calls it, so that the
   // peers waiting here raise and the call counts stay in step (mesh_phase.cc).
   void abandon(const char* op, int culprit, Reason reason, const std::string& text);
+  // Messages name rank r as rank shown[r] (TcpGroupConfig::shown_ranks).
+  void show_ranks(std::vector<int> shown) { config_.shown_ranks = std::move(shown); }
 
  private:
   // Everything about one other rank.
@@ -115,6 +117,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
     std::string text;
     bool fatal;
     Reason reason;
+    bool abandoned;  // AbortWord::abandoned
   };
   enum class Kind { Collective, Send, Recv };
 
@@ -181,6 +184,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   int waiting_ = -1;       // the peer a frame is awaited from
   std::optional<PendingAbort> pending_abort_;
   std::optional<bool> next_on_the_way_;  // enter_next_as_phase()
+  bool owes_ = false;  // abandon() left aborts with the acceptor (start_call forgets them)
   std::vector<uint8_t> record_;          // this call's record, resent after a reconnect
   std::vector<pollfd> fds_;
   std::vector<size_t> poll_starts_;  // first entry of each peer in fds_

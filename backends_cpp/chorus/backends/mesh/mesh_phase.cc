@@ -1,15 +1,46 @@
 // The mesh as one phase of a hierarchical call (backends/hier).
 #include "chorus/backends/mesh/mesh_group.h"
+#include "chorus/backends/mesh/wire.h"
 
 namespace chorus::mesh {
 
 void MeshGroup::abandon(const char* op, int culprit, Reason reason, const std::string& text) {
   try {
     // The call fails at once, as if this rank had failed before sending its
-    // record: run() forwards the failure to every peer (Abort frames with
-    // this call's index) and resets the links, as for any failed call.
+    // record, with Abort frames marked abandoned (see AbortWord).
     run(op, Kind::Collective, -1, [&] {
-      throw LinkFailure(culprit, ctx_.prefix() + op + " aborted: " + text, text, false, reason);
+      // An abort travels only on a live link (Link::abort), and after an
+      // earlier failure the links are down until the next call dials them.
+      // Dial the peers this rank dials (their acceptor threads answer,
+      // whatever they do); leave the abort for the others to find when they
+      // dial (Acceptor::owe): they may wait in this call already, or come to
+      // it after this rank has left for good.
+      const uint64_t word =
+          encode_abort(AbortWord{culprit, false, false, reason, /*abandoned=*/true});
+      accepted_ready_ = true;  // take what the acceptor holds, woken or not
+      for (int p = 0; p < config_.size; ++p) {
+        if (p == config_.rank) continue;
+        Peer& peer = peers_[p];
+        if (!dialer_of(p)) {
+          install(p);
+        } else if (!peer.link.up()) {
+          try {
+            recover(p);
+          } catch (const PeerError&) {
+            // Gone or unreachable: nobody waits there.
+          }
+        }
+        if (peer.link.up()) {
+          peer.link.abort(word, calls_.index(), text, kAbortFlush);
+        } else if (!dialer_of(p)) {
+          acceptor_->owe(p, tcp::frame_bytes(tcp::FrameType::Abort, word, calls_.index(), text));
+          owes_ = true;
+        }
+        reset(p);
+        peer.tolerant = false;
+      }
+      // The aborts are out: leave as a late entrant does (no more to send).
+      throw LateEntrant(ctx_.prefix() + op + " aborted: " + text, Failure{reason, culprit});
     });
   } catch (const PeerError&) {
     // Expected: the hierarchical call raises its own error.

@@ -112,11 +112,15 @@ void MeshGroup::check_links() {
                        ", which failed: this call is the next one");
             break;
           }
+          if (w.abandoned) {
+            throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, false,
+                              w.reason);
+          }
           throw calls_.late(culprit, op_, ctx_.prefix(), text);
         }
         if (!p2p && !fatal && !collective && call > calls_.index()) {
           // A collective this rank has not entered yet failed: its entry decides.
-          pending_abort_ = PendingAbort{culprit, call, text, fatal, w.reason};
+          pending_abort_ = PendingAbort{culprit, call, text, fatal, w.reason, w.abandoned};
         }
         if (p2p || (entering_ && !fatal)) {
           // A send to us that was cut short, or a failure of a call this rank
@@ -157,7 +161,7 @@ void MeshGroup::check_links() {
           // It finished ours first, so what it sent for ours (its record, its
           // data) arrived before the abort and is still ours to take: it will
           // never send it again.
-          pending_abort_ = PendingAbort{culprit, call, text, fatal, w.reason};
+          pending_abort_ = PendingAbort{culprit, call, text, fatal, w.reason, w.abandoned};
           reset(p, /*keep_frames=*/true);
         } else {
           throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal,

@@ -144,7 +144,7 @@ void ShmGroup::check_descs(uint64_t phase) {
     return;
   }
   // Every rank reads the same descriptors, so every rank raises this same text.
-  throw UsageError(prefix() + op_ + ": ranks disagree on the call: " + disagreement(all));
+  throw UsageError(prefix() + op_ + ": ranks disagree on the call: " + disagreement(all, nullptr, shown_));
 }
 
 void ShmGroup::arrive_and_wait() {
@@ -275,8 +275,7 @@ void ShmGroup::read_from_peer(int r, uint64_t remote, void* local, size_t n) {
   // ESRCH: its memory is gone, so it is exiting, maybe before its pidfd says so.
   if (err == ESRCH) peer_died(r, WaitKind::Collective);
   check_peer_alive(r, WaitKind::Collective);  // a dead peer: abort, group unusable
-  const std::string reason = "rank " + std::to_string(rank_) +
-                             " could not read the buffer of rank " + std::to_string(r) +
+  const std::string reason = rank_name(rank_) + " could not read the buffer of " + rank_name(r) +
                              " during " + op_ + ": " + std::strerror(err);
   publish_abort(reason, Reason::Aborted, rank_);
   throw PeerError(prefix() + reason, failure(Reason::Aborted, r));

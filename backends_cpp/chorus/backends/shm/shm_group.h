@@ -32,6 +32,8 @@ class ShmGroup final : public GroupImpl {
   const char* backend() const override { return "shm"; }
   uint64_t calls_entered() const override { return seq_; }
   const std::string& segment_name() const { return name_; }
+  // False once a peer died: every later call raises naming it.
+  bool usable() const { return broken_.empty(); }
   // Whether this rank can read its peers' memory (single-copy all_gather, broadcast).
   bool single_copy() const { return cross_memory_; }
 
@@ -70,6 +72,8 @@ class ShmGroup final : public GroupImpl {
   void abort_call(const std::string& text, Reason why, int culprit) {
     publish_abort(text, why, culprit);
   }
+  // Messages name rank r as rank shown[r] (a hierarchical group's ranks).
+  void show_ranks(std::vector<int> shown) { shown_ = std::move(shown); }
 
  private:
   enum class WaitKind { Collective, Recovery, PointToPoint };
@@ -136,6 +140,10 @@ class ShmGroup final : public GroupImpl {
   void check_ring(int src) const;
 
   std::string prefix() const { return ctx_.prefix(); }
+  // "rank 5": how messages name rank r (show_ranks()).
+  std::string rank_name(int r) const {
+    return "rank " + std::to_string(shown_.empty() ? r : shown_[static_cast<size_t>(r)]);
+  }
 
   InitOptions options_;
   ErrorContext ctx_;
@@ -168,6 +176,7 @@ class ShmGroup final : public GroupImpl {
   // blocked (so symmetric exchanges of any size progress), per source rank.
   std::vector<std::vector<char>> pending_;
   std::vector<size_t> pending_off_;
+  std::vector<int> shown_;  // show_ranks()
   std::vector<uint64_t> skip_;  // unread bytes of an incoming message abandoned by an interrupt
 };
 

@@ -75,7 +75,7 @@ void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
       check_interrupt();
     } catch (const Interrupted& e) {
       if (collective) {
-        publish_abort("rank " + std::to_string(rank_) + " " + e.what_happened() + " during " + op_,
+        publish_abort(rank_name(rank_) + " " + e.what_happened() + " during " + op_,
                       e.reason(), rank_);
       }
       throw;

@@ -22,9 +22,9 @@
 namespace chorus::shm {
 
 constexpr uint64_t kSegmentMagic = 0x31766d6873726863ULL;  // "chrshmv1"
-constexpr uint32_t kSegmentVersion = 2;
+constexpr uint32_t kSegmentVersion = 3;
 constexpr size_t kCacheLine = 64;
-constexpr size_t kReasonBytes = 256;
+constexpr size_t kReasonBytes = 512;
 constexpr int kBuffers = 3;  // see the phase rule in shm_group.cc
 
 struct SegmentHeader {

@@ -17,7 +17,8 @@ std::vector<uint8_t> call_record(const CallDesc& desc, const void* data, size_t 
 
 void check_call_records(const std::vector<std::vector<uint8_t>>& records, const CallDesc& desc,
                         size_t inline_bytes, const std::string& context,
-                        const std::function<void(int, const std::string&)>& corrupt) {
+                        const std::function<void(int, const std::string&)>& corrupt,
+                        const std::vector<int>& shown_ranks) {
   const auto fail = [&](size_t k, const std::string& what) {
     corrupt(static_cast<int>(k), what);
     throw PeerError(context + ": protocol error: " + what);  // corrupt() should have thrown
@@ -32,7 +33,7 @@ void check_call_records(const std::vector<std::vector<uint8_t>>& records, const 
   for (const auto& d : descs) {
     // Every rank holds the same records, so every rank raises this same text.
     if (!(d == descs[0])) {
-      throw UsageError(context + ": ranks disagree on the call: " + disagreement(descs));
+      throw UsageError(context + ": ranks disagree on the call: " + disagreement(descs, nullptr, shown_ranks));
     }
   }
   for (size_t k = 0; k < records.size(); ++k) {
@@ -52,7 +53,8 @@ void agree_on_records(const std::vector<std::vector<uint8_t>>& records, const Ca
                        const std::string text = "protocol error: " + what + " from " +
                                                 rank_and_address(config, p) + " in " + op;
                        throw LinkFailure(p, ctx.prefix() + text, text, false, Reason::Protocol);
-                     });
+                     },
+                     config.shown_ranks);
   recorder.agreed();
 }
 

@@ -26,7 +26,8 @@ std::vector<uint8_t> call_record(const CallDesc& desc, const void* data, size_t 
 // root's carries bytes), is corruption: corrupt(k, what) must throw.
 void check_call_records(const std::vector<std::vector<uint8_t>>& records, const CallDesc& desc,
                         size_t inline_bytes, const std::string& context,
-                        const std::function<void(int, const std::string&)>& corrupt);
+                        const std::function<void(int, const std::string&)>& corrupt,
+                        const std::vector<int>& shown_ranks = {});
 
 // The end of a TCP backend's descriptor round, every rank's record in hand
 // (ring: gathered around the ring; mesh: the record round): the records'

@@ -41,21 +41,25 @@ class LinkFailure : public PeerError {
   bool fatal_;
 };
 
-// An Abort frame's aux0: culprit rank | fatal << 32 | p2p << 33 | reason << 40
+// An Abort frame's aux0: culprit rank | fatal << 32 | p2p << 33 | abandoned << 34 | reason << 40
 // (aux1 is the call index, the payload the reason's text).
 struct AbortWord {
   int culprit = 0;
   bool fatal = false;
   bool p2p = false;  // mesh: a send cut short, not a collective
   Reason reason = Reason::Unknown;
+  // mesh: a hierarchical call failed before this phase (MeshGroup::abandon):
+  // its peers raise `reason`, not "late", though they never met the sender.
+  bool abandoned = false;
 };
 inline uint64_t encode_abort(const AbortWord& w) {
   return static_cast<uint32_t>(w.culprit) | uint64_t{w.fatal} << 32 | uint64_t{w.p2p} << 33 |
-         uint64_t{static_cast<uint8_t>(w.reason)} << 40;
+         uint64_t{w.abandoned} << 34 | uint64_t{static_cast<uint8_t>(w.reason)} << 40;
 }
 inline AbortWord decode_abort(uint64_t aux0) {
   return AbortWord{static_cast<int>(static_cast<uint32_t>(aux0)), ((aux0 >> 32) & 1) != 0,
-                   ((aux0 >> 33) & 1) != 0, reason_from_wire((aux0 >> 40) & 0xff)};
+                   ((aux0 >> 33) & 1) != 0, reason_from_wire((aux0 >> 40) & 0xff),
+                   ((aux0 >> 34) & 1) != 0};
 }
 
 // Where a rank stands on the collectives of a group: their count (the call

@@ -23,6 +23,9 @@ struct TcpGroupConfig {
   // with this text, instead of waiting out timeout_s.
   std::vector<std::string> unrouted;
   bool per_pair_routes = false;  // hosts holds one address per peer, chosen for the pair
+  // The number messages give each rank ("rank 5 (addr)"): a hierarchical
+  // group's sub-groups show its ranks. Empty: this group's own.
+  std::vector<int> shown_ranks;
   std::string token;
   std::string job_id;
   std::string group_path;  // "" for the world group, "/0.1" for split 0, color 1
@@ -67,7 +70,8 @@ inline const std::string& unrouted_reason(const TcpGroupConfig& config, int rank
 // backends' messages name it.
 inline std::string rank_and_address(const TcpGroupConfig& config, int rank) {
   const auto& addrs = config.hosts[rank];
-  return "rank " + std::to_string(rank) + " (" + (addrs.empty() ? "?" : addrs.front()) + ")";
+  const int shown = config.shown_ranks.empty() ? rank : config.shown_ranks[rank];
+  return "rank " + std::to_string(shown) + " (" + (addrs.empty() ? "?" : addrs.front()) + ")";
 }
 
 }  // namespace chorus

@@ -333,6 +333,12 @@ bool Acceptor::step(Pending& p) {
              p.hello.stream, " epoch ", p.hello.epoch, " from ", p.sock.peer());
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    auto owed = owed_.find(p.hello.rank);
+    if (owed != owed_.end() && !owed->second.empty() && p.hello.stream == 0) {
+      // Best effort: a peer that closes at once learns nothing anyway.
+      send_small(owed->second.front().data(), owed->second.front().size());
+      owed->second.pop_front();
+    }
     ready_.push_back(Accepted{std::move(p.sock), p.hello.rank, p.hello.stream, p.hello.epoch});
   }
   const char c = 1;
@@ -435,6 +441,16 @@ void Acceptor::run() {
     }
     summarise(false);
   }
+}
+
+void Acceptor::owe(int rank, std::vector<uint8_t> bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  owed_[rank].push_back(std::move(bytes));
+}
+
+void Acceptor::forget_owed() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  owed_.clear();
 }
 
 }  // namespace chorus::tcp

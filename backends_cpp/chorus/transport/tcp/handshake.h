@@ -103,6 +103,13 @@ class Acceptor {
   // Connections with an epoch <= this are answered StaleEpoch.
   void set_min_epoch(uint64_t epoch) { min_epoch_.store(epoch); }
   const std::vector<std::string>& addresses() const { return addresses_; }
+  // Bytes (a frame) to write first on a connection `rank` makes later
+  // (stream 0), from the acceptor's thread: what this rank owes a peer it
+  // cannot reach now, such as an abort, delivered when the peer dials even
+  // if this rank's own thread is busy elsewhere by then. Each connection
+  // takes the oldest bytes owed; forget_owed() drops them all.
+  void owe(int rank, std::vector<uint8_t> bytes);
+  void forget_owed();
 
  private:
   struct Pending;
@@ -125,6 +132,7 @@ class Acceptor {
   UniqueFd wake_read_, wake_write_, stop_read_, stop_write_;
   std::mutex mutex_;
   std::vector<Accepted> ready_;  // guarded by mutex_
+  std::map<int, std::deque<std::vector<uint8_t>>> owed_;  // guarded by mutex_ (owe())
   // Rejection log state, used by the acceptor thread only.
   int full_left_ = kFullRejections;
   std::map<std::string, uint64_t> rejected_;  // counted since window_start_

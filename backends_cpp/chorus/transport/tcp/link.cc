@@ -565,4 +565,13 @@ void Link::close() {
   if (state_ == State::Up) state_ = State::Down;
 }
 
+std::vector<uint8_t> frame_bytes(FrameType type, uint64_t aux0, uint64_t aux1,
+                                 const std::string& payload) {
+  const FrameHeader header{kFrameMagic, static_cast<uint8_t>(type), {}, payload.size(), aux0, aux1};
+  std::vector<uint8_t> out(sizeof header + payload.size());
+  std::memcpy(out.data(), &header, sizeof header);
+  if (!payload.empty()) std::memcpy(out.data() + sizeof header, payload.data(), payload.size());
+  return out;
+}
+
 }  // namespace chorus::tcp

@@ -38,6 +38,11 @@ struct FrameHeader {
 };
 static_assert(sizeof(FrameHeader) == 32, "frame header is sent as raw bytes");
 
+// One frame as it travels: header, then payload (for a frame sent outside
+// a Link, such as an abort the Acceptor delivers; see Acceptor::owe).
+std::vector<uint8_t> frame_bytes(FrameType type, uint64_t aux0, uint64_t aux1,
+                                 const std::string& payload);
+
 // What the owner's protocol can legitimately send, checked against every
 // frame header before anything is allocated: a corrupt or hostile header
 // becomes State::Protocol, never a huge allocation or a wait for bytes that
