@@ -183,14 +183,14 @@ void HierGroup::run(const CallDesc& desc, const std::function<void()>& local,
                     const std::vector<shm::ShmGroup::Block>& blocks) {
   op_ = collective_name(desc.kind, desc.op);
   ++calls_;
-  // Decided once for both sub-calls (see hier_group.h): an interrupt since
-  // the last call ended. One during the last call was that call's (it
-  // failed on every rank, or this rank finished it): not on the way here.
-  const bool on_the_way = interrupt_count() != interrupts_at_last_call_;
-  struct Ended {
-    uint64_t& snapshot;
-    ~Ended() { snapshot = interrupt_count(); }
-  } ended{interrupts_at_last_call_};
+  // Decided once for both sub-calls (see hier_group.h), as the flat
+  // backends do: an interrupt since the last call began. One during the
+  // last call counts: the other hosts may have finished that call and failed
+  // their next one in the same interrupt. Aborts for another reason than an
+  // interrupt never skip (CallCounter::skip_aborted).
+  const uint64_t interrupts = interrupt_count();
+  const bool on_the_way = interrupts != interrupts_at_last_call_;
+  interrupts_at_last_call_ = interrupts;
   Phase phase = Phase::Local;
   bool crossed = cross_ == nullptr || next_cross_abandoned_;
   next_cross_abandoned_ = false;

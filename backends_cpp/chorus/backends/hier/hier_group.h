@@ -113,7 +113,7 @@ class HierGroup final : public GroupImpl {
   int local_index_ = 0;  // its index on the host
   std::string op_ = "set-up";
   uint64_t calls_ = 0;
-  uint64_t interrupts_at_last_call_ = 0;  // interrupt_count() when the last call ended
+  uint64_t interrupts_at_last_call_ = 0;  // interrupt_count() when the last call began
   uint64_t splits_ = 0;
   // This host's shm group broke after this rank's cross call: the next
   // cross call is already abandoned (run()).

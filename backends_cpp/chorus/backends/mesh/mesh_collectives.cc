@@ -25,7 +25,8 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
   if (pending_abort_ && !pending_abort_->fatal) {
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
-    if (a.call == calls_.index() && !calls_.skip_aborted()) {
+    if (a.call == calls_.index() &&
+        !calls_.skip_aborted(a.abandoned ? std::optional<Reason>(a.reason) : std::nullopt)) {
       if (a.abandoned) {
         throw LinkFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, false,
                           a.reason);

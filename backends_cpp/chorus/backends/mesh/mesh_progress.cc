@@ -107,7 +107,7 @@ void MeshGroup::check_links() {
           // The call this rank is entering failed on a peer it has not met
           // in it yet (no record): see CallCounter::skip_aborted.
           reset(p);
-          if (calls_.skip_aborted()) {
+          if (calls_.skip_aborted(w.abandoned ? std::optional<Reason>(w.reason) : std::nullopt)) {
             CHORUS_LOG(config_.verbose, ctx_.prefix(), "interrupted before call ", call,
                        ", which failed: this call is the next one");
             break;

@@ -50,7 +50,7 @@ void ShmGroup::begin_collective(const CallDesc& desc, std::optional<bool> on_the
                       std::memory_order_relaxed);
   me.entered.store(seq_, std::memory_order_relaxed);
   const uint64_t interrupts = interrupt_count();
-  const bool interrupted_on_the_way = on_the_way.value_or(interrupts != interrupts_at_last_call_);
+  bool interrupted_on_the_way = on_the_way.value_or(interrupts != interrupts_at_last_call_);
   interrupts_at_last_call_ = interrupts;
   const uint32_t word = header().abort_word.load();
   // An epoch ahead of ours: the others finished a recovery this rank had
@@ -63,6 +63,13 @@ void ShmGroup::begin_collective(const CallDesc& desc, std::optional<bool> on_the
   // it is) and abandoned it like its peers. Either way the group
   // resynchronises here and this call runs normally.
   const uint32_t aborted_call = control(abort_reporter(word)).abort_call.load();
+  if (on_the_way) {
+    // A hierarchical call: its other phase may have failed this call for
+    // every rank (a death, a disagreement), which no interrupt skips.
+    const Reason why = reason_from_wire(control(abort_reporter(word)).abort_why.load());
+    interrupted_on_the_way =
+        interrupted_on_the_way && (why == Reason::Interrupted || why == Reason::Overlap);
+  }
   if (aborted_call != calls_ || interrupted_on_the_way) {
     recover(word);
     return;

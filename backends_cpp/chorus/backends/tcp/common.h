@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -88,8 +89,16 @@ class CallCounter {
   // call is the peers' next one: true, and the index moves on. Otherwise it
   // is late for the failed call and must raise (false): pairing it with
   // their next call would mix two calls.
-  bool skip_aborted() {
+  //
+  // An abort a hierarchical call's earlier phase sent (AbortWord::abandoned)
+  // says the peers are ahead only when an interrupt caused it: a death or a
+  // disagreement failed this very call everywhere (pass its reason).
+  bool skip_aborted(std::optional<Reason> abandoned_for = std::nullopt) {
     if (!interrupted_on_the_way_) return false;
+    if (abandoned_for && *abandoned_for != Reason::Interrupted &&
+        *abandoned_for != Reason::Overlap) {
+      return false;
+    }
     ++index_;
     return true;
   }

@@ -1,0 +1,145 @@
+"""The hierarchical backend: shared memory inside each host, a mesh between
+hosts. Hosts are loopback addresses (127.0.0.1, 127.0.0.2, ...), which the
+backend takes for separate machines: the ranks of one talk through shm, the
+hosts through TCP. The failure tests of test_failures.py and
+test_call_integrity.py also run on it (two hosts of two ranks)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RankRunner
+from tests.core.test_collectives import SWEEP
+
+# Ranks per host: two hosts of two, uneven hosts, and one, two and three ranks.
+LAYOUTS = {
+    "2x2": [0, 0, 1, 1],
+    "2+3": [0, 0, 1, 1, 1],
+    "1+2+3": [0, 1, 1, 2, 2, 2],
+    "interleaved": [0, 1, 0, 1],
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_collective_and_dtype_against_numpy(ranks: RankRunner, layout: str) -> None:
+    hosts_of = LAYOUTS[layout]
+    code = "BACKEND = 'hier'\nSTRICT = True\n" + SWEEP
+    results = ranks.run(code, len(hosts_of), backend="hier", hosts_of=hosts_of, timeout=300)
+    digests = {r.stdout.split("DIGEST")[-1].strip() for r in results}
+    assert len(digests) == 1, f"ranks disagree on results: {[r.stdout for r in results]}"
+    for result in results:
+        assert "CHECKED" in result.stdout
+
+
+def test_tiny_segments_and_chunks_pipeline_every_phase(ranks: RankRunner) -> None:
+    # 64-byte mesh segments between hosts; large inputs take several shm chunks.
+    code = """
+    import numpy as np, chorus
+    g = chorus.init("hier", strict=True)
+    r, n = g.rank(), g.size()
+    for count in (0, 1, 5, 1000, 3 << 18):
+        x = (np.arange(count) % 251 + r).astype(np.int64)
+        want = n * (np.arange(count) % 251) + n * (n - 1) // 2
+        assert np.array_equal(chorus.all_sum(x), want), count
+        got = chorus.all_gather(x)
+        assert np.array_equal(got.reshape(n, count) - np.arange(n)[:, None],
+                              np.tile(np.arange(count) % 251, (n, 1))), count
+        for root in range(n):
+            assert np.all(chorus.broadcast(np.full(count, r), root) == root), (count, root)
+    print("OK")
+    """
+    results = ranks.run(
+        code, 5, backend="hier", hosts_of=[0, 0, 1, 1, 1], env={"CHORUS_SEGMENT_BYTES": "64"}
+    )
+    assert all("OK" in r.stdout for r in results)
+
+
+def test_split_across_and_inside_hosts(ranks: RankRunner) -> None:
+    # Hosts {0, 1, 2} and {3, 4, 5}.
+    code = """
+    import numpy as np, chorus
+    g = chorus.init("hier", strict=True)
+    r = g.rank()
+    host = g.split(r // 3)           # inside a host: shared memory
+    across = g.split(r % 3)          # one rank per host: the mesh
+    parity = g.split(r % 2)          # {0, 2, 4}: 2 + 1 ranks, {1, 3, 5}: 1 + 2
+    print("BACKENDS", host.backend, across.backend, parity.backend)
+    for _ in range(3):               # used alternately, each keeps its own count
+        assert chorus.all_sum(np.array([r]), group=host)[0] == sum(range(r // 3 * 3, r // 3 * 3 + 3))
+        assert chorus.all_sum(np.array([r]), group=across)[0] == sum(range(r % 3, 6, 3))
+        members = list(range(r % 2, 6, 2))
+        assert chorus.all_gather(np.array([r]), group=parity).tolist() == members
+        assert chorus.all_sum(np.ones(100_000) * r, group=parity)[-1] == sum(members)
+        assert chorus.broadcast(np.array([r]), 2, group=parity)[0] == members[2]
+        quarter = parity.split(parity.rank() // 2)   # a split of a split
+        assert chorus.all_sum(np.array([1]), group=quarter)[0] == quarter.size()
+    print("OK")
+    """
+    results = ranks.run(code, 6, backend="hier", hosts_of=[0, 0, 0, 1, 1, 1])
+    for result in results:
+        assert "BACKENDS shm mesh hier" in result.stdout, result.stdout
+        assert "OK" in result.stdout
+
+
+def test_ctrl_c_to_every_rank_inside_a_large_call_then_it_works(
+    ranks: RankRunner, tmp_path: Path
+) -> None:
+    # As the kernel does: SIGINT to every rank at once, again and again, each
+    # time during large calls (the ranks are in different phases when it lands).
+    marks = tmp_path / "marks"
+    code = f"""
+    import time, numpy as np, chorus
+    g = chorus.init("hier", strict=True)
+    r, n = g.rank(), g.size()
+
+    def mark(text):
+        with open({str(marks)!r}, "a") as f:
+            f.write(text + " ")
+
+    for trial in range({{TRIALS}}):
+        try:
+            marked = False
+            while True:
+                chorus.all_sum(np.ones(1 << 21, np.float32))
+                if not marked:
+                    mark(f"in{{trial}}.{{r}}")
+                    marked = True
+        except (KeyboardInterrupt, chorus.PeerError) as err:
+            print("STOP", trial, type(err).__name__, flush=True)
+        try:
+            time.sleep(0.3)
+        except KeyboardInterrupt:  # a peer's failure stopped this rank first
+            time.sleep(0.3)
+        x = chorus.all_sum(np.ones(3) * r)
+        assert x.tolist() == [n * (n - 1) / 2] * 3, x
+        print("AFTER", trial, flush=True)
+        mark(f"after{{trial}}.{{r}}")
+    """.replace("{TRIALS}", "6")
+    job = ranks.start(code, 4, backend="hier", hosts_of=[0, 0, 1, 1])
+    for trial in range(6):
+        _wait_for_marks(job.procs, marks, [f"in{trial}.{r}" for r in range(4)])
+        time.sleep(0.03 * (trial % 3))
+        job.signal_all(signal.SIGINT)
+        _wait_for_marks(job.procs, marks, [f"after{trial}.{r}" for r in range(4)])
+    results = job.wait(timeout=60)
+    everything = "\n".join(f"--- rank {r.rank}\n{r.stdout}{r.stderr}" for r in results)
+    for result in results:
+        assert result.returncode == 0, everything
+        assert result.stdout.count("AFTER") == 6, everything
+
+
+def _wait_for_marks(procs: list[subprocess.Popen[str]], marks: Path, wanted: list[str]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        text = marks.read_text().split() if marks.exists() else []
+        if all(w in text for w in wanted):
+            return
+        assert time.monotonic() < deadline, f"never saw {wanted}: {text}"
+        if any(p.poll() is not None for p in procs):
+            return  # a rank exited: the job's output says why
+        time.sleep(0.02)
