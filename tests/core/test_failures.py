@@ -118,8 +118,8 @@ def test_shape_and_dtype_mismatch_raise_everywhere_then_group_works(
     # with each other): it names the ranks of the host that disagreed.
     expected = (
         [
-            "ranks 0,1 on host 127.0.0.1 disagree on the call: rank 0 has all_sum of (10,) float64,"
-            " rank 1 has all_sum of (11,) float64",
+            "ranks 0,1 on host 127.0.0.1 disagree on the call: rank 0 has all_sum of (10,) float64, "
+            + "rank 1 has all_sum of (11,) float64",
             "ranks 2,3 on host 127.0.0.2 disagree on the call: rank 2 has all_sum of (10,) float32",
             "rank 0 has all_sum of (2, 5) float64, rank 1 has all_sum of (5, 2) float64",
         ]

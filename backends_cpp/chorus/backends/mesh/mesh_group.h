@@ -185,7 +185,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   std::optional<PendingAbort> pending_abort_;
   std::optional<bool> next_on_the_way_;  // enter_next_as_phase()
   bool owes_ = false;  // abandon() left aborts with the acceptor (start_call forgets them)
-  std::vector<uint8_t> record_;          // this call's record, resent after a reconnect
+  std::vector<uint8_t> record_;  // this call's record, resent after a reconnect
   std::vector<pollfd> fds_;
   std::vector<size_t> poll_starts_;  // first entry of each peer in fds_
   bool accepted_ready_ = true;       // the acceptor's wake fd fired since take_accepted()

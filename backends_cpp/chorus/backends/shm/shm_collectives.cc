@@ -151,7 +151,8 @@ void ShmGroup::check_descs(uint64_t phase) {
     return;
   }
   // Every rank reads the same descriptors, so every rank raises this same text.
-  throw UsageError(prefix() + op_ + ": ranks disagree on the call: " + disagreement(all, nullptr, shown_));
+  throw UsageError(prefix() + op_ +
+                   ": ranks disagree on the call: " + disagreement(all, nullptr, shown_));
 }
 
 void ShmGroup::arrive_and_wait() {

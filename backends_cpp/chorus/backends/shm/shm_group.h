@@ -176,7 +176,7 @@ class ShmGroup final : public GroupImpl {
   // blocked (so symmetric exchanges of any size progress), per source rank.
   std::vector<std::vector<char>> pending_;
   std::vector<size_t> pending_off_;
-  std::vector<int> shown_;  // show_ranks()
+  std::vector<int> shown_;      // show_ranks()
   std::vector<uint64_t> skip_;  // unread bytes of an incoming message abandoned by an interrupt
 };
 

@@ -75,8 +75,8 @@ void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
       check_interrupt();
     } catch (const Interrupted& e) {
       if (collective) {
-        publish_abort(rank_name(rank_) + " " + e.what_happened() + " during " + op_,
-                      e.reason(), rank_);
+        publish_abort(rank_name(rank_) + " " + e.what_happened() + " during " + op_, e.reason(),
+                      rank_);
       }
       throw;
     }

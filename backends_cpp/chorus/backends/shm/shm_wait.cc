@@ -23,8 +23,8 @@ void ShmGroup::peer_died(int peer, WaitKind kind) {
       throw_abort(word);
     }
   }
-  std::string reason = rank_name(peer) + " (pid " +
-                       std::to_string(peers_[peer].pid()) + ") died during " + op_;
+  std::string reason =
+      rank_name(peer) + " (pid " + std::to_string(peers_[peer].pid()) + ") died during " + op_;
   if (kind == WaitKind::Collective) reason += " #" + std::to_string(seq_) + last_call_of(peer);
   if (kind == WaitKind::Collective) publish_abort(reason, Reason::Died, peer);
   broken_ = reason + "; the group cannot be used any more";

@@ -33,7 +33,8 @@ void check_call_records(const std::vector<std::vector<uint8_t>>& records, const 
   for (const auto& d : descs) {
     // Every rank holds the same records, so every rank raises this same text.
     if (!(d == descs[0])) {
-      throw UsageError(context + ": ranks disagree on the call: " + disagreement(descs, nullptr, shown_ranks));
+      throw UsageError(
+          context + ": ranks disagree on the call: " + disagreement(descs, nullptr, shown_ranks));
     }
   }
   for (size_t k = 0; k < records.size(); ++k) {
@@ -48,13 +49,14 @@ void agree_on_records(const std::vector<std::vector<uint8_t>>& records, const Ca
                       size_t small_bytes, const TcpGroupConfig& config, const ErrorContext& ctx,
                       const std::string& op, FlightRecorder& recorder) {
   // Agreeing ranks make the same inline choice: any other size is corruption.
-  check_call_records(records, desc, desc.nbytes() <= small_bytes ? desc.nbytes() : 0,
-                     ctx.prefix() + op, [&](int p, const std::string& what) {
-                       const std::string text = "protocol error: " + what + " from " +
-                                                rank_and_address(config, p) + " in " + op;
-                       throw LinkFailure(p, ctx.prefix() + text, text, false, Reason::Protocol);
-                     },
-                     config.shown_ranks);
+  check_call_records(
+      records, desc, desc.nbytes() <= small_bytes ? desc.nbytes() : 0, ctx.prefix() + op,
+      [&](int p, const std::string& what) {
+        const std::string text =
+            "protocol error: " + what + " from " + rank_and_address(config, p) + " in " + op;
+        throw LinkFailure(p, ctx.prefix() + text, text, false, Reason::Protocol);
+      },
+      config.shown_ranks);
   recorder.agreed();
 }
 

@@ -131,7 +131,7 @@ class Acceptor {
   std::atomic<bool> stop_{false};
   UniqueFd wake_read_, wake_write_, stop_read_, stop_write_;
   std::mutex mutex_;
-  std::vector<Accepted> ready_;  // guarded by mutex_
+  std::vector<Accepted> ready_;                           // guarded by mutex_
   std::map<int, std::deque<std::vector<uint8_t>>> owed_;  // guarded by mutex_ (owe())
   // Rejection log state, used by the acceptor thread only.
   int full_left_ = kFullRejections;
