@@ -27,9 +27,13 @@ MLX_BACKENDS = {"ring": "ring", "jaccl": "mesh", "jaccl-ring": "ring", "mpi": "m
 
 
 def default_backend(asked: str | None, *, remote: bool, hostfile_backend: str = "") -> str:
-    """The backend of a job: ``asked`` if given, else the hostfile's, else ring across hosts, shm on one."""
+    """The backend of a job: ``asked`` if given, else the hostfile's, else shm on one host.
+
+    Across hosts, ``"any"``: each rank then takes ``hier`` when some host has
+    several ranks (shared memory inside hosts, TCP between), else ``ring``.
+    """
     if asked:
         return asked
     if hostfile_backend:
         return MLX_BACKENDS.get(hostfile_backend, hostfile_backend)
-    return "ring" if remote else "shm"
+    return "any" if remote else "shm"

@@ -188,6 +188,15 @@ class RankEnv:
         """Whether this process was started as one of several ranks."""
         return self.size > 1
 
+    def shares_hosts(self) -> bool:
+        """Whether the ranks span several hosts, some with several ranks.
+
+        A rank's host is the address of its first hostfile entry (as the
+        ``hier`` backend groups ranks); loopback addresses count as one host.
+        """
+        hosts = [_host_of(entry[0]) for entry in self.hosts if entry]
+        return len(set(hosts)) > 1 and len(hosts) > len(set(hosts))
+
     def all_hosts_local(self) -> bool:
         """Whether every rank's addresses are loopback or this host's name."""
         if not self.hosts:
@@ -200,6 +209,11 @@ class RankEnv:
                 if ip not in local and not ip.startswith("127."):
                     return False
         return True
+
+
+def _host_of(address: str) -> str:
+    """``10.0.0.1`` of ``10.0.0.1:5000``, ``fe80::1`` of ``[fe80::1]:5000``."""
+    return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
 
 
 def _first(environ: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:

@@ -7,6 +7,8 @@ later calls return the first group initialised, so libraries can call
 
 Order tried by ``"any"``: the backend named by ``CHORUS_BACKEND`` (the
 launcher sets it), then ``shm`` when every rank is on this host, then
+``hier`` when the hostfile puts ranks on several hosts and several ranks on
+some host (shared memory inside each host, a mesh between hosts), then
 ``ring`` when a hostfile or a coordinator (``CHORUS_COORDINATOR``) is
 known, then ``mpi`` for ranks that ``mpirun`` started without a chorus
 hostfile (see :func:`init`). ``mesh`` (TCP full mesh: any-to-any
@@ -103,6 +105,8 @@ def _candidates(requested: str, env: RankEnv) -> list[str]:
         order.append(env.backend)
     if env.in_job and env.all_hosts_local():
         order.append("shm")
+    if env.in_job and env.shares_hosts():
+        order.append("hier")
     if env.hosts or env.coordinator:
         order.append("ring")
     if env.mpi_launched and not env.hosts:
@@ -175,7 +179,8 @@ def init(backend: str = "any", strict: bool = False) -> Group:
     Parameters
     ----------
     backend
-        ``"any"`` (default), ``"shm"``, ``"ring"``, ``"mesh"`` or ``"mpi"``.
+        ``"any"`` (default), ``"shm"``, ``"ring"``, ``"mesh"``, ``"hier"`` or
+        ``"mpi"``.
         ``"any"`` never picks ``mesh`` on its own: name it here or in
         ``CHORUS_BACKEND``.
 
@@ -185,10 +190,14 @@ def init(backend: str = "any", strict: bool = False) -> Group:
            --backend`` sets it; ``mpirun -x CHORUS_BACKEND=mpi`` works too);
         2. ``shm``, when every rank is on this host (per the hostfile, or
            per mpirun's local rank count when there is none);
-        3. ``ring``, when a hostfile (``CHORUS_HOSTFILE``) or a coordinator
+        3. ``hier``, when the hostfile puts ranks on several hosts and
+           several ranks on some host: shared memory among a host's ranks,
+           a mesh between hosts (a host is the address of a rank's first
+           hostfile entry);
+        4. ``ring``, when a hostfile (``CHORUS_HOSTFILE``) or a coordinator
            (``CHORUS_COORDINATOR``: rank 0's "ip:port", where the ranks
            exchange addresses) is known;
-        4. ``mpi``, when mpirun/mpiexec started this rank
+        5. ``mpi``, when mpirun/mpiexec started this rank
            (``OMPI_COMM_WORLD_SIZE``/``PMI_SIZE`` set) and there is no
            chorus hostfile, and libmpi loads (``CHORUS_MPI_LIBNAME`` or
            ``libmpi.so.40``, ``libmpi.so``, ``libmpi.so.12``).

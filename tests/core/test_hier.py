@@ -6,6 +6,7 @@ test_call_integrity.py also run on it (two hosts of two ranks)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -13,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from chorus.backends import default_backend
+from chorus.env import read_rank_env
+from chorus.group import _candidates
 from tests.conftest import RankRunner
 from tests.core.test_collectives import SWEEP
 
@@ -143,3 +147,23 @@ def _wait_for_marks(procs: list[subprocess.Popen[str]], marks: Path, wanted: lis
         if any(p.poll() is not None for p in procs):
             return  # a rank exited: the job's output says why
         time.sleep(0.02)
+
+
+def test_any_picks_hier_when_some_host_has_several_ranks() -> None:
+    def env(*hosts: str) -> list[str]:
+        rank_env = read_rank_env(
+            {
+                "CHORUS_RANK": "0",
+                "CHORUS_WORLD_SIZE": str(len(hosts)),
+                "CHORUS_HOSTFILE": json.dumps(list(hosts)),
+            }
+        )
+        return _candidates("any", rank_env)
+
+    assert env("10.0.0.1:1", "10.0.0.1:2", "10.0.0.2:1") == ["hier", "ring"]
+    assert env("[fd00::1]:1", "[fd00::1]:2", "10.0.0.2:1") == ["hier", "ring"]
+    assert env("10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1") == ["ring"]  # one rank per host
+    assert env("127.0.0.1:1", "127.0.0.1:2") == ["shm", "ring"]  # one host
+    # The launcher lets each rank choose across hosts.
+    assert default_backend(None, remote=True) == "any"
+    assert default_backend(None, remote=False) == "shm"

@@ -139,6 +139,75 @@ def test_hostfile_in_mlx_shape_with_two_ranks_per_host(
     assert_no_orphans(switch_hosts)
 
 
+HIER_JOB = """\
+import os, socket, sys, time
+import numpy as np
+import chorus
+g = chorus.init()
+r, n = g.rank(), g.size()
+big = chorus.all_sum(np.full(1 << 20, r, np.float32))
+assert np.all(big == n * (n - 1) / 2), big[:4]
+names = chorus.all_gather(np.array([r]))
+assert names.tolist() == list(range(n)), names
+print(socket.gethostname(), r, n, g.backend, "OK", flush=True)
+if os.environ.get("KILL"):
+    try:
+        while True:
+            chorus.all_sum(np.ones(1000))
+            if r == 3:
+                os._exit(9)
+    except chorus.PeerError as err:
+        print("RAISED", r, err.reason, err.rank, flush=True)
+        time.sleep(2)  # stay until every survivor heard it
+"""
+
+
+def _hier_hostfile(hosts: EmulatedHosts, tmp_path: Path) -> Path:
+    # h0 runs ranks 0 and 1, h1 ranks 2, 3 and 4; no backend named.
+    hostfile = tmp_path / "hosts.json"
+    entries = [
+        {"ssh": host.name, "ips": [host.address], "rdma": []}
+        for host, count in zip(hosts.hosts[:2], (2, 3), strict=True)
+        for _ in range(count)
+    ]
+    hostfile.write_text(json.dumps({"hosts": entries}))
+    return hostfile
+
+
+def test_several_ranks_per_host_take_the_hierarchical_backend(
+    switch_hosts: EmulatedHosts, tmp_path: Path
+) -> None:
+    hostfile = _hier_hostfile(switch_hosts, tmp_path)
+    result = launch(switch_hosts, "--hostfile", str(hostfile), "-c", HIER_JOB)
+    assert result.returncode == 0, result.stderr
+    seen = sorted(line.split()[1:5] for line in result.stdout.splitlines() if "OK" in line)
+    assert seen == [
+        ["h0", "0", "5", "hier"],
+        ["h0", "1", "5", "hier"],
+        ["h1", "2", "5", "hier"],
+        ["h1", "3", "5", "hier"],
+        ["h1", "4", "5", "hier"],
+    ], result.stdout
+    assert_no_orphans(switch_hosts)
+
+
+def test_a_rank_killed_on_one_host_fails_the_call_on_both_hosts(
+    switch_hosts: EmulatedHosts, tmp_path: Path
+) -> None:
+    hostfile = _hier_hostfile(switch_hosts, tmp_path)
+    result = launch(
+        switch_hosts, "--hostfile", str(hostfile), "--env", "KILL=1", "-c", HIER_JOB, timeout=120
+    )
+    # "[0] RAISED 0 died 3": label, word, rank, reason, culprit.
+    raised = sorted(line.split()[2:] for line in result.stdout.splitlines() if "RAISED" in line)
+    # Every survivor, on h0 and h1, names rank 3 (died, or late for the call it failed).
+    assert [r[0] for r in raised] == ["0", "1", "2", "4"], result.stdout + result.stderr
+    for _, reason, culprit in raised:
+        assert (reason in ("died", "late"), culprit) == (True, "3"), result.stdout
+    assert "rank 3 on h1" in result.stderr, result.stderr
+    assert_no_orphans(switch_hosts)
+
+
 def test_stdin_reaches_every_remote_rank(switch_hosts: EmulatedHosts) -> None:
     script = "import sys, chorus\nline = sys.stdin.readline().strip()\nprint('hello', line, chorus.init().rank())\n"
     result = launch(switch_hosts, "--hosts", "h0,h1", "-c", script, input="world\n")
