@@ -26,9 +26,8 @@ of ``collectives.py`` (8 B to 64 MiB; ``--quick``: 8 B and 16 MiB). Peers:
 - chorus ring and chorus mesh, flat: chorus's hostfile lists each host k
   times in a row (a host named twice runs two ranks, ``chorus/hostfile.py``),
   so every pair of ranks talks TCP, over loopback inside a host,
-- chorus hierarchical: a placeholder row for a backend that uses shared
-  memory inside a host; it runs once ``HIERARCHICAL_BACKEND`` names a backend
-  the venv's chorus has, and is listed as unavailable until then,
+- chorus hierarchical (``--backend hier``): shared memory among a host's
+  ranks, a mesh between hosts (what ``init("any")`` picks for these layouts),
 - PyTorch gloo (ranks started as above),
 - Open MPI, ``mpirun --host h0:k,h1:k,... --map-by slot`` with
   ``btl vader,tcp,self`` (shared memory inside a host): its default
@@ -100,10 +99,10 @@ TARGETS = {"switch": 0.97, "ring": 1.8}  # 16 MiB busbw / link rate, from the is
 # Packed layouts (issue 19): chorus's time <= Open MPI's at every size, and at 16 MiB
 # within this factor of chorus's own time with one rank per host.
 PACKED_REFERENCE_FACTOR = 1.1
-# The backend a hierarchical chorus (shared memory inside a host, the network between
-# hosts) will be selected by. None while no such backend exists: its peer is then listed
-# as unavailable rather than stood in for by a flat backend.
-HIERARCHICAL_BACKEND: str | None = None
+# The backend of hierarchical chorus (shared memory inside a host, the network between
+# hosts). A venv whose chorus lacks it lists the peer as unavailable rather than
+# standing a flat backend in for it.
+HIERARCHICAL_BACKEND: str | None = "hier"
 CHORUS_PEERS = ("chorus ring", "chorus mesh", "chorus hierarchical")
 # What runs at one rank per host as the packed layouts' reference.
 REFERENCE_PEERS = ("chorus ring", "chorus mesh", "openmpi")
@@ -497,7 +496,7 @@ PEERS = [
     Peer("chorus ring", "chorus launch --hostfile --backend ring", "chorus_worker.py"),
     Peer("chorus mesh", "chorus launch --hostfile --backend mesh", "chorus_worker.py", "mesh"),
     # Shared memory inside a host, TCP between hosts: only meaningful with several ranks per
-    # host. Available once HIERARCHICAL_BACKEND names a backend the venv's chorus compiled.
+    # host (unavailable when the venv's chorus lacks HIERARCHICAL_BACKEND).
     Peer(
         "chorus hierarchical",
         f"chorus launch --hostfile --backend {HIERARCHICAL_BACKEND or '(not yet)'}",
