@@ -90,8 +90,11 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
     for (int p = 0; p < n; ++p) {
       Peer& peer = peers_[p];
       if (peer.synced) continue;
-      // Dial first: connecting never needs the peer's main thread.
-      if ((!dialer_of(p) && install(p)) || (peer.need && recover(p))) {
+      // Dial first: connecting never needs the peer's main thread. But take
+      // what p's old link delivered before it went (kept by reset): its
+      // record may be there, and a new link starts with an empty queue.
+      const bool queued = !peer.coll.empty();
+      if (!queued && ((!dialer_of(p) && install(p)) || (peer.need && recover(p)))) {
         // A new link: what we sent on the old one is lost, and what p sent
         // on it was dropped (reset, install) before its record was taken.
         // p's record must come on this link, so until it does, the link
