@@ -45,9 +45,14 @@ run_fuzzer() {
 fuzz() {
   local corpus status=0
   corpus=$(mktemp -d)
-  cmake --preset fuzz -S backends_cpp > /dev/null &&
-    cmake --build build/fuzz --target frame_fuzz handshake_fuzz > /dev/null &&
+  # The build's output only when it fails (a missing sanitizer runtime shows there).
+  if cmake --preset fuzz -S backends_cpp > "$corpus/build.log" 2>&1 &&
+    cmake --build build/fuzz --target frame_fuzz handshake_fuzz >> "$corpus/build.log" 2>&1; then
     run_fuzzer frame_fuzz 4096 "$corpus" && run_fuzzer handshake_fuzz 256 "$corpus" || status=1
+  else
+    tail -30 "$corpus/build.log"
+    status=1
+  fi
   rm -rf "$corpus"
   return $status
 }

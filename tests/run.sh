@@ -17,9 +17,10 @@ step "system packages (apt)"
 # tmux: jupyter console is typed at in a real terminal.
 # openssh-server, iproute2: emulated hosts (network namespaces, one sshd each) for remote launch.
 # graphviz: chorus config --dot FILE.svg renders pictures with its dot program.
-# clang: libFuzzer, for the fuzz targets of the TCP frame reader and handshake.
+# clang, libclang-rt-dev: libFuzzer and the sanitizer runtimes, for the fuzz targets of
+# the TCP frame reader and handshake (clang alone, without its recommends, cannot link them).
 APT_PACKAGES=(build-essential cmake ninja-build libgtest-dev procps chromium openmpi-bin libopenmpi-dev tmux
-  openssh-server openssh-client iproute2 graphviz clang)
+  openssh-server openssh-client iproute2 graphviz clang libclang-rt-dev)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
