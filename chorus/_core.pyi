@@ -78,7 +78,7 @@ def init(
     shm_yield_us: int | None = None,
     shm_cma: bool = True,
     shm_cma_bytes: int | None = None,
-    ring_spin_us: int | None = None,
+    tcp_spin_us: int | None = None,
 ) -> Group: ...
 def set_result_allocator(
     allocator: Callable[[tuple[int, ...], np.dtype[Any]], np.ndarray[Any, Any]], min_bytes: int

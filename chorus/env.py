@@ -95,9 +95,10 @@ class RankEnv:
     shm_cma_bytes
         Bytes per rank from which they do (``CHORUS_SHM_CMA_BYTES``; ``None``:
         64 KiB).
-    ring_spin_us
-        How long the ring looks for traffic before it sleeps in ``poll()``
-        (``CHORUS_RING_SPIN_US``; ``None``: 50 us when the ranks on this host
+    tcp_spin_us
+        How long the TCP backends (ring, mesh, hier's links between hosts) look
+        for traffic before they sleep in ``poll()``
+        (``CHORUS_TCP_SPIN_US``; ``None``: 50 us when the ranks on this host
         have a core each, else 0).
     stream_bytes
         Results of at least this many bytes are copied out with streaming
@@ -133,7 +134,7 @@ class RankEnv:
     shm_yield_us: int | None = None
     shm_cma: bool = True
     shm_cma_bytes: int | None = None
-    ring_spin_us: int | None = None
+    tcp_spin_us: int | None = None
     stream_bytes: int | None = None
     mpi_libname: str = ""
 
@@ -177,7 +178,7 @@ class RankEnv:
             "CHORUS_SHM_SPIN_US": self.shm_spin_us,
             "CHORUS_SHM_YIELD_US": self.shm_yield_us,
             "CHORUS_SHM_CMA_BYTES": self.shm_cma_bytes,
-            "CHORUS_RING_SPIN_US": self.ring_spin_us,
+            "CHORUS_TCP_SPIN_US": self.tcp_spin_us,
             "CHORUS_STREAM_BYTES": self.stream_bytes,
         }
         env.update({name: str(value) for name, value in tuning.items() if value is not None})
@@ -407,7 +408,7 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         shm_yield_us=_bounded_var(env, "CHORUS_SHM_YIELD_US", "microseconds", _MAX_MICROS),
         shm_cma=_flag(env, "CHORUS_SHM_CMA", default=True),
         shm_cma_bytes=_bounded_var(env, "CHORUS_SHM_CMA_BYTES", "bytes", _MAX_BYTES),
-        ring_spin_us=_bounded_var(env, "CHORUS_RING_SPIN_US", "microseconds", _MAX_MICROS),
+        tcp_spin_us=_bounded_var(env, "CHORUS_TCP_SPIN_US", "microseconds", _MAX_MICROS),
         stream_bytes=_bounded_var(env, "CHORUS_STREAM_BYTES", "bytes", _MAX_BYTES),
         mpi_libname=env.get("CHORUS_MPI_LIBNAME", ""),
     )

@@ -166,7 +166,7 @@ def _connect(name: str, env: RankEnv) -> Group:
         shm_yield_us=env.shm_yield_us,
         shm_cma=env.shm_cma,
         shm_cma_bytes=env.shm_cma_bytes,
-        ring_spin_us=env.ring_spin_us,
+        tcp_spin_us=env.tcp_spin_us,
     )
     if name == "mpi":
         _mpi.register_exit()

@@ -36,7 +36,7 @@ WRITTEN = RankEnv(
     shm_yield_us=25,
     shm_cma=False,
     shm_cma_bytes=0,
-    ring_spin_us=7,
+    tcp_spin_us=7,
     stream_bytes=0,
     mpi_libname="/opt/openmpi/lib/libmpi.so.40",
 )
@@ -61,7 +61,7 @@ def test_knobs_at_their_defaults_are_left_out() -> None:
     assert back.flight_records == DEFAULT_FLIGHT_RECORDS
     assert back.shm_cma
     assert back.mpi_libname == ""
-    knobs = (back.shm_spin_us, back.shm_yield_us, back.shm_cma_bytes, back.ring_spin_us)
+    knobs = (back.shm_spin_us, back.shm_yield_us, back.shm_cma_bytes, back.tcp_spin_us)
     assert knobs == (None, None, None, None)
     assert back.stream_bytes is None
 
@@ -72,8 +72,8 @@ def test_knobs_at_their_defaults_are_left_out() -> None:
         ("CHORUS_SHM_SPIN_US", "abc", "CHORUS_SHM_SPIN_US='abc' is not an integer"),
         ("CHORUS_SHM_YIELD_US", "1.5", "CHORUS_SHM_YIELD_US='1.5' is not an integer"),
         ("CHORUS_SHM_YIELD_US", "-1", "CHORUS_SHM_YIELD_US='-1' must be a number of microseconds"),
-        ("CHORUS_RING_SPIN_US", "10**13", "CHORUS_RING_SPIN_US='10**13' is not an integer"),
-        ("CHORUS_RING_SPIN_US", str(10**13), f"CHORUS_RING_SPIN_US='{10**13}' must be"),
+        ("CHORUS_TCP_SPIN_US", "10**13", "CHORUS_TCP_SPIN_US='10**13' is not an integer"),
+        ("CHORUS_TCP_SPIN_US", str(10**13), f"CHORUS_TCP_SPIN_US='{10**13}' must be"),
         ("CHORUS_SHM_CMA", "yes", "CHORUS_SHM_CMA='yes' must be 0 or 1"),
         ("CHORUS_SHM_CMA_BYTES", "64k", "CHORUS_SHM_CMA_BYTES='64k' is not an integer"),
         ("CHORUS_STREAM_BYTES", "-4", "CHORUS_STREAM_BYTES='-4' must be a number of bytes"),

@@ -90,11 +90,17 @@ def test_split_across_and_inside_hosts(ranks: RankRunner) -> None:
         assert "OK" in result.stdout
 
 
-def test_ctrl_c_to_every_rank_inside_a_large_call_then_it_works(
-    ranks: RankRunner, tmp_path: Path
+# Elements of float32 per call: 8 B cross between hosts in one exchange of
+# cross group 0 (the others sit it out), 8 MiB in every cross group.
+CALL_SIZES = {"small": 2, "large": 1 << 21}
+
+
+@pytest.mark.parametrize("size", CALL_SIZES)
+def test_ctrl_c_to_every_rank_inside_calls_then_it_works(
+    ranks: RankRunner, tmp_path: Path, size: str
 ) -> None:
     # As the kernel does: SIGINT to every rank at once, again and again, each
-    # time during large calls (the ranks are in different phases when it lands).
+    # time during calls (the ranks are in different phases when it lands).
     marks = tmp_path / "marks"
     code = f"""
     import time, numpy as np, chorus
@@ -109,7 +115,7 @@ def test_ctrl_c_to_every_rank_inside_a_large_call_then_it_works(
         try:
             marked = False
             while True:
-                chorus.all_sum(np.ones(1 << 21, np.float32))
+                chorus.all_sum(np.ones({{COUNT}}, np.float32))
                 if not marked:
                     mark(f"in{{trial}}.{{r}}")
                     marked = True
@@ -123,7 +129,7 @@ def test_ctrl_c_to_every_rank_inside_a_large_call_then_it_works(
         assert x.tolist() == [n * (n - 1) / 2] * 3, x
         print("AFTER", trial, flush=True)
         mark(f"after{{trial}}.{{r}}")
-    """.replace("{TRIALS}", "6")
+    """.replace("{TRIALS}", "6").replace("{COUNT}", str(CALL_SIZES[size]))
     job = ranks.start(code, 4, backend="hier", hosts_of=[0, 0, 1, 1])
     for trial in range(6):
         _wait_for_marks(job.procs, marks, [f"in{trial}.{r}" for r in range(4)])
@@ -135,6 +141,56 @@ def test_ctrl_c_to_every_rank_inside_a_large_call_then_it_works(
     for result in results:
         assert result.returncode == 0, everything
         assert result.stdout.count("AFTER") == 6, everything
+
+
+@pytest.mark.parametrize("layout", ["2x2", "2+3"])
+def test_hosts_that_disagree_across_the_small_call_size_raise_then_work(
+    ranks: RankRunner, layout: str
+) -> None:
+    # A small call crosses between hosts in cross group 0 alone, a large one in
+    # every cross group: when hosts (or the ranks of one) disagree on the size,
+    # some ranks wait in a cross call their peers on the other host never
+    # make. Every rank must raise, and the next calls must work, many times.
+    hosts_of = LAYOUTS[layout]
+    code = f"""
+    import numpy as np, chorus
+    g = chorus.init("hier", strict=True)
+    r, n = g.rank(), g.size()
+    host = {hosts_of}[r]
+    first = {hosts_of}.index(host) == r
+    SMALL, LARGE = 2, 1 << 18
+    cases = {{
+        "small here, large there": lambda: chorus.all_sum(
+            np.ones(SMALL if host == 0 else LARGE, np.float32)),
+        "large here, small there": lambda: chorus.all_sum(
+            np.ones(LARGE if host == 0 else SMALL, np.float32)),
+        "small, dtypes differ": lambda: chorus.all_sum(
+            np.ones(SMALL, np.float32 if host == 0 else np.float64)),
+        "inside host 0": lambda: chorus.all_sum(
+            np.ones(SMALL if host == 1 or first else LARGE, np.float32)),
+        "broadcast": lambda: chorus.broadcast(
+            np.ones(SMALL if host == 0 else LARGE, np.float32), root=0),
+        "all_gather": lambda: chorus.all_gather(
+            np.ones(SMALL if host == 1 else LARGE, np.float32)),
+    }}
+    for trial in range(3):
+        for name, call in cases.items():
+            print("CASE", trial, name, flush=True)
+            try:
+                call()
+            except (ValueError, TypeError) as err:
+                assert "disagree" in str(err), (name, str(err))
+            else:
+                raise AssertionError(f"{{name}}: no error on rank {{r}}")
+            for count in (SMALL, LARGE):
+                got = chorus.all_sum(np.full(count, r, np.float32))
+                assert np.all(got == n * (n - 1) / 2), (name, count)
+            chorus.barrier()
+            assert chorus.all_gather(np.array([r])).tolist() == list(range(n)), name
+    print("OK")
+    """
+    results = ranks.run(code, len(hosts_of), backend="hier", hosts_of=hosts_of, timeout=100)
+    assert all("OK" in r.stdout for r in results), [r.stdout + r.stderr for r in results]
 
 
 def _wait_for_marks(procs: list[subprocess.Popen[str]], marks: Path, wanted: list[str]) -> None:

@@ -62,7 +62,7 @@ std::string disagreement(const std::vector<CallDesc>& descs,
                          std::string (*describe)(const CallDesc&) = nullptr,
                          const std::vector<int>& shown = {});
 
-// Knobs for measurements and tests (CHORUS_SHM_*, CHORUS_RING_SPIN_US), read
+// Knobs for measurements and tests (CHORUS_SHM_*, CHORUS_TCP_SPIN_US), read
 // and checked by chorus/env.py. Unset, each backend keeps its own default.
 struct Tuning {
   // How long a shm wait spins, then yields, before it sleeps on the futex
@@ -76,9 +76,9 @@ struct Tuning {
   // (CHORUS_SHM_CMA_BYTES; unset: 64 KiB).
   bool shm_cma = true;
   std::optional<size_t> shm_cma_bytes;
-  // How long the ring looks for traffic before it sleeps in poll()
-  // (CHORUS_RING_SPIN_US). Unset: see spin_budget().
-  std::optional<std::chrono::microseconds> ring_spin;
+  // How long the TCP backends look for traffic before they sleep in poll()
+  // (CHORUS_TCP_SPIN_US). Unset: see spin_budget().
+  std::optional<std::chrono::microseconds> tcp_spin;
 };
 
 // Everything a backend needs to build the world group; filled from the

@@ -5,21 +5,12 @@
 
 #include "chorus/backends/hier/hier_group.h"
 #include "chorus/backends/mesh/mesh.h"
+#include "chorus/transport/tcp/socket.h"
 
 namespace chorus::hier {
 namespace {
 
 constexpr size_t kFieldBytes = 64;
-
-// "10.0.0.1" of "10.0.0.1:5000", "fe80::1" of "[fe80::1]:5000".
-std::string host_part(const std::string& address) {
-  if (!address.empty() && address.front() == '[') {
-    const size_t end = address.find(']');
-    return address.substr(1, end == std::string::npos ? std::string::npos : end - 1);
-  }
-  const size_t colon = address.rfind(':');
-  return colon == std::string::npos ? address : address.substr(0, colon);
-}
 
 // Every rank's host key (the address it is listed or listens at: ranks of
 // one host share it) and how messages name it (its first address, as the
@@ -32,7 +23,7 @@ void gather_hosts(mesh::MeshGroup& world, const InitOptions& options,
   } else if (!world.listen_addresses().empty()) {
     name = world.listen_addresses().front();
   }
-  std::string key = host_part(name);
+  std::string key = tcp::host_of(name);
   if (key.empty() || key == "0.0.0.0" || key == "::") key = options.hostname;
   if (name.empty()) name = options.hostname;
   std::array<char, 2 * kFieldBytes> mine{};

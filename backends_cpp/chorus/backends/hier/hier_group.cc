@@ -54,6 +54,7 @@ HierGroup::HierGroup(const InitOptions& options, std::shared_ptr<mesh::MeshGroup
     std::vector<int> shown;
     for (const auto& h : layout_.hosts) shown.push_back(h[local_index_]);
     cross_->show_ranks(std::move(shown));
+    cross_->share_host_with(static_cast<int>(layout_.hosts[host_].size()));
   }
   if (local_ != nullptr) local_->show_ranks(layout_.hosts[host_]);
 }
@@ -78,10 +79,13 @@ CallDesc HierGroup::phase_desc(const CallDesc& desc, Collective kind, Dtype dtyp
   return part;
 }
 
-std::vector<shm::ShmGroup::Block> HierGroup::blocks(size_t total, size_t unit,
-                                                    size_t copies) const {
+int HierGroup::cross_parts(size_t cross_bytes) const {
+  return cross_bytes <= world_->inline_bytes() ? 1 : layout_.cross_groups;
+}
+
+std::vector<shm::ShmGroup::Block> HierGroup::blocks(size_t total, size_t unit, size_t copies,
+                                                    int m) const {
   std::vector<shm::ShmGroup::Block> out;
-  const int m = layout_.cross_groups;
   for (int j = 0; j < m; ++j) {
     const size_t lo = block_begin(total, j, m), hi = block_begin(total, j + 1, m);
     out.push_back({j, lo * unit * copies, (hi - lo) * unit * copies});
@@ -178,7 +182,7 @@ void HierGroup::rethrow(const Caught& c) const {
   }
 }
 
-void HierGroup::run(const CallDesc& desc, const std::function<void()>& local,
+void HierGroup::run(const CallDesc& desc, int parts, const std::function<void()>& local,
                     const std::function<void()>& cross, char* buffer,
                     const std::vector<shm::ShmGroup::Block>& blocks) {
   op_ = collective_name(desc.kind, desc.op);
@@ -196,9 +200,15 @@ void HierGroup::run(const CallDesc& desc, const std::function<void()>& local,
   next_cross_abandoned_ = false;
   auto away = [&] {
     phase = Phase::Cross;
-    crossed = true;
-    if (cross_ != nullptr) {
-      cross_->enter_next_as_phase(on_the_way);
+    // A cross group beyond `parts` has no part in this call: it stays
+    // uncrossed, so a failure abandons its call as one of a rank that never
+    // got there (the other hosts may disagree on the size and wait in it).
+    if (cross_ != nullptr && local_index_ < parts) {
+      crossed = true;
+      // On the way to this cross call: an interrupt since the cross group's
+      // last call began, which may be several calls ago (small calls skip it).
+      cross_->enter_next_as_phase(interrupts != interrupts_at_last_cross_);
+      interrupts_at_last_cross_ = interrupts;
       try {
         cross();
       } catch (...) {
@@ -228,6 +238,7 @@ void HierGroup::run(const CallDesc& desc, const std::function<void()>& local,
     const bool broken = local_ != nullptr && !local_->usable();
     if (cross_ != nullptr && (!crossed || broken)) {
       cross_->abandon(op_.c_str(), foreign(c.failure.culprit), c.failure.reason, c.cause);
+      interrupts_at_last_cross_ = interrupt_count();
       next_cross_abandoned_ = crossed;
     }
     rethrow(c);
@@ -238,10 +249,10 @@ void HierGroup::run(const CallDesc& desc, const std::function<void()>& local,
 void HierGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
   const size_t es = dtype_size(desc.dtype);
   const size_t count = static_cast<size_t>(desc.count);
-  const int m = layout_.cross_groups;
+  const int m = cross_parts(count * es);
   char* dst = static_cast<char*>(out);
   run(
-      desc,
+      desc, m,
       [&] {
         if (local_ != nullptr) {
           local_->all_reduce_phase(desc, in, out);
@@ -255,7 +266,7 @@ void HierGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
         const CallDesc part = phase_desc(desc, Collective::AllReduce, desc.dtype, hi - lo);
         cross_->all_reduce(part, dst + lo * es, dst + lo * es);
       },
-      dst, blocks(count, es, 1));
+      dst, blocks(count, es, 1, m));
 }
 
 void HierGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) {
@@ -275,13 +286,13 @@ void HierGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
   size_t widest = 0;  // ranks on the fullest host: every host's part is padded to it
   for (const auto& h : layout_.hosts) widest = std::max(widest, h.size());
   const size_t units = widest * static_cast<size_t>(desc.count);  // of one host's part
-  const int m = layout_.cross_groups;
+  const int m = cross_parts(units * es);
   // This host's ranks' inputs, then every host's part, slice j of all hosts
   // after slice j - 1 (what cross group j gathers).
   std::vector<char> part(widest * per_rank);
-  std::vector<char> parts(hosts * widest * per_rank);
+  std::vector<char> all(hosts * widest * per_rank);
   run(
-      desc,
+      desc, m,
       [&] {
         if (local_ != nullptr) {
           local_->all_gather_phase(desc, in, part.data());
@@ -293,9 +304,9 @@ void HierGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
         const size_t lo = block_begin(units, local_index_, m);
         const size_t hi = block_begin(units, local_index_ + 1, m);
         const CallDesc slice = phase_desc(desc, Collective::AllGather, desc.dtype, hi - lo);
-        cross_->all_gather(slice, part.data() + lo * es, parts.data() + hosts * lo * es);
+        cross_->all_gather(slice, part.data() + lo * es, all.data() + hosts * lo * es);
       },
-      parts.data(), blocks(units, es, hosts));
+      all.data(), blocks(units, es, hosts, m));
   // Host g's slice j sits at hosts * lo_j + g * (hi_j - lo_j) units; its
   // byte x of the host's part is rank hosts[g][x / per_rank]'s byte x % per_rank.
   char* dst = static_cast<char*>(out);
@@ -304,7 +315,7 @@ void HierGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
     const size_t filled = members.size() * per_rank;
     for (int j = 0; j < m; ++j) {
       const size_t lo = block_begin(units, j, m) * es, hi = block_begin(units, j + 1, m) * es;
-      const char* src = parts.data() + hosts * lo + g * (hi - lo);
+      const char* src = all.data() + hosts * lo + g * (hi - lo);
       for (size_t x = lo; x < std::min(hi, filled);) {
         const size_t r = x / per_rank, off = x % per_rank;
         const size_t n = std::min(per_rank - off, std::min(hi, filled) - x);
@@ -318,11 +329,11 @@ void HierGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
 void HierGroup::broadcast(const CallDesc& desc, void* buf) {
   const size_t es = dtype_size(desc.dtype);
   const size_t count = static_cast<size_t>(desc.count);
-  const int m = layout_.cross_groups;
+  const int m = cross_parts(count * es);
   const int root_host = layout_.host_of[desc.root];
   char* data = static_cast<char*>(buf);
   run(
-      desc,
+      desc, m,
       [&] {
         if (local_ == nullptr) return;
         if (host_ != root_host) {
@@ -340,16 +351,17 @@ void HierGroup::broadcast(const CallDesc& desc, void* buf) {
         slice.root = root_host;  // cross groups rank their members by host
         cross_->broadcast(slice, data + lo * es);
       },
-      data, host_ == root_host ? std::vector<shm::ShmGroup::Block>{} : blocks(count, es, 1));
+      data, host_ == root_host ? std::vector<shm::ShmGroup::Block>{} : blocks(count, es, 1, m));
 }
 
 void HierGroup::barrier() {
   CallDesc desc;
   desc.kind = Collective::Barrier;
-  // The last phase's barrier waits for this host's cross calls, which waited
-  // for every host's ranks: nobody leaves before everyone arrived.
+  // The last phase's barrier waits for this host's cross call (of cross
+  // group 0 alone), which waited for every host's ranks: nobody leaves
+  // before everyone arrived.
   run(
-      desc,
+      desc, 1,
       [&] {
         if (local_ != nullptr) local_->agree_phase(desc);
       },

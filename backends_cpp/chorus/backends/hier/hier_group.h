@@ -18,6 +18,8 @@
 //      are compared again there, across hosts), so every rank of a host
 //      carries its share of the traffic between hosts;
 //   3. every rank of the host copies the blocks from their owners (shm).
+// A call whose data between hosts fits in one mesh round trip crosses in
+// cross group 0 alone (cross_parts()); the other groups sit it out.
 //
 // Failures cross the phases as the flat backends' do inside one: a rank that
 // fails a phase aborts the calls it has not reached yet (MeshGroup::abandon
@@ -25,10 +27,11 @@
 // others wait in), so every rank of every host raises, naming the culprit
 // by its rank in this group. Sub-groups number ranks their own way; a
 // culprit outside a sub-group travels in it as -2 - rank (foreign()).
-// Whether a rank was interrupted on its way to a call is decided once, at
-// this group's entry, and handed to both sub-calls: the flat backends' rule
-// that pairs such a rank with its peers' next call then moves both
-// sub-groups on together.
+// Whether a rank was interrupted on its way to a call is decided at this
+// group's entry for the shm call and since the cross group's own last call
+// for the cross call, and handed to each: the flat backends' rule that pairs
+// such a rank with its peers' next call then moves both sub-groups on
+// together. A cross group that sat out a failed call abandons it too.
 #pragma once
 
 #include <memory>
@@ -81,11 +84,17 @@ class HierGroup final : public GroupImpl {
   };
 
   // One call: `local` (a ShmGroup::*_phase, or this rank's own part when it
-  // is alone on its host), `cross` (this rank's cross-group call), then the
-  // blocks of `buffer` gathered from their owners.
-  void run(const CallDesc& desc, const std::function<void()>& local,
+  // is alone on its host), `cross` (this rank's cross-group call, made by
+  // cross groups below `parts` only), then the blocks of `buffer` gathered
+  // from their owners.
+  void run(const CallDesc& desc, int parts, const std::function<void()>& local,
            const std::function<void()>& cross, char* buffer,
            const std::vector<shm::ShmGroup::Block>& blocks);
+  // How many cross groups carry a call whose data between hosts is
+  // `cross_bytes` per host: all of them, or only group 0 when that fits in
+  // one round trip of the mesh (MeshGroup::inline_bytes): a small call then
+  // costs one exchange between hosts, not one per cross group.
+  int cross_parts(size_t cross_bytes) const;
   // The exception being handled, thrown in `phase`, as data.
   Caught caught(Phase phase) const;
   // `text` of a sub-group's error without its prefix (which numbers ranks
@@ -96,9 +105,9 @@ class HierGroup final : public GroupImpl {
   // A cross-phase descriptor: block `count` of `desc`'s data, `dtype` units;
   // its hash covers the whole call, so hosts that disagree on it raise.
   static CallDesc phase_desc(const CallDesc& desc, Collective kind, Dtype dtype, uint64_t count);
-  // The blocks cross group j owns: [begin(j), begin(j + 1)) of `total`
-  // units of `unit` bytes, at `base` + begin * stride.
-  std::vector<shm::ShmGroup::Block> blocks(size_t total, size_t unit, size_t stride) const;
+  // The blocks cross group j < m owns: [begin(j), begin(j + 1)) of
+  // `total` units of `unit` bytes, `copies` of each (one per host).
+  std::vector<shm::ShmGroup::Block> blocks(size_t total, size_t unit, size_t copies, int m) const;
   std::string who(int rank) const;
 
   InitOptions options_;
@@ -113,7 +122,8 @@ class HierGroup final : public GroupImpl {
   int local_index_ = 0;  // its index on the host
   std::string op_ = "set-up";
   uint64_t calls_ = 0;
-  uint64_t interrupts_at_last_call_ = 0;  // interrupt_count() when the last call began
+  uint64_t interrupts_at_last_call_ = 0;   // interrupt_count() when the last call began
+  uint64_t interrupts_at_last_cross_ = 0;  // ... when the cross group's last call began
   uint64_t splits_ = 0;
   // This host's shm group broke after this rank's cross call: the next
   // cross call is already abandoned (run()).

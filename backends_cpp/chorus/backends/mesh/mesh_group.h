@@ -80,6 +80,9 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   bool supports_tags() const override { return true; }
 
   const std::vector<std::string>& listen_addresses() const { return acceptor_->addresses(); }
+  // The largest input a collective carries in its record round: it then
+  // costs one round trip.
+  size_t inline_bytes() const { return small_bytes_; }
 
   // A hierarchical group (backends/hier) runs this group as one phase of its
   // calls, exactly once per call of its own. The next collective takes
@@ -94,6 +97,10 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   // A hierarchical call that failed before this phase calls it, so that the
   // peers waiting here raise and the call counts stay in step (mesh_phase.cc).
   void abandon(const char* op, int culprit, Reason reason, const std::string& text);
+  // This rank's host runs `ranks` ranks, not only the ones this group lists
+  // there (a hierarchical group's cross groups list one per host): whether
+  // waits may spin (tcp_spin) depends on all of them.
+  void share_host_with(int ranks) { spin_ = tcp_spin(config_, ranks); }
   // Messages name rank r as rank shown[r] (TcpGroupConfig::shown_ranks).
   void show_ranks(std::vector<int> shown) { config_.shown_ranks = std::move(shown); }
 
@@ -150,7 +157,11 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   void check_links();
   // A peer whose host acknowledged nothing for peer_timeout_s: fatal.
   void check_reachable();
-  void fail_links(int culprit, const std::string& text, bool fatal, Reason reason);
+  // Aborts the call on every link. `abandoned` (abandon()): links that are
+  // down and that the peer dials carry the abort on its next connection
+  // (Acceptor::owe), as the peer may wait in this call already.
+  void fail_links(int culprit, const std::string& text, bool fatal, Reason reason,
+                  bool abandoned = false);
   // Names the call (op, number) and the culprit's address in a failure.
   void name_call(Failure& failure) const;
   void abort_link(int p, const std::string& text);
@@ -191,6 +202,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   bool accepted_ready_ = true;       // the acceptor's wake fd fired since take_accepted()
   uint64_t split_count_ = 0;
   tcp::PollChecks poll_checks_;
+  std::chrono::microseconds spin_{0};  // tcp_spin()
 };
 
 }  // namespace chorus::mesh

@@ -15,30 +15,20 @@ void MeshGroup::abandon(const char* op, int culprit, Reason reason, const std::s
       // whatever they do); leave the abort for the others to find when they
       // dial (Acceptor::owe): they may wait in this call already, or come to
       // it after this rank has left for good.
-      const uint64_t word =
-          encode_abort(AbortWord{culprit, false, false, reason, /*abandoned=*/true});
       accepted_ready_ = true;  // take what the acceptor holds, woken or not
       for (int p = 0; p < config_.size; ++p) {
         if (p == config_.rank) continue;
-        Peer& peer = peers_[p];
         if (!dialer_of(p)) {
           install(p);
-        } else if (!peer.link.up()) {
+        } else if (!peers_[p].link.up()) {
           try {
             recover(p);
           } catch (const PeerError&) {
             // Gone or unreachable: nobody waits there.
           }
         }
-        if (peer.link.up()) {
-          peer.link.abort(word, calls_.index(), text, kAbortFlush);
-        } else if (!dialer_of(p)) {
-          acceptor_->owe(p, tcp::frame_bytes(tcp::FrameType::Abort, word, calls_.index(), text));
-          owes_ = true;
-        }
-        reset(p);
-        peer.tolerant = false;
       }
+      fail_links(culprit, text, false, reason, /*abandoned=*/true);
       // The aborts are out: leave as a late entrant does (no more to send).
       throw LateEntrant(ctx_.prefix() + op + " aborted: " + text, Failure{reason, culprit});
     });

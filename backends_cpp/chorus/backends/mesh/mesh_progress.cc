@@ -1,6 +1,5 @@
 // The mesh's engine: one poll over every link, eager demultiplexing of what
 // arrives, classification of dead links, and the abort protocol.
-#include <cerrno>
 #include <cstring>
 
 #include "chorus/backends/mesh/mesh_group.h"
@@ -21,9 +20,7 @@ void MeshGroup::progress(int timeout_ms) {
     if (p != config_.rank) peers_[p].link.add_pollfds(fds_);
   }
   fds_.push_back({acceptor_->wake_fd(), POLLIN, 0});
-  int rc = ::poll(fds_.data(), fds_.size(), timeout_ms);
-  if (rc < 0 && errno != EINTR) throw tcp::SocketError("poll", errno, "-");
-  if (rc < 0) rc = 0;
+  const int rc = tcp::poll_spinning(fds_.data(), fds_.size(), timeout_ms, spin_);
   for (int p = 0; p < config_.size; ++p) {
     if (p != config_.rank) peers_[p].link.handle(fds_.data() + starts[p]);
   }
@@ -200,12 +197,18 @@ void MeshGroup::name_call(Failure& failure) const {
   name_failed_call(failure, config_, op_, kind_ == Kind::Collective ? calls_.index() : 0);
 }
 
-void MeshGroup::fail_links(int culprit, const std::string& text, bool fatal, Reason reason) {
-  const uint64_t aux0 = encode_abort(AbortWord{culprit, fatal, false, reason});
+void MeshGroup::fail_links(int culprit, const std::string& text, bool fatal, Reason reason,
+                           bool abandoned) {
+  const uint64_t aux0 = encode_abort(AbortWord{culprit, fatal, false, reason, abandoned});
   for (int p = 0; p < config_.size; ++p) {
     if (p == config_.rank) continue;
     Peer& peer = peers_[p];
-    peer.link.abort(aux0, calls_.index(), text, kAbortFlush);
+    if (abandoned && !peer.link.up() && !dialer_of(p)) {
+      acceptor_->owe(p, tcp::frame_bytes(tcp::FrameType::Abort, aux0, calls_.index(), text));
+      owes_ = true;
+    } else {
+      peer.link.abort(aux0, calls_.index(), text, kAbortFlush);
+    }
     reset(p);
     peer.tolerant = false;
   }
@@ -240,7 +243,17 @@ void MeshGroup::run(const char* op, Kind kind, int peer, const std::function<voi
     }
   } leave{this};
   try {
-    body();
+    try {
+      body();
+    } catch (const UsageError&) {
+      // The descriptors differ, after the whole record round: every rank
+      // raises this and the links stay clean. Our record may still be queued
+      // (the peers' came first), and a peer needs it to reach the same
+      // verdict: send it now, as a hierarchical call's next step may not
+      // come back to this group (a failure here is handled below).
+      if (kind == Kind::Collective) wait_sends();
+      throw;
+    }
     wait_sends();
   } catch (...) {
     // What a failure leaves dirty: every link in a collective; in a send, the

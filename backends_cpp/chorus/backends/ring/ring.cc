@@ -13,7 +13,6 @@
 #include "chorus/backends/tcp/poll_checks.h"
 #include "chorus/backends/tcp/rendezvous.h"
 #include "chorus/backends/tcp/split.h"
-#include "chorus/common/cpu.h"
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/common/logging.h"
@@ -29,25 +28,6 @@ constexpr size_t kDefaultSegment = size_t{1} << 20;
 constexpr size_t kSmallBytes = 64 * 1024;
 constexpr auto kAbortFlush = std::chrono::milliseconds(1000);
 constexpr auto kProbeEvery = std::chrono::milliseconds(500);
-// Look for traffic this long before sleeping in poll() when the ranks on this
-// host have a core each: a small message crosses loopback in ~10 us, a
-// wake-up from a sleeping poll costs several times that in a VM.
-constexpr auto kSpin = std::chrono::microseconds(50);
-
-// "ip:port" -> "ip" ("[v6]:port" -> "[v6]").
-std::string host_part(const std::string& address) {
-  const auto colon = address.rfind(':');
-  return colon == std::string::npos ? address : address.substr(0, colon);
-}
-
-// Ranks whose first address is on the same host as this rank's.
-int ranks_sharing_host(const std::vector<std::vector<std::string>>& hosts, int rank) {
-  if (hosts[rank].empty()) return static_cast<int>(hosts.size());
-  const std::string mine = host_part(hosts[rank].front());
-  int count = 0;
-  for (const auto& addrs : hosts) count += !addrs.empty() && host_part(addrs.front()) == mine;
-  return count;
-}
 
 struct P2PHeader {
   uint64_t nbytes;
@@ -75,8 +55,7 @@ RingGroup::RingGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   tcp::AcceptorConfig ac = acceptor_config(config_, id_, "ring");
   ac.expected_rank = left();
   acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
-  spin_ =
-      spin_budget(ranks_sharing_host(config_.hosts, config_.rank), kSpin, config_.tuning.ring_spin);
+  spin_ = tcp_spin(config_, ranks_sharing_host(config_, config_.rank));
   connect_initial();
 }
 

@@ -291,27 +291,9 @@ void ShmGroup::read_from_peer(int r, uint64_t remote, void* local, size_t n) {
 
 void ShmGroup::all_gather_chunked(const CallDesc& desc, const char* src, char* dst) {
   const size_t nbytes = desc.nbytes();
-  const size_t chunk = layout_.chunk_bytes;
-  const size_t nchunks = (nbytes + chunk - 1) / chunk;
-  const size_t nbarriers = std::max<size_t>(nchunks, 1);
-  const uint64_t p0 = arrivals_;
-  for (size_t j = 0; j <= nbarriers; ++j) {
-    const uint64_t phase = p0 + j;
-    if (j >= 1 && j - 1 < nchunks) {
-      const size_t off = (j - 1) * chunk;
-      const size_t len = std::min(chunk, nbytes - off);
-      for (int r = 0; r < size_; ++r)
-        copy_result(dst + r * nbytes + off, slot(r, phase - 1), len, nbytes * size_);
-    }
-    if (j < nchunks) {
-      std::memcpy(slot(rank_, phase), src + j * chunk, std::min(chunk, nbytes - j * chunk));
-    }
-    if (j == 0) write_desc(phase, desc);
-    if (j < nbarriers) {
-      arrive_and_wait();
-      if (j == 0) check_descs(p0);
-    }
-  }
+  std::vector<Block> blocks;
+  for (int r = 0; r < size_; ++r) blocks.push_back({r, static_cast<size_t>(r) * nbytes, nbytes});
+  gather_blocks(dst, blocks, src, &desc);
 }
 
 void ShmGroup::broadcast(const CallDesc& desc, void* buf) {

@@ -112,8 +112,12 @@ class ShmGroup final : public GroupImpl {
   // all_gather / broadcast through the segment, chunk by chunk (two copies per byte).
   void all_gather_chunked(const CallDesc& desc, const char* src, char* dst);
   void broadcast_chunked(const CallDesc& desc, char* data);
-  // run_phased's last phase: blocks through the slots, chunk by chunk.
-  void gather_blocks(char* buffer, const std::vector<Block>& blocks);
+  // Every owner's block of `buffer` to every rank through the slots, chunk
+  // by chunk: run_phased's last phase, and all_gather_chunked. This rank's
+  // block comes from `own` (then it is copied into `buffer` too) or is in
+  // place. `desc`: the call's, written and compared in the first phase.
+  void gather_blocks(char* buffer, const std::vector<Block>& blocks, const char* own = nullptr,
+                     const CallDesc* desc = nullptr);
   // Reads peer `r`'s n bytes at `remote` into `local`, or aborts the call.
   void read_from_peer(int r, uint64_t remote, void* local, size_t n);
 

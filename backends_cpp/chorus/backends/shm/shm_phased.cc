@@ -39,7 +39,8 @@ void ShmGroup::agree_phase(const CallDesc& desc) {
   check_descs(p0);
 }
 
-void ShmGroup::gather_blocks(char* buffer, const std::vector<Block>& blocks) {
+void ShmGroup::gather_blocks(char* buffer, const std::vector<Block>& blocks, const char* own,
+                             const CallDesc* desc) {
   size_t longest = 0;
   const Block* mine = nullptr;
   size_t total = 0;
@@ -48,27 +49,32 @@ void ShmGroup::gather_blocks(char* buffer, const std::vector<Block>& blocks) {
     total += b.bytes;
     if (b.owner == rank_) mine = &b;
   }
+  const char* staged = own != nullptr ? own : mine != nullptr ? buffer + mine->offset : nullptr;
   const size_t chunk = layout_.chunk_bytes;
   const size_t nchunks = (longest + chunk - 1) / chunk;
   const size_t nbarriers = std::max<size_t>(nchunks, 1);
   const uint64_t p0 = arrivals_;
-  // Phase p0 + j: copy out chunk j - 1 of every other owner's block, stage
+  // Phase p0 + j: copy out chunk j - 1 of every owner's block (our own too
+  // when it comes from `own`: only after the descriptors matched), stage
   // chunk j of ours (the slots rotate over three buffers, see shm_group.cc).
   for (size_t j = 0; j <= nbarriers; ++j) {
     const uint64_t phase = p0 + j;
     if (j >= 1 && j - 1 < nchunks) {
       const size_t off = (j - 1) * chunk;
       for (const Block& b : blocks) {
-        if (b.owner == rank_ || off >= b.bytes) continue;
+        if ((b.owner == rank_ && own == nullptr) || off >= b.bytes) continue;
         copy_result(buffer + b.offset + off, slot(b.owner, phase - 1),
                     std::min(chunk, b.bytes - off), total);
       }
     }
     if (mine != nullptr && j < nchunks && j * chunk < mine->bytes) {
-      std::memcpy(slot(rank_, phase), buffer + mine->offset + j * chunk,
-                  std::min(chunk, mine->bytes - j * chunk));
+      std::memcpy(slot(rank_, phase), staged + j * chunk, std::min(chunk, mine->bytes - j * chunk));
     }
-    if (j < nbarriers) arrive_and_wait();
+    if (j == 0 && desc != nullptr) write_desc(phase, *desc);
+    if (j < nbarriers) {
+      arrive_and_wait();
+      if (j == 0 && desc != nullptr) check_descs(p0);
+    }
   }
 }
 

@@ -2,11 +2,14 @@
 // world group gets them from InitOptions and its endpoints.
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "chorus/backends/group_impl.h"
+#include "chorus/common/cpu.h"
+#include "chorus/transport/tcp/socket.h"
 
 namespace chorus {
 
@@ -34,7 +37,7 @@ struct TcpGroupConfig {
   double peer_timeout_s = 15;  // InitOptions::peer_timeout_s
   bool verbose = false;
   size_t segment_bytes = 0;
-  Tuning tuning;  // InitOptions::tuning (the ring's spin)
+  Tuning tuning;  // InitOptions::tuning (the poll spin)
 };
 
 // The world group's config: everything from `options` but the addresses,
@@ -64,6 +67,25 @@ inline constexpr double kUnroutedPatience = 5.0;
 inline const std::string& unrouted_reason(const TcpGroupConfig& config, int rank) {
   static const std::string none;
   return rank < static_cast<int>(config.unrouted.size()) ? config.unrouted[rank] : none;
+}
+
+// Ranks whose first address is on the host of `rank`'s (every rank when the
+// addresses are unknown).
+inline int ranks_sharing_host(const TcpGroupConfig& config, int rank) {
+  const auto& hosts = config.hosts;
+  if (hosts[rank].empty()) return static_cast<int>(hosts.size());
+  const std::string mine = tcp::host_of(hosts[rank].front());
+  int count = 0;
+  for (const auto& addrs : hosts) count += !addrs.empty() && tcp::host_of(addrs.front()) == mine;
+  return count;
+}
+
+// How long a TCP group looks for traffic before it sleeps in poll(): a small
+// message crosses a link in ~10 us, a wake-up from a sleeping poll costs
+// several times that in a VM. None when the `local_ranks` ranks on this host
+// outnumber its cores (see spin_budget()).
+inline std::chrono::microseconds tcp_spin(const TcpGroupConfig& config, int local_ranks) {
+  return spin_budget(local_ranks, std::chrono::microseconds(50), config.tuning.tcp_spin);
 }
 
 // "rank 2 (10.0.0.2:29500)": a rank and its first address, as the TCP

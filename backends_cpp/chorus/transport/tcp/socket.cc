@@ -70,11 +70,15 @@ Address Address::of_fd(int fd, bool peer) {
   return a;
 }
 
-std::string Address::host() const {
-  const auto colon = text.rfind(':');
-  std::string host = text.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  return host;
+std::string host_of(const std::string& address) {
+  if (!address.empty() && address.front() == '[') {
+    const size_t end = address.find(']');
+    return address.substr(1, end == std::string::npos ? std::string::npos : end - 1);
+  }
+  // A bare IPv6 address has several colons and no port.
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || address.find(':') != colon) return address;
+  return address.substr(0, colon);
 }
 
 SocketError::SocketError(const std::string& syscall, int err, const std::string& address)

@@ -19,6 +19,10 @@ namespace chorus::tcp {
 using Clock = std::chrono::steady_clock;
 
 // A resolved numeric address ("10.0.0.1:5000" or "[::1]:5000").
+// The ip part of "ip:port" or "[v6]:port", without brackets; text without a
+// port as it is. Ranks listed at one such host share a machine.
+std::string host_of(const std::string& address);
+
 struct Address {
   sockaddr_storage storage{};
   socklen_t length = 0;
@@ -27,7 +31,7 @@ struct Address {
   // Throws UsageError for anything but a numeric ip:port.
   static Address parse(const std::string& text);
   static Address of_fd(int fd, bool peer);
-  std::string host() const;  // the ip part, without brackets
+  std::string host() const { return host_of(text); }
 };
 
 // A transport failure: which syscall failed, why, and with whom.
