@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <random>
 #include <string>
 #include <thread>
@@ -453,6 +454,50 @@ TEST(Mesh, WrongTokenIsRejectedAndLogged) {
   EXPECT_TRUE(contains(errors[0], "could not prove the shared token")) << errors[0];
   EXPECT_TRUE(contains(errors[1], "rank 0 (" + w.hosts[0][0] + ") did not connect")) << errors[1];
   EXPECT_TRUE(contains(log, "[chorus mesh] rank 1: rejected connection from 127.0.0.1:")) << log;
+}
+
+// A newer connection from a peer whose record already came is not taken
+// during the call; the rank must still sleep while it waits for the others
+// (the acceptor's wake fd stays readable until taken: polled again, every
+// poll returned at once and the rank spun until the call ended).
+TEST(Mesh, AWaitingRankSleepsWhileAConnectionItDoesNotNeedWaits) {
+  const int n = 3;
+  World w = make_world(n);
+  std::vector<std::string> errors(n);
+  std::vector<double> cpu_s(n, 0);
+  std::atomic<int> entered{0};
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        GroupPtr g = mesh::init(options_for(w, r));
+        if (r == 2) std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+        ++entered;
+        timespec t0{}, t1{};
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+        float x = 1.0f;
+        ops::all_reduce(*g, make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Float32, 1), &x,
+                        &x);
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+        cpu_s[r] = static_cast<double>(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+        EXPECT_EQ(x, 3.0f);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  // Once ranks 0 and 1 wait in the call for rank 2: a newer connection
+  // "from rank 0" (the job's token, a later epoch) reaches rank 1's acceptor.
+  while (entered < 2) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto deadline = tcp::Clock::now() + std::chrono::seconds(2);
+  tcp::Socket newer = tcp::Socket::connect(tcp::Address::parse(w.hosts[1][0]), deadline);
+  tcp::HandshakeId id{"secret-token", tcp::group_hash("job-test", "mesh")};
+  tcp::connector_handshake(newer, id, 0, 0, 99, deadline);
+  for (auto& t : threads) t.join();
+  expect_no_errors(errors);
+  // Rank 1 waited about 1.3 s with the connection pending.
+  EXPECT_LT(cpu_s[1], 0.3) << "rank 1 used " << cpu_s[1] << " s of CPU while it waited";
 }
 
 TEST(Mesh, StrangersDoNotDisturbTraffic) {

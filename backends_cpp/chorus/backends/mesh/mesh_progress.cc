@@ -19,12 +19,16 @@ void MeshGroup::progress(int timeout_ms) {
     starts[p] = fds_.size();
     if (p != config_.rank) peers_[p].link.add_pollfds(fds_);
   }
-  fds_.push_back({acceptor_->wake_fd(), POLLIN, 0});
+  // The acceptor's wake fd stays readable until take_accepted() drains it,
+  // which a rank synced with that peer has no reason to do: watched after it
+  // fired, it would end every poll at once (a spin until the call ends).
+  const bool watch_acceptor = !accepted_ready_;
+  if (watch_acceptor) fds_.push_back({acceptor_->wake_fd(), POLLIN, 0});
   const int rc = tcp::poll_spinning(fds_.data(), fds_.size(), timeout_ms, spin_);
   for (int p = 0; p < config_.size; ++p) {
     if (p != config_.rank) peers_[p].link.handle(fds_.data() + starts[p]);
   }
-  if (fds_.back().revents != 0) accepted_ready_ = true;
+  if (watch_acceptor && fds_.back().revents != 0) accepted_ready_ = true;
   for (int p = 0; p < config_.size; ++p) {
     if (p == config_.rank) continue;
     while (auto frame = peers_[p].link.take()) route(p, std::move(*frame));

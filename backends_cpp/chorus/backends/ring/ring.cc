@@ -135,6 +135,7 @@ void RingGroup::connect_right(Clock::time_point deadline, bool retry) {
 
 bool RingGroup::install_left() {
   const size_t streams = config_.hosts[config_.rank].size();
+  acceptor_woke_ = false;  // take() drains the wake fd
   for (auto& a : acceptor_->take()) {
     if (a.epoch <= left_epoch_) continue;  // stale: a newer link is installed
     stage(staged_, a, streams);
@@ -194,8 +195,13 @@ void RingGroup::progress(int timeout_ms) {
   links_[0].add_pollfds(fds_);
   const size_t n0 = fds_.size();
   links_[1].add_pollfds(fds_);
-  fds_.push_back({acceptor_->wake_fd(), POLLIN, 0});
+  // The acceptor's wake fd stays readable until install_left() drains it,
+  // which a rank not waiting for its left link has no reason to do: watched
+  // after it fired, it would end every poll at once (a spin).
+  const bool watch_acceptor = !acceptor_woke_;
+  if (watch_acceptor) fds_.push_back({acceptor_->wake_fd(), POLLIN, 0});
   const int rc = tcp::poll_spinning(fds_.data(), fds_.size(), timeout_ms, spin_);
+  if (watch_acceptor && fds_.back().revents != 0) acceptor_woke_ = true;
   links_[0].handle(fds_.data());
   links_[1].handle(fds_.data() + n0);
   const auto now = Clock::now();

@@ -181,6 +181,7 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   tcp::PollChecks poll_checks_;
   // How long progress() looks for traffic before poll() sleeps (cpu.h).
   std::chrono::microseconds spin_{0};
+  bool acceptor_woke_ = false;  // its wake fd fired since install_left() drained it
 };
 
 }  // namespace chorus::ring
