@@ -322,6 +322,10 @@ def _read_hosts(value: str) -> list[list[str]]:
     return parse_hosts(text, value)
 
 
+# Variables that were renamed: set under the old name, they would be ignored.
+_RENAMED_VARS = {"CHORUS_RING_SPIN_US": "CHORUS_TCP_SPIN_US"}
+
+
 def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
     """Build the :class:`RankEnv` of this process from its environment.
 
@@ -345,6 +349,11 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
     if size < 1 or not 0 <= rank < size:
         msg = f"{rank_var[0]}={rank} is not a valid rank for {size_var[0]}={size}"
         raise EnvError(msg)
+
+    for old_name, new_name in _RENAMED_VARS.items():
+        if old_name in env:
+            msg = f"{old_name} is now {new_name}"
+            raise EnvError(msg)
 
     hosts: list[list[str]] = []
     if env.get("CHORUS_HOSTFILE"):

@@ -262,6 +262,7 @@ def test_malformed_environment_is_a_clear_error(tmp_path: Path) -> None:
         "shm spin": ({"CHORUS_SHM_SPIN_US": "abc"}, "CHORUS_SHM_SPIN_US='abc' is not an integer"),
         "shm yield -1": ({"CHORUS_SHM_YIELD_US": "-1"}, "CHORUS_SHM_YIELD_US='-1' must be"),
         "tcp spin": ({"CHORUS_TCP_SPIN_US": "fast"}, "CHORUS_TCP_SPIN_US='fast' is not"),
+        "old spin name": ({"CHORUS_RING_SPIN_US": "50"}, "CHORUS_RING_SPIN_US is now CHORUS_TCP"),
         "shm cma": ({"CHORUS_SHM_CMA": "off"}, "CHORUS_SHM_CMA='off' must be 0 or 1"),
         "shm cma bytes": ({"CHORUS_SHM_CMA_BYTES": "-5"}, "CHORUS_SHM_CMA_BYTES='-5' must be"),
         "stream bytes": ({"CHORUS_STREAM_BYTES": "4M"}, "CHORUS_STREAM_BYTES='4M' is not"),
