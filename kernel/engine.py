@@ -376,6 +376,8 @@ class Engine:
         broker = InputBroker(self.size, self._answer, self.frontend, merger, set(targets))
         self._broker = broker
         try:
+            # An interrupt of the last cell must land before this one starts.
+            await self.ranks.interrupts_delivered()
             for rank in targets:
                 evaluate_here = expressions_everywhere or rank == min(targets)
                 expressions = user_expressions if evaluate_here else {}

@@ -99,6 +99,9 @@ class RankProvisioner(KernelProvisionerBase):
     def signal_now(self, signum: int) -> None:
         """Send ``signum`` to the rank's process group at once; nothing once it is gone."""
 
+    async def signals_delivered(self) -> None:
+        """Wait until the signals sent so far are pending in the rank (here: at once)."""
+
 
 class LocalRankProvisioner(RankProvisioner, LocalProvisioner):
     """A rank kernel on this host, in its own session (jupyter_client starts it so)."""
@@ -184,6 +187,9 @@ class SshRankProvisioner(RankProvisioner):
 
     def signal_now(self, signum: int) -> None:
         self.agent.send_signal(signum)
+
+    async def signals_delivered(self) -> None:
+        await self.agent.signals_delivered()
 
     # -- KernelProvisionerBase ---------------------------------------------------
 

@@ -527,6 +527,16 @@ class RankSet:
             if ranks is None or rank.rank in ranks:
                 rank.interrupt()
 
+    async def interrupts_delivered(self, timeout: float = 10.0) -> None:
+        """Wait (up to ``timeout``) until every interrupt sent so far is pending in its rank.
+
+        A remote rank's SIGINT travels as a ``kill`` over ssh; one still on its
+        way when the next cell starts would interrupt that cell instead.
+        """
+        pending = [r.manager.rank_provisioner.signals_delivered() for r in self.ranks]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*pending), timeout)
+
     def dead(self) -> list[Rank]:
         """Ranks whose process has exited."""
         return [r for r in self.ranks if not r.alive()]

@@ -293,17 +293,33 @@ class SshRank(RankProcess):
         return code
 
     def send_signal(self, signum: int) -> None:
-        """Signal the agent with ``kill`` over a new ssh session; it relays to the rank.
+        """Signal the rank's group with ``kill`` over a new ssh session.
 
-        ssh's own signal request is not used: OpenSSH servers ignore it.
+        ssh's own signal request is not used: OpenSSH servers ignore it. On
+        Linux the command signals the rank's group itself (the agent's only
+        child leads it), so when it returns the signal is pending in the rank
+        (:meth:`signals_delivered`); elsewhere the agent relays it. SIGKILL
+        always goes through the agent, which kills the group and exits.
         """
         name = _AGENT_SIGNALS.get(signal.Signals(signum))
         if self.prepared is None or name is None or self.returncode is not None:
             return
-        command = f"kill -s {name} {self.prepared.pid}"
+        agent = self.prepared.pid
+        command = f"kill -s {name} {agent}"
+        if signum != signal.SIGKILL:
+            children = f"/proc/{agent}/task/{agent}/children"
+            command = (
+                f'c=$(cat {children} 2>/dev/null) && [ -n "$c" ] '
+                f"&& kill -s {name} -- -$c 2>/dev/null || {command}"
+            )
         task = asyncio.get_running_loop().create_task(self._run_quietly(command))
         self._signal_tasks.add(task)
         task.add_done_callback(self._signal_tasks.discard)
+
+    async def signals_delivered(self) -> None:
+        """Wait until every signal sent so far has reached the rank's host."""
+        if self._signal_tasks:
+            await asyncio.gather(*self._signal_tasks, return_exceptions=True)
 
     async def _run_quietly(self, command: str) -> None:
         from chorus.sshlib import asyncssh

@@ -96,6 +96,18 @@ def test_interrupt_in_a_collective_on_remote_ranks(remote_kernel: Frontend) -> N
         assert f"[{r}] {r + 1} [6.0]" in after.stdout, after.stdout
 
 
+def test_an_interrupt_of_remote_ranks_never_reaches_the_next_cell(remote_kernel: Frontend) -> None:
+    # A remote rank's SIGINT travels as `kill` over ssh, each host's on its
+    # own. Rank 3's lands, its reply ends the cell, and the next cell starts:
+    # a SIGINT for ranks 0-2 still on its way would interrupt that cell (a
+    # KeyboardInterrupt in its all_sum and a hang on the ranks it left).
+    for trial in range(6):
+        remote_kernel.run_interrupted("import time\nif rank == 3:\n    time.sleep(60)\n")
+        after = remote_kernel.run("print(chorus.all_sum(np.ones(1)).tolist())", timeout=20)
+        assert after.status == "ok", (trial, after)
+        assert after.stdout.splitlines() == ["[0-3] [4.0]"], (trial, after)
+
+
 def test_status_names_the_hosts(remote_kernel: Frontend, switch_hosts: EmulatedHosts) -> None:
     run = remote_kernel.run("%chorus status")
     lines = run.stdout.strip().splitlines()
