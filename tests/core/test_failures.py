@@ -137,6 +137,41 @@ def test_shape_and_dtype_mismatch_raise_everywhere_then_group_works(
             assert text in result.stdout, result.stdout
 
 
+@pytest.mark.parametrize("backend", [*BACKENDS, "mesh", "hier"])
+def test_a_disagreement_raises_everywhere_before_anyone_calls_again(
+    ranks: RankRunner, backend: str
+) -> None:
+    # Each rank raises from the disagreement without the others' next call:
+    # here none makes one until every rank has raised (a marker file each).
+    # A rank whose record stayed queued in a link would leave its neighbour
+    # waiting in the failed call, and this job stuck until the deadline.
+    code = f"""
+    import os, time, numpy as np, chorus
+    g = chorus.init(strict=True)
+    r, n = g.rank(), g.size()
+    for case in range(12):
+        x = np.ones(10 + (r == case % n), np.float32 if case % 3 else np.float64)
+        try:
+            chorus.all_sum(x)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("no error for mismatched inputs")
+        open(os.path.join({str(ranks.tmp_path)!r}, f"raised.{{case}}.{{r}}"), "w").close()
+        deadline = time.monotonic() + 10
+        while not all(
+            os.path.exists(os.path.join({str(ranks.tmp_path)!r}, f"raised.{{case}}.{{k}}"))
+            for k in range(n)
+        ):
+            assert time.monotonic() < deadline, f"case {{case}}: a rank never raised"
+            time.sleep(0.01)
+    assert chorus.all_sum(np.ones(3) * r).tolist() == [6.0] * 3
+    print("OK")
+    """
+    for result in ranks.run(code, 4, backend=backend):
+        assert "OK" in result.stdout, result.stdout + result.stderr
+
+
 def _wrong_token_handshake(address: str) -> int:
     """Dial like a chorus rank that holds the wrong token; returns the verdict status."""
     host, port = address.rsplit(":", 1)

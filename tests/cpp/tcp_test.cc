@@ -181,6 +181,39 @@ TEST(TcpHandshake, GoodTokenAcceptedBadTokenAndStrangersRejected) {
       << log;
 }
 
+// What a rank owes a peer it cannot reach (an abandoned call's abort) goes
+// to the peer's next dial, which it spends; a dial that came before the
+// debt and waits untaken is where the caller must send instead.
+TEST(TcpAcceptor, OwedBytesGoToTheNextDialUnlessOneAlreadyWaits) {
+  std::vector<Listener> ls;
+  ls.push_back(Listener::bind("127.0.0.1:0"));
+  const auto addr = Address::parse(ls[0].address());
+  Acceptor acceptor(std::move(ls), config("s3cret", 0));
+  const auto deadline = Clock::now() + std::chrono::seconds(3);
+  const HandshakeId id{"s3cret", group_hash("job", "")};
+  const std::vector<uint8_t> debt = {'a', 'b', 'o', 'r', 't'};
+
+  Socket first = Socket::connect(addr, deadline);
+  connector_handshake(first, id, 0, 0, 1, deadline);
+  pollfd woke{acceptor.wake_fd(), POLLIN, 0};
+  ASSERT_EQ(::poll(&woke, 1, 2000), 1);
+  EXPECT_FALSE(acceptor.owe_unless_dialed(0, debt));  // epoch 1 waits: send there
+  auto got = acceptor.take();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_FALSE(got[0].spent);
+
+  EXPECT_TRUE(acceptor.owe_unless_dialed(0, debt));
+  Socket second = Socket::connect(addr, deadline);
+  connector_handshake(second, id, 0, 0, 2, deadline);
+  std::vector<uint8_t> heard(debt.size());
+  second.recv_all(heard.data(), heard.size(), deadline);
+  EXPECT_EQ(heard, debt);
+  got = wait_accepted(acceptor, 1, std::chrono::seconds(2));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].epoch, 2u);
+  EXPECT_TRUE(got[0].spent);  // the peer fails its call on it: no link
+}
+
 // A connected pair of framed links over `n` socket pairs.
 std::pair<Link, Link> link_pair(size_t n) {
   std::vector<Socket> a, b;

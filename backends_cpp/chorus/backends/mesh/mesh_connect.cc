@@ -1,6 +1,8 @@
 // Set-up and reconnection: the lower rank of every pair dials the higher one,
 // which installs the connection from its Acceptor's queue. Epochs (counted by
 // the dialer) tell a re-established link from a stale attempt.
+#include <sys/socket.h>
+
 #include <cerrno>
 
 #include "chorus/backends/call_wire.h"
@@ -138,6 +140,16 @@ void MeshGroup::take_accepted() {
   const size_t streams = config_.hosts[config_.rank].size();
   for (auto& a : acceptor_->take()) {
     if (a.rank < 0 || a.rank >= config_.rank) continue;  // the acceptor refuses these
+    if (a.spent) {
+      // It told the peer of a call this rank abandoned (Acceptor::owe); the
+      // peer drops it. Taken as a link, it would swallow this rank's next
+      // abort. Closing with the peer's record unread would reset it, maybe
+      // before the peer read the abort: read what came first.
+      char sink[4096];
+      while (::recv(a.socket.fd(), sink, sizeof sink, MSG_DONTWAIT) > 0) {
+      }
+      continue;
+    }
     Peer& peer = peers_[a.rank];
     if (a.epoch <= peer.epoch) continue;  // stale: a newer link is installed
     stage(peer.staged, a, streams);

@@ -208,8 +208,17 @@ void MeshGroup::fail_links(int culprit, const std::string& text, bool fatal, Rea
     if (p == config_.rank) continue;
     Peer& peer = peers_[p];
     if (abandoned && !peer.link.up() && !dialer_of(p)) {
-      acceptor_->owe(p, tcp::frame_bytes(tcp::FrameType::Abort, aux0, calls_.index(), text));
-      owes_ = true;
+      // p's dial may have come since abandon() looked: then p waits on that
+      // connection, not for another one, and the abort goes there.
+      auto bytes = tcp::frame_bytes(tcp::FrameType::Abort, aux0, calls_.index(), text);
+      accepted_ready_ = true;
+      const bool owed = acceptor_->owe_unless_dialed(p, bytes);
+      if (!owed && install(p)) {
+        peer.link.abort(aux0, calls_.index(), text, kAbortFlush);
+      } else {
+        if (!owed) acceptor_->owe(p, std::move(bytes));  // its other streams are still coming
+        owes_ = true;
+      }
     } else {
       peer.link.abort(aux0, calls_.index(), text, kAbortFlush);
     }

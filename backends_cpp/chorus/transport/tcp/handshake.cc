@@ -334,12 +334,15 @@ bool Acceptor::step(Pending& p) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto owed = owed_.find(p.hello.rank);
+    bool spent = false;
     if (owed != owed_.end() && !owed->second.empty() && p.hello.stream == 0) {
       // Best effort: a peer that closes at once learns nothing anyway.
       send_small(owed->second.front().data(), owed->second.front().size());
       owed->second.pop_front();
+      spent = true;
     }
-    ready_.push_back(Accepted{std::move(p.sock), p.hello.rank, p.hello.stream, p.hello.epoch});
+    ready_.push_back(
+        Accepted{std::move(p.sock), p.hello.rank, p.hello.stream, p.hello.epoch, spent});
   }
   const char c = 1;
   [[maybe_unused]] ssize_t rc = ::write(wake_write_.get(), &c, 1);
@@ -446,6 +449,15 @@ void Acceptor::run() {
 void Acceptor::owe(int rank, std::vector<uint8_t> bytes) {
   std::lock_guard<std::mutex> lock(mutex_);
   owed_[rank].push_back(std::move(bytes));
+}
+
+bool Acceptor::owe_unless_dialed(int rank, std::vector<uint8_t> bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const Accepted& a : ready_) {
+    if (a.rank == rank && a.stream == 0 && !a.spent) return false;
+  }
+  owed_[rank].push_back(std::move(bytes));
+  return true;
 }
 
 void Acceptor::forget_owed() {

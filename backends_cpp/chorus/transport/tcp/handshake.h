@@ -58,6 +58,9 @@ struct Accepted {
   int32_t rank = -1;
   uint32_t stream = 0;
   uint64_t epoch = 0;
+  // It carried bytes owed to the peer (an abort, Acceptor::owe): the peer
+  // fails its call on them and drops the connection, so it is no link.
+  bool spent = false;
 };
 
 struct AcceptorConfig {
@@ -109,6 +112,10 @@ class Acceptor {
   // if this rank's own thread is busy elsewhere by then. Each connection
   // takes the oldest bytes owed; forget_owed() drops them all.
   void owe(int rank, std::vector<uint8_t> bytes);
+  // As owe(), unless a connection from `rank` that carried nothing owed
+  // already waits in take(): then false, and the caller sends on that one
+  // (owing would leave it to a later dial, which `rank` may never make).
+  bool owe_unless_dialed(int rank, std::vector<uint8_t> bytes);
   void forget_owed();
 
  private:
