@@ -208,6 +208,11 @@ TEST(TcpAcceptor, OwedBytesGoToTheNextDialUnlessOneAlreadyWaits) {
   std::vector<uint8_t> heard(debt.size());
   second.recv_all(heard.data(), heard.size(), deadline);
   EXPECT_EQ(heard, debt);
+  // Then end of stream: a peer aborting the call too need not wait for it.
+  pollfd end{second.fd(), POLLIN, 0};
+  ASSERT_EQ(::poll(&end, 1, 2000), 1);
+  char more = 0;
+  EXPECT_EQ(::recv(second.fd(), &more, 1, 0), 0);
   got = wait_accepted(acceptor, 1, std::chrono::seconds(2));
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].epoch, 2u);

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -340,6 +341,9 @@ bool Acceptor::step(Pending& p) {
       send_small(owed->second.front().data(), owed->second.front().size());
       owed->second.pop_front();
       spent = true;
+      // Nothing follows: the peer, aborting the call itself, waits for this
+      // end to close before it closes its own (Link::abort).
+      ::shutdown(p.sock.fd(), SHUT_WR);
     }
     ready_.push_back(
         Accepted{std::move(p.sock), p.hello.rank, p.hello.stream, p.hello.epoch, spent});
