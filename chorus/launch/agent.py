@@ -23,7 +23,8 @@ stderr belong to the rank (the agent never reads or writes them again).
 Lifetime: the agent asks for SIGUSR1 when its parent (the ssh session) dies,
 so a lost connection or a killed launcher stops the rank. Signals the launcher
 sends the agent (``kill`` over ssh: SIGINT, SIGTERM, SIGHUP, SIGQUIT) go to the
-rank's whole process group; SIGUSR1 kills that group. When the rank exits, whatever
+rank's whole process group (on Linux the launcher signals that group itself,
+so its ``kill`` returns once the signal is there); SIGUSR1 kills that group. When the rank exits, whatever
 it left in its group is killed and the agent exits the same way the rank did
 (same code, or the same signal), which ssh reports to the launcher.
 """
