@@ -43,6 +43,9 @@ def is_available(backend: str) -> bool: ...
 def unavailable_reason(backend: str) -> str:
     """Why the backend cannot run here, or ``""`` when it can."""
 
+def host_of(address: str) -> str:
+    """The host of a rank's address as the backends group ranks (``chorus.hostfile.host_of``)."""
+
 def shutdown_backend(backend: str, abort: bool = False) -> None:
     """Release a backend's process-wide state at exit (mpi: communicators, then MPI_Finalize)."""
 

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from chorus.hostfile import host_of
 from chorus.scheduler import SchedulerError, derived_coordinator, derived_token
 
 # Rank and size from a scheduler, in the order they are tried when the
@@ -192,10 +193,10 @@ class RankEnv:
     def shares_hosts(self) -> bool:
         """Whether the ranks span several hosts, some with several ranks.
 
-        A rank's host is the address of its first hostfile entry (as the
-        ``hier`` backend groups ranks); loopback addresses count as one host.
+        A rank's host is the address of its first hostfile entry, as the
+        ``hier`` backend groups ranks (so 127.0.0.1 and 127.0.0.2 are two).
         """
-        hosts = [_host_of(entry[0]) for entry in self.hosts if entry]
+        hosts = [host_of(entry[0]) for entry in self.hosts if entry]
         return len(set(hosts)) > 1 and len(hosts) > len(set(hosts))
 
     def all_hosts_local(self) -> bool:
@@ -206,15 +207,10 @@ class RankEnv:
         local = {"127.0.0.1", "localhost", "::1", self.hostname}
         for entry in self.hosts:
             for address in entry:
-                ip = address.rsplit(":", 1)[0].strip("[]")
+                ip = host_of(address)
                 if ip not in local and not ip.startswith("127."):
                     return False
         return True
-
-
-def _host_of(address: str) -> str:
-    """``10.0.0.1`` of ``10.0.0.1:5000``, ``fe80::1`` of ``[fe80::1]:5000``."""
-    return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
 
 
 def _first(environ: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:

@@ -34,6 +34,7 @@ __all__ = [
     "HostEntry",
     "Hostfile",
     "HostfileError",
+    "host_of",
     "load_hostfile",
     "parse_host_list",
     "parse_hostfile",
@@ -41,6 +42,20 @@ __all__ = [
 ]
 
 _ENV_ITEM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def host_of(address: str) -> str:
+    """The host of a rank's address, as the backends read it (``tcp::host_of``).
+
+    ``10.0.0.1`` of ``10.0.0.1:5000``; ``fe80::1`` of ``[fe80::1]:5000`` and of
+    a bare ``fe80::1`` (several colons: no port); a name without a port as is.
+    """
+    if address.startswith("["):
+        end = address.find("]")
+        return address[1:] if end < 0 else address[1:end]
+    if address.count(":") != 1:
+        return address
+    return address.rsplit(":", 1)[0]
 
 
 class HostfileError(ValueError):

@@ -72,11 +72,6 @@ def node_positions(hosts: Sequence[str]) -> list[NodePosition]:
     return positions
 
 
-def host_of(address: str) -> str:
-    """The host part of ``"ip:port"`` or ``"[v6]:port"``, without brackets."""
-    return address.rsplit(":", 1)[0].strip("[]")
-
-
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

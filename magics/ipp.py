@@ -37,6 +37,7 @@ from IPython.display import publish_display_data
 
 from chorus.backends import default_backend
 from chorus.env import RankEnv
+from chorus.hostfile import host_of
 from chorus.launch.agent import interface_of
 from chorus.launch.placement import new_job
 from chorus.launch.ports import reserved_ports
@@ -44,7 +45,6 @@ from chorus.rendezvous import (
     NodePosition,
     Rendezvous,
     framework_environment,
-    host_of,
     node_positions,
 )
 

@@ -10,6 +10,7 @@
 #include "chorus/backends/mpi/mpi.h"
 #include "chorus/backends/registry.h"
 #include "chorus/ops.h"
+#include "chorus/transport/tcp/socket.h"
 #include "convert.h"
 
 namespace chorus::bindings {
@@ -44,6 +45,8 @@ void register_group(py::module_& m) {
         "Whether the backend is compiled in and can run on this machine.");
   m.def("unavailable_reason", &backend_unavailable_reason, py::arg("backend"),
         "Why the backend cannot run here, or an empty string when it can.");
+  m.def("host_of", &tcp::host_of, py::arg("address"),
+        "The host of a rank's address as the backends group ranks (chorus.hostfile.host_of).");
   m.def(
       "shutdown_backend",
       [](const std::string& backend, bool abort) {

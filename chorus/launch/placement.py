@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from chorus.env import RankEnv
-from chorus.hostfile import Hostfile, describe
+from chorus.hostfile import Hostfile, describe, host_of
 from chorus.launch.ports import (
     LOCALHOST,
     free_ports,
@@ -50,7 +50,6 @@ from chorus.rendezvous import (
     NodePosition,
     Rendezvous,
     framework_environment,
-    host_of,
     node_positions,
 )
 from chorus.reporter import Reporter

@@ -93,3 +93,25 @@ def test_a_launcher_that_numbers_ranks_itself_gets_no_rank(with_rank: bool) -> N
     assert ("CHORUS_WORLD_SIZE" in environ) is with_rank
     assert environ["CHORUS_BACKEND"] == "mpi"
     assert environ["CHORUS_TIMEOUT"] == "30"
+
+
+@pytest.mark.parametrize(
+    ("address", "host"),
+    [
+        ("10.0.0.1:5000", "10.0.0.1"),
+        ("[fe80::1]:5000", "fe80::1"),
+        ("[fe80::1%eth0]:5000", "fe80::1%eth0"),
+        ("fe80::1", "fe80::1"),
+        ("node-3:29500", "node-3"),
+        ("node-3", "node-3"),
+        ("[::1", "::1"),
+    ],
+)
+def test_python_reads_a_ranks_host_as_the_backends_do(address: str, host: str) -> None:
+    # RankEnv.shares_hosts picks the hier backend by the hosts the hier
+    # backend itself will group ranks by (tcp::host_of): they must agree.
+    from chorus import _core
+    from chorus.hostfile import host_of
+
+    assert host_of(address) == host
+    assert _core.host_of(address) == host

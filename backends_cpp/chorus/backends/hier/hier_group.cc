@@ -54,7 +54,6 @@ HierGroup::HierGroup(const InitOptions& options, std::shared_ptr<mesh::MeshGroup
     std::vector<int> shown;
     for (const auto& h : layout_.hosts) shown.push_back(h[local_index_]);
     cross_->show_ranks(std::move(shown));
-    cross_->share_host_with(static_cast<int>(layout_.hosts[host_].size()));
   }
   if (local_ != nullptr) local_->show_ranks(layout_.hosts[host_]);
 }

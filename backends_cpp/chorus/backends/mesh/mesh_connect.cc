@@ -47,7 +47,7 @@ MeshGroup::MeshGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   ac.expected_rank = 0;  // every lower rank dials us
   ac.expected_ranks = config_.rank;
   acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
-  spin_ = tcp_spin(config_, ranks_sharing_host(config_, config_.rank));
+  spin_ = tcp_spin(config_);
   connect_initial();
 }
 

@@ -97,10 +97,6 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   // A hierarchical call that failed before this phase calls it, so that the
   // peers waiting here raise and the call counts stay in step (mesh_phase.cc).
   void abandon(const char* op, int culprit, Reason reason, const std::string& text);
-  // This rank's host runs `ranks` ranks, not only the ones this group lists
-  // there (a hierarchical group's cross groups list one per host): whether
-  // waits may spin (tcp_spin) depends on all of them.
-  void share_host_with(int ranks) { spin_ = tcp_spin(config_, ranks); }
   // Messages name rank r as rank shown[r] (TcpGroupConfig::shown_ranks).
   void show_ranks(std::vector<int> shown) { config_.shown_ranks = std::move(shown); }
 

@@ -55,7 +55,7 @@ RingGroup::RingGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   tcp::AcceptorConfig ac = acceptor_config(config_, id_, "ring");
   ac.expected_rank = left();
   acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
-  spin_ = tcp_spin(config_, ranks_sharing_host(config_, config_.rank));
+  spin_ = tcp_spin(config_);
   connect_initial();
 }
 

@@ -38,6 +38,10 @@ struct TcpGroupConfig {
   bool verbose = false;
   size_t segment_bytes = 0;
   Tuning tuning;  // InitOptions::tuning (the poll spin)
+  // Ranks of the job on this rank's host (0: count them in `hosts`). A split
+  // child keeps its parent's count: a hierarchical group's cross groups list
+  // one rank per host, but every rank there competes for its cores.
+  int ranks_on_host = 0;
 };
 
 // The world group's config: everything from `options` but the addresses,
@@ -80,12 +84,18 @@ inline int ranks_sharing_host(const TcpGroupConfig& config, int rank) {
   return count;
 }
 
+// Ranks of the job on this rank's host (TcpGroupConfig::ranks_on_host).
+inline int ranks_on_this_host(const TcpGroupConfig& config) {
+  return config.ranks_on_host != 0 ? config.ranks_on_host : ranks_sharing_host(config, config.rank);
+}
+
 // How long a TCP group looks for traffic before it sleeps in poll(): a small
 // message crosses a link in ~10 us, a wake-up from a sleeping poll costs
-// several times that in a VM. None when the `local_ranks` ranks on this host
+// several times that in a VM. None when the job's ranks on this host
 // outnumber its cores (see spin_budget()).
-inline std::chrono::microseconds tcp_spin(const TcpGroupConfig& config, int local_ranks) {
-  return spin_budget(local_ranks, std::chrono::microseconds(50), config.tuning.tcp_spin);
+inline std::chrono::microseconds tcp_spin(const TcpGroupConfig& config) {
+  return spin_budget(ranks_on_this_host(config), std::chrono::microseconds(50),
+                     config.tuning.tcp_spin);
 }
 
 // "rank 2 (10.0.0.2:29500)": a rank and its first address, as the TCP
