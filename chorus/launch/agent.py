@@ -24,9 +24,10 @@ Lifetime: the agent asks for SIGUSR1 when its parent (the ssh session) dies,
 so a lost connection or a killed launcher stops the rank. Signals the launcher
 sends the agent (``kill`` over ssh: SIGINT, SIGTERM, SIGHUP, SIGQUIT) go to the
 rank's whole process group (on Linux the launcher signals that group itself,
-so its ``kill`` returns once the signal is there); SIGUSR1 kills that group. When the rank exits, whatever
-it left in its group is killed and the agent exits the same way the rank did
-(same code, or the same signal), which ssh reports to the launcher.
+so its ``kill`` returns once the signal is there); SIGUSR1 kills that group.
+When the rank exits, whatever it left in its group is killed and the agent
+exits the same way the rank did (same code, or the same signal), which ssh
+reports to the launcher.
 """
 
 from __future__ import annotations
