@@ -40,6 +40,34 @@ def test_every_collective_and_dtype_against_numpy(ranks: RankRunner, layout: str
         assert "CHECKED" in result.stdout
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sum_scatter_of_every_size_against_numpy(ranks: RankRunner, layout: str) -> None:
+    # Sizes from one element per rank (inline, cross group 0 alone) to
+    # 300,001 (every cross group, units split inside a rank's block, uneven
+    # hosts padded), with 64-byte mesh segments on one run so the cross
+    # phase pipelines too. Checked against numpy.
+    hosts_of = LAYOUTS[layout]
+    code = """
+    import numpy as np, chorus
+    g = chorus.init("hier", strict=True)
+    r, n = g.rank(), g.size()
+    for per_rank in (0, 1, 7, 4099, 300_001):
+        for dtype in (np.int64, np.float32, np.uint8):
+            def mine(q):
+                return ((np.arange(n * per_rank) * (q + 3)) % 97).astype(dtype)
+            want = sum(mine(q).astype(np.int64) for q in range(n)).astype(dtype)
+            got = chorus.sum_scatter(mine(r))
+            assert got.dtype == dtype and got.shape == (per_rank,), (got.dtype, got.shape)
+            assert np.array_equal(got, want[r * per_rank:(r + 1) * per_rank]), (per_rank, dtype)
+    print("OK")
+    """
+    for env in ({}, {"CHORUS_SEGMENT_BYTES": "64"}):
+        results = ranks.run(
+            code, len(hosts_of), backend="hier", hosts_of=hosts_of, env=env, timeout=300
+        )
+        assert all("OK" in r.stdout for r in results), [r.stdout + r.stderr for r in results]
+
+
 def test_tiny_segments_and_chunks_pipeline_every_phase(ranks: RankRunner) -> None:
     # 64-byte mesh segments between hosts; large inputs take several shm chunks.
     code = """

@@ -17,6 +17,7 @@
 
 #include "chorus/algorithms/mesh.h"
 #include "chorus/backends/mesh/mailbox.h"
+#include "chorus/backends/mesh/mesh_group.h"
 #include "chorus/backends/ring/ring.h"
 #include "chorus/backends/tcp/rendezvous.h"
 #include "chorus/common/error.h"
@@ -130,6 +131,34 @@ TEST(Mesh, LargeMessagesDefaultSegmentAndTwoSocketsPerPeer) {
       },
       0, /*addrs=*/2);
   expect_no_errors(errors);
+}
+
+TEST(Mesh, ReduceScatterOfPiecesReducesEachRanksPiecesInTheirOrder) {
+  // As a hierarchical group's host sends them: a block out of order, an
+  // empty one, pieces apart; one element per segment, then the record path.
+  const int n = 3;
+  const std::vector<algo::Pieces> blocks = {
+      {{8 * 4, 2 * 4}, {2 * 4, 2 * 4}}, {}, {{0, 1 * 4}, {5 * 4, 3 * 4}}};
+  const std::vector<std::vector<int>> elements = {{8, 9, 2, 3}, {}, {0, 5, 6, 7}};
+  for (size_t segment : {size_t{4}, size_t{0}}) {
+    auto errors = run_ranks(
+        n,
+        [&](int rank, GroupPtr& g) {
+          auto mesh = std::dynamic_pointer_cast<mesh::MeshGroup>(g);
+          ASSERT_NE(mesh, nullptr);
+          std::vector<int32_t> in(12);
+          for (int i = 0; i < 12; ++i) in[i] = rank * 100 + i;
+          std::vector<int32_t> out(4, -1);
+          mesh->reduce_scatter_pieces(
+              make_desc(Collective::ReduceScatter, ReduceOp::Sum, Dtype::Int32, 8), blocks,
+              in.data(), out.data());
+          const auto& want = elements[rank];
+          for (size_t k = 0; k < want.size(); ++k) ASSERT_EQ(out[k], 300 + 3 * want[k]) << k;
+          for (size_t k = want.size(); k < 4; ++k) ASSERT_EQ(out[k], -1) << "wrote past its block";
+        },
+        segment);
+    expect_no_errors(errors);
+  }
 }
 
 TEST(Mesh, DescriptorMismatchRaisesOnEveryRankAndNextCallWorks) {

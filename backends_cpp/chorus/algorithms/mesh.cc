@@ -74,28 +74,39 @@ void reduce_in_rank_order(ReduceKernel kernel, const std::vector<const uint8_t*>
 
 void mesh_reduce_scatter(MeshPeers& peers, const std::vector<Block>& blocks, ReduceKernel kernel,
                          size_t elem, size_t segment, const uint8_t* in, uint8_t* out_block) {
+  std::vector<Pieces> pieces;
+  pieces.reserve(blocks.size());
+  for (const Block& b : blocks) pieces.push_back({b});
+  mesh_reduce_scatter(peers, pieces, kernel, elem, segment, in, out_block);
+}
+
+void mesh_reduce_scatter(MeshPeers& peers, const std::vector<Pieces>& blocks, ReduceKernel kernel,
+                         size_t elem, size_t segment, const uint8_t* in, uint8_t* out_block) {
   const int n = peers.size(), r = peers.rank();
   const size_t seg = round_segment(segment, elem);
   for (int i = 0; i < n - 1; ++i) {
     const int to = peer_at(r, n, i);
-    send_block(peers, to, blocks[to], seg, in);
+    for (const Block& piece : blocks[to]) send_block(peers, to, piece, seg, in);
   }
-  const Block mine = blocks[r];
   std::vector<std::vector<uint8_t>> frames(n);
   std::vector<const uint8_t*> parts(n);
-  for (size_t j = 0; j < segments_in(mine.length, seg); ++j) {
-    const size_t len = segment_length(mine.length, seg, j);
-    // Frames from every peer are read eagerly by the transport, so waiting in
-    // rank order costs nothing but fixes the order of the additions.
-    for (int k = 0; k < n; ++k) {
-      if (k == r) {
-        parts[k] = in + mine.offset + j * seg;
-      } else {
-        frames[k] = peers.recv_exact(k, len);
-        parts[k] = frames[k].data();
+  uint8_t* at = out_block;
+  for (const Block& piece : blocks[r]) {
+    for (size_t j = 0; j < segments_in(piece.length, seg); ++j) {
+      const size_t len = segment_length(piece.length, seg, j);
+      // Frames from every peer are read eagerly by the transport, so waiting
+      // in rank order costs nothing but fixes the order of the additions.
+      for (int k = 0; k < n; ++k) {
+        if (k == r) {
+          parts[k] = in + piece.offset + j * seg;
+        } else {
+          frames[k] = peers.recv_exact(k, len);
+          parts[k] = frames[k].data();
+        }
       }
+      reduce_in_rank_order(kernel, parts, len / elem, elem, at);
+      at += len;
     }
-    reduce_in_rank_order(kernel, parts, len / elem, elem, out_block + j * seg);
   }
 }
 

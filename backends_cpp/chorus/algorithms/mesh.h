@@ -47,9 +47,18 @@ std::vector<Block> blocks_even(size_t count, size_t elem, int n);
 // Block b = elements [b * block_count, (b + 1) * block_count).
 std::vector<Block> blocks_fixed(size_t block_count, size_t elem, int n);
 
+// A block made of pieces of the working buffer, taken one after another (a
+// host of a hierarchical group sends another host the blocks of that host's
+// ranks, which need not lie next to each other).
+using Pieces = std::vector<Block>;
+
 // Reduces every rank's block `rank` of `in` into out_block (blocks[rank].length
 // bytes; may alias that block of in). Sends read `in` until wait_sends().
 void mesh_reduce_scatter(MeshPeers& peers, const std::vector<Block>& blocks, ReduceKernel kernel,
+                         size_t elem, size_t segment, const uint8_t* in, uint8_t* out_block);
+// The same with blocks of pieces: rank r's pieces, reduced, one after
+// another in out_block (which must not overlap `in`).
+void mesh_reduce_scatter(MeshPeers& peers, const std::vector<Pieces>& blocks, ReduceKernel kernel,
                          size_t elem, size_t segment, const uint8_t* in, uint8_t* out_block);
 // Rank r's block of buf is in place; afterwards every block is.
 void mesh_all_gather(MeshPeers& peers, const std::vector<Block>& blocks, size_t segment,

@@ -58,6 +58,11 @@ HierGroup::HierGroup(const InitOptions& options, std::shared_ptr<mesh::MeshGroup
   if (local_ != nullptr) local_->show_ranks(layout_.hosts[host_]);
 }
 
+char* HierGroup::kept(std::vector<char>& buffer, size_t bytes) {
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  return buffer.data();
+}
+
 std::string HierGroup::who(int rank) const {
   if (rank < 0 || rank >= size()) return "a rank";
   return "rank " + std::to_string(rank) + " (" + names_[rank] + ")";
@@ -269,13 +274,61 @@ void HierGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
 }
 
 void HierGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) {
-  // The whole sum on every rank, then this rank's block of it.
-  const size_t block_bytes = desc.nbytes() / static_cast<size_t>(size());
-  std::vector<char> all(desc.nbytes());
-  all_reduce(desc, in, all.data());
-  if (block_bytes != 0) {
-    std::memcpy(out, all.data() + static_cast<size_t>(rank()) * block_bytes, block_bytes);
+  // Rank r's result is block r of the sum. Each host's ranks sum their whole
+  // inputs in shared memory; then only blocks cross between hosts, each
+  // once: cross group j owns the ranks at local indexes [lo_j, hi_j) of
+  // every host and reduce-scatters, straight from this host's sum, the
+  // blocks of host g's such ranks to host g. Each host sends (H - 1) / H of
+  // the input, half of what an all_reduce of it would; a host with fewer
+  // ranks simply has fewer blocks (nothing is padded).
+  const size_t es = dtype_size(desc.dtype);
+  const size_t per_rank = static_cast<size_t>(desc.count) / static_cast<size_t>(size());
+  const size_t block = per_rank * es;
+  size_t widest = 0;
+  for (const auto& h : layout_.hosts) widest = std::max(widest, h.size());
+  const int m = cross_parts(desc.nbytes());
+  const size_t on_host = layout_.hosts[host_].size();
+  char* sum = kept(sum_, local_ != nullptr ? desc.nbytes() : 0);
+  const char* summed = local_ != nullptr ? sum : static_cast<const char*>(in);
+  char* mine = kept(blocks_, on_host * block);  // this host's ranks' blocks, by local index
+  // Cross group j's ranks, by local index, on a host of `ranks` ranks.
+  auto owned = [&](int j, size_t ranks) {
+    return std::pair{std::min(block_begin(widest, j, m), ranks),
+                     std::min(block_begin(widest, j + 1, m), ranks)};
+  };
+  std::vector<shm::ShmGroup::Block> gathered;
+  for (int j = 0; j < m; ++j) {
+    const auto [lo, hi] = owned(j, on_host);
+    gathered.push_back({j, lo * block, (hi - lo) * block});
   }
+  run(
+      desc, m,
+      [&] {
+        if (local_ != nullptr) local_->all_reduce_phase(desc, in, sum);
+      },
+      [&] {
+        std::vector<algo::Pieces> blocks;
+        uint64_t count = 0;
+        for (const auto& members : layout_.hosts) {
+          const auto [lo, hi] = owned(local_index_, members.size());
+          algo::Pieces& pieces = blocks.emplace_back();
+          for (size_t i = lo; i < hi; ++i) {
+            const size_t at = static_cast<size_t>(members[i]) * block;
+            // Ranks numbered in a row on a host: one piece.
+            if (!pieces.empty() && pieces.back().offset + pieces.back().length == at) {
+              pieces.back().length += block;
+            } else {
+              pieces.push_back({at, block});
+            }
+          }
+          count += (hi - lo) * per_rank;
+        }
+        const CallDesc part = phase_desc(desc, Collective::ReduceScatter, desc.dtype, count);
+        const size_t lo = owned(local_index_, on_host).first;
+        cross_->reduce_scatter_pieces(part, blocks, summed, mine + lo * block);
+      },
+      mine, gathered);
+  if (block != 0) std::memcpy(out, mine + static_cast<size_t>(local_index_) * block, block);
 }
 
 void HierGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
@@ -288,24 +341,24 @@ void HierGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
   const int m = cross_parts(units * es);
   // This host's ranks' inputs, then every host's part, slice j of all hosts
   // after slice j - 1 (what cross group j gathers).
-  std::vector<char> part(widest * per_rank);
-  std::vector<char> all(hosts * widest * per_rank);
+  char* part = kept(sum_, widest * per_rank);
+  char* all = kept(blocks_, hosts * widest * per_rank);
   run(
       desc, m,
       [&] {
         if (local_ != nullptr) {
-          local_->all_gather_phase(desc, in, part.data());
+          local_->all_gather_phase(desc, in, part);
         } else if (per_rank != 0) {
-          std::memcpy(part.data(), in, per_rank);
+          std::memcpy(part, in, per_rank);
         }
       },
       [&] {
         const size_t lo = block_begin(units, local_index_, m);
         const size_t hi = block_begin(units, local_index_ + 1, m);
         const CallDesc slice = phase_desc(desc, Collective::AllGather, desc.dtype, hi - lo);
-        cross_->all_gather(slice, part.data() + lo * es, all.data() + hosts * lo * es);
+        cross_->all_gather(slice, part + lo * es, all + hosts * lo * es);
       },
-      all.data(), blocks(units, es, hosts, m));
+      all, blocks(units, es, hosts, m));
   // Host g's slice j sits at hosts * lo_j + g * (hi_j - lo_j) units; its
   // byte x of the host's part is rank hosts[g][x / per_rank]'s byte x % per_rank.
   char* dst = static_cast<char*>(out);
@@ -314,7 +367,7 @@ void HierGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
     const size_t filled = members.size() * per_rank;
     for (int j = 0; j < m; ++j) {
       const size_t lo = block_begin(units, j, m) * es, hi = block_begin(units, j + 1, m) * es;
-      const char* src = all.data() + hosts * lo + g * (hi - lo);
+      const char* src = all + hosts * lo + g * (hi - lo);
       for (size_t x = lo; x < std::min(hi, filled);) {
         const size_t r = x / per_rank, off = x % per_rank;
         const size_t n = std::min(per_rank - off, std::min(hi, filled) - x);

@@ -16,7 +16,8 @@
 //   2. cross phase: rank j of each host reduces, gathers or broadcasts block j
 //      of the host's data with rank j of every other host (the descriptors
 //      are compared again there, across hosts), so every rank of a host
-//      carries its share of the traffic between hosts;
+//      carries its share of the traffic between hosts (a reduce_scatter
+//      reduce-scatters there: only each host's ranks' blocks cross);
 //   3. every rank of the host copies the blocks from their owners (shm).
 // A call whose data between hosts fits in one mesh round trip crosses in
 // cross group 0 alone (cross_parts()); the other groups sit it out.
@@ -109,6 +110,10 @@ class HierGroup final : public GroupImpl {
   // `total` units of `unit` bytes, `copies` of each (one per host).
   std::vector<shm::ShmGroup::Block> blocks(size_t total, size_t unit, size_t copies, int m) const;
   std::string who(int rank) const;
+  // `buffer`, grown to at least `bytes`: kept from call to call, as the
+  // ring's window is, because faulting a large buffer's pages in costs as
+  // much as moving its bytes between hosts.
+  static char* kept(std::vector<char>& buffer, size_t bytes);
 
   InitOptions options_;
   ErrorContext ctx_;
@@ -125,6 +130,10 @@ class HierGroup final : public GroupImpl {
   uint64_t interrupts_at_last_call_ = 0;   // interrupt_count() when the last call began
   uint64_t interrupts_at_last_cross_ = 0;  // ... when the cross group's last call began
   uint64_t splits_ = 0;
+  // Working memory of the calls (kept()): a host's sum or part, and the
+  // blocks gathered from the cross groups.
+  std::vector<char> sum_;
+  std::vector<char> blocks_;
   // This host's shm group broke after this rank's cross call: the next
   // cross call is already abandoned (run()).
   bool next_cross_abandoned_ = false;

@@ -184,24 +184,43 @@ void MeshGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
 }
 
 void MeshGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) {
+  const size_t block_count = desc.count / static_cast<uint64_t>(config_.size);
+  std::vector<algo::Pieces> blocks;
+  for (const algo::Block& b : algo::blocks_fixed(block_count, dtype_size(desc.dtype), config_.size))
+    blocks.push_back({b});
+  reduce_scatter_pieces(desc, blocks, in, out);
+}
+
+void MeshGroup::reduce_scatter_pieces(const CallDesc& desc, const std::vector<algo::Pieces>& blocks,
+                                      const void* in, void* out) {
   const ReduceKernel kernel = reduce_kernel(desc.dtype, desc.op);
   const size_t nbytes = desc.nbytes();
   const size_t elem = dtype_size(desc.dtype);
-  const size_t block_count = desc.count / static_cast<uint64_t>(config_.size);
   run(collective_name(desc.kind, desc.op), Kind::Collective, -1, [&] {
-    const bool inline_data = small(nbytes);
-    auto records = agree(desc, in, inline_data ? nbytes : 0);
+    const auto* src = static_cast<const uint8_t*>(in);
     auto* dst = static_cast<uint8_t*>(out);
-    if (inline_data) {
-      const size_t at = static_cast<size_t>(config_.rank) * block_count * elem;
-      std::vector<const uint8_t*> parts;
-      for (const auto& r : records) parts.push_back(record_payload(r) + at);
-      algo::reduce_in_rank_order(kernel, parts, block_count, elem, dst);
+    if (!small(nbytes)) {
+      agree(desc, in, 0);
+      algo::mesh_reduce_scatter(*this, blocks, kernel, elem, segment_bytes_, src, dst);
       return;
     }
-    const auto blocks = algo::blocks_fixed(block_count, elem, config_.size);
-    algo::mesh_reduce_scatter(*this, blocks, kernel, elem, segment_bytes_,
-                              static_cast<const uint8_t*>(in), dst);
+    // The record carries every block, one after another: rank b's from
+    // offset `at[b]`.
+    std::vector<uint8_t> packed;
+    std::vector<size_t> at;
+    for (const algo::Pieces& block : blocks) {
+      at.push_back(packed.size());
+      for (const algo::Block& piece : block) {
+        packed.insert(packed.end(), src + piece.offset, src + piece.offset + piece.length);
+      }
+    }
+    CHORUS_CHECK(packed.size() == nbytes, "the blocks hold the call's elements");
+    auto records = agree(desc, packed.data(), nbytes);
+    const size_t mine = at[config_.rank];
+    const size_t length = (config_.rank + 1 < config_.size ? at[config_.rank + 1] : nbytes) - mine;
+    std::vector<const uint8_t*> parts;
+    for (const auto& r : records) parts.push_back(record_payload(r) + mine);
+    algo::reduce_in_rank_order(kernel, parts, length / elem, elem, dst);
   });
 }
 

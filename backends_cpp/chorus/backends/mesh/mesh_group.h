@@ -79,6 +79,13 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   void recv(void* buf, size_t nbytes, Dtype dtype, int src, int tag) override;
   bool supports_tags() const override { return true; }
 
+  // A reduce_scatter whose block for rank b is the pieces blocks[b] of `in`
+  // (bytes), reduced one after another into `out`; desc.count: the elements
+  // of all blocks. A hierarchical group's host reduces, in place, the blocks
+  // of other hosts' ranks, wherever they lie in its sum.
+  void reduce_scatter_pieces(const CallDesc& desc, const std::vector<algo::Pieces>& blocks,
+                             const void* in, void* out);
+
   const std::vector<std::string>& listen_addresses() const { return acceptor_->addresses(); }
   // The largest input a collective carries in its record round: it then
   // costs one round trip.
