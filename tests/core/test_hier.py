@@ -78,6 +78,8 @@ def test_tiny_segments_and_chunks_pipeline_every_phase(ranks: RankRunner) -> Non
         x = (np.arange(count) % 251 + r).astype(np.int64)
         want = n * (np.arange(count) % 251) + n * (n - 1) // 2
         assert np.array_equal(chorus.all_sum(x), want), count
+        inplace = x.copy()  # blocks other ranks carry are the input until they arrive
+        assert np.array_equal(chorus.all_sum(inplace, out=inplace), want), count
         got = chorus.all_gather(x)
         assert np.array_equal(got.reshape(n, count) - np.arange(n)[:, None],
                               np.tile(np.arange(count) % 251, (n, 1))), count

@@ -255,11 +255,14 @@ void HierGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
   const size_t count = static_cast<size_t>(desc.count);
   const int m = cross_parts(count * es);
   char* dst = static_cast<char*>(out);
+  // Each rank keeps from the local sum only the block it carries between
+  // hosts; the other blocks come from their owners afterwards.
+  const auto owned = blocks(count, es, 1, m);
   run(
       desc, m,
       [&] {
         if (local_ != nullptr) {
-          local_->all_reduce_phase(desc, in, out);
+          local_->all_reduce_phase(desc, in, out, &owned);
         } else if (in != out && count != 0) {
           std::memcpy(out, in, count * es);
         }
@@ -270,7 +273,7 @@ void HierGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
         const CallDesc part = phase_desc(desc, Collective::AllReduce, desc.dtype, hi - lo);
         cross_->all_reduce(part, dst + lo * es, dst + lo * es);
       },
-      dst, blocks(count, es, 1, m));
+      dst, owned);
 }
 
 void HierGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) {
@@ -301,31 +304,37 @@ void HierGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) 
     const auto [lo, hi] = owned(j, on_host);
     gathered.push_back({j, lo * block, (hi - lo) * block});
   }
+  // What this rank's cross call sends to host g (and receives for its own):
+  // the sum's blocks of g's ranks it owns. Only those are kept from the
+  // local sum.
+  std::vector<algo::Pieces> sent;
+  std::vector<shm::ShmGroup::Block> keep;
+  uint64_t count = 0;
+  for (const auto& members : layout_.hosts) {
+    const auto [lo, hi] = owned(local_index_, members.size());
+    algo::Pieces& pieces = sent.emplace_back();
+    for (size_t i = lo; i < hi; ++i) {
+      const size_t at = static_cast<size_t>(members[i]) * block;
+      // Ranks numbered in a row on a host: one piece.
+      if (!pieces.empty() && pieces.back().offset + pieces.back().length == at) {
+        pieces.back().length += block;
+      } else {
+        pieces.push_back({at, block});
+      }
+    }
+    for (const algo::Block& piece : pieces)
+      keep.push_back({local_index_, piece.offset, piece.length});
+    count += (hi - lo) * per_rank;
+  }
   run(
       desc, m,
       [&] {
-        if (local_ != nullptr) local_->all_reduce_phase(desc, in, sum);
+        if (local_ != nullptr) local_->all_reduce_phase(desc, in, sum, &keep);
       },
       [&] {
-        std::vector<algo::Pieces> blocks;
-        uint64_t count = 0;
-        for (const auto& members : layout_.hosts) {
-          const auto [lo, hi] = owned(local_index_, members.size());
-          algo::Pieces& pieces = blocks.emplace_back();
-          for (size_t i = lo; i < hi; ++i) {
-            const size_t at = static_cast<size_t>(members[i]) * block;
-            // Ranks numbered in a row on a host: one piece.
-            if (!pieces.empty() && pieces.back().offset + pieces.back().length == at) {
-              pieces.back().length += block;
-            } else {
-              pieces.push_back({at, block});
-            }
-          }
-          count += (hi - lo) * per_rank;
-        }
         const CallDesc part = phase_desc(desc, Collective::ReduceScatter, desc.dtype, count);
         const size_t lo = owned(local_index_, on_host).first;
-        cross_->reduce_scatter_pieces(part, blocks, summed, mine + lo * block);
+        cross_->reduce_scatter_pieces(part, sent, summed, mine + lo * block);
       },
       mine, gathered);
   if (block != 0) std::memcpy(out, mine + static_cast<size_t>(local_index_) * block, block);

@@ -186,7 +186,8 @@ void ShmGroup::all_reduce(const CallDesc& desc, const void* in, void* out) {
   run_collective(desc, [&] { all_reduce_phase(desc, in, out); });
 }
 
-void ShmGroup::all_reduce_phase(const CallDesc& desc, const void* in, void* out) {
+void ShmGroup::all_reduce_phase(const CallDesc& desc, const void* in, void* out,
+                                const std::vector<Block>* keep) {
   const ReduceKernel kernel = reduce_kernel(desc.dtype, desc.op);
   const size_t es = dtype_size(desc.dtype);
   const size_t count = static_cast<size_t>(desc.count);
@@ -213,8 +214,17 @@ void ShmGroup::all_reduce_phase(const CallDesc& desc, const void* in, void* out)
   for (size_t j = 0; j <= nchunks + 1; ++j) {
     const uint64_t phase = p0 + j;
     if (j >= 2) {
-      copy_result(dst + (j - 2) * per_chunk * es, slot(0, phase - 2), chunk_count(j - 2) * es,
-                  nbytes);
+      const size_t at = (j - 2) * per_chunk * es, n = chunk_count(j - 2) * es;
+      if (keep == nullptr) {
+        copy_result(dst + at, slot(0, phase - 2), n, nbytes);
+      } else {
+        for (const Block& b : *keep) {
+          const size_t lo = std::max(at, b.offset), hi = std::min(at + n, b.offset + b.bytes);
+          if (b.owner == rank_ && lo < hi) {
+            copy_result(dst + lo, slot(0, phase - 2) + (lo - at), hi - lo, nbytes);
+          }
+        }
+      }
     }
     if (j >= 1 && j <= nchunks) {
       const size_t n = chunk_count(j - 1);

@@ -62,7 +62,10 @@ class ShmGroup final : public GroupImpl {
   void run_phased(const CallDesc& desc, bool interrupted_on_the_way,
                   const std::function<void()>& local, const std::function<void()>& away,
                   char* buffer, const std::vector<Block>& blocks);
-  void all_reduce_phase(const CallDesc& desc, const void* in, void* out);
+  // `keep`: write only the parts of `out` in blocks this rank owns (the rest
+  // comes in the last phase); null: all of it.
+  void all_reduce_phase(const CallDesc& desc, const void* in, void* out,
+                        const std::vector<Block>* keep = nullptr);
   void all_gather_phase(const CallDesc& desc, const void* in, void* out);
   void broadcast_phase(const CallDesc& desc, void* buf);  // desc.root: a rank of this group
   // Only the descriptors' agreement (hosts that have no part in a phase).
