@@ -82,6 +82,8 @@ def init(
     shm_cma: bool = True,
     shm_cma_bytes: int | None = None,
     tcp_spin_us: int | None = None,
+    tcp_yield_us: int | None = None,
+    machine_ranks: int = 0,
 ) -> Group: ...
 def set_result_allocator(
     allocator: Callable[[tuple[int, ...], np.dtype[Any]], np.ndarray[Any, Any]], min_bytes: int

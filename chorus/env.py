@@ -38,6 +38,7 @@ DEFAULT_FLIGHT_RECORDS = 4096
 # (microseconds are added to a nanosecond clock; byte counts are size_t).
 _MAX_MICROS = 10**12
 _MAX_BYTES = 2**63 - 1
+_MAX_RANKS = 2**31 - 1
 
 
 class EnvError(ValueError):
@@ -96,11 +97,18 @@ class RankEnv:
     shm_cma_bytes
         Bytes per rank from which they do (``CHORUS_SHM_CMA_BYTES``; ``None``:
         64 KiB).
-    tcp_spin_us
+    tcp_spin_us, tcp_yield_us
         How long the TCP backends (ring, mesh, hier's links between hosts) look
-        for traffic before they sleep in ``poll()``
-        (``CHORUS_TCP_SPIN_US``; ``None``: 50 us when the ranks on this host
-        have a core each, else 0).
+        for traffic, then look and yield the core, before they sleep in
+        ``poll()`` (``CHORUS_TCP_SPIN_US``, ``CHORUS_TCP_YIELD_US``; ``None``:
+        50 us of spinning when the ranks on this host have a core each, else
+        100 us of yielding).
+    machine_ranks
+        The job's ranks on this rank's machine, whatever host the hostfile
+        lists each at (``CHORUS_MACHINE_RANKS``, written by the launcher from
+        each host's kernel boot id: emulated hosts and containers can share
+        one machine's cores); ``None``: the hostfile's count. Waits spin only
+        while these ranks have a core each.
     stream_bytes
         Results of at least this many bytes are copied out with streaming
         stores (``CHORUS_STREAM_BYTES``; ``None``: 4 MiB; 0 streams always).
@@ -136,6 +144,8 @@ class RankEnv:
     shm_cma: bool = True
     shm_cma_bytes: int | None = None
     tcp_spin_us: int | None = None
+    tcp_yield_us: int | None = None
+    machine_ranks: int | None = None
     stream_bytes: int | None = None
     mpi_libname: str = ""
 
@@ -180,6 +190,8 @@ class RankEnv:
             "CHORUS_SHM_YIELD_US": self.shm_yield_us,
             "CHORUS_SHM_CMA_BYTES": self.shm_cma_bytes,
             "CHORUS_TCP_SPIN_US": self.tcp_spin_us,
+            "CHORUS_TCP_YIELD_US": self.tcp_yield_us,
+            "CHORUS_MACHINE_RANKS": self.machine_ranks,
             "CHORUS_STREAM_BYTES": self.stream_bytes,
         }
         env.update({name: str(value) for name, value in tuning.items() if value is not None})
@@ -414,6 +426,8 @@ def read_rank_env(environ: Mapping[str, str] | None = None) -> RankEnv:
         shm_cma=_flag(env, "CHORUS_SHM_CMA", default=True),
         shm_cma_bytes=_bounded_var(env, "CHORUS_SHM_CMA_BYTES", "bytes", _MAX_BYTES),
         tcp_spin_us=_bounded_var(env, "CHORUS_TCP_SPIN_US", "microseconds", _MAX_MICROS),
+        tcp_yield_us=_bounded_var(env, "CHORUS_TCP_YIELD_US", "microseconds", _MAX_MICROS),
+        machine_ranks=_bounded_var(env, "CHORUS_MACHINE_RANKS", "ranks", _MAX_RANKS),
         stream_bytes=_bounded_var(env, "CHORUS_STREAM_BYTES", "bytes", _MAX_BYTES),
         mpi_libname=env.get("CHORUS_MPI_LIBNAME", ""),
     )

@@ -167,6 +167,8 @@ def _connect(name: str, env: RankEnv) -> Group:
         shm_cma=env.shm_cma,
         shm_cma_bytes=env.shm_cma_bytes,
         tcp_spin_us=env.tcp_spin_us,
+        tcp_yield_us=env.tcp_yield_us,
+        machine_ranks=env.machine_ranks or 0,
     )
     if name == "mpi":
         _mpi.register_exit()

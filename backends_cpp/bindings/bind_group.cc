@@ -74,7 +74,8 @@ void register_group(py::module_& m) {
          std::string hostname, double timeout, double peer_timeout, bool verbose,
          size_t segment_bytes, std::vector<int> listen_fds, std::string coordinator,
          std::optional<int64_t> shm_spin_us, std::optional<int64_t> shm_yield_us, bool shm_cma,
-         std::optional<size_t> shm_cma_bytes, std::optional<int64_t> tcp_spin_us) {
+         std::optional<size_t> shm_cma_bytes, std::optional<int64_t> tcp_spin_us,
+         std::optional<int64_t> tcp_yield_us, int machine_ranks) {
         InitOptions options;
         options.rank = rank;
         options.size = size;
@@ -93,6 +94,8 @@ void register_group(py::module_& m) {
         options.tuning.shm_cma = shm_cma;
         options.tuning.shm_cma_bytes = shm_cma_bytes;
         options.tuning.tcp_spin = micros(tcp_spin_us);
+        options.tuning.tcp_yield = micros(tcp_yield_us);
+        options.machine_ranks = machine_ranks;
         py::gil_scoped_release release;
         return init_backend(backend, options);
       },
@@ -103,8 +106,9 @@ void register_group(py::module_& m) {
       // Tuning (group_impl.h); None keeps the backend's default.
       py::arg("shm_spin_us") = py::none(), py::arg("shm_yield_us") = py::none(),
       py::arg("shm_cma") = true, py::arg("shm_cma_bytes") = py::none(),
-      py::arg("tcp_spin_us") = py::none(),
-      "Connect this rank to its peers with the named backend.");
+      py::arg("tcp_spin_us") = py::none(), py::arg("tcp_yield_us") = py::none(),
+      // The job's ranks on this machine (CHORUS_MACHINE_RANKS); 0: unknown.
+      py::arg("machine_ranks") = 0, "Connect this rank to its peers with the named backend.");
 }
 
 }  // namespace chorus::bindings

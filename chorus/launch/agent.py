@@ -115,6 +115,18 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _machine_id() -> str:
+    """The running kernel's boot id: equal on hosts that share one machine's cores.
+
+    Network namespaces and containers see their machine's; ``""`` where
+    there is none (not Linux).
+    """
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _free_ports(ip: str, count: int) -> list[int]:
     """``count`` distinct ports that were free on ``ip`` a moment ago (for ZMQ)."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -203,6 +215,7 @@ def prepare(request: dict[str, Any]) -> tuple[dict[str, Any], list[socket.socket
         "rendezvous_ports": _reserved_ports(free_ip, 2),
         "interface": interface_of(request["advertise"][0]) if request.get("advertise") else None,
         "cores": _usable_cores(),
+        "machine": _machine_id(),
         "cwd": cwd,
         "python": sys.version.split()[0],
     }

@@ -120,6 +120,7 @@ def rank_environment(
     supervisor: str,
     node: NodePosition,
     rendezvous: Rendezvous,
+    machine_ranks: int,
     interface: str | None = None,
 ) -> dict[str, str]:
     """The complete environment of one rank.
@@ -148,6 +149,8 @@ def rank_environment(
     node, rendezvous, interface
         The rank's place on its host, where the frameworks meet, and the
         network interface of the rank's address (ranks on other hosts).
+    machine_ranks
+        The job's ranks on this rank's machine (``CHORUS_MACHINE_RANKS``).
 
     Returns
     -------
@@ -172,6 +175,7 @@ def rank_environment(
         supervisor=supervisor,
         # SIGURG asks the rank where it is; it answers on stderr (chorus.where).
         reports="stderr",
+        machine_ranks=machine_ranks,
     )
     env = dict(base)
     env.update(rank_env.to_environ())
@@ -242,6 +246,7 @@ def place_local(
                 supervisor=supervisor,
                 node=nodes[rank],
                 rendezvous=rendezvous,
+                machine_ranks=spec.nprocs,
             )
         )
         placement.pass_fds.append([*listen_fds, *mlx_fds])
@@ -321,9 +326,6 @@ async def place_remote(
             ranks.append(
                 SshRank(index, entry.ssh, connection, python=python, bind=bind, advertise=advertise)
             )
-        per_host = Counter(entry.ssh for entry in hostfile.hosts)
-        for rank in ranks:
-            rank.ranks_on_host = per_host[rank.host]
         cwd = spec.cwd or str(Path.cwd())
         steps = [
             rank.prepare(
@@ -347,6 +349,12 @@ async def place_remote(
         for connection in connections:
             connection.close()
         raise
+    # Ranks on one machine share its cores, whatever host each is listed as
+    # (network namespaces, containers): the agents report the kernel's boot id.
+    machine_of = [p.machine or f"ssh {r.host}" for r, p in zip(ranks, prepared, strict=True)]
+    on_machine = Counter(machine_of)
+    for rank, machine in zip(ranks, machine_of, strict=True):
+        rank.ranks_on_machine = on_machine[machine]
     addresses = [p.addresses for p in prepared]
     hostfile_text = hostfile_json(addresses)
     reporter.progress(f"ranks listen on {hostfile_text}")
@@ -365,6 +373,7 @@ async def place_remote(
             supervisor=supervisor,
             node=nodes[rank.rank],
             rendezvous=rendezvous,
+            machine_ranks=rank.ranks_on_machine,
             interface=rank.prepared.interface if rank.prepared is not None else None,
         )
         env.update(hostfile.envs)

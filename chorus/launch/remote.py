@@ -62,6 +62,8 @@ class Prepared:
     rendezvous_ports: list[int]
     # The interface of the rank's (first) address, for gloo; None if not found.
     interface: str | None
+    # The host's kernel boot id: hosts that share one are one machine ("": unknown).
+    machine: str
 
 
 def agent_command(python: str) -> str:
@@ -111,8 +113,8 @@ class SshRank(RankProcess):
         self.bind = list(bind)
         self.advertise = list(advertise)
         self.prepared: Prepared | None = None
-        # Ranks of this job on the same host (the agent divides its cores).
-        self.ranks_on_host = 1
+        # Ranks of this job on the same machine (the agent divides its cores).
+        self.ranks_on_machine = 1
         self._process: asyncssh.SSHClientProcess[bytes] | None = None
         self._started = False
         self._stdin: _ChannelStdin | None = None
@@ -189,6 +191,7 @@ class SshRank(RankProcess):
             answer["cores"],
             answer["rendezvous_ports"],
             answer["interface"],
+            answer.get("machine", ""),
         )
         return self.prepared
 
@@ -224,7 +227,7 @@ class SshRank(RankProcess):
         with its path, so no file is written on the host.
         """
         cores = 1 if self.prepared is None else self.prepared.cores
-        env = {**env, **thread_limits(self.ranks_on_host, cores, env)}
+        env = {**env, **thread_limits(self.ranks_on_machine, cores, env)}
         self._start_request = {
             "env": dict(env),
             "argv": list(argv),

@@ -37,6 +37,8 @@ WRITTEN = RankEnv(
     shm_cma=False,
     shm_cma_bytes=0,
     tcp_spin_us=7,
+    tcp_yield_us=0,
+    machine_ranks=6,
     stream_bytes=0,
     mpi_libname="/opt/openmpi/lib/libmpi.so.40",
 )
@@ -63,6 +65,7 @@ def test_knobs_at_their_defaults_are_left_out() -> None:
     assert back.mpi_libname == ""
     knobs = (back.shm_spin_us, back.shm_yield_us, back.shm_cma_bytes, back.tcp_spin_us)
     assert knobs == (None, None, None, None)
+    assert (back.tcp_yield_us, back.machine_ranks) == (None, None)
     assert back.stream_bytes is None
 
 
@@ -74,6 +77,13 @@ def test_knobs_at_their_defaults_are_left_out() -> None:
         ("CHORUS_SHM_YIELD_US", "-1", "CHORUS_SHM_YIELD_US='-1' must be a number of microseconds"),
         ("CHORUS_TCP_SPIN_US", "10**13", "CHORUS_TCP_SPIN_US='10**13' is not an integer"),
         ("CHORUS_TCP_SPIN_US", str(10**13), f"CHORUS_TCP_SPIN_US='{10**13}' must be"),
+        ("CHORUS_TCP_YIELD_US", "-3", "CHORUS_TCP_YIELD_US='-3' must be a number of microseconds"),
+        ("CHORUS_MACHINE_RANKS", "four", "CHORUS_MACHINE_RANKS='four' is not an integer"),
+        (
+            "CHORUS_MACHINE_RANKS",
+            str(2**31),
+            f"CHORUS_MACHINE_RANKS='{2**31}' must be a number of ranks",
+        ),
         ("CHORUS_SHM_CMA", "yes", "CHORUS_SHM_CMA='yes' must be 0 or 1"),
         ("CHORUS_SHM_CMA_BYTES", "64k", "CHORUS_SHM_CMA_BYTES='64k' is not an integer"),
         ("CHORUS_STREAM_BYTES", "-4", "CHORUS_STREAM_BYTES='-4' must be a number of bytes"),

@@ -4,6 +4,9 @@
 #include "chorus/backends/mesh/mesh.h"
 
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -19,11 +22,14 @@
 #include "chorus/backends/mesh/mailbox.h"
 #include "chorus/backends/mesh/mesh_group.h"
 #include "chorus/backends/ring/ring.h"
+#include "chorus/backends/tcp/group_config.h"
 #include "chorus/backends/tcp/rendezvous.h"
+#include "chorus/common/cpu.h"
 #include "chorus/common/error.h"
 #include "chorus/common/interrupt.h"
 #include "chorus/ops.h"
 #include "chorus/transport/tcp/listener.h"
+#include "chorus/transport/tcp/socket.h"
 #include "collective_checks.h"
 #include "tcp_ranks.h"
 
@@ -59,6 +65,49 @@ TEST(MeshMailbox, KeepsOrderPerSourceAndTag) {
   EXPECT_EQ(box.take(1, 0)->nbytes, 0u);
   EXPECT_FALSE(box.take(2, 7).has_value());
   EXPECT_EQ(box.waiting(), 0u);
+}
+
+TEST(TcpConfig, WaitsSpinOnlyWhileTheMachinesRanksHaveACoreEach) {
+  using std::chrono::microseconds;
+  InitOptions options;
+  options.size = 2;
+  const std::vector<std::vector<std::string>> hosts = {{"10.0.0.1:1"}, {"10.0.0.2:1"}};
+  // One rank per host and nothing more known: spin, never yield.
+  auto config = world_config(options, hosts);
+  EXPECT_EQ(tcp_spin(config), microseconds(50));
+  EXPECT_EQ(tcp_yield(config), microseconds(0));
+  // The launcher found both hosts on one machine with more ranks than cores
+  // (emulated hosts, containers): yield instead, and a split child keeps it.
+  options.machine_ranks = usable_cores() + 1;
+  config = world_config(options, hosts);
+  EXPECT_EQ(ranks_on_this_host(config), usable_cores() + 1);
+  EXPECT_EQ(tcp_spin(config), microseconds(0));
+  EXPECT_EQ(tcp_yield(config), microseconds(100));
+  // The knobs win.
+  options.tuning.tcp_spin = microseconds(7);
+  options.tuning.tcp_yield = microseconds(0);
+  config = world_config(options, hosts);
+  EXPECT_EQ(tcp_spin(config), microseconds(7));
+  EXPECT_EQ(tcp_yield(config), microseconds(0));
+}
+
+TEST(TcpSocket, PollThatYieldsFindsDataAndOtherwiseTimesOut) {
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  pollfd p{fds[0], POLLIN, 0};
+  EXPECT_EQ(
+      tcp::poll_spinning(&p, 1, 5, std::chrono::microseconds(10), std::chrono::microseconds(200)),
+      0);
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+    ASSERT_EQ(::write(fds[1], "x", 1), 1);
+  });
+  EXPECT_EQ(tcp::poll_spinning(&p, 1, 5000, std::chrono::microseconds(0),
+                               std::chrono::microseconds(100000)),
+            1);
+  writer.join();
+  ::close(fds[0]);
+  ::close(fds[1]);
 }
 
 TEST(MeshAlgorithms, BlocksCoverTheBufferOnce) {

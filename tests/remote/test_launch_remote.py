@@ -127,12 +127,15 @@ def test_hostfile_in_mlx_shape_with_two_ranks_per_host(
     script = ALLSUM + (
         "import os\nprint('env', os.environ['GREETING'])\n"
         "print('threads', os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+        "print('machine', os.environ.get('CHORUS_MACHINE_RANKS'))\n"
     )
     result = launch(switch_hosts, "--hostfile", str(hostfile), "-c", script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("env hi") == 4
-    # Two ranks per host: each gets half of that host's cores for BLAS.
-    share = max(1, usable_cores() // 2)
+    # The emulated hosts are one machine (one kernel boot id): its 4 ranks
+    # share its cores, for BLAS and for whether their waits may spin.
+    assert result.stdout.count("machine 4\n") == 4, result.stdout
+    share = max(1, usable_cores() // 4)
     assert result.stdout.count(f"threads {share}\n") == 4, result.stdout
     hosts_seen = sorted(line.split()[1] for line in result.stdout.splitlines() if "ring" in line)
     assert hosts_seen == ["h0", "h0", "h1", "h1"]

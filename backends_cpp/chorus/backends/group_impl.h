@@ -76,9 +76,11 @@ struct Tuning {
   // (CHORUS_SHM_CMA_BYTES; unset: 64 KiB).
   bool shm_cma = true;
   std::optional<size_t> shm_cma_bytes;
-  // How long the TCP backends look for traffic before they sleep in poll()
-  // (CHORUS_TCP_SPIN_US). Unset: see spin_budget().
+  // How long the TCP backends look for traffic, then yield, before they
+  // sleep in poll() (CHORUS_TCP_SPIN_US / CHORUS_TCP_YIELD_US). Unset: see
+  // spin_budget() and yield_budget().
   std::optional<std::chrono::microseconds> tcp_spin;
+  std::optional<std::chrono::microseconds> tcp_yield;
 };
 
 // Everything a backend needs to build the world group; filled from the
@@ -106,6 +108,11 @@ struct InitOptions {
   // support it exchange listen addresses through rank 0 there (tcp/rendezvous.h).
   std::string coordinator;
   Tuning tuning;  // sub-groups inherit it
+  // The job's ranks on this machine, whatever host each is listed as
+  // (CHORUS_MACHINE_RANKS, from the launcher: emulated hosts and containers
+  // share one machine's cores); 0: unknown, count the hostfile's. Waits spin
+  // only when these ranks have a core each.
+  int machine_ranks = 0;
 };
 
 // Prefix every error message of a group with "[chorus ring] rank 2/4 (hostb): ".

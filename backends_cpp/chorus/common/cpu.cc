@@ -19,4 +19,11 @@ std::chrono::microseconds spin_budget(int local_ranks, std::chrono::microseconds
   return local_ranks > usable_cores() ? std::chrono::microseconds(0) : spin;
 }
 
+std::chrono::microseconds yield_budget(int local_ranks,
+                                       std::optional<std::chrono::microseconds> chosen) {
+  if (chosen) return *chosen;
+  return local_ranks > usable_cores() ? std::chrono::microseconds(100)
+                                      : std::chrono::microseconds(0);
+}
+
 }  // namespace chorus

@@ -48,6 +48,7 @@ MeshGroup::MeshGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   ac.expected_ranks = config_.rank;
   acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
   spin_ = tcp_spin(config_);
+  yield_ = tcp_yield(config_);
   connect_initial();
 }
 

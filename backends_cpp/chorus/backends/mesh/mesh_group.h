@@ -205,7 +205,8 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   bool accepted_ready_ = true;       // the acceptor's wake fd fired since take_accepted()
   uint64_t split_count_ = 0;
   tcp::PollChecks poll_checks_;
-  std::chrono::microseconds spin_{0};  // tcp_spin()
+  std::chrono::microseconds spin_{0};   // tcp_spin()
+  std::chrono::microseconds yield_{0};  // tcp_yield()
 };
 
 }  // namespace chorus::mesh

@@ -24,7 +24,7 @@ void MeshGroup::progress(int timeout_ms) {
   // fired, it would end every poll at once (a spin until the call ends).
   const bool watch_acceptor = !accepted_ready_;
   if (watch_acceptor) fds_.push_back({acceptor_->wake_fd(), POLLIN, 0});
-  const int rc = tcp::poll_spinning(fds_.data(), fds_.size(), timeout_ms, spin_);
+  const int rc = tcp::poll_spinning(fds_.data(), fds_.size(), timeout_ms, spin_, yield_);
   for (int p = 0; p < config_.size; ++p) {
     if (p != config_.rank) peers_[p].link.handle(fds_.data() + starts[p]);
   }

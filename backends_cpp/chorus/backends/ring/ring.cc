@@ -56,6 +56,7 @@ RingGroup::RingGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   ac.expected_rank = left();
   acceptor_ = std::make_unique<tcp::Acceptor>(std::move(listeners), ac);
   spin_ = tcp_spin(config_);
+  yield_ = tcp_yield(config_);
   connect_initial();
 }
 
@@ -200,7 +201,7 @@ void RingGroup::progress(int timeout_ms) {
   // after it fired, it would end every poll at once (a spin).
   const bool watch_acceptor = !acceptor_woke_;
   if (watch_acceptor) fds_.push_back({acceptor_->wake_fd(), POLLIN, 0});
-  const int rc = tcp::poll_spinning(fds_.data(), fds_.size(), timeout_ms, spin_);
+  const int rc = tcp::poll_spinning(fds_.data(), fds_.size(), timeout_ms, spin_, yield_);
   if (watch_acceptor && fds_.back().revents != 0) acceptor_woke_ = true;
   links_[0].handle(fds_.data());
   links_[1].handle(fds_.data() + n0);

@@ -180,8 +180,9 @@ class RingGroup final : public GroupImpl, private algo::RingPair {
   uint64_t split_count_ = 0;
   tcp::PollChecks poll_checks_;
   // How long progress() looks for traffic before poll() sleeps (cpu.h).
-  std::chrono::microseconds spin_{0};
-  bool acceptor_woke_ = false;  // its wake fd fired since install_left() drained it
+  std::chrono::microseconds spin_{0};   // tcp_spin()
+  std::chrono::microseconds yield_{0};  // tcp_yield()
+  bool acceptor_woke_ = false;          // its wake fd fired since install_left() drained it
 };
 
 }  // namespace chorus::ring

@@ -88,14 +88,6 @@ std::string make_segment_name(const std::string& job_id, const std::string& tag)
   return "/chorus-" + job + "-" + tag;
 }
 
-// How long a wait yields after its spin, before it sleeps on the futex
-// (Tuning::shm_yield overrides it). When ranks outnumber cores the yield
-// phase replaces the spin.
-std::chrono::microseconds yield_budget(int ranks, std::optional<std::chrono::microseconds> chosen) {
-  if (chosen) return *chosen;
-  return ranks > usable_cores() ? std::chrono::microseconds(100) : std::chrono::microseconds(0);
-}
-
 // From this many bytes per rank, all_gather and broadcast read peers' buffers
 // directly (Tuning::shm_cma_bytes overrides it; Tuning::shm_cma turns reads off).
 constexpr size_t kCrossMemoryMinBytes = 64 * 1024;
@@ -112,8 +104,11 @@ ShmGroup::ShmGroup(const InitOptions& options, std::string tag)
   pending_.resize(size_);
   pending_off_.assign(size_, 0);
   skip_.assign(size_, 0);
-  spin_budget_ = spin_budget(size_, kSpin, options.tuning.shm_spin);
-  yield_budget_ = yield_budget(size_, options.tuning.shm_yield);
+  // The job's ranks on this machine compete for its cores too (a
+  // hierarchical group's other hosts may be containers on it).
+  const int competing = std::max(size_, options.machine_ranks);
+  spin_budget_ = spin_budget(competing, kSpin, options.tuning.shm_spin);
+  yield_budget_ = yield_budget(competing, options.tuning.shm_yield);
   cross_memory_min_bytes_ = options.tuning.shm_cma_bytes.value_or(kCrossMemoryMinBytes);
   rendezvous();
 }

@@ -2,6 +2,7 @@
 // world group gets them from InitOptions and its endpoints.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <utility>
@@ -37,12 +38,25 @@ struct TcpGroupConfig {
   double peer_timeout_s = 15;  // InitOptions::peer_timeout_s
   bool verbose = false;
   size_t segment_bytes = 0;
-  Tuning tuning;  // InitOptions::tuning (the poll spin)
-  // Ranks of the job on this rank's host (0: count them in `hosts`). A split
-  // child keeps its parent's count: a hierarchical group's cross groups list
-  // one rank per host, but every rank there competes for its cores.
+  Tuning tuning;  // InitOptions::tuning (the poll spin and yield)
+  // Ranks of the job competing for this rank's cores: on its host, or on its
+  // machine when the launcher knows more (InitOptions::machine_ranks); 0:
+  // count them in `hosts`. A split child keeps its parent's count: a
+  // hierarchical group's cross groups list one rank per host, but every rank
+  // there competes for its cores.
   int ranks_on_host = 0;
 };
+
+// Ranks whose first address is on the host of `rank`'s (every rank when the
+// addresses are unknown).
+inline int ranks_sharing_host(const TcpGroupConfig& config, int rank) {
+  const auto& hosts = config.hosts;
+  if (hosts[rank].empty()) return static_cast<int>(hosts.size());
+  const std::string mine = tcp::host_of(hosts[rank].front());
+  int count = 0;
+  for (const auto& addrs : hosts) count += !addrs.empty() && tcp::host_of(addrs.front()) == mine;
+  return count;
+}
 
 // The world group's config: everything from `options` but the addresses,
 // which come from the hostfile or the rendezvous (`hosts`).
@@ -60,6 +74,9 @@ inline TcpGroupConfig world_config(const InitOptions& options,
   config.verbose = options.verbose;
   config.segment_bytes = options.segment_bytes;
   config.tuning = options.tuning;
+  if (options.machine_ranks > 0) {
+    config.ranks_on_host = std::max(ranks_sharing_host(config, config.rank), options.machine_ranks);
+  }
   return config;
 }
 
@@ -71,17 +88,6 @@ inline constexpr double kUnroutedPatience = 5.0;
 inline const std::string& unrouted_reason(const TcpGroupConfig& config, int rank) {
   static const std::string none;
   return rank < static_cast<int>(config.unrouted.size()) ? config.unrouted[rank] : none;
-}
-
-// Ranks whose first address is on the host of `rank`'s (every rank when the
-// addresses are unknown).
-inline int ranks_sharing_host(const TcpGroupConfig& config, int rank) {
-  const auto& hosts = config.hosts;
-  if (hosts[rank].empty()) return static_cast<int>(hosts.size());
-  const std::string mine = tcp::host_of(hosts[rank].front());
-  int count = 0;
-  for (const auto& addrs : hosts) count += !addrs.empty() && tcp::host_of(addrs.front()) == mine;
-  return count;
 }
 
 // Ranks of the job on this rank's host (TcpGroupConfig::ranks_on_host).
@@ -96,6 +102,10 @@ inline int ranks_on_this_host(const TcpGroupConfig& config) {
 inline std::chrono::microseconds tcp_spin(const TcpGroupConfig& config) {
   return spin_budget(ranks_on_this_host(config), std::chrono::microseconds(50),
                      config.tuning.tcp_spin);
+}
+// How long it then yields its core between looks (see yield_budget()).
+inline std::chrono::microseconds tcp_yield(const TcpGroupConfig& config) {
+  return yield_budget(ranks_on_this_host(config), config.tuning.tcp_yield);
 }
 
 // "rank 2 (10.0.0.2:29500)": a rank and its first address, as the TCP

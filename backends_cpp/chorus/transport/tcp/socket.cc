@@ -4,12 +4,14 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 
 #include "chorus/common/interrupt.h"
 
@@ -99,14 +101,19 @@ int poll_slice(pollfd* fds, size_t n, Clock::time_point deadline) {
       static_cast<int>(std::max<long long>(0, std::min<long long>(left, kInterruptPollMs))));
 }
 
-int poll_spinning(pollfd* fds, size_t n, int timeout_ms, std::chrono::microseconds spin) {
+int poll_spinning(pollfd* fds, size_t n, int timeout_ms, std::chrono::microseconds spin,
+                  std::chrono::microseconds yield) {
   const auto nfds = static_cast<nfds_t>(n);
-  if (spin.count() > 0 && timeout_ms != 0) {
-    const auto end = Clock::now() + spin;
+  // Look without sleeping for `spin`, then for `yield` more, giving the core
+  // away between looks.
+  for (const auto& [budget, give_way] : {std::pair{spin, false}, std::pair{yield, true}}) {
+    if (budget.count() <= 0 || timeout_ms == 0) continue;
+    const auto end = Clock::now() + budget;
     do {
       const int rc = ::poll(fds, nfds, 0);
       if (rc > 0) return rc;
       if (rc < 0 && errno != EINTR) throw SocketError("poll", errno, "-");
+      if (give_way) sched_yield();
     } while (Clock::now() < end);
   }
   const int rc = ::poll(fds, nfds, timeout_ms);

@@ -91,9 +91,12 @@ int poll_slice(pollfd* fds, size_t n, int timeout_ms);
 
 // poll() that first looks without sleeping for up to `spin` (a wake-up from
 // a sleeping poll costs tens of microseconds in a VM, more than a small
-// message's whole trip on loopback), then sleeps up to timeout_ms. EINTR
+// message's whole trip on loopback), then for up to `yield` more with
+// sched_yield() between looks (ranks outnumber cores: the one this rank
+// waits for runs), then sleeps up to timeout_ms. EINTR
 // counts as a timeout. Returns poll's count (>= 0); throws on poll errors.
-int poll_spinning(pollfd* fds, size_t n, int timeout_ms, std::chrono::microseconds spin);
+int poll_spinning(pollfd* fds, size_t n, int timeout_ms, std::chrono::microseconds spin,
+                  std::chrono::microseconds yield = std::chrono::microseconds(0));
 
 // Seconds with one decimal, for messages ("5.0 s").
 std::string seconds_text(double seconds);
