@@ -31,7 +31,7 @@ from chorus.kernel.comms import COMM_TYPES, CommMessage, CommRouter
 from chorus.kernel.displays import DisplayMerger
 from chorus.kernel.labels import format_ranks, label_line, tagged
 from chorus.kernel.output import OutputMerger
-from chorus.kernel.ranks import Message, RankSet
+from chorus.kernel.ranks import INTERRUPT_DELIVERY_WAIT, Message, Rank, RankSet
 from chorus.kernel.stdin import InputBroker
 
 from chorus.launch.process import describe_exit
@@ -377,7 +377,9 @@ class Engine:
         self._broker = broker
         try:
             # An interrupt of the last cell must land before this one starts.
-            await self.ranks.interrupts_delivered()
+            late = await self.ranks.interrupts_delivered()
+            if late:
+                shown.stream("stderr", _late_interrupt_notice(late))
             for rank in targets:
                 evaluate_here = expressions_everywhere or rank == min(targets)
                 expressions = user_expressions if evaluate_here else {}
@@ -654,6 +656,17 @@ class Engine:
 
 
 _NUMBER = re.compile(r"\d+")
+
+
+def _late_interrupt_notice(late: Sequence[Rank]) -> str:
+    """What the cell says when the last interrupt has not reached some ranks yet."""
+    ranks = format_ranks(r.rank for r in late)
+    hosts = ", ".join(dict.fromkeys(r.host for r in late))
+    return (
+        f"[chorus] the interrupt sent to ranks {ranks} ({hosts}) has not reached them after "
+        f"{INTERRUPT_DELIVERY_WAIT:g} s; this cell runs anyway, and the interrupt may still "
+        "stop it on those ranks\n"
+    )
 
 
 def _activity(snapshot: RankSnapshot) -> str:

@@ -52,6 +52,9 @@ Listener = Callable[[int, Message], None]
 
 # Seconds a rank kernel may take to start and answer kernel_info.
 START_TIMEOUT = 60.0
+# How long the next cell waits for the last interrupt to reach remote ranks:
+# a host that does not answer must not hold every later cell.
+INTERRUPT_DELIVERY_WAIT = 5.0
 
 
 class _SayReporter:
@@ -527,15 +530,22 @@ class RankSet:
             if ranks is None or rank.rank in ranks:
                 rank.interrupt()
 
-    async def interrupts_delivered(self, timeout: float = 10.0) -> None:
+    async def interrupts_delivered(self, timeout: float = INTERRUPT_DELIVERY_WAIT) -> list[Rank]:
         """Wait (up to ``timeout``) until every interrupt sent so far is pending in its rank.
 
         A remote rank's SIGINT travels as a ``kill`` over ssh; one still on its
         way when the next cell starts would interrupt that cell instead.
+        Returns the ranks whose interrupt is still on its way (their host does
+        not answer); it goes on and may still land.
         """
-        pending = [r.manager.rank_provisioner.signals_delivered() for r in self.ranks]
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*pending), timeout)
+        if not self.ranks:
+            return []
+        waits = {
+            asyncio.ensure_future(r.manager.rank_provisioner.signals_delivered()): r
+            for r in self.ranks
+        }
+        _, pending = await asyncio.wait(waits, timeout=timeout)
+        return sorted((waits[task] for task in pending), key=lambda r: r.rank)
 
     def dead(self) -> list[Rank]:
         """Ranks whose process has exited."""

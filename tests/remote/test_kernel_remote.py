@@ -7,7 +7,9 @@ shutdown.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import KernelManager
 
-from testbed.emulated_hosts import EmulatedHosts
+from testbed.emulated_hosts import EmulatedHosts, Host
 from tests.kernel.conftest import _KERNELS, _PREFIX, Frontend, running_kernel
 from tests.kernel.debug_client import DebugClient, top_frames
 from tests.remote.test_launch_remote import assert_no_orphans, job_processes
@@ -106,6 +108,67 @@ def test_an_interrupt_of_remote_ranks_never_reaches_the_next_cell(remote_kernel:
         after = remote_kernel.run("print(chorus.all_sum(np.ones(1)).tolist())", timeout=20)
         assert after.status == "ok", (trial, after)
         assert after.stdout.splitlines() == ["[0-3] [4.0]"], (trial, after)
+
+
+def _sshd_sessions(host: Host) -> list[int]:
+    """The host's sshd processes that serve connections (not its listener)."""
+    found = []
+    for pid in host.pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if cmdline.startswith(b"sshd") and b"-D" not in cmdline:
+            found.append(pid)
+    return found
+
+
+def test_an_interrupt_that_cannot_reach_a_host_is_named_in_the_next_cell(
+    remote_kernel: Frontend, switch_hosts: EmulatedHosts
+) -> None:
+    # h2's ssh sessions stop answering (SIGSTOP) just before the interrupt:
+    # its `kill` cannot get there. The next cell waits for it, then says so
+    # and runs; once h2 answers again, the kernel works on every rank.
+    h2 = next(h for h in switch_hosts.hosts if h.name == "h2")
+    frozen: list[int] = []
+
+    def freeze_h2_then_interrupt() -> None:
+        frozen.extend(_sshd_sessions(h2))
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        remote_kernel.manager.interrupt_kernel()
+
+    try:
+        run = remote_kernel.run(
+            "import time\nif rank < 2:\n    time.sleep(60)\n",
+            timeout=30,
+            on_start=freeze_h2_then_interrupt,
+        )
+        assert frozen, "no ssh session on h2"
+        assert any(e["ename"] == "KeyboardInterrupt" for e in run.errors), run
+        msg_id = remote_kernel.client.execute("print('next', rank)")
+        text = ""
+        deadline = time.monotonic() + 20
+        while "has not reached them" not in text:
+            assert time.monotonic() < deadline, text
+            for msg in remote_kernel._iopub_batch():
+                if (
+                    msg["parent_header"].get("msg_id") == msg_id
+                    and msg["header"]["msg_type"] == "stream"
+                ):
+                    text += msg["content"]["text"]
+        assert "the interrupt sent to ranks [2,3] (h2) has not reached them after 5 s" in text
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    while True:
+        reply = remote_kernel.client.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    remote_kernel._iopub_batch()
+    after = remote_kernel.run("print(chorus.all_sum(np.ones(1)).tolist())", timeout=30)
+    assert after.stdout.splitlines() == ["[0-3] [4.0]"], after
 
 
 def test_status_names_the_hosts(remote_kernel: Frontend, switch_hosts: EmulatedHosts) -> None:
