@@ -110,6 +110,21 @@ def test_an_interrupt_of_remote_ranks_never_reaches_the_next_cell(remote_kernel:
         assert after.stdout.splitlines() == ["[0-3] [4.0]"], (trial, after)
 
 
+def _streamed_until(frontend: Frontend, msg_id: str, words: str, within: float) -> str:
+    """The cell's stream output so far, read until it holds ``words``."""
+    text = ""
+    deadline = time.monotonic() + within
+    while words not in text:
+        assert time.monotonic() < deadline, text
+        for msg in frontend._iopub_batch():
+            if (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["header"]["msg_type"] == "stream"
+            ):
+                text += msg["content"]["text"]
+    return text
+
+
 def _sshd_sessions(host: Host) -> list[int]:
     """The host's sshd processes that serve connections (not its listener)."""
     found = []
@@ -147,16 +162,7 @@ def test_an_interrupt_that_cannot_reach_a_host_is_named_in_the_next_cell(
         assert frozen, "no ssh session on h2"
         assert any(e["ename"] == "KeyboardInterrupt" for e in run.errors), run
         msg_id = remote_kernel.client.execute("print('next', rank)")
-        text = ""
-        deadline = time.monotonic() + 20
-        while "has not reached them" not in text:
-            assert time.monotonic() < deadline, text
-            for msg in remote_kernel._iopub_batch():
-                if (
-                    msg["parent_header"].get("msg_id") == msg_id
-                    and msg["header"]["msg_type"] == "stream"
-                ):
-                    text += msg["content"]["text"]
+        text = _streamed_until(remote_kernel, msg_id, "has not reached them", within=20)
         assert "the interrupt sent to ranks [2,3] (h2) has not reached them after 5 s" in text
     finally:
         for pid in frozen:
@@ -226,16 +232,7 @@ def test_a_stall_on_remote_ranks_is_reported_in_the_cell(remote_kernel: Frontend
     remote_kernel.run("chorus.init()\nchorus.barrier()")
     cell = "if rank == 3:\n    chorus.barrier()\n"
     msg_id = remote_kernel.client.execute(cell)
-    deadline = time.monotonic() + 30
-    text = ""
-    while "the cell goes on waiting" not in text:
-        assert time.monotonic() < deadline, text
-        for msg in remote_kernel._iopub_batch():
-            if (
-                msg["parent_header"].get("msg_id") == msg_id
-                and msg["header"]["msg_type"] == "stream"
-            ):
-                text += msg["content"]["text"]
+    text = _streamed_until(remote_kernel, msg_id, "the cell goes on waiting", within=30)
     assert "verdict: rank 3 waits in barrier #" in text, text
     assert "which ranks 0-2 never made" in text, text
     remote_kernel.manager.interrupt_kernel()
