@@ -17,6 +17,7 @@ TEST(HierHosts, PackedHostsInRankOrder) {
   EXPECT_EQ(l.host_of, (std::vector<int>{0, 0, 1, 1, 1}));
   EXPECT_EQ(l.local_index, (std::vector<int>{0, 1, 0, 1, 2}));
   EXPECT_EQ(l.cross_groups, 2);  // rank 4 joins none
+  EXPECT_EQ(l.fullest, 3u);
   EXPECT_TRUE(l.mixed());
 }
 
@@ -30,6 +31,7 @@ TEST(HierHosts, InterleavedRanksKeepTheirHosts) {
 TEST(HierHosts, OneRankAloneMeansOneCrossGroup) {
   const HostLayout l = layout_hosts({"a", "b", "b", "c", "c", "c"});
   EXPECT_EQ(l.cross_groups, 1);
+  EXPECT_EQ(l.fullest, 3u);
   EXPECT_TRUE(l.mixed());
 }
 

@@ -287,8 +287,7 @@ void HierGroup::reduce_scatter(const CallDesc& desc, const void* in, void* out) 
   const size_t es = dtype_size(desc.dtype);
   const size_t per_rank = static_cast<size_t>(desc.count) / static_cast<size_t>(size());
   const size_t block = per_rank * es;
-  size_t widest = 0;
-  for (const auto& h : layout_.hosts) widest = std::max(widest, h.size());
+  const size_t widest = layout_.fullest;
   const int m = cross_parts(desc.nbytes());
   const size_t on_host = layout_.hosts[host_].size();
   char* sum = kept(sum_, local_ != nullptr ? desc.nbytes() : 0);
@@ -344,8 +343,7 @@ void HierGroup::all_gather(const CallDesc& desc, const void* in, void* out) {
   const size_t es = dtype_size(desc.dtype);
   const size_t per_rank = desc.nbytes();
   const size_t hosts = layout_.hosts.size();
-  size_t widest = 0;  // ranks on the fullest host: every host's part is padded to it
-  for (const auto& h : layout_.hosts) widest = std::max(widest, h.size());
+  const size_t widest = layout_.fullest;  // every host's part is padded to it
   const size_t units = widest * static_cast<size_t>(desc.count);  // of one host's part
   const int m = cross_parts(units * es);
   // This host's ranks' inputs, then every host's part, slice j of all hosts

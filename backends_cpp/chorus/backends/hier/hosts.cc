@@ -27,6 +27,7 @@ HostLayout layout_hosts(const std::vector<std::string>& keys) {
   layout.cross_groups = n == 0 ? 0 : n;
   for (const auto& h : layout.hosts) {
     layout.cross_groups = std::min(layout.cross_groups, static_cast<int>(h.size()));
+    layout.fullest = std::max(layout.fullest, h.size());
   }
   return layout;
 }

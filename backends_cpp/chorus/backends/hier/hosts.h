@@ -2,6 +2,7 @@
 // sub-groups over them.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@ struct HostLayout {
   // Cross groups: group j joins the j-th rank of every host, for j below
   // the fewest ranks any host has, so that each spans every host.
   int cross_groups = 0;
+  size_t fullest = 0;  // ranks on the host with the most
 
   // Whether a hierarchical group is worth it: several hosts, and some host
   // with several ranks.

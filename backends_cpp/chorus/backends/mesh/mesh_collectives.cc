@@ -204,20 +204,20 @@ void MeshGroup::reduce_scatter_pieces(const CallDesc& desc, const std::vector<al
       algo::mesh_reduce_scatter(*this, blocks, kernel, elem, segment_bytes_, src, dst);
       return;
     }
-    // The record carries every block, one after another: rank b's from
-    // offset `at[b]`.
+    // The record carries every block, one after another: rank b's is
+    // [at[b], at[b + 1]).
     std::vector<uint8_t> packed;
-    std::vector<size_t> at;
+    std::vector<size_t> at = {0};
     for (const algo::Pieces& block : blocks) {
-      at.push_back(packed.size());
       for (const algo::Block& piece : block) {
         packed.insert(packed.end(), src + piece.offset, src + piece.offset + piece.length);
       }
+      at.push_back(packed.size());
     }
     CHORUS_CHECK(packed.size() == nbytes, "the blocks hold the call's elements");
     auto records = agree(desc, packed.data(), nbytes);
     const size_t mine = at[config_.rank];
-    const size_t length = (config_.rank + 1 < config_.size ? at[config_.rank + 1] : nbytes) - mine;
+    const size_t length = at[config_.rank + 1] - mine;
     std::vector<const uint8_t*> parts;
     for (const auto& r : records) parts.push_back(record_payload(r) + mine);
     algo::reduce_in_rank_order(kernel, parts, length / elem, elem, dst);
