@@ -120,9 +120,10 @@ def test_split_across_and_inside_hosts(ranks: RankRunner) -> None:
         assert "OK" in result.stdout
 
 
-# Elements of float32 per call: 8 B cross between hosts in one exchange of
-# cross group 0 (the others sit it out), 8 MiB in every cross group.
-CALL_SIZES = {"small": 2, "large": 1 << 21}
+# Elements of float32 per call (a multiple of the 4 ranks, for sum_scatter):
+# 16 B cross between hosts in one exchange of cross group 0 (the others sit
+# it out), 8 MiB in every cross group.
+CALL_SIZES = {"small": 4, "large": 1 << 21}
 
 
 @pytest.mark.parametrize("size", CALL_SIZES)
@@ -131,6 +132,8 @@ def test_ctrl_c_to_every_rank_inside_calls_then_it_works(
 ) -> None:
     # As the kernel does: SIGINT to every rank at once, again and again, each
     # time during calls (the ranks are in different phases when it lands).
+    # all_sum and sum_scatter alternate: they keep separate working buffers
+    # and phases, but one call count.
     marks = tmp_path / "marks"
     code = f"""
     import time, numpy as np, chorus
@@ -144,8 +147,10 @@ def test_ctrl_c_to_every_rank_inside_calls_then_it_works(
     for trial in range({{TRIALS}}):
         try:
             marked = False
+            x = np.ones({{COUNT}}, np.float32)
             while True:
-                chorus.all_sum(np.ones({{COUNT}}, np.float32))
+                chorus.all_sum(x)
+                chorus.sum_scatter(x)
                 if not marked:
                     mark(f"in{{trial}}.{{r}}")
                     marked = True
@@ -157,6 +162,8 @@ def test_ctrl_c_to_every_rank_inside_calls_then_it_works(
             time.sleep(0.3)
         x = chorus.all_sum(np.ones(3) * r)
         assert x.tolist() == [n * (n - 1) / 2] * 3, x
+        part = chorus.sum_scatter(np.arange(2 * n) * (r + 1))
+        assert part.tolist() == [q * n * (n + 1) // 2 for q in (2 * r, 2 * r + 1)], part
         print("AFTER", trial, flush=True)
         mark(f"after{{trial}}.{{r}}")
     """.replace("{TRIALS}", "6").replace("{COUNT}", str(CALL_SIZES[size]))
