@@ -232,6 +232,12 @@ TEST(Mesh, DescriptorMismatchRaisesOnEveryRankAndNextCallWorks) {
                 << what;
             EXPECT_TRUE(contains(what, "ranks 0,1 have all_sum of " + std::to_string(base)))
                 << what;
+            // The cause is the disagreement alone, what a hierarchical group
+            // words its own error from; the message ends with it.
+            const std::string& cause = e.cause();
+            EXPECT_FALSE(contains(cause, "[chorus") || contains(cause, "disagree")) << cause;
+            EXPECT_TRUE(contains(cause, "rank 2 has all_sum")) << cause;
+            EXPECT_EQ(what.substr(what.size() - cause.size()), cause);
           }
           std::vector<double> ok(base, rank);
           ops::all_reduce(*g, make_desc(Collective::AllReduce, ReduceOp::Max, Dtype::Float64, base),
@@ -355,7 +361,7 @@ TEST(Mesh, InterruptedCollectiveAbortsEveryoneAndNextCallWorks) {
   set_interrupt_hook(test_interrupt_hook);
   for (int n : {2, 4}) {
     const size_t count = 8 * 1000 * 1000;  // 32 MB, 4 KiB segments: long enough to be interrupted
-    std::vector<std::string> first(n);
+    std::vector<std::string> first(n), causes(n);
     auto errors = run_ranks(
         n,
         [&](int rank, GroupPtr& g) {
@@ -379,6 +385,7 @@ TEST(Mesh, InterruptedCollectiveAbortsEveryoneAndNextCallWorks) {
             first[rank] = "interrupted";
           } catch (const PeerError& e) {
             first[rank] = e.what();
+            causes[rank] = e.cause();
           }
           t_interrupt_armed = false;
           for (int round = 0; round < 2; ++round) {
@@ -398,6 +405,8 @@ TEST(Mesh, InterruptedCollectiveAbortsEveryoneAndNextCallWorks) {
       EXPECT_TRUE(contains(first[r], "rank 1 (127.0.0.1:")) << "rank " << r << ": " << first[r];
       EXPECT_TRUE(contains(first[r], "was interrupted during all_sum"))
           << "rank " << r << ": " << first[r];
+      // Without the group's prefix and "all_sum aborted: ": the forwarded words.
+      EXPECT_EQ(causes[r].rfind("rank 1 (127.0.0.1:", 0), 0u) << causes[r];
     }
     EXPECT_GE(raised, 1);
   }

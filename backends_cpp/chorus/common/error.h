@@ -10,10 +10,26 @@
 
 namespace chorus {
 
+// An error's words in two parts: where it happened (a group's prefix, and
+// the call when it frames what follows: "all_sum aborted: ") and what
+// happened. A group that runs others as its phases (hier) words its own
+// error from their cause, never by cutting their text.
+struct Said {
+  std::string where;
+  std::string what;
+};
+
 // Base of everything chorus throws.
 class Error : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit Error(const std::string& message) : std::runtime_error(message), cause_(message) {}
+  explicit Error(const Said& said)
+      : std::runtime_error(said.where + said.what), cause_(said.what) {}
+  // What happened: the message without its where (all of it when it has none).
+  const std::string& cause() const { return cause_; }
+
+ private:
+  std::string cause_;
 };
 
 // Why a call failed, as data: the bindings and Python decide by it, never by
@@ -53,6 +69,8 @@ class PeerError : public Error {
  public:
   explicit PeerError(const std::string& message, Failure failure = {})
       : Error(message), failure_(std::move(failure)) {}
+  explicit PeerError(const Said& said, Failure failure = {})
+      : Error(said), failure_(std::move(failure)) {}
   const Failure& failure() const { return failure_; }
   Failure& failure() { return failure_; }
 
@@ -65,6 +83,8 @@ class PeerTimeout : public PeerError {
  public:
   explicit PeerTimeout(const std::string& message, Failure failure = {Reason::Timeout})
       : PeerError(message, std::move(failure)) {}
+  explicit PeerTimeout(const Said& said, Failure failure = {Reason::Timeout})
+      : PeerError(said, std::move(failure)) {}
 };
 
 // Shape, dtype, rank or size mismatch, or a bad argument (Python: ValueError).

@@ -97,23 +97,6 @@ std::vector<shm::ShmGroup::Block> HierGroup::blocks(size_t total, size_t unit, s
   return out;
 }
 
-std::string HierGroup::without_prefix(const std::string& text, Phase phase) const {
-  // What a sub-group prefixes its messages with (ErrorContext::prefix()),
-  // then the "all_sum aborted: " of a forwarded failure or the words the
-  // cause below says again.
-  const bool cross = phase == Phase::Cross;
-  const int rank = cross ? host_ : local_index_;
-  const int size = cross ? static_cast<int>(layout_.hosts.size())
-                         : static_cast<int>(layout_.hosts[host_].size());
-  const ErrorContext sub{cross ? "mesh" : "shm", rank, size, options_.hostname};
-  std::string rest = text;
-  for (const std::string& head :
-       {sub.prefix(), op_ + " aborted: ", op_ + ": ranks disagree on the call: "}) {
-    if (rest.rfind(head, 0) == 0) rest = rest.substr(head.size());
-  }
-  return rest;
-}
-
 HierGroup::Caught HierGroup::caught(Phase phase) const {
   auto to_rank = [&](int culprit) {
     if (culprit <= -2) return -2 - culprit;
@@ -142,14 +125,14 @@ HierGroup::Caught HierGroup::caught(Phase phase) const {
               (phase == Phase::Cross
                    ? "the hosts disagree on the call: "
                    : "ranks " + ranks + " on host " + keys_[rank()] + " disagree on the call: ") +
-              without_prefix(e.what(), phase);
+              e.cause();
   } catch (const PeerError& e) {
     c.failure = e.failure();
     c.failure.culprit = to_rank(e.failure().culprit);
     c.detail = e.what();
     // The sub-group's words name ranks as this group does (show_ranks);
     // they lead with the culprit's address and what it did.
-    const std::string said = without_prefix(e.what(), phase);
+    const std::string& said = e.cause();
     const std::string lead = who(c.failure.culprit) + " " + what_it_did(c.failure.reason, op_);
     const bool plain = c.failure.reason == Reason::Late || c.failure.reason == Reason::Mismatch;
     c.cause = plain || said.rfind(lead, 0) == 0 ? said : lead + " (" + said + ")";
@@ -166,22 +149,22 @@ HierGroup::Caught HierGroup::caught(Phase phase) const {
 
 void HierGroup::rethrow(const Caught& c) const {
   const std::string call = op_ + " #" + std::to_string(calls_);
-  const std::string text = c.failure.reason == Reason::Late
-                               ? ctx_.prefix() + c.cause
-                               : ctx_.prefix() + call + " failed: " + c.cause;
+  const Said text{
+      c.failure.reason == Reason::Late ? ctx_.prefix() : ctx_.prefix() + call + " failed: ",
+      c.cause};
   try {
     throw;
   } catch (const Interrupted&) {
     throw;  // the bindings raise the handler's exception (KeyboardInterrupt)
   } catch (const DtypeError&) {
-    throw DtypeError(ctx_.prefix() + c.cause);
+    throw DtypeError(Said{ctx_.prefix(), c.cause});
   } catch (const UsageError&) {
-    throw UsageError(ctx_.prefix() + c.cause);
+    throw UsageError(Said{ctx_.prefix(), c.cause});
   } catch (const PeerTimeout&) {
     throw PeerTimeout(text, c.failure);
   } catch (const PeerError&) {
     // Another host's ranks disagreed on the call: as they do, a usage error.
-    if (c.failure.reason == Reason::Mismatch) throw UsageError(ctx_.prefix() + c.cause);
+    if (c.failure.reason == Reason::Mismatch) throw UsageError(Said{ctx_.prefix(), c.cause});
     throw PeerError(text, c.failure);
   }
 }

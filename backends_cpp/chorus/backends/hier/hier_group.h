@@ -98,9 +98,6 @@ class HierGroup final : public GroupImpl {
   int cross_parts(size_t cross_bytes) const;
   // The exception being handled, thrown in `phase`, as data.
   Caught caught(Phase phase) const;
-  // `text` of a sub-group's error without its prefix (which numbers ranks
-  // its own way) and without "<op> aborted: ".
-  std::string without_prefix(const std::string& text, Phase phase) const;
   // Throws the exception being handled again in this group's terms.
   [[noreturn]] void rethrow(const Caught& c) const;
   // A cross-phase descriptor: block `count` of `desc`'s data, `dtype` units;

@@ -28,8 +28,8 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
     if (a.call == calls_.index() &&
         !calls_.skip_aborted(a.abandoned ? std::optional<Reason>(a.reason) : std::nullopt)) {
       if (a.abandoned) {
-        throw LinkFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, false,
-                          a.reason);
+        throw LinkFailure(a.culprit, Said{ctx_.prefix() + op_ + " aborted: ", a.text}, a.text,
+                          false, a.reason);
       }
       throw calls_.late(a.culprit, op_, ctx_.prefix(), a.text);
     }
@@ -37,7 +37,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
   if (pending_abort_) {
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
-    throw LinkFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, true,
+    throw LinkFailure(a.culprit, Said{ctx_.prefix() + op_ + " aborted: ", a.text}, a.text, true,
                       a.reason);
   }
   record_ = std::move(record);
@@ -113,7 +113,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
           const std::string text = "protocol error: " + who(p) + " sent a " +
                                    tcp::frame_type_name(f.type) + " frame at the start of " + op_ +
                                    " (are all ranks calling the same operations?)";
-          throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
+          throw LinkFailure(p, Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
         }
         if (f.aux0 < calls_.index()) {
           // p is behind, in a call this rank has left: it learns so from our
@@ -130,7 +130,8 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
           peer.coll.push_front(std::move(f));
           const std::string why = who(p) + " has left it for call #" + std::to_string(theirs);
           if (!calls_.skip_aborted()) {
-            throw LateEntrant(ctx_.prefix() + calls_.late_text(op_, why), Failure{Reason::Late, p});
+            throw LateEntrant(Said{ctx_.prefix(), calls_.late_text(op_, why)},
+                              Failure{Reason::Late, p});
           }
           // Interrupted on the way: this call is p's next one. Start the
           // round again under the new index; what we sent is stale for all.

@@ -75,10 +75,10 @@ void MeshGroup::connect_initial() {
         // Not answering yet: try the others, then this one again.
       } catch (const tcp::SocketError& e) {
         if (!transient(e.err())) {
-          throw PeerError(ctx_.prefix() + "connecting to " + who(p) + " failed: " + e.what());
+          throw PeerError(Said{ctx_.prefix(), "connecting to " + who(p) + " failed: " + e.what()});
         }
       } catch (const PeerError& e) {
-        throw PeerError(ctx_.prefix() + "connecting to " + who(p) + " failed: " + e.what());
+        throw PeerError(Said{ctx_.prefix(), "connecting to " + who(p) + " failed: " + e.what()});
       }
       ++it;
     }
@@ -101,7 +101,8 @@ void MeshGroup::connect_initial() {
           ++missing;
         }
       }
-      throw PeerTimeout(ctx_.prefix() + text + " within " + limit + never_joined_hint(missing));
+      throw PeerTimeout(
+          Said{ctx_.prefix(), text + " within " + limit + never_joined_hint(missing)});
     }
     pollfd wake{acceptor_->wake_fd(), POLLIN, 0};
     tcp::poll_slice(&wake, 1, std::min(deadline, Clock::now() + std::chrono::milliseconds(50)));
@@ -205,7 +206,7 @@ void MeshGroup::report_gone(int p) {
     }
     text += " are gone (their listeners refuse connections) during " + op_;
   }
-  throw LinkFailure(p, ctx_.prefix() + text,
+  throw LinkFailure(p, Said{ctx_.prefix(), text},
                     text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
 }
 
@@ -227,7 +228,7 @@ bool MeshGroup::recover(int p) {
     if (!silent && in_call_ && kind_ == Kind::Collective) {
       text += last_call_text(peers_[p].last_call, calls_.index());
     }
-    throw LinkFailure(p, ctx_.prefix() + text,
+    throw LinkFailure(p, Said{ctx_.prefix(), text},
                       text + " (seen by rank " + std::to_string(config_.rank) + ")", false,
                       tcp_reconnect_reason(e));
   }

@@ -70,10 +70,11 @@ void MeshGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int tag) {
       if (msg->dtype <= static_cast<uint8_t>(kLastDtype)) {
         sent_type = dtype_name(static_cast<Dtype>(msg->dtype));
       }
-      throw UsageError(ctx_.prefix() + "recv from " + who(src) + " (tag " + std::to_string(tag) +
-                       "): it sent " + std::to_string(msg->nbytes) + " bytes of " + sent_type +
-                       ", this rank expected " + std::to_string(nbytes) + " bytes of " +
-                       dtype_name(dtype) + " (the message is dropped)");
+      throw UsageError(
+          Said{ctx_.prefix(), "recv from " + who(src) + " (tag " + std::to_string(tag) +
+                                  "): it sent " + std::to_string(msg->nbytes) + " bytes of " +
+                                  sent_type + ", this rank expected " + std::to_string(nbytes) +
+                                  " bytes of " + dtype_name(dtype) + " (the message is dropped)"});
     }
     msg->copy_to(buf);
   });

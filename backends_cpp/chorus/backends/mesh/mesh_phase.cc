@@ -30,7 +30,7 @@ void MeshGroup::abandon(const char* op, int culprit, Reason reason, const std::s
       }
       fail_links(culprit, text, false, reason, /*abandoned=*/true);
       // The aborts are out: leave as a late entrant does (no more to send).
-      throw LateEntrant(ctx_.prefix() + op + " aborted: " + text, Failure{reason, culprit});
+      throw LateEntrant(Said{ctx_.prefix() + op + " aborted: ", text}, Failure{reason, culprit});
     });
   } catch (const PeerError&) {
     // Expected: the hierarchical call raises its own error.

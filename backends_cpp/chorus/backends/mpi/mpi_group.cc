@@ -99,9 +99,10 @@ void MpiGroup::run(const char* op, Body&& body) {
   op_ = op;
   auto lock = runtime_.call_lock();
   if (released_) {
-    throw UsageError(ctx_.prefix() + op_ +
-                     ": MPI has been shut down (chorus finalises it at interpreter exit), so "
-                     "this group can no longer communicate");
+    throw UsageError(Said{
+        ctx_.prefix(), op_ +
+                           ": MPI has been shut down (chorus finalises it at interpreter exit), so "
+                           "this group can no longer communicate"});
   }
   reap_sends();
   body();
@@ -109,7 +110,8 @@ void MpiGroup::run(const char* op, Body&& body) {
 
 void MpiGroup::check(int rc, const char* call) const {
   if (rc == 0) return;
-  throw PeerError(ctx_.prefix() + call + " in " + op_ + " failed: " + api_.error_string(rc));
+  throw PeerError(
+      Said{ctx_.prefix(), std::string(call) + " in " + op_ + " failed: " + api_.error_string(rc)});
 }
 
 size_t MpiGroup::chunk_elems(size_t elem_size) const {
@@ -131,8 +133,8 @@ void MpiGroup::agree(const CallDesc& desc) {
     same = same && descs[r] == descs[0];
   }
   if (!same) {
-    throw UsageError(ctx_.prefix() + op_ +
-                     ": ranks disagree on the call: " + disagreement(descs, describe));
+    throw UsageError(Said{ctx_.prefix() + op_ + ": ranks disagree on the call: ",
+                          disagreement(descs, describe)});
   }
   recorder().agreed();
 }
@@ -261,9 +263,9 @@ void MpiGroup::post_send(std::vector<uint8_t> bytes, int dst, int tag) {
 void MpiGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst, int tag) {
   run("send", [&] {
     if (tag > tag_ub_) {
-      throw UsageError(ctx_.prefix() + "send: tag " + std::to_string(tag) +
-                       " is above this MPI's largest tag (MPI_TAG_UB = " + std::to_string(tag_ub_) +
-                       ")");
+      throw UsageError(Said{ctx_.prefix(), "send: tag " + std::to_string(tag) +
+                                               " is above this MPI's largest tag (MPI_TAG_UB = " +
+                                               std::to_string(tag_ub_) + ")"});
     }
     MessageHeader header{};
     header.nbytes = nbytes;
@@ -290,15 +292,16 @@ void MpiGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst, int ta
 void MpiGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int tag) {
   run("recv", [&] {
     if (tag > tag_ub_) {
-      throw UsageError(ctx_.prefix() + "recv: tag " + std::to_string(tag) +
-                       " is above this MPI's largest tag (MPI_TAG_UB = " + std::to_string(tag_ub_) +
-                       ")");
+      throw UsageError(Said{ctx_.prefix(), "recv: tag " + std::to_string(tag) +
+                                               " is above this MPI's largest tag (MPI_TAG_UB = " +
+                                               std::to_string(tag_ub_) + ")"});
     }
     const Datatype byte = api_.constants().byte;
     const std::string from = "rank " + std::to_string(src);
     auto protocol_error = [&](const std::string& what) {
-      return PeerError(ctx_.prefix() + "recv from " + from + " (tag " + std::to_string(tag) +
-                       "): protocol error: " + what + " (is it calling send() with the same tag?)");
+      return PeerError(Said{ctx_.prefix(), "recv from " + from + " (tag " + std::to_string(tag) +
+                                               "): protocol error: " + what +
+                                               " (is it calling send() with the same tag?)"});
     };
     // The size of the next message from src with this tag.
     auto next_size = [&]() {
@@ -343,10 +346,10 @@ void MpiGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int tag) {
       }
     }
     if (!match) {
-      throw UsageError(ctx_.prefix() + "recv from " + from + ": it sent " +
-                       std::to_string(header.nbytes) + " bytes of " + dtype_text(header.dtype) +
-                       ", this rank expected " + std::to_string(nbytes) + " bytes of " +
-                       dtype_name(dtype));
+      throw UsageError(Said{ctx_.prefix(),
+                            "recv from " + from + ": it sent " + std::to_string(header.nbytes) +
+                                " bytes of " + dtype_text(header.dtype) + ", this rank expected " +
+                                std::to_string(nbytes) + " bytes of " + dtype_name(dtype)});
     }
   });
 }

@@ -86,22 +86,24 @@ void RingGroup::connect_initial() {
   try {
     connect_right(right_deadline, true);
   } catch (const PeerTimeout& e) {
-    throw PeerTimeout(ctx_.prefix() + who(right()) + " did not accept a connection within " +
-                      right_limit + " (" + e.what() + ")" + hint(right()));
+    throw PeerTimeout(Said{ctx_.prefix(), who(right()) + " did not accept a connection within " +
+                                              right_limit + " (" + e.what() + ")" + hint(right())});
   } catch (const PeerError& e) {
     if (Clock::now() >= right_deadline) {
-      throw PeerTimeout(ctx_.prefix() + who(right()) + " did not accept a connection within " +
-                        right_limit + " (" + e.what() + ")" + hint(right()));
+      throw PeerTimeout(Said{ctx_.prefix(), who(right()) + " did not accept a connection within " +
+                                                right_limit + " (" + e.what() + ")" +
+                                                hint(right())});
     }
-    throw PeerError(ctx_.prefix() + "connecting to " + who(right()) + " failed: " + e.what());
+    throw PeerError(Said{ctx_.prefix(), "connecting to " + who(right()) + " failed: " + e.what()});
   }
   CHORUS_LOG(config_.verbose, ctx_.prefix(), "connected to ", who(right()), "; waiting for ",
              who(left()));
   const auto left_deadline = deadline_after(patience(left()));
   while (!install_left()) {
     if (Clock::now() >= left_deadline) {
-      throw PeerTimeout(ctx_.prefix() + who(left()) + " did not connect within " +
-                        tcp::seconds_text(patience(left())) + hint(left()));
+      throw PeerTimeout(Said{ctx_.prefix(), who(left()) + " did not connect within " +
+                                                tcp::seconds_text(patience(left())) +
+                                                hint(left())});
     }
     pollfd wake{acceptor_->wake_fd(), POLLIN, 0};
     tcp::poll_slice(&wake, 1, left_deadline);
@@ -159,7 +161,7 @@ void RingGroup::probe_left() {
   if (!listener_refuses(config_.hosts[left()].front(), std::chrono::milliseconds(500))) return;
   const std::string text = who(left()) + " is gone (its listener refuses connections) during " +
                            op_ + where_was(Side::Left);
-  throw LinkFailure(left(), ctx_.prefix() + text,
+  throw LinkFailure(left(), Said{ctx_.prefix(), text},
                     text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
 }
 
@@ -182,7 +184,7 @@ bool RingGroup::recover(Side side) {
                              (silent ? " is unreachable (no answer to a reconnection) during "
                                      : " could not be reconnected during ") +
                              op_ + ": " + e.what() + (silent ? "" : where_was(Side::Right));
-    throw LinkFailure(right(), ctx_.prefix() + text,
+    throw LinkFailure(right(), Said{ctx_.prefix(), text},
                       text + " (seen by rank " + std::to_string(config_.rank) + ")", gone,
                       tcp_reconnect_reason(e));
   }
@@ -257,7 +259,7 @@ void RingGroup::check_links() {
         }
         if (call < calls_.index() && fatal) {
           // A rank died in a call we had finished: the ring cannot recover.
-          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, true,
+          throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, text, true,
                             w.reason);
         }
         if (call < calls_.index()) {
@@ -269,7 +271,7 @@ void RingGroup::check_links() {
           if (!tolerant_[s]) {
             const std::string t =
                 who(p) + " closed its link during " + op_ + " (after an earlier failure)";
-            throw LinkFailure(p, ctx_.prefix() + t, t);
+            throw LinkFailure(p, Said{ctx_.prefix(), t}, t);
           }
         } else if (call > calls_.index()) {
           // It failed in a call we have not reached yet: raise there.
@@ -277,7 +279,7 @@ void RingGroup::check_links() {
           l = Link();
           need_[s] = true;
         } else {
-          throw LinkFailure(culprit, ctx_.prefix() + op_ + " aborted: " + text, text, fatal,
+          throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, text, fatal,
                             w.reason);
         }
         break;
@@ -298,15 +300,15 @@ void RingGroup::check_links() {
         const uint64_t got = l.bytes_received() - rx_start_[s];
         const LostLink lost = lost_link(who(p), op_, l);
         throw LinkFailure(p,
-                          ctx_.prefix() + lost.text + " (after " + std::to_string(got) +
-                              " bytes received from it in this call)",
+                          Said{ctx_.prefix(), lost.text + " (after " + std::to_string(got) +
+                                                  " bytes received from it in this call)"},
                           lost.text + " (seen by rank " + std::to_string(config_.rank) + ")", true,
                           lost.reason);
       }
       case Link::State::Protocol: {
         const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " +
                                  l.failure_text() + " (are all ranks calling the same operations?)";
-        throw LinkFailure(p, ctx_.prefix() + text, text, false, Reason::Protocol);
+        throw LinkFailure(p, Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
       }
     }
   }
@@ -379,8 +381,8 @@ void RingGroup::start_call() {
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
     if (a.call == calls_.index()) {
-      throw LinkFailure(a.culprit, ctx_.prefix() + op_ + " aborted: " + a.text, a.text, a.fatal,
-                        a.reason);
+      throw LinkFailure(a.culprit, Said{ctx_.prefix() + op_ + " aborted: ", a.text}, a.text,
+                        a.fatal, a.reason);
     }
   }
   bool synced[2] = {false, false};
@@ -420,7 +422,7 @@ void RingGroup::start_call() {
     const std::string why =
         who(peer(static_cast<Side>(s))) + " has left it for call #" + std::to_string(theirs);
     if (!calls_.skip_aborted()) {
-      throw LateEntrant(ctx_.prefix() + calls_.late_text(op_, why),
+      throw LateEntrant(Said{ctx_.prefix(), calls_.late_text(op_, why)},
                         Failure{Reason::Late, peer(static_cast<Side>(s))});
     }
     // Interrupted on the way: this call is the neighbours' next one; what
@@ -460,7 +462,7 @@ void RingGroup::start_call() {
             const std::string text = "protocol error: " + who(peer(side)) + " sent a " +
                                      tcp::frame_type_name(f->type) + " frame at the start of " +
                                      op_ + " (are all ranks calling the same operations?)";
-            throw LinkFailure(peer(side), ctx_.prefix() + text, text, false, Reason::Protocol);
+            throw LinkFailure(peer(side), Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
           }
           if (f->aux0 < calls_.index()) {
             // The neighbour is behind, in a call this rank has left: it learns
@@ -506,11 +508,12 @@ void RingGroup::wait_recv(Side from, uint64_t ticket) {
       check_links();
       if (!pending_abort_) {
         const LostLink lost = lost_link(who(peer(from)), op_, link(from));
-        throw LinkFailure(peer(from), ctx_.prefix() + lost.text, lost.text, false, lost.reason);
+        throw LinkFailure(peer(from), Said{ctx_.prefix(), lost.text}, lost.text, false,
+                          lost.reason);
       }
       const std::string text =
           "the link to " + who(peer(from)) + " closed during " + op_ + ": " + pending_abort_->text;
-      throw LinkFailure(peer(from), ctx_.prefix() + text, text, false, pending_abort_->reason);
+      throw LinkFailure(peer(from), Said{ctx_.prefix(), text}, text, false, pending_abort_->reason);
     }
     progress();
   }
@@ -523,13 +526,13 @@ std::vector<uint8_t> RingGroup::recv_bytes(Side from) {
       if (f->type != tcp::FrameType::Data) {
         const std::string text = "protocol error: " + who(peer(from)) + " sent a " +
                                  tcp::frame_type_name(f->type) + " frame during " + op_;
-        throw LinkFailure(peer(from), ctx_.prefix() + text, text, false, Reason::Protocol);
+        throw LinkFailure(peer(from), Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
       }
       return std::move(f->payload);
     }
     if (!link(from).up()) {
       const LostLink lost = lost_link(who(peer(from)), op_, link(from));
-      throw LinkFailure(peer(from), ctx_.prefix() + lost.text, lost.text, false, lost.reason);
+      throw LinkFailure(peer(from), Said{ctx_.prefix(), lost.text}, lost.text, false, lost.reason);
     }
     progress();
   }
@@ -629,7 +632,7 @@ void RingGroup::broadcast(const CallDesc& desc, void* buf) {
       if (r.size() != sizeof(WireDesc) + nbytes) {
         const std::string text = "protocol error: broadcast record of " + who(desc.root) + " has " +
                                  std::to_string(r.size()) + " bytes";
-        throw LinkFailure(desc.root, ctx_.prefix() + text, text, false, Reason::Protocol);
+        throw LinkFailure(desc.root, Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
       }
       if (!root && nbytes) std::memcpy(buf, record_payload(r), nbytes);
       return;
@@ -649,10 +652,11 @@ void RingGroup::barrier() {
 
 void RingGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst, int /*tag: always 0*/) {
   if (dst != left() && dst != right()) {
-    throw UsageError(ctx_.prefix() + "send to rank " + std::to_string(dst) +
-                     ": the ring backend only connects neighbours (ranks " +
-                     std::to_string(left()) + " and " + std::to_string(right()) +
-                     "); use the mesh backend for any-to-any send/recv");
+    throw UsageError(Said{ctx_.prefix(), "send to rank " + std::to_string(dst) +
+                                             ": the ring backend only connects neighbours (ranks " +
+                                             std::to_string(left()) + " and " +
+                                             std::to_string(right()) +
+                                             "); use the mesh backend for any-to-any send/recv"});
   }
   // N = 2: both neighbours are the same rank; sends go right, receives come
   // from the left, which is the same connection seen from the other end.
@@ -695,10 +699,11 @@ void RingGroup::send(const void* buf, size_t nbytes, Dtype dtype, int dst, int /
 
 void RingGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int /*tag: always 0*/) {
   if (src != left() && src != right()) {
-    throw UsageError(ctx_.prefix() + "recv from rank " + std::to_string(src) +
-                     ": the ring backend only connects neighbours (ranks " +
-                     std::to_string(left()) + " and " + std::to_string(right()) +
-                     "); use the mesh backend for any-to-any send/recv");
+    throw UsageError(Said{ctx_.prefix(), "recv from rank " + std::to_string(src) +
+                                             ": the ring backend only connects neighbours (ranks " +
+                                             std::to_string(left()) + " and " +
+                                             std::to_string(right()) +
+                                             "); use the mesh backend for any-to-any send/recv"});
   }
   const Side side = src == left() ? Side::Left : Side::Right;
   const int s = static_cast<int>(side);
@@ -723,7 +728,7 @@ void RingGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int /*tag: 
       const std::string text = "protocol error: expected a message from send() by " + who(src) +
                                ", got a " + tcp::frame_type_name(header->type) +
                                " frame (are both ranks calling matching operations?)";
-      throw LinkFailure(src, ctx_.prefix() + text, text, false, Reason::Protocol);
+      throw LinkFailure(src, Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
     }
     P2PHeader h;
     std::memcpy(&h, header->payload.data(), sizeof h);
@@ -744,10 +749,10 @@ void RingGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int /*tag: 
       if (h.dtype <= static_cast<uint8_t>(kLastDtype)) {
         sent_type = dtype_name(static_cast<Dtype>(h.dtype));
       }
-      throw UsageError(ctx_.prefix() + "recv from " + who(src) + ": it sent " +
-                       std::to_string(h.nbytes) + " bytes of " + sent_type +
-                       ", this rank expected " + std::to_string(nbytes) + " bytes of " +
-                       dtype_name(dtype));
+      throw UsageError(Said{ctx_.prefix(), "recv from " + who(src) + ": it sent " +
+                                               std::to_string(h.nbytes) + " bytes of " + sent_type +
+                                               ", this rank expected " + std::to_string(nbytes) +
+                                               " bytes of " + dtype_name(dtype)});
     }
   });
 }

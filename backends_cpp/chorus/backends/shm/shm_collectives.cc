@@ -82,10 +82,10 @@ void ShmGroup::begin_collective(const CallDesc& desc, std::optional<bool> on_the
   const int culprit = reporter.abort_culprit.load();
   recover(word);
   calls_ = 0;  // this call never ran in the new epoch
-  throw PeerError(prefix() + op_ + " #" + std::to_string(seq_) +
-                      " was aborted before this rank arrived (" + reason +
-                      "); the other ranks have moved on, so the next call works",
-                  failure(Reason::Late, culprit));
+  throw PeerError(
+      Said{prefix(), op_ + " #" + std::to_string(seq_) + " was aborted before this rank arrived (" +
+                         reason + "); the other ranks have moved on, so the next call works"},
+      failure(Reason::Late, culprit));
 }
 
 void ShmGroup::recover(uint32_t word) {
@@ -151,8 +151,8 @@ void ShmGroup::check_descs(uint64_t phase) {
     return;
   }
   // Every rank reads the same descriptors, so every rank raises this same text.
-  throw UsageError(prefix() + op_ +
-                   ": ranks disagree on the call: " + disagreement(all, nullptr, shown_));
+  throw UsageError(
+      Said{prefix() + op_ + ": ranks disagree on the call: ", disagreement(all, nullptr, shown_)});
 }
 
 void ShmGroup::arrive_and_wait() {
@@ -296,7 +296,7 @@ void ShmGroup::read_from_peer(int r, uint64_t remote, void* local, size_t n) {
   const std::string reason = rank_name(rank_) + " could not read the buffer of " + rank_name(r) +
                              " during " + op_ + ": " + std::strerror(err);
   publish_abort(reason, Reason::Aborted, rank_);
-  throw PeerError(prefix() + reason, failure(Reason::Aborted, r));
+  throw PeerError(Said{prefix(), reason}, failure(Reason::Aborted, r));
 }
 
 void ShmGroup::all_gather_chunked(const CallDesc& desc, const char* src, char* dst) {

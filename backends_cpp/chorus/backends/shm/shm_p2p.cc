@@ -26,11 +26,12 @@ static_assert(sizeof(P2pHeader) == 16, "point-to-point header is sent as raw byt
 
 void ShmGroup::check_ring(int src) const {
   if (ring(src, rank_).broken.load() != 0) {
-    throw PeerError(prefix() + "rank " + std::to_string(src) +
-                    " abandoned a message to this rank half-way (interrupted); point to point "
-                    "from rank " +
-                    std::to_string(src) + " to rank " + std::to_string(rank_) +
-                    " cannot be used any more");
+    throw PeerError(Said{
+        prefix(), "rank " + std::to_string(src) +
+                      " abandoned a message to this rank half-way (interrupted); point to point "
+                      "from rank " +
+                      std::to_string(src) + " to rank " + std::to_string(rank_) +
+                      " cannot be used any more"});
   }
 }
 
@@ -192,10 +193,10 @@ void ShmGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int /*tag: a
   }
   if (!match) {
     const Dtype sent = static_cast<Dtype>(hdr.dtype);
-    throw UsageError(prefix() + "recv from rank " + std::to_string(src) + " expected " +
-                     std::to_string(nbytes) + " bytes of " + dtype_name(dtype) + " but rank " +
-                     std::to_string(src) + " sent " + std::to_string(hdr.nbytes) + " bytes of " +
-                     dtype_name(sent));
+    throw UsageError(Said{
+        prefix(), "recv from rank " + std::to_string(src) + " expected " + std::to_string(nbytes) +
+                      " bytes of " + dtype_name(dtype) + " but rank " + std::to_string(src) +
+                      " sent " + std::to_string(hdr.nbytes) + " bytes of " + dtype_name(sent)});
   }
 }
 

@@ -55,8 +55,9 @@ void ShmGroup::rendezvous() {
         }
         if (now_s() > deadline) {
           segment_ = Segment();
-          throw PeerTimeout(prefix() + "rank 0 did not create " + name_ + " within " +
-                            seconds_text(options_.timeout_s) + never_joined_hint(1));
+          throw PeerTimeout(Said{prefix(), "rank 0 did not create " + name_ + " within " +
+                                               seconds_text(options_.timeout_s) +
+                                               never_joined_hint(1)});
         }
         check_interrupt();
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -69,9 +70,10 @@ void ShmGroup::rendezvous() {
     if (size_ > 1 && options_.tuning.shm_cma) allow_peer_memory_reads();
     int32_t expected = 0;
     if (!control(rank_).pid.compare_exchange_strong(expected, static_cast<int32_t>(::getpid()))) {
-      throw UsageError(prefix() + "rank " + std::to_string(rank_) + " attached to " + name_ +
-                       " twice (pid " + std::to_string(expected) +
-                       " has it already): two processes were given the same rank");
+      throw UsageError(
+          Said{prefix(), "rank " + std::to_string(rank_) + " attached to " + name_ +
+                             " twice (pid " + std::to_string(expected) +
+                             " has it already): two processes were given the same rank"});
     }
     bell_.ring();
     wait_for_attach(deadline);
@@ -154,26 +156,29 @@ void ShmGroup::init_segment() {
 void ShmGroup::validate_segment() {
   const SegmentHeader& hdr = header();
   if (hdr.version != kSegmentVersion) {
-    throw BackendUnavailable(prefix() + name_ + " has layout version " +
-                             std::to_string(hdr.version) + ", this build expects " +
-                             std::to_string(kSegmentVersion) + " (mixed chorus builds?)");
+    throw BackendUnavailable(
+        Said{prefix(), name_ + " has layout version " + std::to_string(hdr.version) +
+                           ", this build expects " + std::to_string(kSegmentVersion) +
+                           " (mixed chorus builds?)"});
   }
   if (hdr.nranks != static_cast<uint32_t>(size_)) {
-    throw UsageError(prefix() + name_ + " was created for " + std::to_string(hdr.nranks) +
-                     " ranks, this rank expects " + std::to_string(size_));
+    throw UsageError(Said{prefix(), name_ + " was created for " + std::to_string(hdr.nranks) +
+                                        " ranks, this rank expects " + std::to_string(size_)});
   }
   layout_ = Layout::compute(size_, hdr.chunk_bytes, hdr.ring_bytes);
   if (layout_.total_bytes != hdr.total_bytes || segment_.size() < layout_.total_bytes) {
-    throw BackendUnavailable(prefix() + name_ + " has " + std::to_string(segment_.size()) +
-                             " bytes, expected " + std::to_string(layout_.total_bytes));
+    throw BackendUnavailable(Said{prefix(), name_ + " has " + std::to_string(segment_.size()) +
+                                                " bytes, expected " +
+                                                std::to_string(layout_.total_bytes)});
   }
   if (hdr.token_hash != fnv1a(options_.token)) {
     int32_t none = 0;
     header().bad_token_by.compare_exchange_strong(none, rank_ + 1);
     Doorbell(&header().bell, &header().waiters).ring_always();
-    throw UsageError(prefix() + "token mismatch: " + name_ +
-                     " was created by rank 0 with a different token (CHORUS_TOKEN differs "
-                     "between ranks); refusing to join");
+    throw UsageError(
+        Said{prefix(), "token mismatch: " + name_ +
+                           " was created by rank 0 with a different token (CHORUS_TOKEN differs "
+                           "between ranks); refusing to join"});
   }
 }
 
@@ -190,17 +195,18 @@ void ShmGroup::wait_for_attach(double deadline) {
     if (missing.empty() || bad_token != 0 || failed != 0 || now_s() > deadline) {
       bell_.end_wait();
       if (bad_token != 0) {
-        throw UsageError(prefix() + "rank " + std::to_string(bad_token - 1) +
-                         " presented a different token to " + name_ +
-                         " (CHORUS_TOKEN differs between ranks)");
+        throw UsageError(Said{prefix(), "rank " + std::to_string(bad_token - 1) +
+                                            " presented a different token to " + name_ +
+                                            " (CHORUS_TOKEN differs between ranks)"});
       }
       if (failed != 0) {
-        throw PeerError(prefix() + "rank " + std::to_string(failed - 1) + " gave up setting up " +
-                        name_ + " (see its error)");
+        throw PeerError(Said{prefix(), "rank " + std::to_string(failed - 1) +
+                                           " gave up setting up " + name_ + " (see its error)"});
       }
       if (missing.empty()) return;
-      throw PeerTimeout(prefix() + rank_list(missing) + " did not attach to " + name_ + " within " +
-                        seconds_text(options_.timeout_s) + never_joined_hint(missing.size()));
+      throw PeerTimeout(Said{prefix(), rank_list(missing) + " did not attach to " + name_ +
+                                           " within " + seconds_text(options_.timeout_s) +
+                                           never_joined_hint(missing.size())});
     }
     bell_.sleep(ticket, kInterruptPollMs);
     bell_.end_wait();

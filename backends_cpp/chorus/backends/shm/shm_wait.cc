@@ -29,7 +29,7 @@ void ShmGroup::peer_died(int peer, WaitKind kind) {
   if (kind == WaitKind::Collective) publish_abort(reason, Reason::Died, peer);
   broken_ = reason + "; the group cannot be used any more";
   broken_by_ = peer;
-  throw PeerError(prefix() + reason, failure(Reason::Died, peer));
+  throw PeerError(Said{prefix(), reason}, failure(Reason::Died, peer));
 }
 
 // " (it was in this call)", " (the last call it entered was barrier #40: it
@@ -74,12 +74,12 @@ void ShmGroup::throw_abort(uint32_t word) {
   const RankControl& reporter = control(abort_reporter(word));
   const std::string reason(reporter.reason, strnlen(reporter.reason, kReasonBytes));
   throw PeerError(
-      prefix() + op_ + " aborted: " + reason,
+      Said{prefix() + op_ + " aborted: ", reason},
       failure(reason_from_wire(reporter.abort_why.load()), reporter.abort_culprit.load()));
 }
 
 void ShmGroup::check_usable() const {
-  if (!broken_.empty()) throw PeerError(prefix() + broken_, failure(Reason::Died, broken_by_));
+  if (!broken_.empty()) throw PeerError(Said{prefix(), broken_}, failure(Reason::Died, broken_by_));
 }
 
 }  // namespace chorus::shm

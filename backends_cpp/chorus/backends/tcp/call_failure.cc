@@ -31,7 +31,7 @@ void rethrow_call_failure(const TcpGroupConfig& config, const ErrorContext& ctx,
           Reason::Aborted);
     Failure failure = e.failure();
     name_call(failure);
-    throw PeerError(ctx.prefix() + op + " failed: " + e.what(), failure);
+    throw PeerError(Said{ctx.prefix(), op + " failed: " + e.what()}, failure);
   } catch (...) {
     abort(config.rank, rank_and_address(config, config.rank) + " failed during " + op, false,
           Reason::Aborted);

@@ -21,7 +21,8 @@ void check_call_records(const std::vector<std::vector<uint8_t>>& records, const 
                         const std::vector<int>& shown_ranks) {
   const auto fail = [&](size_t k, const std::string& what) {
     corrupt(static_cast<int>(k), what);
-    throw PeerError(context + ": protocol error: " + what);  // corrupt() should have thrown
+    throw PeerError(
+        Said{context + ": ", "protocol error: " + what});  // corrupt() should have thrown
   };
   std::vector<CallDesc> descs(records.size());
   for (size_t k = 0; k < records.size(); ++k) {
@@ -33,8 +34,8 @@ void check_call_records(const std::vector<std::vector<uint8_t>>& records, const 
   for (const auto& d : descs) {
     // Every rank holds the same records, so every rank raises this same text.
     if (!(d == descs[0])) {
-      throw UsageError(
-          context + ": ranks disagree on the call: " + disagreement(descs, nullptr, shown_ranks));
+      throw UsageError(Said{context + ": ranks disagree on the call: ",
+                            disagreement(descs, nullptr, shown_ranks)});
     }
   }
   for (size_t k = 0; k < records.size(); ++k) {
@@ -54,7 +55,7 @@ void agree_on_records(const std::vector<std::vector<uint8_t>>& records, const Ca
       [&](int p, const std::string& what) {
         const std::string text =
             "protocol error: " + what + " from " + rank_and_address(config, p) + " in " + op;
-        throw LinkFailure(p, ctx.prefix() + text, text, false, Reason::Protocol);
+        throw LinkFailure(p, Said{ctx.prefix(), text}, text, false, Reason::Protocol);
       },
       config.shown_ranks);
   recorder.agreed();

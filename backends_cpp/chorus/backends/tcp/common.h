@@ -24,12 +24,12 @@ class LinkFailure : public PeerError {
   // fatal: the culprit is dead (its link reset or closed without an Abort,
   // or its listener refuses connections), so the group cannot recover.
   // reason: Unknown means Died when fatal, else Aborted.
-  LinkFailure(int culprit, const std::string& message, std::string forward, bool fatal = false,
+  LinkFailure(int culprit, const Said& said, std::string forward, bool fatal = false,
               Reason reason = Reason::Unknown)
-      : PeerError(message, Failure{reason != Reason::Unknown ? reason
-                                   : fatal                   ? Reason::Died
-                                                             : Reason::Aborted,
-                                   culprit}),
+      : PeerError(said, Failure{reason != Reason::Unknown ? reason
+                                : fatal                   ? Reason::Died
+                                                          : Reason::Aborted,
+                                culprit}),
         forward_(std::move(forward)),
         fatal_(fatal) {}
   int culprit() const { return failure().culprit; }
@@ -111,7 +111,7 @@ class CallCounter {
   // The late entrant's error, culprit and cause known.
   LinkFailure late(int culprit, const std::string& op, const std::string& prefix,
                    const std::string& reason) const {
-    return LinkFailure(culprit, prefix + late_text(op, reason), reason, false, Reason::Late);
+    return LinkFailure(culprit, Said{prefix, late_text(op, reason)}, reason, false, Reason::Late);
   }
 
  private:
