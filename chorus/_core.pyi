@@ -10,8 +10,10 @@ class PeerError(ConnectionError):
 
     The failure as data: ``reason`` ("died", "unreachable", "interrupted",
     "aborted", "protocol", "timeout", "overlap", "late" or "unknown"), the
-    culprit's ``rank`` and ``host`` (its address), and the call: ``op``
-    ("all_sum") and ``call`` (its number on the group on this rank).
+    culprit's ``rank`` and ``host`` (its address), the call: ``op``
+    ("all_sum") and ``call`` (its number on the group on this rank), and
+    ``cause``: what happened, the message without the group's prefix and
+    the call it failed.
     """
 
     reason: str
@@ -19,6 +21,7 @@ class PeerError(ConnectionError):
     host: str | None
     op: str | None
     call: int | None
+    cause: str | None
 
 class PeerTimeoutError(PeerError, TimeoutError):
     """A peer did not arrive or answer before the deadline."""

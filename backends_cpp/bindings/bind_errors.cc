@@ -43,6 +43,7 @@ void raise_peer_error(PyObject* type, const PeerError& error) {
   exc.attr("host") = f.culprit_where.empty() ? py::object(py::none()) : py::str(f.culprit_where);
   exc.attr("op") = f.op.empty() ? py::object(py::none()) : py::str(f.op);
   exc.attr("call") = f.call != 0 ? py::object(py::int_(f.call)) : py::none();
+  exc.attr("cause") = error.cause();
   PyErr_SetObject(type, exc.ptr());
 }
 
@@ -71,9 +72,9 @@ void register_errors(py::module_& m) {
   static PyObject* unavailable = PyErr_NewExceptionWithDoc("chorus._core.BackendUnavailableError",
                                                            "The requested backend cannot run here.",
                                                            PyExc_RuntimeError, nullptr);
-  // The failure as data (PeerError.reason, .rank, .host, .op, .call); class
-  // defaults for errors raised without one.
-  for (const char* name : {"rank", "host", "op", "call"}) {
+  // The failure as data (PeerError.reason, .rank, .host, .op, .call,
+  // .cause); class defaults for errors raised without one.
+  for (const char* name : {"rank", "host", "op", "call", "cause"}) {
     PyObject_SetAttrString(peer_error, name, Py_None);
   }
   py::handle(peer_error).attr("reason") = "unknown";

@@ -51,8 +51,9 @@ def test_killed_rank_makes_every_other_rank_raise_naming_it(
             if g.rank() == 2:
                 time.sleep(0.001)
     except chorus.PeerError as err:
+        assert str(err).endswith(err.cause) and not err.cause.startswith("[chorus"), err.cause
         print("RAISED", repr(str(err)), "DATA", err.reason, err.rank, err.op, "AT", time.time(),
-              flush=True)
+              "CAUSE", repr(err.cause), flush=True)
     # Survivors leave at once: a mesh rank still reconnecting to one of them
     # finds it gone too, and then names every rank that is gone, rank 2 included.
     """
@@ -72,7 +73,11 @@ def test_killed_rank_makes_every_other_rank_raise_naming_it(
         # The failure as data: who, why, in which call (a rank that came to
         # the failed call after the others left it says it was late for it).
         assert re.search(r"DATA (died|late) 2 all_sum", result.stdout), result.stdout
-        raised_at = float(result.stdout.rsplit("AT", 1)[1])
+        # What happened, without the group's prefix and the failed call.
+        cause = result.stdout.split("CAUSE", 1)[1]
+        assert named in cause, result.stdout
+        assert "all_sum" in cause, result.stdout
+        raised_at = float(result.stdout.rsplit("AT", 1)[1].split("CAUSE")[0])
         assert raised_at - killed_at < 5.0, f"rank {result.rank} took {raised_at - killed_at} s"
 
 
