@@ -35,7 +35,11 @@ MARKER = "BENCH_JSON "
 
 
 class Comm(Protocol):
-    """What the harness needs from a library: rank, size and four operations."""
+    """What the harness needs from a library: rank, size and four operations.
+
+    ``prepare`` knows all_sum and all_gather, and sum_scatter where the
+    driver's peer lists it (``Peer.ops`` in multihost.py).
+    """
 
     peer: str
     rank: int
@@ -60,10 +64,12 @@ def _inputs(nbytes: int, rank: int) -> np.ndarray:
     return (np.arange(count, dtype=np.int64) % 13 + rank + 1).astype(np.float32)
 
 
-def _expected(op: str, nbytes: int, size: int) -> np.ndarray:
+def _expected(op: str, nbytes: int, size: int, rank: int) -> np.ndarray:
     parts = [_inputs(nbytes, r) for r in range(size)]
     if op == "all_sum":
         return np.sum(parts, axis=0, dtype=np.float32)
+    if op == "sum_scatter":  # rank r's block of the sum; the count divides by the size
+        return np.array_split(np.sum(parts, axis=0, dtype=np.float32), size)[rank]
     return np.concatenate(parts)
 
 
@@ -73,7 +79,7 @@ def _check(comm: Comm, op: str, nbytes: int) -> str:
     run, result = comm.prepare(op, _inputs(nbytes, comm.rank))
     run()
     got = np.asarray(result(), dtype=np.float32).reshape(-1)
-    want = _expected(op, nbytes, comm.size)
+    want = _expected(op, nbytes, comm.size, comm.rank)
     if got.shape != want.shape:
         return f"FAIL: shape {got.shape}, expected {want.shape}"
     if not np.array_equal(got, want):

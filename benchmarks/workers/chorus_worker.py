@@ -28,8 +28,9 @@ class ChorusComm:
         # Into a preallocated result (out=), as the mpi4py worker does; with
         # CHORUS_BENCH_FRESH_RESULT=1, a fresh result per call, the previous
         # one dropped (y = chorus.all_sum(x)): what the result's memory costs.
+        calls = {"all_sum": chorus.all_sum, "sum_scatter": chorus.sum_scatter}
         if os.environ.get("CHORUS_BENCH_FRESH_RESULT") == "1":
-            call = chorus.all_sum if op == "all_sum" else chorus.all_gather
+            call = calls.get(op, chorus.all_gather)
             last: list[Any] = [None]
 
             def fresh() -> None:
@@ -39,6 +40,9 @@ class ChorusComm:
         if op == "all_sum":
             out = np.empty_like(x)
             return (lambda: chorus.all_sum(x, out=out)), lambda: out
+        if op == "sum_scatter":
+            out = np.empty(x.shape[0] // self.size, dtype=x.dtype)
+            return (lambda: chorus.sum_scatter(x, out=out)), lambda: out
         out = np.empty(self.size * x.shape[0], dtype=x.dtype)
         return (lambda: chorus.all_gather(x, out=out)), lambda: out
 

@@ -1,7 +1,8 @@
 """Open MPI rank through mpi4py: ``mpirun -n N python mpi_worker.py``.
 
 Uses the buffer (upper-case) methods on preallocated numpy arrays:
-``Allreduce(x, out, op=MPI.SUM)`` and ``Allgather(x, out)``.
+``Allreduce(x, out, op=MPI.SUM)``, ``Allgather(x, out)`` and
+``Reduce_scatter_block(x, out, op=MPI.SUM)`` (sum_scatter).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class MpiComm:
         if op == "all_sum":
             out = np.empty_like(x)
             return (lambda: self.comm.Allreduce(x, out, op=MPI.SUM)), lambda: out
+        if op == "sum_scatter":
+            out = np.empty(x.size // self.size, dtype=x.dtype)
+            return (lambda: self.comm.Reduce_scatter_block(x, out, op=MPI.SUM)), lambda: out
         out = np.empty(self.size * x.size, dtype=x.dtype)
         return (lambda: self.comm.Allgather(x, out)), lambda: out
 
