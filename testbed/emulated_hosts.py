@@ -6,7 +6,9 @@ Layouts:
   namespace, which also holds an address on it, so the test process (the "laptop") reaches
   every host by ssh.
 * ``"ring"``: the same management bridge (ssh goes over it) plus point-to-point veth
-  "cables" between hosts, by default ``(0,1),(1,2),...,(n-1,0)``.
+  "cables" between hosts, by default ``(0,1),(1,2),...,(n-1,0)``: an IPv4 /30 each
+  (``address_links``), an IPv6 /126 each in a private (ULA) prefix (``ipv6_links``), both,
+  or neither (IPv6 link-local only).
 
 Each sshd runs in its host's network namespace and in a fresh UTS namespace whose hostname is
 the host's name, so ``socket.gethostname()`` over ssh answers ``"h0"``. ``home`` is a HOME
@@ -111,6 +113,8 @@ class Link:
     b_if: str
     a_ip: str  # with prefix, e.g. "10.77.3.1/30"; "" when unaddressed
     b_ip: str
+    a_ip6: str = ""  # with prefix, e.g. "fd1a:2b3c:0:3::1/126"; "" when not asked for
+    b_ip6: str = ""
 
     def peer(self, host: str) -> tuple[str, str, str]:
         """(peer name, this host's interface, peer's address) seen from `host`'s end."""
@@ -179,6 +183,7 @@ class EmulatedHosts:
         *,
         pairs: list[tuple[int, int]] | None = None,
         address_links: bool = True,
+        ipv6_links: bool = False,
         rate_mbit: int | None = None,
         sshd_options: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
@@ -222,6 +227,8 @@ class EmulatedHosts:
             for i, name in enumerate(self.names)
         ]
         self.links: list[Link] = []
+        # A private IPv6 prefix from the tag (fd + 40 bits), a /64 per cable in it.
+        cable6 = f"fd{self.tag[:2]}:{self.tag[2:]}:{secrets.token_hex(2)}"
         for k, (a, b) in enumerate(pairs or []):
             base = self.cable_net.network_address + 4 * k
             link = Link(
@@ -232,6 +239,8 @@ class EmulatedHosts:
                 b_if=f"l{k}-{self.names[a]}",
                 a_ip=f"{base + 1}/30" if address_links else "",
                 b_ip=f"{base + 2}/30" if address_links else "",
+                a_ip6=f"{cable6}:{k:x}::1/126" if ipv6_links else "",
+                b_ip6=f"{cable6}:{k:x}::2/126" if ipv6_links else "",
             )
             self.links.append(link)
             self.hosts[a].links.append(link)
@@ -434,8 +443,11 @@ class EmulatedHosts:
         # Created straight into the two namespaces: no name ever lands in the root namespace.
         add = ["ip", "-n", ns_a, "link", "add", link.a_if, "type", "veth"]
         _run([*add, "peer", "name", link.b_if, "netns", ns_b])
-        for netns, ifname, addr in ((ns_a, link.a_if, link.a_ip), (ns_b, link.b_if, link.b_ip)):
+        ends = ((ns_a, link.a_if, link.a_ip, link.a_ip6), (ns_b, link.b_if, link.b_ip, link.b_ip6))
+        for netns, ifname, addr, addr6 in ends:
             batch = f"addr add {addr} dev {ifname}\n" if addr else ""
+            # nodad: usable at once, as on cables plugged in long ago.
+            batch += f"addr add {addr6} dev {ifname} nodad\n" if addr6 else ""
             self._ip_batch(netns, batch + f"link set {ifname} up\n")
             if self.rate_mbit is not None:
                 _run(["tc", "-n", netns, "qdisc", "add", "dev", ifname, *_tbf(self.rate_mbit)])

@@ -156,16 +156,43 @@ def test_split_on_the_ring_of_cables_reaches_every_pair(
     hostfile = tmp_path / "hosts.json"
     result = config(ring_hosts, "--output", str(hostfile))
     assert result.returncode == 0, result.stderr
+    _splits_cross_their_own_cables(ring_hosts, hostfile)
+
+
+def test_split_on_an_ipv6_ring_of_cables_reaches_every_pair(
+    emulated_hosts: EmulatedHostsFactory, tmp_path: Path
+) -> None:
+    # The cables carry IPv6 only (a /126 each), the switch IPv4 only. Each rank is
+    # listed at its IPv6 end of the cable from its left neighbour, as `chorus config`
+    # lists a ring: neighbour pairs must meet on their own cable in both directions
+    # (IPv6 networks in the split's route choice), the others on the IPv4 switch.
+    hosts = emulated_hosts(4, "ring", address_links=False, ipv6_links=True)
+    entries = []
+    for rank, name in enumerate(hosts.names):
+        left = hosts.names[rank - 1]
+        link = next(link for link in hosts.links if {link.a, link.b} == {name, left})
+        mine = link.a_ip6 if link.a == name else link.b_ip6
+        entries.append({"ssh": name, "ips": [mine.split("/")[0]]})
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps({"backend": "ring", "hosts": entries}))
+    assert [list(entry.ips) for entry in load_hostfile(hostfile).hosts] == [
+        e["ips"] for e in entries
+    ]
+    _splits_cross_their_own_cables(hosts, hostfile)
+
+
+def _splits_cross_their_own_cables(hosts: EmulatedHosts, hostfile: Path) -> None:
+    """SPLITS over `hostfile` on the ring `hosts`: every split is quick, and only the
+    neighbour pairs' large all_sums cross their cables."""
     cables = {
         frozenset((link.a, link.b)): [
-            (host, link.peer(host.name)[1])
-            for host in ring_hosts.hosts
-            if host.name in (link.a, link.b)
+            (host, link.peer(host.name)[1]) for host in hosts.hosts if host.name in (link.a, link.b)
         ]
-        for link in ring_hosts.links
+        for link in hosts.links
     }
     before = {pair: sum(rx_bytes(h, name) for h, name in ends) for pair, ends in cables.items()}
-    launched = run_chorus(ring_hosts, "launch", "--hostfile", str(hostfile), "-c", SPLITS)
+    switch_before = sum(rx_bytes(h, h.mgmt_if) for h in hosts.hosts)
+    launched = run_chorus(hosts, "launch", "--hostfile", str(hostfile), "-c", SPLITS)
     assert launched.returncode == 0, launched.stderr
     lines = [line.split() for line in launched.stdout.splitlines()]
     assert len(lines) == 16, launched.stdout
@@ -176,11 +203,14 @@ def test_split_on_the_ring_of_cables_reaches_every_pair(
         pair: sum(rx_bytes(h, name) for h, name in ends) - before[pair]
         for pair, ends in cables.items()
     }
-    # The pairs' 2 MiB all_sums crossed their own cables, nothing else did.
+    # The pairs' 2 MiB all_sums crossed their own cables, both ways; nothing else did,
+    # and the switch carried only ssh and the small calls.
     assert carried[frozenset(("h0", "h1"))] > 1 << 20, carried
     assert carried[frozenset(("h2", "h3"))] > 1 << 20, carried
     assert carried[frozenset(("h1", "h2"))] < 1 << 19, carried
-    assert_nothing_left(ring_hosts)
+    switch = sum(rx_bytes(h, h.mgmt_if) for h in hosts.hosts) - switch_before
+    assert switch < 1 << 20, f"{switch} bytes crossed the switch"
+    assert_nothing_left(hosts)
 
 
 # The world ring over the cables, then a parity split once h0 has lost its

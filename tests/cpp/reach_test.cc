@@ -11,9 +11,11 @@
 namespace chorus::tcp_split {
 namespace {
 
-tcp::Ipv4Net net(const std::string& ip, uint8_t prefix) {
-  return tcp::Ipv4Net{*tcp::parse_ipv4(ip), prefix};
+tcp::IpNet net(const std::string& ip, uint8_t prefix) {
+  return tcp::IpNet{*tcp::parse_ip(ip), prefix};
 }
+
+tcp::IpAddress ip(const std::string& text) { return *tcp::parse_ip(text); }
 
 // Host h of 4 on a ring of cables h0-h1-h2-h3-h0 (10.0.<cable>.1 or .2 / 30)
 // beside a management switch 192.168.7.<10+h>/24, listed (as `chorus config`
@@ -108,12 +110,77 @@ TEST(SplitReach, APairProvenByTheParentKeepsItsAddressEvenWithoutASharedNetwork)
 }
 
 TEST(SplitReach, NetworksContainTheirAddressesOnly) {
-  const tcp::Ipv4Net cable = net("10.0.3.1", 30);
-  EXPECT_TRUE(cable.contains(*tcp::parse_ipv4("10.0.3.2")));
-  EXPECT_FALSE(cable.contains(*tcp::parse_ipv4("10.0.3.5")));
+  const tcp::IpNet cable = net("10.0.3.1", 30);
+  EXPECT_TRUE(cable.contains(ip("10.0.3.2")));
+  EXPECT_FALSE(cable.contains(ip("10.0.3.5")));
   EXPECT_EQ(cable.text(), "10.0.3.1/30");
-  EXPECT_TRUE(net("0.0.0.0", 0).contains(*tcp::parse_ipv4("8.8.8.8")));
-  EXPECT_FALSE(tcp::parse_ipv4("::1").has_value());
+  EXPECT_TRUE(net("0.0.0.0", 0).contains(ip("8.8.8.8")));
+  // IPv6: a /126 cable, a /64 switch; never across families, even at /0.
+  const tcp::IpNet cable6 = net("fd00:c:0:3::1", 126);
+  EXPECT_TRUE(cable6.contains(ip("fd00:c:0:3::2")));
+  EXPECT_FALSE(cable6.contains(ip("fd00:c:0:3::5")));
+  EXPECT_EQ(cable6.text(), "fd00:c:0:3::1/126");
+  EXPECT_TRUE(net("fd00:aa::7", 64).contains(ip("fd00:aa::ffff:1")));
+  EXPECT_FALSE(net("fd00:aa::7", 64).contains(ip("fd00:ab::7")));
+  EXPECT_FALSE(net("0.0.0.0", 0).contains(ip("::1")));
+  EXPECT_FALSE(net("::", 0).contains(ip("8.8.8.8")));
+  EXPECT_TRUE(net("::", 0).contains(ip("2001:db8::1")));
+  // Widths compare across families: an IPv4 /30 is narrower than an IPv6 /64.
+  EXPECT_GT(net("10.0.3.1", 30).width(), net("fd00:aa::7", 64).width());
+  EXPECT_GT(cable6.width(), net("10.0.3.1", 24).width());
+  EXPECT_TRUE(tcp::is_loopback(ip("::1")));
+  EXPECT_TRUE(tcp::is_loopback(ip("127.0.0.2")));
+  EXPECT_FALSE(tcp::is_loopback(ip("::2")));
+  EXPECT_FALSE(tcp::parse_ip("fe80::1%eth0").has_value());  // scoped: not a bare address
+  EXPECT_FALSE(tcp::parse_ip("h0").has_value());
+  EXPECT_EQ(tcp::endpoint_text(ip("fd00::1"), 5000), "[fd00::1]:5000");
+  EXPECT_EQ(tcp::endpoint_text(ip("10.0.0.1"), 5000), "10.0.0.1:5000");
+}
+
+// The ring of cables again, addressed with IPv6 only (fd00:c:0:<cable>::1 or
+// ::2 / 126, the switch fd00:aa::<10+h>/64), listed as `chorus config` writes
+// it: at the address on the cable to the left neighbour.
+Endpoint ring_host6(int h) {
+  const int left_cable = (h + 3) % 4, right_cable = h;
+  Endpoint e;
+  e.listed = {"[fd00:c:0:" + std::to_string(left_cable) + "::2]:" + std::to_string(5000 + h)};
+  e.nets = {net("fd00:c:0:" + std::to_string(left_cable) + "::2", 126),
+            net("fd00:c:0:" + std::to_string(right_cable) + "::1", 126),
+            net("fd00:aa::" + std::to_string(10 + h), 64)};
+  e.any_port6 = static_cast<uint16_t>(7000 + h);
+  e.hostname = "h" + std::to_string(h);
+  e.parent_rank = h;
+  return e;
+}
+
+TEST(SplitReach, Ipv6NeighboursUseTheirCableAndTheOthersTheSwitch) {
+  const auto proven = [](int a, int b) { return b == a + 1; };
+  const std::vector<Endpoint> pair = {ring_host6(0), ring_host6(1)};
+  const Reach at0 = plan_reach(pair, 0, proven);
+  const Reach at1 = plan_reach(pair, 1, proven);
+  ASSERT_TRUE(at1.per_pair);
+  EXPECT_EQ(at0.hosts[1], std::vector<std::string>{"[fd00:c:0:0::2]:5001"});  // listed, on-link
+  EXPECT_EQ(at1.hosts[0], std::vector<std::string>{"[fd00:c::1]:7000"});      // h0 on our cable
+  EXPECT_EQ(at1.unrouted[0], "");
+  const std::vector<Endpoint> apart = {ring_host6(0), ring_host6(2)};
+  const Reach far = plan_reach(apart, 0, [](int, int) { return false; });
+  EXPECT_EQ(far.hosts[1], std::vector<std::string>{"[fd00:aa::12]:7002"});
+  EXPECT_EQ(far.unrouted[1], "");
+}
+
+TEST(SplitReach, MixedFamiliesUseTheNarrowestSharedNetworkWithAListener) {
+  // Listed on IPv6 cables, the switch IPv4 only: non-neighbours meet on the
+  // IPv4 switch; a host without an IPv6 listener is never dialed over IPv6.
+  auto h0 = ring_host6(0), h1 = ring_host6(1), h2 = ring_host6(2);
+  for (Endpoint* e : {&h0, &h1, &h2}) {
+    e->nets.back() = net("192.168.7." + std::to_string(10 + e->parent_rank), 24);
+    e->any_port = static_cast<uint16_t>(6000 + e->parent_rank);
+  }
+  const Reach far = plan_reach({h0, h2}, 0, [](int, int) { return false; });
+  EXPECT_EQ(far.hosts[1], std::vector<std::string>{"192.168.7.12:6002"});
+  h0.any_port6 = 0;
+  const Reach near = plan_reach({h0, h1}, 1, [](int, int) { return false; });
+  EXPECT_EQ(near.hosts[0], std::vector<std::string>{"192.168.7.10:6000"});  // not the v6 cable
 }
 
 }  // namespace

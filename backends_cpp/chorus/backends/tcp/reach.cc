@@ -10,11 +10,12 @@ namespace {
 // Whether `from` reaches `address` without a router: loopback (every member
 // on one host), or an address on one of its networks.
 bool on_link(const Endpoint& from, const std::string& address) {
-  const auto ip = tcp::parse_ipv4(tcp::Address::parse(address).host());
-  if (!ip) return false;  // IPv6: nothing known, the parent's addresses are kept
+  // A scoped IPv6 address (fe80::1%eth0) parses to nothing: not known.
+  const auto ip = tcp::parse_ip(tcp::Address::parse(address).host());
+  if (!ip) return false;
   if (tcp::is_loopback(*ip)) return true;
   return std::any_of(from.nets.begin(), from.nets.end(),
-                     [&](const tcp::Ipv4Net& n) { return n.contains(*ip); });
+                     [&](const tcp::IpNet& n) { return n.contains(*ip); });
 }
 
 bool listed_usable(const std::vector<Endpoint>& members, int a, int b,
@@ -40,23 +41,26 @@ Route route(const std::vector<Endpoint>& members, int a, int b,
     if (on_link(members[a], address)) return {address};
   }
   // A network both are on, the narrowest first: a cable before a switch.
-  const tcp::Ipv4Net* best = nullptr;
-  if (to.any_port != 0) {
-    for (const auto& theirs : to.nets) {
-      for (const auto& mine : members[a].nets) {
-        const bool shared = mine.prefix == theirs.prefix && mine.contains(theirs.address);
-        if (shared && (best == nullptr || theirs.prefix > best->prefix)) best = &theirs;
-      }
+  // `to` answers on it where it listens on every interface of that family.
+  const tcp::IpNet* best = nullptr;
+  auto port_for = [&](const tcp::IpNet& n) {
+    return n.address.is_v4() ? to.any_port : to.any_port6;
+  };
+  for (const auto& theirs : to.nets) {
+    if (port_for(theirs) == 0) continue;
+    for (const auto& mine : members[a].nets) {
+      const bool shared = mine.prefix == theirs.prefix && mine.contains(theirs.address);
+      if (shared && (best == nullptr || theirs.width() > best->width())) best = &theirs;
     }
   }
-  if (best != nullptr) return {tcp::ipv4_text(best->address) + ":" + std::to_string(to.any_port)};
+  if (best != nullptr) return {tcp::endpoint_text(best->address, port_for(*best))};
   return {to.listed.front(), true};
 }
 
 std::string nets_text(const Endpoint& e) {
   std::string text;
   for (const auto& n : e.nets) text += (text.empty() ? "" : ", ") + n.text();
-  return text.empty() ? "no IPv4 interface" : text;
+  return text.empty() ? "no network interface" : text;
 }
 
 std::string unrouted_text(const std::vector<Endpoint>& members, int a, int b) {

@@ -7,7 +7,8 @@
 // neighbours in the other direction, would dial an address it cannot reach
 // and wait out the set-up timeout. So every member also reports its
 // interfaces, and a pair that cannot use the parent's addresses uses a network
-// both are on (the narrowest: a cable before the management switch).
+// both are on (the narrowest: a cable before the management switch), IPv4 or
+// IPv6.
 #pragma once
 
 #include <cstdint>
@@ -22,8 +23,9 @@ namespace chorus::tcp_split {
 // What one member reports of itself at split time.
 struct Endpoint {
   std::vector<std::string> listed;  // its fresh listeners on the parent's IPs, "ip:port"
-  std::vector<tcp::Ipv4Net> nets;   // its interfaces (local_ipv4_networks)
-  uint16_t any_port = 0;            // its listener on every interface; 0 = none
+  std::vector<tcp::IpNet> nets;     // its interfaces (local_networks), IPv4 and IPv6
+  uint16_t any_port = 0;            // its listener on every IPv4 interface; 0 = none
+  uint16_t any_port6 = 0;           // its listener on every IPv6 interface; 0 = none
   std::string hostname;
   int parent_rank = -1;  // for messages
 };

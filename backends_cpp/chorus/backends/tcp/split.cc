@@ -11,7 +11,7 @@ namespace {
 
 constexpr size_t kMaxAddrs = 8;
 constexpr size_t kAddrChars = 64;
-constexpr size_t kMaxNets = 16;
+constexpr size_t kMaxNets = 24;  // IPv4 and IPv6 interface addresses
 constexpr size_t kHostChars = 64;
 
 // Fixed size, so one all_gather of bytes carries every rank's report.
@@ -19,8 +19,9 @@ struct Record {
   uint32_t count;  // entries in addrs
   uint32_t nets;   // entries in net_address / net_prefix
   uint32_t any_port;
+  uint32_t any_port6;
   char addrs[kMaxAddrs][kAddrChars];
-  uint32_t net_address[kMaxNets];
+  uint8_t net_address[kMaxNets][16];  // tcp::IpAddress::bytes
   uint8_t net_prefix[kMaxNets];
   char hostname[kHostChars];
 };
@@ -51,17 +52,27 @@ ChildEndpoints exchange(GroupImpl& parent, const TcpGroupConfig& config,
     std::snprintf(mine.addrs[mine.count++], kAddrChars, "%s",
                   out.listeners.back().address().c_str());
   }
-  for (const auto& net : tcp::local_ipv4_networks()) {
+  bool v4 = false, v6 = false;
+  for (const auto& net : tcp::local_networks()) {
     if (mine.nets == kMaxNets) break;
-    mine.net_address[mine.nets] = net.address;
+    std::memcpy(mine.net_address[mine.nets], net.address.bytes.data(), 16);
     mine.net_prefix[mine.nets++] = net.prefix;
+    (net.address.is_v4() ? v4 : v6) = true;
   }
-  if (mine.nets > 0) {
-    // Where a pair shares no listed address's network (see reach.h).
-    out.listeners.push_back(tcp::Listener::bind("0.0.0.0:0"));
-    mine.any_port = static_cast<uint32_t>(std::stoul(
-        out.listeners.back().address().substr(out.listeners.back().address().rfind(':') + 1)));
-  }
+  // Where a pair shares no listed address's network (see reach.h): a
+  // listener on every interface of each family this host has.
+  auto listen_everywhere = [&](const char* wildcard) -> uint32_t {
+    try {
+      out.listeners.push_back(tcp::Listener::bind(wildcard));
+    } catch (const tcp::SocketError&) {
+      return 0;  // a family that takes no listener: its shared networks are not offered
+    }
+    const std::string& at = out.listeners.back().address();
+    return static_cast<uint32_t>(std::stoul(at.substr(at.rfind(':') + 1)));
+  };
+  const size_t listed = out.listeners.size();
+  if (v4) mine.any_port = listen_everywhere("0.0.0.0:0");
+  if (v6) mine.any_port6 = listen_everywhere("[::]:0");
   std::snprintf(mine.hostname, kHostChars, "%s", config.hostname.c_str());
   std::vector<Record> all(static_cast<size_t>(parent.size()));
   CallDesc desc;
@@ -78,9 +89,13 @@ ChildEndpoints exchange(GroupImpl& parent, const TcpGroupConfig& config,
       e.listed.push_back(text_of(r.addrs[i], kAddrChars));
     }
     for (uint32_t i = 0; i < r.nets && i < kMaxNets; ++i) {
-      e.nets.push_back(tcp::Ipv4Net{r.net_address[i], r.net_prefix[i]});
+      tcp::IpNet net;
+      std::memcpy(net.address.bytes.data(), r.net_address[i], 16);
+      net.prefix = r.net_prefix[i];
+      e.nets.push_back(net);
     }
     e.any_port = static_cast<uint16_t>(r.any_port);
+    e.any_port6 = static_cast<uint16_t>(r.any_port6);
     e.hostname = text_of(r.hostname, kHostChars);
     e.parent_rank = m;
     endpoints.push_back(std::move(e));
@@ -88,8 +103,8 @@ ChildEndpoints exchange(GroupImpl& parent, const TcpGroupConfig& config,
   out.reach = tcp_split::plan_reach(endpoints, me, [&](int a, int b) {
     return proven(members[static_cast<size_t>(a)], members[static_cast<size_t>(b)]);
   });
-  // The listener on every interface serves only pairs that dial it.
-  if (!out.reach.per_pair && mine.any_port != 0) out.listeners.pop_back();
+  // The listeners on every interface serve only pairs that dial them.
+  if (!out.reach.per_pair) out.listeners.resize(listed);
   return out;
 }
 
