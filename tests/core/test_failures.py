@@ -107,7 +107,8 @@ def test_shape_and_dtype_mismatch_raise_everywhere_then_group_works(
     g = chorus.init(strict=True)
     r = g.rank()
     cases = [np.ones(10 + (r == 1)), np.ones(10, np.float32 if r == 2 else np.float64),
-             np.ones((2, 5) if r == 0 else (5, 2)), np.ones(1 << 18, np.float32 if r else np.int32)]
+             np.ones((2, 5) if r == 0 else (5, 2)), np.ones(1 << 18, np.float32 if r else np.int32),
+             np.ones(7, np.float32 if r < 2 else np.int64)]
     for x in cases:
         try:
             chorus.all_sum(x)
@@ -120,8 +121,9 @@ def test_shape_and_dtype_mismatch_raise_everywhere_then_group_works(
     """
     results = ranks.run(code, 4, backend=backend)
     # A hierarchical group compares the calls inside each host (and hosts
-    # with each other): it names the ranks of the host that disagreed.
-    expected = (
+    # with each other): it names the ranks of the host that disagreed. When
+    # hosts disagree (the last case), every backend names every rank.
+    expected = ["ranks 0,1 have all_sum of (7,) float32, ranks 2,3 have all_sum of (7,) int64"] + (
         [
             "ranks 0,1 on host 127.0.0.1 disagree on the call: rank 0 has all_sum of (10,) float64, "
             + "rank 1 has all_sum of (11,) float64",
@@ -135,7 +137,7 @@ def test_shape_and_dtype_mismatch_raise_everywhere_then_group_works(
         ]
     )
     for result in results:
-        assert result.stdout.count("MISMATCH") == 4, result.stdout
+        assert result.stdout.count("MISMATCH") == 5, result.stdout
         assert "OK" in result.stdout
         # Every rank, grouped, and shapes as shapes.
         for text in expected:

@@ -134,7 +134,8 @@ SplitPlan plan_split(GroupImpl& parent, int color, int key, uint64_t split_index
 }
 
 std::string disagreement(const std::vector<CallDesc>& descs,
-                         std::string (*describe)(const CallDesc&), const std::vector<int>& shown) {
+                         std::string (*describe)(const CallDesc&), const std::vector<int>& shown,
+                         const std::vector<std::vector<int>>& speaks_for) {
   std::vector<size_t> firsts;
   std::ostringstream out;
   for (size_t k = 0; k < descs.size(); ++k) {
@@ -142,15 +143,19 @@ std::string disagreement(const std::vector<CallDesc>& descs,
     for (size_t f : firsts) seen = seen || descs[f] == descs[k];
     if (seen) continue;
     firsts.push_back(k);
-    std::vector<size_t> ranks;
+    std::vector<int> ranks;
     for (size_t j = 0; j < descs.size(); ++j) {
-      if (descs[j] == descs[k]) ranks.push_back(j);
+      if (!(descs[j] == descs[k])) continue;
+      if (!speaks_for.empty()) {
+        ranks.insert(ranks.end(), speaks_for[j].begin(), speaks_for[j].end());
+      } else {
+        ranks.push_back(shown.empty() ? static_cast<int>(j) : shown[j]);
+      }
     }
+    std::sort(ranks.begin(), ranks.end());
     if (firsts.size() > 1) out << ", ";
     out << (ranks.size() == 1 ? "rank " : "ranks ");
-    for (size_t i = 0; i < ranks.size(); ++i) {
-      out << (i ? "," : "") << (shown.empty() ? static_cast<int>(ranks[i]) : shown[ranks[i]]);
-    }
+    for (size_t i = 0; i < ranks.size(); ++i) out << (i ? "," : "") << ranks[i];
     out << (ranks.size() == 1 ? " has " : " have ")
         << (describe != nullptr ? describe(descs[k]) : descs[k].describe());
   }

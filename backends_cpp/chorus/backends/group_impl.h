@@ -57,10 +57,13 @@ struct CallDesc {
 // builds the same text. `describe` names a call (CallDesc::describe by
 // default; the mpi backend also names its split).
 // shown[k], when given, is how the text numbers rank k (a hierarchical
-// group's sub-groups show its ranks).
+// group's sub-groups show its ranks); speaks_for[k], when given, the ranks
+// whose call rank k's is (a hierarchical group's cross member: every rank of
+// its host, which agreed on the call before the hosts compared theirs).
 std::string disagreement(const std::vector<CallDesc>& descs,
                          std::string (*describe)(const CallDesc&) = nullptr,
-                         const std::vector<int>& shown = {});
+                         const std::vector<int>& shown = {},
+                         const std::vector<std::vector<int>>& speaks_for = {});
 
 // Knobs for measurements and tests (CHORUS_SHM_*, CHORUS_TCP_SPIN_US), read
 // and checked by chorus/env.py. Unset, each backend keeps its own default.

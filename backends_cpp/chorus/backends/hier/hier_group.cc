@@ -53,7 +53,9 @@ HierGroup::HierGroup(const InitOptions& options, std::shared_ptr<mesh::MeshGroup
                  "cross group j is a mesh over every host, ranked by host");
     std::vector<int> shown;
     for (const auto& h : layout_.hosts) shown.push_back(h[local_index_]);
-    cross_->show_ranks(std::move(shown));
+    // The hosts compare calls after each host's ranks agreed on theirs: a
+    // disagreement between hosts names every rank.
+    cross_->show_ranks(std::move(shown), layout_.hosts);
   }
   if (local_ != nullptr) local_->show_ranks(layout_.hosts[host_]);
 }

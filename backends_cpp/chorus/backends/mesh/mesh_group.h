@@ -104,8 +104,12 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   // A hierarchical call that failed before this phase calls it, so that the
   // peers waiting here raise and the call counts stay in step (mesh_phase.cc).
   void abandon(const char* op, int culprit, Reason reason, const std::string& text);
-  // Messages name rank r as rank shown[r] (TcpGroupConfig::shown_ranks).
-  void show_ranks(std::vector<int> shown) { config_.shown_ranks = std::move(shown); }
+  // Messages name rank r as rank shown[r] (TcpGroupConfig::shown_ranks), and
+  // a disagreement its call as that of ranks speaks_for[r] (speaks_for).
+  void show_ranks(std::vector<int> shown, std::vector<std::vector<int>> speaks_for = {}) {
+    config_.shown_ranks = std::move(shown);
+    config_.speaks_for = std::move(speaks_for);
+  }
 
  private:
   // Everything about one other rank.

@@ -18,7 +18,8 @@ std::vector<uint8_t> call_record(const CallDesc& desc, const void* data, size_t 
 void check_call_records(const std::vector<std::vector<uint8_t>>& records, const CallDesc& desc,
                         size_t inline_bytes, const std::string& context,
                         const std::function<void(int, const std::string&)>& corrupt,
-                        const std::vector<int>& shown_ranks) {
+                        const std::vector<int>& shown_ranks,
+                        const std::vector<std::vector<int>>& speaks_for) {
   const auto fail = [&](size_t k, const std::string& what) {
     corrupt(static_cast<int>(k), what);
     throw PeerError(
@@ -35,7 +36,7 @@ void check_call_records(const std::vector<std::vector<uint8_t>>& records, const 
     // Every rank holds the same records, so every rank raises this same text.
     if (!(d == descs[0])) {
       throw UsageError(Said{context + ": ranks disagree on the call: ",
-                            disagreement(descs, nullptr, shown_ranks)});
+                            disagreement(descs, nullptr, shown_ranks, speaks_for)});
     }
   }
   for (size_t k = 0; k < records.size(); ++k) {
@@ -57,7 +58,7 @@ void agree_on_records(const std::vector<std::vector<uint8_t>>& records, const Ca
             "protocol error: " + what + " from " + rank_and_address(config, p) + " in " + op;
         throw LinkFailure(p, Said{ctx.prefix(), text}, text, false, Reason::Protocol);
       },
-      config.shown_ranks);
+      config.shown_ranks, config.speaks_for);
   recorder.agreed();
 }
 

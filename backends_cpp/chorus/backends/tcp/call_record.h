@@ -27,7 +27,8 @@ std::vector<uint8_t> call_record(const CallDesc& desc, const void* data, size_t 
 void check_call_records(const std::vector<std::vector<uint8_t>>& records, const CallDesc& desc,
                         size_t inline_bytes, const std::string& context,
                         const std::function<void(int, const std::string&)>& corrupt,
-                        const std::vector<int>& shown_ranks = {});
+                        const std::vector<int>& shown_ranks = {},
+                        const std::vector<std::vector<int>>& speaks_for = {});
 
 // The end of a TCP backend's descriptor round, every rank's record in hand
 // (ring: gathered around the ring; mesh: the record round): the records'

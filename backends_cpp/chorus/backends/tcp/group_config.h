@@ -30,6 +30,9 @@ struct TcpGroupConfig {
   // The number messages give each rank ("rank 5 (addr)"): a hierarchical
   // group's sub-groups show its ranks. Empty: this group's own.
   std::vector<int> shown_ranks;
+  // Per rank, the ranks whose call its call is, for disagreement texts (a
+  // hierarchical group's cross member: every rank of its host). Empty: its own.
+  std::vector<std::vector<int>> speaks_for;
   std::string token;
   std::string job_id;
   std::string group_path;  // "" for the world group, "/0.1" for split 0, color 1

@@ -129,6 +129,7 @@ Child split_child(GroupImpl& parent, const TcpGroupConfig& config, int color, in
   child.config.hosts = std::move(endpoints.reach.hosts);
   child.config.unrouted = std::move(endpoints.reach.unrouted);
   child.config.per_pair_routes = endpoints.reach.per_pair;
+  child.config.speaks_for.clear();  // the parent's members, not the child's
   child.config.ranks_on_host = ranks_on_this_host(config);
   return child;
 }
