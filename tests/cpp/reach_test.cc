@@ -17,18 +17,26 @@ tcp::IpNet net(const std::string& ip, uint8_t prefix) {
 
 tcp::IpAddress ip(const std::string& text) { return *tcp::parse_ip(text); }
 
-// Host h of 4 on a ring of cables h0-h1-h2-h3-h0 (10.0.<cable>.1 or .2 / 30)
-// beside a management switch 192.168.7.<10+h>/24, listed (as `chorus config`
-// writes a ring) at its address on the cable to its left neighbour.
-Endpoint ring_host(int h) {
+// Host h of 4 on a ring of cables h0-h1-h2-h3-h0 beside a management
+// switch, listed (as `chorus config` writes a ring) at its address on the
+// cable to its left neighbour. IPv4: cables 10.0.<cable>.1 or .2 / 30, the
+// switch 192.168.7.<10+h>/24. IPv6 (v6): cables fd00:c:0:<cable>::1 or ::2
+// / 126, the switch fd00:aa::<10+h>/64.
+Endpoint ring_host(int h, bool v6 = false) {
   const int left_cable = (h + 3) % 4;  // cable c joins hc and h(c+1)
   const int right_cable = h;
+  auto cable = [&](int c, int end) {
+    const std::string k = std::to_string(c), e = std::to_string(end);
+    return v6 ? "fd00:c:0:" + k + "::" + e : "10.0." + k + "." + e;
+  };
+  const uint8_t cable_prefix = v6 ? 126 : 30;
+  const std::string port = std::to_string(5000 + h);
   Endpoint e;
-  e.listed = {"10.0." + std::to_string(left_cable) + ".2:" + std::to_string(5000 + h)};
-  e.nets = {net("10.0." + std::to_string(left_cable) + ".2", 30),
-            net("10.0." + std::to_string(right_cable) + ".1", 30),
-            net("192.168.7." + std::to_string(10 + h), 24)};
-  e.any_port = static_cast<uint16_t>(6000 + h);
+  e.listed = {v6 ? "[" + cable(left_cable, 2) + "]:" + port : cable(left_cable, 2) + ":" + port};
+  e.nets = {net(cable(left_cable, 2), cable_prefix), net(cable(right_cable, 1), cable_prefix),
+            v6 ? net("fd00:aa::" + std::to_string(10 + h), 64)
+               : net("192.168.7." + std::to_string(10 + h), 24)};
+  (v6 ? e.any_port6 : e.any_port) = static_cast<uint16_t>((v6 ? 7000 : 6000) + h);
   e.hostname = "h" + std::to_string(h);
   e.parent_rank = h;
   return e;
@@ -137,32 +145,16 @@ TEST(SplitReach, NetworksContainTheirAddressesOnly) {
   EXPECT_EQ(tcp::endpoint_text(ip("10.0.0.1"), 5000), "10.0.0.1:5000");
 }
 
-// The ring of cables again, addressed with IPv6 only (fd00:c:0:<cable>::1 or
-// ::2 / 126, the switch fd00:aa::<10+h>/64), listed as `chorus config` writes
-// it: at the address on the cable to the left neighbour.
-Endpoint ring_host6(int h) {
-  const int left_cable = (h + 3) % 4, right_cable = h;
-  Endpoint e;
-  e.listed = {"[fd00:c:0:" + std::to_string(left_cable) + "::2]:" + std::to_string(5000 + h)};
-  e.nets = {net("fd00:c:0:" + std::to_string(left_cable) + "::2", 126),
-            net("fd00:c:0:" + std::to_string(right_cable) + "::1", 126),
-            net("fd00:aa::" + std::to_string(10 + h), 64)};
-  e.any_port6 = static_cast<uint16_t>(7000 + h);
-  e.hostname = "h" + std::to_string(h);
-  e.parent_rank = h;
-  return e;
-}
-
 TEST(SplitReach, Ipv6NeighboursUseTheirCableAndTheOthersTheSwitch) {
   const auto proven = [](int a, int b) { return b == a + 1; };
-  const std::vector<Endpoint> pair = {ring_host6(0), ring_host6(1)};
+  const std::vector<Endpoint> pair = {ring_host(0, true), ring_host(1, true)};
   const Reach at0 = plan_reach(pair, 0, proven);
   const Reach at1 = plan_reach(pair, 1, proven);
   ASSERT_TRUE(at1.per_pair);
   EXPECT_EQ(at0.hosts[1], std::vector<std::string>{"[fd00:c:0:0::2]:5001"});  // listed, on-link
   EXPECT_EQ(at1.hosts[0], std::vector<std::string>{"[fd00:c::1]:7000"});      // h0 on our cable
   EXPECT_EQ(at1.unrouted[0], "");
-  const std::vector<Endpoint> apart = {ring_host6(0), ring_host6(2)};
+  const std::vector<Endpoint> apart = {ring_host(0, true), ring_host(2, true)};
   const Reach far = plan_reach(apart, 0, [](int, int) { return false; });
   EXPECT_EQ(far.hosts[1], std::vector<std::string>{"[fd00:aa::12]:7002"});
   EXPECT_EQ(far.unrouted[1], "");
@@ -171,7 +163,7 @@ TEST(SplitReach, Ipv6NeighboursUseTheirCableAndTheOthersTheSwitch) {
 TEST(SplitReach, MixedFamiliesUseTheNarrowestSharedNetworkWithAListener) {
   // Listed on IPv6 cables, the switch IPv4 only: non-neighbours meet on the
   // IPv4 switch; a host without an IPv6 listener is never dialed over IPv6.
-  auto h0 = ring_host6(0), h1 = ring_host6(1), h2 = ring_host6(2);
+  auto h0 = ring_host(0, true), h1 = ring_host(1, true), h2 = ring_host(2, true);
   for (Endpoint* e : {&h0, &h1, &h2}) {
     e->nets.back() = net("192.168.7." + std::to_string(10 + e->parent_rank), 24);
     e->any_port = static_cast<uint16_t>(6000 + e->parent_rank);
