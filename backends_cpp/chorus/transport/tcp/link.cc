@@ -18,6 +18,9 @@ constexpr size_t kMaxAbortText = 64 * 1024;
 // Frames parsed from one socket per wake-up: tiny frames cannot make one
 // handle() queue thousands of them before the owner takes any.
 constexpr size_t kReadFrames = 4096;
+// A stream's read-ahead buffer (Stream::inbox): a small frame arrives in one
+// recv; a payload at least this large is read straight into its destination.
+constexpr size_t kInboxBytes = 4096;
 
 // The frame's name as the protocol comments spell it, for Protocol texts.
 const char* wire_name(FrameType type) {
@@ -110,11 +113,17 @@ void Link::set_limits(const FrameLimits& limits) {
   for (size_t i = 0; i < streams_.size(); ++i) release_held(i);
 }
 
-void Link::release_held(size_t i) {
+void Link::release_held(size_t i, bool whatever_size) {
   Stream& s = streams_[i];
   if (!s.held || state_ != State::Up) return;
   s.held = false;
+  const size_t hold = limits_.hold_over;
+  if (whatever_size) limits_.hold_over = SIZE_MAX;
   start_payload(i);  // holds it again if it still may not be read
+  limits_.hold_over = hold;
+  // Bytes already staged may finish it (and frames behind it): no poll
+  // would report them.
+  if (!s.held && s.staged() > 0) read_stream(i, /*may_recv=*/false);
 }
 
 uint64_t Link::post_recv(void* data, size_t n) {
@@ -179,18 +188,16 @@ void Link::on_eof(size_t i) {
 }
 
 std::optional<Frame> Link::take() {
-  auto it = unexpected_.find(next_rx_);
-  if (it == unexpected_.end() && !streams_.empty()) {
+  if (unexpected_.count(next_rx_) == 0 && !streams_.empty()) {
     // The owner asks for the next frame whatever its size: a held one is read now.
     const size_t i = next_rx_ % streams_.size();
     Stream& s = streams_[i];
     if (s.held && s.next_local * streams_.size() + i == next_rx_) {
-      const size_t hold = limits_.hold_over;
-      limits_.hold_over = SIZE_MAX;
-      release_held(i);
-      limits_.hold_over = hold;
+      release_held(i, /*whatever_size=*/true);
     }
   }
+  // Found after release_held, which may have completed it from staged bytes.
+  auto it = unexpected_.find(next_rx_);
   if (it == unexpected_.end() || !it->second.complete) {
     check_eof_stream(next_rx_);
     return std::nullopt;
@@ -427,12 +434,16 @@ void Link::finish_frame(Stream& s) {
   }
 }
 
-void Link::read_stream(size_t i) {
+void Link::read_stream(size_t i, bool may_recv) {
   Stream& s = streams_[i];
   size_t budget = kReadBudget;
   size_t frames = 0;
-  while (state_ == State::Up && !s.held && budget > 0 && frames < kReadFrames) {
-    void* dst;
+  bool drained = false;  // a recv returned less than asked: the socket is (nearly) empty
+  // Staged bytes are always parsed to the end (at most kInboxBytes): nothing
+  // would wake the owner for them.
+  while (state_ == State::Up && !s.held &&
+         (s.staged() > 0 || (may_recv && !drained && budget > 0 && frames < kReadFrames))) {
+    uint8_t* dst;
     size_t want;
     if (!s.in_payload) {
       dst = reinterpret_cast<uint8_t*>(&s.header) + s.header_got;
@@ -443,21 +454,40 @@ void Link::read_stream(size_t i) {
       dst = s.dst + s.got;
       want = std::min(s.length - s.got, kMaxIo);
     }
-    const ssize_t rc = ::recv(s.sock.fd(), dst, want, 0);
-    if (rc == 0) {
-      on_eof(i);
-      return;
+    size_t got;
+    if (s.staged() > 0) {
+      got = std::min(want, s.staged());
+      std::memcpy(dst, s.inbox.data() + s.inbox_at, got);
+      s.inbox_at += got;
+    } else {
+      const bool direct = s.in_payload && want >= kInboxBytes;
+      if (!direct && s.inbox.empty()) s.inbox.resize(kInboxBytes);
+      const size_t ask = direct ? want : s.inbox.size();
+      const ssize_t rc = ::recv(s.sock.fd(), direct ? dst : s.inbox.data(), ask, 0);
+      if (rc == 0) {
+        on_eof(i);
+        return;
+      }
+      if (rc < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        const int err = errno;
+        fail(State::Failed, err, detail::errno_text(err));
+        return;
+      }
+      const auto n = static_cast<size_t>(rc);
+      bytes_rx_ += n;
+      budget -= std::min(budget, n);
+      // Level-triggered poll() reports whatever arrives later: no recv just
+      // to hear EAGAIN.
+      drained = n < ask;
+      if (!direct) {
+        s.inbox_at = 0;
+        s.inbox_end = n;
+        continue;
+      }
+      got = n;
     }
-    if (rc < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      const int err = errno;
-      fail(State::Failed, err, detail::errno_text(err));
-      return;
-    }
-    const auto got = static_cast<size_t>(rc);
-    bytes_rx_ += got;
-    budget -= std::min(budget, got);
     if (!s.in_payload) {
       s.header_got += got;
       if (s.header_got == sizeof(FrameHeader)) {

@@ -164,17 +164,25 @@ class Link {
     bool to_abort = false;    // the frame being read is an Abort
     bool held = false;        // its header is read, its payload waits (hold_over)
     bool eof = false;         // the peer closed this socket between frames
+    // Bytes read ahead of the frame being parsed: one recv takes a small
+    // frame's header and payload (and any frames behind it) at once.
+    std::vector<uint8_t> inbox;
+    size_t inbox_at = 0, inbox_end = 0;
+    size_t staged() const { return inbox_end - inbox_at; }
   };
 
   void fail(State state, int err, const std::string& text);
-  void read_stream(size_t i);
+  // Parses what stream i holds and, if may_recv, what its socket has.
+  void read_stream(size_t i, bool may_recv = true);
   void write_stream(Stream& s);
   void finish_frame(Stream& s);
   std::vector<uint8_t> spare_buffer(size_t n);
   void recycle(std::vector<uint8_t> buffer);
   void start_payload(size_t i);
-  // Resumes stream i's held frame when `why` allows it now.
-  void release_held(size_t i);
+  // Resumes stream i's held frame if the limits allow it now (or
+  // whatever_size: take() asks for it), and parses what the stream already
+  // read past its header (poll() cannot say so).
+  void release_held(size_t i, bool whatever_size = false);
   std::string check_header(const FrameHeader& h, bool posted) const;
   void drop_early(std::map<uint64_t, Frame>::iterator it);
   void on_eof(size_t i);
