@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "chorus/algorithms/mesh.h"
+#include "chorus/backends/mesh/doubling.h"
 #include "chorus/backends/mesh/mailbox.h"
 #include "chorus/backends/mesh/mesh_group.h"
 #include "chorus/backends/ring/ring.h"
@@ -121,6 +122,75 @@ TEST(MeshAlgorithms, BlocksCoverTheBufferOnce) {
   EXPECT_EQ(fixed[3].length, 10u);
 }
 
+// Runs every rank's doubling steps against in-memory links, one bundle per
+// (from, to) pair at most, in whatever order they can proceed.
+TEST(MeshDoubling, EveryRankGetsEveryRecordAndEachPairMeetsOnce) {
+  for (int n = 1; n <= 19; ++n) {
+    std::vector<std::vector<mesh::DoublingStep>> steps(n);
+    std::vector<std::vector<std::vector<uint8_t>>> held(n, std::vector<std::vector<uint8_t>>(n));
+    for (int r = 0; r < n; ++r) {
+      steps[r] = mesh::doubling_steps(r, n);
+      held[r][r] = std::vector<uint8_t>(1 + r % 3, static_cast<uint8_t>(r));
+    }
+    std::vector<std::vector<std::vector<uint8_t>>> wire(n, std::vector<std::vector<uint8_t>>(n));
+    std::vector<std::vector<int>> sent(n, std::vector<int>(n, 0));
+    std::vector<size_t> at(n, 0);
+    std::vector<bool> posted(n, false);
+    size_t exchanges = 0;
+    for (bool moved = true; moved;) {
+      moved = false;
+      for (int r = 0; r < n; ++r) {
+        if (at[r] == steps[r].size()) continue;
+        const mesh::DoublingStep& step = steps[r][at[r]];
+        if (step.send_to >= 0 && !posted[r]) {
+          ASSERT_NE(step.send_to, r);
+          ASSERT_EQ(sent[r][step.send_to]++, 0) << "n " << n << ": " << r << " -> " << step.send_to;
+          wire[r][step.send_to] = mesh::pack_bundle(held[r], step.send_to);
+          posted[r] = true;
+          ++exchanges;
+          moved = true;
+        }
+        if (step.wait_from >= 0) {
+          if (sent[step.wait_from][r] == 0 || wire[step.wait_from][r].empty()) continue;
+          ASSERT_EQ(mesh::unpack_bundle(wire[step.wait_from][r], held[r]), "") << "n " << n;
+          wire[step.wait_from][r].clear();
+        }
+        ++at[r];
+        posted[r] = false;
+        moved = true;
+      }
+    }
+    int p = 1;
+    while (p * 2 <= n) p *= 2;
+    EXPECT_EQ(exchanges, static_cast<size_t>(2 * (n - p) + p * __builtin_ctz(p))) << "n " << n;
+    for (int r = 0; r < n; ++r) {
+      ASSERT_EQ(at[r], steps[r].size()) << "n " << n << ": rank " << r << " is stuck";
+      for (int q = 0; q < n; ++q) {
+        EXPECT_EQ(held[r][q], std::vector<uint8_t>(1 + q % 3, static_cast<uint8_t>(q)))
+            << "n " << n << ": rank " << r << " lacks rank " << q << "'s record";
+      }
+    }
+  }
+}
+
+TEST(MeshDoubling, MalformedBundlesAreNamed) {
+  std::vector<std::vector<uint8_t>> records(3);
+  records[1] = {7, 7};
+  const std::vector<uint8_t> good = mesh::pack_bundle(records, -1);
+  std::vector<std::vector<uint8_t>> mine(3);
+  EXPECT_EQ(mesh::unpack_bundle(good, mine), "");
+  EXPECT_EQ(mine[1], records[1]);
+  EXPECT_EQ(mesh::unpack_bundle(good, mine), "a second record of rank 1");
+  std::vector<std::vector<uint8_t>> fresh(3);
+  EXPECT_EQ(mesh::unpack_bundle({good.begin(), good.end() - 1}, fresh),
+            "a bundle of records cut short");
+  std::vector<std::vector<uint8_t>> small(1);
+  EXPECT_EQ(mesh::unpack_bundle(good, small), "a record of rank 1, out of range");
+  std::vector<uint8_t> empty = {1, 0, 0, 0, 0, 0, 0, 0};
+  EXPECT_EQ(mesh::unpack_bundle(empty, fresh), "an empty record of rank 1");
+  EXPECT_TRUE(mesh::pack_bundle(records, 1).empty());
+}
+
 class MeshSweep : public ::testing::TestWithParam<std::tuple<int, size_t>> {};
 
 TEST_P(MeshSweep, CollectivesMatchScalarReference) {
@@ -211,12 +281,23 @@ TEST(Mesh, ReduceScatterOfPiecesReducesEachRanksPiecesInTheirOrder) {
 }
 
 TEST(Mesh, DescriptorMismatchRaisesOnEveryRankAndNextCallWorks) {
-  const int n = 3;
-  for (size_t base : {size_t{8}, size_t{1000}}) {  // record path and direct path
+  struct Case {
+    int n;
+    size_t base, odd, segment;
+  };
+  // The record path (by doubling from 3 ranks), the direct path (segment 64),
+  // and rank 2's call beyond the record path while the others' is on it: it
+  // runs the all-to-all round and the others follow it there.
+  for (const Case c : {Case{3, 8, 9, 0}, Case{3, 1000, 1001, 64}, Case{4, 8, 9, 0},
+                       Case{4, 8, 5000, 0}, Case{5, 8, 5000, 0}, Case{6, 5000, 8, 0}}) {
+    const int n = c.n;
+    const size_t base = c.base;
+    std::string others = "ranks 0,1";
+    for (int r = 3; r < n; ++r) others += "," + std::to_string(r);
     auto errors = run_ranks(
         n,
         [&](int rank, GroupPtr& g) {
-          const size_t count = rank == 2 ? base + 1 : base;
+          const size_t count = rank == 2 ? c.odd : base;
           std::vector<float> buf(count, 1.0f);
           try {
             ops::all_reduce(*g,
@@ -225,12 +306,13 @@ TEST(Mesh, DescriptorMismatchRaisesOnEveryRankAndNextCallWorks) {
             ADD_FAILURE() << "rank " << rank << " did not raise";
           } catch (const UsageError& e) {
             const std::string what = e.what();
-            EXPECT_TRUE(contains(what, "[chorus mesh] rank " + std::to_string(rank) + "/3"))
+            EXPECT_TRUE(contains(
+                what, "[chorus mesh] rank " + std::to_string(rank) + "/" + std::to_string(n)))
                 << what;
             EXPECT_TRUE(
-                contains(what, "rank 2 has all_sum of " + std::to_string(base + 1) + " x float32"))
+                contains(what, "rank 2 has all_sum of " + std::to_string(c.odd) + " x float32"))
                 << what;
-            EXPECT_TRUE(contains(what, "ranks 0,1 have all_sum of " + std::to_string(base)))
+            EXPECT_TRUE(contains(what, others + " have all_sum of " + std::to_string(base)))
                 << what;
             // The cause is the disagreement alone, what a hierarchical group
             // words its own error from; the message ends with it.
@@ -242,9 +324,9 @@ TEST(Mesh, DescriptorMismatchRaisesOnEveryRankAndNextCallWorks) {
           std::vector<double> ok(base, rank);
           ops::all_reduce(*g, make_desc(Collective::AllReduce, ReduceOp::Max, Dtype::Float64, base),
                           ok.data(), ok.data());
-          for (double x : ok) ASSERT_EQ(x, 2.0);
+          for (double x : ok) ASSERT_EQ(x, n - 1.0);
         },
-        base == 8 ? 0 : 64);
+        c.segment);
     expect_no_errors(errors);
   }
 }
@@ -548,7 +630,9 @@ TEST(Mesh, WrongTokenIsRejectedAndLogged) {
 // (the acceptor's wake fd stays readable until taken: polled again, every
 // poll returned at once and the rank spun until the call ended).
 TEST(Mesh, AWaitingRankSleepsWhileAConnectionItDoesNotNeedWaits) {
-  const int n = 3;
+  // Four ranks: the doubling round pairs 0 with 1 first, so rank 1 then
+  // waits for rank 3 (which waits for the late rank 2), not for rank 0.
+  const int n = 4;
   World w = make_world(n);
   std::vector<std::string> errors(n);
   std::vector<double> cpu_s(n, 0);
@@ -567,15 +651,15 @@ TEST(Mesh, AWaitingRankSleepsWhileAConnectionItDoesNotNeedWaits) {
                         &x);
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
         cpu_s[r] = static_cast<double>(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
-        EXPECT_EQ(x, 3.0f);
+        EXPECT_EQ(x, 4.0f);
       } catch (const std::exception& e) {
         errors[r] = e.what();
       }
     });
   }
-  // Once ranks 0 and 1 wait in the call for rank 2: a newer connection
+  // Once ranks 0, 1 and 3 wait in the call for rank 2: a newer connection
   // "from rank 0" (the job's token, a later epoch) reaches rank 1's acceptor.
-  while (entered < 2) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  while (entered < 3) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   const auto deadline = tcp::Clock::now() + std::chrono::seconds(2);
   tcp::Socket newer = tcp::Socket::connect(tcp::Address::parse(w.hosts[1][0]), deadline);

@@ -37,9 +37,10 @@ MeshGroup::MeshGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   id_.group = tcp::group_hash(config_.job_id, "mesh" + config_.group_path);
   segment_bytes_ = config_.segment_bytes ? config_.segment_bytes : kDefaultSegment;
   small_bytes_ = std::min(kSmallBytes, segment_bytes_);
-  // Sync frames carry the call record (a WireDesc plus a small input); Data
-  // frames one segment, of a collective or of a message.
-  frame_limits_.sync = sizeof(WireDesc) + small_bytes_;
+  // Data frames carry one segment, of a collective or of a message; Sync frames
+  // carry the call record (a WireDesc plus a small input), or a bundle of
+  // records (every rank's, at most).
+  frame_limits_.sync = static_cast<size_t>(config_.size) * (8 + sizeof(WireDesc) + small_bytes_);
   frame_limits_.p2p = sizeof(P2PHeader);
   frame_limits_.early_data = std::max<size_t>(segment_bytes_, 1);
   peers_.resize(config_.size);

@@ -14,8 +14,10 @@
 // Call protocol (collectives):
 //  1. Record round: every rank sends its record (a Sync frame: call index +
 //     WireDesc + the whole input when it is small) to every peer and waits
-//     for theirs. The record doubles as the ring's Sync: until a peer's record
-//     arrived, its link dying means "reconnecting", not death.
+//     for theirs; when the records are the whole call, by recursive doubling
+//     (log2 N steps, one peer each: README.md). The record doubles as the
+//     ring's Sync: until a peer's record arrived, its link dying means
+//     "reconnecting", not death.
 //  2. Every rank checks that all descriptors agree (UsageError everywhere if
 //     not; links stay clean). Small inputs are then reduced locally in rank
 //     order from the records: one round trip in all.
@@ -175,13 +177,32 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   // Runs one operation: its failures abort the links it dirtied (all of them
   // for a collective, the peer's for a send) so the next call starts clean.
   void run(const char* op, Kind kind, int peer, const std::function<void()>& body);
-  // The record round; returns every rank's record (ours at rank()).
-  std::vector<std::vector<uint8_t>> start_call(std::vector<uint8_t> record);
+  // The record round (mesh_record_round.cc); returns every rank's record
+  // (ours at rank()). `doubling`: the records are the whole call, so they
+  // may travel by recursive doubling.
+  std::vector<std::vector<uint8_t>> start_call(std::vector<uint8_t> record, bool doubling);
+  enum class Taken { None, Record, Restart };
+  // One look at p in a record round: brings p's link back if it must
+  // (sending `resend`, if any, on the new link), probes a silent p, and
+  // takes p's next Sync frame of this call into `out` (Record; one flagged
+  // as a bundle only if `bundle`). Restart: p is ahead and this rank,
+  // interrupted on the way, moved to the next call index.
+  Taken take_sync(int p, bool probe_now, const std::vector<uint8_t>* resend, bool bundle,
+                  tcp::Frame& out);
+  void send_sync(int p, const std::vector<uint8_t>& payload, bool bundle);
+  enum class Doubled { Done, Restart, AllToAll };
+  // The doubling round (doubling.h). AllToAll: a peer runs the all-to-all
+  // round (its call needs more than the records), so this rank must too.
+  Doubled doubling_round(std::vector<std::vector<uint8_t>>& records);
+  // A peer other than `partner` sent an all-to-all record of this call.
+  bool all_to_all_seen(int partner);
   void ensure_link(int p);
 
   // Record round + descriptor agreement (+ inline data for small inputs);
   // throws UsageError on disagreement. Returns every rank's record.
-  std::vector<std::vector<uint8_t>> agree(const CallDesc& desc, const void* data, size_t n);
+  // `whole_call`: nothing follows the records (small inputs, barrier).
+  std::vector<std::vector<uint8_t>> agree(const CallDesc& desc, const void* data, size_t n,
+                                          bool whole_call);
   bool small(size_t nbytes) const { return nbytes <= small_bytes_; }
 
   GroupConfig config_;

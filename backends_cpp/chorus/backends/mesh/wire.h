@@ -1,8 +1,10 @@
 // How the mesh uses the TCP link's frames (transport/tcp/link.h). README.md
 // in this folder has the whole protocol.
 //
-//   Sync   aux0 = call index; payload = WireDesc [+ the input, small calls]
-//          (the record: first frame of every collective, to every peer)
+//   Sync   aux0 = call index, aux1 = wire_op [| kBundleFlag];
+//          payload = WireDesc [+ the input, small calls] (the record: first
+//          frame of every collective, to every peer), or a bundle of
+//          records (doubling.h: to one peer per step)
 //   Data   aux0 = 0: collective data (one segment)
 //          aux0 = kP2PData, aux1 = tag: one segment of a point-to-point message
 //   P2P    aux0 = tag; payload = P2PHeader (starts a point-to-point message)
@@ -19,6 +21,9 @@
 namespace chorus::mesh {
 
 constexpr uint64_t kP2PData = 1;
+// In a Sync frame's aux1 (beside wire_op): the payload is a bundle of
+// records (doubling.h), not one rank's record.
+constexpr uint64_t kBundleFlag = uint64_t{1} << 32;
 
 struct P2PHeader {
   uint64_t nbytes;

@@ -78,9 +78,7 @@ uint64_t Link::post_send(FrameType type, uint64_t aux0, uint64_t aux1, const voi
   item.header = FrameHeader{kFrameMagic, static_cast<uint8_t>(type), {}, n, aux0, aux1};
   item.data = static_cast<const uint8_t*>(data);
   item.length = n;
-  if (streams_.empty()) return next_tx_;
-  streams_[next_tx_ % streams_.size()].tx.push_back(std::move(item));
-  return next_tx_++;
+  return enqueue(std::move(item));
 }
 
 uint64_t Link::post_send_owned(FrameType type, uint64_t aux0, uint64_t aux1,
@@ -90,8 +88,16 @@ uint64_t Link::post_send_owned(FrameType type, uint64_t aux0, uint64_t aux1,
   item.owned = std::move(bytes);
   item.data = item.owned.data();
   item.length = item.owned.size();
+  return enqueue(std::move(item));
+}
+
+uint64_t Link::enqueue(TxItem item) {
   if (streams_.empty()) return next_tx_;
-  streams_[next_tx_ % streams_.size()].tx.push_back(std::move(item));
+  Stream& s = streams_[next_tx_ % streams_.size()];
+  s.tx.push_back(std::move(item));
+  // Written at once when nothing waits before it: a small frame leaves
+  // without a poll round first (the socket takes what fits; POLLOUT the rest).
+  if (s.tx.size() == 1 && state_ == State::Up) write_stream(s);
   return next_tx_++;
 }
 

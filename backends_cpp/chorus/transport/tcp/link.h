@@ -105,8 +105,10 @@ class Link {
   // The longest Socket::unacknowledged_ms() of its sockets.
   uint32_t unacknowledged_ms() const;
 
-  // Queues one frame; returns its ticket. The payload must stay valid until
-  // send_done(ticket) or sends_done(); payloads up to kInlineBytes are copied.
+  // Queues one frame, writing what its socket takes at once if nothing is
+  // queued before it; returns its ticket. A failed write shows in state().
+  // The payload must stay valid until send_done(ticket) or sends_done();
+  // payloads up to kInlineBytes are copied.
   uint64_t post_send(FrameType type, uint64_t aux0, uint64_t aux1, const void* data, size_t n);
   uint64_t post_send_owned(FrameType type, uint64_t aux0, uint64_t aux1,
                            std::vector<uint8_t> bytes);
@@ -172,6 +174,8 @@ class Link {
   };
 
   void fail(State state, int err, const std::string& text);
+  // Queues a frame on its socket (round-robin) and returns its ticket.
+  uint64_t enqueue(TxItem item);
   // Parses what stream i holds and, if may_recv, what its socket has.
   void read_stream(size_t i, bool may_recv = true);
   void write_stream(Stream& s);
