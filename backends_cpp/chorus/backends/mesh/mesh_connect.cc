@@ -207,8 +207,8 @@ void MeshGroup::report_gone(int p) {
     }
     text += " are gone (their listeners refuse connections) during " + op_;
   }
-  throw LinkFailure(p, Said{ctx_.prefix(), text},
-                    text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
+  throw LinkFailure(p, Said{ctx_.prefix(), text}, true, Reason::Unknown,
+                    seen_by(text, config_.rank));
 }
 
 // Brings p's link back; false while waiting for a lower rank to dial us.
@@ -229,9 +229,8 @@ bool MeshGroup::recover(int p) {
     if (!silent && in_call_ && kind_ == Kind::Collective) {
       text += last_call_text(peers_[p].last_call, calls_.index());
     }
-    throw LinkFailure(p, Said{ctx_.prefix(), text},
-                      text + " (seen by rank " + std::to_string(config_.rank) + ")", false,
-                      tcp_reconnect_reason(e));
+    throw LinkFailure(p, Said{ctx_.prefix(), text}, false, tcp_reconnect_reason(e),
+                      seen_by(text, config_.rank));
   }
   peers_[p].need = false;
   return true;

@@ -54,7 +54,7 @@ void MeshGroup::route(int p, tcp::Frame frame) {
   auto protocol = [&](const std::string& what) {
     const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " + what +
                              " (are all ranks calling matching operations?)";
-    throw LinkFailure(p, Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
+    throw LinkFailure(p, Said{ctx_.prefix(), text}, false, Reason::Protocol);
   };
   if (mailbox_.expecting(p)) {
     if (frame.type != tcp::FrameType::Data || frame.aux0 != kP2PData) {
@@ -114,7 +114,7 @@ void MeshGroup::check_links() {
             break;
           }
           if (w.abandoned) {
-            throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, text, false,
+            throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, false,
                               w.reason);
           }
           throw calls_.late(culprit, op_, ctx_.prefix(), text);
@@ -135,14 +135,14 @@ void MeshGroup::check_links() {
           // In a send/recv: a collective's failure is not ours, unless our
           // peer is dead.
           if (fatal && (p == op_peer_ || culprit == op_peer_)) {
-            throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, text, true,
+            throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, true,
                               w.reason);
           }
           reset(p);
           break;
         }
         if (call < calls_.index() && fatal) {
-          throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, text, true,
+          throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, true,
                             w.reason);
         }
         if (call < calls_.index()) {
@@ -154,7 +154,7 @@ void MeshGroup::check_links() {
           if (!tolerant) {
             const std::string t =
                 who(p) + " closed its link during " + op_ + " (after an earlier failure)";
-            throw LinkFailure(p, Said{ctx_.prefix(), t}, t);
+            throw LinkFailure(p, Said{ctx_.prefix(), t});
           }
         } else if (call > calls_.index()) {
           // It failed in a call we have not reached yet (this rank skipped
@@ -165,7 +165,7 @@ void MeshGroup::check_links() {
           pending_abort_ = PendingAbort{culprit, call, text, fatal, w.reason, w.abandoned};
           reset(p, /*keep_frames=*/true);
         } else {
-          throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, text, fatal,
+          throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, fatal,
                             w.reason);
         }
         break;
@@ -184,14 +184,13 @@ void MeshGroup::check_links() {
         // that arrived before the close are still ours to take.
         if (l.sends_done() && (waiting_ != p || !peer.coll.empty())) break;
         const LostLink lost = lost_link(who(p), op_, l);
-        throw LinkFailure(p, Said{ctx_.prefix(), lost.text},
-                          lost.text + " (seen by rank " + std::to_string(config_.rank) + ")", true,
-                          lost.reason);
+        throw LinkFailure(p, Said{ctx_.prefix(), lost.text}, true, lost.reason,
+                          seen_by(lost.text, config_.rank));
       }
       case tcp::Link::State::Protocol: {
         const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " +
                                  l.failure_text() + " (are all ranks calling the same operations?)";
-        throw LinkFailure(p, Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
+        throw LinkFailure(p, Said{ctx_.prefix(), text}, false, Reason::Protocol);
       }
     }
   }
@@ -304,18 +303,17 @@ std::vector<uint8_t> MeshGroup::recv_exact(int p, size_t n) {
     const auto state = peer.link.state();
     if (state == tcp::Link::State::Closed || state == tcp::Link::State::Failed) {
       const LostLink lost = lost_link(who(p), op_, peer.link);
-      throw LinkFailure(p, Said{ctx_.prefix(), lost.text},
-                        lost.text + " (seen by rank " + std::to_string(config_.rank) + ")", true,
-                        lost.reason);
+      throw LinkFailure(p, Said{ctx_.prefix(), lost.text}, true, lost.reason,
+                        seen_by(lost.text, config_.rank));
     }
     if (state != tcp::Link::State::Up) {
       if (!pending_abort_) {
         const LostLink lost = lost_link(who(p), op_, peer.link);
-        throw LinkFailure(p, Said{ctx_.prefix(), lost.text}, lost.text, false, lost.reason);
+        throw LinkFailure(p, Said{ctx_.prefix(), lost.text}, false, lost.reason);
       }
       const std::string text =
           "the link to " + who(p) + " closed during " + op_ + ": " + pending_abort_->text;
-      throw LinkFailure(p, Said{ctx_.prefix(), text}, text, false, pending_abort_->reason);
+      throw LinkFailure(p, Said{ctx_.prefix(), text}, false, pending_abort_->reason);
     }
     waiting_ = p;
     progress();
@@ -328,7 +326,7 @@ std::vector<uint8_t> MeshGroup::recv_exact(int p, size_t n) {
                              tcp::frame_type_name(f.type) + " frame of " +
                              std::to_string(f.payload.size()) + " bytes during " + op_ +
                              ", expected " + std::to_string(n) + " bytes of data";
-    throw LinkFailure(p, Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
+    throw LinkFailure(p, Said{ctx_.prefix(), text}, false, Reason::Protocol);
   }
   return std::move(f.payload);
 }

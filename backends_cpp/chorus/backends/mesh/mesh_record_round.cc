@@ -47,7 +47,7 @@ MeshGroup::Taken MeshGroup::take_sync(int p, bool probe_now, const std::vector<u
       const std::string text = "protocol error: " + who(p) + " sent a " +
                                tcp::frame_type_name(f.type) + " frame at the start of " + op_ +
                                " (are all ranks calling the same operations?)";
-      throw LinkFailure(p, Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
+      throw LinkFailure(p, Said{ctx_.prefix(), text}, false, Reason::Protocol);
     }
     peer.last_call.saw(f.aux0, f.aux1 & ~kBundleFlag);
     if (f.aux0 < calls_.index()) {
@@ -91,8 +91,8 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
     if (a.call == calls_.index() &&
         !calls_.skip_aborted(a.abandoned ? std::optional<Reason>(a.reason) : std::nullopt)) {
       if (a.abandoned) {
-        throw LinkFailure(a.culprit, Said{ctx_.prefix() + op_ + " aborted: ", a.text}, a.text,
-                          false, a.reason);
+        throw LinkFailure(a.culprit, Said{ctx_.prefix() + op_ + " aborted: ", a.text}, false,
+                          a.reason);
       }
       throw calls_.late(a.culprit, op_, ctx_.prefix(), a.text);
     }
@@ -100,8 +100,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
   if (pending_abort_) {
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
-    throw LinkFailure(a.culprit, Said{ctx_.prefix() + op_ + " aborted: ", a.text}, a.text, true,
-                      a.reason);
+    throw LinkFailure(a.culprit, Said{ctx_.prefix() + op_ + " aborted: ", a.text}, true, a.reason);
   }
   record_ = std::move(record);
   const int n = config_.size, me = config_.rank;
@@ -221,7 +220,7 @@ MeshGroup::Doubled MeshGroup::doubling_round(std::vector<std::vector<uint8_t>>& 
         if (!wrong.empty()) {
           const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " +
                                    wrong + " (are all ranks calling matching operations?)";
-          throw LinkFailure(p, Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
+          throw LinkFailure(p, Said{ctx_.prefix(), text}, false, Reason::Protocol);
         }
         peers_[p].tolerant = false;
         break;
@@ -248,8 +247,7 @@ MeshGroup::Doubled MeshGroup::doubling_round(std::vector<std::vector<uint8_t>>& 
       const int from = doubling_steps(me, n).back().wait_from;
       const std::string text = "protocol error during " + op_ + ": no record of " + who(q) +
                                " came in the doubling round";
-      throw LinkFailure(from < 0 ? q : from, Said{ctx_.prefix(), text}, text, false,
-                        Reason::Protocol);
+      throw LinkFailure(from < 0 ? q : from, Said{ctx_.prefix(), text}, false, Reason::Protocol);
     }
   }
   return Doubled::Done;

@@ -161,8 +161,8 @@ void RingGroup::probe_left() {
   if (!listener_refuses(config_.hosts[left()].front(), std::chrono::milliseconds(500))) return;
   const std::string text = who(left()) + " is gone (its listener refuses connections) during " +
                            op_ + where_was(Side::Left);
-  throw LinkFailure(left(), Said{ctx_.prefix(), text},
-                    text + " (seen by rank " + std::to_string(config_.rank) + ")", true);
+  throw LinkFailure(left(), Said{ctx_.prefix(), text}, true, Reason::Unknown,
+                    seen_by(text, config_.rank));
 }
 
 std::string RingGroup::where_was(Side side) const {
@@ -184,9 +184,8 @@ bool RingGroup::recover(Side side) {
                              (silent ? " is unreachable (no answer to a reconnection) during "
                                      : " could not be reconnected during ") +
                              op_ + ": " + e.what() + (silent ? "" : where_was(Side::Right));
-    throw LinkFailure(right(), Said{ctx_.prefix(), text},
-                      text + " (seen by rank " + std::to_string(config_.rank) + ")", gone,
-                      tcp_reconnect_reason(e));
+    throw LinkFailure(right(), Said{ctx_.prefix(), text}, gone, tcp_reconnect_reason(e),
+                      seen_by(text, config_.rank));
   }
   return true;
 }
@@ -259,7 +258,7 @@ void RingGroup::check_links() {
         }
         if (call < calls_.index() && fatal) {
           // A rank died in a call we had finished: the ring cannot recover.
-          throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, text, true,
+          throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, true,
                             w.reason);
         }
         if (call < calls_.index()) {
@@ -271,7 +270,7 @@ void RingGroup::check_links() {
           if (!tolerant_[s]) {
             const std::string t =
                 who(p) + " closed its link during " + op_ + " (after an earlier failure)";
-            throw LinkFailure(p, Said{ctx_.prefix(), t}, t);
+            throw LinkFailure(p, Said{ctx_.prefix(), t});
           }
         } else if (call > calls_.index()) {
           // It failed in a call we have not reached yet: raise there.
@@ -279,7 +278,7 @@ void RingGroup::check_links() {
           l = Link();
           need_[s] = true;
         } else {
-          throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, text, fatal,
+          throw LinkFailure(culprit, Said{ctx_.prefix() + op_ + " aborted: ", text}, fatal,
                             w.reason);
         }
         break;
@@ -302,13 +301,12 @@ void RingGroup::check_links() {
         throw LinkFailure(p,
                           Said{ctx_.prefix(), lost.text + " (after " + std::to_string(got) +
                                                   " bytes received from it in this call)"},
-                          lost.text + " (seen by rank " + std::to_string(config_.rank) + ")", true,
-                          lost.reason);
+                          true, lost.reason, seen_by(lost.text, config_.rank));
       }
       case Link::State::Protocol: {
         const std::string text = "protocol error from " + who(p) + " during " + op_ + ": " +
                                  l.failure_text() + " (are all ranks calling the same operations?)";
-        throw LinkFailure(p, Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
+        throw LinkFailure(p, Said{ctx_.prefix(), text}, false, Reason::Protocol);
       }
     }
   }
@@ -381,8 +379,8 @@ void RingGroup::start_call() {
     const PendingAbort a = *pending_abort_;
     pending_abort_.reset();
     if (a.call == calls_.index()) {
-      throw LinkFailure(a.culprit, Said{ctx_.prefix() + op_ + " aborted: ", a.text}, a.text,
-                        a.fatal, a.reason);
+      throw LinkFailure(a.culprit, Said{ctx_.prefix() + op_ + " aborted: ", a.text}, a.fatal,
+                        a.reason);
     }
   }
   bool synced[2] = {false, false};
@@ -462,7 +460,7 @@ void RingGroup::start_call() {
             const std::string text = "protocol error: " + who(peer(side)) + " sent a " +
                                      tcp::frame_type_name(f->type) + " frame at the start of " +
                                      op_ + " (are all ranks calling the same operations?)";
-            throw LinkFailure(peer(side), Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
+            throw LinkFailure(peer(side), Said{ctx_.prefix(), text}, false, Reason::Protocol);
           }
           if (f->aux0 < calls_.index()) {
             // The neighbour is behind, in a call this rank has left: it learns
@@ -508,12 +506,11 @@ void RingGroup::wait_recv(Side from, uint64_t ticket) {
       check_links();
       if (!pending_abort_) {
         const LostLink lost = lost_link(who(peer(from)), op_, link(from));
-        throw LinkFailure(peer(from), Said{ctx_.prefix(), lost.text}, lost.text, false,
-                          lost.reason);
+        throw LinkFailure(peer(from), Said{ctx_.prefix(), lost.text}, false, lost.reason);
       }
       const std::string text =
           "the link to " + who(peer(from)) + " closed during " + op_ + ": " + pending_abort_->text;
-      throw LinkFailure(peer(from), Said{ctx_.prefix(), text}, text, false, pending_abort_->reason);
+      throw LinkFailure(peer(from), Said{ctx_.prefix(), text}, false, pending_abort_->reason);
     }
     progress();
   }
@@ -526,13 +523,13 @@ std::vector<uint8_t> RingGroup::recv_bytes(Side from) {
       if (f->type != tcp::FrameType::Data) {
         const std::string text = "protocol error: " + who(peer(from)) + " sent a " +
                                  tcp::frame_type_name(f->type) + " frame during " + op_;
-        throw LinkFailure(peer(from), Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
+        throw LinkFailure(peer(from), Said{ctx_.prefix(), text}, false, Reason::Protocol);
       }
       return std::move(f->payload);
     }
     if (!link(from).up()) {
       const LostLink lost = lost_link(who(peer(from)), op_, link(from));
-      throw LinkFailure(peer(from), Said{ctx_.prefix(), lost.text}, lost.text, false, lost.reason);
+      throw LinkFailure(peer(from), Said{ctx_.prefix(), lost.text}, false, lost.reason);
     }
     progress();
   }
@@ -632,7 +629,7 @@ void RingGroup::broadcast(const CallDesc& desc, void* buf) {
       if (r.size() != sizeof(WireDesc) + nbytes) {
         const std::string text = "protocol error: broadcast record of " + who(desc.root) + " has " +
                                  std::to_string(r.size()) + " bytes";
-        throw LinkFailure(desc.root, Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
+        throw LinkFailure(desc.root, Said{ctx_.prefix(), text}, false, Reason::Protocol);
       }
       if (!root && nbytes) std::memcpy(buf, record_payload(r), nbytes);
       return;
@@ -728,7 +725,7 @@ void RingGroup::recv(void* buf, size_t nbytes, Dtype dtype, int src, int /*tag: 
       const std::string text = "protocol error: expected a message from send() by " + who(src) +
                                ", got a " + tcp::frame_type_name(header->type) +
                                " frame (are both ranks calling matching operations?)";
-      throw LinkFailure(src, Said{ctx_.prefix(), text}, text, false, Reason::Protocol);
+      throw LinkFailure(src, Said{ctx_.prefix(), text}, false, Reason::Protocol);
     }
     P2PHeader h;
     std::memcpy(&h, header->payload.data(), sizeof h);

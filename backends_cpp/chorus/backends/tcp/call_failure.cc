@@ -26,12 +26,13 @@ void rethrow_call_failure(const TcpGroupConfig& config, const ErrorContext& ctx,
           e.reason());
     throw;
   } catch (const PeerError& e) {
+    // Its cause, not its message: this group's prefix is already ours.
     abort(config.rank,
-          rank_and_address(config, config.rank) + " failed during " + op + ": " + e.what(), false,
+          rank_and_address(config, config.rank) + " failed during " + op + ": " + e.cause(), false,
           Reason::Aborted);
     Failure failure = e.failure();
     name_call(failure);
-    throw PeerError(Said{ctx.prefix(), op + " failed: " + e.what()}, failure);
+    throw PeerError(Said{ctx.prefix() + op + " failed: ", e.cause()}, failure);
   } catch (...) {
     abort(config.rank, rank_and_address(config, config.rank) + " failed during " + op, false,
           Reason::Aborted);

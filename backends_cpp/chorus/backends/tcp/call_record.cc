@@ -56,7 +56,7 @@ void agree_on_records(const std::vector<std::vector<uint8_t>>& records, const Ca
       [&](int p, const std::string& what) {
         const std::string text =
             "protocol error: " + what + " from " + rank_and_address(config, p) + " in " + op;
-        throw LinkFailure(p, Said{ctx.prefix(), text}, text, false, Reason::Protocol);
+        throw LinkFailure(p, Said{ctx.prefix(), text}, false, Reason::Protocol);
       },
       config.shown_ranks, config.speaks_for);
   recorder.agreed();

@@ -23,14 +23,15 @@ class LinkFailure : public PeerError {
  public:
   // fatal: the culprit is dead (its link reset or closed without an Abort,
   // or its listener refuses connections), so the group cannot recover.
-  // reason: Unknown means Died when fatal, else Aborted.
-  LinkFailure(int culprit, const Said& said, std::string forward, bool fatal = false,
-              Reason reason = Reason::Unknown)
+  // reason: Unknown means Died when fatal, else Aborted. forward: the words
+  // the other ranks' Abort frames carry; none: the cause (said.what).
+  LinkFailure(int culprit, const Said& said, bool fatal = false, Reason reason = Reason::Unknown,
+              std::optional<std::string> forward = std::nullopt)
       : PeerError(said, Failure{reason != Reason::Unknown ? reason
                                 : fatal                   ? Reason::Died
                                                           : Reason::Aborted,
                                 culprit}),
-        forward_(std::move(forward)),
+        forward_(forward ? std::move(*forward) : said.what),
         fatal_(fatal) {}
   int culprit() const { return failure().culprit; }
   Reason reason() const { return failure().reason; }
@@ -41,6 +42,12 @@ class LinkFailure : public PeerError {
   std::string forward_;
   bool fatal_;
 };
+
+// "<text> (seen by rank 2)": a failure this rank saw with its own eyes, as
+// forwarded to the others (whose view may differ).
+inline std::string seen_by(const std::string& text, int rank) {
+  return text + " (seen by rank " + std::to_string(rank) + ")";
+}
 
 // An Abort frame's aux0: culprit rank | fatal << 32 | p2p << 33 | abandoned << 34 | reason << 40
 // (aux1 is the call index, the payload the reason's text).
@@ -111,7 +118,7 @@ class CallCounter {
   // The late entrant's error, culprit and cause known.
   LinkFailure late(int culprit, const std::string& op, const std::string& prefix,
                    const std::string& reason) const {
-    return LinkFailure(culprit, Said{prefix, late_text(op, reason)}, reason, false, Reason::Late);
+    return LinkFailure(culprit, Said{prefix, late_text(op, reason)}, false, Reason::Late, reason);
   }
 
  private:

@@ -49,7 +49,7 @@ inline void check_silence(const ErrorContext& ctx, double peer_timeout_s, int pe
                           const std::string& who, uint32_t silent_ms, const std::string& op) {
   if (silent_ms < static_cast<uint32_t>(peer_timeout_s * 1000)) return;
   const std::string text = unreachable_text(who, silent_ms, op);
-  throw LinkFailure(peer, Said{ctx.prefix(), text}, text, true, Reason::Unreachable);
+  throw LinkFailure(peer, Said{ctx.prefix(), text}, true, Reason::Unreachable);
 }
 
 }  // namespace chorus::tcp
