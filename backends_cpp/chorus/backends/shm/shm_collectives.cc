@@ -155,7 +155,7 @@ void ShmGroup::check_descs(uint64_t phase) {
       Said{prefix() + op_ + ": ranks disagree on the call: ", disagreement(all, nullptr, shown_)});
 }
 
-void ShmGroup::arrive_and_wait() {
+void ShmGroup::arrive_and_wait(bool peers_away) {
   ++arrivals_;
   const uint32_t target = static_cast<uint32_t>(arrivals_);
   control(rank_).seq.store(target);
@@ -172,7 +172,7 @@ void ShmGroup::arrive_and_wait() {
           if (static_cast<int32_t>(control(r).seq.load() - target) < 0) check(r);
         }
       },
-      WaitKind::Collective);
+      WaitKind::Collective, peers_away);
 }
 
 void ShmGroup::reduce_slots(ReduceKernel kernel, void* dst, uint64_t phase, size_t offset,

@@ -106,7 +106,9 @@ class ShmGroup final : public GroupImpl {
   void write_desc(uint64_t phase, const CallDesc& desc);
   // Raises UsageError on every rank when the WireDescs of `phase` differ.
   void check_descs(uint64_t phase);
-  void arrive_and_wait();
+  // `peers_away`: the ranks it waits for are in a phase between hosts (a
+  // hierarchical call's): the wait is long, so it never yields (below).
+  void arrive_and_wait(bool peers_away = false);
   void reduce_slots(ReduceKernel kernel, void* dst, uint64_t phase, size_t offset,
                     size_t count) const;
   // First phase of a single-copy call: publish `address` and the descriptor;
@@ -119,14 +121,16 @@ class ShmGroup final : public GroupImpl {
   // by chunk: run_phased's last phase, and all_gather_chunked. This rank's
   // block comes from `own` (then it is copied into `buffer` too) or is in
   // place. `desc`: the call's, written and compared in the first phase.
+  // `after_away`: the owners come from the phase between hosts.
   void gather_blocks(char* buffer, const std::vector<Block>& blocks, const char* own = nullptr,
-                     const CallDesc* desc = nullptr);
+                     const CallDesc* desc = nullptr, bool after_away = false);
   // Reads peer `r`'s n bytes at `remote` into `local`, or aborts the call.
   void read_from_peer(int r, uint64_t remote, void* local, size_t n);
 
   // Waiting and failure (shm_wait.cc; wait() is in shm_group_inl.h).
+  // `no_yield`: after the spin, sleep at once (see arrive_and_wait()).
   template <typename Ready, typename Blockers>
-  void wait(Ready&& ready, Blockers&& blockers, WaitKind kind);
+  void wait(Ready&& ready, Blockers&& blockers, WaitKind kind, bool no_yield = false);
   void check_peer_alive(int peer, WaitKind kind);
   // Aborts (a collective), marks the group unusable and raises PeerError.
   [[noreturn]] void peer_died(int peer, WaitKind kind);

@@ -48,7 +48,7 @@ inline uint64_t fnv1a(const std::string& text) {
 }
 
 template <typename Ready, typename Blockers>
-void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
+void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind, bool no_yield) {
   const bool collective = kind == WaitKind::Collective;
   auto check_abort = [&] {
     if (!collective) return;
@@ -85,7 +85,11 @@ void ShmGroup::wait(Ready&& ready, Blockers&& blockers, WaitKind kind) {
   // hands it over without the futex round trip (a sleeping rank is woken by
   // an IPI, which in a VM costs tens of microseconds), and never starves
   // anyone: sched_yield returns at once only when nobody else wants the core.
-  if (yield_budget_.count() > 0) {
+  // Not while the peers are away between hosts: that wait is long, and
+  // every waiting rank of every host yielding to the others in turn takes
+  // the cores from the ranks that move the data (4 hosts x 2 ranks on 2
+  // cores: 8-byte all_sum 171-180 us yielding, 107 us asleep).
+  if (yield_budget_.count() > 0 && !no_yield) {
     const auto yield_end = Clock::now() + yield_budget_;
     do {
       sched_yield();

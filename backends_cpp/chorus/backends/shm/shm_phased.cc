@@ -26,7 +26,7 @@ void ShmGroup::run_phased(const CallDesc& desc, bool interrupted_on_the_way,
   }
   away();
   try {
-    gather_blocks(buffer, blocks);
+    gather_blocks(buffer, blocks, nullptr, nullptr, /*after_away=*/true);
   } catch (const RestartCall&) {
     CHORUS_CHECK(false, "an earlier call's abort after this call's first barrier");
   }
@@ -40,7 +40,7 @@ void ShmGroup::agree_phase(const CallDesc& desc) {
 }
 
 void ShmGroup::gather_blocks(char* buffer, const std::vector<Block>& blocks, const char* own,
-                             const CallDesc* desc) {
+                             const CallDesc* desc, bool after_away) {
   size_t longest = 0;
   const Block* mine = nullptr;
   size_t total = 0;
@@ -72,7 +72,8 @@ void ShmGroup::gather_blocks(char* buffer, const std::vector<Block>& blocks, con
     }
     if (j == 0 && desc != nullptr) write_desc(phase, *desc);
     if (j < nbarriers) {
-      arrive_and_wait();
+      // The first barrier waits for the owners to come back from between hosts.
+      arrive_and_wait(after_away && j == 0);
       if (j == 0 && desc != nullptr) check_descs(p0);
     }
   }
