@@ -470,7 +470,15 @@ TEST(Mesh, InterruptedCollectiveAbortsEveryoneAndNextCallWorks) {
             causes[rank] = e.cause();
           }
           t_interrupt_armed = false;
+          // Every link is down now: the first call brings them back, by the
+          // doubling round (4 ranks, small) or the all-to-all one.
           for (int round = 0; round < 2; ++round) {
+            if (round == 0) {
+              int64_t small = rank;
+              ops::all_reduce(*g, make_desc(Collective::AllReduce, ReduceOp::Sum, Dtype::Int64, 1),
+                              &small, &small);
+              ASSERT_EQ(small, n * (n - 1) / 2);
+            }
             std::fill(buf.begin(), buf.end(), static_cast<float>(rank));
             ops::all_reduce(*g, d, buf.data(), buf.data());
             const float want = n * (n - 1) / 2.0f;

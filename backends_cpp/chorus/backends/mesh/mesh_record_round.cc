@@ -122,14 +122,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
   }
   // Read what arrived while this rank was outside any call (check_links
   // drops non-fatal aborts while entering_).
-  entering_ = true;
-  try {
-    progress(0);
-  } catch (...) {
-    entering_ = false;
-    throw;
-  }
-  entering_ = false;
+  with_flag_set(entering_, [&] { progress(0); });
   for (int p = 0; p < n; ++p) {
     if (p == me) continue;
     Peer& peer = peers_[p];
@@ -192,6 +185,7 @@ MeshGroup::Doubled MeshGroup::doubling_round(std::vector<std::vector<uint8_t>>& 
   const int n = config_.size, me = config_.rank;
   records.assign(n, {});
   records[me] = record_;
+  for (int q = 0; q < n; ++q) peers_[q].synced = q == me;  // a restart's too
   for (const DoublingStep& step : doubling_steps(me, n)) {
     std::vector<uint8_t> bundle;
     if (step.send_to >= 0) {
@@ -243,11 +237,11 @@ MeshGroup::Doubled MeshGroup::doubling_round(std::vector<std::vector<uint8_t>>& 
     }
   }
   for (int q = 0; q < n; ++q) {
+    // Partners running this code never leave one out.
     if (records[q].empty()) {
-      const int from = doubling_steps(me, n).back().wait_from;
       const std::string text = "protocol error during " + op_ + ": no record of " + who(q) +
                                " came in the doubling round";
-      throw LinkFailure(from < 0 ? q : from, Said{ctx_.prefix(), text}, false, Reason::Protocol);
+      throw LinkFailure(q, Said{ctx_.prefix(), text}, false, Reason::Protocol);
     }
   }
   return Doubled::Done;

@@ -387,14 +387,7 @@ void RingGroup::start_call() {
   tolerant_[0] = tolerant_[1] = true;
   // Read what arrived while this rank was outside any call, with the rule
   // above (check_links drops non-fatal aborts while entering_).
-  entering_ = true;
-  try {
-    progress(0);
-  } catch (...) {
-    entering_ = false;
-    throw;
-  }
-  entering_ = false;
+  with_flag_set(entering_, [&] { progress(0); });
   install_left();  // a newer connection from the left may already wait
   auto send_sync = [&](int s) {
     links_[s].post_send(tcp::FrameType::Sync, calls_.index(), wire_op(op_), nullptr, 0);

@@ -43,6 +43,18 @@ class LinkFailure : public PeerError {
   bool fatal_;
 };
 
+// Runs f with `flag` set, and clears it however f ends (a TCP group's
+// entering_: what it reads meanwhile arrived between calls).
+template <typename F>
+void with_flag_set(bool& flag, F&& f) {
+  struct Clear {
+    bool& flag;
+    ~Clear() { flag = false; }
+  } clear{flag};
+  flag = true;
+  f();
+}
+
 // "<text> (seen by rank 2)": a failure this rank saw with its own eyes, as
 // forwarded to the others (whose view may differ).
 inline std::string seen_by(const std::string& text, int rank) {
