@@ -44,6 +44,7 @@ MeshGroup::MeshGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   frame_limits_.p2p = sizeof(P2PHeader);
   frame_limits_.early_data = std::max<size_t>(segment_bytes_, 1);
   peers_.resize(config_.size);
+  doubling_steps_ = doubling_steps(config_.rank, config_.size);
   tcp::AcceptorConfig ac = acceptor_config(config_, id_, "mesh");
   ac.expected_rank = 0;  // every lower rank dials us
   ac.expected_ranks = config_.rank;

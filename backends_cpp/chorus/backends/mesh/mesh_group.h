@@ -46,6 +46,7 @@
 
 #include "chorus/algorithms/mesh.h"
 #include "chorus/backends/group_impl.h"
+#include "chorus/backends/mesh/doubling.h"
 #include "chorus/backends/mesh/mailbox.h"
 #include "chorus/backends/tcp/common.h"
 #include "chorus/backends/tcp/group_config.h"
@@ -196,6 +197,8 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   Doubled doubling_round(std::vector<std::vector<uint8_t>>& records);
   // A peer other than `partner` sent an all-to-all record of this call.
   bool all_to_all_seen(int partner);
+  // Drops p's queued records of calls this rank has left (p was behind).
+  void drop_stale_records(int p);
   void ensure_link(int p);
 
   // Record round + descriptor agreement (+ inline data for small inputs);
@@ -229,6 +232,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   std::vector<size_t> poll_starts_;  // first entry of each peer in fds_
   bool accepted_ready_ = true;       // the acceptor's wake fd fired since take_accepted()
   uint64_t split_count_ = 0;
+  std::vector<DoublingStep> doubling_steps_;  // this rank's, fixed by rank and size
   tcp::PollChecks poll_checks_;
   std::chrono::microseconds spin_{0};   // tcp_spin()
   std::chrono::microseconds yield_{0};  // tcp_yield()

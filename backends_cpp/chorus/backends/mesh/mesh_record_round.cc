@@ -16,6 +16,14 @@ using tcp::Clock;
 
 }  // namespace
 
+void MeshGroup::drop_stale_records(int p) {
+  auto& coll = peers_[p].coll;
+  while (!coll.empty() && coll.front().type == tcp::FrameType::Sync &&
+         coll.front().aux0 < calls_.index()) {
+    coll.pop_front();
+  }
+}
+
 void MeshGroup::send_sync(int p, const std::vector<uint8_t>& payload, bool bundle) {
   // Each link owns its copy: a call that ends in UsageError returns before
   // its sends drained, and the payload is replaced by the next call.
@@ -111,11 +119,7 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
   }
   for (int p = 0; p < n; ++p) {
     // Records of calls this rank has left (p was behind): p sends again.
-    auto& coll = peers_[p].coll;
-    while (!coll.empty() && coll.front().type == tcp::FrameType::Sync &&
-           coll.front().aux0 < calls_.index()) {
-      coll.pop_front();
-    }
+    drop_stale_records(p);
     peers_[p].synced = p == me;
     // A record already queued (the peer is ahead of us) proves the link.
     peers_[p].tolerant = p != me && peers_[p].coll.empty();
@@ -186,7 +190,7 @@ MeshGroup::Doubled MeshGroup::doubling_round(std::vector<std::vector<uint8_t>>& 
   records.assign(n, {});
   records[me] = record_;
   for (int q = 0; q < n; ++q) peers_[q].synced = q == me;  // a restart's too
-  for (const DoublingStep& step : doubling_steps(me, n)) {
+  for (const DoublingStep& step : doubling_steps_) {
     std::vector<uint8_t> bundle;
     if (step.send_to >= 0) {
       const int to = step.send_to;
@@ -255,11 +259,8 @@ bool MeshGroup::all_to_all_seen(int partner) {
     // record to every peer, and each waits for a partner that has it or
     // waits for one: the wait chain ends at that rank). Installing every
     // lower rank's new connection here would also take one it does not need.
-    auto& coll = peers_[q].coll;
-    while (!coll.empty() && coll.front().type == tcp::FrameType::Sync &&
-           coll.front().aux0 < calls_.index()) {
-      coll.pop_front();
-    }
+    drop_stale_records(q);
+    const auto& coll = peers_[q].coll;
     if (!coll.empty() && coll.front().type == tcp::FrameType::Sync &&
         coll.front().aux0 == calls_.index() && (coll.front().aux1 & kBundleFlag) == 0) {
       return true;
