@@ -14,6 +14,9 @@ namespace {
 
 using tcp::Clock;
 
+// Whether small calls' records travel by recursive doubling (README.md).
+constexpr bool kDoublingRound = false;
+
 }  // namespace
 
 void MeshGroup::drop_stale_records(int p) {
@@ -136,7 +139,10 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
     peer.need = !peer.link.up() && peer.coll.empty();
   }
   std::vector<std::vector<uint8_t>> records(n);
-  if (doubling && n > 2) {
+  // Off until a hang under cut connections is understood: CI at a45f3d5
+  // saw test_connection_reset_mid_loop_never_gives_a_wrong_result[mesh]
+  // leave a rank waiting after the reset (see the issue note).
+  if (kDoublingRound && doubling && n > 2) {
     while (true) {
       const Doubled d = doubling_round(records);
       if (d == Doubled::Done) return records;
