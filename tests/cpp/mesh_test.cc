@@ -165,6 +165,17 @@ TEST(MeshDoubling, EveryRankGetsEveryRecordAndEachPairMeetsOnce) {
     EXPECT_EQ(exchanges, static_cast<size_t>(2 * (n - p) + p * __builtin_ctz(p))) << "n " << n;
     for (int r = 0; r < n; ++r) {
       ASSERT_EQ(at[r], steps[r].size()) << "n " << n << ": rank " << r << " is stuck";
+      // Bystanders are exactly the peers no bundle went to or came from, and
+      // the relation is mutual (each tells the other after a lost link).
+      std::vector<int> never;
+      for (int q = 0; q < n; ++q) {
+        if (q != r && sent[r][q] == 0 && sent[q][r] == 0) never.push_back(q);
+      }
+      EXPECT_EQ(mesh::doubling_bystanders(r, n), never) << "n " << n << ": rank " << r;
+      for (int q : never) {
+        const auto theirs = mesh::doubling_bystanders(q, n);
+        EXPECT_NE(std::find(theirs.begin(), theirs.end(), r), theirs.end()) << "n " << n;
+      }
       for (int q = 0; q < n; ++q) {
         EXPECT_EQ(held[r][q], std::vector<uint8_t>(1 + q % 3, static_cast<uint8_t>(q)))
             << "n " << n << ": rank " << r << " lacks rank " << q << "'s record";

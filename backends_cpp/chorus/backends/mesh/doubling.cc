@@ -16,6 +16,20 @@ std::vector<DoublingStep> doubling_steps(int rank, int n) {
   return steps;
 }
 
+std::vector<int> doubling_bystanders(int rank, int n) {
+  std::vector<bool> met(n, false);
+  met[rank] = true;
+  for (const DoublingStep& s : doubling_steps(rank, n)) {
+    if (s.send_to >= 0) met[s.send_to] = true;
+    if (s.wait_from >= 0) met[s.wait_from] = true;
+  }
+  std::vector<int> out;
+  for (int q = 0; q < n; ++q) {
+    if (!met[q]) out.push_back(q);
+  }
+  return out;
+}
+
 std::vector<uint8_t> pack_bundle(const std::vector<std::vector<uint8_t>>& records, int skip) {
   size_t total = 0;
   for (const auto& r : records) total += r.empty() ? 0 : 8 + r.size();

@@ -22,6 +22,9 @@ struct DoublingStep {
 // link carries at most one bundle each way per call.
 std::vector<DoublingStep> doubling_steps(int rank, int n);
 
+// The peers `rank` exchanges nothing with in its doubling round.
+std::vector<int> doubling_bystanders(int rank, int n);
+
 // Records held (non-empty) other than `skip`'s, as one payload: per record
 // {u32 rank, u32 bytes} and its bytes.
 std::vector<uint8_t> pack_bundle(const std::vector<std::vector<uint8_t>>& records, int skip);

@@ -45,6 +45,7 @@ MeshGroup::MeshGroup(GroupConfig config, std::vector<tcp::Listener> listeners)
   frame_limits_.early_data = std::max<size_t>(segment_bytes_, 1);
   peers_.resize(config_.size);
   doubling_steps_ = doubling_steps(config_.rank, config_.size);
+  doubling_bystanders_ = doubling_bystanders(config_.rank, config_.size);
   tcp::AcceptorConfig ac = acceptor_config(config_, id_, "mesh");
   ac.expected_rank = 0;  // every lower rank dials us
   ac.expected_ranks = config_.rank;
@@ -131,6 +132,7 @@ void MeshGroup::dial(int p, Clock::time_point deadline, bool first) {
     sockets.push_back(std::move(s));
   }
   peer.epoch = epoch;
+  ++link_changes_;
   peer.link = tcp::Link(std::move(sockets), frame_limits_);
   peer.link.set_keepalive_after(config_.peer_timeout_s);
   peer.coll.clear();
@@ -168,6 +170,7 @@ bool MeshGroup::install(int p) {
   std::optional<CompleteLink> newest = newest_complete(peer.staged);
   if (!newest) return false;
   peer.epoch = newest->epoch;
+  ++link_changes_;
   peer.link = tcp::Link(std::move(newest->sockets), frame_limits_);
   peer.link.set_keepalive_after(config_.peer_timeout_s);
   peer.staged.erase(peer.staged.begin(), peer.staged.upper_bound(peer.epoch));
@@ -240,6 +243,7 @@ bool MeshGroup::recover(int p) {
 void MeshGroup::reset(int p, bool keep_frames) {
   Peer& peer = peers_[p];
   peer.sent_all = peer.link.sends_done();
+  ++link_changes_;
   peer.link = tcp::Link();
   peer.need = true;
   if (!keep_frames) peer.coll.clear();

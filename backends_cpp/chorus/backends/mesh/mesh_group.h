@@ -124,6 +124,7 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
     bool synced = false;          // its record of this call arrived
     bool sent_all = false;        // the link was reset after all our frames left
     PeerLastCall last_call;       // the latest call its records named
+    uint64_t told_call = 0;       // tell_bystanders() last reached it in this call
     std::deque<tcp::Frame> coll;  // collective frames, in arrival order
     // Accepted connections (from lower ranks) by epoch, one slot per stream.
     StagedLinks staged;
@@ -197,6 +198,12 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   Doubled doubling_round(std::vector<std::vector<uint8_t>>& records);
   // A peer other than `partner` sent an all-to-all record of this call.
   bool all_to_all_seen(int partner);
+  // No link was reset or replaced since link_changes_ was `before`, and no
+  // peer dialed again.
+  bool links_unchanged(uint64_t before);
+  // Sends this call's record (flagged as a bundle) to each bystander of the
+  // doubling round whose link came back or went down during it.
+  void tell_bystanders();
   // Drops p's queued records of calls this rank has left (p was behind).
   void drop_stale_records(int p);
   void ensure_link(int p);
@@ -233,6 +240,8 @@ class MeshGroup final : public GroupImpl, private algo::MeshPeers {
   bool accepted_ready_ = true;       // the acceptor's wake fd fired since take_accepted()
   uint64_t split_count_ = 0;
   std::vector<DoublingStep> doubling_steps_;  // this rank's, fixed by rank and size
+  std::vector<int> doubling_bystanders_;      // doubling_bystanders() of this rank
+  uint64_t link_changes_ = 0;                 // links reset, dialed or installed
   tcp::PollChecks poll_checks_;
   std::chrono::microseconds spin_{0};   // tcp_spin()
   std::chrono::microseconds yield_{0};  // tcp_yield()

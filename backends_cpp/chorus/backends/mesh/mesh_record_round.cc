@@ -15,7 +15,7 @@ namespace {
 using tcp::Clock;
 
 // Whether small calls' records travel by recursive doubling (README.md).
-constexpr bool kDoublingRound = false;
+constexpr bool kDoublingRound = true;
 
 }  // namespace
 
@@ -130,6 +130,8 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
   // Read what arrived while this rank was outside any call (check_links
   // drops non-fatal aborts while entering_).
   with_flag_set(entering_, [&] { progress(0); });
+  const uint64_t changes = link_changes_;
+  bool links_up = true;
   for (int p = 0; p < n; ++p) {
     if (p == me) continue;
     Peer& peer = peers_[p];
@@ -137,19 +139,22 @@ std::vector<std::vector<uint8_t>> MeshGroup::start_call(std::vector<uint8_t> rec
     // on it yet: until p's record does, its death means reconnecting.
     if (!dialer_of(p) && install(p)) peer.tolerant = true;
     peer.need = !peer.link.up() && peer.coll.empty();
+    links_up = links_up && peer.link.up();
   }
   std::vector<std::vector<uint8_t>> records(n);
-  // Off until a hang under cut connections is understood: CI at a45f3d5
-  // saw test_connection_reset_mid_loop_never_gives_a_wrong_result[mesh]
-  // leave a rank waiting after the reset (see the issue note).
-  if (kDoublingRound && doubling && n > 2) {
+  // The doubling round tells only its partners that this rank has left the
+  // call before; the all-to-all round tells every peer. So after a failure
+  // or a lost link (which may have taken an abort or a record with it, and
+  // a peer may still wait in that call for our word), the all-to-all round.
+  if (kDoublingRound && doubling && n > 2 && links_up && links_unchanged(changes)) {
     while (true) {
       const Doubled d = doubling_round(records);
       if (d == Doubled::Done) return records;
       if (d == Doubled::AllToAll) break;
     }
-    // A peer's call is not one the records finish (the ranks disagree): the
-    // all-to-all round, as that peer runs it, decides.
+    // A peer runs the all-to-all round (its call is not one the records
+    // finish, or its links changed since its last call): that round decides,
+    // with every rank in it.
     CHORUS_LOG(config_.verbose, ctx_.prefix(), "a peer runs the all-to-all record round of call ",
                calls_.index(), ": so does this rank");
     records.assign(n, {});
@@ -232,6 +237,7 @@ MeshGroup::Doubled MeshGroup::doubling_round(std::vector<std::vector<uint8_t>>& 
       if (all_to_all_seen(p)) return Doubled::AllToAll;
       if (probe_now) next_probe = Clock::now() + kProbeEvery;
       progress();
+      tell_bystanders();
     }
     // Their records arrived: they are in this call (CallCounter's late rule
     // and where a rank that is gone was both need that).
@@ -255,6 +261,46 @@ MeshGroup::Doubled MeshGroup::doubling_round(std::vector<std::vector<uint8_t>>& 
     }
   }
   return Doubled::Done;
+}
+
+bool MeshGroup::links_unchanged(uint64_t before) {
+  take_accepted();
+  for (int p = 0; p < config_.size; ++p) {
+    if (!peers_[p].staged.empty()) return false;
+  }
+  return link_changes_ == before;
+}
+
+void MeshGroup::tell_bystanders() {
+  // A bystander whose link went down or came back may have lost our record
+  // of the call before with the old link, and wait for it still. Our record
+  // of this call tells it we left that call; in this call it is a bundle it
+  // never takes (it waits for none from us). Once per call and peer.
+  for (const int q : doubling_bystanders_) {
+    Peer& peer = peers_[q];
+    if (peer.told_call == calls_.index()) continue;
+    if (!dialer_of(q)) {
+      if (!install(q)) continue;
+    } else {
+      // A peer with a record queued is ahead: it waits for nothing of ours.
+      if (peer.link.up() || !peer.coll.empty()) continue;
+      peer.told_call = calls_.index();
+      try {
+        dial(q, deadline_after(config_.timeout_s), false);
+      } catch (const Interrupted&) {
+        throw;
+      } catch (const PeerError& e) {
+        // Gone after its last call, or unreachable: this round does not
+        // need it, and a call that does will say so.
+        CHORUS_LOG(config_.verbose, ctx_.prefix(), "could not reach ", who(q),
+                   " to tell it of call ", calls_.index(), ": ", e.what());
+        continue;
+      }
+    }
+    peer.told_call = calls_.index();
+    peer.tolerant = true;
+    send_sync(q, record_, /*bundle=*/true);
+  }
 }
 
 bool MeshGroup::all_to_all_seen(int partner) {
