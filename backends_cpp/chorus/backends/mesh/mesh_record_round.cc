@@ -83,8 +83,12 @@ MeshGroup::Taken MeshGroup::take_sync(int p, bool probe_now, const std::vector<u
       return Taken::Restart;
     }
     // A bundle sent before its sender met the all-to-all round: that
-    // round's record follows it.
-    if (!bundle && (f.aux1 & kBundleFlag) != 0) continue;
+    // round's record follows it, and until it comes the link dying means
+    // reconnecting (route() took the bundle for the record).
+    if (!bundle && (f.aux1 & kBundleFlag) != 0) {
+      peer.tolerant = true;
+      continue;
+    }
     out = std::move(f);
     return Taken::Record;
   }
