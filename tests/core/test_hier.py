@@ -205,6 +205,12 @@ def test_hosts_that_disagree_across_the_small_call_size_raise_then_work(
             np.ones(SMALL, np.float32 if host == 0 else np.float64)),
         "inside host 0": lambda: chorus.all_sum(
             np.ones(SMALL if host == 1 or first else LARGE, np.float32)),
+        # The ranks of a host other than its first publish a small call's
+        # input without waiting and compare the descriptors one phase later.
+        "inside host 0, its first rank large": lambda: chorus.all_sum(
+            np.ones(LARGE if host == 0 and first else SMALL, np.float32)),
+        "inside host 0, small, dtypes differ": lambda: chorus.all_sum(
+            np.ones(SMALL, np.float64 if host == 0 and not first else np.float32)),
         "broadcast": lambda: chorus.broadcast(
             np.ones(SMALL if host == 0 else LARGE, np.float32), root=0),
         "all_gather": lambda: chorus.all_gather(

@@ -620,6 +620,62 @@ TEST_F(ShmTest, InterruptAfterPeerFinishedThenRecover) {
   });
 }
 
+// A hierarchical call's small all_reduce: a rank that keeps none of the sum
+// arrives at the first barrier without waiting. An abort of the call before,
+// published after it arrived there, reaches it in the gather phase's wait:
+// it recovers and starts the call over, and the sum is right everywhere.
+std::atomic<bool> g_keeper_of_nothing_arrived{false};
+thread_local bool t_interrupt_when_keeper_of_nothing_arrived = false;
+
+void keeper_of_nothing_hook() {
+  if (!t_interrupt_when_keeper_of_nothing_arrived) return;
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (!g_keeper_of_nothing_arrived.load() && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  t_interrupt_when_keeper_of_nothing_arrived = false;
+  throw Interrupted("test interrupt");
+}
+
+TEST_F(ShmTest, RankThatKeepsNothingStartsOverAfterAnEarlierCallsAbort) {
+  sleep_at_once();
+  set_interrupt_hook(&keeper_of_nothing_hook);
+  g_keeper_of_nothing_arrived.store(false);
+  run_ranks(2, 0, [&](int rank, GroupImpl& g) {
+    auto& group = dynamic_cast<shm::ShmGroup&>(g);
+    int32_t in = rank, gathered[2] = {};
+    if (rank == 0) {
+      // Sleeps in the barrier; interrupted once rank 1 left this call and
+      // arrived in the next one's first phase.
+      t_interrupt_when_keeper_of_nothing_arrived = true;
+      EXPECT_THROW(
+          ops::all_gather(g, desc_of(Collective::AllGather, Dtype::Int32, 1), &in, gathered),
+          Interrupted);
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));  // rank 0 is asleep first
+      ops::all_gather(g, desc_of(Collective::AllGather, Dtype::Int32, 1), &in, gathered);
+      EXPECT_EQ(gathered[0], 0);
+    }
+    const CallDesc desc = desc_of(Collective::AllReduce, Dtype::Float32, 2);
+    const float x[2] = {1.0f + static_cast<float>(rank), 10.0f};
+    float sum[2] = {};
+    const std::vector<shm::ShmGroup::Block> owned{{0, 0, sizeof sum}};  // rank 0 keeps it all
+    int local_phases = 0;
+    group.run_phased(
+        desc, false,
+        [&] {
+          ++local_phases;
+          group.all_reduce_phase(desc, x, sum, &owned);
+          if (rank == 1) g_keeper_of_nothing_arrived.store(true);
+        },
+        [] {}, reinterpret_cast<char*>(sum), owned);
+    EXPECT_EQ(sum[0], 3.0f) << "rank " << rank;
+    EXPECT_EQ(sum[1], 20.0f) << "rank " << rank;
+    EXPECT_EQ(local_phases, rank == 1 ? 2 : 1) << "rank " << rank;
+    check_all_reduce<float>(g, 3, ReduceOp::Sum, false);
+  });
+}
+
 thread_local int t_hook_sleep_ms = 0;
 
 void sleepy_interrupt_hook() {

@@ -43,6 +43,7 @@ void ShmGroup::run_collective(const CallDesc& desc, Body&& body) {
 void ShmGroup::begin_collective(const CallDesc& desc, std::optional<bool> on_the_way) {
   op_ = collective_name(desc.kind, desc.op);
   check_usable();
+  descs_unchecked_.reset();  // a call that failed before it compared them
   ++calls_;
   ++seq_;
   RankControl& me = control(rank_);
@@ -128,7 +129,7 @@ void ShmGroup::write_desc(uint64_t phase, const CallDesc& desc) {
   std::memcpy(slot_desc(rank_, phase), &wire, sizeof wire);
 }
 
-void ShmGroup::check_descs(uint64_t phase) {
+void ShmGroup::check_descs(uint64_t phase, bool then_arrive) {
   // The usual case, cheaply: every rank wrote the same bytes we did.
   bool identical = true;
   for (int r = 0; r < size_ && identical; ++r) {
@@ -150,16 +151,22 @@ void ShmGroup::check_descs(uint64_t phase) {
     recorder().agreed();
     return;
   }
-  // Every rank reads the same descriptors, so every rank raises this same text.
+  // Every rank reads the same descriptors, so every rank raises this same
+  // text, each at the same phase.
+  if (then_arrive) arrive();
   throw UsageError(
       Said{prefix() + op_ + ": ranks disagree on the call: ", disagreement(all, nullptr, shown_)});
 }
 
-void ShmGroup::arrive_and_wait(bool peers_away) {
+void ShmGroup::arrive() {
   ++arrivals_;
-  const uint32_t target = static_cast<uint32_t>(arrivals_);
-  control(rank_).seq.store(target);
+  control(rank_).seq.store(static_cast<uint32_t>(arrivals_));
   bell_.ring();
+}
+
+void ShmGroup::arrive_and_wait(bool peers_away) {
+  arrive();
+  const uint32_t target = static_cast<uint32_t>(arrivals_);
   wait(
       [&] {
         for (int r = 0; r < size_; ++r) {
@@ -197,9 +204,18 @@ void ShmGroup::all_reduce_phase(const CallDesc& desc, const void* in, void* out,
   const uint64_t p0 = arrivals_;
 
   if (nbytes <= std::min(layout_.chunk_bytes, kSmallAllReduceBytes)) {
-    // One barrier: everyone publishes its whole input, then reduces all of it.
+    // One barrier: everyone publishes its whole input, then reduces all of it
+    // (the ranks that keep some of it).
     write_desc(p0, desc);
     if (nbytes != 0) std::memcpy(slot(rank_, p0), src, nbytes);
+    const bool keeps_some =
+        keep == nullptr ||
+        std::any_of(keep->begin(), keep->end(), [&](const Block& b) { return b.owner == rank_; });
+    if (!keeps_some) {
+      arrive();
+      descs_unchecked_ = p0;
+      return;
+    }
     arrive_and_wait();
     check_descs(p0);
     if (count != 0) reduce_slots(kernel, dst, p0, 0, count);

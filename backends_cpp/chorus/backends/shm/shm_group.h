@@ -63,7 +63,10 @@ class ShmGroup final : public GroupImpl {
                   const std::function<void()>& local, const std::function<void()>& away,
                   char* buffer, const std::vector<Block>& blocks);
   // `keep`: write only the parts of `out` in blocks this rank owns (the rest
-  // comes in the last phase); null: all of it.
+  // comes in the last phase); null: all of it. A small call where this rank
+  // owns no block of `keep` only publishes its input and arrives: it waits
+  // for nobody until the last phase (a host's ranks other than the one
+  // carrying an 8-byte sum between hosts are woken once per call, not twice).
   void all_reduce_phase(const CallDesc& desc, const void* in, void* out,
                         const std::vector<Block>* keep = nullptr);
   void all_gather_phase(const CallDesc& desc, const void* in, void* out);
@@ -105,7 +108,13 @@ class ShmGroup final : public GroupImpl {
   void recover(uint32_t word);
   void write_desc(uint64_t phase, const CallDesc& desc);
   // Raises UsageError on every rank when the WireDescs of `phase` differ.
-  void check_descs(uint64_t phase);
+  // Called right after the phase's barrier (`then_arrive`), it first arrives
+  // at the next barrier without waiting: a rank that published without
+  // waiting (all_reduce_phase) compares them there, and so raises too.
+  void check_descs(uint64_t phase, bool then_arrive = true);
+  // This rank's part of a barrier without the wait: bumps its sequence word
+  // and wakes the others.
+  void arrive();
   // `peers_away`: the ranks it waits for are in a phase between hosts (a
   // hierarchical call's): the wait is long, so it never yields (below).
   void arrive_and_wait(bool peers_away = false);
@@ -171,7 +180,11 @@ class ShmGroup final : public GroupImpl {
   bool cross_memory_ = false;
   size_t cross_memory_min_bytes_ = 0;  // bytes per rank from which collectives use it
   uint64_t arrivals_ = 0;              // barriers passed in this abort epoch = current phase
-  uint32_t epoch_ = 0;                 // abort epoch this rank runs in
+  // The phase whose descriptors this rank published without waiting to
+  // compare them (all_reduce_phase): the next barrier it waits at
+  // (gather_blocks) compares them.
+  std::optional<uint64_t> descs_unchecked_;
+  uint32_t epoch_ = 0;  // abort epoch this rank runs in
   uint32_t calls_ = 0;  // collectives entered in this epoch (the current one included)
   uint64_t seq_ = 0;    // collectives entered on this group, for messages
   uint64_t interrupts_at_last_call_ = 0;  // interrupt_count() when the last call began

@@ -14,21 +14,29 @@ void ShmGroup::run_phased(const CallDesc& desc, bool interrupted_on_the_way,
                           const std::function<void()>& local, const std::function<void()>& away,
                           char* buffer, const std::vector<Block>& blocks) {
   begin_collective(desc, interrupted_on_the_way);
+  // An abort of an earlier call can only be seen before every rank passed
+  // this call's first barrier: this rank restarts the call after recovering.
+  // Mostly in `local`, before `away` ran; but a rank that keeps nothing of
+  // the local phase (all_reduce_phase) arrives there without waiting, meets
+  // it in the last phase's first wait, and then starts over too (its `away`
+  // carries nothing between hosts).
   for (;;) {
     try {
       local();
-      break;
     } catch (const RestartCall& restart) {
-      // An abort of an earlier call can only be seen before every rank
-      // passed this call's first barrier, so `away` has not run yet.
+      recover(restart.word);
+      continue;
+    }
+    const bool waited = !descs_unchecked_.has_value();
+    away();
+    try {
+      gather_blocks(buffer, blocks, nullptr, nullptr, /*after_away=*/true);
+      return;
+    } catch (const RestartCall& restart) {
+      CHORUS_CHECK(!waited, "an earlier call's abort after this call's first barrier");
+      descs_unchecked_.reset();
       recover(restart.word);
     }
-  }
-  away();
-  try {
-    gather_blocks(buffer, blocks, nullptr, nullptr, /*after_away=*/true);
-  } catch (const RestartCall&) {
-    CHORUS_CHECK(false, "an earlier call's abort after this call's first barrier");
   }
 }
 
@@ -74,6 +82,11 @@ void ShmGroup::gather_blocks(char* buffer, const std::vector<Block>& blocks, con
     if (j < nbarriers) {
       // The first barrier waits for the owners to come back from between hosts.
       arrive_and_wait(after_away && j == 0);
+      if (j == 0 && descs_unchecked_.has_value()) {
+        const uint64_t published = *descs_unchecked_;
+        descs_unchecked_.reset();
+        check_descs(published, /*then_arrive=*/false);
+      }
       if (j == 0 && desc != nullptr) check_descs(p0);
     }
   }
