@@ -211,6 +211,8 @@ def test_hosts_that_disagree_across_the_small_call_size_raise_then_work(
             np.ones(LARGE if host == 0 and first else SMALL, np.float32)),
         "inside host 0, small, dtypes differ": lambda: chorus.all_sum(
             np.ones(SMALL, np.float64 if host == 0 and not first else np.float32)),
+        "barrier here, all_sum there": lambda: (
+            chorus.barrier() if host == 0 and first else chorus.all_sum(np.ones(SMALL))),
         "broadcast": lambda: chorus.broadcast(
             np.ones(SMALL if host == 0 else LARGE, np.float32), root=0),
         "all_gather": lambda: chorus.all_gather(

@@ -381,7 +381,7 @@ void HierGroup::broadcast(const CallDesc& desc, void* buf) {
       [&] {
         if (local_ == nullptr) return;
         if (host_ != root_host) {
-          local_->agree_phase(desc);
+          local_->agree_phase(desc, local_index_ < m);
           return;
         }
         CallDesc here = desc;
@@ -407,7 +407,7 @@ void HierGroup::barrier() {
   run(
       desc, 1,
       [&] {
-        if (local_ != nullptr) local_->agree_phase(desc);
+        if (local_ != nullptr) local_->agree_phase(desc, local_index_ == 0);
       },
       [&] { cross_->barrier(); }, nullptr, {});
 }

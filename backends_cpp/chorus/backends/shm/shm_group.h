@@ -72,7 +72,9 @@ class ShmGroup final : public GroupImpl {
   void all_gather_phase(const CallDesc& desc, const void* in, void* out);
   void broadcast_phase(const CallDesc& desc, void* buf);  // desc.root: a rank of this group
   // Only the descriptors' agreement (hosts that have no part in a phase).
-  void agree_phase(const CallDesc& desc);
+  // `wait`: false for a rank that crosses nothing between hosts in this
+  // call; it arrives without waiting and compares them in the last phase.
+  void agree_phase(const CallDesc& desc, bool wait = true);
   // Aborts the current call for the other ranks: they raise PeerError with
   // `text`, `why` and `culprit` (any number the caller gives meaning to).
   void abort_call(const std::string& text, Reason why, int culprit) {

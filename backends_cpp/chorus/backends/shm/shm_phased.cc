@@ -17,9 +17,10 @@ void ShmGroup::run_phased(const CallDesc& desc, bool interrupted_on_the_way,
   // An abort of an earlier call can only be seen before every rank passed
   // this call's first barrier: this rank restarts the call after recovering.
   // Mostly in `local`, before `away` ran; but a rank that keeps nothing of
-  // the local phase (all_reduce_phase) arrives there without waiting, meets
-  // it in the last phase's first wait, and then starts over too (its `away`
-  // carries nothing between hosts).
+  // the local phase (all_reduce_phase) or only agrees and crosses nothing
+  // (agree_phase) arrives there without waiting, meets it in the last
+  // phase's first wait, and then starts over too (its `away` carries nothing
+  // between hosts).
   for (;;) {
     try {
       local();
@@ -40,9 +41,14 @@ void ShmGroup::run_phased(const CallDesc& desc, bool interrupted_on_the_way,
   }
 }
 
-void ShmGroup::agree_phase(const CallDesc& desc) {
+void ShmGroup::agree_phase(const CallDesc& desc, bool wait) {
   const uint64_t p0 = arrivals_;
   write_desc(p0, desc);
+  if (!wait) {
+    arrive();
+    descs_unchecked_ = p0;
+    return;
+  }
   arrive_and_wait();
   check_descs(p0);
 }
