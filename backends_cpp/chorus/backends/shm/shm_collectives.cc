@@ -164,6 +164,11 @@ void ShmGroup::arrive() {
   bell_.ring();
 }
 
+void ShmGroup::arrive_unchecked(uint64_t phase) {
+  arrive();
+  descs_unchecked_ = phase;
+}
+
 void ShmGroup::arrive_and_wait(bool peers_away) {
   arrive();
   const uint32_t target = static_cast<uint32_t>(arrivals_);
@@ -212,8 +217,7 @@ void ShmGroup::all_reduce_phase(const CallDesc& desc, const void* in, void* out,
         keep == nullptr ||
         std::any_of(keep->begin(), keep->end(), [&](const Block& b) { return b.owner == rank_; });
     if (!keeps_some) {
-      arrive();
-      descs_unchecked_ = p0;
+      arrive_unchecked(p0);
       return;
     }
     arrive_and_wait();

@@ -22,9 +22,9 @@
 // WireDesc into the slot header; right after the first barrier every rank
 // compares all of them, so a mismatch raises UsageError on every rank and the
 // group stays usable. A rank that raises there first arrives at the next
-// barrier, where the ranks that published without waiting (a hierarchical
-// call's small all_reduce, for the ranks that keep none of it) compare them:
-// every rank leaves at the same phase.
+// barrier, where the ranks that published without waiting (in a
+// hierarchical call, those that keep none of a small all_reduce, or only
+// agree and cross nothing) compare them: every rank leaves at the same phase.
 //
 // Abort and recovery. A rank that is interrupted or sees a peer die inside a
 // collective publishes an abort (abort word: epoch, reporter, flag; the

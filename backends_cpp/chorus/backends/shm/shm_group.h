@@ -112,11 +112,16 @@ class ShmGroup final : public GroupImpl {
   // Raises UsageError on every rank when the WireDescs of `phase` differ.
   // Called right after the phase's barrier (`then_arrive`), it first arrives
   // at the next barrier without waiting: a rank that published without
-  // waiting (all_reduce_phase) compares them there, and so raises too.
+  // waiting (arrive_unchecked) compares them there, and so raises too.
   void check_descs(uint64_t phase, bool then_arrive = true);
   // This rank's part of a barrier without the wait: bumps its sequence word
   // and wakes the others.
   void arrive();
+  // arrive() at the end of `phase` for a rank that needs nothing the others
+  // publish in it (a hierarchical call's rank that keeps none of a small
+  // sum, or only agrees and crosses nothing): the next barrier it waits at
+  // (gather_blocks) compares the phase's descriptors.
+  void arrive_unchecked(uint64_t phase);
   // `peers_away`: the ranks it waits for are in a phase between hosts (a
   // hierarchical call's): the wait is long, so it never yields (below).
   void arrive_and_wait(bool peers_away = false);
@@ -183,8 +188,7 @@ class ShmGroup final : public GroupImpl {
   size_t cross_memory_min_bytes_ = 0;  // bytes per rank from which collectives use it
   uint64_t arrivals_ = 0;              // barriers passed in this abort epoch = current phase
   // The phase whose descriptors this rank published without waiting to
-  // compare them (all_reduce_phase): the next barrier it waits at
-  // (gather_blocks) compares them.
+  // compare them (arrive_unchecked).
   std::optional<uint64_t> descs_unchecked_;
   uint32_t epoch_ = 0;  // abort epoch this rank runs in
   uint32_t calls_ = 0;  // collectives entered in this epoch (the current one included)

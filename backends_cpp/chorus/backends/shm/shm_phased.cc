@@ -45,8 +45,7 @@ void ShmGroup::agree_phase(const CallDesc& desc, bool wait) {
   const uint64_t p0 = arrivals_;
   write_desc(p0, desc);
   if (!wait) {
-    arrive();
-    descs_unchecked_ = p0;
+    arrive_unchecked(p0);
     return;
   }
   arrive_and_wait();
